@@ -1,0 +1,64 @@
+"""Settings shared by every service; each service subclasses them with its own prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DATA_DIR = Path(".data")
+
+
+class ServiceSettings(BaseSettings):
+    """Configuration every service has. Defaults run locally with nothing installed.
+
+    Each field is read from the environment by its upper-case name (`DATABASE_URL`); each
+    service runs in its own process, so the local supervisor and the k8s manifests give
+    every process its own values.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    service_name: str = "service"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    environment: str = Field(default="dev", description="dev, test or prod")
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy async URL; empty means a SQLite file under .data/",
+    )
+    database_echo: bool = False
+    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_enable_idempotence: bool = Field(
+        default=False,
+        description="On for Apache Kafka; Tansu rejects idempotent producers",
+    )
+    topic_prefix: str = Field(default="", description="Prefixed to every topic (test isolation)")
+    group_prefix: str = Field(default="", description="Prefixed to every consumer group id")
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", description="json, or console for humans")
+    otlp_endpoint: str = Field(default="", description="OTLP/HTTP traces endpoint; empty = off")
+    outbox_poll_interval_s: float = 0.2
+    outbox_batch_size: int = 200
+    outbox_retention_hours: float = 72.0
+    consumer_max_attempts: int = 5
+    consumer_retry_base_s: float = 0.1
+    consumer_retry_max_s: float = 5.0
+    relay_enabled: bool = True
+    consumers_enabled: bool = True
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file named after the service."""
+        if self.database_url:
+            return self.database_url
+        DATA_DIR.mkdir(exist_ok=True)
+        return f"sqlite+aiosqlite:///{DATA_DIR / (self.service_name + '.db')}"
+
+    def topic(self, event_type: str) -> str:
+        """The Kafka topic name for an event type, with the isolation prefix."""
+        return f"{self.topic_prefix}{event_type}"
+
+    def group_id(self, consumer: str) -> str:
+        """The consumer group id for one of this service's consumers."""
+        return f"{self.group_prefix}{self.service_name}.{consumer}"
