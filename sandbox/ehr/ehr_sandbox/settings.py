@@ -1,0 +1,52 @@
+"""Configuration of the EHR sandbox, read from `SANDBOX_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.data/ehr_sandbox.db"
+
+
+class SandboxSettings(BaseSettings):
+    """Settings of the sandbox. Defaults run locally with nothing installed."""
+
+    model_config = SettingsConfigDict(env_prefix="SANDBOX_", extra="ignore")
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL; postgresql:// URLs are run with asyncpg",
+    )
+    admin_token: str = Field(
+        default="dev-admin-token", description="Bearer token with full access to every API"
+    )
+    dev_mode: bool = Field(default=True, description="Expose /dev/* conveniences")
+    base_url: str = Field(
+        default="http://127.0.0.1:8090", description="Public base URL (links, Location)"
+    )
+    seed: bool = Field(default=True, description="Load the demo clinic on first start")
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", description="json, or console for humans")
+    default_page_size: int = Field(default=20, ge=1)
+    max_page_size: int = Field(default=500, ge=1)
+
+    @property
+    def fhir_base(self) -> str:
+        """The FHIR service base URL, as it appears in links and Location headers."""
+        return self.base_url.rstrip("/") + "/fhir"
+
+    def resolved_database_url(self) -> str:
+        """The async SQLAlchemy URL: asyncpg for PostgreSQL, aiosqlite for SQLite files."""
+        url = self.database_url
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix) :]
+        if url.startswith("sqlite:///"):
+            url = "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+        if url.startswith("sqlite+aiosqlite:///"):
+            path = url[len("sqlite+aiosqlite:///") :]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return url
