@@ -45,6 +45,8 @@ class ServiceSettings(BaseSettings):
     consumer_max_attempts: int = 5
     consumer_retry_base_s: float = 0.1
     consumer_retry_max_s: float = 5.0
+    ops_token: str = Field(default="dev-ops-token", description="Bearer token for /ops")
+    auto_migrate: bool = Field(default=True, description="Run migrations on start-up")
     relay_enabled: bool = True
     consumers_enabled: bool = True
 

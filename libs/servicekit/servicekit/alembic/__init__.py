@@ -1,0 +1,1 @@
+"""The Alembic environment shared by every service (see `servicekit.migrations`)."""

@@ -1,0 +1,230 @@
+"""The app factory: builds a service's engine, outbox relay, consumers, broker and HTTP app.
+
+A service's `app.py` describes itself with a `ServiceDefinition` (its settings, routes,
+handlers, published events, tables) and calls `create_service`; tests build the same
+service with other settings. `Service` holds the running parts and is on
+`app.state.service` for routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from faststream.kafka import KafkaBroker
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import MetaData
+
+from servicekit import ops_api, problems
+from servicekit.consumer import ConsumerRuntime, EventRouter
+from servicekit.db import Database
+from servicekit.logging import configure_logging, get_logger
+from servicekit.messaging import build_broker
+from servicekit.migrations import upgrade
+from servicekit.outbox import Outbox, OutboxRelay
+from servicekit.settings import ServiceSettings
+from servicekit.telemetry import setup_tracing
+
+log = get_logger(__name__)
+Hook = Callable[["Service"], Awaitable[None]]
+Check = Callable[["Service"], Awaitable[str | None]]
+
+
+@dataclass
+class ServiceDefinition:
+    """What a service is made of; everything but `settings` and `title` is optional."""
+
+    settings: ServiceSettings
+    title: str
+    description: str = ""
+    api: APIRouter | None = None
+    handlers: EventRouter = field(default_factory=EventRouter)
+    publishes: tuple[str, ...] = ()
+    metadata: MetaData | None = None
+    migrations: Path | None = None
+    readiness_checks: dict[str, Check] = field(default_factory=dict)
+    on_startup: list[Hook] = field(default_factory=list)
+    on_shutdown: list[Hook] = field(default_factory=list)
+
+
+class Service:
+    """The running parts of one service."""
+
+    def __init__(self, definition: ServiceDefinition) -> None:
+        self.definition = definition
+        self.settings = definition.settings
+        self.db = Database(self.settings.resolved_database_url(), echo=self.settings.database_echo)
+        self.outbox = Outbox(self.settings)
+        self.relay = OutboxRelay(self.db, self.settings, self.outbox)
+        self.runtime = ConsumerRuntime(self.settings, self.db, self.outbox, definition.handlers)
+        self.broker: KafkaBroker = build_broker(self.settings, self.runtime, definition.publishes)
+        self.broker_connected = asyncio.Event()
+        self.state: dict[str, Any] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.app = self._build_app()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Migrate, then start the relay and the consumers (the broker may come later)."""
+        configure_logging(
+            self.settings.service_name, self.settings.log_level, self.settings.log_format
+        )
+        setup_tracing(self.settings.service_name, self.settings.otlp_endpoint)
+        self._instrument()
+        if self.settings.auto_migrate:
+            await upgrade(self.db.url, self.definition.migrations, self.definition.metadata)
+        for hook in self.definition.on_startup:
+            await hook(self)
+        if self.settings.relay_enabled:
+            self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        self._tasks.append(asyncio.create_task(self._connect_broker(), name="broker-connect"))
+        await self.runtime.refresh_gauges()
+        log.info("service.started", port=self.settings.http_port)
+
+    async def _connect_broker(self) -> None:
+        # The HTTP side comes up even while Kafka is away; /readyz says so until connected.
+        attempt = 0
+        while True:
+            try:
+                if self.settings.consumers_enabled:
+                    await self.broker.start()
+                else:
+                    await self.broker.connect()
+                self.broker_connected.set()
+                log.info("service.broker_connected")
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                log.warning("service.broker_unavailable", error=type(exc).__name__, attempt=attempt)
+                with contextlib.suppress(Exception):
+                    await self.broker.stop()
+                await asyncio.sleep(min(5.0, 0.5 * attempt))
+
+    async def stop(self) -> None:
+        """Stop consumers first (their work commits), then the relay, then the database."""
+        for hook in reversed(self.definition.on_shutdown):
+            with contextlib.suppress(Exception):
+                await hook(self)
+        with contextlib.suppress(Exception):
+            await self.broker.stop()
+        self.relay.stop()
+        for task in self._tasks:
+            if task.get_name() == "outbox-relay":
+                with contextlib.suppress(asyncio.TimeoutError, Exception):
+                    await asyncio.wait_for(task, timeout=10)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.db.dispose()
+        log.info("service.stopped")
+
+    def _instrument(self) -> None:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+        if not getattr(self.app.state, "instrumented", False):
+            FastAPIInstrumentor.instrument_app(self.app, excluded_urls="healthz,readyz,metrics")
+            self.app.state.instrumented = True
+        httpx_instr = HTTPXClientInstrumentor()
+        if not httpx_instr.is_instrumented_by_opentelemetry:
+            httpx_instr.instrument()
+        SQLAlchemyInstrumentor().instrument(engine=self.db.sync_engine)
+
+    # -- readiness ------------------------------------------------------------------------
+
+    async def readiness(self) -> dict[str, str]:
+        """Each dependency's state: `ok` or what is wrong."""
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(self.db.ping(), timeout=2)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        if not self.broker_connected.is_set():
+            checks["broker"] = "connecting"
+        else:
+            try:
+                alive = await self.broker.ping(timeout=2)
+                checks["broker"] = "ok" if alive else "unavailable"
+            except Exception as exc:
+                checks["broker"] = f"unavailable: {type(exc).__name__}"
+        for name, check in self.definition.readiness_checks.items():
+            try:
+                problem = await asyncio.wait_for(check(self), timeout=3)
+                checks[name] = problem or "ok"
+            except Exception as exc:
+                checks[name] = f"unavailable: {type(exc).__name__}"
+        return checks
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    def _build_app(self) -> FastAPI:
+        @contextlib.asynccontextmanager
+        async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+            await self.start()
+            try:
+                yield
+            finally:
+                await self.stop()
+
+        app = FastAPI(
+            title=self.definition.title,
+            description=self.definition.description,
+            version="0.1.0",
+            lifespan=lifespan,
+        )
+        app.state.service = self
+        problems.install(app)
+        app.include_router(_health_router())
+        app.include_router(ops_api.router)
+        if self.definition.api is not None:
+            app.include_router(self.definition.api)
+        return app
+
+
+def _health_router() -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Alive: the process answers."""
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz(request: Request) -> Response:
+        """Ready: the database, the broker and the service's own dependencies answer."""
+        service: Service = request.app.state.service
+        checks = await service.readiness()
+        if all(v == "ok" or v.startswith("warning") for v in checks.values()):
+            return Response(
+                content=_json({"status": "ready", "checks": checks}), media_type="application/json"
+            )
+        return problems.problem(503, "Not ready", "A dependency is unavailable.", checks=checks)
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def _json(body: object) -> str:
+    import json
+
+    return json.dumps(body)
+
+
+def create_service(definition: ServiceDefinition) -> Service:
+    """Build a service from its definition (nothing starts until the app's lifespan)."""
+    return Service(definition)

@@ -1,0 +1,592 @@
+"""The consumer loop every service uses: inbox, bounded retries, dead letters, parking.
+
+FastStream's own ack policies either commit a failed message or redeliver it in a tight
+loop, so subscribers here run with manual acks and this module decides:
+
+* a message is handled inside one transaction together with its inbox row, so a
+  redelivered event (same `ce_id`) has no second effect;
+* transient failures are retried with exponential back-off and jitter, bounded; a
+  `DependencyUnavailable` is waited out without limit (the message stays in Kafka);
+* a message that cannot be parsed, raises `PermanentError`, or exhausts its retries is
+  written as a dead letter and to `<topic>.dlq` (through the outbox, in one transaction);
+* while a key (a patient) has an open dead letter, that key's later messages are parked
+  in order instead of overtaking it; other keys keep flowing. Re-driving or discarding
+  the dead letter releases them in order;
+* the offset is committed only after the effect (or the dead letter, or the parking) is
+  stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.base import Payload
+from contracts.envelope import Envelope, EnvelopeError, parse_headers
+from contracts.registry import UnknownEventType, by_dataschema, dlq_topic, latest
+from servicekit.db import Database
+from servicekit.errors import DependencyUnavailable, PermanentError, describe
+from servicekit.logging import get_logger
+from servicekit.metrics import CONSUMED, DLQ_OPEN, DLQ_TOTAL, HANDLER_LATENCY, PARKED
+from servicekit.outbox import Outbox
+from servicekit.settings import ServiceSettings
+from servicekit.tables import DeadLetterRow, InboxRow, ParkedRow, headers_from_json, headers_to_json
+from servicekit.telemetry import context_from_headers, tracer
+
+log = get_logger(__name__)
+P = TypeVar("P", bound=Payload)
+
+
+@dataclass(frozen=True)
+class Event(Generic[P]):
+    """One consumed event: its envelope, its validated payload and where it came from."""
+
+    envelope: Envelope
+    data: P
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def patient_id(self) -> str:
+        """The subject of every event is the internal patient id (the message key)."""
+        return self.envelope.subject
+
+
+@dataclass
+class UnitOfWork:
+    """What a handler gets: the transaction's session and a way to publish events in it."""
+
+    session: AsyncSession
+    outbox: Outbox
+    event: Event[Any] | None = None
+
+    def publish(self, data: Payload, *, subject: str, priority: int = 0) -> str:
+        """Add an event to the outbox, caused by the event being handled."""
+        return self.outbox.add(
+            self.session,
+            data,
+            subject=subject,
+            cause=self.event.envelope if self.event else None,
+            priority=priority,
+        )
+
+
+Handler = Callable[[UnitOfWork, Event[Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One consumer: a handler of one event type, with its own consumer group."""
+
+    name: str
+    event_type: str
+    handler: Handler
+    model: type[Payload]
+    description: str = ""
+
+
+@dataclass
+class EventRouter:
+    """Collects a service's handlers (`handlers.py`); the app factory subscribes them."""
+
+    subscriptions: list[Subscription] = field(default_factory=list)
+
+    def handles(self, event_type: str, *, name: str | None = None) -> Callable[[Handler], Handler]:
+        """Register `handler` for the newest version of `event_type`."""
+        entry = latest(event_type)
+
+        def register(handler: Handler) -> Handler:
+            consumer = name or handler.__name__
+            if any(s.event_type == event_type for s in self.subscriptions):
+                raise ValueError(f"{event_type} already has a handler in this service")
+            self.subscriptions.append(
+                Subscription(
+                    name=consumer,
+                    event_type=event_type,
+                    handler=handler,
+                    model=entry.model,
+                    description=(handler.__doc__ or "").strip(),
+                )
+            )
+            return handler
+
+        return register
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """A Kafka record as the consumer loop needs it (also rebuilt from parked rows)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    headers: list[tuple[str, bytes]]
+    value: bytes
+
+
+class Outcome:
+    """How one message ended (metric label values)."""
+
+    HANDLED = "handled"
+    DUPLICATE = "duplicate"
+    DEAD_LETTERED = "dead_lettered"
+    PARKED = "parked"
+
+
+class _Failed(Exception):
+    def __init__(self, error: str, kind: str, attempts: int) -> None:
+        super().__init__(error)
+        self.error = error
+        self.kind = kind
+        self.attempts = attempts
+
+
+class ConsumerRuntime:
+    """Runs a service's subscriptions with the guarantees in this module's docstring."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        db: Database,
+        outbox: Outbox,
+        router: EventRouter,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.outbox = outbox
+        self.router = router
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._by_topic = {settings.topic(s.event_type): s for s in router.subscriptions}
+        self._by_name = {s.name: s for s in router.subscriptions}
+
+    def subscription_for_topic(self, topic: str) -> Subscription:
+        """The subscription consuming `topic` (one per topic per service)."""
+        return self._by_topic[topic]
+
+    def _lock(self, consumer: str, key: str) -> asyncio.Lock:
+        lock = self._locks.get((consumer, key))
+        if lock is None:
+            lock = self._locks[(consumer, key)] = asyncio.Lock()
+        return lock
+
+    def consumer_id(self, sub: Subscription) -> str:
+        """The inbox/dead-letter name of a subscription: its consumer group id."""
+        return self.settings.group_id(sub.name)
+
+    # -- parsing -------------------------------------------------------------------------
+
+    def parse(self, sub: Subscription, msg: RawMessage) -> Event[Any]:
+        """Validate envelope and payload; raises `PermanentError` with a clear reason."""
+        try:
+            envelope = parse_headers(msg.headers)
+        except EnvelopeError as exc:
+            raise PermanentError(f"bad envelope: {exc}") from exc
+        if envelope.type != sub.event_type:
+            raise PermanentError(f"ce_type {envelope.type!r} on topic of {sub.event_type!r}")
+        try:
+            model = by_dataschema(envelope.dataschema).model
+        except UnknownEventType as exc:
+            raise PermanentError(str(exc)) from exc
+        try:
+            data = model.model_validate_json(msg.value)
+        except ValidationError as exc:
+            raise PermanentError(f"invalid payload: {describe(exc)}") from exc
+        return Event(
+            envelope=envelope,
+            data=data,
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+        )
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def consume(self, sub: Subscription, msg: RawMessage) -> str:
+        """Handle one message to a stored outcome; returns the outcome. Never raises for
+        message problems; waits out database and dependency outages."""
+        consumer = self.consumer_id(sub)
+        started = time.perf_counter()
+        span = tracer("servicekit.consumer").start_span(
+            f"{msg.topic} process",
+            context=context_from_headers(msg.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": msg.topic,
+                "messaging.consumer.group.name": consumer,
+                "messaging.kafka.offset": msg.offset,
+                "messaging.destination.partition.id": str(msg.partition),
+            },
+        )
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                async with self._lock(consumer, msg.key):
+                    outcome = await self._consume_locked(sub, consumer, msg)
+            span.set_attribute("portal.outcome", outcome)
+            return outcome
+        finally:
+            span.end()
+            HANDLER_LATENCY.labels(self.settings.service_name, sub.name).observe(
+                time.perf_counter() - started
+            )
+
+    async def _consume_locked(self, sub: Subscription, consumer: str, msg: RawMessage) -> str:
+        if await self._until_stored(lambda: self._park_if_blocked(consumer, msg)):
+            self._count(sub, Outcome.PARKED)
+            return Outcome.PARKED
+        try:
+            outcome = await self._handle_with_retries(sub, consumer, msg)
+        except _Failed as failure:
+            failed = failure
+            await self._until_stored(lambda: self._dead_letter(sub, consumer, msg, failed))
+            self._count(sub, Outcome.DEAD_LETTERED)
+            return Outcome.DEAD_LETTERED
+        self._count(sub, outcome)
+        return outcome
+
+    def _count(self, sub: Subscription, outcome: str) -> None:
+        CONSUMED.labels(self.settings.service_name, sub.name, outcome).inc()
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(
+            self.settings.consumer_retry_max_s, self.settings.consumer_retry_base_s * 2**attempt
+        )
+        return float(base / 2 + random.uniform(0, base / 2))
+
+    async def _until_stored(self, op: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a bookkeeping transaction until the database takes it (outages are waited)."""
+        attempt = 0
+        while True:
+            try:
+                return await op()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                log.warning("consumer.store_failed", error=type(exc).__name__, attempt=attempt)
+                await asyncio.sleep(self._backoff(min(attempt, 6)))
+
+    async def _handle_with_retries(self, sub: Subscription, consumer: str, msg: RawMessage) -> str:
+        try:
+            event = self.parse(sub, msg)
+        except PermanentError as exc:
+            raise _Failed(str(exc), "unparseable", 1) from exc
+        attempts = 0
+        waits = 0
+        while True:
+            attempts += 1
+            try:
+                return await self._handle_once(sub, consumer, event)
+            except asyncio.CancelledError:
+                raise
+            except PermanentError as exc:
+                raise _Failed(describe(exc), "permanent", attempts) from exc
+            except DependencyUnavailable as exc:
+                # Not the message's fault: wait without spending its retry budget.
+                attempts -= 1
+                waits += 1
+                log.warning(
+                    "consumer.dependency_unavailable",
+                    consumer=consumer,
+                    error=describe(exc),
+                    waits=waits,
+                )
+                await asyncio.sleep(self._backoff(min(waits, 6)))
+            except Exception as exc:
+                if attempts >= self.settings.consumer_max_attempts:
+                    raise _Failed(describe(exc), "exhausted", attempts) from exc
+                log.info(
+                    "consumer.retrying",
+                    consumer=consumer,
+                    event_id=event.envelope.id,
+                    attempt=attempts,
+                    error=type(exc).__name__,
+                )
+                await asyncio.sleep(self._backoff(attempts - 1))
+
+    async def _handle_once(self, sub: Subscription, consumer: str, event: Event[Any]) -> str:
+        async with self.db.transaction() as session:
+            seen = await session.get(InboxRow, (consumer, event.envelope.id))
+            if seen is not None:
+                return Outcome.DUPLICATE
+            await sub.handler(UnitOfWork(session=session, outbox=self.outbox, event=event), event)
+            session.add(
+                InboxRow(
+                    consumer=consumer, event_id=event.envelope.id, handled_at=datetime.now(UTC)
+                )
+            )
+            try:
+                await session.flush()
+            except IntegrityError as exc:
+                # Another replica handled it concurrently (rebalance): retry sees the row.
+                raise RuntimeError("inbox race") from exc
+        return Outcome.HANDLED
+
+    # -- parking and dead letters -------------------------------------------------------
+
+    async def _open_dead_letter(
+        self, session: AsyncSession, consumer: str, key: str
+    ) -> DeadLetterRow | None:
+        stmt = (
+            select(DeadLetterRow)
+            .where(
+                DeadLetterRow.consumer == consumer,
+                DeadLetterRow.key == key,
+                DeadLetterRow.status.in_(("open", "releasing")),
+            )
+            .order_by(DeadLetterRow.id)
+            .limit(1)
+            .with_for_update()
+        )
+        return (await session.execute(stmt)).scalar_one_or_none()
+
+    async def _park_if_blocked(self, consumer: str, msg: RawMessage) -> bool:
+        async with self.db.transaction() as session:
+            if await self._open_dead_letter(session, consumer, msg.key) is None:
+                return False
+            session.add(
+                ParkedRow(
+                    consumer=consumer,
+                    key=msg.key,
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                    headers=headers_to_json(msg.headers),
+                    payload=msg.value.decode("utf-8", errors="replace"),
+                    parked_at=datetime.now(UTC),
+                )
+            )
+        log.info("consumer.parked", consumer=consumer, key=msg.key, offset=msg.offset)
+        return True
+
+    async def _dead_letter(
+        self, sub: Subscription, consumer: str, msg: RawMessage, failure: _Failed
+    ) -> None:
+        async with self.db.transaction() as session:
+            self._write_dead_letter(session, consumer, msg, failure)
+        DLQ_TOTAL.labels(self.settings.service_name, sub.name, failure.kind).inc()
+        log.warning(
+            "consumer.dead_lettered",
+            consumer=consumer,
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            kind=failure.kind,
+            attempts=failure.attempts,
+            error=failure.error,
+        )
+
+    def _write_dead_letter(
+        self, session: AsyncSession, consumer: str, msg: RawMessage, failure: _Failed
+    ) -> None:
+        event_id = next(
+            (v.decode("utf-8", "replace") for k, v in msg.headers if k == "ce_id"), None
+        )
+        session.add(
+            DeadLetterRow(
+                consumer=consumer,
+                topic=msg.topic,
+                key=msg.key,
+                partition=msg.partition,
+                offset=msg.offset,
+                event_id=event_id,
+                headers=headers_to_json(msg.headers),
+                payload=msg.value.decode("utf-8", errors="replace"),
+                error=failure.error,
+                error_kind=failure.kind,
+                attempts=failure.attempts,
+                status="open",
+                created_at=datetime.now(UTC),
+            )
+        )
+        dlq_headers = [
+            *msg.headers,
+            ("dlq_error", failure.error.encode()),
+            ("dlq_error_kind", failure.kind.encode()),
+            ("dlq_attempts", str(failure.attempts).encode()),
+            ("dlq_consumer", consumer.encode()),
+            ("dlq_original_topic", msg.topic.encode()),
+            ("dlq_original_partition", str(msg.partition).encode()),
+            ("dlq_original_offset", str(msg.offset).encode()),
+        ]
+        self.outbox.add_raw(
+            session,
+            topic=dlq_topic(msg.topic),
+            key=msg.key,
+            headers=dlq_headers,
+            payload=msg.value.decode("utf-8", errors="replace"),
+        )
+
+    # -- operations on dead letters -------------------------------------------------------
+
+    async def redrive(self, dead_letter_id: int) -> dict[str, Any]:
+        """Handle a dead letter again, then release its key's parked messages in order."""
+        return await self._resolve(dead_letter_id, rerun=True)
+
+    async def discard(self, dead_letter_id: int) -> dict[str, Any]:
+        """Give up on a dead letter and release its key's parked messages in order."""
+        return await self._resolve(dead_letter_id, rerun=False)
+
+    async def _resolve(self, dead_letter_id: int, *, rerun: bool) -> dict[str, Any]:
+        async with self.db.sessions() as session:
+            found = await session.get(DeadLetterRow, dead_letter_id)
+        if found is None:
+            raise LookupError(f"dead letter {dead_letter_id} not found")
+        sub = self._by_name.get(found.consumer.removeprefix(self.settings.group_id("")))
+        if sub is None:
+            raise LookupError(f"no consumer {found.consumer!r} in this service")
+        consumer, key = found.consumer, found.key
+        final = "redriven" if rerun else "discarded"
+        released = 0
+        new_dead_letter: int | None = None
+        async with self._lock(consumer, key):
+            async with self.db.sessions() as session:
+                row = await session.get(DeadLetterRow, dead_letter_id)
+            assert row is not None
+            if row.status not in ("open", "releasing"):
+                raise ValueError(f"dead letter {dead_letter_id} is already {row.status}")
+            if row.status == "open":
+                if rerun:
+                    msg = _raw_from(
+                        row.topic, row.partition, row.offset, key, row.headers, row.payload
+                    )
+                    try:
+                        await self._handle_with_retries(sub, consumer, msg)
+                    except _Failed as failure:
+                        await self._update_dead_letter(dead_letter_id, failure)
+                        return {"id": dead_letter_id, "status": "open", "error": failure.error}
+                await self._set_status(dead_letter_id, "releasing")
+            while True:
+                count, new_dead_letter = await self._release_parked(sub, consumer, key)
+                released += count
+                if new_dead_letter is not None:
+                    await self._set_status(dead_letter_id, final)
+                    break
+                if await self._until_stored(lambda: self._finish(dead_letter_id, final)):
+                    break
+        await self.refresh_gauges()
+        log.info("consumer.dead_letter_resolved", dead_letter=dead_letter_id, released=released)
+        return {
+            "id": dead_letter_id,
+            "status": final,
+            "released": released,
+            "new_dead_letter": new_dead_letter,
+        }
+
+    async def _update_dead_letter(self, dead_letter_id: int, failure: _Failed) -> None:
+        async with self.db.transaction() as session:
+            row = await session.get(DeadLetterRow, dead_letter_id)
+            if row is not None:
+                row.error, row.error_kind = failure.error, failure.kind
+                row.attempts += failure.attempts
+
+    async def _set_status(self, dead_letter_id: int, status: str) -> None:
+        async with self.db.transaction() as session:
+            row = await session.get(DeadLetterRow, dead_letter_id)
+            if row is not None:
+                row.status = status
+                if status in ("redriven", "discarded"):
+                    row.resolved_at = datetime.now(UTC)
+
+    async def _finish(self, dead_letter_id: int, status: str) -> bool:
+        """Close the dead letter unless a message was parked since the last release pass
+        (another replica may park while this one releases); False means release again."""
+        async with self.db.transaction() as session:
+            row = await session.get(DeadLetterRow, dead_letter_id, with_for_update=True)
+            if row is None:
+                return True
+            pending = await session.scalar(
+                select(func.count())
+                .select_from(ParkedRow)
+                .where(ParkedRow.consumer == row.consumer, ParkedRow.key == row.key)
+            )
+            if pending:
+                return False
+            row.status = status
+            row.resolved_at = datetime.now(UTC)
+            return True
+
+    async def _release_parked(
+        self, sub: Subscription, consumer: str, key: str
+    ) -> tuple[int, int | None]:
+        released = 0
+        while True:
+            async with self.db.sessions() as session:
+                parked = (
+                    await session.execute(
+                        select(ParkedRow)
+                        .where(ParkedRow.consumer == consumer, ParkedRow.key == key)
+                        .order_by(ParkedRow.id)
+                        .limit(1)
+                    )
+                ).scalar_one_or_none()
+            if parked is None:
+                return released, None
+            msg = _raw_from(
+                parked.topic, parked.partition, parked.offset, key, parked.headers, parked.payload
+            )
+            try:
+                await self._handle_with_retries(sub, consumer, msg)
+            except _Failed as failure:
+                async with self.db.transaction() as session:
+                    await session.delete(await session.merge(parked))
+                    self._write_dead_letter(session, consumer, msg, failure)
+                    await session.flush()
+                    new_id = (
+                        await session.execute(
+                            select(DeadLetterRow.id)
+                            .where(DeadLetterRow.consumer == consumer, DeadLetterRow.key == key)
+                            .order_by(DeadLetterRow.id.desc())
+                            .limit(1)
+                        )
+                    ).scalar_one()
+                return released, new_id
+            async with self.db.transaction() as session:
+                await session.delete(await session.merge(parked))
+            released += 1
+
+    async def refresh_gauges(self) -> None:
+        """Update the open dead letter and parked message gauges from the database."""
+        async with self.db.sessions() as session:
+            for sub in self.router.subscriptions:
+                consumer = self.consumer_id(sub)
+                open_count = await session.scalar(
+                    select(func.count())
+                    .select_from(DeadLetterRow)
+                    .where(DeadLetterRow.consumer == consumer, DeadLetterRow.status == "open")
+                )
+                parked_count = await session.scalar(
+                    select(func.count())
+                    .select_from(ParkedRow)
+                    .where(ParkedRow.consumer == consumer)
+                )
+                DLQ_OPEN.labels(self.settings.service_name, sub.name).set(open_count or 0)
+                PARKED.labels(self.settings.service_name, sub.name).set(parked_count or 0)
+
+
+def _raw_from(
+    topic: str, partition: int, offset: int, key: str, headers: Any, payload: str
+) -> RawMessage:
+    return RawMessage(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key,
+        headers=headers_from_json(headers),
+        value=payload.encode(),
+    )

@@ -1,0 +1,96 @@
+"""The database: one async engine per service, PostgreSQL (asyncpg) or SQLite (aiosqlite).
+
+All SQL lives in `store.py` modules; business code never commits. A unit of work opens
+a transaction, and the caller that owns the use case commits it (or it rolls back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import MetaData, event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import NullPool
+
+# Stable constraint names, so Alembic migrations are reproducible on both dialects.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def new_metadata() -> MetaData:
+    """A MetaData with the kit's naming convention, for a service's own declarative base."""
+    return MetaData(naming_convention=NAMING)
+
+
+class KitBase(DeclarativeBase):
+    """Declarative base of the kit's own tables (outbox, inbox, dead letters), which every
+    service's database has. A service declares its tables on a base of its own."""
+
+    metadata = new_metadata()
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether a database URL names SQLite (the embedded default)."""
+    return url.startswith("sqlite")
+
+
+def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+    cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    # WAL lets the relay read while a request writes; busy_timeout waits instead of failing.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Database:
+    """An engine and its session factory."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        if is_sqlite(url):
+            self.engine: AsyncEngine = create_async_engine(url, echo=echo, poolclass=NullPool)
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_async_engine(
+                url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True
+            )
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        """`postgresql` or `sqlite`."""
+        return self.engine.dialect.name
+
+    @property
+    def sync_engine(self) -> Engine:
+        """The underlying sync engine (for instrumentation)."""
+        return self.engine.sync_engine
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session inside a transaction: committed on success, rolled back on error."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    async def ping(self) -> None:
+        """Raise if the database does not answer."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()

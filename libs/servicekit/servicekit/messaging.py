@@ -1,0 +1,123 @@
+"""The FastStream Kafka broker of a service, with its subscriptions registered.
+
+Subscribers use manual acks: `ConsumerRuntime.consume` stores an outcome, then the
+offset is committed. Subscriber signatures carry the payload model, so the AsyncAPI
+document generated from this broker shows every consumed schema; a message that fails
+FastStream's own decoding is caught by `_UndecodableMiddleware` and dead-lettered by the
+same runtime (with a reason), so it never stalls or silently skips a partition.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from aiokafka import TopicPartition
+from faststream import AckPolicy, BaseMiddleware
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.message import StreamMessage
+
+from contracts.registry import latest
+from servicekit.consumer import ConsumerRuntime, RawMessage, Subscription
+from servicekit.metrics import CONSUMER_LAG
+from servicekit.settings import ServiceSettings
+
+
+def _raw(record: Any) -> RawMessage:
+    key = record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else ""
+    return RawMessage(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=key,
+        headers=[(k, bytes(v or b"")) for k, v in (record.headers or ())],
+        value=bytes(record.value or b""),
+    )
+
+
+def _record_lag(settings: ServiceSettings, sub: Subscription, msg: Any, record: Any) -> None:
+    consumer = getattr(msg, "consumer", None)
+    highwater = getattr(consumer, "highwater", None)
+    if highwater is None:
+        return
+    end = highwater(TopicPartition(record.topic, record.partition))
+    if end is not None:
+        CONSUMER_LAG.labels(settings.service_name, sub.name, str(record.partition)).set(
+            max(0, end - record.offset - 1)
+        )
+
+
+def _middleware_for(runtime: ConsumerRuntime) -> type[BaseMiddleware]:
+    class _UndecodableMiddleware(BaseMiddleware):
+        async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
+            try:
+                return await call_next(msg)
+            except Exception:
+                record = msg.raw_message
+                sub = runtime.subscription_for_topic(record.topic)
+                await runtime.consume(sub, _raw(record))
+                await msg.ack()
+                return None
+
+    return _UndecodableMiddleware
+
+
+def _handler_for(runtime: ConsumerRuntime, sub: Subscription) -> Any:
+    async def handle(body: Any, msg: KafkaMessage) -> None:
+        record = msg.raw_message
+        await runtime.consume(sub, _raw(record))
+        await msg.ack()
+        _record_lag(runtime.settings, sub, msg, record)
+
+    # The declared payload type is what the AsyncAPI document shows for this channel.
+    handle.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                "body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=sub.model
+            ),
+            inspect.Parameter(
+                "msg", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=KafkaMessage
+            ),
+        ],
+        return_annotation=None,
+    )
+    handle.__name__ = sub.name
+    handle.__doc__ = sub.description
+    return handle
+
+
+def build_broker(
+    settings: ServiceSettings, runtime: ConsumerRuntime, publishes: tuple[str, ...] = ()
+) -> KafkaBroker:
+    """A broker with one subscriber per subscription (own consumer group each).
+
+    `publishes` lists the event types the service emits through its outbox; they are
+    declared as publishers only so the AsyncAPI document shows them (the outbox relay,
+    not FastStream, does the publishing).
+    """
+    broker = KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=settings.service_name,
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+        middlewares=[_middleware_for(runtime)],
+        graceful_timeout=10.0,
+    )
+    for sub in runtime.router.subscriptions:
+        broker.subscriber(
+            settings.topic(sub.event_type),
+            group_id=settings.group_id(sub.name),
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.MANUAL,
+            title=f"{settings.topic(sub.event_type)}:{sub.name}",
+            description=sub.description or None,
+        )(_handler_for(runtime, sub))
+    for event_type in publishes:
+        broker.publisher(
+            settings.topic(event_type),
+            schema=latest(event_type).model,
+            title=f"{settings.topic(event_type)}:publish",
+            description=f"Published by {settings.service_name} through its outbox",
+        )
+    return broker

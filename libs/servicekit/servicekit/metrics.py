@@ -1,0 +1,39 @@
+"""Prometheus metrics every service exports on `/metrics`.
+
+Defined once per process (prometheus_client registries are global), labelled by service.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+OUTBOX_BACKLOG = Gauge("outbox_backlog", "Outbox rows waiting to be published", ["service"])
+OUTBOX_PUBLISHED = Counter(
+    "outbox_published_total", "Events published from the outbox", ["service", "topic"]
+)
+OUTBOX_PUBLISH_ERRORS = Counter(
+    "outbox_publish_errors_total", "Failed publish attempts from the outbox", ["service"]
+)
+CONSUMED = Counter(
+    "consumer_messages_total",
+    "Messages handled by a consumer, by outcome",
+    ["service", "consumer", "outcome"],
+)
+HANDLER_LATENCY = Histogram(
+    "consumer_handler_seconds",
+    "Time to handle one message, retries included",
+    ["service", "consumer"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CONSUMER_LAG = Gauge(
+    "consumer_lag", "Messages behind the partition's end", ["service", "consumer", "partition"]
+)
+DLQ_OPEN = Gauge(
+    "dead_letters_open", "Dead letters not yet re-driven or discarded", ["service", "consumer"]
+)
+PARKED = Gauge(
+    "parked_messages", "Messages held behind an open dead letter", ["service", "consumer"]
+)
+DLQ_TOTAL = Counter(
+    "dead_letters_total", "Messages sent to a dead-letter topic", ["service", "consumer", "kind"]
+)

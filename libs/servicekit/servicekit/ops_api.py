@@ -1,0 +1,152 @@
+"""Operations endpoints every service has: dead letters (list, re-drive, discard) and the
+outbox (backlog, replay). Guarded by the ops bearer token from settings."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import AwareDatetime, BaseModel, Field
+from sqlalchemy import func, select
+
+from servicekit.consumer import ConsumerRuntime
+from servicekit.db import Database
+from servicekit.outbox import replay
+from servicekit.settings import ServiceSettings
+from servicekit.tables import DeadLetterRow, OutboxRow, ParkedRow
+
+router = APIRouter(prefix="/ops", tags=["ops"])
+
+
+def _require_ops(request: Request) -> None:
+    settings: ServiceSettings = request.app.state.service.settings
+    header = request.headers.get("authorization", "")
+    token = header.removeprefix("Bearer ").strip()
+    if not header.startswith("Bearer ") or not secrets.compare_digest(token, settings.ops_token):
+        raise HTTPException(401, "An ops bearer token is required.", {"WWW-Authenticate": "Bearer"})
+
+
+Ops = Annotated[None, Depends(_require_ops)]
+
+
+def _db(request: Request) -> Database:
+    db: Database = request.app.state.service.db
+    return db
+
+
+def _runtime(request: Request) -> ConsumerRuntime:
+    runtime: ConsumerRuntime = request.app.state.service.runtime
+    return runtime
+
+
+class DeadLetter(BaseModel):
+    """A dead letter as operators see it (payloads are not shown: they may carry PHI)."""
+
+    id: int
+    consumer: str
+    topic: str
+    key: str
+    partition: int
+    offset: int
+    event_id: str | None
+    error: str
+    error_kind: str
+    attempts: int
+    status: str
+    created_at: datetime
+    resolved_at: datetime | None
+    parked_behind: int = Field(description="Messages of the same key held back by this one")
+
+
+class ReplayRequest(BaseModel):
+    """Re-publish sent outbox rows from `since` on (optionally one topic only)."""
+
+    since: AwareDatetime = Field(strict=True)
+    topic: str | None = None
+
+
+@router.get("/dead-letters", response_model=list[DeadLetter])
+async def list_dead_letters(
+    _: Ops,
+    request: Request,
+    status: Annotated[str | None, Query(pattern="^(open|releasing|redriven|discarded)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[DeadLetter]:
+    """Dead letters, newest first."""
+    async with _db(request).sessions() as session:
+        stmt = select(DeadLetterRow).order_by(DeadLetterRow.id.desc()).limit(limit)
+        if status:
+            stmt = stmt.where(DeadLetterRow.status == status)
+        rows = (await session.execute(stmt)).scalars().all()
+        out = []
+        for row in rows:
+            parked = await session.scalar(
+                select(func.count())
+                .select_from(ParkedRow)
+                .where(ParkedRow.consumer == row.consumer, ParkedRow.key == row.key)
+            )
+            out.append(
+                DeadLetter(
+                    id=row.id,
+                    consumer=row.consumer,
+                    topic=row.topic,
+                    key=row.key,
+                    partition=row.partition,
+                    offset=row.offset,
+                    event_id=row.event_id,
+                    error=row.error,
+                    error_kind=row.error_kind,
+                    attempts=row.attempts,
+                    status=row.status,
+                    created_at=row.created_at,
+                    resolved_at=row.resolved_at,
+                    parked_behind=int(parked or 0) if row.status in ("open", "releasing") else 0,
+                )
+            )
+    return out
+
+
+async def _resolve(request: Request, dead_letter_id: int, *, rerun: bool) -> dict[str, Any]:
+    runtime = _runtime(request)
+    try:
+        if rerun:
+            return await runtime.redrive(dead_letter_id)
+        return await runtime.discard(dead_letter_id)
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+@router.post("/dead-letters/{dead_letter_id}/redrive")
+async def redrive_dead_letter(_: Ops, request: Request, dead_letter_id: int) -> dict[str, Any]:
+    """Handle the dead letter again; on success release its key's parked messages in order."""
+    return await _resolve(request, dead_letter_id, rerun=True)
+
+
+@router.post("/dead-letters/{dead_letter_id}/discard")
+async def discard_dead_letter(_: Ops, request: Request, dead_letter_id: int) -> dict[str, Any]:
+    """Drop the dead letter and release its key's parked messages in order."""
+    return await _resolve(request, dead_letter_id, rerun=False)
+
+
+@router.get("/outbox")
+async def outbox_status(_: Ops, request: Request) -> dict[str, int]:
+    """Outbox rows by status."""
+    async with _db(request).sessions() as session:
+        rows = (
+            await session.execute(select(OutboxRow.status, func.count()).group_by(OutboxRow.status))
+        ).all()
+    counts = {"pending": 0, "sent": 0}
+    counts.update({status: int(n) for status, n in rows})
+    return counts
+
+
+@router.post("/outbox/replay")
+async def replay_outbox(_: Ops, request: Request, body: ReplayRequest) -> dict[str, int]:
+    """Mark sent events from `since` on for re-publishing (consumers' inboxes dedupe)."""
+    count = await replay(_db(request), body.since, body.topic)
+    request.app.state.service.outbox.wakeup.set()
+    return {"replayed": count}

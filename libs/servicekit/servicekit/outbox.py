@@ -1,0 +1,392 @@
+"""The transactional outbox: events are rows written in the caller's transaction.
+
+`Outbox.add` stores an event next to the state change that caused it, so both commit or
+neither does. `OutboxRelay` publishes pending rows with acks=all, in id order per key, and
+marks them sent; it survives broker outages (rows stay pending, retried with back-off) and
+crashes (a row is marked sent only after the broker acknowledged it, so a restart
+re-publishes at most the unacknowledged tail, which consumers' inboxes absorb).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.base import Payload
+from contracts.envelope import Envelope, build_headers
+from contracts.registry import for_model
+from servicekit.db import Database
+from servicekit.logging import get_logger
+from servicekit.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISH_ERRORS, OUTBOX_PUBLISHED
+from servicekit.settings import ServiceSettings
+from servicekit.tables import OutboxRow, headers_from_json, headers_to_json
+from servicekit.telemetry import context_from_headers, current_trace_headers, tracer
+
+log = get_logger(__name__)
+
+# Claims the oldest pending row of each (topic, key) not already claimed by another relay;
+# the rest of that stream's rows are reachable only through its head, so two replicas never
+# publish rows of one stream concurrently and per-key order holds across replicas. Order is
+# per topic and key, as Kafka gives it: a patient's back-fill (low priority) never holds
+# back the same patient's live events on other topics.
+_PG_CLAIM_HEADS = text(
+    """
+    SELECT o.id FROM outbox o
+    WHERE o.status = 'pending'
+      AND NOT EXISTS (
+        SELECT 1 FROM outbox p
+        WHERE p.key = o.key AND p.topic = o.topic AND p.status = 'pending' AND p.id < o.id
+      )
+    ORDER BY o.priority DESC, o.id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+    """
+)
+
+
+def new_event_id() -> str:
+    """A fresh CloudEvents id."""
+    return str(uuid.uuid4())
+
+
+class Outbox:
+    """Writes events into the outbox table of one service's database."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.wakeup = asyncio.Event()
+
+    def _wake_after_commit(self, session: AsyncSession) -> None:
+        from sqlalchemy import event
+
+        sync = session.sync_session
+        if not sync.info.get("outbox_hooked"):
+            sync.info["outbox_hooked"] = True
+
+            def _after_commit(_s: Any) -> None:
+                sync.info.pop("outbox_hooked", None)
+                self.wakeup.set()
+
+            def _after_rollback(_s: Any) -> None:
+                sync.info.pop("outbox_hooked", None)
+
+            event.listen(sync, "after_commit", _after_commit, once=True)
+            event.listen(sync, "after_soft_rollback", _after_rollback, once=True)
+
+    def add(
+        self,
+        session: AsyncSession,
+        data: Payload,
+        *,
+        subject: str,
+        cause: Envelope | None = None,
+        correlation_id: str | None = None,
+        event_id: str | None = None,
+        time: datetime | None = None,
+        priority: int = 0,
+    ) -> str:
+        """Add an event in the caller's transaction; returns its event id.
+
+        `cause` is the event being handled, if any: its id becomes the causation id and
+        its correlation id is carried on. Higher `priority` rows are published first.
+        """
+        entry = for_model(type(data))
+        ce_id = event_id or new_event_id()
+        trace_headers = current_trace_headers()
+        headers = build_headers(
+            event_type=entry.topic,
+            subject=subject,
+            source_service=self.settings.service_name,
+            dataschema=entry.dataschema,
+            event_id=ce_id,
+            time=time or datetime.now(UTC),
+            correlation_id=correlation_id or (cause.correlation_id if cause else None),
+            causation_id=cause.id if cause else None,
+            traceparent=trace_headers.get("traceparent"),
+            tracestate=trace_headers.get("tracestate"),
+        )
+        self.add_raw(
+            session,
+            topic=self.settings.topic(entry.topic),
+            key=subject,
+            headers=headers,
+            payload=data.model_dump_json(),
+            event_id=ce_id,
+            priority=priority,
+        )
+        return ce_id
+
+    def add_raw(
+        self,
+        session: AsyncSession,
+        *,
+        topic: str,
+        key: str,
+        headers: list[tuple[str, bytes]],
+        payload: str,
+        event_id: str | None = None,
+        priority: int = 0,
+    ) -> None:
+        """Add an already-built message (dead letters, re-drives) in the caller's transaction."""
+        session.add(
+            OutboxRow(
+                event_id=event_id or new_event_id(),
+                topic=topic,
+                key=key,
+                headers=headers_to_json(headers),
+                payload=payload,
+                created_at=datetime.now(UTC),
+                status="pending",
+                attempts=0,
+                priority=priority,
+            )
+        )
+        self._wake_after_commit(session)
+
+
+async def claim_pending(session: AsyncSession, dialect: str, limit: int) -> Sequence[OutboxRow]:
+    """The next rows to publish, locked for this relay on PostgreSQL, oldest first per key."""
+    if dialect == "postgresql":
+        heads = (await session.execute(_PG_CLAIM_HEADS, {"limit": limit})).all()
+        if not heads:
+            return []
+        head_ids = [h.id for h in heads]
+        streams = (
+            select(OutboxRow.topic, OutboxRow.key).where(OutboxRow.id.in_(head_ids)).subquery()
+        )
+        stmt = (
+            select(OutboxRow)
+            .join(streams, (OutboxRow.topic == streams.c.topic) & (OutboxRow.key == streams.c.key))
+            .where(OutboxRow.status == "pending")
+            .order_by(OutboxRow.priority.desc(), OutboxRow.id)
+            .limit(limit)
+        )
+        return (await session.execute(stmt)).scalars().all()
+    stmt = (
+        select(OutboxRow)
+        .where(OutboxRow.status == "pending")
+        .order_by(OutboxRow.priority.desc(), OutboxRow.id)
+        .limit(limit)
+    )
+    return (await session.execute(stmt)).scalars().all()
+
+
+def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
+    """A producer that waits for all in-sync replicas; idempotent where the broker allows."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.service_name}-relay",
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+        linger_ms=0,
+        request_timeout_ms=10_000,
+        retry_backoff_ms=200,
+    )
+
+
+class OutboxRelay:
+    """Publishes outbox rows to Kafka; one per process, several processes may share a DB."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: ServiceSettings,
+        outbox: Outbox | None = None,
+        producer: AIOKafkaProducer | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.wakeup = outbox.wakeup if outbox else asyncio.Event()
+        self._producer = producer
+        self._producer_started = False
+        self._stopping = asyncio.Event()
+        self._failures = 0
+        self._last_purge = datetime.min.replace(tzinfo=UTC)
+        self.published = 0
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            self._producer = make_producer(self.settings)
+        if not self._producer_started:
+            await self._producer.start()
+            self._producer_started = True
+        return self._producer
+
+    async def _reset_producer(self) -> None:
+        # A producer whose broker vanished can hold stale metadata; start afresh next time.
+        if self._producer is not None and self._producer_started:
+            try:
+                await self._producer.stop()
+            except Exception as exc:
+                log.debug("outbox.producer_stop_failed", error=type(exc).__name__)
+        self._producer = None
+        self._producer_started = False
+
+    async def publish_batch(self) -> int:
+        """Publish one batch of pending rows; returns how many were acknowledged."""
+        producer = await self._ensure_producer()
+        async with self.db.transaction() as session:
+            rows = await claim_pending(session, self.db.dialect, self.settings.outbox_batch_size)
+            if not rows:
+                return 0
+            futures: list[asyncio.Future[Any]] = []
+            spans: list[trace.Span] = []
+            t = tracer("servicekit.outbox")
+            for row in rows:
+                stored = headers_from_json(row.headers)
+                span = t.start_span(
+                    f"{row.topic} publish",
+                    context=context_from_headers(stored),
+                    kind=SpanKind.PRODUCER,
+                    attributes={
+                        "messaging.system": "kafka",
+                        "messaging.operation.type": "publish",
+                        "messaging.destination.name": row.topic,
+                        "messaging.message.id": row.event_id,
+                    },
+                )
+                spans.append(span)
+                with trace.use_span(span, end_on_exit=False):
+                    propagated = current_trace_headers()
+                out_headers = [(k, v) for k, v in stored if k not in ("traceparent", "tracestate")]
+                out_headers += [(k, v.encode()) for k, v in propagated.items()]
+                futures.append(
+                    await producer.send(
+                        row.topic,
+                        value=row.payload.encode(),
+                        key=row.key.encode(),
+                        headers=out_headers,
+                    )
+                )
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            failed_streams: set[tuple[str, str]] = set()
+            sent_ids: list[int] = []
+            now = datetime.now(UTC)
+            first_error: BaseException | None = None
+            for row, result, span in zip(rows, results, spans, strict=True):
+                stream = (row.topic, row.key)
+                if isinstance(result, BaseException) or stream in failed_streams:
+                    # Later rows of a failed stream stay pending so they are re-sent after it.
+                    failed_streams.add(stream)
+                    row.attempts += 1
+                    if isinstance(result, BaseException):
+                        first_error = first_error or result
+                        row.last_error = f"{type(result).__name__}: {result}"[:1000]
+                        span.set_status(trace.StatusCode.ERROR, type(result).__name__)
+                else:
+                    sent_ids.append(row.id)
+                    OUTBOX_PUBLISHED.labels(self.settings.service_name, row.topic).inc()
+                span.end()
+            if sent_ids:
+                await session.execute(
+                    update(OutboxRow)
+                    .where(OutboxRow.id.in_(sent_ids))
+                    .values(status="sent", sent_at=now)
+                )
+        self.published += len(sent_ids)
+        if first_error is not None:
+            raise first_error
+        return len(sent_ids)
+
+    async def backlog(self) -> int:
+        """How many rows wait to be published."""
+        async with self.db.sessions() as session:
+            count = await session.scalar(
+                select(func.count()).select_from(OutboxRow).where(OutboxRow.status == "pending")
+            )
+        return int(count or 0)
+
+    async def purge(self, now: datetime | None = None) -> int:
+        """Delete sent rows older than the retention period; returns how many."""
+        cutoff = (now or datetime.now(UTC)) - timedelta(hours=self.settings.outbox_retention_hours)
+        async with self.db.transaction() as session:
+            result = await session.execute(
+                delete(OutboxRow).where(OutboxRow.status == "sent", OutboxRow.sent_at < cutoff)
+            )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def _backoff(self) -> float:
+        base = min(5.0, 0.1 * 2 ** min(self._failures, 6))
+        return float(base / 2 + random.uniform(0, base / 2))
+
+    async def run(self) -> None:
+        """Publish until `stop()`; never gives up while the broker or database is away."""
+        log.info("outbox.relay_started")
+        while not self._stopping.is_set():
+            try:
+                published = await self.publish_batch()
+                self._failures = 0
+                await self._maybe_purge()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._failures += 1
+                OUTBOX_PUBLISH_ERRORS.labels(self.settings.service_name).inc()
+                log.warning(
+                    "outbox.publish_failed", error=type(exc).__name__, failures=self._failures
+                )
+                if self._failures % 3 == 0:
+                    await self._reset_producer()
+                await self._sleep(self._backoff())
+                continue
+            if published == 0:
+                OUTBOX_BACKLOG.labels(self.settings.service_name).set(0)
+                await self._wait_for_work()
+        await self._reset_producer()
+        log.info("outbox.relay_stopped")
+
+    async def _maybe_purge(self) -> None:
+        now = datetime.now(UTC)
+        if now - self._last_purge > timedelta(minutes=10):
+            self._last_purge = now
+            purged = await self.purge(now)
+            if purged:
+                log.info("outbox.purged", rows=purged)
+
+    async def _wait_for_work(self) -> None:
+        self.wakeup.clear()
+        waiter = asyncio.ensure_future(self.wakeup.wait())
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait(
+                {waiter, stopper},
+                timeout=self.settings.outbox_poll_interval_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            return
+
+    def stop(self) -> None:
+        """Ask `run()` to finish its current batch and return."""
+        self._stopping.set()
+
+
+async def replay(db: Database, since: datetime, topic: str | None = None) -> int:
+    """Mark sent rows from `since` on as pending again, so the relay re-publishes them."""
+    async with db.transaction() as session:
+        stmt = (
+            update(OutboxRow)
+            .where(OutboxRow.status == "sent", OutboxRow.sent_at >= since)
+            .values(status="pending", sent_at=None)
+        )
+        if topic:
+            stmt = stmt.where(OutboxRow.topic == topic)
+        result = await session.execute(stmt)
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,0 +1,101 @@
+"""The kit's own tables, present in every service's database: outbox, inbox, dead letters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from servicekit.db import KitBase
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for a busy outbox.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class OutboxRow(KitBase):
+    """An event waiting to be published, or published and kept for replay."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    topic: Mapped[str] = mapped_column(String(200))
+    key: Mapped[str] = mapped_column(String(200))
+    headers: Mapped[list[list[str]]] = mapped_column(JSON)
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        Index("ix_outbox_pending", "status", "id"),
+        Index("ix_outbox_key_status", "key", "status", "id"),
+        Index("ix_outbox_sent_at", "sent_at"),
+    )
+
+
+class InboxRow(KitBase):
+    """An event a consumer has handled; its presence makes redelivery a no-op."""
+
+    __tablename__ = "inbox"
+
+    consumer: Mapped[str] = mapped_column(String(200), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    handled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DeadLetterRow(KitBase):
+    """A message a consumer gave up on; while open, later messages of its key are parked."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    consumer: Mapped[str] = mapped_column(String(200))
+    topic: Mapped[str] = mapped_column(String(200))
+    key: Mapped[str] = mapped_column(String(200))
+    partition: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    event_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    headers: Mapped[list[list[str]]] = mapped_column(JSON)
+    payload: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(Text)
+    error_kind: Mapped[str] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    __table_args__ = (Index("ix_dead_letters_consumer_key_status", "consumer", "key", "status"),)
+
+
+class ParkedRow(KitBase):
+    """A message held back, in order, behind an open dead letter of the same key."""
+
+    __tablename__ = "parked_messages"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    consumer: Mapped[str] = mapped_column(String(200))
+    key: Mapped[str] = mapped_column(String(200))
+    topic: Mapped[str] = mapped_column(String(200))
+    partition: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    headers: Mapped[list[list[str]]] = mapped_column(JSON)
+    payload: Mapped[str] = mapped_column(Text)
+    parked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_parked_consumer_key", "consumer", "key", "id"),)
+
+
+def headers_to_json(headers: list[tuple[str, bytes]]) -> list[list[str]]:
+    """Kafka headers as JSON-storable pairs (values are UTF-8 text in our envelope)."""
+    return [[k, v.decode("utf-8", errors="replace")] for k, v in headers]
+
+
+def headers_from_json(stored: Any) -> list[tuple[str, bytes]]:
+    """Stored header pairs back to Kafka headers."""
+    return [(str(k), str(v).encode()) for k, v in stored]
