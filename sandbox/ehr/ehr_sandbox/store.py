@@ -1,0 +1,813 @@
+"""Versioned FHIR resource storage on async SQLAlchemy 2 (aiosqlite or asyncpg).
+
+Every write is one transaction: it compares-and-sets the resource's head row (so two
+writers based on the same version cannot both win, even across processes), appends the new
+version to `resources`, and replaces the resource's search-index rows. After the commit
+the change goes to the change feed. Writes in this process are also serialised by a lock,
+which keeps the change feed in commit order and spares SQLite lock-upgrade failures;
+SQLite write transactions start with `BEGIN IMMEDIATE` for the same reason when several
+processes share a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ehr_sandbox.changes import ChangeFeed, ChangeInteraction, ResourceChange
+from ehr_sandbox.outcomes import FhirError
+from ehr_sandbox.registry import index_signature
+from ehr_sandbox.search import (
+    REF_PARAM,
+    Include,
+    SearchRequest,
+    extract_index,
+    format_instant,
+)
+from ehr_sandbox.search_sql import matching_heads, search_conditions
+from ehr_sandbox.tables import metadata, resources, sandbox_meta, search_index
+from ehr_sandbox.tables import resource_heads as heads
+from servicekit.logging import get_logger
+
+log = get_logger(__name__)
+
+_WRITE_ATTEMPTS = 4
+_INDEX_BATCH = 500
+_SIGNATURE_KEY = "index_signature"
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    """One version of a resource as stored."""
+
+    resource_type: str
+    id: str
+    version: int
+    last_updated: datetime  # naive UTC
+    deleted: bool
+    method: str
+    content: dict[str, Any]
+
+    @property
+    def etag(self) -> str:
+        """The weak ETag of this version."""
+        return f'W/"{self.version}"'
+
+    @property
+    def reference(self) -> str:
+        """`Type/id`."""
+        return f"{self.resource_type}/{self.id}"
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write did: the stored version, and whether it created a resource."""
+
+    stored: StoredResource
+    created: bool
+    # A conditional create that matched an existing resource wrote nothing.
+    matched_existing: bool = False
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A page of search matches plus the resources `_include`/`_revinclude` pulled in."""
+
+    total: int
+    matches: list[StoredResource]
+    included: list[StoredResource]
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """A page of history entries, newest first."""
+
+    total: int
+    entries: list[StoredResource]
+
+
+class _Retry(Exception):
+    """A concurrent writer won the compare-and-set; try the unconditional write again."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _with_meta(resource: dict[str, Any], version: int, moment: datetime) -> dict[str, Any]:
+    # Keep `resourceType`, `id`, `meta` first, as FHIR JSON usually reads.
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = format_instant(moment)
+    head = {"resourceType": resource["resourceType"], "id": resource["id"], "meta": meta}
+    return head | {k: v for k, v in resource.items() if k not in head}
+
+
+def _is_postgres(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+class Store:
+    """The sandbox's resource store."""
+
+    def __init__(self, url: str, *, change_feed: ChangeFeed, fhir_base: str) -> None:
+        self.url = url
+        self.feed = change_feed
+        self.fhir_base = fhir_base
+        self.engine = create_async_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            self._configure_sqlite(self.engine)
+        self._write_engine = self.engine.execution_options(ehr_write=True)
+        self._lock = asyncio.Lock()
+
+    @staticmethod
+    def _configure_sqlite(engine: AsyncEngine) -> None:
+        # pysqlite's own transaction handling defers BEGIN and cannot start an IMMEDIATE
+        # transaction; take over BEGIN so writers reserve the database up front.
+        @event.listens_for(engine.sync_engine, "connect")
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn: Any) -> None:
+            immediate = conn.get_execution_options().get("ehr_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the tables if needed and rebuild the search index if its shape changed."""
+        async with self._write_engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        await self.ensure_index()
+
+    async def close(self) -> None:
+        """Release the database connections."""
+        await self.engine.dispose()
+
+    async def ping(self) -> bool:
+        """Whether the database answers."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (DBAPIError, OSError):
+            return False
+        return True
+
+    async def ensure_index(self) -> None:
+        """Re-index every current resource when the search parameters have changed."""
+        signature = index_signature()
+        async with self._lock, self._write_engine.begin() as conn:
+            stored = await conn.scalar(
+                select(sandbox_meta.c.value).where(sandbox_meta.c.key == _SIGNATURE_KEY)
+            )
+            if stored == signature:
+                return
+            await conn.execute(delete(search_index))
+            rows = await conn.stream(
+                select(resources.c.res_type, resources.c.content)
+                .select_from(
+                    heads.join(
+                        resources,
+                        and_(
+                            resources.c.res_type == heads.c.res_type,
+                            resources.c.res_id == heads.c.res_id,
+                            resources.c.version == heads.c.version,
+                        ),
+                    )
+                )
+                .where(heads.c.deleted.is_(False))
+            )
+            batch: list[dict[str, Any]] = []
+            count = 0
+            async for res_type, content in rows:
+                resource = json.loads(content)
+                batch.extend(self._index_rows(res_type, resource["id"], resource))
+                count += 1
+                if len(batch) >= _INDEX_BATCH:
+                    await conn.execute(insert(search_index), batch)
+                    batch = []
+            if batch:
+                await conn.execute(insert(search_index), batch)
+            if stored is None:
+                await conn.execute(insert(sandbox_meta).values(key=_SIGNATURE_KEY, value=signature))
+            else:
+                await conn.execute(
+                    update(sandbox_meta)
+                    .where(sandbox_meta.c.key == _SIGNATURE_KEY)
+                    .values(value=signature)
+                )
+            if count:
+                log.info("search_index_rebuilt", resources=count)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _write_transaction(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self._write_engine.begin() as conn:
+                yield conn
+        except IntegrityError:
+            raise
+        except DBAPIError as exc:
+            log.warning("storage_unavailable", error_type=type(exc.orig).__name__)
+            raise FhirError(
+                503,
+                "Storage is busy; retry shortly",
+                code="transient",
+                headers={"Retry-After": "1"},
+            ) from exc
+
+    async def _write(
+        self,
+        operation: Callable[
+            [AsyncConnection], Awaitable[tuple[WriteResult, ResourceChange | None]]
+        ],
+    ) -> WriteResult:
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                async with self._lock:
+                    async with self._write_transaction() as conn:
+                        result, change = await operation(conn)
+                    # Queued under the lock, so listeners see changes in commit order.
+                    delivered = self.feed.enqueue(change) if change is not None else None
+            except (_Retry, IntegrityError):
+                # Another process committed between our read and our compare-and-set.
+                if attempt == _WRITE_ATTEMPTS:
+                    raise FhirError(
+                        409, "Concurrent modification; retry the request", code="conflict"
+                    ) from None
+                continue
+            if delivered is not None:
+                await self.feed.wait_delivered(delivered)
+            return result
+        raise AssertionError("unreachable")
+
+    async def _head(self, conn: AsyncConnection, res_type: str, res_id: str) -> Any:
+        result = await conn.execute(
+            select(heads.c.version, heads.c.last_updated, heads.c.deleted).where(
+                heads.c.res_type == res_type, heads.c.res_id == res_id
+            )
+        )
+        return result.first()
+
+    async def _content(
+        self, conn: AsyncConnection, res_type: str, res_id: str, version: int
+    ) -> dict[str, Any]:
+        content = await conn.scalar(
+            select(resources.c.content).where(
+                resources.c.res_type == res_type,
+                resources.c.res_id == res_id,
+                resources.c.version == version,
+            )
+        )
+        parsed: dict[str, Any] = json.loads(content) if content else {}
+        return parsed
+
+    def _index_rows(
+        self, res_type: str, res_id: str, resource: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        return [
+            {
+                "res_type": res_type,
+                "res_id": res_id,
+                "param": entry.param,
+                "system": entry.system[:512] if entry.system else entry.system,
+                "code": entry.code[:512] if entry.code else entry.code,
+                "text": entry.text,
+                "date_lo": entry.date_lo,
+                "date_hi": entry.date_hi,
+                "ref_type": entry.ref_type,
+                "ref_id": entry.ref_id,
+            }
+            for entry in extract_index(res_type, resource, self.fhir_base)
+        ]
+
+    async def _put_version(
+        self,
+        conn: AsyncConnection,
+        res_type: str,
+        res_id: str,
+        resource: dict[str, Any],
+        *,
+        head: Any,
+        method: str,
+        deleted: bool = False,
+    ) -> StoredResource:
+        """Compare-and-set the head to the next version and append that version."""
+        now = _now()
+        if head is None:
+            version = 1
+            await conn.execute(
+                insert(heads).values(
+                    res_type=res_type, res_id=res_id, version=1, last_updated=now, deleted=deleted
+                )
+            )
+        else:
+            version = head.version + 1
+            if now <= head.last_updated:
+                now = head.last_updated + timedelta(microseconds=1)
+            swapped = await conn.execute(
+                update(heads)
+                .where(
+                    heads.c.res_type == res_type,
+                    heads.c.res_id == res_id,
+                    heads.c.version == head.version,
+                )
+                .values(version=version, last_updated=now, deleted=deleted)
+            )
+            if swapped.rowcount != 1:
+                raise _Retry
+        content = _with_meta({**resource, "id": res_id}, version, now)
+        await conn.execute(
+            insert(resources).values(
+                res_type=res_type,
+                res_id=res_id,
+                version=version,
+                last_updated=now,
+                deleted=deleted,
+                method=method,
+                content=json.dumps(content, ensure_ascii=False, separators=(",", ":")),
+            )
+        )
+        await conn.execute(
+            delete(search_index).where(
+                search_index.c.res_type == res_type, search_index.c.res_id == res_id
+            )
+        )
+        if not deleted:
+            rows = self._index_rows(res_type, res_id, content)
+            if rows:
+                await conn.execute(insert(search_index), rows)
+        return StoredResource(res_type, res_id, version, now, deleted, method, content)
+
+    @staticmethod
+    def _change(
+        stored: StoredResource, interaction: ChangeInteraction, previous: dict[str, Any] | None
+    ) -> ResourceChange:
+        return ResourceChange(
+            resource_type=stored.resource_type,
+            id=stored.id,
+            version_id=str(stored.version),
+            interaction=interaction,
+            resource=stored.content,
+            previous=previous,
+            occurred_at=stored.last_updated.replace(tzinfo=UTC),
+        )
+
+    async def _upsert_in(
+        self,
+        conn: AsyncConnection,
+        res_type: str,
+        res_id: str,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None,
+        method: str,
+    ) -> tuple[WriteResult, ResourceChange]:
+        head = await self._head(conn, res_type, res_id)
+        if if_match is not None and (head is None or head.version != if_match):
+            current = "none" if head is None else f'W/"{head.version}"'
+            raise FhirError(
+                412,
+                f'Version conflict: If-Match W/"{if_match}" but the current version is {current}',
+                code="conflict",
+            )
+        previous = None
+        if head is not None and not head.deleted:
+            previous = await self._content(conn, res_type, res_id, head.version)
+        stored = await self._put_version(conn, res_type, res_id, resource, head=head, method=method)
+        interaction: ChangeInteraction = "update" if previous is not None else "create"
+        return WriteResult(stored, created=previous is None), self._change(
+            stored, interaction, previous
+        )
+
+    async def _lock_condition(self, conn: AsyncConnection, key: str) -> None:
+        # Conditional writes search, then write: make concurrent ones with the same
+        # condition take turns (other processes too) so two cannot both create.
+        if _is_postgres(self.engine):
+            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+
+    async def create(
+        self,
+        res_type: str,
+        resource: dict[str, Any],
+        *,
+        if_none_exist: SearchRequest | None = None,
+        condition_key: str = "",
+    ) -> WriteResult:
+        """Create a resource with a new server-assigned id (conditionally, if asked)."""
+
+        async def operation(conn: AsyncConnection) -> tuple[WriteResult, ResourceChange | None]:
+            if if_none_exist is not None:
+                await self._lock_condition(conn, f"{res_type}?{condition_key}")
+                found = await self._match_ids(conn, if_none_exist, limit=2)
+                if len(found) > 1:
+                    raise FhirError(
+                        412,
+                        "If-None-Exist matched more than one resource",
+                        code="duplicate",
+                    )
+                if found:
+                    existing = await self._read_current(conn, res_type, found[0])
+                    return WriteResult(existing, created=False, matched_existing=True), None
+            res_id = str(uuid.uuid4())
+            stored = await self._put_version(
+                conn, res_type, res_id, resource, head=None, method="POST"
+            )
+            return WriteResult(stored, created=True), self._change(stored, "create", None)
+
+        return await self._write(operation)
+
+    async def update(
+        self, res_type: str, res_id: str, resource: dict[str, Any], *, if_match: int | None = None
+    ) -> WriteResult:
+        """Update a resource, creating it with this id if it does not exist (or was deleted)."""
+
+        async def operation(conn: AsyncConnection) -> tuple[WriteResult, ResourceChange | None]:
+            return await self._upsert_in(
+                conn, res_type, res_id, resource, if_match=if_match, method="PUT"
+            )
+
+        return await self._write(operation)
+
+    async def conditional_update(
+        self,
+        res_type: str,
+        condition: SearchRequest,
+        resource: dict[str, Any],
+        *,
+        condition_key: str,
+        if_match: int | None = None,
+    ) -> WriteResult:
+        """Update the one resource matching `condition`, or create one if none matches."""
+
+        async def operation(conn: AsyncConnection) -> tuple[WriteResult, ResourceChange | None]:
+            await self._lock_condition(conn, f"{res_type}?{condition_key}")
+            found = await self._match_ids(conn, condition, limit=2)
+            if len(found) > 1:
+                raise FhirError(
+                    412,
+                    "The conditional update matched more than one resource",
+                    code="multiple-matches",
+                )
+            body_id = resource.get("id")
+            if found:
+                if body_id is not None and body_id != found[0]:
+                    raise FhirError(
+                        400,
+                        f"Resource id {body_id} does not match the resource the condition found",
+                        code="invalid",
+                        expression=[f"{res_type}.id"],
+                    )
+                res_id = found[0]
+            else:
+                res_id = body_id if isinstance(body_id, str) else str(uuid.uuid4())
+            return await self._upsert_in(
+                conn, res_type, res_id, resource, if_match=if_match, method="PUT"
+            )
+
+        return await self._write(operation)
+
+    async def delete(
+        self, res_type: str, res_id: str, *, if_match: int | None = None
+    ) -> WriteResult | None:
+        """Delete a resource (a tombstone version); None if there was nothing to delete."""
+
+        async def operation(
+            conn: AsyncConnection,
+        ) -> tuple[WriteResult | None, ResourceChange | None]:
+            head = await self._head(conn, res_type, res_id)
+            if if_match is not None and (head is None or head.version != if_match):
+                raise FhirError(412, "Version conflict on delete", code="conflict")
+            if head is None or head.deleted:
+                return None, None
+            previous = await self._content(conn, res_type, res_id, head.version)
+            stored = await self._put_version(
+                conn, res_type, res_id, previous, head=head, method="DELETE", deleted=True
+            )
+            return WriteResult(stored, created=False), self._change(stored, "delete", previous)
+
+        return await self._write(operation)  # type: ignore[arg-type]
+
+    async def load(self, items: Iterable[dict[str, Any]]) -> int:
+        """Insert resources that do not exist yet, in one transaction, without change events.
+
+        For the seed: idempotent (existing ids are left alone); returns how many it wrote.
+        """
+        written = 0
+        async with self._lock, self._write_transaction() as conn:
+            for resource in items:
+                res_type, res_id = resource["resourceType"], resource["id"]
+                if await self._head(conn, res_type, res_id) is not None:
+                    continue
+                await self._put_version(conn, res_type, res_id, resource, head=None, method="PUT")
+                written += 1
+        return written
+
+    # -- reads -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _row_to_stored(row: Any) -> StoredResource:
+        return StoredResource(
+            resource_type=row.res_type,
+            id=row.res_id,
+            version=row.version,
+            last_updated=row.last_updated,
+            deleted=bool(row.deleted),
+            method=row.method,
+            content=json.loads(row.content),
+        )
+
+    _COLUMNS = (
+        resources.c.res_type,
+        resources.c.res_id,
+        resources.c.version,
+        resources.c.last_updated,
+        resources.c.deleted,
+        resources.c.method,
+        resources.c.content,
+    )
+
+    def _current_join(self) -> Any:
+        return heads.join(
+            resources,
+            and_(
+                resources.c.res_type == heads.c.res_type,
+                resources.c.res_id == heads.c.res_id,
+                resources.c.version == heads.c.version,
+            ),
+        )
+
+    async def _read_current(
+        self, conn: AsyncConnection, res_type: str, res_id: str
+    ) -> StoredResource:
+        row = (
+            await conn.execute(
+                select(*self._COLUMNS)
+                .select_from(self._current_join())
+                .where(heads.c.res_type == res_type, heads.c.res_id == res_id)
+            )
+        ).first()
+        if row is None:
+            raise FhirError(404, f"{res_type}/{res_id} is not known", code="not-found")
+        stored = self._row_to_stored(row)
+        if stored.deleted:
+            raise FhirError(
+                410,
+                f"{res_type}/{res_id} was deleted",
+                code="deleted",
+                headers={"ETag": stored.etag},
+            )
+        return stored
+
+    async def read(self, res_type: str, res_id: str) -> StoredResource:
+        """The current version; 404 if unknown, 410 if deleted."""
+        async with self.engine.connect() as conn:
+            return await self._read_current(conn, res_type, res_id)
+
+    async def vread(self, res_type: str, res_id: str, version: int) -> StoredResource:
+        """One version; 404 if unknown, 410 if that version is a deletion."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(*self._COLUMNS).where(
+                        resources.c.res_type == res_type,
+                        resources.c.res_id == res_id,
+                        resources.c.version == version,
+                    )
+                )
+            ).first()
+        if row is None:
+            raise FhirError(404, f"{res_type}/{res_id}/_history/{version} is not known")
+        stored = self._row_to_stored(row)
+        if stored.deleted:
+            raise FhirError(
+                410, f"{res_type}/{res_id} version {version} is a deletion", code="deleted"
+            )
+        return stored
+
+    async def read_many(self, keys: Sequence[tuple[str, str]]) -> list[StoredResource]:
+        """The current, not-deleted versions of `keys` (missing ones skipped), in key order."""
+        if not keys:
+            return []
+        async with self.engine.connect() as conn:
+            return await self._read_many(conn, keys)
+
+    async def _read_many(
+        self, conn: AsyncConnection, keys: Sequence[tuple[str, str]]
+    ) -> list[StoredResource]:
+        found: dict[tuple[str, str], StoredResource] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 200):
+            chunk = unique[start : start + 200]
+            rows = await conn.execute(
+                select(*self._COLUMNS)
+                .select_from(self._current_join())
+                .where(
+                    tuple_(heads.c.res_type, heads.c.res_id).in_(chunk),
+                    heads.c.deleted.is_(False),
+                )
+            )
+            for row in rows:
+                stored = self._row_to_stored(row)
+                found[(stored.resource_type, stored.id)] = stored
+        return [found[key] for key in unique if key in found]
+
+    async def history(
+        self,
+        res_type: str,
+        res_id: str | None,
+        *,
+        since: datetime | None,
+        count: int,
+        offset: int,
+    ) -> HistoryPage:
+        """Versions of one resource (or of a whole type), newest first; 404 if unknown."""
+        conditions: list[ColumnElement[bool]] = [resources.c.res_type == res_type]
+        if res_id is not None:
+            conditions.append(resources.c.res_id == res_id)
+        if since is not None:
+            conditions.append(resources.c.last_updated >= since)
+        async with self.engine.connect() as conn:
+            if res_id is not None:
+                known = await conn.scalar(
+                    select(func.count())
+                    .select_from(heads)
+                    .where(heads.c.res_type == res_type, heads.c.res_id == res_id)
+                )
+                if not known:
+                    raise FhirError(404, f"{res_type}/{res_id} is not known", code="not-found")
+            total = await conn.scalar(
+                select(func.count()).select_from(resources).where(*conditions)
+            )
+            rows = await conn.execute(
+                select(*self._COLUMNS)
+                .where(*conditions)
+                .order_by(
+                    resources.c.last_updated.desc(),
+                    resources.c.res_id.asc(),
+                    resources.c.version.desc(),
+                )
+                .limit(count)
+                .offset(offset)
+            )
+            entries = [self._row_to_stored(row) for row in rows]
+        return HistoryPage(int(total or 0), entries)
+
+    async def _match_ids(
+        self, conn: AsyncConnection, request: SearchRequest, *, limit: int
+    ) -> list[str]:
+        rows = await conn.execute(matching_heads(request).limit(limit))
+        return [row.res_id for row in rows]
+
+    async def search(self, request: SearchRequest) -> SearchResult:
+        """One page of a search, its total, and its included resources."""
+        async with self.engine.connect() as conn:
+            total = await conn.scalar(
+                select(func.count()).select_from(heads).where(*search_conditions(request))
+            )
+            if request.summary_count or request.count == 0:
+                return SearchResult(int(total or 0), [], [])
+            page = matching_heads(request).limit(request.count).offset(request.offset)
+            keys = [(row.res_type, row.res_id) for row in await conn.execute(page)]
+            matches = await self._read_many(conn, keys)
+            included = await self._included(conn, request, matches)
+        return SearchResult(int(total or 0), matches, included)
+
+    async def _included(
+        self, conn: AsyncConnection, request: SearchRequest, matches: list[StoredResource]
+    ) -> list[StoredResource]:
+        if not matches or not (request.includes or request.revincludes):
+            return []
+        page_ids = [m.id for m in matches]
+        seen = {(m.resource_type, m.id) for m in matches}
+        wanted: list[tuple[str, str]] = []
+        for include in request.includes:
+            wanted.extend(await self._include_keys(conn, include, page_ids))
+        for include in request.revincludes:
+            wanted.extend(
+                await self._revinclude_keys(conn, include, request.resource_type, page_ids)
+            )
+        fresh = [key for key in dict.fromkeys(wanted) if key not in seen]
+        return await self._read_many(conn, fresh)
+
+    async def _include_keys(
+        self, conn: AsyncConnection, include: Include, page_ids: list[str]
+    ) -> list[tuple[str, str]]:
+        conditions = [
+            search_index.c.res_type == include.source_type,
+            search_index.c.res_id.in_(page_ids),
+            search_index.c.param == include.param.name,
+            search_index.c.ref_type.is_not(None),
+        ]
+        if include.target_type is not None:
+            conditions.append(search_index.c.ref_type == include.target_type)
+        rows = await conn.execute(
+            select(search_index.c.ref_type, search_index.c.ref_id).where(*conditions)
+        )
+        return [(row.ref_type, row.ref_id) for row in rows]
+
+    async def _revinclude_keys(
+        self, conn: AsyncConnection, include: Include, target_type: str, page_ids: list[str]
+    ) -> list[tuple[str, str]]:
+        rows = await conn.execute(
+            select(search_index.c.res_type, search_index.c.res_id).where(
+                search_index.c.res_type == include.source_type,
+                search_index.c.param == include.param.name,
+                search_index.c.ref_type == target_type,
+                search_index.c.ref_id.in_(page_ids),
+            )
+        )
+        return [(row.res_type, row.res_id) for row in rows]
+
+    async def compartment_keys(
+        self,
+        patient_id: str,
+        *,
+        since: datetime | None = None,
+        types: Sequence[str] | None = None,
+    ) -> list[tuple[str, str]]:
+        """The patient and every current resource that references them, patient first."""
+        referencing = (
+            select(search_index.c.res_type, search_index.c.res_id)
+            .where(
+                search_index.c.param == REF_PARAM,
+                search_index.c.ref_type == "Patient",
+                search_index.c.ref_id == patient_id,
+            )
+            .distinct()
+        )
+        conditions: list[ColumnElement[bool]] = [heads.c.deleted.is_(False)]
+        if since is not None:
+            conditions.append(heads.c.last_updated >= since)
+        if types:
+            conditions.append(heads.c.res_type.in_(list(types)))
+        is_patient = and_(heads.c.res_type == "Patient", heads.c.res_id == patient_id)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(heads.c.res_type, heads.c.res_id)
+                .where(
+                    *conditions,
+                    is_patient | tuple_(heads.c.res_type, heads.c.res_id).in_(referencing),
+                )
+                .order_by(heads.c.res_type, heads.c.last_updated, heads.c.res_id)
+            )
+            keys = [(row.res_type, row.res_id) for row in rows]
+        own = ("Patient", patient_id)
+        return ([own] if own in keys else []) + [k for k in keys if k != own]
+
+    async def references_of(self, keys: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Every resource the resources `keys` reference (via the `_ref` index), deduplicated."""
+        if not keys:
+            return []
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(search_index.c.ref_type, search_index.c.ref_id).where(
+                    search_index.c.param == REF_PARAM,
+                    tuple_(search_index.c.res_type, search_index.c.res_id).in_(list(keys)),
+                )
+            )
+            return list(dict.fromkeys((row.ref_type, row.ref_id) for row in rows))
+
+    async def exists(self, res_type: str, res_id: str) -> bool:
+        """Whether a current, not-deleted resource `res_type/res_id` exists."""
+        async with self.engine.connect() as conn:
+            deleted = await conn.scalar(
+                select(heads.c.deleted).where(
+                    heads.c.res_type == res_type, heads.c.res_id == res_id
+                )
+            )
+        return deleted is not None and not deleted
+
+    async def search_keys(self, request: SearchRequest, *, limit: int) -> list[tuple[str, str]]:
+        """Keys of the first `limit` matches of `request` (for internal look-ups)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(matching_heads(request).limit(limit))
+            return [(row.res_type, row.res_id) for row in rows]
