@@ -1,0 +1,180 @@
+"""Test fixtures shared by the tests of every package in the repository.
+
+Kafka
+  kafka_bootstrap          (session) "host:port" of a broker for the whole test session.
+  kafka_enable_idempotence (session) whether idempotent producers work on that broker.
+  kafka_kind               (session) "tansu", "apache" or "external".
+  kafka_broker             (function) the broker runner itself, for chaos tests.
+PostgreSQL
+  postgres_url             (session) base URL of a server, no database in it.
+  database_url             (function) a fresh, empty database for one test, dropped after it.
+SQLite / isolation
+  sqlite_url               (function) a SQLite file in the test's temporary directory.
+  unique_prefix            (function) a short unique prefix for topic and group names.
+
+Environment
+  KAFKA=tansu|apache       which broker the session starts (default tansu; CI uses apache).
+  KAFKA_BOOTSTRAP_SERVERS  use this running broker instead of starting one
+                           (then KAFKA_ENABLE_IDEMPOTENCE=true says it accepts idempotence).
+  TEST_DATABASE_URL        use this PostgreSQL server instead of the local cluster.
+
+The broker is shared by the whole session, so tests isolate themselves by name: topics and
+consumer groups carry `unique_prefix`, and topics are created explicitly with
+`devstack.topics.ensure_topics(kafka_bootstrap, prefix=unique_prefix)` (auto-created topics
+get one partition on Tansu). Tansu wedges a consumer group when two members leave it at the
+same moment: give every test its own group ids.
+
+Async fixtures run on the session event loop (`asyncio_default_fixture_loop_scope` and
+`asyncio_default_test_loop_scope` are "session" in the root pyproject), so an aiokafka client
+or an engine made in one fixture can be used by any test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import pytest_asyncio
+
+if TYPE_CHECKING:
+    from devstack.brokers import Broker
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class _KafkaSession:
+    bootstrap: str
+    kind: str
+    enable_idempotence: bool
+    broker: Broker | None
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def _kafka_session(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[_KafkaSession]:
+    """One broker for the session, or the external one named by KAFKA_BOOTSTRAP_SERVERS."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        idempotence = os.environ.get("KAFKA_ENABLE_IDEMPOTENCE", "").lower() in _TRUE
+        yield _KafkaSession(external, "external", idempotence, None)
+        return
+    # Imported here: packages whose tests need no broker must not need the dev tools.
+    from devstack.brokers import make_broker
+
+    kind = os.environ.get("KAFKA") or "tansu"
+    broker = make_broker(kind, data_dir=tmp_path_factory.mktemp(f"kafka-{kind}"))
+    await broker.start()
+    try:
+        await broker.wait_ready(timeout=180)
+        yield _KafkaSession(broker.bootstrap_servers, kind, broker.enable_idempotence, broker)
+    finally:
+        await broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(_kafka_session: _KafkaSession) -> str:
+    """Bootstrap servers ("127.0.0.1:PORT") of the session's Kafka broker.
+
+    Uses KAFKA_BOOTSTRAP_SERVERS when set; otherwise starts a broker on a free port for the
+    whole session (Tansu by default, Apache Kafka with KAFKA=apache as in CI) and stops it at
+    the end. Topics are not created for you: call `devstack.topics.ensure_topics`.
+    """
+    return _kafka_session.bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_enable_idempotence(_kafka_session: _KafkaSession) -> bool:
+    """Whether idempotent producers work on the session's broker (Apache yes, Tansu no).
+
+    Pass it to services as KAFKA_ENABLE_IDEMPOTENCE / `kafka_enable_idempotence`.
+    """
+    return _kafka_session.enable_idempotence
+
+
+@pytest.fixture(scope="session")
+def kafka_kind(_kafka_session: _KafkaSession) -> str:
+    """Which broker the session uses: "tansu", "apache" or "external"."""
+    return _kafka_session.kind
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def kafka_broker(_kafka_session: _KafkaSession) -> AsyncIterator[Broker]:
+    """The session's broker runner (`devstack.brokers.Broker`), for chaos tests.
+
+    `await kafka_broker.stop()` (clean), `await kafka_broker.kill()` (SIGKILL),
+    `await kafka_broker.start(); await kafka_broker.wait_ready()` or
+    `await kafka_broker.restart()`. It comes back on the same port. Apache Kafka keeps its
+    topics, messages and committed offsets across a restart; Tansu comes back empty, so a
+    test that restarts it must create its topics again. If the test leaves the broker down,
+    it is started again after the test so later tests are not affected.
+    Skipped when KAFKA_BOOTSTRAP_SERVERS names an external broker the tests cannot control.
+    """
+    broker = _kafka_session.broker
+    if broker is None:
+        pytest.skip("needs the broker the fixtures start; KAFKA_BOOTSTRAP_SERVERS is external")
+    yield broker
+    if not broker.is_running():
+        await broker.start()
+        await broker.wait_ready(timeout=180)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """Base URL of a PostgreSQL server (`postgresql+asyncpg://user:pw@host:port`, no database).
+
+    Uses TEST_DATABASE_URL when set (its database part is dropped); otherwise makes the
+    machine's PostgreSQL 15 cluster run with role portal/portal (`devstack.postgres`). When
+    PostgreSQL is not installed, every test that needs it fails with the reason: it is not
+    skipped, since CI has it.
+    """
+    # Imported here: packages whose tests need no database must not need the dev tools.
+    from devstack.postgres import PostgresUnavailable, ensure_postgres, server_url
+
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        return server_url(configured)
+    try:
+        return ensure_postgres()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"this test needs PostgreSQL: {exc}", pytrace=False)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def database_url(postgres_url: str) -> AsyncIterator[str]:
+    """SQLAlchemy URL of a new empty PostgreSQL database for this test only.
+
+    Named `test_<12 hex>`, owned by the fixture's role, dropped after the test even if
+    connections are still open (so dispose engines when you can, but a leak does not break
+    the next test).
+    """
+    from devstack.postgres import create_database, drop_database
+
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    url = await create_database(name, postgres_url)
+    try:
+        yield url
+    finally:
+        await drop_database(name, postgres_url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """SQLAlchemy URL (`sqlite+aiosqlite:///...`) of a new SQLite file in `tmp_path`."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+
+
+@pytest.fixture
+def unique_prefix() -> str:
+    """A short unique string such as `t1a2b3c4d.` to prefix topic names and group ids.
+
+    Pass it as a service's TOPIC_PREFIX / GROUP_PREFIX (or to `ensure_topics(prefix=...)`)
+    so tests sharing the session's broker never see each other's messages or groups.
+    """
+    return f"t{uuid.uuid4().hex[:8]}."

@@ -1,0 +1,172 @@
+"""`python -m devstack`: run the local stack, a broker, PostgreSQL or the topics by hand.
+
+up          broker + topics + EHR sandbox + the six services, in the foreground
+check       start the stack, verify every service's /readyz, /healthz, /metrics, stop
+broker      only a Kafka broker (port 9092) in the foreground, with the topics
+postgres    make the local PostgreSQL 15 usable and print its base URL
+topics      create the registry's topics on a running broker
+kafka-jars  fetch Apache Kafka's jars with Maven
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from devstack._paths import repo_root
+from devstack.brokers import BROKER_KINDS, BrokerError, BrokerKind, fetch_kafka_jars, make_broker
+from devstack.postgres import PostgresUnavailable, ensure_postgres
+from devstack.supervisor import Output, StackConfig, check, follow_log, up
+from devstack.topics import ensure_topics
+
+
+def _kind(value: str) -> BrokerKind:
+    for kind in BROKER_KINDS:
+        if kind == value:
+            return kind
+    raise argparse.ArgumentTypeError(f"choose one of {', '.join(BROKER_KINDS)}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack",
+        description="Developer and CI tooling for the portal.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    default_kind = os.environ.get("KAFKA") or "tansu"
+
+    for name, text in (
+        ("up", "run the whole stack in the foreground (Ctrl-C stops it)"),
+        ("check", "start the stack, check every service's endpoints, stop it"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("--kafka", type=_kind, default=default_kind, help="broker kind")
+        sub.add_argument("--kafka-port", type=int, default=9092, help="broker port")
+        sub.add_argument(
+            "--bootstrap",
+            default="",
+            help="use this running broker (host:port) instead of starting one",
+        )
+        sub.add_argument(
+            "--parallel", action="store_true", help="start the services at the same time"
+        )
+        sub.add_argument(
+            "--ready-timeout", type=float, default=90.0, help="seconds each process may take"
+        )
+
+    broker = commands.add_parser("broker", help="run only a Kafka broker in the foreground")
+    broker.add_argument("--kafka", type=_kind, default=default_kind, help="broker kind")
+    broker.add_argument("--port", type=int, default=9092)
+    broker.add_argument("--data-dir", type=Path, help="default: .data/kafka or .data/tansu")
+    broker.add_argument("--no-topics", action="store_true", help="do not create the topics")
+
+    commands.add_parser("postgres", help="make the local PostgreSQL usable, print its URL")
+
+    topics = commands.add_parser("topics", help="create the registry's topics on a broker")
+    topics.add_argument(
+        "--bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092",
+    )
+    topics.add_argument("--prefix", default="", help="prefix of every topic name")
+
+    jars = commands.add_parser("kafka-jars", help="fetch Apache Kafka's jars with Maven")
+    jars.add_argument("--force", action="store_true", help="fetch even if lib/ has jars")
+    return parser
+
+
+def _stack_config(args: argparse.Namespace) -> StackConfig:
+    return StackConfig(
+        kafka=args.kafka,
+        kafka_port=args.kafka_port,
+        bootstrap=args.bootstrap,
+        database_url=os.environ.get("DATABASE_URL", ""),
+        parallel=args.parallel,
+        ready_timeout=args.ready_timeout,
+    )
+
+
+async def _broker(args: argparse.Namespace) -> int:
+    kind: BrokerKind = args.kafka
+    data_dir = args.data_dir or repo_root() / ".data" / ("kafka" if kind == "apache" else "tansu")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    broker = make_broker(kind, port=args.port, data_dir=data_dir)
+    output = Output()
+    offset = broker.log_path.stat().st_size if broker.log_path.exists() else 0
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tail = asyncio.create_task(follow_log(broker.log_path, offset, output, "kafka"))
+    try:
+        await broker.start()
+        await broker.wait_ready(timeout=120.0)
+        if not args.no_topics:
+            created = await ensure_topics(broker.bootstrap_servers)
+            output.line("devstack", f"{len(created)} topics ready")
+        output.line(
+            "devstack",
+            f"{kind} broker ready on {broker.bootstrap_servers} "
+            f"(idempotent producers: {'on' if broker.enable_idempotence else 'off'}); "
+            "Ctrl-C stops it",
+        )
+        waiter = asyncio.create_task(stop.wait())
+        while not waiter.done():
+            await asyncio.wait({waiter}, timeout=0.5)
+            if not broker.is_running():
+                waiter.cancel()
+                output.line("devstack", "the broker exited")
+                return 1
+        return 0
+    except BrokerError as exc:
+        output.line("devstack", str(exc))
+        return 1
+    finally:
+        await broker.stop()
+        await asyncio.sleep(0.3)
+        tail.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tail
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m devstack`; returns the exit code."""
+    args = _parser().parse_args(argv)
+    command: str = args.command
+    if command == "up":
+        return asyncio.run(up(_stack_config(args)))
+    if command == "check":
+        return asyncio.run(check(_stack_config(args)))
+    if command == "broker":
+        return asyncio.run(_broker(args))
+    if command == "postgres":
+        try:
+            print(ensure_postgres())
+        except PostgresUnavailable as exc:
+            print(f"devstack postgres: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if command == "topics":
+        created = asyncio.run(ensure_topics(args.bootstrap, prefix=args.prefix))
+        for topic, partitions in sorted(created.items()):
+            print(f"{topic}\t{partitions}")
+        return 0
+    if command == "kafka-jars":
+        try:
+            print(fetch_kafka_jars(force=args.force))
+        except BrokerError as exc:
+            print(f"devstack kafka-jars: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    raise AssertionError(f"unhandled command {command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
