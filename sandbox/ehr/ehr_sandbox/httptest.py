@@ -1,0 +1,186 @@
+"""Real-HTTP helpers for tests: serve an ASGI app with uvicorn, receive notifications.
+
+Tests of subscriptions must cross TCP the way a vendor EHR's webhooks do, so they run the
+sandbox under uvicorn on a local port and point Subscriptions at a `NotificationReceiver`,
+a small `asyncio.start_server` HTTP/1.1 server that records every request and answers with
+a status the test chooses. Ports come from a range the caller gives (tests use
+18100-18119).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+DEFAULT_PORTS = range(18100, 18120)
+
+
+def free_port(ports: Iterable[int] = DEFAULT_PORTS, host: str = "127.0.0.1") -> int:
+    """The first port in `ports` nothing is listening on."""
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("No free port in the range")
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any, port: int, host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """Run `app` under uvicorn (lifespan included) until the block exits; yields its URL."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("uvicorn stopped during start-up")
+        if time.monotonic() > deadline:
+            raise TimeoutError("uvicorn did not start")
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=15)
+
+
+@dataclass
+class ReceivedRequest:
+    """One request the receiver got."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    received_at: float
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+    @property
+    def notification_type(self) -> str | None:
+        """`type` of the status entry of a notification bundle (R4 or R4B form)."""
+        try:
+            status = self.json()["entry"][0]["resource"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
+        if status.get("resourceType") == "SubscriptionStatus":
+            return str(status.get("type"))
+        for parameter in status.get("parameter", []):
+            if parameter.get("name") == "type":
+                return str(parameter.get("valueCode"))
+        return None
+
+    @property
+    def event_numbers(self) -> list[int]:
+        """The event numbers a notification carries."""
+        try:
+            status = self.json()["entry"][0]["resource"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return []
+        if status.get("resourceType") == "SubscriptionStatus":
+            return [int(e["eventNumber"]) for e in status.get("notificationEvent", [])]
+        numbers = []
+        for parameter in status.get("parameter", []):
+            if parameter.get("name") == "notification-event":
+                for part in parameter.get("part", []):
+                    if part.get("name") == "event-number":
+                        numbers.append(int(part["valueString"]))
+        return numbers
+
+
+@dataclass
+class NotificationReceiver:
+    """A minimal HTTP/1.1 server that records requests and answers with `status`.
+
+    `respond` may be replaced by a function of the request returning the status code, to
+    fail some requests and accept others.
+    """
+
+    port: int
+    host: str = "127.0.0.1"
+    status: int = 200
+    respond: Callable[[ReceivedRequest], int] | None = None
+    requests: list[ReceivedRequest] = field(default_factory=list)
+    _server: asyncio.Server | None = None
+    _arrived: asyncio.Condition | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL the receiver listens on."""
+        return f"http://{self.host}:{self.port}"
+
+    async def __aenter__(self) -> NotificationReceiver:
+        self._arrived = asyncio.Condition()
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = await self._read_request(reader)
+                if request is None:
+                    break
+                code = self.respond(request) if self.respond is not None else self.status
+                assert self._arrived is not None
+                async with self._arrived:
+                    self.requests.append(request)
+                    self._arrived.notify_all()
+                head = f"HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
+                writer.write(head.encode())
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    @staticmethod
+    async def _read_request(reader: asyncio.StreamReader) -> ReceivedRequest | None:
+        line = await reader.readline()
+        if not line:
+            return None
+        method, path, _version = line.decode("latin-1").split(" ", 2)
+        headers: dict[str, str] = {}
+        while True:
+            header = await reader.readline()
+            if header in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = header.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        body = await reader.readexactly(length) if length else b""
+        return ReceivedRequest(method, path, headers, body, time.monotonic())
+
+    async def wait_for(
+        self, predicate: Callable[[list[ReceivedRequest]], bool], within: float = 10.0
+    ) -> list[ReceivedRequest]:
+        """Wait until `predicate(requests)` holds; returns the requests so far."""
+        assert self._arrived is not None
+        async with self._arrived:
+            await asyncio.wait_for(self._arrived.wait_for(lambda: predicate(self.requests)), within)
+            return list(self.requests)
+
+    def of_type(self, kind: str) -> list[ReceivedRequest]:
+        """The notifications received of one type (handshake, heartbeat, ...)."""
+        return [r for r in self.requests if r.notification_type == kind]
