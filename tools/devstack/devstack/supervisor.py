@@ -491,6 +491,17 @@ class Stack:
             cwd=config.root,
         )
 
+    async def wait_broker_exit(self) -> None:
+        """Return when the broker this stack started is no longer running (never otherwise)."""
+        if self.broker is None:
+            await asyncio.Event().wait()
+            return
+        # The broker is a Popen child (not tied to this loop), so it can only be polled.
+        while True:
+            if not self.broker.is_running():
+                return
+            await asyncio.sleep(0.5)
+
     async def stop(self) -> None:
         """Stop the processes one by one, then the broker."""
         await self.supervisor.stop_all()
@@ -606,23 +617,27 @@ async def _serve(stack: Stack, stop: asyncio.Event) -> int:
         stack.output.line("devstack", line)
     stopping = asyncio.create_task(stop.wait())
     exiting = asyncio.create_task(stack.supervisor.wait_any_exit())
+    broker_lost = asyncio.create_task(stack.wait_broker_exit())
+    watched = {stopping, exiting, broker_lost}
     try:
-        await asyncio.wait({stopping, exiting}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stopping.cancel()
-        if not exiting.done():
-            exiting.cancel()
-    if exiting.done() and not exiting.cancelled():
-        dead = exiting.result()
-        stack.output.line(
-            "devstack",
-            f"{dead.name} exited with code {dead.returncode}; stopping the stack. "
-            f"Last lines of {dead.name}:",
-        )
-        for line in dead.lines:
-            stack.output.line("devstack", f"  {line}")
+        for task in watched:
+            task.cancel()
+    if stopping in done:
+        return 0
+    if broker_lost in done:
+        stack.output.line("devstack", "the broker exited; stopping the stack")
         return 1
-    return 0
+    dead = exiting.result()
+    stack.output.line(
+        "devstack",
+        f"{dead.name} exited with code {dead.returncode}; stopping the stack. "
+        f"Last lines of {dead.name}:",
+    )
+    for line in dead.lines:
+        stack.output.line("devstack", f"  {line}")
+    return 1
 
 
 async def _check(stack: Stack, stop: asyncio.Event) -> int:

@@ -6,6 +6,7 @@ Its behaviour comes from the environment:
   FAKE_READY_AFTER  seconds after start-up before /readyz answers 200 (503 until then)
   FAKE_CRASH        "1": print a line and fail in create_app, as a broken service would
   FAKE_STOP_DELAY   seconds the lifespan shutdown takes
+  FAKE_EXIT_AFTER   seconds after start-up when the process dies (exit code 4)
 """
 
 from __future__ import annotations
@@ -44,7 +45,14 @@ def create_app() -> App:
         raise SystemExit(3)
     ready_after = float(os.environ.get("FAKE_READY_AFTER", "0"))
     stop_delay = float(os.environ.get("FAKE_STOP_DELAY", "0"))
+    exit_after = os.environ.get("FAKE_EXIT_AFTER")
     started: list[float] = []
+    background: set[asyncio.Task[None]] = set()
+
+    async def die_later(delay: float) -> None:
+        await asyncio.sleep(delay)
+        _say("dying")
+        os._exit(4)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -55,6 +63,8 @@ def create_app() -> App:
                     _say("startup")
                     shown = [f"{key}={os.environ.get(key, '')}" for key in _SHOWN]
                     print("settings", *shown, flush=True)
+                    if exit_after is not None:
+                        background.add(asyncio.create_task(die_later(float(exit_after))))
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     _say("shutdown-begin")
