@@ -21,7 +21,7 @@ from ehr_sandbox.registry import params_for
 from ehr_sandbox.search import parse_reference
 
 _PATIENT_PARAMS = ("patient", "subject")
-_ID_KEYS = ("id", "resource_id", "res_id", "logical_id")
+_ID_KEYS = ("resource_id", "patient_id", "id")
 _VERSION_KEYS = ("vid", "version_id", "version")
 
 
