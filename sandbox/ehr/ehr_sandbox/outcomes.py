@@ -9,7 +9,7 @@ input.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -153,3 +153,29 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+
+
+def location_expression(root: str, loc: tuple[int | str, ...]) -> str:
+    """A FHIRPath-like expression (`Patient.name[0].given`) for a pydantic error location."""
+    expression = root
+    for part in loc:
+        if isinstance(part, int):
+            expression += f"[{part}]"
+        elif part:
+            expression += f".{part}"
+    return expression
+
+
+def issues_from_errors(
+    root: str, errors: Sequence[Mapping[str, object]], *, limit: int = 20
+) -> list[dict[str, Any]]:
+    """OperationOutcome issues, one per pydantic error, naming the element and the problem."""
+    issues = []
+    for err in errors[:limit]:
+        loc = err.get("loc", ())
+        expression = location_expression(root, tuple(loc) if isinstance(loc, tuple) else ())
+        message = str(err.get("msg", "invalid value"))
+        issues.append(issue("error", "invalid", f"{expression}: {message}", [expression]))
+    if len(errors) > limit:
+        issues.append(issue("information", "informational", f"{len(errors) - limit} more errors"))
+    return issues

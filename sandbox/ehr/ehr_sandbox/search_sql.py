@@ -15,7 +15,6 @@ from sqlalchemy import (
     FromClause,
     Select,
     and_,
-    exists,
     false,
     func,
     literal,
@@ -127,7 +126,9 @@ def _reference_condition(
     return by_ref if by_ref is not None else false()
 
 
-def criterion_condition(criterion: Criterion, position: int) -> ColumnElement[bool]:
+def criterion_condition(
+    criterion: Criterion, position: int, resource_type: str
+) -> ColumnElement[bool]:
     """The WHERE clause (over `resource_heads`) for one criterion."""
     name = criterion.param.name
     if name == "_id":
@@ -147,12 +148,16 @@ def criterion_condition(criterion: Criterion, position: int) -> ColumnElement[bo
                 if isinstance(v, DateValue)
             ),
         )
+    # An uncorrelated IN (subquery) is evaluated once per search; a correlated EXISTS made
+    # SQLite probe the index once per candidate row.
     si = search_index.alias(f"si{position}")
-    base = [si.c.res_type == heads.c.res_type, si.c.res_id == heads.c.res_id, si.c.param == name]
+    scope = [si.c.res_type == resource_type, si.c.param == name]
     if criterion.missing is not None:
-        present = exists().where(*base)
+        present = heads.c.res_id.in_(select(si.c.res_id).where(*scope))
         return not_(present) if criterion.missing else present
-    matching = exists().where(*base, _value_condition(criterion, si))
+    matching = heads.c.res_id.in_(
+        select(si.c.res_id).where(*scope, _value_condition(criterion, si))
+    )
     return not_(matching) if criterion.modifier == "not" else matching
 
 
@@ -163,7 +168,8 @@ def search_conditions(request: SearchRequest) -> list[ColumnElement[bool]]:
         heads.c.deleted.is_(False),
     ]
     conditions.extend(
-        criterion_condition(criterion, n) for n, criterion in enumerate(request.criteria)
+        criterion_condition(criterion, n, request.resource_type)
+        for n, criterion in enumerate(request.criteria)
     )
     return conditions
 

@@ -519,17 +519,55 @@ class Store:
     async def load(self, items: Iterable[dict[str, Any]]) -> int:
         """Insert resources that do not exist yet, in one transaction, without change events.
 
-        For the seed: idempotent (existing ids are left alone); returns how many it wrote.
+        For the seed: idempotent (ids that exist, even deleted ones, are left alone) and bulk
+        (a few statements for thousands of resources); returns how many it wrote.
         """
-        written = 0
+        wanted = {(r["resourceType"], r["id"]): r for r in items}
+        if not wanted:
+            return 0
         async with self._lock, self._write_transaction() as conn:
-            for resource in items:
-                res_type, res_id = resource["resourceType"], resource["id"]
-                if await self._head(conn, res_type, res_id) is not None:
-                    continue
-                await self._put_version(conn, res_type, res_id, resource, head=None, method="PUT")
-                written += 1
-        return written
+            existing: set[tuple[str, str]] = set()
+            keys = list(wanted)
+            for start in range(0, len(keys), 200):
+                rows = await conn.execute(
+                    select(heads.c.res_type, heads.c.res_id).where(
+                        tuple_(heads.c.res_type, heads.c.res_id).in_(keys[start : start + 200])
+                    )
+                )
+                existing.update((row.res_type, row.res_id) for row in rows)
+            fresh = [(key, r) for key, r in wanted.items() if key not in existing]
+            if not fresh:
+                return 0
+            now = _now()
+            head_rows, version_rows, index_rows = [], [], []
+            for (res_type, res_id), resource in fresh:
+                content = _with_meta(resource, 1, now)
+                head_rows.append(
+                    {
+                        "res_type": res_type,
+                        "res_id": res_id,
+                        "version": 1,
+                        "last_updated": now,
+                        "deleted": False,
+                    }
+                )
+                version_rows.append(
+                    {
+                        "res_type": res_type,
+                        "res_id": res_id,
+                        "version": 1,
+                        "last_updated": now,
+                        "deleted": False,
+                        "method": "PUT",
+                        "content": json.dumps(content, ensure_ascii=False, separators=(",", ":")),
+                    }
+                )
+                index_rows.extend(self._index_rows(res_type, res_id, content))
+            await conn.execute(insert(heads), head_rows)
+            await conn.execute(insert(resources), version_rows)
+            for start in range(0, len(index_rows), 5000):
+                await conn.execute(insert(search_index), index_rows[start : start + 5000])
+        return len(fresh)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -811,3 +849,19 @@ class Store:
         async with self.engine.connect() as conn:
             rows = await conn.execute(matching_heads(request).limit(limit))
             return [(row.res_type, row.res_id) for row in rows]
+
+    # -- small facts -----------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        """A value of the sandbox's key/value table."""
+        async with self.engine.connect() as conn:
+            value: str | None = await conn.scalar(
+                select(sandbox_meta.c.value).where(sandbox_meta.c.key == key)
+            )
+        return value
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Set a value of the sandbox's key/value table."""
+        async with self._lock, self._write_transaction() as conn:
+            await conn.execute(delete(sandbox_meta).where(sandbox_meta.c.key == key))
+            await conn.execute(insert(sandbox_meta).values(key=key, value=value))

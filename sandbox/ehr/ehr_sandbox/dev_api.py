@@ -1,0 +1,185 @@
+"""Developer conveniences: demo patients, patient tokens, simulated actions, fault injection.
+
+- `GET /dev/patients`, `POST /dev/patient-token`: dev mode only (404 otherwise), no auth:
+  the gateway's local login uses them.
+- `POST /sandbox/simulate/<action>`, `GET|POST|DELETE /sandbox/faults`: admin token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ehr_sandbox.auth import bearer_token, mint_patient_token
+from ehr_sandbox.faults import FaultConfig, FaultState
+from ehr_sandbox.outcomes import FhirError, issues_from_errors
+from ehr_sandbox.search import is_valid_id
+from ehr_sandbox.seed import DEMO_PATIENTS
+from ehr_sandbox.settings import SandboxSettings
+from ehr_sandbox.simulate import Simulator
+from ehr_sandbox.store import Store
+from ehr_sandbox.validation import MAX_BODY_BYTES
+
+router = APIRouter()
+
+
+def _settings(request: Request) -> SandboxSettings:
+    settings: SandboxSettings = request.app.state.settings
+    return settings
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _require_dev_mode(request: Request) -> None:
+    if not _settings(request).dev_mode:
+        raise FhirError(404, "Not found", code="not-found")
+
+
+def require_admin(request: Request) -> None:
+    """401 without a bearer token, 403 unless it is the admin token."""
+    token = bearer_token(request)
+    if token is None:
+        raise FhirError(
+            401,
+            "Missing bearer token",
+            code="login",
+            headers={"WWW-Authenticate": 'Bearer realm="ehr-sandbox"'},
+        )
+    if not hmac.compare_digest(token.encode(), _settings(request).admin_token.encode()):
+        raise FhirError(403, "The admin token is required", code="forbidden")
+
+
+async def _json_object(request: Request, *, optional: bool) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise FhirError(413, "Body too large", code="too-costly")
+    if not raw.strip():
+        if optional:
+            return {}
+        raise FhirError(400, "A JSON body is required", code="structure")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FhirError(400, f"Body is not valid JSON: {exc}", code="structure") from exc
+    if not isinstance(body, dict):
+        raise FhirError(400, "Body must be a JSON object", code="structure")
+    return body
+
+
+def _parse(model: type[BaseModel], body: dict[str, Any], root: str) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise FhirError(
+            422, "Invalid request", issues=issues_from_errors(root, exc.errors())
+        ) from exc
+
+
+# -- dev mode -----------------------------------------------------------------------------
+
+
+def _display_name(patient: dict[str, Any]) -> str:
+    for name in patient.get("name", []):
+        if name.get("text"):
+            return str(name["text"])
+        parts = [*name.get("given", []), name.get("family", "")]
+        text = " ".join(p for p in parts if p)
+        if text:
+            return text
+    return str(patient.get("id", ""))
+
+
+@router.get("/dev/patients")
+async def dev_patients(request: Request) -> JSONResponse:
+    """The demo patients: id, display name and whether they have a clinical history."""
+    _require_dev_mode(request)
+    store = _store(request)
+    patients = await store.read_many([("Patient", p.id) for p in DEMO_PATIENTS])
+    known = {p.id: p for p in DEMO_PATIENTS}
+    return JSONResponse(
+        [
+            {"id": p.id, "name": _display_name(p.content), "has_history": known[p.id].has_history}
+            for p in patients
+        ]
+    )
+
+
+class PatientTokenRequest(BaseModel):
+    """Body of `POST /dev/patient-token`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    patient: str = Field(min_length=1, max_length=64)
+
+
+@router.post("/dev/patient-token")
+async def dev_patient_token(request: Request) -> JSONResponse:
+    """A patient access token for a demo (or any existing) patient, as the dev issuer mints it."""
+    _require_dev_mode(request)
+    body: PatientTokenRequest = _parse(
+        PatientTokenRequest, await _json_object(request, optional=False), "body"
+    )
+    if not is_valid_id(body.patient) or not await _store(request).exists("Patient", body.patient):
+        raise FhirError(404, f"Patient/{body.patient} is not known", code="not-found")
+    token = mint_patient_token(body.patient, app=request.app)
+    return JSONResponse({"access_token": token, "token_type": "Bearer", "patient": body.patient})
+
+
+# -- simulation ---------------------------------------------------------------------------
+
+
+@router.post("/sandbox/simulate/{action}")
+async def simulate(request: Request, action: str) -> JSONResponse:
+    """Perform a simulated clinician or lab action; returns what it wrote."""
+    require_admin(request)
+    body = await _json_object(request, optional=True)
+    simulator = Simulator(_store(request), fhir_base=_settings(request).fhir_base)
+    written = await simulator.run(action, body)
+    return JSONResponse(
+        {"written": [{"reference": s.reference, "versionId": str(s.version)} for s in written]},
+        status_code=201,
+    )
+
+
+# -- faults -------------------------------------------------------------------------------
+
+
+def _fault_view(request: Request) -> dict[str, Any]:
+    config: FaultConfig = request.app.state.faults
+    state: FaultState = request.app.state.fault_state
+    return {**config.model_dump(), "down_remaining_s": round(state.down_remaining(), 3)}
+
+
+@router.get("/sandbox/faults")
+async def get_faults(request: Request) -> JSONResponse:
+    """The active fault configuration."""
+    require_admin(request)
+    return JSONResponse(_fault_view(request))
+
+
+@router.post("/sandbox/faults")
+async def set_faults(request: Request) -> JSONResponse:
+    """Replace the fault configuration (unset fields are off)."""
+    require_admin(request)
+    config: FaultConfig = _parse(FaultConfig, await _json_object(request, optional=False), "faults")
+    request.app.state.fault_state.apply(config)
+    request.app.state.faults = config
+    return JSONResponse(_fault_view(request))
+
+
+@router.delete("/sandbox/faults")
+async def reset_faults(request: Request) -> JSONResponse:
+    """Turn every fault off."""
+    require_admin(request)
+    config = FaultConfig()
+    request.app.state.fault_state.apply(config)
+    request.app.state.faults = config
+    return JSONResponse(_fault_view(request))
