@@ -23,6 +23,7 @@ from ehr_sandbox.outcomes import install_error_handlers
 from ehr_sandbox.seed import seed_clinic
 from ehr_sandbox.settings import SandboxSettings
 from ehr_sandbox.store import Store
+from ehr_sandbox.subscriptions import setup as setup_subscriptions
 from servicekit.logging import configure_logging, get_logger
 
 SERVICE_NAME = "ehr-sandbox"
@@ -76,6 +77,9 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
     app.include_router(fhir_router)
     app.include_router(dev_router)
     app.include_router(auth_router)
+    # After the FHIR router: it puts its Subscription routes ahead of the generic ones, and
+    # its lifespan runs inside ours (after the store has started and the seed is loaded).
+    setup_subscriptions(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
