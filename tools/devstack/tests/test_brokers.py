@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from devstack.brokers import ApacheKafkaBroker, BrokerError, TansuBroker, make_broker
+from devstack.brokers import (
+    ApacheKafkaBroker,
+    BrokerError,
+    TansuBroker,
+    fetch_kafka_jars,
+    kafka_dir,
+    make_broker,
+)
 from devstack.topics import ensure_topics
 
 
@@ -150,3 +157,17 @@ async def test_apache_kafka_keeps_its_data_across_stop_kill_and_restart(tmp_path
     finally:
         await broker.stop()
     assert not broker.is_running()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("mvn") is None, reason="needs Maven: apt-get install maven")
+def test_fetch_kafka_jars_fills_an_empty_lib_once(tmp_path: Path) -> None:
+    shutil.copy(kafka_dir() / "pom.xml", tmp_path / "pom.xml")
+    lib = fetch_kafka_jars(tmp_path)
+    assert lib == tmp_path / "lib"
+    jars = {jar.name for jar in lib.glob("*.jar")}
+    assert any(name.startswith("kafka_2.13-4.") for name in jars)
+    assert any(name.startswith("log4j-core-") for name in jars)
+    stamp = (lib / ".fetched").stat().st_mtime_ns
+    assert fetch_kafka_jars(tmp_path) == lib
+    assert (lib / ".fetched").stat().st_mtime_ns == stamp, "a filled lib/ is not fetched again"
