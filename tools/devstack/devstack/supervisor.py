@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
+import asyncpg  # type: ignore[import-untyped]
 import httpx
+from aiokafka.errors import KafkaError
 
 from devstack._paths import port_is_open, repo_root
 from devstack._proc import orphan_guarded, signal_group
@@ -411,8 +413,14 @@ class Stack:
         if not self.bootstrap:
             await self._start_broker()
         self.output.line("devstack", f"creating topics on {self.bootstrap}")
-        await ensure_topics(self.bootstrap, names_and_partitions=self.config.topics)
-        urls = await self._databases()
+        try:
+            await ensure_topics(self.bootstrap, names_and_partitions=self.config.topics)
+        except (ImportError, KafkaError, OSError, RuntimeError) as exc:
+            raise StartupError("kafka", f"creating topics failed: {exc!r}") from exc
+        try:
+            urls = await self._databases()
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StartupError("postgres", f"creating databases failed: {exc!r}") from exc
         specs = [self._spec(service, urls.get(service.name, "")) for service in self.services]
         await self.supervisor.start_all(specs, parallel=self.config.parallel)
 

@@ -176,3 +176,33 @@ async def test_check_runs_a_stack_on_tansu_and_verifies_every_endpoint(
             "DATABASE_URL": f"{postgres_url}/portal_fakeapp",
             "LOG_FORMAT": "json",
         }
+
+
+async def test_a_database_url_that_is_not_postgresql_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.syspath_prepend(str(FAKEAPPS))
+    sink = io.StringIO()
+    config = StackConfig(
+        kafka_port=19096,
+        root=tmp_path,
+        services=[ServiceDef("fake", "fakeapp", free_port(), "fakeapp:create_app")],
+        topics=[],
+        database_url="sqlite+aiosqlite:///shared.db",
+    )
+    assert await check(config, Output(sink, colour=False)) == 1
+    text = sink.getvalue()
+    assert "DATABASE_URL must be a PostgreSQL server URL" in text
+    assert "stopping tansu broker" in text
+
+
+async def test_missing_service_packages_fail_before_anything_starts(tmp_path: Path) -> None:
+    sink = io.StringIO()
+    config = StackConfig(
+        kafka_port=19096,
+        root=tmp_path,
+        services=[ServiceDef("ghost", "no_such_service_pkg", free_port(), "x.app:create_app")],
+    )
+    assert await check(config, Output(sink, colour=False)) == 1
+    assert "packages not installed: no_such_service_pkg" in sink.getvalue()
+    assert "broker" not in sink.getvalue()
