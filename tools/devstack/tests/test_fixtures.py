@@ -53,6 +53,14 @@ async def test_kafka_bootstrap_serves_produce_and_consume(
     assert values == [b"hello"]
 
 
+def _only_a_persistent_broker(broker: Broker) -> None:
+    if broker.kind != "apache":
+        pytest.skip(
+            "restarting the session's Tansu would empty it under later tests' session fixtures; "
+            "runs with KAFKA=apache (as in CI)"
+        )
+
+
 @pytest.mark.chaos
 async def test_kafka_broker_restarts_on_the_same_port(
     kafka_broker: Broker,
@@ -60,6 +68,7 @@ async def test_kafka_broker_restarts_on_the_same_port(
     kafka_enable_idempotence: bool,
     unique_prefix: str,
 ) -> None:
+    _only_a_persistent_broker(kafka_broker)
     topic = f"{unique_prefix}durable"
     await ensure_topics(kafka_bootstrap, names_and_partitions=[(topic, 1)])
     await _round_trip(kafka_bootstrap, topic, b"before", kafka_enable_idempotence)
@@ -68,13 +77,13 @@ async def test_kafka_broker_restarts_on_the_same_port(
     await kafka_broker.start()
     await kafka_broker.wait_ready(timeout=180)
     assert kafka_broker.bootstrap_servers == kafka_bootstrap
-    if kafka_broker.kind == "apache":
-        values = await _round_trip(kafka_bootstrap, topic, b"after", kafka_enable_idempotence)
-        assert values == [b"before", b"after"]
+    values = await _round_trip(kafka_bootstrap, topic, b"after", kafka_enable_idempotence)
+    assert values == [b"before", b"after"]
 
 
 @pytest.mark.chaos
 async def test_a_broker_left_down_by_a_test(kafka_broker: Broker) -> None:
+    _only_a_persistent_broker(kafka_broker)
     await kafka_broker.stop()
     assert not kafka_broker.is_running()
 
