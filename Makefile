@@ -80,7 +80,7 @@ kafka-jars: $(KAFKA_STAMP) ## fetch Apache Kafka's jars with Maven into deploy/l
 # Kafka would end up on one classpath after a version bump.
 $(KAFKA_STAMP): $(KAFKA_HOME)/pom.xml
 	rm -f $(KAFKA_HOME)/lib/*.jar
-	mvn -q -B -Dstyle.color=never -f $(KAFKA_HOME)/pom.xml dependency:copy-dependencies
+	mvn -q -B -f $(KAFKA_HOME)/pom.xml dependency:copy-dependencies
 	@touch $@
 
 clean: ## remove generated files: .data/, caches, Kafka jars, the install stamp (keeps .venv)

@@ -301,7 +301,7 @@ def fetch_kafka_jars(kafka_home: Path | None = None, *, force: bool = False) -> 
         for jar in lib_dir.glob("*.jar"):
             jar.unlink()
     result = subprocess.run(
-        [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(pom), "dependency:copy-dependencies"],
+        [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies"],
         capture_output=True,
         text=True,
         check=False,
