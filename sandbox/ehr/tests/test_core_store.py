@@ -1,0 +1,174 @@
+"""The store on its own: compare-and-set across processes, re-indexing, PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, func, select, update
+
+from ehr_sandbox.changes import ChangeFeed
+from ehr_sandbox.outcomes import FhirError
+from ehr_sandbox.search import SearchRequest, parse_search
+from ehr_sandbox.settings import SandboxSettings
+from ehr_sandbox.store import Store
+from ehr_sandbox.tables import sandbox_meta, search_index
+
+BASE = "http://ehr.test/fhir"
+
+
+def _patient(family: str, **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Patient", "name": [{"family": family}], **extra}
+
+
+def _query(resource_type: str, *pairs: tuple[str, str]) -> SearchRequest:
+    return parse_search(
+        resource_type, list(pairs), fhir_base=BASE, default_count=50, max_count=50, strict=True
+    )
+
+
+async def _store(url: str) -> Store:
+    store = Store(url, change_feed=ChangeFeed(), fhir_base=BASE)
+    await store.start()
+    return store
+
+
+@pytest.fixture
+async def two_stores(tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
+    """Two stores on one SQLite file: two processes sharing a database, each with its own lock."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    first = await _store(url)
+    second = await _store(url)
+    try:
+        yield first, second
+    finally:
+        await first.close()
+        await second.close()
+        await first.feed.close()
+        await second.feed.close()
+
+
+async def test_if_match_race_across_processes_has_one_winner(
+    two_stores: tuple[Store, Store],
+) -> None:
+    first, second = two_stores
+    created = await first.create("Patient", _patient("Race"))
+    pid = created.stored.id
+
+    async def attempt(store: Store, n: int) -> str:
+        try:
+            await store.update("Patient", pid, {**_patient(f"R{n}"), "id": pid}, if_match=1)
+        except FhirError as exc:
+            return str(exc.status)
+        return "ok"
+
+    results = await asyncio.gather(*(attempt(s, n) for n, s in enumerate([first, second] * 4)))
+    assert sorted(results) == ["412"] * 7 + ["ok"]
+    assert (await second.read("Patient", pid)).version == 2
+
+
+async def test_unconditional_updates_across_processes_all_land(
+    two_stores: tuple[Store, Store],
+) -> None:
+    first, second = two_stores
+    pid = (await first.create("Patient", _patient("Many"))).stored.id
+    await asyncio.gather(
+        *(
+            store.update("Patient", pid, {**_patient(f"U{n}"), "id": pid})
+            for n, store in enumerate([first, second] * 5)
+        )
+    )
+    history = await first.history("Patient", pid, since=None, count=50, offset=0)
+    assert [e.version for e in history.entries] == list(range(11, 0, -1))
+
+
+async def test_index_is_rebuilt_when_the_parameters_change(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'reindex.db'}"
+    store = await _store(url)
+    await store.create("Patient", _patient("Indexed", birthDate="1970-01-01"))
+    # Simulate an older release's index: a different signature and no rows.
+    async with store.engine.begin() as conn:
+        await conn.execute(delete(search_index))
+        await conn.execute(update(sandbox_meta).values(value="an-older-signature"))
+    assert (await store.search(_query("Patient", ("family", "indexed")))).total == 0
+    await store.close()
+    restarted = await _store(url)
+    try:
+        assert (await restarted.search(_query("Patient", ("family", "indexed")))).total == 1
+        assert (await restarted.search(_query("Patient", ("birthdate", "1970")))).total == 1
+    finally:
+        await restarted.close()
+        await store.feed.close()
+        await restarted.feed.close()
+
+
+async def test_load_is_idempotent_and_silent(tmp_path: Path) -> None:
+    store = await _store(f"sqlite+aiosqlite:///{tmp_path / 'load.db'}")
+    seen: list[str] = []
+
+    async def listener(change: Any) -> None:
+        seen.append(change.id)
+
+    store.feed.subscribe(listener)
+    try:
+        items = [{**_patient("Seed"), "id": f"s{n}"} for n in range(3)]
+        assert await store.load(items) == 3
+        await store.delete("Patient", "s1")
+        assert await store.load(items) == 0  # existing ids, even deleted ones, stay as they are
+        assert not await store.exists("Patient", "s1")
+        assert seen == ["s1"]  # only the delete was an event
+    finally:
+        await store.close()
+        await store.feed.close()
+
+
+async def test_postgres_store_smoke(database_url: str) -> None:
+    url = SandboxSettings(database_url=database_url).resolved_database_url()
+    store = await _store(url)
+    try:
+        created = await store.create("Patient", _patient("Pg", birthDate="1999-09-09"))
+        pid = created.stored.id
+        updated = await store.update("Patient", pid, {**_patient("Pg2"), "id": pid}, if_match=1)
+        assert updated.stored.version == 2
+        with pytest.raises(FhirError) as stale:
+            await store.update("Patient", pid, {**_patient("Pg3"), "id": pid}, if_match=1)
+        assert stale.value.status == 412
+        results = await asyncio.gather(
+            *(
+                store.update("Patient", pid, {**_patient(f"P{n}"), "id": pid}, if_match=2)
+                for n in range(4)
+            ),
+            return_exceptions=True,
+        )
+        assert sum(not isinstance(r, Exception) for r in results) == 1
+        condition = _query("Patient", ("identifier", "urn:pg|1"))
+        body = _patient("Cond", identifier=[{"system": "urn:pg", "value": "1"}])
+        conditional = await asyncio.gather(
+            *(
+                store.create(
+                    "Patient", body, if_none_exist=condition, condition_key="identifier=urn:pg|1"
+                )
+                for _ in range(4)
+            )
+        )
+        assert sum(r.created for r in conditional) == 1
+        found = await store.search(_query("Patient", ("family", "p")))
+        assert [m.id for m in found.matches] == [pid]
+        assert (await store.search(_query("Patient", ("_lastUpdated", "ge2000-01-01")))).total == 2
+        deleted = await store.delete("Patient", pid)
+        assert deleted is not None
+        with pytest.raises(FhirError) as gone:
+            await store.read("Patient", pid)
+        assert gone.value.status == 410
+        history = await store.history("Patient", pid, since=None, count=10, offset=0)
+        assert history.total == 4
+        async with store.engine.connect() as conn:
+            rows = await conn.scalar(select(func.count()).select_from(search_index))
+        assert rows
+        assert await store.ping()
+    finally:
+        await store.close()
+        await store.feed.close()
