@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -184,3 +185,126 @@ class NotificationReceiver:
     def of_type(self, kind: str) -> list[ReceivedRequest]:
         """The notifications received of one type (handshake, heartbeat, ...)."""
         return [r for r in self.requests if r.notification_type == kind]
+
+
+@dataclass
+class RunningSandbox:
+    """A sandbox app served over real HTTP, with an admin client."""
+
+    app: Any
+    url: str
+    admin: Any  # httpx.AsyncClient with the admin bearer token
+
+    @property
+    def fhir(self) -> str:
+        """The FHIR base URL."""
+        return self.url + "/fhir"
+
+
+@contextlib.asynccontextmanager
+async def running_sandbox(
+    data_dir: Path,
+    *,
+    port: int | None = None,
+    seed: bool = False,
+    auth: Any = None,
+    subscriptions: Any = None,
+    **overrides: Any,
+) -> AsyncIterator[RunningSandbox]:
+    """Build the sandbox (`create_app`) on a fresh SQLite file and serve it on a port.
+
+    `auth` and `subscriptions` are optional `AuthSettings` / `SubscriptionSettings`;
+    `overrides` go to `SandboxSettings`.
+    """
+    import httpx
+
+    from ehr_sandbox.app import create_app
+    from ehr_sandbox.auth.settings import AuthSettings
+    from ehr_sandbox.settings import SandboxSettings
+
+    port = port or free_port()
+    settings = SandboxSettings(
+        base_url=f"http://127.0.0.1:{port}",
+        database_url=f"sqlite+aiosqlite:///{data_dir / 'sandbox.db'}",
+        seed=seed,
+        log_level="WARNING",
+        **overrides,
+    )
+    app = create_app(settings)
+    app.state.auth_settings = auth or AuthSettings(data_dir=data_dir / "auth")
+    if subscriptions is not None:
+        app.state.subscription_settings = subscriptions
+    async with serve(app, port) as url:
+        headers = {"Authorization": f"Bearer {settings.admin_token}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as admin:
+            yield RunningSandbox(app=app, url=url, admin=admin)
+
+
+_BACKPORT_SD = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+
+
+def backport_subscription(
+    topic: str,
+    endpoint: str,
+    *,
+    content: str = "id-only",
+    patient: str | None = None,
+    heartbeat_s: int | None = None,
+    timeout_s: int | None = None,
+    max_count: int | None = None,
+    headers: Iterable[str] = (),
+    status: str = "requested",
+) -> dict[str, Any]:
+    """A backport-profile rest-hook Subscription on a topic (canonical or sandbox topic id)."""
+    canonical = (
+        topic if "/" in topic else f"http://portal.example.org/fhir/SubscriptionTopic/{topic}"
+    )
+    channel: dict[str, Any] = {
+        "type": "rest-hook",
+        "endpoint": endpoint,
+        "payload": "application/fhir+json",
+        "_payload": {
+            "extension": [{"url": _BACKPORT_SD + "backport-payload-content", "valueCode": content}]
+        },
+    }
+    extensions = []
+    if heartbeat_s is not None:
+        extensions.append(
+            {"url": _BACKPORT_SD + "backport-heartbeat-period", "valueUnsignedInt": heartbeat_s}
+        )
+    if timeout_s is not None:
+        extensions.append({"url": _BACKPORT_SD + "backport-timeout", "valueUnsignedInt": timeout_s})
+    if max_count is not None:
+        extensions.append(
+            {"url": _BACKPORT_SD + "backport-max-count", "valuePositiveInt": max_count}
+        )
+    if extensions:
+        channel["extension"] = extensions
+    if headers:
+        channel["header"] = list(headers)
+    subscription: dict[str, Any] = {
+        "resourceType": "Subscription",
+        "meta": {"profile": [_BACKPORT_SD + "backport-subscription"]},
+        "status": status,
+        "reason": "test",
+        "criteria": canonical,
+        "channel": channel,
+    }
+    if patient is not None:
+        resource_type = {
+            "diagnosticreport-final": "DiagnosticReport",
+            "observation-final": "Observation",
+            "medicationrequest-change": "MedicationRequest",
+            "appointment-status": "Appointment",
+            "slot-change": "Slot",
+            "communication-patient": "Communication",
+        }.get(canonical.rsplit("/", 1)[-1], "Resource")
+        subscription["_criteria"] = {
+            "extension": [
+                {
+                    "url": _BACKPORT_SD + "backport-filter-criteria",
+                    "valueString": f"{resource_type}?patient=Patient/{patient}",
+                }
+            ]
+        }
+    return subscription

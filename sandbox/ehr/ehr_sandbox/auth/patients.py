@@ -1,4 +1,8 @@
-"""The patients the dev sign-in page offers: the Patient resources in the sandbox."""
+"""The patients the dev sign-in page offers.
+
+The demo patients of the seed (the same list as `GET /dev/patients`), in their order;
+when the sandbox runs without the seed, the Patient resources it holds instead.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from ehr_sandbox.search import SearchRequest
+from ehr_sandbox.seed import DEMO_PATIENTS
 
-# The sign-in page lists at most this many patients; the demo clinic has a handful.
+# Without the seed the page lists at most this many patients.
 MAX_LISTED = 50
 
 
@@ -31,22 +36,27 @@ def display_name(patient: dict[str, Any]) -> str:
     return f"Patient {patient.get('id', '')}"
 
 
-def _hint(patient: dict[str, Any]) -> str:
+def _hint(patient: dict[str, Any], has_history: bool | None) -> str:
     parts = []
     if isinstance(patient.get("birthDate"), str):
-        parts.append(f"born {patient['birthDate']}")
-    parts.append(f"id {patient.get('id', '')}")
-    return ", ".join(parts)
+        parts.append(f"Born {patient['birthDate']}")
+    if has_history is not None:
+        parts.append("has a medical history" if has_history else "new patient")
+    return ", ".join(parts) if parts else f"Patient id {patient.get('id', '')}"
 
 
 async def demo_patients(app: FastAPI) -> list[tuple[str, str, str]]:
-    """(id, display name, hint) of the sandbox's patients, sorted by name."""
+    """(id, display name, hint) of the patients one may sign in as."""
     store = getattr(app.state, "store", None)
     if store is None:
         return []
+    demo = await store.read_many([("Patient", p.id) for p in DEMO_PATIENTS])
+    if demo:
+        history = {p.id: p.has_history for p in DEMO_PATIENTS}
+        return [(m.id, display_name(m.content), _hint(m.content, history.get(m.id))) for m in demo]
     result = await store.search(SearchRequest("Patient", count=MAX_LISTED))
     patients = [
-        (str(m.content.get("id")), display_name(m.content), _hint(m.content))
+        (m.id, display_name(m.content), _hint(m.content, None))
         for m in result.matches
         if m.content.get("active", True) is not False
     ]

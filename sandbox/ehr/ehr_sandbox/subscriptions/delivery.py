@@ -175,7 +175,9 @@ class Channel:
         limit = self.config.max_count or self.deps.settings.max_events_per_notification
         batch = await self.deps.log.pending(self.config.id, state.last_delivered, limit)
         if batch:
-            await self._deliver_events(batch, state.events_since_start)
+            # An event appended between the two reads is in the batch but not in `state`.
+            since_start = max(state.events_since_start, batch[-1].number)
+            await self._deliver_events(batch, since_start)
             return
         if self._held is not None:
             remaining = self._held[1] + self.deps.settings.reorder_flush_s - time.monotonic()
