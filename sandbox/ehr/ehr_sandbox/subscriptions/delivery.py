@@ -197,6 +197,11 @@ class Channel:
         await self._heartbeat(state.events_since_start)
 
     async def _wait(self, delay: float | None) -> None:
+        until_end = self._seconds_to_end()
+        if until_end is not None and self.status != "off":
+            # Wake up when `end` passes, to switch the Subscription off on time.
+            delay = until_end if delay is None else min(delay, until_end)
+            delay = max(delay, 0.0)
         try:
             if delay is None:
                 await self._wake.wait()
@@ -206,16 +211,20 @@ class Channel:
             return
         self._wake.clear()
 
-    def _ended(self) -> bool:
+    def _seconds_to_end(self) -> float | None:
         if self.config.end is None:
-            return False
+            return None
         try:
             end = datetime.fromisoformat(self.config.end.replace("Z", "+00:00"))
         except ValueError:
-            return False
+            return None
         if end.tzinfo is None:
             end = end.replace(tzinfo=UTC)
-        return end <= datetime.now(UTC)
+        return (end - datetime.now(UTC)).total_seconds()
+
+    def _ended(self) -> bool:
+        remaining = self._seconds_to_end()
+        return remaining is not None and remaining <= 0
 
     # -- notifications ----------------------------------------------------------------
 
