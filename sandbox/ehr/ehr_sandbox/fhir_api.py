@@ -21,6 +21,7 @@ from ehr_sandbox.auth import authorize
 from ehr_sandbox.capabilities import capability_statement
 from ehr_sandbox.outcomes import FhirError, FhirResponse, issue, operation_outcome
 from ehr_sandbox.search import (
+    MAX_OFFSET,
     SearchRequest,
     date_range,
     format_instant,
@@ -245,6 +246,8 @@ def _bounded_int(raw: str | None, name: str, default: int, maximum: int | None) 
         raise FhirError(400, f"{name} must be an integer", expression=[name]) from exc
     if value < 0:
         raise FhirError(400, f"{name} must not be negative", expression=[name])
+    if value > MAX_OFFSET:
+        raise FhirError(400, f"{name} must be at most {MAX_OFFSET}", expression=[name])
     return min(value, maximum) if maximum is not None else value
 
 
@@ -325,7 +328,7 @@ async def vread(
     check_resource_type(resource_type)
     check_id(resource_id)
     await authorize(request, resource_type, "vread")
-    if not version_id.isdigit():
+    if not version_id.isdigit() or len(version_id) > 9:
         raise FhirError(404, f"{resource_type}/{resource_id}/_history/{version_id} is not known")
     stored = await _store(request).vread(resource_type, resource_id, int(version_id))
     headers = _version_headers(stored, base=_settings(request).fhir_base, location=False)

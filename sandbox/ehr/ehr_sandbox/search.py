@@ -477,13 +477,18 @@ def _modifier_allowed(param: SearchParam, modifier: str) -> bool:
     return modifier in _MODIFIERS[param.type]
 
 
-def _int_param(name: str, value: str, minimum: int) -> int:
+MAX_OFFSET = 1_000_000
+
+
+def _int_param(name: str, value: str, minimum: int, maximum: int | None = None) -> int:
     try:
         number = int(value)
     except ValueError as exc:
         raise FhirError(400, f"{name} must be an integer", expression=[name]) from exc
     if number < minimum:
         raise FhirError(400, f"{name} must be at least {minimum}", expression=[name])
+    if maximum is not None and number > maximum:
+        raise FhirError(400, f"{name} must be at most {maximum}", expression=[name])
     return number
 
 
@@ -534,10 +539,11 @@ def parse_search(
 
     for key, value in items:
         if key == "_count":
-            request.count = min(_int_param(key, value, 0), max_count)
+            # Numbers beyond what SQL can bind are refused rather than clamped.
+            request.count = min(_int_param(key, value, 0, MAX_OFFSET), max_count)
             continue
         if key == "_offset":
-            request.offset = _int_param(key, value, 0)
+            request.offset = _int_param(key, value, 0, MAX_OFFSET)
             continue
         if key == "_format":
             continue

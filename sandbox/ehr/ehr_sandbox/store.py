@@ -176,7 +176,9 @@ class Store:
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-        except (DBAPIError, OSError):
+        except Exception as exc:
+            # Any failure (driver error, refused connection, timeout) means "not ready".
+            log.warning("database_unreachable", error_type=type(exc).__name__)
             return False
         return True
 

@@ -44,6 +44,10 @@ def check_content_type(content_type: str | None) -> None:
         )
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object; 413 if too large, 400 if not a JSON object."""
     if len(raw) > MAX_BODY_BYTES:
@@ -51,9 +55,12 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise FhirError(400, "Empty body: a FHIR resource is required", code="structure")
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FhirError(400, f"Body is not valid JSON: {exc}", code="structure") from exc
+        # NaN/Infinity are not JSON; a lone surrogate (\ud800) cannot be stored or sent back.
+        body = json.loads(raw, parse_constant=_reject_constant)
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (UnicodeError, ValueError, RecursionError) as exc:
+        reason = "too deeply nested" if isinstance(exc, RecursionError) else str(exc)
+        raise FhirError(400, f"Body is not valid JSON: {reason}", code="structure") from exc
     if not isinstance(body, dict):
         raise FhirError(400, "Body must be a JSON object (a FHIR resource)", code="structure")
     return body

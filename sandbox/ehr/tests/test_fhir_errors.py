@@ -170,3 +170,47 @@ async def test_unsupported_method_is_405_outcome(sandbox: Sandbox, fhir: httpx.A
     )
     assert response.status_code == 405
     sandbox.outcome(response)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"resourceType": "Patient", "multipleBirthInteger": NaN}',
+        b'{"resourceType": "Patient", "gender": "\\ud800"}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b"\xff\xfe not utf-8",
+    ],
+    ids=["nan", "lone-surrogate", "deep-nesting", "not-utf8"],
+)
+async def test_hostile_bodies_are_400(
+    sandbox: Sandbox, fhir: httpx.AsyncClient, body: bytes
+) -> None:
+    response = await fhir.post("/fhir/Patient", content=body, headers=FHIR_JSON)
+    assert response.status_code == 400
+    sandbox.outcome(response)
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/fhir/Patient", {"_offset": str(10**30)}),
+        ("/fhir/Patient", {"_count": str(10**30)}),
+        ("/fhir/Patient/_history", {"_offset": str(10**30)}),
+        ("/fhir/Patient/x/_history/" + "9" * 30, {}),
+        ("/fhir/Patient", {"birthdate": "ge"}),
+        ("/fhir/Patient", {"birthdate": "2024-02-30"}),
+        ("/fhir/Patient", {"_sort": ""}),
+        ("/fhir/Patient", {"_include": "::::"}),
+        ("/fhir/Patient", {"identifier": "|"}),
+        ("/fhir/Patient", {"_lastUpdated": "gt"}),
+        ("/fhir/Patient", {"name": "%_\\"}),
+        ("/fhir/Patient/$everything", {}),
+        ("/fhir/Patient/x/$everything", {"_type": "Nope"}),
+    ],
+)
+async def test_odd_queries_never_fail_the_server(
+    sandbox: Sandbox, fhir: httpx.AsyncClient, path: str, params: dict[str, str]
+) -> None:
+    response = await fhir.get(path, params=params)
+    assert response.status_code < 500, response.text
+    assert response.headers["content-type"].startswith("application/fhir+json")
