@@ -48,7 +48,9 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await store.start()
         if settings.seed:
-            await seed_clinic(store)
+            await seed_clinic(
+                store, timezone=settings.clinic_timezone, examples=settings.examples_dir
+            )
         log.info("ehr_sandbox_started", base_url=settings.base_url, dev_mode=settings.dev_mode)
         try:
             yield

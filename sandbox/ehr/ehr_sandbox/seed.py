@@ -2,10 +2,12 @@
 
 Ids are stable (listed in the package README) so tools and tests can rely on them. The
 first start loads everything once (marked in `sandbox_meta`); every start tops up the free
-slots so the next `SLOT_HORIZON_DAYS` days always have some. Official FHIR R4 examples are
-loaded verbatim where their references resolve: Patient/pat1 with its MedicationRequests
-(prescribed by Practitioner/f007), Patient/pat2 with its Observations, and Organization/1.
-Every seed resource is validated like a client write; the seed writes no change events.
+slots so the next `SLOT_HORIZON_DAYS` days always have some. Official FHIR R4 examples
+(from `SANDBOX_EXAMPLES_DIR`, by default `shared/fhir-examples` beside the repository;
+skipped with a warning when absent) are loaded verbatim where their references resolve:
+Patient/pat1 with its MedicationRequests (prescribed by Practitioner/f007), Patient/pat2
+with its Observations, and Organization/1. Every seed resource is validated like a client
+write; the seed writes no change events.
 """
 
 from __future__ import annotations
@@ -172,15 +174,10 @@ OFFICIAL_EXAMPLES: tuple[str, ...] = (
 )
 
 
-def examples_dir() -> Path | None:
-    """Where the official FHIR R4 examples are (`SANDBOX_EXAMPLES_DIR` or `../shared`)."""
-    for candidate in (
-        Path(__file__).resolve().parents[3].parent / "shared" / "fhir-examples",
-        Path("/work/shared/fhir-examples"),
-    ):
-        if candidate.is_dir():
-            return candidate
-    return None
+def examples_dir(configured: Path | None = None) -> Path | None:
+    """Where the official FHIR R4 examples are: `configured`, else `shared/` beside the repo."""
+    candidate = configured or Path(__file__).resolve().parents[4] / "shared" / "fhir-examples"
+    return candidate if candidate.is_dir() else None
 
 
 def clinic_zone(name: str = DEFAULT_TIMEZONE) -> ZoneInfo | Any:
@@ -910,8 +907,8 @@ def _new_patients() -> list[dict[str, Any]]:
     return [carol, canary]
 
 
-def _official_examples() -> list[dict[str, Any]]:
-    directory = examples_dir()
+def _official_examples(configured: Path | None) -> list[dict[str, Any]]:
+    directory = examples_dir(configured)
     if directory is None:
         log.warning("official_examples_unavailable")
         return []
@@ -928,12 +925,14 @@ def _next_workday_slot(now: datetime, zone: Any) -> datetime:
     return datetime.combine(day, time(10, 0), tzinfo=zone)
 
 
-def clinic_resources(now: datetime, zone: Any) -> list[dict[str, Any]]:
+def clinic_resources(
+    now: datetime, zone: Any, examples: Path | None = None
+) -> list[dict[str, Any]]:
     """Every resource of the first-start seed (slots included)."""
     rng = random.Random(20240501)
     busy = _next_workday_slot(now, zone)
     resources = _clinic(now)
-    resources += _official_examples()
+    resources += _official_examples(examples)
     resources += _alice(now, zone, rng, busy)
     resources += _bob(now, zone, rng)
     resources += _new_patients()
@@ -950,7 +949,11 @@ def _validated(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def seed_clinic(
-    store: Store, *, now: datetime | None = None, timezone: str = DEFAULT_TIMEZONE
+    store: Store,
+    *,
+    now: datetime | None = None,
+    timezone: str = DEFAULT_TIMEZONE,
+    examples: Path | None = None,
 ) -> int:
     """Load the demo clinic on first start, and top up free slots on every start.
 
@@ -959,7 +962,7 @@ async def seed_clinic(
     now = now or datetime.now(UTC)
     zone = clinic_zone(timezone)
     if await store.get_meta(SEEDED_KEY) is None:
-        written = await store.load(_validated(clinic_resources(now, zone)))
+        written = await store.load(_validated(clinic_resources(now, zone, examples)))
         await store.set_meta(SEEDED_KEY, format_instant(now))
         log.info("seed_loaded", resources=written)
         return written

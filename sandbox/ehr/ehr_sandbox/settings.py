@@ -27,6 +27,13 @@ class SandboxSettings(BaseSettings):
         default="http://127.0.0.1:8090", description="Public base URL (links, Location)"
     )
     seed: bool = Field(default=True, description="Load the demo clinic on first start")
+    examples_dir: Path | None = Field(
+        default=None,
+        description="Official FHIR R4 examples for the seed; default ../shared/fhir-examples",
+    )
+    clinic_timezone: str = Field(
+        default="America/New_York", description="Time zone of the clinic's opening hours"
+    )
     log_level: str = "INFO"
     log_format: str = Field(default="json", description="json, or console for humans")
     default_page_size: int = Field(default=20, ge=1)
