@@ -102,7 +102,9 @@ async def test_pkce_login_end_to_end(sandbox: RunningSandbox) -> None:
         for pid, name in (("alice", "Alice Walker"), ("bob", "Bob Stone")):
             assert f'value="{pid}"' in html
             assert name in html
-        assert re.search(r'<label for="patient-0">', html)
+        assert re.search(
+            r'<label class="choice" for="patient-0"><input type="radio" id="patient-0"', html
+        )
         query = await _sign_in(http, challenge)
         assert query["state"] == ["st-123"]
         (code,) = query["code"]

@@ -24,7 +24,8 @@ _STYLE = """
             border-bottom: 1px solid #bbbbbb; }
   .choice:last-child { border-bottom: none; }
   input[type=radio] { width: 1.75rem; height: 1.75rem; flex: none; }
-  label { cursor: pointer; }
+  label.choice { cursor: pointer; }
+  label.choice:hover { background: #f0f4fb; }
   .hint { display: block; font-size: 1.125rem; color: #333333; }
   .actions { display: flex; gap: 1rem; flex-wrap: wrap; }
   button { font-size: 1.375rem; padding: 0.75rem 1.75rem; border-radius: 0.5rem;
@@ -59,13 +60,13 @@ def choose_patient_page(
         f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">' for k, v in params.items()
     )
     if patients:
+        # The whole row is the label, so a tap anywhere on it picks the patient.
         choices = "\n".join(
-            '<div class="choice">'
+            f'<label class="choice" for="patient-{i}">'
             f'<input type="radio" id="patient-{i}" name="patient" value="{escape(pid)}"'
             f"{' checked' if i == 0 else ''} required>"
-            f'<label for="patient-{i}">{escape(name)}'
-            f'<span class="hint">{escape(hint)}</span></label>'
-            "</div>"
+            f'<span>{escape(name)}<span class="hint">{escape(hint)}</span></span>'
+            "</label>"
             for i, (pid, name, hint) in enumerate(patients)
         )
         form_body = (

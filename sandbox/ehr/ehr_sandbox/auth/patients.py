@@ -42,7 +42,8 @@ def _hint(patient: dict[str, Any], has_history: bool | None) -> str:
         parts.append(f"Born {patient['birthDate']}")
     if has_history is not None:
         parts.append("has a medical history" if has_history else "new patient")
-    return ", ".join(parts) if parts else f"Patient id {patient.get('id', '')}"
+    text = ", ".join(parts) if parts else f"patient id {patient.get('id', '')}"
+    return text[:1].upper() + text[1:]
 
 
 async def demo_patients(app: FastAPI) -> list[tuple[str, str, str]]:
