@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -264,3 +265,25 @@ async def test_dev_client_key_pair_works(client: httpx.AsyncClient, tmp_path: Pa
     )
     assert response.status_code == 200, response.text
     assert (await client.get("/dev/clients/someone-else")).status_code == 404
+
+
+async def test_clients_file_registers_clients(tmp_path: Path, rs_key: RSAKey) -> None:
+    clients_file = tmp_path / "clients.json"
+    document = {
+        "clients": [
+            {"client_id": "from-file", "jwks": {"keys": [rs_key.as_dict(private=False)]}},
+            {"client_id": "broken", "jwks": {"keys": []}},
+        ]
+    }
+    clients_file.write_text(json.dumps(document))
+    app = _app(tmp_path)
+    app.state.auth_settings = AuthSettings(data_dir=tmp_path / "data", clients_file=clients_file)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+            response = await http.post(
+                TOKEN_URL, data=_form(_assertion(rs_key, "RS384", "from-file"))
+            )
+            assert response.status_code == 200, response.text
+            broken = await http.post(TOKEN_URL, data=_form(_assertion(rs_key, "RS384", "broken")))
+            assert broken.json()["error"] == "invalid_client"
