@@ -32,6 +32,8 @@ _SMART_OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/
 class _Capabilities:
     operations: dict[tuple[str, str], str] = field(default_factory=dict)
     rest_extensions: list[dict[str, Any]] = field(default_factory=list)
+    resource_extensions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    supported_profiles: dict[str, list[str]] = field(default_factory=dict)
     oauth_uris: dict[str, str] = field(default_factory=dict)
 
 
@@ -52,6 +54,20 @@ def add_rest_extension(ext: dict[str, Any]) -> None:
     """Add an extension to the statement's `rest` entry (an equal one is added only once)."""
     if ext not in _STATE.rest_extensions:
         _STATE.rest_extensions.append(deepcopy(ext))
+
+
+def add_resource_extension(resource_type: str, ext: dict[str, Any]) -> None:
+    """Add an extension to `rest.resource` of `resource_type` (an equal one only once)."""
+    extensions = _STATE.resource_extensions.setdefault(resource_type, [])
+    if ext not in extensions:
+        extensions.append(deepcopy(ext))
+
+
+def add_supported_profile(resource_type: str, profile: str) -> None:
+    """List `profile` in `rest.resource.supportedProfile` of `resource_type` (idempotent)."""
+    profiles = _STATE.supported_profiles.setdefault(resource_type, [])
+    if profile not in profiles:
+        profiles.append(profile)
 
 
 def register_oauth_uri(name: str, path: str) -> None:
@@ -104,6 +120,10 @@ def _resource_entry(resource_type: str) -> dict[str, Any]:
     }
     if revincludes:
         entry["searchRevInclude"] = revincludes
+    if _STATE.supported_profiles.get(resource_type):
+        entry["supportedProfile"] = list(_STATE.supported_profiles[resource_type])
+    if _STATE.resource_extensions.get(resource_type):
+        entry["extension"] = deepcopy(_STATE.resource_extensions[resource_type])
     operations = sorted(
         (name, url) for (rtype, name), url in _STATE.operations.items() if rtype == resource_type
     )

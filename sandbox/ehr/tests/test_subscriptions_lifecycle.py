@@ -237,3 +237,12 @@ async def test_topics_are_readable_as_basic_and_listed_in_metadata(
     assert len(canonicals) == 6
     subscription = next(r for r in rest["resource"] if r["type"] == "Subscription")
     assert {op["name"] for op in subscription["operation"]} >= {"status", "events"}
+    on_resource = {
+        e["valueCanonical"]
+        for e in subscription["extension"]
+        if e["url"].endswith("capabilitystatement-subscriptiontopic-canonical")
+    }
+    assert on_resource == canonicals
+    assert subscription["supportedProfile"] == [
+        "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription"
+    ]

@@ -28,6 +28,7 @@ TOPIC_CANONICAL_EXTENSION = (
 )
 STATUS_OPERATION = f"{_BACKPORT}/OperationDefinition/backport-subscription-status"
 EVENTS_OPERATION = f"{_BACKPORT}/OperationDefinition/backport-subscription-events"
+SUBSCRIPTION_PROFILE = f"{_BACKPORT}/StructureDefinition/backport-subscription"
 
 
 @asynccontextmanager
@@ -46,10 +47,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def _advertise() -> None:
     capabilities.register_operation("Subscription", "status", STATUS_OPERATION)
     capabilities.register_operation("Subscription", "events", EVENTS_OPERATION)
+    capabilities.add_supported_profile("Subscription", SUBSCRIPTION_PROFILE)
     for topic in TOPICS:
-        capabilities.add_rest_extension(
-            {"url": TOPIC_CANONICAL_EXTENSION, "valueCanonical": topic.canonical}
-        )
+        extension = {"url": TOPIC_CANONICAL_EXTENSION, "valueCanonical": topic.canonical}
+        # The IG's context for the extension is `rest.resource` (on Subscription); it is
+        # also on `rest`, where clients written against the project brief look for it.
+        capabilities.add_resource_extension("Subscription", extension)
+        capabilities.add_rest_extension(extension)
 
 
 def setup(app: FastAPI) -> None:
