@@ -85,10 +85,12 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
+        """Alive."""
         return JSONResponse({"status": "ok"})
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
+        """Ready when the database answers."""
         ready = await request.app.state.store.ping()
         return JSONResponse(
             {"status": "ready" if ready else "unavailable", "database": ready},
@@ -97,6 +99,7 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
+        """Prometheus metrics of this app."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
