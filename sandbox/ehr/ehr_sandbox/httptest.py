@@ -214,7 +214,7 @@ async def running_sandbox(
     """Build the sandbox (`create_app`) on a fresh SQLite file and serve it on a port.
 
     `auth` and `subscriptions` are optional `AuthSettings` / `SubscriptionSettings`;
-    `overrides` go to `SandboxSettings`.
+    `overrides` go to `SandboxSettings` (`database_url` included, e.g. PostgreSQL).
     """
     import httpx
 
@@ -223,13 +223,13 @@ async def running_sandbox(
     from ehr_sandbox.settings import SandboxSettings
 
     port = port or free_port()
-    settings = SandboxSettings(
-        base_url=f"http://127.0.0.1:{port}",
-        database_url=f"sqlite+aiosqlite:///{data_dir / 'sandbox.db'}",
-        seed=seed,
-        log_level="WARNING",
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "base_url": f"http://127.0.0.1:{port}",
+        "database_url": f"sqlite+aiosqlite:///{data_dir / 'sandbox.db'}",
+        "seed": seed,
+        "log_level": "WARNING",
+    }
+    settings = SandboxSettings(**(values | overrides))
     app = create_app(settings)
     app.state.auth_settings = auth or AuthSettings(data_dir=data_dir / "auth")
     if subscriptions is not None:
