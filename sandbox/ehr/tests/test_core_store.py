@@ -15,7 +15,7 @@ from ehr_sandbox.outcomes import FhirError
 from ehr_sandbox.search import SearchRequest, parse_search
 from ehr_sandbox.settings import SandboxSettings
 from ehr_sandbox.store import Store
-from ehr_sandbox.tables import sandbox_meta, search_index
+from ehr_sandbox.store.tables import sandbox_meta, search_index
 
 BASE = "http://ehr.test/fhir"
 

@@ -1,4 +1,4 @@
-"""Versioned FHIR resource storage on async SQLAlchemy 2 (aiosqlite or asyncpg).
+"""The `Store`: versioned FHIR resource storage on async SQLAlchemy 2 (aiosqlite or asyncpg).
 
 Every write is one transaction: it compares-and-sets the resource's head row (so two
 writers based on the same version cannot both win, even across processes), appends the new
@@ -16,7 +16,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,16 +37,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from ehr_sandbox.changes import ChangeFeed, ChangeInteraction, ResourceChange
 from ehr_sandbox.outcomes import FhirError
 from ehr_sandbox.registry import index_signature
-from ehr_sandbox.search import (
-    REF_PARAM,
-    Include,
-    SearchRequest,
-    extract_index,
-    format_instant,
+from ehr_sandbox.search import REF_PARAM, SearchRequest
+from ehr_sandbox.store import queries
+from ehr_sandbox.store.records import (
+    COLUMNS,
+    HistoryPage,
+    SearchResult,
+    StoredResource,
+    WriteResult,
+    row_to_stored,
+    utc_now,
+    with_meta,
 )
-from ehr_sandbox.search_sql import matching_heads, search_conditions
-from ehr_sandbox.tables import metadata, resources, sandbox_meta, search_index
-from ehr_sandbox.tables import resource_heads as heads
+from ehr_sandbox.store.search_sql import matching_heads, search_conditions
+from ehr_sandbox.store.tables import metadata, resources, sandbox_meta, search_index
+from ehr_sandbox.store.tables import resource_heads as heads
 from servicekit.logging import get_logger
 
 log = get_logger(__name__)
@@ -57,71 +61,8 @@ _INDEX_BATCH = 500
 _SIGNATURE_KEY = "index_signature"
 
 
-@dataclass(frozen=True)
-class StoredResource:
-    """One version of a resource as stored."""
-
-    resource_type: str
-    id: str
-    version: int
-    last_updated: datetime  # naive UTC
-    deleted: bool
-    method: str
-    content: dict[str, Any]
-
-    @property
-    def etag(self) -> str:
-        """The weak ETag of this version."""
-        return f'W/"{self.version}"'
-
-    @property
-    def reference(self) -> str:
-        """`Type/id`."""
-        return f"{self.resource_type}/{self.id}"
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """What a write did: the stored version, and whether it created a resource."""
-
-    stored: StoredResource
-    created: bool
-    # A conditional create that matched an existing resource wrote nothing.
-    matched_existing: bool = False
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """A page of search matches plus the resources `_include`/`_revinclude` pulled in."""
-
-    total: int
-    matches: list[StoredResource]
-    included: list[StoredResource]
-
-
-@dataclass(frozen=True)
-class HistoryPage:
-    """A page of history entries, newest first."""
-
-    total: int
-    entries: list[StoredResource]
-
-
 class _Retry(Exception):
     """A concurrent writer won the compare-and-set; try the unconditional write again."""
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def _with_meta(resource: dict[str, Any], version: int, moment: datetime) -> dict[str, Any]:
-    # Keep `resourceType`, `id`, `meta` first, as FHIR JSON usually reads.
-    meta = dict(resource.get("meta") or {})
-    meta["versionId"] = str(version)
-    meta["lastUpdated"] = format_instant(moment)
-    head = {"resourceType": resource["resourceType"], "id": resource["id"], "meta": meta}
-    return head | {k: v for k, v in resource.items() if k not in head}
 
 
 def _is_postgres(engine: AsyncEngine) -> bool:
@@ -158,8 +99,6 @@ class Store:
         def _begin(conn: Any) -> None:
             immediate = conn.get_execution_options().get("ehr_write", False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Create the tables if needed and rebuild the search index if its shape changed."""
@@ -210,7 +149,7 @@ class Store:
             count = 0
             async for res_type, content in rows:
                 resource = json.loads(content)
-                batch.extend(self._index_rows(res_type, resource["id"], resource))
+                batch.extend(queries.index_rows(res_type, resource["id"], resource, self.fhir_base))
                 count += 1
                 if len(batch) >= _INDEX_BATCH:
                     await conn.execute(insert(search_index), batch)
@@ -227,8 +166,6 @@ class Store:
                 )
             if count:
                 log.info("search_index_rebuilt", resources=count)
-
-    # -- writes ----------------------------------------------------------------------------
 
     @asynccontextmanager
     async def _write_transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -271,46 +208,6 @@ class Store:
             return result
         raise AssertionError("unreachable")
 
-    async def _head(self, conn: AsyncConnection, res_type: str, res_id: str) -> Any:
-        result = await conn.execute(
-            select(heads.c.version, heads.c.last_updated, heads.c.deleted).where(
-                heads.c.res_type == res_type, heads.c.res_id == res_id
-            )
-        )
-        return result.first()
-
-    async def _content(
-        self, conn: AsyncConnection, res_type: str, res_id: str, version: int
-    ) -> dict[str, Any]:
-        content = await conn.scalar(
-            select(resources.c.content).where(
-                resources.c.res_type == res_type,
-                resources.c.res_id == res_id,
-                resources.c.version == version,
-            )
-        )
-        parsed: dict[str, Any] = json.loads(content) if content else {}
-        return parsed
-
-    def _index_rows(
-        self, res_type: str, res_id: str, resource: dict[str, Any]
-    ) -> list[dict[str, Any]]:
-        return [
-            {
-                "res_type": res_type,
-                "res_id": res_id,
-                "param": entry.param,
-                "system": entry.system[:512] if entry.system else entry.system,
-                "code": entry.code[:512] if entry.code else entry.code,
-                "text": entry.text,
-                "date_lo": entry.date_lo,
-                "date_hi": entry.date_hi,
-                "ref_type": entry.ref_type,
-                "ref_id": entry.ref_id,
-            }
-            for entry in extract_index(res_type, resource, self.fhir_base)
-        ]
-
     async def _put_version(
         self,
         conn: AsyncConnection,
@@ -323,7 +220,7 @@ class Store:
         deleted: bool = False,
     ) -> StoredResource:
         """Compare-and-set the head to the next version and append that version."""
-        now = _now()
+        now = utc_now()
         if head is None:
             version = 1
             await conn.execute(
@@ -346,7 +243,7 @@ class Store:
             )
             if swapped.rowcount != 1:
                 raise _Retry
-        content = _with_meta({**resource, "id": res_id}, version, now)
+        content = with_meta({**resource, "id": res_id}, version, now)
         await conn.execute(
             insert(resources).values(
                 res_type=res_type,
@@ -364,7 +261,7 @@ class Store:
             )
         )
         if not deleted:
-            rows = self._index_rows(res_type, res_id, content)
+            rows = queries.index_rows(res_type, res_id, content, self.fhir_base)
             if rows:
                 await conn.execute(insert(search_index), rows)
         return StoredResource(res_type, res_id, version, now, deleted, method, content)
@@ -393,7 +290,7 @@ class Store:
         if_match: int | None,
         method: str,
     ) -> tuple[WriteResult, ResourceChange]:
-        head = await self._head(conn, res_type, res_id)
+        head = await queries.head(conn, res_type, res_id)
         if if_match is not None and (head is None or head.version != if_match):
             current = "none" if head is None else f'W/"{head.version}"'
             raise FhirError(
@@ -403,7 +300,7 @@ class Store:
             )
         previous = None
         if head is not None and not head.deleted:
-            previous = await self._content(conn, res_type, res_id, head.version)
+            previous = await queries.version_content(conn, res_type, res_id, head.version)
         stored = await self._put_version(conn, res_type, res_id, resource, head=head, method=method)
         interaction: ChangeInteraction = "update" if previous is not None else "create"
         return WriteResult(stored, created=previous is None), self._change(
@@ -429,7 +326,7 @@ class Store:
         async def operation(conn: AsyncConnection) -> tuple[WriteResult, ResourceChange | None]:
             if if_none_exist is not None:
                 await self._lock_condition(conn, f"{res_type}?{condition_key}")
-                found = await self._match_ids(conn, if_none_exist, limit=2)
+                found = await queries.match_ids(conn, if_none_exist, limit=2)
                 if len(found) > 1:
                     raise FhirError(
                         412,
@@ -437,7 +334,7 @@ class Store:
                         code="duplicate",
                     )
                 if found:
-                    existing = await self._read_current(conn, res_type, found[0])
+                    existing = await queries.read_current(conn, res_type, found[0])
                     return WriteResult(existing, created=False, matched_existing=True), None
             res_id = str(uuid.uuid4())
             stored = await self._put_version(
@@ -472,7 +369,7 @@ class Store:
 
         async def operation(conn: AsyncConnection) -> tuple[WriteResult, ResourceChange | None]:
             await self._lock_condition(conn, f"{res_type}?{condition_key}")
-            found = await self._match_ids(conn, condition, limit=2)
+            found = await queries.match_ids(conn, condition, limit=2)
             if len(found) > 1:
                 raise FhirError(
                     412,
@@ -505,12 +402,12 @@ class Store:
         async def operation(
             conn: AsyncConnection,
         ) -> tuple[WriteResult | None, ResourceChange | None]:
-            head = await self._head(conn, res_type, res_id)
+            head = await queries.head(conn, res_type, res_id)
             if if_match is not None and (head is None or head.version != if_match):
                 raise FhirError(412, "Version conflict on delete", code="conflict")
             if head is None or head.deleted:
                 return None, None
-            previous = await self._content(conn, res_type, res_id, head.version)
+            previous = await queries.version_content(conn, res_type, res_id, head.version)
             stored = await self._put_version(
                 conn, res_type, res_id, previous, head=head, method="DELETE", deleted=True
             )
@@ -540,10 +437,10 @@ class Store:
             fresh = [(key, r) for key, r in wanted.items() if key not in existing]
             if not fresh:
                 return 0
-            now = _now()
+            now = utc_now()
             head_rows, version_rows, index_rows = [], [], []
             for (res_type, res_id), resource in fresh:
-                content = _with_meta(resource, 1, now)
+                content = with_meta(resource, 1, now)
                 head_rows.append(
                     {
                         "res_type": res_type,
@@ -564,80 +461,24 @@ class Store:
                         "content": json.dumps(content, ensure_ascii=False, separators=(",", ":")),
                     }
                 )
-                index_rows.extend(self._index_rows(res_type, res_id, content))
+                index_rows.extend(queries.index_rows(res_type, res_id, content, self.fhir_base))
             await conn.execute(insert(heads), head_rows)
             await conn.execute(insert(resources), version_rows)
             for start in range(0, len(index_rows), 5000):
                 await conn.execute(insert(search_index), index_rows[start : start + 5000])
         return len(fresh)
 
-    # -- reads -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _row_to_stored(row: Any) -> StoredResource:
-        return StoredResource(
-            resource_type=row.res_type,
-            id=row.res_id,
-            version=row.version,
-            last_updated=row.last_updated,
-            deleted=bool(row.deleted),
-            method=row.method,
-            content=json.loads(row.content),
-        )
-
-    _COLUMNS = (
-        resources.c.res_type,
-        resources.c.res_id,
-        resources.c.version,
-        resources.c.last_updated,
-        resources.c.deleted,
-        resources.c.method,
-        resources.c.content,
-    )
-
-    def _current_join(self) -> Any:
-        return heads.join(
-            resources,
-            and_(
-                resources.c.res_type == heads.c.res_type,
-                resources.c.res_id == heads.c.res_id,
-                resources.c.version == heads.c.version,
-            ),
-        )
-
-    async def _read_current(
-        self, conn: AsyncConnection, res_type: str, res_id: str
-    ) -> StoredResource:
-        row = (
-            await conn.execute(
-                select(*self._COLUMNS)
-                .select_from(self._current_join())
-                .where(heads.c.res_type == res_type, heads.c.res_id == res_id)
-            )
-        ).first()
-        if row is None:
-            raise FhirError(404, f"{res_type}/{res_id} is not known", code="not-found")
-        stored = self._row_to_stored(row)
-        if stored.deleted:
-            raise FhirError(
-                410,
-                f"{res_type}/{res_id} was deleted",
-                code="deleted",
-                headers={"ETag": stored.etag},
-            )
-        return stored
-
     async def read(self, res_type: str, res_id: str) -> StoredResource:
         """The current version; 404 if unknown, 410 if deleted."""
         async with self.engine.connect() as conn:
-            return await self._read_current(conn, res_type, res_id)
+            return await queries.read_current(conn, res_type, res_id)
 
     async def vread(self, res_type: str, res_id: str, version: int) -> StoredResource:
         """One version; 404 if unknown, 410 if that version is a deletion."""
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
-                    select(*self._COLUMNS).where(
+                    select(*COLUMNS).where(
                         resources.c.res_type == res_type,
                         resources.c.res_id == res_id,
                         resources.c.version == version,
@@ -646,7 +487,7 @@ class Store:
             ).first()
         if row is None:
             raise FhirError(404, f"{res_type}/{res_id}/_history/{version} is not known")
-        stored = self._row_to_stored(row)
+        stored = row_to_stored(row)
         if stored.deleted:
             raise FhirError(
                 410, f"{res_type}/{res_id} version {version} is a deletion", code="deleted"
@@ -658,27 +499,7 @@ class Store:
         if not keys:
             return []
         async with self.engine.connect() as conn:
-            return await self._read_many(conn, keys)
-
-    async def _read_many(
-        self, conn: AsyncConnection, keys: Sequence[tuple[str, str]]
-    ) -> list[StoredResource]:
-        found: dict[tuple[str, str], StoredResource] = {}
-        unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), 200):
-            chunk = unique[start : start + 200]
-            rows = await conn.execute(
-                select(*self._COLUMNS)
-                .select_from(self._current_join())
-                .where(
-                    tuple_(heads.c.res_type, heads.c.res_id).in_(chunk),
-                    heads.c.deleted.is_(False),
-                )
-            )
-            for row in rows:
-                stored = self._row_to_stored(row)
-                found[(stored.resource_type, stored.id)] = stored
-        return [found[key] for key in unique if key in found]
+            return await queries.read_many(conn, keys)
 
     async def history(
         self,
@@ -708,7 +529,7 @@ class Store:
                 select(func.count()).select_from(resources).where(*conditions)
             )
             rows = await conn.execute(
-                select(*self._COLUMNS)
+                select(*COLUMNS)
                 .where(*conditions)
                 .order_by(
                     resources.c.last_updated.desc(),
@@ -718,14 +539,8 @@ class Store:
                 .limit(count)
                 .offset(offset)
             )
-            entries = [self._row_to_stored(row) for row in rows]
+            entries = [row_to_stored(row) for row in rows]
         return HistoryPage(int(total or 0), entries)
-
-    async def _match_ids(
-        self, conn: AsyncConnection, request: SearchRequest, *, limit: int
-    ) -> list[str]:
-        rows = await conn.execute(matching_heads(request).limit(limit))
-        return [row.res_id for row in rows]
 
     async def search(self, request: SearchRequest) -> SearchResult:
         """One page of a search, its total, and its included resources."""
@@ -737,55 +552,9 @@ class Store:
                 return SearchResult(int(total or 0), [], [])
             page = matching_heads(request).limit(request.count).offset(request.offset)
             keys = [(row.res_type, row.res_id) for row in await conn.execute(page)]
-            matches = await self._read_many(conn, keys)
-            included = await self._included(conn, request, matches)
+            matches = await queries.read_many(conn, keys)
+            included = await queries.included(conn, request, matches)
         return SearchResult(int(total or 0), matches, included)
-
-    async def _included(
-        self, conn: AsyncConnection, request: SearchRequest, matches: list[StoredResource]
-    ) -> list[StoredResource]:
-        if not matches or not (request.includes or request.revincludes):
-            return []
-        page_ids = [m.id for m in matches]
-        seen = {(m.resource_type, m.id) for m in matches}
-        wanted: list[tuple[str, str]] = []
-        for include in request.includes:
-            wanted.extend(await self._include_keys(conn, include, page_ids))
-        for include in request.revincludes:
-            wanted.extend(
-                await self._revinclude_keys(conn, include, request.resource_type, page_ids)
-            )
-        fresh = [key for key in dict.fromkeys(wanted) if key not in seen]
-        return await self._read_many(conn, fresh)
-
-    async def _include_keys(
-        self, conn: AsyncConnection, include: Include, page_ids: list[str]
-    ) -> list[tuple[str, str]]:
-        conditions = [
-            search_index.c.res_type == include.source_type,
-            search_index.c.res_id.in_(page_ids),
-            search_index.c.param == include.param.name,
-            search_index.c.ref_type.is_not(None),
-        ]
-        if include.target_type is not None:
-            conditions.append(search_index.c.ref_type == include.target_type)
-        rows = await conn.execute(
-            select(search_index.c.ref_type, search_index.c.ref_id).where(*conditions)
-        )
-        return [(row.ref_type, row.ref_id) for row in rows]
-
-    async def _revinclude_keys(
-        self, conn: AsyncConnection, include: Include, target_type: str, page_ids: list[str]
-    ) -> list[tuple[str, str]]:
-        rows = await conn.execute(
-            select(search_index.c.res_type, search_index.c.res_id).where(
-                search_index.c.res_type == include.source_type,
-                search_index.c.param == include.param.name,
-                search_index.c.ref_type == target_type,
-                search_index.c.ref_id.in_(page_ids),
-            )
-        )
-        return [(row.res_type, row.res_id) for row in rows]
 
     async def compartment_keys(
         self,
@@ -851,8 +620,6 @@ class Store:
         async with self.engine.connect() as conn:
             rows = await conn.execute(matching_heads(request).limit(limit))
             return [(row.res_type, row.res_id) for row in rows]
-
-    # -- small facts -----------------------------------------------------------------------
 
     async def get_meta(self, key: str) -> str | None:
         """A value of the sandbox's key/value table."""

@@ -35,8 +35,8 @@ from ehr_sandbox.search import (
     StringValue,
     TokenValue,
 )
-from ehr_sandbox.tables import resource_heads as heads
-from ehr_sandbox.tables import search_index
+from ehr_sandbox.store.tables import resource_heads as heads
+from ehr_sandbox.store.tables import search_index
 
 _LIKE_ESCAPE = "\\"
 
