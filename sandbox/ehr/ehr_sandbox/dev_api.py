@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -23,7 +22,7 @@ from ehr_sandbox.seed import DEMO_PATIENTS
 from ehr_sandbox.settings import SandboxSettings
 from ehr_sandbox.simulate import Simulator
 from ehr_sandbox.store import Store
-from ehr_sandbox.validation import MAX_BODY_BYTES
+from ehr_sandbox.validation import parse_json_body
 
 router = APIRouter()
 
@@ -59,19 +58,9 @@ def require_admin(request: Request) -> None:
 
 async def _json_object(request: Request, *, optional: bool) -> dict[str, Any]:
     raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise FhirError(413, "Body too large", code="too-costly")
-    if not raw.strip():
-        if optional:
-            return {}
-        raise FhirError(400, "A JSON body is required", code="structure")
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FhirError(400, f"Body is not valid JSON: {exc}", code="structure") from exc
-    if not isinstance(body, dict):
-        raise FhirError(400, "Body must be a JSON object", code="structure")
-    return body
+    if optional and not raw.strip():
+        return {}
+    return parse_json_body(raw, what="a JSON object")
 
 
 def _parse(model: type[BaseModel], body: dict[str, Any], root: str) -> Any:

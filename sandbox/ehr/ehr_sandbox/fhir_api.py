@@ -25,6 +25,7 @@ from ehr_sandbox.search import (
     SearchRequest,
     date_range,
     format_instant,
+    int_param,
     iter_pairs,
     parse_search,
 )
@@ -240,14 +241,7 @@ async def patient_everything(request: Request, patient_id: str) -> Response:
 def _bounded_int(raw: str | None, name: str, default: int, maximum: int | None) -> int:
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise FhirError(400, f"{name} must be an integer", expression=[name]) from exc
-    if value < 0:
-        raise FhirError(400, f"{name} must not be negative", expression=[name])
-    if value > MAX_OFFSET:
-        raise FhirError(400, f"{name} must be at most {MAX_OFFSET}", expression=[name])
+    value = int_param(name, raw, 0, MAX_OFFSET)
     return min(value, maximum) if maximum is not None else value
 
 

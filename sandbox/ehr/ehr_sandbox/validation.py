@@ -48,12 +48,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_json_body(raw: bytes) -> dict[str, Any]:
+def parse_json_body(raw: bytes, *, what: str = "a FHIR resource") -> dict[str, Any]:
     """The request body as a JSON object; 413 if too large, 400 if not a JSON object."""
     if len(raw) > MAX_BODY_BYTES:
         raise FhirError(413, f"Body larger than {MAX_BODY_BYTES} bytes", code="too-costly")
     if not raw.strip():
-        raise FhirError(400, "Empty body: a FHIR resource is required", code="structure")
+        raise FhirError(400, f"Empty body: {what} is required", code="structure")
     try:
         # NaN/Infinity are not JSON; a lone surrogate (\ud800) cannot be stored or sent back.
         body = json.loads(raw, parse_constant=_reject_constant)
@@ -62,7 +62,7 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
         reason = "too deeply nested" if isinstance(exc, RecursionError) else str(exc)
         raise FhirError(400, f"Body is not valid JSON: {reason}", code="structure") from exc
     if not isinstance(body, dict):
-        raise FhirError(400, "Body must be a JSON object (a FHIR resource)", code="structure")
+        raise FhirError(400, f"Body must be a JSON object ({what})", code="structure")
     return body
 
 

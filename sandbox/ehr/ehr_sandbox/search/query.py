@@ -222,7 +222,8 @@ def _modifier_allowed(param: SearchParam, modifier: str) -> bool:
 MAX_OFFSET = 1_000_000
 
 
-def _int_param(name: str, value: str, minimum: int, maximum: int | None = None) -> int:
+def int_param(name: str, value: str, minimum: int, maximum: int | None = None) -> int:
+    """`value` of parameter `name` as an integer in [minimum, maximum], else 400."""
     try:
         number = int(value)
     except ValueError as exc:
@@ -282,10 +283,10 @@ def parse_search(
     for key, value in items:
         if key == "_count":
             # Numbers beyond what SQL can bind are refused rather than clamped.
-            request.count = min(_int_param(key, value, 0, MAX_OFFSET), max_count)
+            request.count = min(int_param(key, value, 0, MAX_OFFSET), max_count)
             continue
         if key == "_offset":
-            request.offset = _int_param(key, value, 0, MAX_OFFSET)
+            request.offset = int_param(key, value, 0, MAX_OFFSET)
             continue
         if key == "_format":
             continue
