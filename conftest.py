@@ -32,6 +32,8 @@ or an engine made in one fixture can be used by any test.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -69,13 +71,17 @@ async def _kafka_session(
     from devstack.brokers import make_broker
 
     kind = os.environ.get("KAFKA") or "tansu"
-    broker = make_broker(kind, data_dir=tmp_path_factory.mktemp(f"kafka-{kind}"))
+    # Not under pytest's basetemp: a concurrent pytest run prunes old basetemps, which
+    # would delete a live broker's log directory from under it.
+    data_dir = Path(tempfile.mkdtemp(prefix=f"portal-kafka-{kind}-"))
+    broker = make_broker(kind, data_dir=data_dir)
     await broker.start()
     try:
         await broker.wait_ready(timeout=180)
         yield _KafkaSession(broker.bootstrap_servers, kind, broker.enable_idempotence, broker)
     finally:
         await broker.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

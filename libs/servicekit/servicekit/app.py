@@ -78,7 +78,7 @@ class Service:
         setup_tracing(self.settings.service_name, self.settings.otlp_endpoint)
         self._instrument()
         if self.settings.auto_migrate:
-            await upgrade(self.db.url, self.definition.migrations, self.definition.metadata)
+            await self.prepare_database()
         for hook in self.definition.on_startup:
             await hook(self)
         if self.settings.relay_enabled:
@@ -86,6 +86,15 @@ class Service:
         self._tasks.append(asyncio.create_task(self._connect_broker(), name="broker-connect"))
         await self.runtime.refresh_gauges()
         log.info("service.started", port=self.settings.http_port)
+
+    async def prepare_database(self) -> None:
+        """Run the kit's and the service's migrations (tables without migrations are created
+        directly: only the kit's own test services have none)."""
+        await upgrade(self.db.url, self.definition.migrations, self.definition.metadata)
+        metadata = self.definition.metadata
+        if self.definition.migrations is None and metadata is not None:
+            async with self.db.engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
 
     async def _connect_broker(self) -> None:
         # The HTTP side comes up even while Kafka is away; /readyz says so until connected.

@@ -77,7 +77,7 @@ class Outbox:
                 sync.info.pop("outbox_hooked", None)
                 self.wakeup.set()
 
-            def _after_rollback(_s: Any) -> None:
+            def _after_rollback(_s: Any, _previous: Any) -> None:
                 sync.info.pop("outbox_hooked", None)
 
             event.listen(sync, "after_commit", _after_commit, once=True)
@@ -189,7 +189,10 @@ def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
         linger_ms=0,
-        request_timeout_ms=10_000,
+        # In-flight batches wait out a short broker outage and then succeed in order; a
+        # short timeout would fail an early batch while a later one of the same partition
+        # gets through, and re-sending the early one would reorder or duplicate.
+        request_timeout_ms=int(settings.outbox_publish_timeout_s * 1000),
         retry_backoff_ms=200,
     )
 

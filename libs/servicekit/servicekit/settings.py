@@ -42,6 +42,9 @@ class ServiceSettings(BaseSettings):
     outbox_poll_interval_s: float = 0.2
     outbox_batch_size: int = 200
     outbox_retention_hours: float = 72.0
+    outbox_publish_timeout_s: float = Field(
+        default=30.0, description="How long a publish may wait for the broker before retrying"
+    )
     consumer_max_attempts: int = 5
     consumer_retry_base_s: float = 0.1
     consumer_retry_max_s: float = 5.0

@@ -1,0 +1,81 @@
+"""A minimal service built with the kit, used by the kit's own tests.
+
+It consumes `patient.linked` and records one `Effect` row per handled event; payloads
+steer failures: `patient_fhir_id="poison"` raises a permanent error, `"flaky-N"` fails the
+first N attempts, `"down-N"` reports its dependency unavailable N times.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+
+from sqlalchemy import DateTime, Integer, String, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from contracts.patient import PatientLinkedV1
+from servicekit.app import Service, ServiceDefinition, create_service
+from servicekit.consumer import Event, EventRouter, UnitOfWork
+from servicekit.db import new_metadata
+from servicekit.errors import DependencyUnavailable, PermanentError
+from servicekit.settings import ServiceSettings
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+class Effect(Base):
+    __tablename__ = "effects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(36))
+    patient_id: Mapped[str] = mapped_column(String(64))
+    marker: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+attempts: Counter[str] = Counter()
+router = EventRouter()
+
+
+@router.handles("patient.linked")
+async def record_link(uow: UnitOfWork, event: Event[PatientLinkedV1]) -> None:
+    """Record the link (the test's observable effect)."""
+    marker = event.data.patient_fhir_id
+    attempts[event.envelope.id] += 1
+    if marker == "poison":
+        raise PermanentError("this patient cannot be linked")
+    for prefix, exc in (
+        ("flaky-", RuntimeError("flaky")),
+        ("down-", DependencyUnavailable("down")),
+    ):
+        if marker.startswith(prefix) and attempts[event.envelope.id] <= int(marker.split("-")[1]):
+            raise exc
+    uow.session.add(
+        Effect(
+            event_id=event.envelope.id,
+            patient_id=event.patient_id,
+            marker=marker,
+            at=datetime.now(UTC),
+        )
+    )
+
+
+def build(settings: ServiceSettings) -> Service:
+    """The fake service with the given settings."""
+    return create_service(
+        ServiceDefinition(
+            settings=settings,
+            title="fake",
+            handlers=router,
+            publishes=("patient.linked",),
+            metadata=Base.metadata,
+        )
+    )
+
+
+async def effects(session: AsyncSession) -> list[Effect]:
+    """Every recorded effect, in the order written."""
+    return list((await session.execute(select(Effect).order_by(Effect.id))).scalars().all())

@@ -1,0 +1,209 @@
+"""The consumer loop's guarantees, driven directly (no broker): inbox, retries, dead
+letters, parking and release. The same runtime runs behind every Kafka subscriber."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select
+
+from contracts.envelope import build_headers
+from contracts.patient import PatientLinkedV1
+from servicekit.app import Service
+from servicekit.consumer import Outcome, RawMessage
+from servicekit.settings import ServiceSettings
+from servicekit.tables import DeadLetterRow, OutboxRow, ParkedRow
+
+from . import fakeservice
+from .fakeservice import effects
+
+_offsets = iter(range(10_000))
+
+
+def message(
+    patient: str, marker: str, *, event_id: str | None = None, raw: bytes | None = None
+) -> RawMessage:
+    headers = build_headers(
+        event_type="patient.linked",
+        subject=patient,
+        source_service="gateway",
+        dataschema="patient.linked/v1",
+        event_id=event_id,
+        time=datetime.now(UTC),
+    )
+    payload = PatientLinkedV1(
+        patient_id=patient, patient_fhir_id=marker, linked_at=datetime.now(UTC)
+    )
+    return RawMessage(
+        topic="patient.linked",
+        partition=0,
+        offset=next(_offsets),
+        key=patient,
+        headers=headers,
+        value=raw if raw is not None else payload.model_dump_json().encode(),
+    )
+
+
+@pytest.fixture
+async def service(sqlite_url: str) -> AsyncIterator[Service]:
+    settings = ServiceSettings(
+        service_name="fake",
+        database_url=sqlite_url,
+        consumer_retry_base_s=0.001,
+        consumer_retry_max_s=0.002,
+        consumer_max_attempts=3,
+    )
+    svc = fakeservice.build(settings)
+    await svc.prepare_database()
+    yield svc
+    await svc.db.dispose()
+
+
+async def consume(svc: Service, msg: RawMessage) -> str:
+    sub = svc.runtime.router.subscriptions[0]
+    return await svc.runtime.consume(sub, msg)
+
+
+async def markers(svc: Service) -> list[str]:
+    async with svc.db.sessions() as s:
+        return [e.marker for e in await effects(s)]
+
+
+async def test_same_event_delivered_twice_has_one_effect(service: Service) -> None:
+    first = message("p1", "a")
+    assert await consume(service, first) == Outcome.HANDLED
+    assert await consume(service, first) == Outcome.DUPLICATE
+    assert await markers(service) == ["a"]
+
+
+async def test_transient_failure_is_retried_then_handled(service: Service) -> None:
+    assert await consume(service, message("p1", "flaky-2")) == Outcome.HANDLED
+    assert await markers(service) == ["flaky-2"]
+
+
+async def test_dependency_outage_is_waited_without_spending_retries(service: Service) -> None:
+    # 5 unavailable answers exceed the 3-attempt budget, yet the message is handled.
+    assert await consume(service, message("p1", "down-5")) == Outcome.HANDLED
+    assert await markers(service) == ["down-5"]
+
+
+async def test_exhausted_retries_dead_letter_with_reason_and_dlq_message(service: Service) -> None:
+    assert await consume(service, message("p1", "flaky-9")) == Outcome.DEAD_LETTERED
+    async with service.db.sessions() as s:
+        dead = (await s.execute(select(DeadLetterRow))).scalar_one()
+        dlq = (await s.execute(select(OutboxRow))).scalar_one()
+    assert (dead.error_kind, dead.attempts, dead.status) == ("exhausted", 3, "open")
+    assert "flaky" in dead.error
+    assert dlq.topic == "patient.linked.dlq"
+    headers = dict(dlq.headers)
+    assert headers["dlq_attempts"] == "3"
+    assert headers["dlq_error_kind"] == "exhausted"
+    assert headers["ce_type"] == "patient.linked"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"not json", "invalid payload"),
+        (json.dumps({"patient_id": "p1"}).encode(), "patient_fhir_id"),
+    ],
+)
+async def test_unparseable_message_is_dead_lettered_at_once(
+    service: Service, raw: bytes, reason: str
+) -> None:
+    assert await consume(service, message("p1", "x", raw=raw)) == Outcome.DEAD_LETTERED
+    async with service.db.sessions() as s:
+        dead = (await s.execute(select(DeadLetterRow))).scalar_one()
+    assert dead.error_kind == "unparseable"
+    assert reason in dead.error
+
+
+async def test_bad_envelope_is_dead_lettered_naming_the_header(service: Service) -> None:
+    msg = message("p1", "a")
+    broken = RawMessage(
+        **{**msg.__dict__, "headers": [(k, v) for k, v in msg.headers if k != "ce_time"]}
+    )
+    assert await consume(service, broken) == Outcome.DEAD_LETTERED
+    async with service.db.sessions() as s:
+        dead = (await s.execute(select(DeadLetterRow))).scalar_one()
+    assert "ce_time" in dead.error
+
+
+async def test_later_messages_of_a_dead_lettered_patient_are_parked_others_flow(
+    service: Service,
+) -> None:
+    assert await consume(service, message("p1", "poison")) == Outcome.DEAD_LETTERED
+    assert await consume(service, message("p1", "after-1")) == Outcome.PARKED
+    assert await consume(service, message("p2", "other")) == Outcome.HANDLED
+    assert await consume(service, message("p1", "after-2")) == Outcome.PARKED
+    assert await markers(service) == ["other"]
+    async with service.db.sessions() as s:
+        parked = (await s.execute(select(ParkedRow).order_by(ParkedRow.id))).scalars().all()
+    assert [p.key for p in parked] == ["p1", "p1"]
+
+
+async def test_discarding_the_dead_letter_releases_parked_messages_in_order(
+    service: Service,
+) -> None:
+    await consume(service, message("p1", "poison"))
+    await consume(service, message("p1", "after-1"))
+    await consume(service, message("p1", "after-2"))
+    async with service.db.sessions() as s:
+        dead_id = (await s.execute(select(DeadLetterRow.id))).scalar_one()
+    result = await service.runtime.discard(dead_id)
+    assert result["released"] == 2
+    assert result["status"] == "discarded"
+    assert await markers(service) == ["after-1", "after-2"]
+    # The key is unblocked: the next message is handled directly.
+    assert await consume(service, message("p1", "after-3")) == Outcome.HANDLED
+
+
+async def test_redrive_handles_the_dead_letter_first_then_the_parked_ones(service: Service) -> None:
+    await consume(service, message("p1", "flaky-4"))  # 3 attempts: dead-lettered
+    await consume(service, message("p1", "after-1"))
+    async with service.db.sessions() as s:
+        dead_id = (await s.execute(select(DeadLetterRow.id))).scalar_one()
+    result = await service.runtime.redrive(dead_id)  # 4th attempt succeeds
+    assert result["status"] == "redriven"
+    assert await markers(service) == ["flaky-4", "after-1"]
+
+
+async def test_redrive_that_fails_again_keeps_the_key_blocked(service: Service) -> None:
+    await consume(service, message("p1", "poison"))
+    await consume(service, message("p1", "after-1"))
+    async with service.db.sessions() as s:
+        dead_id = (await s.execute(select(DeadLetterRow.id))).scalar_one()
+    result = await service.runtime.redrive(dead_id)
+    assert result["status"] == "open"
+    assert await consume(service, message("p1", "after-2")) == Outcome.PARKED
+    assert await markers(service) == []
+
+
+async def test_a_parked_message_that_fails_becomes_the_new_blocker(service: Service) -> None:
+    await consume(service, message("p1", "poison"))
+    await consume(service, message("p1", "ok-1"))
+    await consume(service, message("p1", "poison"))
+    await consume(service, message("p1", "ok-2"))
+    async with service.db.sessions() as s:
+        first = (await s.execute(select(DeadLetterRow.id))).scalar_one()
+    result = await service.runtime.discard(first)
+    assert result["released"] == 1
+    assert result["new_dead_letter"] is not None
+    assert await markers(service) == ["ok-1"]
+    second = await service.runtime.discard(result["new_dead_letter"])
+    assert second["released"] == 1
+    assert await markers(service) == ["ok-1", "ok-2"]
+
+
+async def test_resolving_twice_is_refused(service: Service) -> None:
+    await consume(service, message("p1", "poison"))
+    async with service.db.sessions() as s:
+        dead_id = (await s.execute(select(DeadLetterRow.id))).scalar_one()
+    await service.runtime.discard(dead_id)
+    with pytest.raises(ValueError, match="already discarded"):
+        await service.runtime.discard(dead_id)
+    with pytest.raises(LookupError):
+        await service.runtime.discard(dead_id + 100)
