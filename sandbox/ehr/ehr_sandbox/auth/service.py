@@ -185,7 +185,7 @@ class AuthService:
             header = unverified.headers()
             # Only to find the client whose keys verify it; nothing is trusted before that.
             claims = json.loads(unverified.payload)
-        except (JoseError, ValueError, UnicodeError) as exc:
+        except (JoseError, ValueError, TypeError, KeyError) as exc:
             raise OAuthError("invalid_client", "client_assertion is not a JWS", 401) from exc
         if not isinstance(claims, dict):
             raise OAuthError("invalid_client", "client_assertion claims must be an object", 401)
@@ -203,7 +203,7 @@ class AuthService:
             raise OAuthError("invalid_client", "Unknown client", 401)
         try:
             verified = jwt.decode(assertion, client.keyset, algorithms=ASSERTION_ALGORITHMS)
-        except (JoseError, ValueError) as exc:
+        except (JoseError, ValueError, TypeError, KeyError) as exc:
             raise OAuthError(
                 "invalid_client", "client_assertion signature is invalid", 401
             ) from exc
@@ -371,7 +371,7 @@ class AuthService:
             raise InvalidToken("Token too long")
         try:
             decoded = jwt.decode(token, self.keys.verification_keys(), algorithms=[SIGNING_ALG])
-        except (JoseError, ValueError, UnicodeError) as exc:
+        except (JoseError, ValueError, TypeError, KeyError) as exc:
             raise InvalidToken("Token signature is invalid") from exc
         claims = decoded.claims
         if claims.get("iss") != self.base_url or claims.get("token_use") != "access":
