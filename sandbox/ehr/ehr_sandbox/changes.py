@@ -60,7 +60,6 @@ class ChangeFeed:
         self._listeners: list[Listener] = []
         self._queue: asyncio.Queue[tuple[ResourceChange, asyncio.Future[None]] | None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self.delivered = 0
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener` for every change from now on; returns a function to unsubscribe."""
@@ -147,7 +146,6 @@ class ChangeFeed:
                     resource_id=change.id,
                     version_id=change.version_id,
                 )
-        self.delivered += 1
 
 
 # A queue entry that only marks a position (see `drain`).

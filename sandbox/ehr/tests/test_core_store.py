@@ -172,3 +172,28 @@ async def test_postgres_store_smoke(database_url: str) -> None:
     finally:
         await store.close()
         await store.feed.close()
+
+
+async def test_a_registered_search_param_is_indexed_and_advertised(tmp_path: Path) -> None:
+    from ehr_sandbox.registry import SearchParam, params_for, register_search_param
+    from ehr_sandbox.testing import FHIR_JSON, running
+
+    name = "ehr-test-author-name"
+    register_search_param("Basic", SearchParam(name, "string", ("author.display",)))
+    try:
+        async with running(tmp_path) as box:
+            basic = {
+                "resourceType": "Basic",
+                "code": {"text": "note"},
+                "author": {"reference": "Practitioner/p", "display": "Dr. Quill"},
+            }
+            created = await box.client.post("/fhir/Basic", json=basic, headers=FHIR_JSON)
+            assert created.status_code == 201
+            found = await box.search("/fhir/Basic", **{name: "dr. q"})
+            assert box.ids(found) == [created.json()["id"]]
+            statement = (await box.client.get("/fhir/metadata")).json()
+            entry = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Basic")
+            assert name in {p["name"] for p in entry["searchParam"]}
+    finally:
+        # The registry is process-wide: leave it as the other tests expect it.
+        params_for("Basic").pop(name, None)

@@ -24,7 +24,6 @@ from ehr_sandbox.search.index import (
 )
 from ehr_sandbox.search.query import (
     MAX_OFFSET,
-    RESULT_PARAMS,
     Criterion,
     DatePrefix,
     DateValue,
@@ -46,7 +45,6 @@ __all__ = [
     "MAX_OFFSET",
     "MIN_INSTANT",
     "REF_PARAM",
-    "RESULT_PARAMS",
     "Criterion",
     "DatePrefix",
     "DateValue",

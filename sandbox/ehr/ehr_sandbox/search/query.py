@@ -17,9 +17,6 @@ from ehr_sandbox.registry import SearchParam, params_for
 from ehr_sandbox.search.dates import date_range
 from ehr_sandbox.search.index import normalise_text, parse_reference
 
-RESULT_PARAMS = frozenset(
-    {"_count", "_offset", "_sort", "_include", "_revinclude", "_summary", "_total", "_format"}
-)
 DatePrefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
 _PREFIXES: frozenset[str] = frozenset({"eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"})
 

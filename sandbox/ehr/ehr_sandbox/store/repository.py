@@ -615,12 +615,6 @@ class Store:
             )
         return deleted is not None and not deleted
 
-    async def search_keys(self, request: SearchRequest, *, limit: int) -> list[tuple[str, str]]:
-        """Keys of the first `limit` matches of `request` (for internal look-ups)."""
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(matching_heads(request).limit(limit))
-            return [(row.res_type, row.res_id) for row in rows]
-
     async def get_meta(self, key: str) -> str | None:
         """A value of the sandbox's key/value table."""
         async with self.engine.connect() as conn:
