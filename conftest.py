@@ -58,9 +58,7 @@ class _KafkaSession:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def _kafka_session(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[_KafkaSession]:
+async def _kafka_session() -> AsyncIterator[_KafkaSession]:
     """One broker for the session, or the external one named by KAFKA_BOOTSTRAP_SERVERS."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
