@@ -56,15 +56,15 @@ def revision(
     set_target_metadata(service_metadata)
     cfg = _config(database_url, service_versions)
     command.upgrade(cfg, "heads")
-    head_label = service_versions.parent.name
+    label = service_versions.parent.name
+    first = not [p for p in service_versions.glob("*.py") if p.name != "__init__.py"]
     command.revision(
         cfg,
         message=message,
         autogenerate=True,
         version_path=str(service_versions),
-        branch_label=None if any(service_versions.glob("*.py")) else head_label,
-        head=f"{head_label}@head" if any(service_versions.glob("*.py")) else "base",
-        depends_on=None,
+        branch_label=label if first else None,
+        head="base" if first else f"{label}@head",
     )
 
 

@@ -19,10 +19,10 @@ from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
 from servicekit.settings import ServiceSettings
 from servicekit.telemetry import tracer
+from servicekit.testing import eventually, read_topic
 
 from . import fakeservice
 from .fakeservice import effects
-from .kafka_helpers import eventually, read_topic
 
 pytestmark = [pytest.mark.integration]
 

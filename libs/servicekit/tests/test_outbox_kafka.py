@@ -21,10 +21,10 @@ from servicekit.db import Database
 from servicekit.outbox import Outbox, OutboxRelay
 from servicekit.settings import ServiceSettings
 from servicekit.tables import OutboxRow
+from servicekit.testing import Seen, eventually, read_topic
 
 from . import fakeservice
 from .fakeservice import effects
-from .kafka_helpers import Seen, eventually, read_topic
 
 pytestmark = [pytest.mark.integration]
 

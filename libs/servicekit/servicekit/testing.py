@@ -1,0 +1,125 @@
+"""Helpers for tests of services built with the kit: produce real events, read topics back,
+wait for a condition. Used by every service's tests; not imported by production code."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from contracts.base import Payload
+from contracts.envelope import build_headers
+from contracts.registry import for_model
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One record as read back from the broker."""
+
+    partition: int
+    offset: int
+    key: str
+    headers: dict[str, str]
+    value: bytes
+
+
+async def produce_events(
+    bootstrap: str,
+    events: list[tuple[str, Payload]],
+    *,
+    topic_prefix: str = "",
+    source: str = "tests",
+    event_ids: list[str] | None = None,
+) -> list[str]:
+    """Publish `(patient_id, payload)` events with a valid envelope; returns their ids."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    ids: list[str] = []
+    try:
+        for i, (subject, payload) in enumerate(events):
+            entry = for_model(type(payload))
+            headers = build_headers(
+                event_type=entry.topic,
+                subject=subject,
+                source_service=source,
+                dataschema=entry.dataschema,
+                event_id=event_ids[i] if event_ids else None,
+                time=datetime.now(UTC),
+            )
+            ids.append(dict(headers)["ce_id"].decode())
+            await producer.send_and_wait(
+                topic_prefix + entry.topic,
+                value=payload.model_dump_json().encode(),
+                key=subject.encode(),
+                headers=headers,
+            )
+    finally:
+        await producer.stop()
+    return ids
+
+
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Callable[[list[Seen]], bool],
+    timeout: float = 60.0,  # noqa: ASYNC109 - a deadline for the whole read
+) -> list[Seen]:
+    """Read `topic` from the beginning (no group) until `until(records)` holds."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    seen: list[Seen] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            # A consumer without a group keeps metadata only for topics it was told about.
+            cluster = await consumer._client.fetch_all_metadata()
+            partitions = cluster.partitions_for_topic(topic)
+            if partitions:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic} does not exist")
+            await asyncio.sleep(0.1)
+        parts = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        while not until(seen):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"read {len(seen)} records from {topic}, condition not met")
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                seen.extend(
+                    Seen(
+                        partition=r.partition,
+                        offset=r.offset,
+                        key=(r.key or b"").decode(),
+                        headers={k: v.decode() for k, v in r.headers},
+                        value=r.value or b"",
+                    )
+                    for r in records
+                )
+    finally:
+        await consumer.stop()
+    return seen
+
+
+async def eventually(
+    check: Callable[[], Awaitable[object]],
+    timeout: float = 60.0,  # noqa: ASYNC109 - a deadline for the whole wait
+    interval: float = 0.05,
+) -> None:
+    """Wait until `await check()` is truthy; fails with the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
+        await asyncio.sleep(interval)

@@ -1,0 +1,1 @@
+"""Alembic revisions of the records service's own tables."""
