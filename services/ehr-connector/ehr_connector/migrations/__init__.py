@@ -1,0 +1,1 @@
+"""Alembic revisions of the ehr-connector service's own tables."""

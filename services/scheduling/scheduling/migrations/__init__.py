@@ -1,0 +1,1 @@
+"""Alembic revisions of the scheduling service's own tables."""
