@@ -1,0 +1,1 @@
+"""messaging: secure message threads between patients and their care team."""

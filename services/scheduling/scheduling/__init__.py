@@ -1,0 +1,1 @@
+"""scheduling: slots cached from the EHR, appointments and their state machine, intake."""
