@@ -35,7 +35,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -166,6 +166,26 @@ async def database_url(postgres_url: str) -> AsyncIterator[str]:
         yield url
     finally:
         await drop_database(name, postgres_url)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def database_factory(postgres_url: str) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """`await database_factory()` makes another fresh database (a URL like `database_url`),
+    for tests that run several services, each with its own database; all dropped after."""
+    from devstack.postgres import create_database, drop_database
+
+    names: list[str] = []
+
+    async def make() -> str:
+        name = f"test_{uuid.uuid4().hex[:12]}"
+        names.append(name)
+        return await create_database(name, postgres_url)
+
+    try:
+        yield make
+    finally:
+        for name in names:
+            await drop_database(name, postgres_url)
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
-"""Settings of the gateway service (environment variables, local defaults)."""
+"""Settings of the gateway (environment variables, local defaults)."""
 
 from __future__ import annotations
+
+from pydantic import Field
 
 from servicekit.settings import ServiceSettings
 
@@ -10,3 +12,18 @@ class Settings(ServiceSettings):
 
     service_name: str = "gateway"
     http_port: int = 8000
+    oidc_issuer: str = Field(
+        default="http://127.0.0.1:8090", description="Issuer of patient tokens (iss)"
+    )
+    oidc_audience: str = Field(default="portal", description="Expected aud of patient tokens")
+    oidc_jwks_url: str = Field(
+        default="", description="JWKS URL; empty = discovered from the issuer's metadata"
+    )
+    oidc_client_id: str = Field(default="portal", description="The portal page's OIDC client")
+    jwks_refresh_s: float = Field(default=300.0, description="Re-fetch keys at most this often")
+    records_url: str = "http://127.0.0.1:8001"
+    scheduling_url: str = "http://127.0.0.1:8002"
+    messaging_url: str = "http://127.0.0.1:8003"
+    triage_url: str = "http://127.0.0.1:8004"
+    upstream_timeout_s: float = Field(default=2.0, description="Per-call timeout to services")
+    sse_keepalive_s: float = Field(default=15.0, description="Comment line every N seconds")

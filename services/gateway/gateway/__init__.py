@@ -1,0 +1,1 @@
+"""gateway: the patients' API (BFF), their real-time event stream and the portal page."""

@@ -1,0 +1,374 @@
+"""The patients' API (`/v1`): every route is scoped to the patient of the bearer token;
+no route takes a patient id from the client. Reads are recorded in the access log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import AwareDatetime, BaseModel, Field
+from sqlalchemy.exc import IntegrityError
+
+from contracts.patient import PatientLinkedV1
+from gateway import audit, store
+from gateway.auth import AuthError, PatientToken, TokenVerifier
+from gateway.domain import Notification, NotificationKind
+from gateway.handlers import hub
+from gateway.settings import Settings
+from gateway.upstream import UpstreamError, Upstreams
+from servicekit.app import Service
+from servicekit.logging import get_logger
+
+router = APIRouter(prefix="/v1", tags=["patient"])
+log = get_logger(__name__)
+Id = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated patient."""
+
+    patient_id: str
+    token: PatientToken
+
+    @property
+    def actor(self) -> str:
+        """Who is reading: the patient themself or someone acting for them."""
+        return "self" if self.token.subject == self.token.patient_fhir_id else "delegate"
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def _upstreams(request: Request) -> Upstreams:
+    upstreams: Upstreams = _service(request).state["upstreams"]
+    return upstreams
+
+
+async def _ensure_link(service: Service, issuer: str, patient_fhir_id: str) -> str:
+    """The internal id of a token's patient; the first visit links the account (and
+    publishes `patient.linked`, so the connector back-fills the history)."""
+    async with service.db.sessions() as session:
+        link = await store.link_for_identity(session, issuer, patient_fhir_id)
+    if link is not None:
+        return link.patient_id
+    patient_id = f"pat-{uuid.uuid4().hex[:20]}"
+    now = datetime.now(UTC)
+    try:
+        async with service.db.transaction() as session:
+            session.add(
+                store.PatientLink(
+                    patient_id=patient_id,
+                    issuer=issuer,
+                    patient_fhir_id=patient_fhir_id,
+                    linked_at=now,
+                )
+            )
+            service.outbox.add(
+                session,
+                PatientLinkedV1(
+                    patient_id=patient_id, patient_fhir_id=patient_fhir_id, linked_at=now
+                ),
+                subject=patient_id,
+            )
+    except IntegrityError:
+        # A concurrent first request linked the account: use that link.
+        async with service.db.sessions() as session:
+            link = await store.link_for_identity(session, issuer, patient_fhir_id)
+        assert link is not None
+        return link.patient_id
+    log.info("gateway.patient_linked", patient_id=patient_id)
+    return patient_id
+
+
+async def current_patient(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Caller:
+    """Verify the bearer token and resolve the patient it speaks for."""
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise HTTPException(401, "A bearer token is required.", {"WWW-Authenticate": "Bearer"})
+    service = _service(request)
+    verifier: TokenVerifier = service.state["verifier"]
+    try:
+        token = await verifier.verify(authorization[7:].strip())
+    except AuthError as exc:
+        headers = (
+            {"WWW-Authenticate": 'Bearer error="invalid_token"'} if exc.status == 401 else None
+        )
+        raise HTTPException(exc.status, exc.detail, headers) from exc
+    settings: Settings = service.settings  # type: ignore[assignment]
+    patient_id = await _ensure_link(service, settings.oidc_issuer, token.patient_fhir_id)
+    return Caller(patient_id=patient_id, token=token)
+
+
+Me = Annotated[Caller, Depends(current_patient)]
+
+
+def _require(caller: Caller, resource_type: str) -> None:
+    if not caller.token.allows_read(resource_type):
+        raise HTTPException(403, f"The token's scopes do not allow reading {resource_type}.")
+
+
+async def _read(
+    request: Request,
+    caller: Caller,
+    resource_type: str,
+    service: str,
+    path: str,
+    params: Any = None,
+) -> Any:
+    _require(caller, resource_type)
+    try:
+        data = await _upstreams(request).get(service, path, params)
+    except UpstreamError as exc:
+        raise HTTPException(exc.status, f"The {exc.service} service {exc.detail}.") from exc
+    await audit.record_access(
+        _service(request).db, caller.patient_id, caller.actor, "read", resource_type
+    )
+    return data
+
+
+class MeOut(BaseModel):
+    """Who the token speaks for."""
+
+    patient_id: str
+    scopes: list[str]
+
+
+@router.get("/me", response_model=MeOut)
+async def me(caller: Me) -> MeOut:
+    """The caller's internal patient id and granted scopes (links the account on first use)."""
+    return MeOut(patient_id=caller.patient_id, scopes=sorted(caller.token.scopes))
+
+
+@router.get("/me/lab-results")
+async def lab_results(caller: Me, request: Request) -> Any:
+    """The patient's lab reports, newest first."""
+    return await _read(
+        request, caller, "DiagnosticReport", "records", f"/patients/{caller.patient_id}/lab-results"
+    )
+
+
+@router.get("/me/lab-results/{report_id}")
+async def lab_result(caller: Me, request: Request, report_id: Id) -> Any:
+    """One lab report with its results."""
+    path = f"/patients/{caller.patient_id}/lab-results/{report_id}"
+    return await _read(request, caller, "DiagnosticReport", "records", path)
+
+
+@router.get("/me/medications")
+async def medications(caller: Me, request: Request) -> Any:
+    """The patient's medications."""
+    return await _read(
+        request,
+        caller,
+        "MedicationRequest",
+        "records",
+        f"/patients/{caller.patient_id}/medications",
+    )
+
+
+@router.get("/me/allergies")
+async def allergies(caller: Me, request: Request) -> Any:
+    """The patient's allergies and intolerances."""
+    return await _read(
+        request, caller, "AllergyIntolerance", "records", f"/patients/{caller.patient_id}/allergies"
+    )
+
+
+@router.get("/me/conditions")
+async def conditions(caller: Me, request: Request) -> Any:
+    """The patient's conditions."""
+    return await _read(
+        request, caller, "Condition", "records", f"/patients/{caller.patient_id}/conditions"
+    )
+
+
+@router.get("/me/immunizations")
+async def immunizations(caller: Me, request: Request) -> Any:
+    """The patient's immunizations."""
+    return await _read(
+        request, caller, "Immunization", "records", f"/patients/{caller.patient_id}/immunizations"
+    )
+
+
+@router.get("/slots")
+async def slots(
+    caller: Me,
+    request: Request,
+    start: Annotated[AwareDatetime, Query()],
+    end: Annotated[AwareDatetime | None, Query()] = None,
+) -> Any:
+    """Free appointment slots from `start` (to `end`, default 14 days)."""
+    params = {"start": start.isoformat(), **({"end": end.isoformat()} if end else {})}
+    return await _read(request, caller, "Slot", "scheduling", "/slots", params)
+
+
+@router.get("/me/appointments")
+async def appointments(caller: Me, request: Request) -> Any:
+    """The patient's appointments, soonest first."""
+    return await _read(
+        request, caller, "Appointment", "scheduling", f"/patients/{caller.patient_id}/appointments"
+    )
+
+
+@router.get("/me/appointments/{appointment_id}")
+async def appointment(caller: Me, request: Request, appointment_id: Id) -> Any:
+    """One of the patient's appointments."""
+    path = f"/patients/{caller.patient_id}/appointments/{appointment_id}"
+    return await _read(request, caller, "Appointment", "scheduling", path)
+
+
+@router.get("/me/threads")
+async def threads(caller: Me, request: Request) -> Any:
+    """The patient's message threads."""
+    return await _read(
+        request, caller, "Communication", "messaging", f"/patients/{caller.patient_id}/threads"
+    )
+
+
+@router.get("/me/threads/{thread_id}/messages")
+async def thread_messages(caller: Me, request: Request, thread_id: Id) -> Any:
+    """The messages of one thread, oldest first."""
+    path = f"/patients/{caller.patient_id}/threads/{thread_id}/messages"
+    return await _read(request, caller, "Communication", "messaging", path)
+
+
+@router.get("/me/triage")
+async def triage_sessions(caller: Me, request: Request) -> Any:
+    """The patient's past symptom checks."""
+    return await _read(
+        request,
+        caller,
+        "QuestionnaireResponse",
+        "triage",
+        f"/patients/{caller.patient_id}/sessions",
+    )
+
+
+class AssessIn(BaseModel):
+    """A one-shot symptom check."""
+
+    age: int = Field(ge=0, le=130, strict=True)
+    sex: str = Field(pattern="^(female|male|other|unknown)$")
+    text: str = Field(min_length=3, max_length=2000)
+
+
+@router.post("/me/triage/assess", status_code=201)
+async def triage_assess(caller: Me, request: Request, body: AssessIn) -> Any:
+    """Assess symptoms now: `{"urgency": "emergency|urgent|routine|self-care", ...}`."""
+    try:
+        return await _upstreams(request).request(
+            "triage", "POST", f"/patients/{caller.patient_id}/assess", json=body.model_dump()
+        )
+    except UpstreamError as exc:
+        raise HTTPException(exc.status, f"The triage service {exc.detail}.") from exc
+
+
+@router.get("/me/summary")
+async def summary(caller: Me, request: Request) -> dict[str, Any]:
+    """Everything at a glance; a part whose service fails is left out with a warning."""
+    upstreams = _upstreams(request)
+    pid = caller.patient_id
+    parts: dict[str, tuple[str, str, str]] = {
+        "lab_results": ("DiagnosticReport", "records", f"/patients/{pid}/lab-results"),
+        "medications": ("MedicationRequest", "records", f"/patients/{pid}/medications"),
+        "allergies": ("AllergyIntolerance", "records", f"/patients/{pid}/allergies"),
+        "appointments": ("Appointment", "scheduling", f"/patients/{pid}/appointments"),
+        "threads": ("Communication", "messaging", f"/patients/{pid}/threads"),
+    }
+    allowed = {k: v for k, v in parts.items() if caller.token.allows_read(v[0])}
+    calls: list[Awaitable[Any]] = [upstreams.get(svc, path) for _, svc, path in allowed.values()]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    out: dict[str, Any] = {"patient_id": pid, "warnings": []}
+    for name, result in zip(allowed, results, strict=True):
+        if isinstance(result, BaseException):
+            detail = result.detail if isinstance(result, UpstreamError) else "failed"
+            out["warnings"].append({"part": name, "detail": f"{allowed[name][1]} {detail}"})
+            out[name] = None
+        else:
+            out[name] = result[:5] if name == "lab_results" else result
+    await audit.record_access(_service(request).db, pid, caller.actor, "read", "summary")
+    return out
+
+
+class AccessLogOut(BaseModel):
+    """One recorded read of the patient's data."""
+
+    at: datetime
+    actor: str
+    action: str
+    resource: str
+
+
+@router.get("/me/access-log", response_model=list[AccessLogOut])
+async def access_log(caller: Me, request: Request) -> list[AccessLogOut]:
+    """Who read the patient's health data through the portal, newest first."""
+    async with _service(request).db.sessions() as session:
+        rows = await store.access_log_of(session, caller.patient_id)
+    return [
+        AccessLogOut(at=r.at, actor=r.actor, action=r.action, resource=r.resource) for r in rows
+    ]
+
+
+def _sse(note: store.PatientNotification) -> str:
+    body = {
+        "kind": note.kind,
+        "ref": note.ref,
+        "status": note.status,
+        "text": Notification(NotificationKind(note.kind), note.ref, note.status).text(),
+        "at": note.created_at.isoformat(),
+    }
+    return f"id: {note.id}\nevent: notification\ndata: {json.dumps(body)}\n\n"
+
+
+@router.get("/me/events", response_class=StreamingResponse)
+async def events(
+    caller: Me,
+    request: Request,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: new lab results, messages and appointment changes, live.
+
+    Reconnecting with `Last-Event-ID` replays what was missed, so nothing is lost while
+    the connection is down.
+    """
+    service = _service(request)
+    settings: Settings = service.settings  # type: ignore[assignment]
+    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+
+    async def stream() -> AsyncIterator[str]:
+        nonlocal after
+        waiter = hub.listen(caller.patient_id)
+        try:
+            yield "retry: 3000\n: connected\n\n"
+            while not await request.is_disconnected():
+                waiter.clear()
+                async with service.db.sessions() as session:
+                    notes = await store.notifications_since(session, caller.patient_id, after)
+                for note in notes:
+                    after = note.id
+                    yield _sse(note)
+                if notes:
+                    continue
+                try:
+                    await asyncio.wait_for(waiter.wait(), timeout=settings.sse_keepalive_s)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+        finally:
+            hub.forget(caller.patient_id, waiter)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,65 @@
+"""Composition root of the gateway."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+
+from gateway import api, handlers, portal, store
+from gateway.auth import TokenVerifier
+from gateway.settings import Settings
+from gateway.upstream import Upstreams
+from servicekit.app import Service, ServiceDefinition, create_service
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+async def _open_clients(service: Service) -> None:
+    settings: Settings = service.settings  # type: ignore[assignment]
+    mounts = service.state.get("upstream_mounts")
+    http = httpx.AsyncClient(timeout=settings.upstream_timeout_s, mounts=mounts)
+    service.state["http"] = http
+    service.state["verifier"] = TokenVerifier(settings, http)
+    service.state["upstreams"] = Upstreams(settings, http)
+
+
+async def _close_clients(service: Service) -> None:
+    http: httpx.AsyncClient | None = service.state.get("http")
+    if http is not None:
+        await http.aclose()
+
+
+def build(
+    settings: Settings | None = None, mounts: dict[str, httpx.AsyncBaseTransport] | None = None
+) -> Service:
+    """The gateway; `mounts` (httpx URL patterns to transports) let tests route calls to
+    in-process services."""
+    from fastapi import APIRouter
+
+    routes = APIRouter()
+    routes.include_router(portal.router)
+    routes.include_router(api.router)
+    service = create_service(
+        ServiceDefinition(
+            settings=settings or Settings(),
+            title="gateway",
+            description="Patient API (BFF), real-time events (SSE) and the portal page.",
+            api=routes,
+            handlers=handlers.router,
+            publishes=("patient.linked",),
+            metadata=store.metadata,
+            migrations=MIGRATIONS,
+            on_startup=[_open_clients],
+            on_shutdown=[_close_clients],
+        )
+    )
+    if mounts is not None:
+        service.state["upstream_mounts"] = mounts
+    return service
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ASGI app (`uvicorn --factory gateway.app:create_app`)."""
+    return build(settings).app

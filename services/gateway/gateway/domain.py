@@ -1,0 +1,82 @@
+"""Gateway rules free of I/O: notification wording and the access-log chain check.
+
+Notifications carry ids and a kind, never clinical content: the portal fetches the
+details through the API with the patient's own token, so a notification leaked to the
+wrong screen reveals nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+GENESIS = "0" * 64
+
+
+class NotificationKind(StrEnum):
+    """What changed for the patient."""
+
+    LAB_RESULT = "lab-result"
+    MEDICATION = "medication"
+    MESSAGE = "message"
+    APPOINTMENT = "appointment"
+    TRIAGE = "triage"
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One change to push to the patient's open sessions."""
+
+    kind: NotificationKind
+    ref: str
+    status: str | None = None
+
+    def text(self) -> str:
+        """A plain-language line for the portal (no clinical detail)."""
+        return _TEXT[self.kind].format(status=self.status or "updated")
+
+
+_TEXT = {
+    NotificationKind.LAB_RESULT: "A new lab result is available.",
+    NotificationKind.MEDICATION: "Your medication list changed.",
+    NotificationKind.MESSAGE: "You have a new message from your care team.",
+    NotificationKind.APPOINTMENT: "An appointment was {status}.",
+    NotificationKind.TRIAGE: "Your symptom check was sent to your care team.",
+}
+
+
+@dataclass(frozen=True)
+class AccessRecord:
+    """The hashed fields of one access-log row."""
+
+    patient_id: str
+    actor: str
+    action: str
+    resource: str
+    at: datetime
+    prev_hash: str
+    hash: str
+
+
+def access_hash(
+    prev_hash: str, patient_id: str, actor: str, action: str, resource: str, at: datetime
+) -> str:
+    """The chained hash of one access-log row: any edit, insertion or deletion breaks it."""
+    body = json.dumps([prev_hash, patient_id, actor, action, resource, at.isoformat()])
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def first_broken_link(records: Iterable[AccessRecord]) -> int | None:
+    """Index of the first row whose hash or link does not match (None: chain intact)."""
+    expected_prev = GENESIS
+    for i, r in enumerate(records):
+        if r.prev_hash != expected_prev:
+            return i
+        if access_hash(r.prev_hash, r.patient_id, r.actor, r.action, r.resource, r.at) != r.hash:
+            return i
+        expected_prev = r.hash
+    return None

@@ -1,0 +1,73 @@
+"""Event handlers: each change that concerns a patient becomes a notification for their
+open sessions (stored, then the patient's streams are woken after commit)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import event as sa_event
+
+from contracts.appointment import AppointmentUpdatedV1
+from contracts.lab import LabResultedV1
+from contracts.medication import MedicationChangedV1
+from contracts.message import MessageReceivedV1
+from contracts.triage import TriageCompletedV1
+from gateway import store
+from gateway.domain import Notification, NotificationKind
+from gateway.hub import NotificationHub
+from servicekit.consumer import Event, EventRouter, UnitOfWork
+
+router = EventRouter()
+hub = NotificationHub()
+
+
+def _notify(uow: UnitOfWork, event: Event[Any], note: Notification) -> None:
+    uow.session.add(
+        store.PatientNotification(
+            patient_id=event.patient_id,
+            kind=note.kind.value,
+            ref=note.ref,
+            status=note.status,
+            event_id=event.envelope.id,
+            created_at=datetime.now(UTC),
+        )
+    )
+    patient = event.patient_id
+    sa_event.listen(
+        uow.session.sync_session, "after_commit", lambda _s: hub.wake(patient), once=True
+    )
+
+
+@router.handles("lab.resulted")
+async def notify_lab_result(uow: UnitOfWork, event: Event[LabResultedV1]) -> None:
+    """Tell the patient a lab result is available."""
+    _notify(uow, event, Notification(NotificationKind.LAB_RESULT, event.data.report_fhir_id))
+
+
+@router.handles("medication.changed")
+async def notify_medication_change(uow: UnitOfWork, event: Event[MedicationChangedV1]) -> None:
+    """Tell the patient their medication list changed."""
+    data = event.data
+    _notify(uow, event, Notification(NotificationKind.MEDICATION, data.medication_request_fhir_id))
+
+
+@router.handles("message.received")
+async def notify_message(uow: UnitOfWork, event: Event[MessageReceivedV1]) -> None:
+    """Tell the patient a clinician wrote to them."""
+    _notify(uow, event, Notification(NotificationKind.MESSAGE, event.data.communication_fhir_id))
+
+
+@router.handles("appointment.updated")
+async def notify_appointment_change(uow: UnitOfWork, event: Event[AppointmentUpdatedV1]) -> None:
+    """Tell the patient an appointment was confirmed, rejected, cancelled or moved."""
+    data = event.data
+    ref = data.appointment_id or data.appointment_fhir_id or "appointment"
+    _notify(uow, event, Notification(NotificationKind.APPOINTMENT, ref, data.status.value))
+
+
+@router.handles("triage.completed")
+async def notify_triage_routed(uow: UnitOfWork, event: Event[TriageCompletedV1]) -> None:
+    """Tell the patient their symptom check reached the care team."""
+    data = event.data
+    _notify(uow, event, Notification(NotificationKind.TRIAGE, data.session_id, data.urgency.value))

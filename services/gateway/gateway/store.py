@@ -1,0 +1,118 @@
+"""The gateway's tables and all its SQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, Index, Integer, String, UniqueConstraint, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from gateway.domain import GENESIS
+from servicekit.db import new_metadata
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the gateway tables."""
+
+    metadata = new_metadata()
+
+
+metadata = Base.metadata
+
+
+class PatientLink(Base):
+    """A portal identity linked to its EHR Patient; `patient_id` is our internal id."""
+
+    __tablename__ = "patient_links"
+
+    patient_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(200))
+    patient_fhir_id: Mapped[str] = mapped_column(String(64))
+    linked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("issuer", "patient_fhir_id", name="uq_patient_links_identity"),
+    )
+
+
+class PatientNotification(Base):
+    """A change to tell the patient about; kept so a reconnecting stream can catch up."""
+
+    __tablename__ = "patient_notifications"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    ref: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str | None] = mapped_column(String(32))
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_patient_notifications_patient_id", "patient_id", "id"),)
+
+
+class AccessLogEntry(Base):
+    """One read of a patient's health data; each row hashes its predecessor (tamper-evident)."""
+
+    __tablename__ = "access_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+async def link_for_identity(
+    session: AsyncSession, issuer: str, patient_fhir_id: str
+) -> PatientLink | None:
+    """The link of a token's identity, if it was linked before."""
+    stmt = select(PatientLink).where(
+        PatientLink.issuer == issuer, PatientLink.patient_fhir_id == patient_fhir_id
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def notifications_since(
+    session: AsyncSession, patient_id: str, after_id: int, limit: int = 100
+) -> list[PatientNotification]:
+    """A patient's notifications after `after_id` (SSE `Last-Event-ID`), oldest first."""
+    stmt = (
+        select(PatientNotification)
+        .where(PatientNotification.patient_id == patient_id, PatientNotification.id > after_id)
+        .order_by(PatientNotification.id)
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def last_access_hash(session: AsyncSession) -> str:
+    """The hash at the head of the access-log chain."""
+    stmt = select(AccessLogEntry.hash).order_by(AccessLogEntry.id.desc()).limit(1)
+    return (await session.execute(stmt)).scalar_one_or_none() or GENESIS
+
+
+async def access_log_of(
+    session: AsyncSession, patient_id: str, limit: int = 200
+) -> list[AccessLogEntry]:
+    """Who read a patient's data, newest first."""
+    stmt = (
+        select(AccessLogEntry)
+        .where(AccessLogEntry.patient_id == patient_id)
+        .order_by(AccessLogEntry.id.desc())
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def whole_access_log(session: AsyncSession) -> list[AccessLogEntry]:
+    """The whole chain, oldest first (for verification)."""
+    return list(
+        (await session.execute(select(AccessLogEntry).order_by(AccessLogEntry.id))).scalars()
+    )

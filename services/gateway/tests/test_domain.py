@@ -1,0 +1,63 @@
+"""Gateway rules: notification wording, scopes, the access-log chain."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from gateway.auth import PatientToken
+from gateway.domain import (
+    GENESIS,
+    AccessRecord,
+    Notification,
+    NotificationKind,
+    access_hash,
+    first_broken_link,
+)
+
+
+def _chain(n: int) -> list[AccessRecord]:
+    out: list[AccessRecord] = []
+    prev = GENESIS
+    for i in range(n):
+        at = datetime(2026, 11, 25, tzinfo=UTC) + timedelta(minutes=i)
+        h = access_hash(prev, "p1", "self", "read", f"R{i}", at)
+        out.append(AccessRecord("p1", "self", "read", f"R{i}", at, prev, h))
+        prev = h
+    return out
+
+
+def test_intact_chain_verifies() -> None:
+    assert first_broken_link(_chain(5)) is None
+
+
+def test_edited_row_is_found() -> None:
+    chain = _chain(5)
+    chain[2] = replace(chain[2], actor="someone-else")
+    assert first_broken_link(chain) == 2
+
+
+def test_deleted_row_is_found() -> None:
+    chain = _chain(5)
+    del chain[1]
+    assert first_broken_link(chain) == 1
+
+
+def test_notifications_carry_no_clinical_detail() -> None:
+    note = Notification(NotificationKind.APPOINTMENT, "apt-1", "cancelled")
+    assert note.text() == "An appointment was cancelled."
+    assert (
+        Notification(NotificationKind.LAB_RESULT, "dr-1").text() == "A new lab result is available."
+    )
+
+
+def test_smart_scopes_v1_and_v2() -> None:
+    def token(*scopes: str) -> PatientToken:
+        return PatientToken(subject="x", patient_fhir_id="x", scopes=frozenset(scopes))
+
+    assert token("patient/*.rs").allows_read("Observation")
+    assert token("patient/Observation.rs").allows_read("Observation")
+    assert token("patient/Observation.read").allows_read("Observation")
+    assert not token("patient/Observation.rs").allows_read("MedicationRequest")
+    assert not token("patient/*.c").allows_read("Observation")
+    assert not token("user/*.rs", "openid").allows_read("Observation")

@@ -1,0 +1,263 @@
+"""The patients' API end to end: tokens from the sandbox's dev issuer (over HTTP), data
+from the records service, live notifications over SSE, the access log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from contracts.base import Coding, SourceVersion
+from contracts.lab import LabResultedV1, ReportStatus
+from contracts.patient import PatientLinkedV1
+from devstack.topics import ensure_topics
+from ehr_sandbox.httptest import free_port, running_sandbox, serve
+from gateway import audit
+from gateway.app import build as build_gateway
+from gateway.settings import Settings as GatewaySettings
+from records.app import build as build_records
+from records.settings import Settings as RecordsSettings
+from servicekit.app import Service
+from servicekit.testing import eventually, produce_events, read_topic
+from triage.app import build as build_triage
+from triage.settings import Settings as TriageSettings
+
+pytestmark = [pytest.mark.integration]
+PORTS = range(18300, 18320)
+
+
+@dataclass
+class Stack:
+    gateway: Service
+    url: str
+    issuer: str
+    sandbox_admin: httpx.AsyncClient
+    prefix: str
+
+
+def _common(database_url: str, kafka_bootstrap: str, prefix: str) -> dict[str, object]:
+    return {
+        "database_url": database_url,
+        "kafka_bootstrap_servers": kafka_bootstrap,
+        "kafka_enable_idempotence": os.environ.get("KAFKA") == "apache",
+        "topic_prefix": prefix,
+        "group_prefix": prefix,
+        "outbox_poll_interval_s": 0.05,
+    }
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path,
+    database_factory: Callable[[], Awaitable[str]],
+    kafka_bootstrap: str,
+    unique_prefix: str,
+) -> AsyncIterator[Stack]:
+    await ensure_topics(kafka_bootstrap, unique_prefix)
+    dbs = {name: await database_factory() for name in ("gateway", "records", "triage")}
+    async with running_sandbox(tmp_path, port=free_port(PORTS)) as sandbox:
+        records = build_records(
+            RecordsSettings(**_common(dbs["records"], kafka_bootstrap, unique_prefix))
+        )  # type: ignore[arg-type]
+        triage = build_triage(
+            TriageSettings(**_common(dbs["triage"], kafka_bootstrap, unique_prefix))
+        )  # type: ignore[arg-type]
+        gateway = build_gateway(
+            GatewaySettings(
+                **_common(dbs["gateway"], kafka_bootstrap, unique_prefix),  # type: ignore[arg-type]
+                oidc_issuer=sandbox.url,
+                records_url="http://records",
+                triage_url="http://triage",
+                messaging_url="http://127.0.0.1:1",  # nothing listens: a failing upstream
+                sse_keepalive_s=0.5,
+            ),
+            mounts={
+                "http://records": httpx.ASGITransport(app=records.app),
+                "http://triage": httpx.ASGITransport(app=triage.app),
+            },
+        )
+        async with LifespanManager(records.app), LifespanManager(triage.app):
+            async with serve(gateway.app, free_port(PORTS)) as url:
+                yield Stack(gateway, url, sandbox.url, sandbox.admin, unique_prefix)
+
+
+async def _token(stack: Stack, patient: str = "p-ann") -> str:
+    put = await stack.sandbox_admin.put(
+        f"/fhir/Patient/{patient}",
+        json={
+            "resourceType": "Patient",
+            "id": patient,
+            "name": [{"family": "Example", "given": ["Ann"]}],
+        },
+        headers={"Content-Type": "application/fhir+json"},
+    )
+    assert put.status_code in (200, 201), put.text
+    response = await stack.sandbox_admin.post("/dev/patient-token", json={"patient": patient})
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+def _lab(patient_id: str) -> LabResultedV1:
+    return LabResultedV1(
+        patient_id=patient_id,
+        report_fhir_id="dr-77",
+        status=ReportStatus.FINAL,
+        code=Coding(system="http://loinc.org", code="4548-4", display="Hemoglobin A1c"),
+        effective=datetime(2026, 11, 24, tzinfo=UTC),
+        source=SourceVersion(
+            resource_type="DiagnosticReport",
+            fhir_id="dr-77",
+            version_id="1",
+            last_updated=datetime(2026, 11, 24, tzinfo=UTC),
+        ),
+    )
+
+
+async def test_requests_without_a_valid_token_are_refused(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+        none = await client.get("/v1/me")
+        assert none.status_code == 401
+        assert none.headers["content-type"] == "application/problem+json"
+        assert none.headers["www-authenticate"].startswith("Bearer")
+        garbage = await client.get("/v1/me", headers={"Authorization": "Bearer not.a.jwt"})
+        assert garbage.status_code == 401
+        token = await _token(stack)
+        head, payload, _sig = token.split(".")
+        forged = await client.get(
+            "/v1/me", headers={"Authorization": f"Bearer {head}.{payload}.AAAA"}
+        )
+        assert forged.status_code == 401
+
+
+async def test_first_visit_links_the_patient_and_publishes_patient_linked(
+    stack: Stack, kafka_bootstrap: str
+) -> None:
+    token = await _token(stack)
+    async with httpx.AsyncClient(
+        base_url=stack.url, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        first = (await client.get("/v1/me")).json()
+        again = (await client.get("/v1/me")).json()
+    assert first["patient_id"] == again["patient_id"]
+    assert "patient/*.rs" in first["scopes"]
+    seen = await read_topic(
+        kafka_bootstrap, f"{stack.prefix}patient.linked", until=lambda s: len(s) >= 1
+    )
+    assert len(seen) == 1
+    assert seen[0].key == first["patient_id"]
+    linked = PatientLinkedV1.model_validate_json(seen[0].value)
+    assert linked.patient_fhir_id == "p-ann"
+
+
+async def test_lab_result_reaches_the_api_and_the_live_stream_and_is_audited(
+    stack: Stack, kafka_bootstrap: str
+) -> None:
+    token = await _token(stack)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=stack.url, headers=headers, timeout=30) as client:
+        patient_id = (await client.get("/v1/me")).json()["patient_id"]
+        received: list[dict[str, object]] = []
+
+        async def listen() -> None:
+            async with client.stream("GET", "/v1/me/events") as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("data: "):
+                        received.append(json.loads(line[6:]))
+                        return
+
+        listener = asyncio.create_task(listen())
+        await asyncio.sleep(0.2)
+        await produce_events(
+            kafka_bootstrap, [(patient_id, _lab(patient_id))], topic_prefix=stack.prefix
+        )
+        await asyncio.wait_for(listener, timeout=60)
+        assert received[0]["kind"] == "lab-result"
+        assert received[0]["ref"] == "dr-77"
+        assert "A1c" not in json.dumps(received[0])  # notifications carry no clinical detail
+
+        async def in_records() -> bool:
+            return bool((await client.get("/v1/me/lab-results")).json())
+
+        await eventually(in_records, timeout=60)
+        report = (await client.get("/v1/me/lab-results/dr-77")).json()
+        assert report["code"]["code"] == "4548-4"
+        log = (await client.get("/v1/me/access-log")).json()
+        assert log[0]["resource"] == "DiagnosticReport"
+        assert all(entry["actor"] == "self" for entry in log)
+    assert await audit.verify(stack.gateway.db) is None
+
+
+async def test_stream_replays_what_was_missed_after_last_event_id(
+    stack: Stack, kafka_bootstrap: str
+) -> None:
+    token = await _token(stack)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=stack.url, headers=headers, timeout=30) as client:
+        patient_id = (await client.get("/v1/me")).json()["patient_id"]
+        await produce_events(
+            kafka_bootstrap, [(patient_id, _lab(patient_id))], topic_prefix=stack.prefix
+        )
+
+        async def first_event() -> list[str]:
+            ids: list[str] = []
+            async with client.stream(
+                "GET", "/v1/me/events", headers={"Last-Event-ID": "0"}
+            ) as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("id: "):
+                        ids.append(line[4:])
+                        return ids
+            return ids
+
+        ids = await asyncio.wait_for(first_event(), timeout=60)
+        assert ids
+
+
+async def test_summary_returns_what_it_has_with_a_warning_for_a_failed_part(stack: Stack) -> None:
+    token = await _token(stack)
+    async with httpx.AsyncClient(
+        base_url=stack.url, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        response = await client.get("/v1/me/summary")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["lab_results"] == []
+    assert body["threads"] is None
+    assert [w["part"] for w in body["warnings"]] == ["appointments", "threads"]
+
+
+async def test_triage_assessment_through_the_gateway(stack: Stack, kafka_bootstrap: str) -> None:
+    token = await _token(stack)
+    async with httpx.AsyncClient(
+        base_url=stack.url, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        response = await client.post(
+            "/v1/me/triage/assess", json={"age": 48, "sex": "female", "text": "crushing chest pain"}
+        )
+        bad = await client.post(
+            "/v1/me/triage/assess", json={"age": "old", "sex": "female", "text": "x"}
+        )
+    assert response.status_code == 201
+    assert response.json()["urgency"] == "emergency"
+    assert bad.status_code == 422
+    seen = await read_topic(
+        kafka_bootstrap, f"{stack.prefix}triage.completed", until=lambda s: len(s) >= 1
+    )
+    assert "crushing" not in seen[0].value.decode()  # the patient's own words stay in triage
+
+
+async def test_portal_page_is_served(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+        page = await client.get("/")
+    assert page.status_code == 200
+    assert '<html lang="en">' in page.text
+    assert stack.issuer in page.text
+    assert "__PORTAL_CONFIG__" not in page.text
