@@ -84,9 +84,12 @@ async def stack(
                 "http://triage": httpx.ASGITransport(app=triage.app),
             },
         )
-        async with LifespanManager(records.app), LifespanManager(triage.app):
-            async with serve(gateway.app, free_port(PORTS)) as url:
-                yield Stack(gateway, url, sandbox.url, sandbox.admin, unique_prefix)
+        async with (
+            LifespanManager(records.app),
+            LifespanManager(triage.app),
+            serve(gateway.app, free_port(PORTS)) as url,
+        ):
+            yield Stack(gateway, url, sandbox.url, sandbox.admin, unique_prefix)
 
 
 async def _token(stack: Stack, patient: str = "p-ann") -> str:
