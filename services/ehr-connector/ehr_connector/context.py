@@ -1,0 +1,49 @@
+"""What the event handlers need at run time, per running service.
+
+Handlers are module-level functions registered on `handlers.router` (the inbound side adds
+its own), and the kit calls them with a unit of work only. The composition root attaches a
+`Connector` to the service at start-up, keyed by the service's outbox (the one per-service
+object every unit of work carries), so two services in one process (tests) never share an
+EHR client and nothing is a global singleton.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from weakref import WeakKeyDictionary
+
+from ehr_connector.ehr.port import EhrPort
+from ehr_connector.settings import Settings
+from servicekit.consumer import UnitOfWork
+from servicekit.errors import DependencyUnavailable
+from servicekit.outbox import Outbox
+
+
+@dataclass(frozen=True)
+class Connector:
+    """The running connector's settings and its EHR."""
+
+    settings: Settings
+    ehr: EhrPort
+
+
+_connectors: WeakKeyDictionary[Outbox, Connector] = WeakKeyDictionary()
+
+
+def attach(outbox: Outbox, connector: Connector) -> None:
+    """Make `connector` what handlers of the service owning `outbox` use."""
+    _connectors[outbox] = connector
+
+
+def detach(outbox: Outbox) -> None:
+    """Forget the connector of a stopped service."""
+    _connectors.pop(outbox, None)
+
+
+def connector_for(uow: UnitOfWork) -> Connector:
+    """The connector of the service handling this unit of work."""
+    connector = _connectors.get(uow.outbox)
+    if connector is None:
+        # Only while starting or stopping: the event waits in Kafka.
+        raise DependencyUnavailable("the EHR client is not running")
+    return connector

@@ -1,0 +1,338 @@
+"""Booking, cancelling and moving appointments in the EHR (the rules are in `appointments`).
+
+Every step is safe to repeat, so a redelivered or replayed event converges on the same EHR
+state: the Appointment is created on the condition of our identifier, Slots and the
+Appointment change with `If-Match` (a 412 re-reads and re-applies), and a change the EHR
+already has is skipped. Each use case ends by publishing `appointment.updated` with the
+version the EHR now holds, so scheduling learns the EHR id and version for its next change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.appointment import (
+    AppointmentBookedV1,
+    AppointmentCancelledV1,
+    AppointmentRescheduledV1,
+)
+from ehr_connector import store
+from ehr_connector.context import Connector
+from ehr_connector.ehr.errors import EhrConflict, EhrGone, EhrNotFound, EhrStateForbids
+from ehr_connector.ehr.port import EhrPort, FhirJson, Versioned
+from ehr_connector.outbound import appointments
+from ehr_connector.outbound.identifiers import APPOINTMENT_ID, if_none_exist
+from ehr_connector.outbound.journal import Journal
+from ehr_connector.outbound.lookups import NotInEhrYet, find_by_identifier, locate_appointment
+from ehr_connector.outbound.r4 import validate
+from ehr_connector.store import Interaction
+from servicekit.consumer import Event, UnitOfWork
+from servicekit.errors import PermanentError
+from servicekit.logging import get_logger
+
+log = get_logger(__name__)
+
+# Compare-and-set rounds before giving up on a resource that keeps changing under us
+# (the event is then retried by the consumer, so this only bounds one attempt).
+MAX_ROUNDS: Final = 5
+NEW_SLOT_TAKEN: Final = "The new slot is no longer free in the EHR; the appointment keeps its time"
+
+
+def _if_match(resource: Versioned) -> str | None:
+    return resource.version_id or None
+
+
+async def apply_change(
+    ehr: EhrPort, current: Versioned, change: Callable[[FhirJson], FhirJson | None]
+) -> tuple[Versioned, bool]:
+    """Write `change(current)` with `If-Match`; on a version conflict re-read and re-apply.
+
+    `change` returns None when the resource already is in the target state (then nothing is
+    written) and may raise `EhrStateForbids`. Returns the resulting version and whether it
+    was written."""
+    for _ in range(MAX_ROUNDS):
+        target = change(current.resource)
+        if target is None:
+            return current, False
+        try:
+            return await ehr.update(validate(target), if_match=_if_match(current)), True
+        except EhrConflict:
+            log.info(
+                "outbound.version_conflict",
+                resource_type=current.resource_type,
+                fhir_id=current.id,
+                version_id=current.version_id,
+            )
+            current = await ehr.read(current.resource_type, current.id)
+    raise EhrConflict(
+        f"{current.reference} kept changing while we updated it",
+        interaction="update",
+        resource_type=current.resource_type,
+    )
+
+
+async def other_holders(ehr: EhrPort, slot_id: str, appointment_fhir_id: str | None) -> list[str]:
+    """Ids of active Appointments other than `appointment_fhir_id` booked into a slot."""
+    page = await ehr.search(
+        "Appointment",
+        [("slot", f"Slot/{slot_id}"), ("status", ",".join(sorted(appointments.HOLDING_STATUSES)))],
+    )
+    return [
+        str(a["id"])
+        for a in page.matches
+        if a.get("id") != appointment_fhir_id and appointments.holds_slot(a, slot_id)
+    ]
+
+
+async def occupy(
+    ehr: EhrPort, journal: Journal, our_id: str, slot: Versioned, appointment_fhir_id: str
+) -> bool:
+    """Mark `slot` busy for an appointment; False when another booking (or the clinic)
+    has it. The `If-Match` write is what decides a race between two bookings."""
+    for _ in range(MAX_ROUNDS):
+        status = slot.resource.get("status")
+        if status == "busy":
+            return not await other_holders(ehr, slot.id, appointment_fhir_id)
+        if status != "free":
+            return False
+        target = appointments.slot_with_status(slot.resource, "busy")
+        assert target is not None
+        try:
+            written = await ehr.update(validate(target), if_match=_if_match(slot))
+        except EhrConflict:
+            slot = await ehr.read("Slot", slot.id)
+            continue
+        await journal.record(our_id, "Slot", Interaction.UPDATE, written)
+        return True
+    raise EhrConflict(f"Slot/{slot.id} kept changing", interaction="update", resource_type="Slot")
+
+
+async def release(
+    ehr: EhrPort, journal: Journal, our_id: str, slot_id: str, appointment_fhir_id: str
+) -> None:
+    """Free a slot the appointment no longer uses, unless another booking holds it or the
+    clinic blocked it (then it is not ours to free)."""
+    try:
+        slot = await ehr.read("Slot", slot_id)
+    except (EhrNotFound, EhrGone):
+        return
+    for _ in range(MAX_ROUNDS):
+        if slot.resource.get("status") != "busy":
+            return
+        if await other_holders(ehr, slot_id, appointment_fhir_id):
+            return
+        target = appointments.slot_with_status(slot.resource, "free")
+        assert target is not None
+        try:
+            written = await ehr.update(validate(target), if_match=_if_match(slot))
+        except EhrConflict:
+            slot = await ehr.read("Slot", slot_id)
+            continue
+        await journal.record(our_id, "Slot", Interaction.UPDATE, written)
+        return
+    raise EhrConflict(f"Slot/{slot_id} kept changing", interaction="update", resource_type="Slot")
+
+
+async def _confirm(
+    uow: UnitOfWork,
+    *,
+    appointment_id: str,
+    patient_id: str,
+    appointment: Versioned,
+    reason: str | None = None,
+) -> None:
+    await store.save_link(
+        uow.session,
+        kind="appointment",
+        our_id=appointment_id,
+        resource_type="Appointment",
+        fhir_id=appointment.id,
+        version_id=appointment.version_id,
+        patient_id=patient_id,
+    )
+    uow.publish(
+        appointments.updated_event(
+            appointment.resource,
+            appointment_id=appointment_id,
+            patient_id=patient_id,
+            reason=reason,
+        ),
+        subject=patient_id,
+    )
+
+
+async def _reject(
+    uow: UnitOfWork,
+    journal: Journal,
+    data: AppointmentBookedV1,
+    reason: str,
+    withdrawn: Versioned | None = None,
+) -> None:
+    await journal.record(data.appointment_id, "Appointment", Interaction.REJECTED, withdrawn)
+    uow.publish(
+        appointments.rejected_event(
+            data, reason, withdrawn.resource if withdrawn is not None else None
+        ),
+        subject=data.patient_id,
+    )
+    log.info("outbound.booking_rejected", appointment_id=data.appointment_id)
+
+
+async def book(connector: Connector, uow: UnitOfWork, event: Event[AppointmentBookedV1]) -> None:
+    """Write a booking: check the Slot, create the Appointment (conditional on our
+    identifier), mark the Slot busy; publish the EHR's confirmation or the rejection."""
+    ehr, data, journal = connector.ehr, event.data, Journal.of(uow, event)
+    await store.remember_patient(uow.session, data.patient_id, data.patient_fhir_id)
+    appointment = validate(appointments.booking(data))
+    try:
+        slot = await ehr.read("Slot", data.slot_fhir_id)
+    except (EhrNotFound, EhrGone):
+        await _reject(uow, journal, data, "The slot does not exist in the EHR")
+        return
+    if slot.resource.get("status") != "free":
+        # Taken, unless by this very booking written before (a replay).
+        ours = await find_by_identifier(ehr, "Appointment", APPOINTMENT_ID, data.appointment_id)
+        if ours is None or not appointments.holds_slot(ours.resource, slot.id):
+            status = slot.resource.get("status")
+            await _reject(uow, journal, data, f"The slot is {status} in the EHR")
+            return
+        await journal.record(data.appointment_id, "Appointment", Interaction.MATCH, ours)
+        await _confirm(
+            uow, appointment_id=data.appointment_id, patient_id=data.patient_id, appointment=ours
+        )
+        return
+    try:
+        result = await ehr.create(
+            appointment, if_none_exist=if_none_exist(APPOINTMENT_ID, data.appointment_id)
+        )
+    except EhrConflict as exc:
+        await _reject(uow, journal, data, exc.outcome_text or "The EHR refused the booking")
+        return
+    interaction = Interaction.CREATE if result.created else Interaction.MATCH
+    await journal.record(data.appointment_id, "Appointment", interaction, result)
+    if appointments.holds_slot(result.resource, slot.id) and not await occupy(
+        ehr, journal, data.appointment_id, slot, result.id
+    ):
+        # Another booking won the slot between our read and our write: take ours back.
+        withdrawn, _ = await apply_change(ehr, result, appointments.withdrawn)
+        await journal.record(data.appointment_id, "Appointment", Interaction.COMPENSATE, withdrawn)
+        await _reject(uow, journal, data, "Another booking took the slot", withdrawn)
+        return
+    await _confirm(
+        uow, appointment_id=data.appointment_id, patient_id=data.patient_id, appointment=result
+    )
+
+
+async def _patients_appointment(
+    ehr: EhrPort,
+    session: AsyncSession,
+    patient_id: str,
+    appointment_id: str,
+    appointment_fhir_id: str | None,
+) -> Versioned | None:
+    current = await locate_appointment(ehr, session, appointment_id, appointment_fhir_id)
+    if current is None:
+        return None
+    known = await store.patient_fhir_id_of(session, patient_id)
+    owner = appointments.patient_of(current.resource)
+    if known is not None and owner is not None and owner != known:
+        raise PermanentError(f"{current.reference} is not an appointment of this patient")
+    return current
+
+
+def _log_stale_base(current: Versioned, based_on_version: str | None) -> None:
+    if based_on_version is not None and based_on_version != current.version_id:
+        # Someone changed it in the EHR since scheduling saw it: re-applied on the current
+        # version (the state rules decide whether that is still allowed).
+        log.info(
+            "outbound.base_version_stale",
+            fhir_id=current.id,
+            based_on=based_on_version,
+            current=current.version_id,
+        )
+
+
+async def cancel(
+    connector: Connector, uow: UnitOfWork, event: Event[AppointmentCancelledV1]
+) -> None:
+    """Cancel the appointment in the EHR (If-Match, re-applied on conflict) and free its
+    slots; a state that forbids it (fulfilled, arrived, ...) is a permanent failure."""
+    ehr, data, journal = connector.ehr, event.data, Journal.of(uow, event)
+    current = await _patients_appointment(
+        ehr, uow.session, data.patient_id, data.appointment_id, data.appointment_fhir_id
+    )
+    if current is None:
+        if await store.booking_was_rejected(uow.session, data.appointment_id):
+            await journal.record(data.appointment_id, "Appointment", Interaction.NOOP)
+            return
+        raise NotInEhrYet(f"appointment {data.appointment_id} is not in the EHR yet")
+    _log_stale_base(current, data.based_on_version)
+    result, changed = await apply_change(
+        ehr, current, lambda r: appointments.cancelled(r, reason_code=data.reason_code)
+    )
+    interaction = Interaction.UPDATE if changed else Interaction.NOOP
+    await journal.record(data.appointment_id, "Appointment", interaction, result)
+    for slot_id in appointments.slot_ids(result.resource):
+        await release(ehr, journal, data.appointment_id, slot_id, result.id)
+    await _confirm(
+        uow, appointment_id=data.appointment_id, patient_id=data.patient_id, appointment=result
+    )
+
+
+async def reschedule(
+    connector: Connector, uow: UnitOfWork, event: Event[AppointmentRescheduledV1]
+) -> None:
+    """Move the appointment to its new slot: occupy the new Slot first (so a taken slot
+    leaves the appointment untouched), update the Appointment, then free the old Slot."""
+    ehr, data, journal = connector.ehr, event.data, Journal.of(uow, event)
+    current = await _patients_appointment(
+        ehr, uow.session, data.patient_id, data.appointment_id, data.appointment_fhir_id
+    )
+    if current is None:
+        if await store.booking_was_rejected(uow.session, data.appointment_id):
+            await journal.record(data.appointment_id, "Appointment", Interaction.NOOP)
+            return
+        raise NotInEhrYet(f"appointment {data.appointment_id} is not in the EHR yet")
+    _log_stale_base(current, data.based_on_version)
+    new_slot_id = data.new_slot_fhir_id
+    result, changed = current, False
+    if not appointments.is_rescheduled_to(current.resource, new_slot_id, data.start, data.end):
+        appointments.check_changeable(current.resource, "rescheduled")
+        try:
+            new_slot: Versioned | None = await ehr.read("Slot", new_slot_id)
+        except (EhrNotFound, EhrGone):
+            new_slot = None
+        if new_slot is None or not await occupy(
+            ehr, journal, data.appointment_id, new_slot, current.id
+        ):
+            await journal.record(data.appointment_id, "Appointment", Interaction.REJECTED, current)
+            await _confirm(
+                uow,
+                appointment_id=data.appointment_id,
+                patient_id=data.patient_id,
+                appointment=current,
+                reason=NEW_SLOT_TAKEN,
+            )
+            return
+        try:
+            result, changed = await apply_change(
+                ehr,
+                current,
+                lambda r: appointments.rescheduled(
+                    r, slot_id=new_slot_id, start=data.start, end=data.end
+                ),
+            )
+        except EhrStateForbids:
+            await release(ehr, journal, data.appointment_id, new_slot_id, current.id)
+            raise
+    interaction = Interaction.UPDATE if changed else Interaction.NOOP
+    await journal.record(data.appointment_id, "Appointment", interaction, result)
+    old_slots = {data.old_slot_fhir_id, *appointments.slot_ids(current.resource)} - {new_slot_id}
+    for slot_id in sorted(old_slots):
+        await release(ehr, journal, data.appointment_id, slot_id, result.id)
+    await _confirm(
+        uow, appointment_id=data.appointment_id, patient_id=data.patient_id, appointment=result
+    )

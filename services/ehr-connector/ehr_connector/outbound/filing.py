@@ -1,0 +1,146 @@
+"""Filing what the patient sent into the chart: intake answers, messages, triage outcomes.
+
+Each resource is created on the condition of a business identifier derived from our id
+(intake, message, triage session), so a replayed event finds what the first delivery
+created instead of filing it twice.
+"""
+
+from __future__ import annotations
+
+from contracts.intake import IntakeSubmittedV1
+from contracts.message import MessageSentV1
+from contracts.triage import TriageCompletedV1
+from ehr_connector import store
+from ehr_connector.context import Connector
+from ehr_connector.ehr.port import WriteResult
+from ehr_connector.outbound import appointments, intake, messages, triage
+from ehr_connector.outbound.identifiers import (
+    INTAKE_ID,
+    MESSAGE_ID,
+    TRIAGE_SESSION_ID,
+    if_none_exist,
+)
+from ehr_connector.outbound.journal import Journal
+from ehr_connector.outbound.lookups import (
+    NotInEhrYet,
+    care_team,
+    locate_appointment,
+    patient_fhir_id,
+)
+from ehr_connector.outbound.r4 import validate
+from ehr_connector.store import Interaction
+from servicekit.consumer import Event, UnitOfWork
+
+
+async def _record(
+    uow: UnitOfWork,
+    journal: Journal,
+    *,
+    kind: str,
+    our_id: str,
+    result: WriteResult,
+) -> None:
+    interaction = Interaction.CREATE if result.created else Interaction.MATCH
+    await journal.record(our_id, result.resource_type, interaction, result)
+    await store.save_link(
+        uow.session,
+        kind=kind,
+        our_id=our_id,
+        resource_type=result.resource_type,
+        fhir_id=result.id,
+        version_id=result.version_id,
+        patient_id=journal.patient_id,
+    )
+
+
+async def file_intake(
+    connector: Connector, uow: UnitOfWork, event: Event[IntakeSubmittedV1]
+) -> None:
+    """File intake answers as a QuestionnaireResponse linked to the appointment."""
+    ehr, data, session = connector.ehr, event.data, uow.session
+    patient = await store.patient_fhir_id_of(session, data.patient_id)
+    appointment_fhir_id = data.appointment_fhir_id
+    if appointment_fhir_id is None:
+        link = await store.get_link(session, "appointment", data.appointment_id)
+        appointment_fhir_id = link.fhir_id if link is not None else None
+    if appointment_fhir_id is None or patient is None:
+        found = await locate_appointment(ehr, session, data.appointment_id, appointment_fhir_id)
+        if found is not None:
+            appointment_fhir_id = found.id
+            patient = patient or appointments.patient_of(found.resource)
+        elif not await store.booking_was_rejected(session, data.appointment_id):
+            raise NotInEhrYet(f"appointment {data.appointment_id} is not in the EHR yet")
+    if patient is None:
+        raise NotInEhrYet(f"no EHR Patient is known for portal patient {data.patient_id}")
+    response = validate(
+        intake.intake_response(
+            data, patient_fhir_id=patient, appointment_fhir_id=appointment_fhir_id
+        )
+    )
+    result = await ehr.create(response, if_none_exist=if_none_exist(INTAKE_ID, data.intake_id))
+    await _record(uow, Journal.of(uow, event), kind="intake", our_id=data.intake_id, result=result)
+
+
+async def send_message(connector: Connector, uow: UnitOfWork, event: Event[MessageSentV1]) -> None:
+    """File the patient's message as a Communication to the care team, threaded."""
+    ehr, data, session = connector.ehr, event.data, uow.session
+    patient = await patient_fhir_id(session, data.patient_id)
+    thread = await store.get_link(session, "thread", data.thread_id)
+    thread_root = (
+        data.thread_fhir_id
+        or (thread.fhir_id if thread is not None else None)
+        or data.in_reply_to_fhir_id
+    )
+    communication = validate(
+        messages.communication(
+            data,
+            patient_fhir_id=patient,
+            recipient=care_team(connector.settings, data.recipient_pool, data.care_team_fhir_id),
+            thread_fhir_id=thread_root,
+            in_reply_to_fhir_id=data.in_reply_to_fhir_id,
+        )
+    )
+    result = await ehr.create(
+        communication, if_none_exist=if_none_exist(MESSAGE_ID, data.message_id)
+    )
+    journal = Journal.of(uow, event)
+    await _record(uow, journal, kind="message", our_id=data.message_id, result=result)
+    if thread_root is None:
+        # The first message of a thread: later ones are `partOf` it.
+        await store.save_link(
+            session,
+            kind="thread",
+            our_id=data.thread_id,
+            resource_type="Communication",
+            fhir_id=result.id,
+            version_id=result.version_id,
+            patient_id=data.patient_id,
+        )
+
+
+async def file_triage(
+    connector: Connector, uow: UnitOfWork, event: Event[TriageCompletedV1]
+) -> None:
+    """File the triage outcome as a QuestionnaireResponse and give the care team a Task
+    to review it, prioritised by the urgency."""
+    ehr, data, settings = connector.ehr, event.data, connector.settings
+    patient = await patient_fhir_id(uow.session, data.patient_id)
+    journal = Journal.of(uow, event)
+    response = validate(
+        triage.triage_response(
+            data, patient_fhir_id=patient, questionnaire=settings.ehr_triage_questionnaire
+        )
+    )
+    condition = if_none_exist(TRIAGE_SESSION_ID, data.session_id)
+    filed = await ehr.create(response, if_none_exist=condition)
+    await _record(uow, journal, kind="triage-response", our_id=data.session_id, result=filed)
+    task = validate(
+        triage.review_task(
+            data,
+            patient_fhir_id=patient,
+            response_fhir_id=filed.id,
+            owner=care_team(settings, data.recommended_pool),
+        )
+    )
+    created = await ehr.create(task, if_none_exist=condition)
+    await _record(uow, journal, kind="triage-task", our_id=data.session_id, result=created)
