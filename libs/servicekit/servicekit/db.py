@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
-from sqlalchemy.pool import NullPool
 
 # Stable constraint names, so Alembic migrations are reproducible on both dialects.
 NAMING = {
@@ -51,6 +50,10 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
     # WAL lets the relay read while a request writes; busy_timeout waits instead of failing.
     cursor.execute("PRAGMA journal_mode=WAL")
+    # In WAL mode NORMAL survives a process crash without losing committed transactions
+    # (only an OS crash or power cut may lose the last ones): right for the embedded
+    # development database; production runs on PostgreSQL.
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
@@ -62,7 +65,7 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
         if is_sqlite(url):
-            self.engine: AsyncEngine = create_async_engine(url, echo=echo, poolclass=NullPool)
+            self.engine: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_async_engine(
