@@ -17,6 +17,8 @@ from fastapi import FastAPI
 from ehr_connector import context, handlers, store
 from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import EhrPort
+from ehr_connector.inbound import api as inbound_api
+from ehr_connector.inbound import lifecycle as inbound
 from ehr_connector.settings import Settings
 from servicekit.app import Service, ServiceDefinition, create_service
 
@@ -46,6 +48,7 @@ def build(
         service.state[FHIR_CLIENT] = client
         ehr: EhrPort = wrap_ehr(client) if wrap_ehr is not None else client
         context.attach(service.outbox, context.Connector(settings=settings, ehr=ehr))
+        service.state[inbound.EHR_STATE_KEY] = ehr
 
     async def stop_ehr(service: Service) -> None:
         context.detach(service.outbox)
@@ -64,13 +67,14 @@ def build(
             settings=settings,
             title="ehr-connector",
             description="The only service that speaks FHIR to the EHR.",
+            api=inbound_api.router,
             handlers=handlers.router,
             publishes=PUBLISHES,
             metadata=store.metadata,
             migrations=MIGRATIONS,
-            readiness_checks={"ehr": ehr_ready},
-            on_startup=[start_ehr],
-            on_shutdown=[stop_ehr],
+            readiness_checks={"ehr": ehr_ready, "inbound": inbound.readiness},
+            on_startup=[start_ehr, inbound.start],
+            on_shutdown=[stop_ehr, inbound.stop],
         )
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from servicekit.settings import ServiceSettings
@@ -17,8 +19,20 @@ DEFAULT_EHR_SCOPE = " ".join(
         "system/Communication.c",
         "system/Task.c",
         "system/Subscription.cu",
+        # The synthetic canary (inbound) files a lab result for the `canary` patient.
+        "system/Observation.c",
+        "system/DiagnosticReport.c",
     )
 )
+# The connector's topic per focus type (the EHR sandbox's SubscriptionTopic canonicals).
+_TOPIC_BASE = "http://portal.example.org/fhir/SubscriptionTopic/"
+DEFAULT_INBOUND_TOPICS = {
+    "DiagnosticReport": _TOPIC_BASE + "diagnosticreport-final",
+    "MedicationRequest": _TOPIC_BASE + "medicationrequest-change",
+    "Communication": _TOPIC_BASE + "communication-patient",
+    "Appointment": _TOPIC_BASE + "appointment-status",
+    "Slot": _TOPIC_BASE + "slot-change",
+}
 
 
 class Settings(ServiceSettings):
@@ -92,3 +106,98 @@ class Settings(ServiceSettings):
         default="http://portal.example.org/fhir/Questionnaire/triage",
         description="Canonical of the questionnaire a triage outcome is filed against",
     )
+
+    # -- inbound: Subscriptions and notifications -----------------------------------------
+    inbound_enabled: bool = Field(
+        default=True,
+        description="Manage the EHR Subscriptions and watch their heartbeats (the webhook "
+        "answers either way)",
+    )
+    inbound_webhook_url: str = Field(
+        default="http://127.0.0.1:8005/fhir/notifications",
+        description="Public URL of POST /fhir/notifications, as the EHR reaches it",
+    )
+    inbound_webhook_token: str = Field(
+        default="dev-webhook-token",
+        description="Shared secret the EHR sends as `Authorization: Bearer` (channel.header)",
+    )
+    inbound_require_signature: bool = Field(
+        default=True, description="Refuse notifications without a valid X-Signature"
+    )
+    inbound_jwks_url: str = Field(
+        default="", description="The EHR's JWKS; empty = jwks_uri of its SMART configuration"
+    )
+    inbound_signature_max_age_s: float = Field(
+        default=300.0, description="Accepted distance of a signature's iat from now"
+    )
+    inbound_topics: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_INBOUND_TOPICS),
+        description="Focus resource type → SubscriptionTopic canonical, JSON",
+    )
+    inbound_payload: Literal["id-only", "full-resource"] = Field(
+        default="id-only", description="Payload content the Subscriptions ask for"
+    )
+    inbound_heartbeat_period_s: int = Field(default=60, ge=1)
+    inbound_heartbeat_missed_factor: float = Field(
+        default=3.0, description="Silence of this many heartbeat periods is a missed heartbeat"
+    )
+    inbound_monitor_interval_s: float = Field(
+        default=10.0, description="How often heartbeats are checked"
+    )
+    inbound_notification_timeout_s: int = Field(
+        default=30, description="backport-timeout: how long the EHR waits for our answer"
+    )
+    inbound_max_count: int = Field(
+        default=20, ge=1, description="backport-max-count: events per notification"
+    )
+    inbound_ensure_interval_s: float = Field(
+        default=300.0, description="How often the Subscriptions are checked and repaired"
+    )
+    inbound_gap_grace_s: float = Field(
+        default=2.0, description="Wait before recovering a gap (a reordered notification fills it)"
+    )
+    inbound_search_margin_s: float = Field(
+        default=60.0, description="_lastUpdated search recovery looks back this much further"
+    )
+    inbound_echo_recheck_s: float = Field(
+        default=2.0,
+        description="How long a tagged version of a resource we wrote waits for our write log",
+    )
+    inbound_read_concurrency: int = Field(default=8, ge=1, description="Parallel EHR reads")
+    inbound_reference_cache_s: float = Field(
+        default=300.0, description="Cache of Practitioners, Schedules... read for mappings"
+    )
+    inbound_live_priority: int = Field(
+        default=10, description="Outbox priority of live notifications' events"
+    )
+    inbound_retention_hours: float = Field(
+        default=168.0, description="How long processed resource versions are remembered"
+    )
+
+    # -- inbound: back-fill -------------------------------------------------------------
+    backfill_page_size: int = Field(default=50, ge=1, le=500, description="Entries per batch")
+    backfill_page_interval_s: float = Field(
+        default=0.0, description="Pause between pages (spares the EHR during big imports)"
+    )
+    backfill_priority: int = Field(
+        default=-10, description="Outbox priority of record.imported (below live events)"
+    )
+    backfill_lease_s: float = Field(
+        default=30.0, description="A worker holds a job this long per page; then others may"
+    )
+    backfill_poll_interval_s: float = Field(default=1.0, description="Look for new jobs")
+    backfill_retry_s: float = Field(default=2.0, description="First wait after a failed page")
+    backfill_max_page_failures: int = Field(
+        default=5, description="Refused pages (4xx) in a row before the job fails"
+    )
+
+    # -- inbound: synthetic canary ----------------------------------------------------------
+    canary_enabled: bool = Field(
+        default=True, description="Write a synthetic lab result periodically and time it"
+    )
+    canary_interval_s: float = Field(default=300.0, description="Time between canary runs")
+    canary_timeout_s: float = Field(
+        default=60.0, description="A run not published within this long is a failure"
+    )
+    canary_patient_fhir_id: str = Field(default="canary", description="EHR Patient of the canary")
+    canary_patient_id: str = Field(default="canary", description="Its portal patient id")

@@ -1,0 +1,324 @@
+"""The connector's Subscriptions on the EHR: ensure one per topic, re-activate, ask status.
+
+`ensure` makes the EHR hold exactly one active Subscription per configured topic pointing
+at our webhook: it adopts ones the EHR already has for our endpoint (a restart with an
+empty database), creates missing ones, updates ones whose channel differs from settings,
+re-activates ones in `error` or `off`, and switches off extra copies for the same topic.
+
+A new Subscription is created `off` and only then requested: so its id is stored before
+the EHR's handshake arrives, and the handshake finds a known Subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ehr_connector.ehr.errors import EhrConflict, EhrGone, EhrNotFound
+from ehr_connector.ehr.port import EhrPort, Versioned
+from ehr_connector.inbound import store
+from ehr_connector.inbound.fhir_values import Resource, as_list
+from ehr_connector.inbound.metrics import SUBSCRIPTION_REACTIVATIONS, set_subscription_status
+from ehr_connector.inbound.notifications import (
+    MalformedNotification,
+    SubscriptionStatus,
+    status_resources,
+)
+from ehr_connector.inbound.tables import InboundSubscription
+from ehr_connector.settings import Settings
+from servicekit.db import Database
+from servicekit.logging import get_logger
+
+log = get_logger(__name__)
+
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+_HEARTBEAT = BACKPORT + "backport-heartbeat-period"
+_TIMEOUT = BACKPORT + "backport-timeout"
+_MAX_COUNT = BACKPORT + "backport-max-count"
+_CONTENT = BACKPORT + "backport-payload-content"
+_STATUS_WRITE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class EnsureResult:
+    """What `ensure` did for one topic."""
+
+    topic: str
+    subscription_id: str | None
+    action: str
+    status: str | None
+
+
+def _channel_extension(resource: Resource, url: str) -> Any:
+    channel = resource.get("channel")
+    if not isinstance(channel, dict):
+        return None
+    for extension in as_list(channel.get("extension")):
+        if isinstance(extension, dict) and extension.get("url") == url:
+            for key, value in extension.items():
+                if key.startswith("value"):
+                    return value
+    return None
+
+
+def payload_content(resource: Resource) -> str | None:
+    """The backport payload content of a Subscription (`id-only`, `full-resource`...)."""
+    channel = resource.get("channel")
+    payload = channel.get("_payload") if isinstance(channel, dict) else None
+    for extension in as_list(payload.get("extension") if isinstance(payload, dict) else None):
+        if isinstance(extension, dict) and extension.get("url") == _CONTENT:
+            value = extension.get("valueCode")
+            return value if isinstance(value, str) else None
+    return None
+
+
+def endpoint_of(resource: Resource) -> str | None:
+    """`channel.endpoint` of a Subscription."""
+    channel = resource.get("channel")
+    endpoint = channel.get("endpoint") if isinstance(channel, dict) else None
+    return endpoint if isinstance(endpoint, str) else None
+
+
+class SubscriptionManager:
+    """Keeps the EHR's Subscriptions as settings describe them; records them in our table."""
+
+    def __init__(self, settings: Settings, db: Database, ehr: EhrPort) -> None:
+        self.settings = settings
+        self.db = db
+        self.ehr = ehr
+        self._lock = asyncio.Lock()
+
+    # -- the desired shape ----------------------------------------------------------------
+
+    def desired(self, topic: str, resource_type: str, status: str) -> Resource:
+        """The Subscription we want for `topic` (backport profile, rest-hook to us)."""
+        s = self.settings
+        return {
+            "resourceType": "Subscription",
+            "meta": {"profile": [BACKPORT + "backport-subscription"]},
+            "status": status,
+            "reason": f"Patient portal: {resource_type} changes for linked patients",
+            "criteria": topic,
+            "channel": {
+                "type": "rest-hook",
+                "endpoint": s.inbound_webhook_url,
+                "header": [f"Authorization: Bearer {s.inbound_webhook_token}"],
+                "payload": "application/fhir+json",
+                "_payload": {"extension": [{"url": _CONTENT, "valueCode": s.inbound_payload}]},
+                "extension": [
+                    {"url": _HEARTBEAT, "valueUnsignedInt": s.inbound_heartbeat_period_s},
+                    {"url": _TIMEOUT, "valueUnsignedInt": s.inbound_notification_timeout_s},
+                    {"url": _MAX_COUNT, "valuePositiveInt": s.inbound_max_count},
+                ],
+            },
+        }
+
+    def matches_settings(self, resource: Resource) -> bool:
+        """Whether an EHR Subscription's channel is what settings ask for."""
+        s = self.settings
+        channel = resource.get("channel")
+        if not isinstance(channel, dict):
+            return False
+        return (
+            channel.get("type") == "rest-hook"
+            and endpoint_of(resource) == s.inbound_webhook_url
+            and as_list(channel.get("header"))
+            == [f"Authorization: Bearer {s.inbound_webhook_token}"]
+            and payload_content(resource) == s.inbound_payload
+            and _channel_extension(resource, _HEARTBEAT) == s.inbound_heartbeat_period_s
+            and _channel_extension(resource, _TIMEOUT) == s.inbound_notification_timeout_s
+            and _channel_extension(resource, _MAX_COUNT) == s.inbound_max_count
+        )
+
+    # -- ensure ---------------------------------------------------------------------------
+
+    async def ensure(self) -> list[EnsureResult]:
+        """Make the EHR hold one active Subscription per topic; record them."""
+        async with self._lock:
+            ours = await self._ehr_subscriptions()
+            results = []
+            for resource_type, topic in sorted(self.settings.inbound_topics.items()):
+                results.append(await self._ensure_topic(topic, resource_type, ours))
+            return results
+
+    async def _ehr_subscriptions(self) -> list[Resource]:
+        """Subscriptions on the EHR that deliver to our endpoint."""
+        found: list[Resource] = []
+        params = [("url", self.settings.inbound_webhook_url)]
+        async for page in self.ehr.pages("Subscription", params, count=100):
+            found += [
+                r for r in page.matches if endpoint_of(r) == self.settings.inbound_webhook_url
+            ]
+        return found
+
+    async def _ensure_topic(
+        self, topic: str, resource_type: str, ours: Sequence[Resource]
+    ) -> EnsureResult:
+        async with self.db.sessions() as session:
+            row = await store.subscription_for_topic(session, topic)
+            known_id = row.subscription_id if row is not None else None
+        candidates = [r for r in ours if r.get("criteria") == topic]
+        chosen = next((r for r in candidates if r.get("id") == known_id), None)
+        action = "ok"
+        if chosen is None and candidates:
+            # Prefer a working one; ties broken by id so replicas agree.
+            candidates.sort(key=lambda r: (r.get("status") != "active", str(r.get("id"))))
+            chosen = candidates[0]
+            action = "adopted"
+        for extra in candidates:
+            if chosen is not None and extra.get("id") != chosen.get("id"):
+                await self._switch_off(extra)
+        if chosen is None:
+            return await self._create(topic, resource_type)
+        subscription_id = str(chosen["id"])
+        if action == "adopted":
+            await self._record(topic, resource_type, subscription_id, str(chosen.get("status")))
+        status = str(chosen.get("status"))
+        if not self.matches_settings(chosen):
+            await self._put(chosen, self.desired(topic, resource_type, "requested"))
+            action, status = "updated", "requested"
+        elif status in ("error", "off"):
+            await self._put(chosen, {**chosen, "status": "requested"})
+            SUBSCRIPTION_REACTIVATIONS.labels(topic, "reactivated").inc()
+            action, status = "reactivated", "requested"
+        await self._set_status(subscription_id, status)
+        log.info(
+            "inbound.subscription_ensured",
+            topic=topic,
+            subscription_id=subscription_id,
+            action=action,
+            status=status,
+        )
+        return EnsureResult(topic, subscription_id, action, status)
+
+    async def _create(self, topic: str, resource_type: str) -> EnsureResult:
+        created = await self.ehr.create(self.desired(topic, resource_type, "off"))
+        subscription_id = created.id
+        await self._record(topic, resource_type, subscription_id, "off")
+        await self._put(created.resource, {**created.resource, "status": "requested"})
+        await self._set_status(subscription_id, "requested")
+        SUBSCRIPTION_REACTIVATIONS.labels(topic, "created").inc()
+        log.info("inbound.subscription_created", topic=topic, subscription_id=subscription_id)
+        return EnsureResult(topic, subscription_id, "created", "requested")
+
+    async def _record(
+        self, topic: str, resource_type: str, subscription_id: str, status: str
+    ) -> None:
+        """Store (or replace) the topic's Subscription row; a new id starts from event 0."""
+        now = datetime.now(UTC)
+        async with self.db.transaction() as session:
+            row = await store.subscription_for_topic(session, topic)
+            if row is None:
+                session.add(
+                    InboundSubscription(
+                        topic=topic,
+                        subscription_id=subscription_id,
+                        resource_type=resource_type,
+                        status=status,
+                        payload=self.settings.inbound_payload,
+                        heartbeat_period_s=self.settings.inbound_heartbeat_period_s,
+                        last_event_number=0,
+                        highest_event_number=0,
+                        events_since_start=0,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                return
+            if row.subscription_id != subscription_id:
+                await store.forget_subscription_events(session, row.subscription_id)
+                row.subscription_id = subscription_id
+                row.last_event_number = row.highest_event_number = row.events_since_start = 0
+                row.last_notification_at = row.last_event_at = None
+                row.heartbeat_missed_since = None
+                row.created_at = now
+            row.resource_type = resource_type
+            row.status = status
+            row.payload = self.settings.inbound_payload
+            row.heartbeat_period_s = self.settings.inbound_heartbeat_period_s
+            row.updated_at = now
+
+    async def _put(self, current: Resource, wanted: Resource) -> Versioned:
+        """Update a Subscription from the version we read, re-reading on a conflict."""
+        subscription_id = str(current["id"])
+        body = {**wanted, "id": subscription_id}
+        version = str((current.get("meta") or {}).get("versionId") or "") or None
+        for attempt in range(1, _STATUS_WRITE_ATTEMPTS + 1):
+            try:
+                return await self.ehr.update(body, if_match=version)
+            except EhrConflict:
+                if attempt == _STATUS_WRITE_ATTEMPTS:
+                    raise
+                fresh = await self.ehr.read("Subscription", subscription_id)
+                version = fresh.version_id or None
+                if wanted.get("criteria") == fresh.resource.get("criteria"):
+                    body = {**fresh.resource, **wanted, "id": subscription_id}
+        raise AssertionError("unreachable")
+
+    async def _switch_off(self, resource: Resource) -> None:
+        if resource.get("status") == "off":
+            return
+        await self._put(resource, {**resource, "status": "off"})
+        log.info("inbound.subscription_extra_off", subscription_id=resource.get("id"))
+
+    async def _set_status(self, subscription_id: str, status: str) -> None:
+        async with self.db.transaction() as session:
+            row = await store.subscription_by_id(session, subscription_id)
+            if row is not None:
+                row.status = status
+                row.updated_at = datetime.now(UTC)
+                set_subscription_status(row.topic, status)
+
+    # -- status and re-activation ---------------------------------------------------------
+
+    async def status(self, subscription_id: str) -> SubscriptionStatus | None:
+        """The EHR's `$status` of a Subscription (None if the EHR no longer has it)."""
+        try:
+            bundle = await self.ehr.subscription_status(subscription_id)
+        except (EhrNotFound, EhrGone):
+            return None
+        try:
+            statuses = status_resources(bundle)
+        except MalformedNotification:
+            return None
+        found = next((s for s in statuses if s.subscription_id == subscription_id), None)
+        if found is not None:
+            await self.note_status(subscription_id, found.status, found.events_since_start)
+        return found
+
+    async def note_status(
+        self, subscription_id: str, status: str | None, events_since_start: int | None
+    ) -> InboundSubscription | None:
+        """Record what the EHR says about a Subscription; returns the updated row."""
+        async with self.db.transaction() as session:
+            row = await store.subscription_by_id(session, subscription_id, lock=True)
+            if row is None:
+                return None
+            if status:
+                row.status = status
+                set_subscription_status(row.topic, status)
+            if events_since_start is not None:
+                row.events_since_start = max(row.events_since_start, events_since_start)
+            row.updated_at = datetime.now(UTC)
+            session.expunge(row)
+            return row
+
+    async def reactivate(self, subscription_id: str) -> bool:
+        """Request a Subscription in `error` (or `off`) again; False if it is gone."""
+        try:
+            current = await self.ehr.read("Subscription", subscription_id)
+        except (EhrNotFound, EhrGone):
+            return False
+        if current.resource.get("status") in ("active", "requested"):
+            return True
+        await self._put(current.resource, {**current.resource, "status": "requested"})
+        async with self.db.sessions() as session:
+            row = await store.subscription_by_id(session, subscription_id)
+            topic = row.topic if row is not None else "unknown"
+        SUBSCRIPTION_REACTIVATIONS.labels(topic, "reactivated").inc()
+        await self._set_status(subscription_id, "requested")
+        log.info("inbound.subscription_reactivated", subscription_id=subscription_id)
+        return True
