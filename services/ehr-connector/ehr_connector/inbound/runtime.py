@@ -144,22 +144,31 @@ class Inbound:
             await asyncio.wait_for(self._stopping.wait(), seconds)
         return not self._stopping.is_set()
 
-    async def _wait_until_serving(self) -> None:
-        # The handshake the EHR sends on a new (or re-requested) Subscription must find us
-        # listening; the lifespan start-up runs before the server accepts connections.
+    async def _wait_until_serving(self) -> bool:
+        """Wait until this process answers HTTP on its own port; False when stopping.
+
+        The handshake the EHR sends on a new (or re-requested) Subscription must find us
+        listening, and the lifespan start-up runs before the server accepts connections.
+        An app run without a server (in-process tests) never manages Subscriptions.
+        """
         url = f"http://{self.settings.http_host}:{self.settings.http_port}/healthz"
-        for _ in range(100):
+        attempts = 0
+        while not self._stopping.is_set():
             try:
                 response = await self.http.get(url, timeout=1.0)
                 if response.status_code == 200:
-                    return
+                    return True
             except httpx.HTTPError:
                 pass
-            if not await self._sleep(0.1):
-                return
+            attempts += 1
+            if attempts == 50:
+                log.warning("inbound.webhook_not_serving", port=self.settings.http_port)
+            await self._sleep(0.2)
+        return False
 
     async def _subscriptions_loop(self) -> None:
-        await self._wait_until_serving()
+        if not await self._wait_until_serving():
+            return
         delay = 1.0
         while not self._stopping.is_set():
             try:
