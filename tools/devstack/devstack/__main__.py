@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
             help="use this running broker (host:port) instead of starting one",
         )
         sub.add_argument(
-            "--parallel", action="store_true", help="start the services at the same time"
+            "--sequential",
+            action="store_true",
+            help="start the services one by one, each ready before the next",
         )
         sub.add_argument(
             "--ready-timeout", type=float, default=90.0, help="seconds each process may take"
@@ -88,7 +90,7 @@ def _stack_config(args: argparse.Namespace) -> StackConfig:
         kafka_port=args.kafka_port,
         bootstrap=args.bootstrap,
         database_url=os.environ.get("DATABASE_URL", ""),
-        parallel=args.parallel,
+        sequential=args.sequential,
         ready_timeout=args.ready_timeout,
     )
 

@@ -206,3 +206,31 @@ async def test_missing_service_packages_fail_before_anything_starts(tmp_path: Pa
     assert await check(config, Output(sink, colour=False)) == 1
     assert "packages not installed: no_such_service_pkg" in sink.getvalue()
     assert "broker" not in sink.getvalue()
+
+
+async def test_parallel_start_spawns_all_before_any_is_ready() -> None:
+    sink = io.StringIO()
+    supervisor = Supervisor(Output(sink, colour=False), ready_timeout=30)
+    specs = [_spec(name, FAKE_READY_AFTER="3") for name in ("p1", "p2", "p3")]
+    try:
+        await supervisor.start_all(specs, parallel=True)
+    finally:
+        await supervisor.stop_all()
+    startups = dict(_events(sink.getvalue(), "startup"))
+    assert set(startups) == {"p1", "p2", "p3"}
+    # Sequentially, each would start only after the previous one's 3 s to readiness.
+    assert max(startups.values()) - min(startups.values()) < 3
+    assert sink.getvalue().count("is ready on") == 3
+
+
+async def test_parallel_start_failure_stops_everything() -> None:
+    supervisor = Supervisor(Output(io.StringIO(), colour=False), ready_timeout=30)
+    specs = [_spec("ok1", FAKE_READY_AFTER="2"), _spec("bad", FAKE_CRASH="1"), _spec("ok2")]
+    with pytest.raises(StartupError) as caught:
+        await supervisor.start_all(specs, parallel=True)
+    assert caught.value.name == "bad"
+    assert supervisor.processes == []
+    async with httpx.AsyncClient() as client:
+        for spec in (specs[0], specs[2]):
+            with pytest.raises(httpx.ConnectError):
+                await client.get(spec.url("/healthz"))
