@@ -573,8 +573,13 @@ class Stack:
         if "gateway" in by_name:
             lines.append(f"  Portal:       http://{config.host}:{by_name['gateway'].port}/")
         lines.append("  API docs:")
-        for service in self.services:
-            lines.append(f"    {service.name:<14} http://{config.host}:{service.port}/docs")
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            for process in self.supervisor.processes:
+                url = process.spec.url("/docs")
+                # Only what is really there: the EHR sandbox, for one, need not serve /docs.
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(url)).status_code == 200:
+                        lines.append(f"    {process.name:<14} {url}")
         asyncapi = await self.asyncapi_urls()
         lines.append("  AsyncAPI:     " + (", ".join(asyncapi) if asyncapi else "none published"))
         if EHR_SANDBOX in self.services:

@@ -82,6 +82,8 @@ def create_app() -> App:
             status, body = 200, b"alive"
         elif path == "/metrics":
             status, body = 200, b"fake_up 1\n"
+        elif path == "/docs":
+            status, body = 200, b"<html><body>API docs</body></html>"
         elif path == "/asyncapi":
             status, body = 200, b"asyncapi: 3.0.0\n"
         else:
