@@ -237,8 +237,13 @@ class Inbound:
     async def _jwks_url(self) -> str:
         if self.settings.inbound_jwks_url:
             return self.settings.inbound_jwks_url
-        discovery = self.settings.ehr_base_url.rstrip("/") + "/.well-known/smart-configuration"
-        response = await self.http.get(discovery)
+        base = self.settings.ehr_base_url.rstrip("/")
+        parts = httpx.URL(base)
+        origin = f"{parts.scheme}://{parts.netloc.decode()}"
+        # SMART discovery lives under the FHIR base; some servers answer only at the root.
+        response = await self.http.get(f"{base}/.well-known/smart-configuration")
+        if response.status_code == 404:
+            response = await self.http.get(f"{origin}/.well-known/smart-configuration")
         response.raise_for_status()
         url = response.json().get("jwks_uri")
         if not isinstance(url, str) or not url:

@@ -34,6 +34,8 @@ from servicekit.logging import get_logger
 log = get_logger(__name__)
 
 SIGNATURE_HEADER = "X-Signature"
+# After a failed JWKS fetch, notifications are answered 503 (retry later) this long.
+_RETRY_AFTER_FAILURE_S = 2.0
 ALGORITHM = "ES256"
 _HEADERS = {
     "iat": HeaderParameter("Issued at (Unix seconds)", "int", True),
@@ -91,6 +93,7 @@ class JwksCache:
         self._refresh_interval_s = refresh_interval_s
         self._keys: dict[str, Any] = {}
         self._fetched_at = -1e18
+        self._failed_at = -1e18
         self._lock = asyncio.Lock()
 
     async def _fetch(self) -> None:
@@ -110,11 +113,15 @@ class JwksCache:
     async def key_set(self, kid: str) -> KeySet:
         """A key set holding the key `kid`; raises `SignatureRejected` if the EHR has none."""
         async with self._lock:
-            stale = time.monotonic() - self._fetched_at >= self._refresh_interval_s
+            now = time.monotonic()
+            stale = now - self._fetched_at >= self._refresh_interval_s
             if kid not in self._keys and stale:
+                if now - self._failed_at < _RETRY_AFTER_FAILURE_S:
+                    raise SignatureRejected("jwks_unavailable", "The EHR's keys are unavailable.")
                 try:
                     await self._fetch()
                 except (httpx.HTTPError, ValueError) as exc:
+                    self._failed_at = now
                     log.warning("inbound.jwks_unavailable", error=type(exc).__name__)
                     raise SignatureRejected(
                         "jwks_unavailable", "The EHR's keys are unavailable."

@@ -175,7 +175,13 @@ class SubscriptionManager:
             return await self._create(topic, resource_type)
         subscription_id = str(chosen["id"])
         if action == "adopted":
-            await self._record(topic, resource_type, subscription_id, str(chosen.get("status")))
+            # What an earlier database processed is unknown: start from the EHR's count (the
+            # back-fill and the _lastUpdated recovery are the tools for older history).
+            current = await self._ehr_status(subscription_id)
+            start_at = current.events_since_start if current is not None else None
+            await self._record(
+                topic, resource_type, subscription_id, str(chosen.get("status")), start_at or 0
+            )
         status = str(chosen.get("status"))
         if not self.matches_settings(chosen):
             await self._put(chosen, self.desired(topic, resource_type, "requested"))
@@ -205,9 +211,14 @@ class SubscriptionManager:
         return EnsureResult(topic, subscription_id, "created", "requested")
 
     async def _record(
-        self, topic: str, resource_type: str, subscription_id: str, status: str
+        self,
+        topic: str,
+        resource_type: str,
+        subscription_id: str,
+        status: str,
+        start_at: int = 0,
     ) -> None:
-        """Store (or replace) the topic's Subscription row; a new id starts from event 0."""
+        """Store (or replace) the topic's Subscription row; a new id starts at `start_at`."""
         now = datetime.now(UTC)
         async with self.db.transaction() as session:
             row = await store.subscription_for_topic(session, topic)
@@ -220,9 +231,9 @@ class SubscriptionManager:
                         status=status,
                         payload=self.settings.inbound_payload,
                         heartbeat_period_s=self.settings.inbound_heartbeat_period_s,
-                        last_event_number=0,
-                        highest_event_number=0,
-                        events_since_start=0,
+                        last_event_number=start_at,
+                        highest_event_number=start_at,
+                        events_since_start=start_at,
                         created_at=now,
                         updated_at=now,
                     )
@@ -231,7 +242,8 @@ class SubscriptionManager:
             if row.subscription_id != subscription_id:
                 await store.forget_subscription_events(session, row.subscription_id)
                 row.subscription_id = subscription_id
-                row.last_event_number = row.highest_event_number = row.events_since_start = 0
+                row.last_event_number = row.highest_event_number = start_at
+                row.events_since_start = start_at
                 row.last_notification_at = row.last_event_at = None
                 row.heartbeat_missed_since = None
                 row.created_at = now
@@ -275,7 +287,14 @@ class SubscriptionManager:
     # -- status and re-activation ---------------------------------------------------------
 
     async def status(self, subscription_id: str) -> SubscriptionStatus | None:
-        """The EHR's `$status` of a Subscription (None if the EHR no longer has it)."""
+        """The EHR's `$status` of a Subscription (None if the EHR no longer has it); what it
+        says is recorded on our row."""
+        found = await self._ehr_status(subscription_id)
+        if found is not None:
+            await self.note_status(subscription_id, found.status, found.events_since_start)
+        return found
+
+    async def _ehr_status(self, subscription_id: str) -> SubscriptionStatus | None:
         try:
             bundle = await self.ehr.subscription_status(subscription_id)
         except (EhrNotFound, EhrGone):
@@ -284,10 +303,7 @@ class SubscriptionManager:
             statuses = status_resources(bundle)
         except MalformedNotification:
             return None
-        found = next((s for s in statuses if s.subscription_id == subscription_id), None)
-        if found is not None:
-            await self.note_status(subscription_id, found.status, found.events_since_start)
-        return found
+        return next((s for s in statuses if s.subscription_id == subscription_id), None)
 
     async def note_status(
         self, subscription_id: str, status: str | None, events_since_start: int | None

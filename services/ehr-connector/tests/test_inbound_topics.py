@@ -1,0 +1,218 @@
+"""Each inbound topic end to end: a change made by the sandbox's clinician simulator reaches
+the connector as a signed rest-hook notification and comes out on its topic exactly once.
+Also: an echo (a version written with the portal's origin tag) publishes nothing, and a
+change about a patient not linked to the portal publishes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.topics import ensure_topics
+from ehr_connector.outbound.tags import ORIGIN_TAG
+from ehr_connector.settings import Settings
+from ehr_sandbox.httptest import RunningSandbox
+from servicekit.app import Service
+
+from .inbound_support import (
+    by_source,
+    connector_settings,
+    ehr_sandbox,
+    last_of,
+    link,
+    ops_client,
+    read_events,
+    running_connector,
+    settle,
+    simulate,
+    wait_linked,
+    wait_subscriptions_active,
+)
+
+pytestmark = [pytest.mark.integration]
+ALICE = "pt-alice"
+
+
+@pytest.fixture
+async def box(tmp_path: Path) -> AsyncIterator[RunningSandbox]:
+    async with ehr_sandbox(tmp_path / "ehr") as running:
+        yield running
+
+
+@pytest.fixture
+async def connector(
+    box: RunningSandbox,
+    database_url: str,
+    kafka_bootstrap: str,
+    kafka_enable_idempotence: bool,
+    unique_prefix: str,
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[Service, Settings]]:
+    await ensure_topics(kafka_bootstrap, unique_prefix)
+    overrides: dict[str, Any] = getattr(request, "param", {})
+    settings = connector_settings(
+        box,
+        database_url=database_url,
+        bootstrap=kafka_bootstrap,
+        prefix=unique_prefix,
+        idempotence=kafka_enable_idempotence,
+        **overrides,
+    )
+    async with running_connector(settings) as service:
+        await wait_subscriptions_active(settings)
+        await link(kafka_bootstrap, unique_prefix, ALICE, "demo-alice", backfill=False)
+        await wait_linked(settings, ALICE)
+        yield service, settings
+
+
+def _only(events: list[Any], field: str, value: str) -> list[Any]:
+    return [e for e in events if e.data.get(field) == value]
+
+
+@pytest.mark.parametrize(
+    "connector", [{}, {"inbound_payload": "full-resource"}], indirect=True, ids=["id-only", "full"]
+)
+async def test_each_topic_publishes_each_change_once(
+    box: RunningSandbox,
+    connector: tuple[Service, Settings],
+    kafka_bootstrap: str,
+    unique_prefix: str,
+) -> None:
+    report_id, report_version = last_of(
+        await simulate(box, "lab-result", patient="demo-alice", panel="lipid", abnormal=True),
+        "DiagnosticReport",
+    )
+    med_id, med_version = last_of(
+        await simulate(box, "medication-change", patient="demo-alice", action="dose-change"),
+        "MedicationRequest",
+    )
+    message_id, _ = last_of(
+        await simulate(box, "message-reply", patient="demo-alice", text="Your results are fine."),
+        "Communication",
+    )
+    cancelled = await simulate(box, "appointment-cancel", patient="demo-alice")
+    appointment_id, appointment_version = last_of(cancelled, "Appointment")
+    slot_id, slot_version = last_of(cancelled, "Slot")
+
+    labs = await read_events(
+        kafka_bootstrap,
+        unique_prefix + "lab.resulted",
+        lambda es: bool(_only(es, "report_fhir_id", report_id)),
+    )
+    meds = await read_events(
+        kafka_bootstrap,
+        unique_prefix + "medication.changed",
+        lambda es: bool(_only(es, "medication_request_fhir_id", med_id)),
+    )
+    messages = await read_events(
+        kafka_bootstrap,
+        unique_prefix + "message.received",
+        lambda es: bool(_only(es, "communication_fhir_id", message_id)),
+    )
+    appointments = await read_events(
+        kafka_bootstrap,
+        unique_prefix + "appointment.updated",
+        lambda es: bool(_only(es, "appointment_fhir_id", appointment_id)),
+    )
+    slots = await read_events(
+        kafka_bootstrap,
+        unique_prefix + "slot.updated",
+        lambda es: bool(_only(es, "slot_fhir_id", slot_id)),
+    )
+
+    [lab] = _only(labs, "report_fhir_id", report_id)
+    assert lab.key == ALICE and lab.data["patient_id"] == ALICE
+    assert lab.data["status"] == "final"
+    assert lab.data["source"]["version_id"] == report_version
+    assert lab.data["performer"] == ["Riverside Clinical Laboratory"]
+    lines = lab.data["observations"]
+    assert len(lines) == 4  # the lipid panel's four analytes
+    assert all(line["value_quantity"]["unit"] for line in lines)
+    assert all(line["reference_ranges"] for line in lines)
+    assert any(line["interpretation"] for line in lines)  # abnormal=True flags one
+
+    [med] = _only(meds, "medication_request_fhir_id", med_id)
+    assert med.key == ALICE and med.data["source"]["version_id"] == med_version
+    assert "dose changed" in (med.data["dosage_text"] or "")
+
+    [message] = _only(messages, "communication_fhir_id", message_id)
+    reply = (await box.admin.get(f"/fhir/Communication/{message_id}")).json()
+    assert message.data["body"] == "Your results are fine."
+    assert message.data["sender_display"] == "Dr. Grace Adams"
+    assert message.data["thread_fhir_id"] == reply["partOf"][0]["reference"].split("/")[-1]
+    assert (
+        message.data["in_reply_to_fhir_id"] == reply["inResponseTo"][0]["reference"].split("/")[-1]
+    )
+
+    [appointment] = _only(appointments, "appointment_fhir_id", appointment_id)
+    assert appointment.data["status"] == "cancelled"
+    assert appointment.data["source"]["version_id"] == appointment_version
+    assert slot_id in appointment.data["slot_fhir_ids"]
+
+    [slot] = _only(slots, "slot_fhir_id", slot_id)
+    assert slot.data["status"] == "free"
+    assert slot.data["source"]["version_id"] == slot_version
+    assert slot.key == f"schedule:{slot.data['schedule_fhir_id']}"
+    assert slot.data["practitioner_fhir_id"] == "dr-adams"
+
+    # Late duplicates (none expected, but the test waits for them) change nothing.
+    await settle(3)
+    for topic in ("lab.resulted", "medication.changed", "message.received"):
+        events = await read_events(kafka_bootstrap, unique_prefix + topic, lambda es: bool(es))
+        assert all(n == 1 for n in by_source(events).values()), (topic, by_source(events))
+
+
+async def test_an_echo_and_an_unlinked_patient_publish_nothing(
+    box: RunningSandbox,
+    connector: tuple[Service, Settings],
+    kafka_bootstrap: str,
+    unique_prefix: str,
+) -> None:
+    _, settings = connector
+
+    def message(text: str, patient: str, tags: list[dict[str, str]]) -> dict[str, Any]:
+        return {
+            "resourceType": "Communication",
+            "meta": {"tag": tags},
+            "status": "completed",
+            "subject": {"reference": f"Patient/{patient}"},
+            "recipient": [{"reference": f"Patient/{patient}"}],
+            "sender": {"reference": "Practitioner/dr-adams"},
+            "sent": "2026-11-20T08:00:00Z",
+            "payload": [{"contentString": text}],
+        }
+
+    # Written with the portal's origin tag: the connector's own write coming back.
+    echo = await box.admin.post(
+        "/fhir/Communication", json=message("echo", "demo-alice", [ORIGIN_TAG])
+    )
+    echo.raise_for_status()
+    # demo-bob is not linked to the portal: nobody would receive it.
+    unlinked = await box.admin.post("/fhir/Communication", json=message("bob", "demo-bob", []))
+    unlinked.raise_for_status()
+    # The control, written last: once it is out, the two before it were handled.
+    control = await box.admin.post("/fhir/Communication", json=message("control", "demo-alice", []))
+    control.raise_for_status()
+    control_id = control.json()["id"]
+
+    events = await read_events(
+        kafka_bootstrap,
+        unique_prefix + "message.received",
+        lambda es: bool(_only(es, "communication_fhir_id", control_id)),
+    )
+    await settle(2)
+    events = await read_events(
+        kafka_bootstrap, unique_prefix + "message.received", lambda es: bool(es)
+    )
+    published = {e.data["communication_fhir_id"] for e in events}
+    assert control_id in published
+    assert echo.json()["id"] not in published
+    assert unlinked.json()["id"] not in published
+
+    async with ops_client(settings) as client:
+        metrics = (await client.get("/metrics")).text
+    assert 'inbound_events_total{outcome="echo",resource_type="Communication"} 1.0' in metrics
+    assert 'inbound_unlinked_patient_total{resource_type="Communication"} 1.0' in metrics
