@@ -24,6 +24,11 @@ consumer groups carry `unique_prefix`, and topics are created explicitly with
 get one partition on Tansu). Tansu wedges a consumer group when two members leave it at the
 same moment: give every test its own group ids.
 
+Every package's `tests/` folder is a Python package named `tests` (import mode importlib);
+`pytest_collect_directory` below keeps those packages apart when one run collects several.
+Import test helpers at the top of a test module (`from .helpers import x`), not inside a test
+function: by the time tests run, `tests` names the package collected last.
+
 Async fixtures run on the session event loop (`asyncio_default_fixture_loop_scope` and
 `asyncio_default_test_loop_scope` are "session" in the root pyproject), so an aiokafka client
 or an engine made in one fixture can be used by any test.
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -80,6 +86,24 @@ async def _kafka_session() -> AsyncIterator[_KafkaSession]:
     finally:
         await broker.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collect_directory(path: Path, parent: pytest.Collector) -> None:
+    """Forget the previous package's `tests` modules before collecting another `tests/`.
+
+    pytest's importlib mode names `libs/a/tests/test_x.py` and `services/b/tests/test_x.py`
+    both `tests.test_x` and returns whatever `sys.modules` already holds under that name: the
+    second package's tests would silently be the first's, and its `from . import helper`
+    would look in the first package's folder.
+    """
+    if path.name != "tests" or not (path / "__init__.py").is_file():
+        return
+    for name, module in list(sys.modules.items()):
+        if name == "tests" or name.startswith("tests."):
+            location = getattr(module, "__file__", None)
+            if location is None or not Path(location).is_relative_to(path):
+                del sys.modules[name]
 
 
 @pytest.fixture(scope="session")
