@@ -11,6 +11,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KAFKA ?= tansu
+# The test fixtures and the benchmarks read the broker kind from the environment.
+export KAFKA
 PYTEST_ARGS ?=
 
 # Build backends (hatchling) are installed by pip in isolated environments that do not see
@@ -69,7 +71,7 @@ lint: install ## ruff check, ruff format --check, mypy --strict, import-linter c
 		$(addprefix -p ,$(TYPED_PACKAGES))
 	$(VENV)/bin/lint-imports
 
-bench: install ## run every benchmark script bench/*.py (fails when there is none)
+bench: install ## run every benchmark script bench/*.py (KAFKA=apache too; fails if none)
 	@scripts=$$(ls bench/[!_]*.py 2>/dev/null || true); \
 	if [ -z "$$scripts" ]; then echo "make bench: no benchmark scripts in bench/" >&2; exit 1; fi; \
 	for script in $$scripts; do echo "==> $$script"; $(PY) $$script; done
