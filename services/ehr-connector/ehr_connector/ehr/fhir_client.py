@@ -504,7 +504,8 @@ class FhirClient:
             response = await self._http.request(
                 method,
                 url,
-                params=httpx.QueryParams(tuple(params or ())),
+                # None keeps a paging link's own query (an empty QueryParams would drop it).
+                params=httpx.QueryParams(tuple(params)) if params is not None else None,
                 json=json_body,
                 headers=request_headers,
             )
