@@ -20,7 +20,7 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import MetaData
 
-from servicekit import ops_api, problems
+from servicekit import ops_api, problems, telemetry
 from servicekit.consumer import ConsumerRuntime, EventRouter
 from servicekit.db import Database
 from servicekit.logging import configure_logging, get_logger
@@ -142,11 +142,18 @@ class Service:
         from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
         if not getattr(self.app.state, "instrumented", False):
-            FastAPIInstrumentor.instrument_app(self.app, excluded_urls="healthz,readyz,metrics")
+            FastAPIInstrumentor.instrument_app(
+                self.app,
+                excluded_urls="healthz,readyz,metrics",
+                server_request_hook=telemetry.server_request_hook,
+            )
             self.app.state.instrumented = True
         httpx_instr = HTTPXClientInstrumentor()
         if not httpx_instr.is_instrumented_by_opentelemetry:
-            httpx_instr.instrument()
+            httpx_instr.instrument(
+                async_request_hook=telemetry.client_request_hook,
+                async_response_hook=telemetry.client_response_hook,
+            )
         SQLAlchemyInstrumentor().instrument(engine=self.db.sync_engine)
 
     # -- readiness ------------------------------------------------------------------------

@@ -14,6 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from contracts.base import Coding, SourceVersion
 from contracts.lab import LabResultedV1, ReportStatus
@@ -32,6 +36,16 @@ from triage.settings import Settings as TriageSettings
 
 pytestmark = [pytest.mark.integration]
 PORTS = range(18300, 18320)
+_spans = InMemorySpanExporter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tracing() -> None:
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(_spans))
 
 
 @dataclass
@@ -264,3 +278,25 @@ async def test_portal_page_is_served(stack: Stack) -> None:
     assert '<html lang="en">' in page.text
     assert stack.issuer in page.text
     assert "__PORTAL_CONFIG__" not in page.text
+
+
+async def test_no_phi_reaches_a_span_attribute(stack: Stack, kafka_bootstrap: str) -> None:
+    _spans.clear()
+    token = await _token(stack, patient="p-bea")
+    async with httpx.AsyncClient(base_url=stack.url, headers={"Authorization": f"Bearer {token}"}) as client:
+        patient_id = (await client.get("/v1/me")).json()["patient_id"]
+        await client.get("/v1/me/summary")
+        await client.get("/v1/me/lab-results/dr-77")
+        await client.post("/v1/me/triage/assess", json={"age": 48, "sex": "female", "text": "crushing chest pain"})
+        await produce_events(kafka_bootstrap, [(patient_id, _lab(patient_id))], topic_prefix=stack.prefix)
+
+        async def notified() -> bool:
+            return any(s.name.endswith("lab.resulted process") for s in _spans.get_finished_spans())
+
+        await eventually(notified, timeout=60)
+    spans = _spans.get_finished_spans()
+    assert len(spans) > 10
+    values = [str(v) for s in spans for v in (s.attributes or {}).values()]
+    for secret in ("p-bea", "Ann", "Example", "crushing", "dr-77"):
+        leaked = [v for v in values if secret in v]
+        assert leaked == [], f"{secret!r} reached span attributes: {leaked[:3]}"
