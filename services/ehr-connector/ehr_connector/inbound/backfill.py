@@ -282,6 +282,10 @@ class BackfillWorker:
                 if key not in already and key not in fresh:
                     fresh[key] = entry
             next_url = page.next_url if page is not None else None
+            if next_url is not None and next_url == row.next_url:
+                # A server whose next link points at the page itself would loop forever.
+                log.warning("inbound.backfill_paging_loop", backfill_id=row.backfill_id)
+                next_url = None
             type_index = row.type_index if next_url else row.type_index + 1
             last = type_index >= len(IMPORTED_TYPES) and next_url is None
             if fresh or last:
