@@ -145,13 +145,22 @@ class SmartBackendAuth:
     async def token_url(self) -> str:
         """The token endpoint: configured, or from the SMART discovery document."""
         if self._token_url is None:
-            base = self.settings.ehr_base_url.rstrip("/")
-            config = await self._get_json(f"{base}/.well-known/smart-configuration")
+            config = await self._smart_configuration()
             endpoint = config.get("token_endpoint")
             if not isinstance(endpoint, str) or not endpoint:
                 raise EhrAuthFailed("the EHR's smart-configuration names no token_endpoint")
             self._token_url = endpoint
         return self._token_url
+
+    async def _smart_configuration(self) -> dict[str, Any]:
+        # SMART puts discovery under the FHIR base; some servers (the sandbox among them,
+        # whose FHIR routes shadow that path) answer only at the host root.
+        base = self.settings.ehr_base_url.rstrip("/")
+        try:
+            return await self._get_json(f"{base}/.well-known/smart-configuration")
+        except EhrAuthFailed:
+            origin = _origin(self.settings.ehr_base_url)
+            return await self._get_json(f"{origin}/.well-known/smart-configuration")
 
     async def signing_key(self) -> SigningKey:
         """The client's signing key (loaded once)."""

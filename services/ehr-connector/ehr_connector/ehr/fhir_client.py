@@ -247,8 +247,14 @@ class FhirClient:
     ) -> AsyncIterator[SearchPage]:
         """Every page of a search, in order."""
         page: SearchPage | None = await self.search(resource_type, params, count=count)
+        followed: set[str] = set()
         while page is not None:
             yield page
+            if page.next_url in followed:
+                # A server whose `next` link points back would page forever.
+                raise EhrRejected("the EHR's paging links loop", interaction="search")
+            if page.next_url is not None:
+                followed.add(page.next_url)
             page = await self.next_page(page)
 
     async def everything(

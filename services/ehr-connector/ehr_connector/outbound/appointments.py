@@ -135,7 +135,7 @@ def _forbidden(appointment: FhirJson, action: str) -> EhrStateForbids:
         f"a {status} appointment cannot be {action}"
     )
     return EhrStateForbids(
-        message,
+        "The EHR's state of the appointment forbids the change",
         outcome=operation_outcome("business-rule", message),
         interaction="update",
         resource_type="Appointment",

@@ -7,6 +7,11 @@ validate with the R4B models, while R5 rejects R4 shapes (e.g. Appointment's
 `serviceType`). The resources we write use only elements that exist in R4, so an R4B
 validation is an R4 validation for them. The sandbox validates with the same models.
 
+What the models check: element names (an unknown or misspelt element fails), types and
+formats (ids, instants, dates, URIs), required elements. What they do not: terminology
+bindings (a status outside its value set) and invariants; the mapping modules take codes
+from constants and their unit tests pin them.
+
 We validate the dict we built and send that dict, not the model's re-serialisation, so the
 EHR gets exactly what we meant (no normalisation of times or element order).
 """

@@ -1,0 +1,224 @@
+"""Recovery paths beyond `$events`, and the R4B notification form.
+
+- A Subscription that falls silent (switched off behind the connector's back while the
+  EHR's FHIR API is down) raises the missed-heartbeat metric and a readiness warning that
+  keeps /readyz 200; once the EHR answers `$status` again the connector re-activates it.
+- Missing events the EHR no longer retains (`$events` answers nothing for them) are
+  recovered with a `_lastUpdated` search, each change still published exactly once.
+- The sandbox speaking R4B (`SubscriptionStatus`) is understood the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack.topics import ensure_topics
+from ehr_connector.settings import Settings
+from ehr_sandbox.httptest import RunningSandbox
+from servicekit.testing import eventually
+
+from .inbound_support import (
+    Published,
+    by_source,
+    connector_settings,
+    ehr_sandbox,
+    last_of,
+    link,
+    ops_client,
+    read_events,
+    running_connector,
+    settle,
+    simulate,
+    wait_linked,
+    wait_subscriptions_active,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str, unique_prefix: str) -> Any:
+    return ensure_topics(kafka_bootstrap, unique_prefix)
+
+
+def _settings(
+    box: RunningSandbox,
+    database_url: str,
+    kafka_bootstrap: str,
+    unique_prefix: str,
+    idempotence: bool,
+    **overrides: Any,
+) -> Settings:
+    return connector_settings(
+        box,
+        database_url=database_url,
+        bootstrap=kafka_bootstrap,
+        prefix=unique_prefix,
+        idempotence=idempotence,
+        **overrides,
+    )
+
+
+async def _metric(settings: Settings, prefix: str) -> list[str]:
+    async with ops_client(settings) as client:
+        text = (await client.get("/metrics")).text
+    return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+async def test_a_missed_heartbeat_warns_and_the_subscription_is_reactivated(
+    tmp_path: Path,
+    topics: Any,
+    database_url: str,
+    kafka_bootstrap: str,
+    kafka_enable_idempotence: bool,
+    unique_prefix: str,
+) -> None:
+    await topics
+    async with ehr_sandbox(tmp_path / "ehr") as box:
+        settings = _settings(
+            box,
+            database_url,
+            kafka_bootstrap,
+            unique_prefix,
+            kafka_enable_idempotence,
+            inbound_heartbeat_period_s=1,
+            inbound_heartbeat_missed_factor=3.0,
+            inbound_monitor_interval_s=0.5,
+            inbound_ensure_interval_s=600.0,
+            ehr_breaker_reset_s=1.0,
+        )
+        async with running_connector(settings):
+            subscriptions = await wait_subscriptions_active(settings)
+            lab = next(s for s in subscriptions if s["resource_type"] == "DiagnosticReport")
+            current = (await box.admin.get(f"/fhir/Subscription/{lab['subscription_id']}")).json()
+            off = await box.admin.put(
+                f"/fhir/Subscription/{lab['subscription_id']}", json={**current, "status": "off"}
+            )
+            off.raise_for_status()
+            # The EHR's API goes down too: `$status` cannot tell the connector what happened.
+            faults = await box.admin.post("/sandbox/faults", json={"down_for_s": 6})
+            faults.raise_for_status()
+            readiness: list[dict[str, Any]] = []
+
+            async def warned() -> bool:
+                async with ops_client(settings) as client:
+                    response = await client.get("/readyz")
+                readiness.append({"status": response.status_code, **response.json()})
+                inbound = response.json().get("checks", {}).get("inbound", "")
+                return response.status_code == 200 and "heartbeat missed" in inbound
+
+            try:
+                await eventually(warned, timeout=30, interval=0.2)
+            except AssertionError:
+                print("READINESS", readiness[-3:])
+                raise
+            missing = await _metric(settings, "inbound_heartbeat_missing{")
+            assert any(lab["topic"] in line and line.endswith(" 1.0") for line in missing)
+            episodes = await _metric(settings, "inbound_heartbeats_missed_total{")
+            assert any(lab["topic"] in line and not line.endswith(" 0.0") for line in episodes)
+
+            # The EHR is back: $status says off, the connector requests it again.
+            async def recovered() -> bool:
+                async with ops_client(settings) as client:
+                    rows = (await client.get("/ops/subscriptions")).json()
+                    ready = (await client.get("/readyz")).json()
+                row = next(r for r in rows if r["topic"] == lab["topic"])
+                return row["status"] == "active" and "heartbeat" not in ready["checks"]["inbound"]
+
+            await eventually(recovered, timeout=60, interval=0.3)
+            on_ehr = (await box.admin.get(f"/fhir/Subscription/{lab['subscription_id']}")).json()
+            assert on_ehr["status"] == "active"
+            assert await _metric(
+                settings, 'inbound_subscription_reactivations_total{action="reactivated"'
+            )
+
+
+async def test_events_the_ehr_no_longer_has_are_recovered_by_a_lastupdated_search(
+    tmp_path: Path,
+    topics: Any,
+    database_url: str,
+    kafka_bootstrap: str,
+    kafka_enable_idempotence: bool,
+    unique_prefix: str,
+) -> None:
+    await topics
+    # Events are kept about a tenth of a second: by the time a gap is noticed, `$events`
+    # has nothing left to give.
+    async with ehr_sandbox(
+        tmp_path / "ehr", event_retention_hours=0.00003, prune_interval_s=0.1
+    ) as box:
+        settings = _settings(
+            box, database_url, kafka_bootstrap, unique_prefix, kafka_enable_idempotence
+        )
+        async with running_connector(settings):
+            await wait_subscriptions_active(settings)
+            await link(kafka_bootstrap, unique_prefix, "pt-alice", "demo-alice", backfill=False)
+            await wait_linked(settings, "pt-alice")
+            (
+                await box.admin.post("/sandbox/faults", json={"notification_drop_rate": 0.5})
+            ).raise_for_status()
+            messages = set()
+            for number in range(16):
+                messages.add(
+                    last_of(
+                        await simulate(
+                            box, "message-reply", patient="demo-alice", text=f"n{number}"
+                        ),
+                        "Communication",
+                    )
+                )
+
+            def complete(events: list[Published]) -> bool:
+                return messages <= set(by_source(events))
+
+            await read_events(
+                kafka_bootstrap, unique_prefix + "message.received", complete, timeout=120
+            )
+            await box.admin.delete("/sandbox/faults")
+            await settle(3)
+            events = await read_events(
+                kafka_bootstrap, unique_prefix + "message.received", complete, timeout=60
+            )
+            counts = by_source(events)
+            assert set(counts) == messages
+            assert all(n == 1 for n in counts.values())
+            searched = await _metric(settings, 'inbound_gaps_recovered_total{method="search"')
+            assert searched and not searched[0].endswith(" 0.0"), searched
+
+
+async def test_r4b_notifications_are_understood(
+    tmp_path: Path,
+    topics: Any,
+    database_url: str,
+    kafka_bootstrap: str,
+    kafka_enable_idempotence: bool,
+    unique_prefix: str,
+) -> None:
+    await topics
+    async with ehr_sandbox(tmp_path / "ehr", notification_format="r4b") as box:
+        settings = _settings(
+            box, database_url, kafka_bootstrap, unique_prefix, kafka_enable_idempotence
+        )
+        async with running_connector(settings):
+            await wait_subscriptions_active(settings)
+            await link(kafka_bootstrap, unique_prefix, "pt-bob", "demo-bob", backfill=False)
+            await wait_linked(settings, "pt-bob")
+            report = last_of(
+                await simulate(box, "lab-result", patient="demo-bob", panel="cbc"),
+                "DiagnosticReport",
+            )
+            events = await read_events(
+                kafka_bootstrap,
+                unique_prefix + "lab.resulted",
+                lambda es: report in set(by_source(es)),
+            )
+            assert by_source(events)[report] == 1
+            [event] = [e for e in events if e.data["report_fhir_id"] == report[0]]
+            assert event.key == "pt-bob" and len(event.data["observations"]) == 5
+            async with httpx.AsyncClient() as client:
+                ready = await client.get(f"http://127.0.0.1:{settings.http_port}/readyz")
+            assert ready.status_code == 200
