@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from messaging import store
-from servicekit.app import Service
+from servicekit.http import PatientId, ReadSession
 
 router = APIRouter(tags=["messaging"])
-PatientId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
-
-
-async def _session(request: Request) -> AsyncIterator[AsyncSession]:
-    service: Service = request.app.state.service
-    async with service.db.sessions() as session:
-        yield session
-
-
-Session = Annotated[AsyncSession, Depends(_session)]
 
 
 class ThreadOut(BaseModel):
@@ -58,7 +46,7 @@ class PoolItemOut(BaseModel):
 
 
 @router.get("/patients/{patient_id}/threads", response_model=list[ThreadOut])
-async def list_threads(patient_id: PatientId, session: Session) -> list[ThreadOut]:
+async def list_threads(patient_id: PatientId, session: ReadSession) -> list[ThreadOut]:
     """The patient's threads, most recently active first."""
     return [
         ThreadOut(id=t.id, subject=t.subject, pool=t.pool, updated_at=t.updated_at)
@@ -68,7 +56,7 @@ async def list_threads(patient_id: PatientId, session: Session) -> list[ThreadOu
 
 @router.get("/patients/{patient_id}/threads/{thread_id}/messages", response_model=list[MessageOut])
 async def list_messages(
-    patient_id: PatientId, thread_id: str, session: Session
+    patient_id: PatientId, thread_id: str, session: ReadSession
 ) -> list[MessageOut]:
     """A thread's messages, oldest first (404 if the thread is not the patient's)."""
     thread = await store.get_thread(session, thread_id)
@@ -89,7 +77,7 @@ async def list_messages(
 
 @router.get("/pools/{pool}/items", response_model=list[PoolItemOut])
 async def list_pool_items(
-    pool: Annotated[str, Path(pattern=r"^[a-z0-9-]{1,64}$")], session: Session
+    pool: Annotated[str, Path(pattern=r"^[a-z0-9-]{1,64}$")], session: ReadSession
 ) -> list[PoolItemOut]:
     """A care-team pool's work items, oldest first."""
     return [

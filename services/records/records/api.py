@@ -3,28 +3,16 @@ patient of the caller's token; this service is not reachable from outside)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from records import store
-from servicekit.app import Service
+from servicekit.http import PatientId, ReadSession
 
 router = APIRouter(prefix="/patients/{patient_id}", tags=["records"])
-PatientId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
-
-
-async def _session(request: Request) -> AsyncIterator[AsyncSession]:
-    service: Service = request.app.state.service
-    async with service.db.sessions() as session:
-        yield session
-
-
-Session = Annotated[AsyncSession, Depends(_session)]
 
 
 class LabReportOut(BaseModel):
@@ -80,13 +68,15 @@ def _lab(row: store.LabReport) -> LabReportOut:
 
 
 @router.get("/lab-results", response_model=list[LabReportOut])
-async def list_lab_results(patient_id: PatientId, session: Session) -> list[LabReportOut]:
+async def list_lab_results(patient_id: PatientId, session: ReadSession) -> list[LabReportOut]:
     """The patient's lab reports, newest first."""
     return [_lab(r) for r in await store.lab_reports_of(session, patient_id)]
 
 
 @router.get("/lab-results/{report_id}", response_model=LabReportOut)
-async def get_lab_result(patient_id: PatientId, report_id: str, session: Session) -> LabReportOut:
+async def get_lab_result(
+    patient_id: PatientId, report_id: str, session: ReadSession
+) -> LabReportOut:
     """One lab report of the patient (404 if it is not theirs)."""
     row = await store.get_lab_report(session, report_id)
     if row is None or row.patient_id != patient_id:
@@ -95,7 +85,7 @@ async def get_lab_result(patient_id: PatientId, report_id: str, session: Session
 
 
 @router.get("/medications", response_model=list[MedicationOut])
-async def list_medications(patient_id: PatientId, session: Session) -> list[MedicationOut]:
+async def list_medications(patient_id: PatientId, session: ReadSession) -> list[MedicationOut]:
     """The patient's medication orders, newest first."""
     return [
         MedicationOut(
@@ -111,7 +101,7 @@ async def list_medications(patient_id: PatientId, session: Session) -> list[Medi
 
 
 def _chart_route(kind: str) -> Any:
-    async def list_entries(patient_id: PatientId, session: Session) -> list[ChartEntryOut]:
+    async def list_entries(patient_id: PatientId, session: ReadSession) -> list[ChartEntryOut]:
         return [
             ChartEntryOut(
                 id=e.fhir_id,

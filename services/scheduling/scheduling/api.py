@@ -3,28 +3,16 @@ patient of the caller's token; this service is not reachable from outside)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 from pydantic import AwareDatetime, BaseModel
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from scheduling import store
-from servicekit.app import Service
+from servicekit.http import PatientId, ReadSession
 
 router = APIRouter(tags=["scheduling"])
-PatientId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
-
-
-async def _session(request: Request) -> AsyncIterator[AsyncSession]:
-    service: Service = request.app.state.service
-    async with service.db.sessions() as session:
-        yield session
-
-
-Session = Annotated[AsyncSession, Depends(_session)]
 
 
 class SlotOut(BaseModel):
@@ -51,7 +39,7 @@ class AppointmentOut(BaseModel):
 
 @router.get("/slots", response_model=list[SlotOut])
 async def list_free_slots(
-    session: Session,
+    session: ReadSession,
     start: Annotated[AwareDatetime, Query(strict=False)],
     end: Annotated[AwareDatetime | None, Query()] = None,
 ) -> list[SlotOut]:
@@ -84,14 +72,14 @@ def _appointment(row: store.Appointment) -> AppointmentOut:
 
 
 @router.get("/patients/{patient_id}/appointments", response_model=list[AppointmentOut])
-async def list_appointments(patient_id: PatientId, session: Session) -> list[AppointmentOut]:
+async def list_appointments(patient_id: PatientId, session: ReadSession) -> list[AppointmentOut]:
     """The patient's appointments, soonest first."""
     return [_appointment(a) for a in await store.appointments_of(session, patient_id)]
 
 
 @router.get("/patients/{patient_id}/appointments/{appointment_id}", response_model=AppointmentOut)
 async def get_appointment(
-    patient_id: PatientId, appointment_id: str, session: Session
+    patient_id: PatientId, appointment_id: str, session: ReadSession
 ) -> AppointmentOut:
     """One appointment of the patient (404 if it is not theirs)."""
     row = await store.get_appointment(session, appointment_id)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from contracts.base import Coding
 from contracts.triage import TriageCompletedV1, Urgency
 from servicekit.app import Service
+from servicekit.http import PatientId
 from triage import domain, store
 
 router = APIRouter(tags=["triage"])
-PatientId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 
 class AssessRequest(BaseModel):
