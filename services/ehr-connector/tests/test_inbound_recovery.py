@@ -93,6 +93,12 @@ async def test_a_missed_heartbeat_warns_and_the_subscription_is_reactivated(
         )
         async with running_connector(settings):
             subscriptions = await wait_subscriptions_active(settings)
+
+            async def ready() -> bool:
+                async with ops_client(settings) as client:
+                    return (await client.get("/readyz")).status_code == 200
+
+            await eventually(ready, timeout=90, interval=0.2)
             lab = next(s for s in subscriptions if s["resource_type"] == "DiagnosticReport")
             current = (await box.admin.get(f"/fhir/Subscription/{lab['subscription_id']}")).json()
             off = await box.admin.put(
@@ -111,11 +117,7 @@ async def test_a_missed_heartbeat_warns_and_the_subscription_is_reactivated(
                 inbound = response.json().get("checks", {}).get("inbound", "")
                 return response.status_code == 200 and "heartbeat missed" in inbound
 
-            try:
-                await eventually(warned, timeout=30, interval=0.2)
-            except AssertionError:
-                print("READINESS", readiness[-3:])
-                raise
+            await eventually(warned, timeout=30, interval=0.2)
             missing = await _metric(settings, "inbound_heartbeat_missing{")
             assert any(lab["topic"] in line and line.endswith(" 1.0") for line in missing)
             episodes = await _metric(settings, "inbound_heartbeats_missed_total{")
@@ -219,6 +221,10 @@ async def test_r4b_notifications_are_understood(
             assert by_source(events)[report] == 1
             [event] = [e for e in events if e.data["report_fhir_id"] == report[0]]
             assert event.key == "pt-bob" and len(event.data["observations"]) == 5
-            async with httpx.AsyncClient() as client:
-                ready = await client.get(f"http://127.0.0.1:{settings.http_port}/readyz")
-            assert ready.status_code == 200
+
+            async def ready() -> bool:
+                async with httpx.AsyncClient() as client:
+                    answer = await client.get(f"http://127.0.0.1:{settings.http_port}/readyz")
+                return answer.status_code == 200 and answer.json()["checks"]["inbound"] == "ok"
+
+            await eventually(ready, timeout=90, interval=0.2)

@@ -204,10 +204,14 @@ class Recovery:
         return len(usable)
 
     async def _from_search(self, row: InboundSubscription, close_through: int) -> int:
-        """Current versions changed since the last event we saw; then close the gap."""
-        since = (row.last_event_at or row.created_at) - timedelta(
-            seconds=self.settings.inbound_search_margin_s
-        )
+        """Current versions changed since the last event we saw; then close the gap.
+
+        The search looks back a margin before the last event (clock skew, events in the
+        same instant) but never before the Subscription existed: older changes are history,
+        which is the back-fill's job, not missed events.
+        """
+        margin = timedelta(seconds=self.settings.inbound_search_margin_s)
+        since = max((row.last_event_at or row.created_at) - margin, row.created_at)
         params = [
             ("_lastUpdated", f"ge{since.astimezone(UTC).isoformat()}"),
             ("_sort", "_lastUpdated"),
@@ -232,15 +236,17 @@ class Recovery:
 
     # -- heartbeat monitor ----------------------------------------------------------------
 
-    async def check_heartbeats(self, since: datetime, now: datetime | None = None) -> list[str]:
-        """Mark Subscriptions that missed their heartbeats; ask `$status` for them and act.
-        Returns the topics currently missing heartbeats."""
+    async def check_heartbeats(
+        self, since: datetime, now: datetime | None = None
+    ) -> list[InboundSubscription]:
+        """Mark (metric, log, row) the Subscriptions that missed their heartbeats; returns
+        them. No EHR call: `after_silence` is what asks the EHR."""
         now = now or datetime.now(UTC)
         async with self.db.sessions() as session:
             rows = await store.subscriptions(session)
             for row in rows:
                 session.expunge(row)
-        missing: list[str] = []
+        missing: list[InboundSubscription] = []
         factor = self.settings.inbound_heartbeat_missed_factor
         for row in rows:
             if not heartbeat_overdue(
@@ -248,7 +254,7 @@ class Recovery:
             ):
                 HEARTBEAT_MISSED.labels(row.topic).set(0)
                 continue
-            missing.append(row.topic)
+            missing.append(row)
             HEARTBEAT_MISSED.labels(row.topic).set(1)
             if row.heartbeat_missed_since is None:
                 HEARTBEAT_MISSED_TOTAL.labels(row.topic).inc()
@@ -259,7 +265,6 @@ class Recovery:
                     period_s=row.heartbeat_period_s,
                 )
                 await self._mark_missed(row.subscription_id, now)
-            await self._after_silence(row)
         return missing
 
     async def _mark_missed(self, subscription_id: str, now: datetime) -> None:
@@ -268,7 +273,8 @@ class Recovery:
             if row is not None and row.heartbeat_missed_since is None:
                 row.heartbeat_missed_since = now
 
-    async def _after_silence(self, row: InboundSubscription) -> None:
+    async def after_silence(self, row: InboundSubscription) -> None:
+        """Ask the EHR about a silent Subscription: re-create, re-activate or recover it."""
         try:
             status = await self.manager.status(row.subscription_id)
         except EhrUnavailable:

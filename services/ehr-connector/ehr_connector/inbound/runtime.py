@@ -209,7 +209,10 @@ class Inbound:
     async def _monitor_loop(self) -> None:
         while await self._sleep(self.settings.inbound_monitor_interval_s):
             try:
-                self.missing_heartbeats = await self.recovery.check_heartbeats(self.started_at)
+                silent = await self.recovery.check_heartbeats(self.started_at)
+                self.missing_heartbeats = [row.topic for row in silent]
+                for row in silent:
+                    await self.recovery.after_silence(row)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
