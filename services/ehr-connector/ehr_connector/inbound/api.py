@@ -18,12 +18,12 @@ from contracts.base import FhirId
 from ehr_connector.inbound import store
 from ehr_connector.inbound.backfill import BackfillConflict, Progress, progress_of
 from ehr_connector.inbound.runtime import Inbound
+from servicekit.http import PatientId, ReadSession
 from servicekit.ops_api import Ops
 
 router = APIRouter()
 FHIR_JSON = "application/fhir+json"
 MAX_BODY_BYTES = 64 * 1024 * 1024
-PatientId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 
 def _inbound(request: Request) -> Inbound:
@@ -80,10 +80,9 @@ class EnsureOut(BaseModel):
 
 
 @router.get("/ops/subscriptions", tags=["ops"], response_model=list[SubscriptionOut])
-async def list_subscriptions(_: Ops, request: Request) -> list[SubscriptionOut]:
+async def list_subscriptions(_: Ops, session: ReadSession) -> list[SubscriptionOut]:
     """The connector's Subscriptions with their event numbers and heartbeat state."""
-    async with _inbound(request).db.sessions() as session:
-        rows = await store.subscriptions(session)
+    rows = await store.subscriptions(session)
     return [
         SubscriptionOut(
             topic=r.topic,
@@ -148,13 +147,12 @@ class RejectionOut(BaseModel):
 @router.get("/ops/inbound/rejections", tags=["ops"], response_model=list[RejectionOut])
 async def list_rejections(
     _: Ops,
-    request: Request,
+    session: ReadSession,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[int | None, Query(ge=1, description="Page: ids below this one")] = None,
 ) -> list[RejectionOut]:
     """Rejected notifications' resources and why, newest first."""
-    async with _inbound(request).db.sessions() as session:
-        rows = await store.rejections(session, limit, before)
+    rows = await store.rejections(session, limit, before)
     return [
         RejectionOut(
             id=r.id,
@@ -227,10 +225,9 @@ async def start_backfill(
 
 
 @router.get("/ops/backfill/{patient_id}", tags=["ops"], response_model=BackfillOut)
-async def backfill_progress(_: Ops, request: Request, patient_id: PatientId) -> BackfillOut:
+async def backfill_progress(_: Ops, session: ReadSession, patient_id: PatientId) -> BackfillOut:
     """The patient's latest back-fill: state and counts."""
-    async with _inbound(request).db.sessions() as session:
-        job = await store.latest_backfill(session, patient_id)
+    job = await store.latest_backfill(session, patient_id)
     if job is None:
         raise HTTPException(404, "No back-fill of this patient.")
     return _out(progress_of(job))

@@ -41,7 +41,8 @@ class Canary:
         self._stopping = asyncio.Event()
 
     async def link_patient(self) -> None:
-        """The canary patient must be linked, or its results would not be published."""
+        """The canary patient must be linked, or its results would not be published (only
+        linked while the canary is used: an EHR Patient of that id is otherwise nobody's)."""
         async with self.db.transaction() as session:
             await store.link_patient(
                 session,
@@ -71,6 +72,7 @@ class Canary:
 
     async def run_once(self) -> float | None:
         """One canary run; returns the latency in seconds, or None if it timed out."""
+        await self.link_patient()
         run_id = uuid.uuid4().hex
         now = datetime.now(UTC)
         async with self.db.transaction() as session:

@@ -110,7 +110,6 @@ class Inbound:
 
     async def start(self) -> None:
         """Start the background tasks (nothing here blocks the service's start-up)."""
-        await self.canary.link_patient()
         self._spawn(self._prune_loop(), "inbound-prune")
         self._spawn(self.backfill.run(), "inbound-backfill")
         if self.settings.inbound_enabled:
@@ -119,6 +118,7 @@ class Inbound:
         else:
             self.ensure_problem = None
         if self.settings.canary_enabled:
+            await self.canary.link_patient()
             self._spawn(self.canary.run(), "inbound-canary")
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
