@@ -17,7 +17,6 @@ Outbound tables:
 
 from __future__ import annotations
 
-import importlib
 from datetime import UTC, datetime
 
 from sqlalchemy import BigInteger, DateTime, Index, Integer, String, select
@@ -235,8 +234,4 @@ async def writes_for(session: AsyncSession, event_type: str, our_id: str) -> lis
 
 # The inbound side's tables live on this Base too; importing them here makes `metadata`
 # (and so Alembic) see every table of the service.
-try:
-    importlib.import_module("ehr_connector.inbound.tables")
-except ModuleNotFoundError as exc:  # the inbound side not installed in this build
-    if exc.name not in ("ehr_connector.inbound", "ehr_connector.inbound.tables"):
-        raise
+from ehr_connector.inbound import tables as _inbound_tables  # noqa: E402, F401

@@ -207,5 +207,8 @@ async def harness(
         ehr_retry_base_s=0.05,
         ehr_retry_max_s=0.5,
         ehr_breaker_reset_s=1.0,
+        # The outbound side on its own: no Subscriptions, no canary writing lab results.
+        inbound_enabled=False,
+        canary_enabled=False,
     )
     return Harness(ehr, settings, kafka_bootstrap, unique_prefix, free_slots)

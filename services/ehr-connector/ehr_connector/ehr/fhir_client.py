@@ -432,13 +432,13 @@ class FhirClient:
     @staticmethod
     def _before_sleep(interaction: str, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
-        reason = f"http_{exc.status}" if isinstance(exc, TransientFailure) else type(exc).__name__
-        EHR_RETRIES.labels(interaction, reason).inc()
+        cause = f"http_{exc.status}" if isinstance(exc, TransientFailure) else type(exc).__name__
+        EHR_RETRIES.labels(interaction, cause).inc()
         log.info(
             "ehr.call_retry",
             interaction=interaction,
             attempt=state.attempt_number,
-            reason=reason,
+            cause=cause,
             wait_s=round(state.upcoming_sleep, 3),
         )
 
