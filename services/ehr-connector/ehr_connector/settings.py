@@ -47,15 +47,15 @@ class Settings(ServiceSettings):
     )
     ehr_verify_tls: bool = Field(default=True, description="Verify the EHR's TLS certificate")
     ehr_ca_file: str = Field(default="", description="CA bundle for the EHR; empty = system CAs")
-    ehr_connect_timeout_s: float = 3.0
-    ehr_read_timeout_s: float = 15.0
-    ehr_write_timeout_s: float = 15.0
-    ehr_pool_timeout_s: float = 5.0
-    ehr_max_connections: int = 20
-    ehr_max_keepalive_connections: int = 10
+    ehr_connect_timeout_s: float = Field(default=3.0, description="TCP/TLS connect timeout")
+    ehr_read_timeout_s: float = Field(default=15.0, description="Wait for the EHR's answer")
+    ehr_write_timeout_s: float = Field(default=15.0, description="Send a request body")
+    ehr_pool_timeout_s: float = Field(default=5.0, description="Wait for a pooled connection")
+    ehr_max_connections: int = Field(default=20, description="Connection pool size")
+    ehr_max_keepalive_connections: int = Field(default=10, description="Idle connections kept")
 
     # -- SMART Backend Services -----------------------------------------------------------
-    ehr_client_id: str = "portal-connector"
+    ehr_client_id: str = Field(default="portal-connector", description="SMART client id")
     ehr_private_key_file: str = Field(
         default="",
         description=(

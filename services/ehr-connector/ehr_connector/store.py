@@ -207,7 +207,9 @@ async def is_own_write(
         OutboundWrite.resource_type == resource_type,
         OutboundWrite.fhir_id == fhir_id,
         OutboundWrite.version_id == version_id,
-        OutboundWrite.interaction.in_((Interaction.CREATE, Interaction.UPDATE)),
+        OutboundWrite.interaction.in_(
+            (Interaction.CREATE, Interaction.UPDATE, Interaction.COMPENSATE)
+        ),
     )
     return (await session.execute(stmt.limit(1))).first() is not None
 
