@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.telemetry import TelemetryConfig
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import MetaData
@@ -31,6 +32,12 @@ from servicekit.settings import ServiceSettings
 from servicekit.telemetry import setup_tracing
 
 log = get_logger(__name__)
+NO_NATIVE_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+}
 Hook = Callable[["Service"], Awaitable[None]]
 Check = Callable[["Service"], Awaitable[str | None]]
 
@@ -194,6 +201,10 @@ class Service:
                 await self.stop()
 
         app = FastAPI(
+            # FastAPI's own telemetry records raw URL paths, query strings and exception
+            # messages (PHI); the OpenTelemetry instrumentation with our redacting hooks
+            # (see `_instrument`) traces requests instead.
+            telemetry=NO_NATIVE_TELEMETRY,
             title=self.definition.title,
             description=self.definition.description,
             version="0.1.0",

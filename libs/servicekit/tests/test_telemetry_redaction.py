@@ -10,8 +10,14 @@ from servicekit.telemetry import redact_path, redact_url
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("http://ehr:8090/fhir/Patient/demo-alice/$everything?_count=50", "http://ehr:8090/fhir/Patient/{id}/$everything"),
-        ("https://u:secret@ehr/fhir/Appointment?patient=Patient/demo-alice&identifier=urn|123", "https://ehr/fhir/Appointment"),
+        (
+            "http://ehr:8090/fhir/Patient/demo-alice/$everything?_count=50",
+            "http://ehr:8090/fhir/Patient/{id}/$everything",
+        ),
+        (
+            "https://u:secret@ehr/fhir/Appointment?patient=Patient/demo-alice&identifier=urn|123",
+            "https://ehr/fhir/Appointment",
+        ),
         ("http://ehr/fhir/Patient?name=Chalmers&birthdate=1974-12-25", "http://ehr/fhir/Patient"),
         ("http://gw/v1/me/lab-results/dr-77#x", "http://gw/v1/me/lab-results/{id}"),
     ],

@@ -59,6 +59,9 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
             await store.close()
 
     app = FastAPI(
+        # No native FastAPI telemetry: it would record patient ids and search values
+        # from URLs into spans of whatever tracer provider the process has.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
         title="EHR sandbox",
         summary="A FHIR R4 stand-in for a vendor EHR",
         version="0.1.0",
