@@ -403,7 +403,7 @@ class Processor:
                     "inbound.change_rejected",
                     subscription_id=subscription_id,
                     event_number=decision.change.number,
-                    resource=decision.ref,
+                    resource_ref=decision.ref,
                     version=decision.version,
                     outcome=decision.outcome.value,
                     why=decision.reason,

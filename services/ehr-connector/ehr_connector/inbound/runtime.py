@@ -273,10 +273,13 @@ class Inbound:
 
     def _reject(self, status: int, reason: str, diagnostics: str, **ids: Any) -> WebhookAnswer:
         NOTIFICATIONS_REJECTED.labels(reason).inc()
-        if status in (401, 404):
-            security_log.warning("security.notification_rejected", reason=reason, **ids)
+        # `rejection`, not `reason`: the PHI filter blanks any field named like free text.
+        if status < 500:
+            security_log.warning(
+                "security.notification_rejected", rejection=reason, status=status, **ids
+            )
         else:
-            log.info("inbound.notification_refused", reason=reason, **ids)
+            log.info("inbound.notification_deferred", rejection=reason, **ids)
         return WebhookAnswer(status, diagnostics)
 
     def _token_ok(self, authorization: str | None) -> bool:
