@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from contracts.base import FhirId
 from ehr_connector.inbound import store
 from ehr_connector.inbound.backfill import BackfillConflict, Progress, progress_of
-from ehr_connector.inbound.runtime import Inbound
+from ehr_connector.inbound.runtime import INSTANCE_HEADER, Inbound
 from servicekit.http import PatientId, ReadSession
 from servicekit.ops_api import Ops
 
@@ -49,6 +49,13 @@ async def receive_notification(request: Request) -> JSONResponse:
         media_type=FHIR_JSON,
         headers=dict(answer.headers),
     )
+
+
+@router.get("/fhir/notifications", tags=["fhir"], status_code=204)
+async def webhook_probe(request: Request) -> Response:
+    """Reachability probe of the webhook: 204 with the answering process's instance id."""
+    inbound = _inbound(request)
+    return Response(status_code=204, headers={INSTANCE_HEADER: inbound.instance_id})
 
 
 # -- ops: subscriptions ----------------------------------------------------------------------

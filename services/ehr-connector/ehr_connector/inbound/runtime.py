@@ -52,6 +52,7 @@ from servicekit.logging import get_logger
 from servicekit.outbox import Outbox
 
 log = get_logger(__name__)
+INSTANCE_HEADER = "X-Connector-Instance"
 security_log = get_logger("ehr_connector.security")
 
 
@@ -101,6 +102,8 @@ class Inbound:
         self.backfill = BackfillWorker(settings, db, outbox, ehr)
         self.canary = Canary(settings, db, ehr)
         self.started_at = datetime.now(UTC)
+        # Identifies this process on its own webhook route (see `_wait_until_serving`).
+        self.instance_id = secrets.token_hex(8)
         self.missing_heartbeats: list[str] = []
         self.ensure_problem: str | None = "not yet ensured"
         self._tasks: list[asyncio.Task[None]] = []
@@ -149,14 +152,15 @@ class Inbound:
 
         The handshake the EHR sends on a new (or re-requested) Subscription must find us
         listening, and the lifespan start-up runs before the server accepts connections.
-        An app run without a server (in-process tests) never manages Subscriptions.
+        An app run without a server (in-process tests) never manages Subscriptions, and
+        another process on the same port (a local stack) is not mistaken for this one.
         """
-        url = f"http://{self.settings.http_host}:{self.settings.http_port}/healthz"
+        url = f"http://{self.settings.http_host}:{self.settings.http_port}/fhir/notifications"
         attempts = 0
         while not self._stopping.is_set():
             try:
                 response = await self.http.get(url, timeout=1.0)
-                if response.status_code == 200:
+                if response.headers.get(INSTANCE_HEADER) == self.instance_id:
                     return True
             except httpx.HTTPError:
                 pass
