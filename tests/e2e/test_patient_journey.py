@@ -1,0 +1,232 @@
+"""The whole product path, every boundary real: a patient signs in (sandbox dev issuer),
+their history is back-filled from the EHR, and clinician actions in the EHR reach the
+patient's open portal stream within seconds; the patient's symptom check reaches the EHR
+as a Task for the care team.
+
+sandbox (uvicorn) --rest-hook--> ehr-connector (uvicorn) --Kafka--> records, messaging,
+gateway (uvicorn, SSE) <--HTTP-- patient;  gateway -> triage --Kafka--> connector -> EHR.
+Ports 18400-18419.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from devstack.topics import ensure_topics
+from ehr_connector.app import build as build_connector
+from ehr_connector.settings import Settings as ConnectorSettings
+from ehr_sandbox.httptest import RunningSandbox, free_port, running_sandbox, serve
+from ehr_sandbox.subscriptions.settings import SubscriptionSettings
+from gateway.app import build as build_gateway
+from gateway.settings import Settings as GatewaySettings
+from messaging.app import build as build_messaging
+from messaging.settings import Settings as MessagingSettings
+from records.app import build as build_records
+from records.settings import Settings as RecordsSettings
+from servicekit.testing import eventually
+from triage.app import build as build_triage
+from triage.settings import Settings as TriageSettings
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+PORTS = range(18400, 18420)
+
+
+@dataclass
+class Portal:
+    sandbox: RunningSandbox
+    gateway_url: str
+
+
+def _common(database_url: str, bootstrap: str, prefix: str) -> dict[str, Any]:
+    return {
+        "database_url": database_url,
+        "kafka_bootstrap_servers": bootstrap,
+        "kafka_enable_idempotence": os.environ.get("KAFKA") == "apache",
+        "topic_prefix": prefix,
+        "group_prefix": prefix,
+        "outbox_poll_interval_s": 0.05,
+        "log_level": "WARNING",
+    }
+
+
+@pytest.fixture
+async def portal(
+    tmp_path: Path,
+    database_factory: Callable[[], Awaitable[str]],
+    kafka_bootstrap: str,
+    unique_prefix: str,
+) -> AsyncIterator[Portal]:
+    await ensure_topics(kafka_bootstrap, unique_prefix)
+    db = {
+        name: await database_factory()
+        for name in ("connector", "records", "messaging", "triage", "gateway")
+    }
+    subscriptions = SubscriptionSettings(delivery_retry_base_s=0.2, delivery_retry_max_s=2.0)
+    async with AsyncExitStack() as stack:
+        sandbox = await stack.enter_async_context(
+            running_sandbox(tmp_path, port=free_port(PORTS), seed=True, subscriptions=subscriptions)
+        )
+        connector_port = free_port(PORTS)
+        connector = build_connector(
+            ConnectorSettings(
+                **_common(db["connector"], kafka_bootstrap, unique_prefix),
+                http_port=connector_port,
+                ehr_base_url=sandbox.fhir,
+                inbound_webhook_url=f"http://127.0.0.1:{connector_port}/fhir/notifications",
+                canary_enabled=False,
+            )
+        )
+        await stack.enter_async_context(serve(connector.app, connector_port))
+        records = build_records(
+            RecordsSettings(**_common(db["records"], kafka_bootstrap, unique_prefix))
+        )
+        messaging = build_messaging(
+            MessagingSettings(**_common(db["messaging"], kafka_bootstrap, unique_prefix))
+        )
+        triage = build_triage(
+            TriageSettings(**_common(db["triage"], kafka_bootstrap, unique_prefix))
+        )
+        for service in (records, messaging, triage):
+            await stack.enter_async_context(LifespanManager(service.app))
+        gateway = build_gateway(
+            GatewaySettings(
+                **_common(db["gateway"], kafka_bootstrap, unique_prefix),
+                oidc_issuer=sandbox.url,
+                records_url="http://records",
+                messaging_url="http://messaging",
+                triage_url="http://triage",
+                scheduling_url="http://127.0.0.1:1",
+                sse_keepalive_s=1.0,
+            ),
+            mounts={
+                "http://records": httpx.ASGITransport(app=records.app),
+                "http://messaging": httpx.ASGITransport(app=messaging.app),
+                "http://triage": httpx.ASGITransport(app=triage.app),
+            },
+        )
+        gateway_url = await stack.enter_async_context(serve(gateway.app, free_port(PORTS)))
+        yield Portal(sandbox=sandbox, gateway_url=gateway_url)
+
+
+async def _notifications(client: httpx.AsyncClient, into: list[dict[str, Any]]) -> None:
+    async with client.stream("GET", "/v1/me/events") as stream:
+        async for line in stream.aiter_lines():
+            if line.startswith("data: "):
+                into.append({**json.loads(line[6:]), "received": time.monotonic()})
+
+
+async def test_a_patient_sees_history_and_live_ehr_changes_and_reaches_the_care_team(
+    portal: Portal,
+) -> None:
+    token = (
+        await portal.sandbox.admin.post("/dev/patient-token", json={"patient": "demo-alice"})
+    ).json()["access_token"]
+    async with httpx.AsyncClient(
+        base_url=portal.gateway_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
+        # First visit: the account is linked and the history is back-filled from the EHR.
+        assert (await client.get("/v1/me")).status_code == 200
+
+        async def history_arrived() -> bool:
+            allergies = (await client.get("/v1/me/allergies")).json()
+            conditions = (await client.get("/v1/me/conditions")).json()
+            return bool(allergies) and len(conditions) >= 2
+
+        await eventually(history_arrived, timeout=120, interval=0.5)
+        allergies = (await client.get("/v1/me/allergies")).json()
+        assert "alice-allergy-penicillin" in {a["id"] for a in allergies}
+
+        # The portal is open; a lab system results a panel in the EHR.
+        seen: list[dict[str, Any]] = []
+        listener = asyncio.create_task(_notifications(client, seen))
+        try:
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            simulated = await portal.sandbox.admin.post(
+                "/sandbox/simulate/lab-result", json={"patient": "demo-alice", "panel": "a1c"}
+            )
+            assert simulated.status_code == 201, simulated.text
+            report = next(
+                w["reference"]
+                for w in simulated.json()["written"]
+                if w["reference"].startswith("DiagnosticReport/")
+            )
+
+            async def lab_notified() -> bool:
+                return any(
+                    n["kind"] == "lab-result" and n["ref"] == report.split("/")[1] for n in seen
+                )
+
+            await eventually(lab_notified, timeout=60)
+            latency = next(n["received"] for n in seen if n["kind"] == "lab-result") - started
+            print(f"EHR lab result -> patient's screen: {latency:.2f}s")
+            detail = await client.get(f"/v1/me/lab-results/{report.split('/')[1]}")
+
+            async def in_records() -> bool:
+                nonlocal detail
+                detail = await client.get(f"/v1/me/lab-results/{report.split('/')[1]}")
+                return detail.status_code == 200
+
+            await eventually(in_records, timeout=30)
+            body = detail.json()
+            assert body["status"] == "final"
+            assert body["observations"][0]["value_quantity"]["value"] > 0
+
+            # A clinician replies to the patient's message thread.
+            reply = await portal.sandbox.admin.post(
+                "/sandbox/simulate/message-reply",
+                json={"patient": "demo-alice", "text": "Your A1c is improving."},
+            )
+            assert reply.status_code == 201, reply.text
+
+            async def message_notified() -> bool:
+                return any(n["kind"] == "message" for n in seen)
+
+            await eventually(message_notified, timeout=60)
+
+            async def thread_has_reply() -> bool:
+                threads = (await client.get("/v1/me/threads")).json()
+                for thread in threads:
+                    messages = (await client.get(f"/v1/me/threads/{thread['id']}/messages")).json()
+                    if any(m["body"] == "Your A1c is improving." for m in messages):
+                        return True
+                return False
+
+            await eventually(thread_has_reply, timeout=30)
+        finally:
+            listener.cancel()
+
+        # The patient checks a symptom: the care team gets a Task in the EHR, stat.
+        outcome = await client.post(
+            "/v1/me/triage/assess",
+            json={"age": 52, "sex": "female", "text": "chest pressure since this morning"},
+        )
+        assert outcome.status_code == 201
+        assert outcome.json()["urgency"] == "emergency"
+
+        async def task_in_ehr() -> bool:
+            found = await portal.sandbox.admin.get("/fhir/Task", params={"patient": "demo-alice"})
+            return any(
+                e["resource"].get("priority") == "stat" for e in found.json().get("entry", [])
+            )
+
+        await eventually(task_in_ehr, timeout=60)
+
+        log = (await client.get("/v1/me/access-log")).json()
+        assert {entry["resource"] for entry in log} >= {
+            "AllergyIntolerance",
+            "DiagnosticReport",
+            "Communication",
+        }
