@@ -11,6 +11,7 @@ import importlib
 import sys
 from pathlib import Path
 
+import yaml
 from faststream.specification import AsyncAPI
 
 from devstack._paths import repo_root
@@ -38,7 +39,10 @@ def render() -> str:
         ),
         schema_version="3.0.0",
     )
-    text: str = spec.to_specification().to_yaml()
+    # Sorted keys: the order brokers list channels is not stable between runs, and the
+    # committed document must only change when the contracts do.
+    document = spec.to_specification().to_jsonable()
+    text: str = yaml.safe_dump(document, sort_keys=True, allow_unicode=True, width=100)
     return text
 
 
