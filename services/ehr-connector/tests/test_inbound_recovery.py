@@ -1,5 +1,7 @@
 """Recovery paths beyond `$events`, and the R4B notification form.
 
+- Silence on a healthy EHR (notifications lost on the way, `$status` says all is well)
+  is a missed-heartbeat warning that keeps /readyz 200, and clears when they come back.
 - A Subscription that falls silent (switched off behind the connector's back while the
   EHR's FHIR API is down) raises the missed-heartbeat metric and a readiness warning that
   keeps /readyz 200; once the EHR answers `$status` again the connector re-activates it.
@@ -15,13 +17,15 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request, Response
 
 from devstack.topics import ensure_topics
 from ehr_connector.settings import Settings
-from ehr_sandbox.httptest import RunningSandbox
+from ehr_sandbox.httptest import RunningSandbox, free_port, serve
 from servicekit.testing import eventually
 
 from .inbound_support import (
+    PORTS,
     Published,
     by_source,
     connector_settings,
@@ -67,6 +71,85 @@ async def _metric(settings: Settings, prefix: str) -> list[str]:
     async with ops_client(settings) as client:
         text = (await client.get("/metrics")).text
     return [line for line in text.splitlines() if line.startswith(prefix)]
+
+
+def swallowing_proxy(target: list[str], swallow: list[bool]) -> FastAPI:
+    """The webhook's public face: forwards to the connector, or answers 200 and drops."""
+    app = FastAPI()
+
+    @app.post("/hook")
+    async def hook(request: Request) -> Response:
+        body = await request.body()
+        if swallow[0]:
+            return Response(status_code=200)
+        headers = {k: v for k, v in request.headers.items() if k not in ("host", "content-length")}
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(target[0], content=body, headers=headers)
+        return Response(answer.content, answer.status_code)
+
+    return app
+
+
+async def test_silence_is_a_readiness_warning_that_keeps_the_service_ready(
+    tmp_path: Path,
+    topics: Any,
+    database_url: str,
+    kafka_bootstrap: str,
+    kafka_enable_idempotence: bool,
+    unique_prefix: str,
+) -> None:
+    await topics
+    target: list[str] = [""]
+    swallow = [False]
+    async with ehr_sandbox(tmp_path / "ehr") as box:
+        proxy_port = free_port(PORTS)
+        async with serve(swallowing_proxy(target, swallow), proxy_port) as proxy_url:
+            settings = _settings(
+                box,
+                database_url,
+                kafka_bootstrap,
+                unique_prefix,
+                kafka_enable_idempotence,
+                port=free_port(p for p in PORTS if p != proxy_port),
+                inbound_webhook_url=f"{proxy_url}/hook",
+                inbound_heartbeat_period_s=1,
+                inbound_heartbeat_missed_factor=3.0,
+                inbound_monitor_interval_s=0.5,
+            )
+            target[0] = f"http://127.0.0.1:{settings.http_port}/fhir/notifications"
+            async with running_connector(settings):
+                await wait_subscriptions_active(settings)
+
+                async def readiness() -> httpx.Response:
+                    async with ops_client(settings) as client:
+                        return await client.get("/readyz")
+
+                async def ready_and_quiet() -> bool:
+                    answer = await readiness()
+                    return answer.status_code == 200 and answer.json()["checks"]["inbound"] == "ok"
+
+                await eventually(ready_and_quiet, timeout=90, interval=0.2)
+                swallow[0] = True  # heartbeats now vanish on the way; the EHR sees 200s
+
+                async def warned() -> bool:
+                    answer = await readiness()
+                    inbound = answer.json()["checks"]["inbound"]
+                    return answer.status_code == 200 and inbound.startswith(
+                        "warning: heartbeat missed"
+                    )
+
+                await eventually(warned, timeout=30, interval=0.2)
+
+                async def all_silent() -> bool:
+                    missing = await _metric(settings, "inbound_heartbeat_missing{")
+                    return len([line for line in missing if line.endswith(" 1.0")]) == 5
+
+                await eventually(all_silent, timeout=30, interval=0.2)
+                assert (await readiness()).status_code == 200
+                swallow[0] = False
+                await eventually(ready_and_quiet, timeout=30, interval=0.2)
+                missing = await _metric(settings, "inbound_heartbeat_missing{")
+                assert all(line.endswith(" 0.0") for line in missing)
 
 
 async def test_a_missed_heartbeat_warns_and_the_subscription_is_reactivated(
