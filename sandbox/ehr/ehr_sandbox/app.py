@@ -79,9 +79,11 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
     app.add_middleware(FaultInjectionMiddleware)
     app.add_middleware(MetricsMiddleware)
 
+    # Auth first: its `/fhir/.well-known/smart-configuration` would otherwise be taken
+    # for a read of a resource type called ".well-known".
+    app.include_router(auth_router)
     app.include_router(fhir_router)
     app.include_router(dev_router)
-    app.include_router(auth_router)
     # After the FHIR router: it puts its Subscription routes ahead of the generic ones, and
     # its lifespan runs inside ours (after the store has started and the seed is loaded).
     setup_subscriptions(app)

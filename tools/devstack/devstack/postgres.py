@@ -121,7 +121,10 @@ def ensure_postgres() -> str:
         f"CREATE ROLE {ROLE} LOGIN CREATEDB PASSWORD '{PASSWORD}'; "
         "ELSE "
         f"ALTER ROLE {ROLE} LOGIN CREATEDB PASSWORD '{PASSWORD}'; "
-        "END IF; END $$;"
+        "END IF; END $$; "
+        # Dropping a test database WITH (FORCE) must be able to end every session on it,
+        # including ones a killed process left behind under another login.
+        f"GRANT pg_signal_backend TO {ROLE};"
     )
     if role.returncode != 0:
         raise PostgresUnavailable(
