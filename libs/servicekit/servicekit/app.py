@@ -108,16 +108,18 @@ class Service:
         attempt = 0
         while True:
             try:
+                # Connected is what readiness reports; starting the subscribers can take a
+                # consumer-group rebalance longer and must not hold readiness back.
+                await self.broker.connect()
+                self.broker_connected.set()
                 if self.settings.consumers_enabled:
                     await self.broker.start()
-                else:
-                    await self.broker.connect()
-                self.broker_connected.set()
                 log.info("service.broker_connected")
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # every failure to reach Kafka is retried
+                self.broker_connected.clear()
                 attempt += 1
                 log.warning("service.broker_unavailable", error=type(exc).__name__, attempt=attempt)
                 with contextlib.suppress(Exception):
