@@ -33,6 +33,10 @@ class ImportedEntry(Payload):
     display: str | None = Field(default=None, max_length=500)
     value: str | None = Field(default=None, max_length=500, description="Rendered value+unit")
     effective: Instant | None = None
+    related_fhir_ids: list[FhirId] = Field(
+        default_factory=list,
+        description="A lab report's result Observations (their own entries carry the values)",
+    )
 
 
 class RecordImportedV1(Payload):

@@ -3,16 +3,18 @@ patient of the caller's token; this service is not reachable from outside)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from records import store
 from servicekit.http import PatientId, ReadSession
 
 router = APIRouter(prefix="/patients/{patient_id}", tags=["records"])
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class LabReportOut(BaseModel):
@@ -67,10 +69,50 @@ def _lab(row: store.LabReport) -> LabReportOut:
     )
 
 
+async def _imported_lab(
+    session: AsyncSession, patient_id: str, entry: store.ChartEntry
+) -> LabReportOut:
+    """A back-filled report: what the batch carried, with its result lines' values."""
+    lines = await store.imported_observations(session, patient_id, entry.related_fhir_ids or [])
+    by_id = {o.fhir_id: o for o in lines}
+    observations = [
+        {
+            "observation_fhir_id": o.fhir_id,
+            "code": o.code,
+            "status": o.status,
+            "value_string": o.value,
+            "effective": o.effective.isoformat() if o.effective else None,
+            "display": o.display,
+        }
+        for fid in entry.related_fhir_ids or []
+        if (o := by_id.get(fid)) is not None
+    ]
+    return LabReportOut(
+        id=entry.fhir_id,
+        status=entry.status or "unknown",
+        code=entry.code or {"display": entry.display},
+        category=[],
+        effective=entry.effective,
+        issued=None,
+        performer=[],
+        observations=observations,
+        version=entry.version_id,
+    )
+
+
 @router.get("/lab-results", response_model=list[LabReportOut])
 async def list_lab_results(patient_id: PatientId, session: ReadSession) -> list[LabReportOut]:
-    """The patient's lab reports, newest first."""
-    return [_lab(r) for r in await store.lab_reports_of(session, patient_id)]
+    """The patient's lab reports, newest first: live ones in full, back-filled history too."""
+    live = [_lab(r) for r in await store.lab_reports_of(session, patient_id)]
+    history = [
+        await _imported_lab(session, patient_id, e)
+        for e in await store.imported_reports_of(session, patient_id)
+    ]
+    return sorted(
+        live + history,
+        key=lambda r: (r.effective is not None, r.effective or _EPOCH),
+        reverse=True,
+    )
 
 
 @router.get("/lab-results/{report_id}", response_model=LabReportOut)
@@ -79,15 +121,18 @@ async def get_lab_result(
 ) -> LabReportOut:
     """One lab report of the patient (404 if it is not theirs)."""
     row = await store.get_lab_report(session, report_id)
-    if row is None or row.patient_id != patient_id:
-        raise HTTPException(404, "No such lab result for this patient.")
-    return _lab(row)
+    if row is not None and row.patient_id == patient_id:
+        return _lab(row)
+    entry = await store.get_chart_entry(session, "DiagnosticReport", report_id)
+    if entry is not None and entry.patient_id == patient_id:
+        return await _imported_lab(session, patient_id, entry)
+    raise HTTPException(404, "No such lab result for this patient.")
 
 
 @router.get("/medications", response_model=list[MedicationOut])
 async def list_medications(patient_id: PatientId, session: ReadSession) -> list[MedicationOut]:
-    """The patient's medication orders, newest first."""
-    return [
+    """The patient's medication orders, newest first (back-filled history included)."""
+    live = [
         MedicationOut(
             id=m.fhir_id,
             status=m.status,
@@ -98,6 +143,22 @@ async def list_medications(patient_id: PatientId, session: ReadSession) -> list[
         )
         for m in await store.medications_of(session, patient_id)
     ]
+    history = [
+        MedicationOut(
+            id=e.fhir_id,
+            status=e.status or "unknown",
+            medication={**(e.code or {}), "display": e.display or (e.code or {}).get("display")},
+            dosage_text=e.value,
+            authored_on=e.effective,
+            prescriber=None,
+        )
+        for e in await store.imported_medications_of(session, patient_id)
+    ]
+    return sorted(
+        live + history,
+        key=lambda m: (m.authored_on is not None, m.authored_on or _EPOCH),
+        reverse=True,
+    )
 
 
 def _chart_route(kind: str) -> Any:

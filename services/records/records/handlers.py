@@ -78,3 +78,4 @@ async def record_imported_history(uow: UnitOfWork, event: Event[RecordImportedV1
         row.display = entry.display
         row.value = entry.value
         row.effective = entry.effective
+        row.related_fhir_ids = list(entry.related_fhir_ids)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, String, Text, select
+from sqlalchemy import JSON, DateTime, Index, String, Text, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -70,6 +70,9 @@ class ChartEntry(Base):
     display: Mapped[str | None] = mapped_column(String(500))
     value: Mapped[str | None] = mapped_column(String(500))
     effective: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    related_fhir_ids: Mapped[list[str]] = mapped_column(
+        JSON, default=list, server_default=text("'[]'")
+    )
 
     __table_args__ = (Index("ix_chart_entries_patient_kind", "patient_id", "kind"),)
 
@@ -116,6 +119,50 @@ async def chart_entries_of(session: AsyncSession, patient_id: str, kind: str) ->
     stmt = (
         select(ChartEntry)
         .where(ChartEntry.patient_id == patient_id, ChartEntry.kind == kind)
+        .order_by(ChartEntry.effective.desc().nulls_last(), ChartEntry.fhir_id)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def imported_reports_of(session: AsyncSession, patient_id: str) -> list[ChartEntry]:
+    """Back-filled lab reports that no live `lab.resulted` has detailed, newest first."""
+    detailed = select(LabReport.report_fhir_id).where(LabReport.patient_id == patient_id)
+    stmt = (
+        select(ChartEntry)
+        .where(
+            ChartEntry.patient_id == patient_id,
+            ChartEntry.resource_type == "DiagnosticReport",
+            ChartEntry.fhir_id.not_in(detailed),
+        )
+        .order_by(ChartEntry.effective.desc().nulls_last(), ChartEntry.fhir_id)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def imported_observations(
+    session: AsyncSession, patient_id: str, fhir_ids: list[str]
+) -> list[ChartEntry]:
+    """Back-filled Observations of a patient by id."""
+    if not fhir_ids:
+        return []
+    stmt = select(ChartEntry).where(
+        ChartEntry.patient_id == patient_id,
+        ChartEntry.resource_type == "Observation",
+        ChartEntry.fhir_id.in_(fhir_ids),
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def imported_medications_of(session: AsyncSession, patient_id: str) -> list[ChartEntry]:
+    """Back-filled medication orders that no live `medication.changed` has detailed."""
+    detailed = select(Medication.fhir_id).where(Medication.patient_id == patient_id)
+    stmt = (
+        select(ChartEntry)
+        .where(
+            ChartEntry.patient_id == patient_id,
+            ChartEntry.resource_type == "MedicationRequest",
+            ChartEntry.fhir_id.not_in(detailed),
+        )
         .order_by(ChartEntry.effective.desc().nulls_last(), ChartEntry.fhir_id)
     )
     return list((await session.execute(stmt)).scalars())

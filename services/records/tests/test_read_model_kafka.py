@@ -160,3 +160,35 @@ async def test_health_readiness_and_metrics(records: tuple[Service, httpx.AsyncC
 
     await eventually(ready, timeout=30)
     assert "consumer_messages_total" in (await client.get("/metrics")).text
+
+
+async def test_back_filled_reports_and_medications_are_listed_with_their_values(
+    records: tuple[Service, httpx.AsyncClient], kafka_bootstrap: str, unique_prefix: str
+) -> None:
+    _, client = records
+    glucose = Coding(system="http://loinc.org", code="2345-7", display="Glucose")
+    history = RecordImportedV1(
+        patient_id="pat-1", backfill_id="bf-1", batch_number=1, last_batch=True, imported_at=T,
+        entries=[
+            ImportedEntry(kind=RecordKind.LAB_RESULT, resource_type="DiagnosticReport", fhir_id="old-dr", version_id="1",
+                          status="final", code=Coding(system="http://loinc.org", code="24323-8", display="Metabolic panel"),
+                          effective=T - timedelta(days=90), related_fhir_ids=["old-obs"]),
+            ImportedEntry(kind=RecordKind.LAB_RESULT, resource_type="Observation", fhir_id="old-obs", version_id="1",
+                          status="final", code=glucose, value="5.4 mmol/L", effective=T - timedelta(days=90)),
+            ImportedEntry(kind=RecordKind.MEDICATION, resource_type="MedicationRequest", fhir_id="old-med", version_id="2",
+                          status="active", display="metformin 500 MG", value="1 tablet twice daily"),
+        ],
+    )
+    await produce_events(kafka_bootstrap, [("pat-1", history), ("pat-1", _lab("1", 6.3))], topic_prefix=unique_prefix)
+
+    async def both() -> bool:
+        return len((await client.get("/patients/pat-1/lab-results")).json()) == 2
+
+    await eventually(both, timeout=60)
+    labs = (await client.get("/patients/pat-1/lab-results")).json()
+    assert [r["id"] for r in labs] == ["dr-1", "old-dr"]  # newest first
+    old = (await client.get("/patients/pat-1/lab-results/old-dr")).json()
+    assert old["observations"][0]["value_string"] == "5.4 mmol/L"
+    meds = (await client.get("/patients/pat-1/medications")).json()
+    assert meds[0]["medication"]["display"] == "metformin 500 MG"
+    assert meds[0]["dosage_text"] == "1 tablet twice daily"

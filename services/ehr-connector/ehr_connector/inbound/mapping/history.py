@@ -7,6 +7,7 @@ place for are skipped, not rejected.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from contracts.record import ImportedEntry, RecordKind
@@ -102,6 +103,7 @@ def _entry(
     effective: Any,
     display: str | None = None,
     value: str | None = None,
+    related: list[str] | None = None,
 ) -> HistoryResult:
     source = source_version(resource)
     if isinstance(source, Rejected):
@@ -118,12 +120,28 @@ def _entry(
             "display": clip(display or concept_text(code_element), TEXT_LIMIT),
             "value": clip(value, TEXT_LIMIT),
             "effective": effective,
+            "related_fhir_ids": related or [],
         },
     )
     if isinstance(built, Rejected):
         return built
     assert isinstance(built, ImportedEntry)
     return built
+
+
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def _observation_ids(report: Resource) -> list[str]:
+    """Ids of the Observations a report's `result` references (relative `Observation/id`)."""
+    ids: list[str] = []
+    for item in as_list(report.get("result")):
+        reference = item.get("reference") if isinstance(item, dict) else None
+        if isinstance(reference, str) and reference.startswith("Observation/"):
+            candidate = reference.split("/", 2)[1]
+            if _FHIR_ID.fullmatch(candidate):
+                ids.append(candidate)
+    return ids
 
 
 def map_history(resource: Resource) -> HistoryResult:
@@ -150,6 +168,7 @@ def map_history(resource: Resource) -> HistoryResult:
             preferred=(LOINC, SNOMED),
             status=_status(resource, "status"),
             effective=_when(resource, "effectiveDateTime", "effectivePeriod", "issued"),
+            related=_observation_ids(resource),
         )
     if kind == "MedicationRequest":
         concept = resource.get("medicationCodeableConcept")
