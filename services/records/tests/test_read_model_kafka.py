@@ -168,18 +168,46 @@ async def test_back_filled_reports_and_medications_are_listed_with_their_values(
     _, client = records
     glucose = Coding(system="http://loinc.org", code="2345-7", display="Glucose")
     history = RecordImportedV1(
-        patient_id="pat-1", backfill_id="bf-1", batch_number=1, last_batch=True, imported_at=T,
+        patient_id="pat-1",
+        backfill_id="bf-1",
+        batch_number=1,
+        last_batch=True,
+        imported_at=T,
         entries=[
-            ImportedEntry(kind=RecordKind.LAB_RESULT, resource_type="DiagnosticReport", fhir_id="old-dr", version_id="1",
-                          status="final", code=Coding(system="http://loinc.org", code="24323-8", display="Metabolic panel"),
-                          effective=T - timedelta(days=90), related_fhir_ids=["old-obs"]),
-            ImportedEntry(kind=RecordKind.LAB_RESULT, resource_type="Observation", fhir_id="old-obs", version_id="1",
-                          status="final", code=glucose, value="5.4 mmol/L", effective=T - timedelta(days=90)),
-            ImportedEntry(kind=RecordKind.MEDICATION, resource_type="MedicationRequest", fhir_id="old-med", version_id="2",
-                          status="active", display="metformin 500 MG", value="1 tablet twice daily"),
+            ImportedEntry(
+                kind=RecordKind.LAB_RESULT,
+                resource_type="DiagnosticReport",
+                fhir_id="old-dr",
+                version_id="1",
+                status="final",
+                code=Coding(system="http://loinc.org", code="24323-8", display="Metabolic panel"),
+                effective=T - timedelta(days=90),
+                related_fhir_ids=["old-obs"],
+            ),
+            ImportedEntry(
+                kind=RecordKind.LAB_RESULT,
+                resource_type="Observation",
+                fhir_id="old-obs",
+                version_id="1",
+                status="final",
+                code=glucose,
+                value="5.4 mmol/L",
+                effective=T - timedelta(days=90),
+            ),
+            ImportedEntry(
+                kind=RecordKind.MEDICATION,
+                resource_type="MedicationRequest",
+                fhir_id="old-med",
+                version_id="2",
+                status="active",
+                display="metformin 500 MG",
+                value="1 tablet twice daily",
+            ),
         ],
     )
-    await produce_events(kafka_bootstrap, [("pat-1", history), ("pat-1", _lab("1", 6.3))], topic_prefix=unique_prefix)
+    await produce_events(
+        kafka_bootstrap, [("pat-1", history), ("pat-1", _lab("1", 6.3))], topic_prefix=unique_prefix
+    )
 
     async def both() -> bool:
         return len((await client.get("/patients/pat-1/lab-results")).json()) == 2

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "e9216765b9cf"
 down_revision: str | Sequence[str] | None = "36a26651eb13"
 branch_labels: str | Sequence[str] | None = None
