@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -35,7 +34,7 @@ from messaging.app import build as build_messaging
 from messaging.settings import Settings as MessagingSettings
 from records.app import build as build_records
 from records.settings import Settings as RecordsSettings
-from servicekit.testing import eventually
+from servicekit.testing import eventually, isolated_settings
 from triage.app import build as build_triage
 from triage.settings import Settings as TriageSettings
 
@@ -47,18 +46,6 @@ PORTS = range(18400, 18420)
 class Portal:
     sandbox: RunningSandbox
     gateway_url: str
-
-
-def _common(database_url: str, bootstrap: str, prefix: str) -> dict[str, Any]:
-    return {
-        "database_url": database_url,
-        "kafka_bootstrap_servers": bootstrap,
-        "kafka_enable_idempotence": os.environ.get("KAFKA") == "apache",
-        "topic_prefix": prefix,
-        "group_prefix": prefix,
-        "outbox_poll_interval_s": 0.05,
-        "log_level": "WARNING",
-    }
 
 
 @pytest.fixture
@@ -81,7 +68,7 @@ async def portal(
         connector_port = free_port(PORTS)
         connector = build_connector(
             ConnectorSettings(
-                **_common(db["connector"], kafka_bootstrap, unique_prefix),
+                **isolated_settings(db["connector"], kafka_bootstrap, unique_prefix),
                 http_port=connector_port,
                 ehr_base_url=sandbox.fhir,
                 inbound_webhook_url=f"http://127.0.0.1:{connector_port}/fhir/notifications",
@@ -90,19 +77,19 @@ async def portal(
         )
         await stack.enter_async_context(serve(connector.app, connector_port))
         records = build_records(
-            RecordsSettings(**_common(db["records"], kafka_bootstrap, unique_prefix))
+            RecordsSettings(**isolated_settings(db["records"], kafka_bootstrap, unique_prefix))
         )
         messaging = build_messaging(
-            MessagingSettings(**_common(db["messaging"], kafka_bootstrap, unique_prefix))
+            MessagingSettings(**isolated_settings(db["messaging"], kafka_bootstrap, unique_prefix))
         )
         triage = build_triage(
-            TriageSettings(**_common(db["triage"], kafka_bootstrap, unique_prefix))
+            TriageSettings(**isolated_settings(db["triage"], kafka_bootstrap, unique_prefix))
         )
         for service in (records, messaging, triage):
             await stack.enter_async_context(LifespanManager(service.app))
         gateway = build_gateway(
             GatewaySettings(
-                **_common(db["gateway"], kafka_bootstrap, unique_prefix),
+                **isolated_settings(db["gateway"], kafka_bootstrap, unique_prefix),
                 oidc_issuer=sandbox.url,
                 records_url="http://records",
                 messaging_url="http://messaging",

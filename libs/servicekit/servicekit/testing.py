@@ -4,11 +4,15 @@ wait for a condition. Used by every service's tests; not imported by production 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from contracts.base import Payload
@@ -123,3 +127,29 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
         await asyncio.sleep(interval)
+
+
+def isolated_settings(database_url: str, bootstrap: str, prefix: str) -> dict[str, Any]:
+    """Settings values that give a service under test its own database, topics and groups
+    on the session's broker (`KAFKA=apache` turns idempotent producing on, as in CI)."""
+    return {
+        "database_url": database_url,
+        "kafka_bootstrap_servers": bootstrap,
+        "kafka_enable_idempotence": os.environ.get("KAFKA") == "apache",
+        "topic_prefix": prefix,
+        "group_prefix": prefix,
+        "outbox_poll_interval_s": 0.05,
+        "log_level": "WARNING",
+    }
+
+
+@contextlib.asynccontextmanager
+async def serving_in_process(app: Any, base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """Run an app's lifespan (relay, consumers) and give an HTTP client on it, in-process."""
+    from asgi_lifespan import LifespanManager
+
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as client,
+    ):
+        yield client

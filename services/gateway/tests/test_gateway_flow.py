@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ from gateway.settings import Settings as GatewaySettings
 from records.app import build as build_records
 from records.settings import Settings as RecordsSettings
 from servicekit.app import Service
-from servicekit.testing import eventually, produce_events, read_topic
+from servicekit.testing import eventually, isolated_settings, produce_events, read_topic
 from triage.app import build as build_triage
 from triage.settings import Settings as TriageSettings
 
@@ -57,17 +56,6 @@ class Stack:
     prefix: str
 
 
-def _common(database_url: str, kafka_bootstrap: str, prefix: str) -> dict[str, object]:
-    return {
-        "database_url": database_url,
-        "kafka_bootstrap_servers": kafka_bootstrap,
-        "kafka_enable_idempotence": os.environ.get("KAFKA") == "apache",
-        "topic_prefix": prefix,
-        "group_prefix": prefix,
-        "outbox_poll_interval_s": 0.05,
-    }
-
-
 @pytest.fixture
 async def stack(
     tmp_path: Path,
@@ -79,14 +67,14 @@ async def stack(
     dbs = {name: await database_factory() for name in ("gateway", "records", "triage")}
     async with running_sandbox(tmp_path, port=free_port(PORTS)) as sandbox:
         records = build_records(
-            RecordsSettings(**_common(dbs["records"], kafka_bootstrap, unique_prefix))
+            RecordsSettings(**isolated_settings(dbs["records"], kafka_bootstrap, unique_prefix))
         )  # type: ignore[arg-type]
         triage = build_triage(
-            TriageSettings(**_common(dbs["triage"], kafka_bootstrap, unique_prefix))
+            TriageSettings(**isolated_settings(dbs["triage"], kafka_bootstrap, unique_prefix))
         )  # type: ignore[arg-type]
         gateway = build_gateway(
             GatewaySettings(
-                **_common(dbs["gateway"], kafka_bootstrap, unique_prefix),  # type: ignore[arg-type]
+                **isolated_settings(dbs["gateway"], kafka_bootstrap, unique_prefix),  # type: ignore[arg-type]
                 oidc_issuer=sandbox.url,
                 records_url="http://records",
                 triage_url="http://triage",

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from contracts.base import SourceVersion
 from contracts.message import MessageReceivedV1
@@ -16,7 +14,7 @@ from contracts.triage import TriageCompletedV1, Urgency
 from devstack.topics import ensure_topics
 from messaging.app import build
 from messaging.settings import Settings
-from servicekit.testing import eventually, produce_events
+from servicekit.testing import eventually, isolated_settings, produce_events, serving_in_process
 
 pytestmark = [pytest.mark.integration]
 T = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
@@ -42,21 +40,8 @@ async def client(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     await ensure_topics(kafka_bootstrap, unique_prefix)
-    service = build(
-        Settings(
-            database_url=database_url,
-            kafka_bootstrap_servers=kafka_bootstrap,
-            kafka_enable_idempotence=os.environ.get("KAFKA") == "apache",
-            topic_prefix=unique_prefix,
-            group_prefix=unique_prefix,
-        )
-    )
-    async with (
-        LifespanManager(service.app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=service.app), base_url="http://messaging"
-        ) as http,
-    ):
+    service = build(Settings(**isolated_settings(database_url, kafka_bootstrap, unique_prefix)))
+    async with serving_in_process(service.app, "http://messaging") as http:
         yield http
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, String, Text, select, text
+from sqlalchemy import JSON, DateTime, Index, Select, String, Text, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -124,19 +124,25 @@ async def chart_entries_of(session: AsyncSession, patient_id: str, kind: str) ->
     return list((await session.execute(stmt)).scalars())
 
 
-async def imported_reports_of(session: AsyncSession, patient_id: str) -> list[ChartEntry]:
-    """Back-filled lab reports that no live `lab.resulted` has detailed, newest first."""
-    detailed = select(LabReport.report_fhir_id).where(LabReport.patient_id == patient_id)
+async def _imported_not_detailed(
+    session: AsyncSession, patient_id: str, resource_type: str, detailed: Select[tuple[str]]
+) -> list[ChartEntry]:
     stmt = (
         select(ChartEntry)
         .where(
             ChartEntry.patient_id == patient_id,
-            ChartEntry.resource_type == "DiagnosticReport",
+            ChartEntry.resource_type == resource_type,
             ChartEntry.fhir_id.not_in(detailed),
         )
         .order_by(ChartEntry.effective.desc().nulls_last(), ChartEntry.fhir_id)
     )
     return list((await session.execute(stmt)).scalars())
+
+
+async def imported_reports_of(session: AsyncSession, patient_id: str) -> list[ChartEntry]:
+    """Back-filled lab reports that no live `lab.resulted` has detailed, newest first."""
+    detailed = select(LabReport.report_fhir_id).where(LabReport.patient_id == patient_id)
+    return await _imported_not_detailed(session, patient_id, "DiagnosticReport", detailed)
 
 
 async def imported_observations(
@@ -156,13 +162,4 @@ async def imported_observations(
 async def imported_medications_of(session: AsyncSession, patient_id: str) -> list[ChartEntry]:
     """Back-filled medication orders that no live `medication.changed` has detailed."""
     detailed = select(Medication.fhir_id).where(Medication.patient_id == patient_id)
-    stmt = (
-        select(ChartEntry)
-        .where(
-            ChartEntry.patient_id == patient_id,
-            ChartEntry.resource_type == "MedicationRequest",
-            ChartEntry.fhir_id.not_in(detailed),
-        )
-        .order_by(ChartEntry.effective.desc().nulls_last(), ChartEntry.fhir_id)
-    )
-    return list((await session.execute(stmt)).scalars())
+    return await _imported_not_detailed(session, patient_id, "MedicationRequest", detailed)

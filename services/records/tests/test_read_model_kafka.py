@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from contracts.base import Coding, Quantity, ReferenceRange, SourceVersion
 from contracts.lab import LabObservation, LabResultedV1, ReportStatus
@@ -18,7 +16,7 @@ from devstack.topics import ensure_topics
 from records.app import build
 from records.settings import Settings
 from servicekit.app import Service
-from servicekit.testing import eventually, produce_events
+from servicekit.testing import eventually, isolated_settings, produce_events, serving_in_process
 
 pytestmark = [pytest.mark.integration]
 T = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
@@ -56,22 +54,9 @@ async def records(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
     await ensure_topics(kafka_bootstrap, unique_prefix)
-    service = build(
-        Settings(
-            database_url=database_url,
-            kafka_bootstrap_servers=kafka_bootstrap,
-            kafka_enable_idempotence=os.environ.get("KAFKA") == "apache",
-            topic_prefix=unique_prefix,
-            group_prefix=unique_prefix,
-        )
-    )
-    async with (
-        LifespanManager(service.app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=service.app), base_url="http://records"
-        ) as client,
-    ):
-        yield service, client
+    service = build(Settings(**isolated_settings(database_url, kafka_bootstrap, unique_prefix)))
+    async with serving_in_process(service.app, "http://records") as http:
+        yield service, http
 
 
 async def test_lab_result_amendment_replaces_and_a_stale_version_is_ignored(

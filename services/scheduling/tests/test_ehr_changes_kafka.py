@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from contracts.appointment import AppointmentStatus, AppointmentUpdatedV1, SlotStatus, SlotUpdatedV1
 from contracts.base import SourceVersion
 from devstack.topics import ensure_topics
 from scheduling.app import build
 from scheduling.settings import Settings
-from servicekit.testing import eventually, produce_events
+from servicekit.testing import eventually, isolated_settings, produce_events, serving_in_process
 
 pytestmark = [pytest.mark.integration]
 START = datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
@@ -55,21 +53,8 @@ async def client(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     await ensure_topics(kafka_bootstrap, unique_prefix)
-    service = build(
-        Settings(
-            database_url=database_url,
-            kafka_bootstrap_servers=kafka_bootstrap,
-            kafka_enable_idempotence=os.environ.get("KAFKA") == "apache",
-            topic_prefix=unique_prefix,
-            group_prefix=unique_prefix,
-        )
-    )
-    async with (
-        LifespanManager(service.app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=service.app), base_url="http://scheduling"
-        ) as http,
-    ):
+    service = build(Settings(**isolated_settings(database_url, kafka_bootstrap, unique_prefix)))
+    async with serving_in_process(service.app, "http://scheduling") as http:
         yield http
 
 
