@@ -33,13 +33,21 @@ class Upstreams:
         }
 
     async def request(
-        self, service: str, method: str, path: str, *, json: Any = None, params: Any = None
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Any = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
-        """Call a service; 404 passes through, anything else unusable is a 502/503/504."""
+        """Call a service; 404, 409 and 422 pass through, anything else unusable is a
+        502/503/504."""
         url = self.urls[service] + path
         try:
             response = await self.client.request(
-                method, url, json=json, params=params, timeout=self.timeout
+                method, url, json=json, params=params, headers=headers, timeout=self.timeout
             )
         except httpx.TimeoutException as exc:
             raise UpstreamError(service, 504, "did not answer in time") from exc
@@ -47,8 +55,8 @@ class Upstreams:
             raise UpstreamError(service, 503, "is unavailable") from exc
         if response.status_code == 404:
             raise UpstreamError(service, 404, "not found")
-        if response.status_code == 422:
-            raise UpstreamError(service, 422, _detail(response))
+        if response.status_code in (409, 422):
+            raise UpstreamError(service, response.status_code, _detail(response))
         if response.status_code >= 400:
             raise UpstreamError(service, 502, f"answered {response.status_code}")
         return response.json()
