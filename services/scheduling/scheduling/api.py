@@ -6,11 +6,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
-from pydantic import AwareDatetime, BaseModel
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from pydantic import AwareDatetime, BaseModel, Field
 
-from scheduling import store
-from servicekit.http import PatientId, ReadSession
+from contracts.intake import IntakeAnswer
+from scheduling import booking, store
+from scheduling.settings import Settings
+from servicekit.app import Service
+from servicekit.http import ID_PATTERN, PatientId, ReadSession
 
 router = APIRouter(tags=["scheduling"])
 
@@ -86,3 +89,86 @@ async def get_appointment(
     if row is None or row.patient_id != patient_id:
         raise HTTPException(404, "No such appointment for this patient.")
     return _appointment(row)
+
+
+class BookIn(BaseModel):
+    """A booking request from the gateway (the patient's EHR id comes from their link)."""
+
+    slot_id: str = Field(min_length=1, max_length=64, pattern=ID_PATTERN)
+    patient_fhir_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class CancelIn(BaseModel):
+    """Why the patient cancels (FHIR appointment-cancellation-reason code, optional)."""
+
+    reason_code: str | None = Field(default=None, max_length=32, pattern=r"^[a-z-]+$")
+
+
+class IntakeIn(BaseModel):
+    """The patient's answers to the intake questionnaire."""
+
+    answers: list[IntakeAnswer] = Field(min_length=1, max_length=100)
+
+
+def _http_error(exc: booking.BookingError) -> HTTPException:
+    return HTTPException(exc.status, exc.detail)
+
+
+@router.post("/patients/{patient_id}/appointments", response_model=AppointmentOut)
+async def book_appointment(
+    patient_id: PatientId,
+    body: BookIn,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=100)] = None,
+) -> AppointmentOut:
+    """Book a free slot: 201 pending until the EHR confirms (a retry with the same
+    `Idempotency-Key` answers 200 with the same appointment)."""
+    service: Service = request.app.state.service
+    try:
+        appointment, created = await booking.book(
+            service,
+            booking.BookRequest(
+                patient_id=patient_id,
+                patient_fhir_id=body.patient_fhir_id,
+                slot_id=body.slot_id,
+                reason=body.reason,
+                idempotency_key=idempotency_key,
+            ),
+        )
+    except booking.BookingError as exc:
+        raise _http_error(exc) from exc
+    response.status_code = 201 if created else 200
+    return _appointment(appointment)
+
+
+@router.post(
+    "/patients/{patient_id}/appointments/{appointment_id}/cancel", response_model=AppointmentOut
+)
+async def cancel_appointment(
+    patient_id: PatientId, appointment_id: str, body: CancelIn, request: Request
+) -> AppointmentOut:
+    """Cancel the patient's appointment; the EHR is updated by the ehr-connector."""
+    service: Service = request.app.state.service
+    try:
+        appointment = await booking.cancel(service, patient_id, appointment_id, body.reason_code)
+    except booking.BookingError as exc:
+        raise _http_error(exc) from exc
+    return _appointment(appointment)
+
+
+@router.post("/patients/{patient_id}/appointments/{appointment_id}/intake", status_code=202)
+async def submit_intake(
+    patient_id: PatientId, appointment_id: str, body: IntakeIn, request: Request
+) -> dict[str, str]:
+    """Send intake answers for an upcoming appointment to the EHR."""
+    service: Service = request.app.state.service
+    settings: Settings = service.settings  # type: ignore[assignment]
+    try:
+        intake_id = await booking.submit_intake(
+            service, patient_id, appointment_id, settings.intake_questionnaire, body.answers
+        )
+    except booking.BookingError as exc:
+        raise _http_error(exc) from exc
+    return {"intake_id": intake_id}

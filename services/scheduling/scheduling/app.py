@@ -22,6 +22,7 @@ def build(settings: Settings | None = None) -> Service:
             description="Slots cached from the EHR, appointments and intake.",
             api=api.router,
             handlers=handlers.router,
+            publishes=("appointment.booked", "appointment.cancelled", "intake.submitted"),
             metadata=store.metadata,
             migrations=MIGRATIONS,
         )

@@ -48,3 +48,8 @@ def can_transition(current: AppointmentStatus, new: AppointmentStatus) -> bool:
     if current in TERMINAL:
         return False
     return new in _ALLOWED.get(current, frozenset())
+
+
+def cancellable(current: AppointmentStatus) -> bool:
+    """Whether the patient may still cancel an appointment in `current`."""
+    return can_transition(current, AppointmentStatus.CANCELLED)

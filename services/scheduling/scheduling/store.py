@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Index, String, select
+from sqlalchemy import DateTime, Index, String, UniqueConstraint, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -52,12 +52,19 @@ class Appointment(Base):
     practitioner_fhir_id: Mapped[str | None] = mapped_column(String(64))
     ehr_version: Mapped[str | None] = mapped_column(String(64))
     status_reason: Mapped[str | None] = mapped_column(String(500))
+    idempotency_key: Mapped[str | None] = mapped_column(String(100))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
+    __table_args__ = (
+        UniqueConstraint("patient_id", "idempotency_key", name="uq_appointments_idempotency"),
+    )
 
-async def get_slot(session: AsyncSession, slot_fhir_id: str) -> Slot | None:
-    """One cached slot."""
-    return await session.get(Slot, slot_fhir_id)
+
+async def get_slot(
+    session: AsyncSession, slot_fhir_id: str, *, for_update: bool = False
+) -> Slot | None:
+    """One cached slot (locked for the transaction when booking it)."""
+    return await session.get(Slot, slot_fhir_id, with_for_update=for_update)
 
 
 async def free_slots(
@@ -81,6 +88,16 @@ async def get_appointment(session: AsyncSession, appointment_id: str) -> Appoint
 async def appointment_by_fhir_id(session: AsyncSession, fhir_id: str) -> Appointment | None:
     """One appointment by its EHR id."""
     stmt = select(Appointment).where(Appointment.appointment_fhir_id == fhir_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def appointment_by_key(
+    session: AsyncSession, patient_id: str, idempotency_key: str
+) -> Appointment | None:
+    """The appointment an earlier request with this idempotency key created."""
+    stmt = select(Appointment).where(
+        Appointment.patient_id == patient_id, Appointment.idempotency_key == idempotency_key
+    )
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
