@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ from messaging.app import build as build_messaging
 from messaging.settings import Settings as MessagingSettings
 from records.app import build as build_records
 from records.settings import Settings as RecordsSettings
+from scheduling.app import build as build_scheduling
+from scheduling.settings import Settings as SchedulingSettings
 from servicekit.testing import eventually, isolated_settings
 from triage.app import build as build_triage
 from triage.settings import Settings as TriageSettings
@@ -58,7 +61,7 @@ async def portal(
     await ensure_topics(kafka_bootstrap, unique_prefix)
     db = {
         name: await database_factory()
-        for name in ("connector", "records", "messaging", "triage", "gateway")
+        for name in ("connector", "records", "scheduling", "messaging", "triage", "gateway")
     }
     subscriptions = SubscriptionSettings(delivery_retry_base_s=0.2, delivery_retry_max_s=2.0)
     async with AsyncExitStack() as stack:
@@ -85,7 +88,12 @@ async def portal(
         triage = build_triage(
             TriageSettings(**isolated_settings(db["triage"], kafka_bootstrap, unique_prefix))
         )
-        for service in (records, messaging, triage):
+        scheduling = build_scheduling(
+            SchedulingSettings(
+                **isolated_settings(db["scheduling"], kafka_bootstrap, unique_prefix)
+            )
+        )
+        for service in (records, messaging, triage, scheduling):
             await stack.enter_async_context(LifespanManager(service.app))
         gateway = build_gateway(
             GatewaySettings(
@@ -94,13 +102,14 @@ async def portal(
                 records_url="http://records",
                 messaging_url="http://messaging",
                 triage_url="http://triage",
-                scheduling_url="http://127.0.0.1:1",
+                scheduling_url="http://scheduling",
                 sse_keepalive_s=1.0,
             ),
             mounts={
                 "http://records": httpx.ASGITransport(app=records.app),
                 "http://messaging": httpx.ASGITransport(app=messaging.app),
                 "http://triage": httpx.ASGITransport(app=triage.app),
+                "http://scheduling": httpx.ASGITransport(app=scheduling.app),
             },
         )
         gateway_url = await stack.enter_async_context(serve(gateway.app, free_port(PORTS)))
@@ -217,3 +226,53 @@ async def test_a_patient_sees_history_and_live_ehr_changes_and_reaches_the_care_
             "DiagnosticReport",
             "Communication",
         }
+
+
+async def test_a_patient_books_and_cancels_an_appointment_in_the_ehr(portal: Portal) -> None:
+    token = (
+        await portal.sandbox.admin.post("/dev/patient-token", json={"patient": "demo-bob"})
+    ).json()["access_token"]
+    async with httpx.AsyncClient(
+        base_url=portal.gateway_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as client:
+        start = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        slots: list[dict[str, Any]] = []
+
+        async def slots_offered() -> bool:
+            nonlocal slots
+            slots = (await client.get("/v1/slots", params={"start": start})).json()
+            return bool(slots)
+
+        # The connector's slot sync fills scheduling's cache from the EHR.
+        await eventually(slots_offered, timeout=120, interval=0.5)
+        chosen = slots[0]["id"]
+        booked = await client.post(
+            "/v1/me/appointments",
+            json={"slot_id": chosen, "reason": "Asthma review"},
+            headers={"Idempotency-Key": "bob-1"},
+        )
+        assert booked.status_code == 201, booked.text
+        appointment_id = booked.json()["id"]
+
+        async def confirmed() -> bool:
+            got = await client.get(f"/v1/me/appointments/{appointment_id}")
+            return bool(got.json()["status"] == "booked")
+
+        await eventually(confirmed, timeout=60)
+        in_ehr = (
+            await portal.sandbox.admin.get("/fhir/Appointment", params={"slot": chosen})
+        ).json()
+        appointment = next(
+            e["resource"] for e in in_ehr["entry"] if e["resource"]["status"] == "booked"
+        )
+        slot = (await portal.sandbox.admin.get(f"/fhir/Slot/{chosen}")).json()
+        assert slot["status"] == "busy"
+
+        cancelled = await client.post(f"/v1/me/appointments/{appointment_id}/cancel", json={})
+        assert cancelled.json()["status"] == "cancelled"
+
+        async def cancelled_in_ehr() -> bool:
+            current = await portal.sandbox.admin.get(f"/fhir/Appointment/{appointment['id']}")
+            return bool(current.json()["status"] == "cancelled")
+
+        await eventually(cancelled_in_ehr, timeout=60)

@@ -201,3 +201,9 @@ class Settings(ServiceSettings):
     )
     canary_patient_fhir_id: str = Field(default="canary", description="EHR Patient of the canary")
     canary_patient_id: str = Field(default="canary", description="Its portal patient id")
+    slot_sync_enabled: bool = Field(
+        default=True, description="Publish the EHR's upcoming slots on start-up and periodically"
+    )
+    slot_sync_days: int = Field(default=30, ge=1, le=365, description="How far ahead to sync")
+    slot_sync_interval_s: float = Field(default=900.0, gt=0, description="Time between passes")
+    slot_sync_page_size: int = Field(default=200, ge=1, le=1000, description="Slots per page")

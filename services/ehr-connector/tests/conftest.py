@@ -210,5 +210,6 @@ async def harness(
         # The outbound side on its own: no Subscriptions, no canary writing lab results.
         inbound_enabled=False,
         canary_enabled=False,
+        slot_sync_enabled=False,
     )
     return Harness(ehr, settings, kafka_bootstrap, unique_prefix, free_slots)

@@ -86,6 +86,7 @@ def connector_settings(
         "inbound_monitor_interval_s": 1.0,
         "inbound_gap_grace_s": 0.5,
         "canary_enabled": False,
+        "slot_sync_enabled": False,
         "log_level": "WARNING",
     }
     return Settings(**(values | overrides))

@@ -44,6 +44,7 @@ from ehr_connector.inbound.signature import (
     NotificationVerifier,
     SignatureRejected,
 )
+from ehr_connector.inbound.slot_sync import SlotSync
 from ehr_connector.inbound.subscriptions import SubscriptionManager
 from ehr_connector.settings import Settings
 from servicekit.db import Database
@@ -101,6 +102,7 @@ class Inbound:
         self.recovery = Recovery(settings, db, ehr, self.processor, self.manager)
         self.backfill = BackfillWorker(settings, db, outbox, ehr)
         self.canary = Canary(settings, db, ehr)
+        self.slot_sync = SlotSync(settings, db, outbox, ehr)
         self.started_at = datetime.now(UTC)
         # Identifies this process on its own webhook route (see `_wait_until_serving`).
         self.instance_id = secrets.token_hex(8)
@@ -120,6 +122,8 @@ class Inbound:
             self._spawn(self._monitor_loop(), "inbound-heartbeats")
         else:
             self.ensure_problem = None
+        if self.settings.slot_sync_enabled:
+            self._spawn(self.slot_sync.run(), "inbound-slot-sync")
         if self.settings.canary_enabled:
             await self.canary.link_patient()
             self._spawn(self.canary.run(), "inbound-canary")
@@ -131,6 +135,7 @@ class Inbound:
         """Stop every background task, then close the JWKS client."""
         self._stopping.set()
         self.backfill.stop()
+        self.slot_sync.stop()
         self.canary.stop()
         await self.recovery.stop()
         for task in self._tasks:
