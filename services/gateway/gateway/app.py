@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
-from gateway import api, api_appointments, handlers, portal, store
+from gateway import api, api_appointments, api_messages, handlers, portal, store
 from gateway.auth import TokenVerifier
 from gateway.settings import Settings
 from gateway.upstream import Upstreams
@@ -42,6 +42,7 @@ def build(
     routes.include_router(portal.router)
     routes.include_router(api.router)
     routes.include_router(api_appointments.router)
+    routes.include_router(api_messages.router)
     service = create_service(
         ServiceDefinition(
             settings=settings or Settings(),

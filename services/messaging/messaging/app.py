@@ -22,6 +22,7 @@ def build(settings: Settings | None = None) -> Service:
             description="Secure message threads and care-team routing.",
             api=api.router,
             handlers=handlers.router,
+            publishes=("message.sent",),
             metadata=store.metadata,
             migrations=MIGRATIONS,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Index, String, Text, select
+from sqlalchemy import DateTime, Index, String, Text, UniqueConstraint, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -47,6 +47,12 @@ class Message(Base):
     body: Mapped[str] = mapped_column(Text)
     sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+
+    # A client's retry of the same send (same key) finds the first message.
+    __table_args__ = (
+        UniqueConstraint("patient_id", "idempotency_key", name="uq_messages_idempotency_key"),
+    )
 
 
 class PoolItem(Base):
@@ -98,3 +104,41 @@ async def pool_items(session: AsyncSession, pool: str) -> list[PoolItem]:
     """A pool's work items, oldest first."""
     stmt = select(PoolItem).where(PoolItem.pool == pool).order_by(PoolItem.created_at)
     return list((await session.execute(stmt)).scalars())
+
+
+async def message_by_idempotency_key(
+    session: AsyncSession, patient_id: str, key: str
+) -> Message | None:
+    """The patient's message sent with this client-generated idempotency key."""
+    stmt = select(Message).where(Message.patient_id == patient_id, Message.idempotency_key == key)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def latest_inbound_fhir_id(session: AsyncSession, thread_id: str) -> str | None:
+    """The EHR Communication id of the newest clinician message in a thread, if any."""
+    stmt = (
+        select(Message.communication_fhir_id)
+        .where(
+            Message.thread_id == thread_id,
+            Message.direction == "inbound",
+            Message.communication_fhir_id.is_not(None),
+        )
+        .order_by(Message.sent_at.desc())
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def mark_inbound_read(session: AsyncSession, thread_id: str, at: datetime) -> int:
+    """Mark a thread's unread clinician messages read; returns how many were."""
+    stmt = (
+        update(Message)
+        .where(
+            Message.thread_id == thread_id,
+            Message.direction == "inbound",
+            Message.read_at.is_(None),
+        )
+        .values(read_at=at)
+    )
+    result = await session.execute(stmt)
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,0 +1,137 @@
+"""The patient's secure messages (`/v1/me/threads`): start a thread, reply, mark read.
+
+Every call goes to the messaging service with the internal patient id of the bearer token
+(never one from the client); messaging stores the message and publishes `message.sent`.
+
+Scopes: sending is a create of a `Communication`, so a token with a SMART v2 create scope
+(`patient/Communication.c`, `patient/*.c`, or v1 `write`/`*`) may send. The development
+issuer grants `patient/*.rs` (read/search on everything) only, and that is what a patient's
+own sign-in token carries; the patient writes to their own care team about themselves, so
+a token whose scopes include a `patient/*` read scope is accepted too. A token narrowed to
+other resource types (e.g. only `patient/Observation.rs`) may not send. Every send and
+every mark-read is recorded in the access log with the action "write".
+
+A client may send an `Idempotency-Key` header (generated once per message it composes);
+it is passed through, so a retried POST stores and publishes the message once and returns
+the message the first attempt stored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Request
+from pydantic import BaseModel, StringConstraints
+
+from gateway import audit
+from gateway.api import Caller, Id, Me, _service, _upstreams
+from gateway.upstream import UpstreamError
+
+router = APIRouter(prefix="/v1", tags=["messages"])
+RESOURCE = "Communication"
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[!-~]+$"),
+]
+Subject = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Body = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=10_000)]
+
+
+class NewThreadIn(BaseModel):
+    """A new conversation with the care team."""
+
+    subject: Subject
+    body: Body
+
+
+class ReplyIn(BaseModel):
+    """A message in an existing conversation."""
+
+    body: Body
+
+
+def _allows_create(scopes: frozenset[str], resource_type: str) -> bool:
+    """SMART v2 `c` (or v1 `write`/`*`) patient scopes on the type or on `*`."""
+    for scope in scopes:
+        context, _, rest = scope.partition("/")
+        if context != "patient" or "." not in rest:
+            continue
+        rtype, _, perms = rest.partition(".")
+        if rtype not in ("*", resource_type):
+            continue
+        if perms in ("write", "*") or "c" in perms.split("?")[0]:
+            return True
+    return False
+
+
+def may_send(caller: Caller) -> bool:
+    """Whether the token may send messages for its patient (see the module docstring)."""
+    token = caller.token
+    return _allows_create(token.scopes, RESOURCE) or token.allows_read("*")
+
+
+async def _write(
+    request: Request,
+    caller: Caller,
+    path: str,
+    *,
+    json: Any,
+    idempotency_key: str | None = None,
+) -> Any:
+    if not may_send(caller):
+        raise HTTPException(403, "The token's scopes do not allow sending messages.")
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+    try:
+        data = await _upstreams(request).request(
+            "messaging", "POST", path, json=json, headers=headers
+        )
+    except UpstreamError as exc:
+        raise HTTPException(exc.status, f"The {exc.service} service {exc.detail}.") from exc
+    await audit.record_access(
+        _service(request).db, caller.patient_id, caller.actor, "write", RESOURCE
+    )
+    return data
+
+
+@router.post("/me/threads", status_code=201)
+async def start_thread(
+    caller: Me,
+    request: Request,
+    body: NewThreadIn,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Start a conversation with the care team: `{"thread": ..., "message": ...}`."""
+    return await _write(
+        request,
+        caller,
+        f"/patients/{caller.patient_id}/threads",
+        json=body.model_dump(),
+        idempotency_key=idempotency_key,
+    )
+
+
+@router.post("/me/threads/{thread_id}/messages", status_code=201)
+async def reply(
+    caller: Me,
+    request: Request,
+    thread_id: Id,
+    body: ReplyIn,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Reply in one of the patient's conversations (404 if it is not theirs)."""
+    return await _write(
+        request,
+        caller,
+        f"/patients/{caller.patient_id}/threads/{thread_id}/messages",
+        json=body.model_dump(),
+        idempotency_key=idempotency_key,
+    )
+
+
+@router.post("/me/threads/{thread_id}/read")
+async def mark_read(caller: Me, request: Request, thread_id: Id) -> Any:
+    """Mark the care team's messages in one of the patient's conversations read."""
+    return await _write(
+        request, caller, f"/patients/{caller.patient_id}/threads/{thread_id}/read", json=None
+    )

@@ -1,0 +1,161 @@
+"""The patient sends a message through the gateway: a real messaging service behind it,
+tokens from the sandbox's dev issuer; the message is stored and published for the token's
+patient, whatever the client claims."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from devstack.topics import ensure_topics
+from ehr_sandbox.httptest import free_port, running_sandbox
+from gateway import audit
+from gateway.api import Caller
+from gateway.api_messages import may_send
+from gateway.app import build as build_gateway
+from gateway.auth import PatientToken
+from gateway.settings import Settings as GatewaySettings
+from messaging.app import build as build_messaging
+from messaging.settings import Settings as MessagingSettings
+from servicekit.app import Service
+from servicekit.testing import isolated_settings, read_topic, serving_in_process
+
+pytestmark = [pytest.mark.integration]
+PORTS = range(18340, 18360)
+
+
+@dataclass
+class Stack:
+    gateway: Service
+    client: httpx.AsyncClient
+    messaging: httpx.AsyncClient
+    sandbox_admin: httpx.AsyncClient
+    prefix: str
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path,
+    database_factory: Callable[[], Awaitable[str]],
+    kafka_bootstrap: str,
+    unique_prefix: str,
+) -> AsyncIterator[Stack]:
+    await ensure_topics(kafka_bootstrap, unique_prefix)
+    dbs = {name: await database_factory() for name in ("gateway", "messaging")}
+    async with running_sandbox(tmp_path, port=free_port(PORTS)) as sandbox:
+        messaging = build_messaging(
+            MessagingSettings(**isolated_settings(dbs["messaging"], kafka_bootstrap, unique_prefix))
+        )
+        gateway = build_gateway(
+            GatewaySettings(
+                **isolated_settings(dbs["gateway"], kafka_bootstrap, unique_prefix),  # type: ignore[arg-type]
+                oidc_issuer=sandbox.url,
+                messaging_url="http://messaging",
+            ),
+            mounts={"http://messaging": httpx.ASGITransport(app=messaging.app)},
+        )
+        async with (
+            LifespanManager(messaging.app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=messaging.app), base_url="http://messaging"
+            ) as messaging_client,
+            serving_in_process(gateway.app, "http://gateway") as client,
+        ):
+            yield Stack(gateway, client, messaging_client, sandbox.admin, unique_prefix)
+
+
+async def _token(stack: Stack, patient: str) -> dict[str, str]:
+    put = await stack.sandbox_admin.put(
+        f"/fhir/Patient/{patient}",
+        json={"resourceType": "Patient", "id": patient, "name": [{"family": "Example"}]},
+        headers={"Content-Type": "application/fhir+json"},
+    )
+    assert put.status_code in (200, 201), put.text
+    response = await stack.sandbox_admin.post("/dev/patient-token", json={"patient": patient})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+async def test_a_message_sent_through_the_gateway_is_the_tokens_patients(
+    stack: Stack, kafka_bootstrap: str
+) -> None:
+    client = stack.client
+    ann, bob = await _token(stack, "p-ann"), await _token(stack, "p-bob")
+    ann_id = (await client.get("/v1/me", headers=ann)).json()["patient_id"]
+    bob_id = (await client.get("/v1/me", headers=bob)).json()["patient_id"]
+
+    assert (
+        await client.post("/v1/me/threads", json={"subject": "a", "body": "b"})
+    ).status_code == 401
+
+    # A patient id in the body is not the gateway's to take: the token decides.
+    new = {"subject": "Knee pain", "body": "It hurts on stairs.", "patient_id": bob_id}
+    headers = {**ann, "Idempotency-Key": "7d0c-first-send"}
+    sent = await client.post("/v1/me/threads", json=new, headers=headers)
+    assert sent.status_code == 201, sent.text
+    retried = await client.post("/v1/me/threads", json=new, headers=headers)
+    assert retried.status_code == 201
+    assert retried.json()["message"]["id"] == sent.json()["message"]["id"]
+    thread_id = sent.json()["thread"]["id"]
+
+    assert [t["id"] for t in (await stack.messaging.get(f"/patients/{ann_id}/threads")).json()] == [
+        thread_id
+    ]
+    assert (await stack.messaging.get(f"/patients/{bob_id}/threads")).json() == []
+    listed = (await client.get("/v1/me/threads", headers=ann)).json()
+    assert [t["id"] for t in listed] == [thread_id]
+
+    reply = await client.post(
+        f"/v1/me/threads/{thread_id}/messages", json={"body": "Also swelling."}, headers=ann
+    )
+    assert reply.status_code == 201, reply.text
+    read = await client.post(f"/v1/me/threads/{thread_id}/read", headers=ann)
+    assert read.json() == {"thread_id": thread_id, "marked": 0}
+
+    # Another patient can neither reply in nor mark Ann's thread.
+    for path in (f"/v1/me/threads/{thread_id}/messages", f"/v1/me/threads/{thread_id}/read"):
+        response = await client.post(path, json={"body": "Not mine"}, headers=bob)
+        assert response.status_code == 404
+        assert response.headers["content-type"].startswith("application/problem+json")
+    invalid = await client.post("/v1/me/threads", json={"subject": "x", "body": ""}, headers=ann)
+    assert invalid.status_code == 422
+    assert invalid.headers["content-type"].startswith("application/problem+json")
+
+    records = await read_topic(
+        kafka_bootstrap, f"{stack.prefix}message.sent", until=lambda seen: len(seen) >= 2
+    )
+    assert len(records) == 2
+    assert {r.key for r in records} == {ann_id}
+    payloads = [json.loads(r.value) for r in records]
+    assert {p["patient_id"] for p in payloads} == {ann_id}
+    assert [p["body"] for p in payloads] == ["It hurts on stairs.", "Also swelling."]
+
+    log = (await client.get("/v1/me/access-log", headers=ann)).json()
+    writes = [e for e in log if e["action"] == "write"]
+    assert len(writes) == 4  # start, its retry, reply, mark read
+    assert {e["resource"] for e in writes} == {"Communication"}
+    assert await audit.verify(stack.gateway.db) is None
+
+
+@pytest.mark.parametrize(
+    ("scopes", "allowed"),
+    [
+        ("patient/*.rs", True),  # the dev issuer's patient sign-in token
+        ("patient/Communication.c", True),
+        ("patient/*.cruds", True),
+        ("patient/Communication.write", True),
+        ("patient/Observation.rs", False),
+        ("patient/Communication.rs", False),
+        ("user/*.cruds", False),
+        ("", False),
+    ],
+)
+def test_who_may_send(scopes: str, allowed: bool) -> None:
+    token = PatientToken("p-ann", "p-ann", frozenset(scopes.split()))
+    assert may_send(Caller("pat-1", token)) is allowed
