@@ -29,7 +29,10 @@ async def test_upcoming_slots_are_published_once(
     await ensure_topics(kafka_bootstrap, unique_prefix)
     async with ehr_sandbox(tmp_path / "ehr") as box:
         now = datetime.now(UTC)
-        window = {"start": [f"ge{now.isoformat()}", f"lt{(now + timedelta(days=3)).isoformat()}"], "_summary": "count"}
+        window = {
+            "start": [f"ge{now.isoformat()}", f"lt{(now + timedelta(days=3)).isoformat()}"],
+            "_summary": "count",
+        }
         expected = (await box.admin.get("/fhir/Slot", params=window)).json()["total"]
         assert expected > 10  # the seeded clinic has slots in the next days
         settings = connector_settings(
@@ -44,7 +47,10 @@ async def test_upcoming_slots_are_published_once(
         )
         async with running_connector(settings) as service:
             records = await read_topic(
-                kafka_bootstrap, unique_prefix + "slot.updated", until=lambda seen: len(seen) >= expected, timeout=120
+                kafka_bootstrap,
+                unique_prefix + "slot.updated",
+                until=lambda seen: len(seen) >= expected,
+                timeout=120,
             )
             inbound = inbound_of(service)
             assert inbound is not None
