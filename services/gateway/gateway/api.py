@@ -44,13 +44,15 @@ class Caller:
         return "self" if self.token.subject == self.token.patient_fhir_id else "delegate"
 
 
-def _service(request: Request) -> Service:
+def service_of(request: Request) -> Service:
+    """The running gateway service of a request."""
     service: Service = request.app.state.service
     return service
 
 
-def _upstreams(request: Request) -> Upstreams:
-    upstreams: Upstreams = _service(request).state["upstreams"]
+def upstreams_of(request: Request) -> Upstreams:
+    """The clients of the owning services."""
+    upstreams: Upstreams = service_of(request).state["upstreams"]
     return upstreams
 
 
@@ -96,7 +98,7 @@ async def current_patient(
     """Verify the bearer token and resolve the patient it speaks for."""
     if not authorization or not authorization.lower().startswith("bearer "):
         raise HTTPException(401, "A bearer token is required.", {"WWW-Authenticate": "Bearer"})
-    service = _service(request)
+    service = service_of(request)
     verifier: TokenVerifier = service.state["verifier"]
     try:
         token = await verifier.verify(authorization[7:].strip())
@@ -128,11 +130,11 @@ async def _read(
 ) -> Any:
     _require(caller, resource_type)
     try:
-        data = await _upstreams(request).get(service, path, params)
+        data = await upstreams_of(request).get(service, path, params)
     except UpstreamError as exc:
         raise HTTPException(exc.status, f"The {exc.service} service {exc.detail}.") from exc
     await audit.record_access(
-        _service(request).db, caller.patient_id, caller.actor, "read", resource_type
+        service_of(request).db, caller.patient_id, caller.actor, "read", resource_type
     )
     return data
 
@@ -267,7 +269,7 @@ class AssessIn(BaseModel):
 async def triage_assess(caller: Me, request: Request, body: AssessIn) -> Any:
     """Assess symptoms now: `{"urgency": "emergency|urgent|routine|self-care", ...}`."""
     try:
-        return await _upstreams(request).request(
+        return await upstreams_of(request).request(
             "triage", "POST", f"/patients/{caller.patient_id}/assess", json=body.model_dump()
         )
     except UpstreamError as exc:
@@ -277,7 +279,7 @@ async def triage_assess(caller: Me, request: Request, body: AssessIn) -> Any:
 @router.get("/me/summary")
 async def summary(caller: Me, request: Request) -> dict[str, Any]:
     """Everything at a glance; a part whose service fails is left out with a warning."""
-    upstreams = _upstreams(request)
+    upstreams = upstreams_of(request)
     pid = caller.patient_id
     parts: dict[str, tuple[str, str, str]] = {
         "lab_results": ("DiagnosticReport", "records", f"/patients/{pid}/lab-results"),
@@ -297,7 +299,7 @@ async def summary(caller: Me, request: Request) -> dict[str, Any]:
             out[name] = None
         else:
             out[name] = result[:5] if name == "lab_results" else result
-    await audit.record_access(_service(request).db, pid, caller.actor, "read", "summary")
+    await audit.record_access(service_of(request).db, pid, caller.actor, "read", "summary")
     return out
 
 
@@ -313,7 +315,7 @@ class AccessLogOut(BaseModel):
 @router.get("/me/access-log", response_model=list[AccessLogOut])
 async def access_log(caller: Me, request: Request) -> list[AccessLogOut]:
     """Who read the patient's health data through the portal, newest first."""
-    async with _service(request).db.sessions() as session:
+    async with service_of(request).db.sessions() as session:
         rows = await store.access_log_of(session, caller.patient_id)
     return [
         AccessLogOut(at=r.at, actor=r.actor, action=r.action, resource=r.resource) for r in rows
@@ -342,7 +344,7 @@ async def events(
     Reconnecting with `Last-Event-ID` replays what was missed, so nothing is lost while
     the connection is down.
     """
-    service = _service(request)
+    service = service_of(request)
     settings: Settings = service.settings  # type: ignore[assignment]
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from contracts.intake import IntakeAnswer
 from gateway import audit
-from gateway.api import Id, Me, _service, _upstreams
+from gateway.api import Id, Me, service_of, upstreams_of
 from gateway.upstream import UpstreamError
 
 router = APIRouter(prefix="/v1/me/appointments", tags=["appointments"])
@@ -49,7 +49,7 @@ def _may_write(caller: Any) -> None:
 
 async def _call(request: Request, method: str, path: str, **kwargs: Any) -> Any:
     try:
-        return await _upstreams(request).request("scheduling", method, path, **kwargs)
+        return await upstreams_of(request).request("scheduling", method, path, **kwargs)
     except UpstreamError as exc:
         if exc.status in (404, 409, 422):
             raise HTTPException(exc.status, exc.detail) from exc
@@ -76,7 +76,7 @@ async def book(
         headers=headers,
     )
     await audit.record_access(
-        _service(request).db, caller.patient_id, caller.actor, "write", "Appointment"
+        service_of(request).db, caller.patient_id, caller.actor, "write", "Appointment"
     )
     return result
 
@@ -88,7 +88,7 @@ async def cancel(caller: Me, request: Request, appointment_id: Id, body: CancelI
     path = f"/patients/{caller.patient_id}/appointments/{appointment_id}/cancel"
     result = await _call(request, "POST", path, json=body.model_dump())
     await audit.record_access(
-        _service(request).db, caller.patient_id, caller.actor, "write", "Appointment"
+        service_of(request).db, caller.patient_id, caller.actor, "write", "Appointment"
     )
     return result
 
@@ -100,6 +100,6 @@ async def intake(caller: Me, request: Request, appointment_id: Id, body: IntakeI
     path = f"/patients/{caller.patient_id}/appointments/{appointment_id}/intake"
     result = await _call(request, "POST", path, json=body.model_dump(mode="json"))
     await audit.record_access(
-        _service(request).db, caller.patient_id, caller.actor, "write", "QuestionnaireResponse"
+        service_of(request).db, caller.patient_id, caller.actor, "write", "QuestionnaireResponse"
     )
     return result

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Header, HTTPException, Request
 from pydantic import BaseModel, StringConstraints
 
 from gateway import audit
-from gateway.api import Caller, Id, Me, _service, _upstreams
+from gateway.api import Caller, Id, Me, service_of, upstreams_of
 from gateway.upstream import UpstreamError
 
 router = APIRouter(prefix="/v1", tags=["messages"])
@@ -83,13 +83,13 @@ async def _write(
         raise HTTPException(403, "The token's scopes do not allow sending messages.")
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
     try:
-        data = await _upstreams(request).request(
+        data = await upstreams_of(request).request(
             "messaging", "POST", path, json=json, headers=headers
         )
     except UpstreamError as exc:
         raise HTTPException(exc.status, f"The {exc.service} service {exc.detail}.") from exc
     await audit.record_access(
-        _service(request).db, caller.patient_id, caller.actor, "write", RESOURCE
+        service_of(request).db, caller.patient_id, caller.actor, "write", RESOURCE
     )
     return data
 
