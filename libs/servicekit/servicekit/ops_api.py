@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
 from sqlalchemy import func, select
 
 from servicekit.consumer import ConsumerRuntime
@@ -60,10 +60,17 @@ class DeadLetter(BaseModel):
     parked_behind: int = Field(description="Messages of the same key held back by this one")
 
 
+def _iso_text(value: object) -> object:
+    # Lax pydantic reads a number as seconds since 1970; a replay window must be written out.
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 time with a time zone")
+    return value
+
+
 class ReplayRequest(BaseModel):
     """Re-publish sent outbox rows from `since` on (optionally one topic only)."""
 
-    since: AwareDatetime = Field(strict=True)
+    since: Annotated[AwareDatetime, BeforeValidator(_iso_text)]
     topic: str | None = None
 
 
