@@ -221,3 +221,30 @@ async def test_relay_killed_mid_batch_loses_nothing_and_inbox_makes_effects_exac
 
 async def _more_than(count: Any, n: int) -> bool:
     return bool(await count() > n)
+
+
+async def test_two_relays_on_one_postgres_database_keep_order_per_key_and_send_once(
+    database_url: str, kafka_bootstrap: str, unique_prefix: str
+) -> None:
+    settings = _settings(database_url, kafka_bootstrap, unique_prefix, outbox_batch_size=25)
+    svc = await _prepared(settings)
+    ids = [await _write(svc.db, svc.outbox, f"p{seq % 20}", seq) for seq in range(600)]
+    relays = [OutboxRelay(svc.db, settings), OutboxRelay(svc.db, settings)]
+    tasks = [asyncio.create_task(r.run()) for r in relays]
+    try:
+        await eventually(lambda: _backlog_zero(relays[0]), timeout=120)
+    finally:
+        for relay in relays:
+            relay.stop()
+        await asyncio.gather(*tasks)
+        await svc.db.dispose()
+    # Both relays did work: the claim really is shared, not one relay idling.
+    assert all(r.published > 0 for r in relays), [r.published for r in relays]
+    records = await read_topic(
+        kafka_bootstrap,
+        f"{unique_prefix}patient.linked",
+        until=lambda seen: set(ids) <= {r.headers["ce_id"] for r in seen},
+    )
+    counts = Counter(r.headers["ce_id"] for r in records)
+    assert [i for i, n in counts.items() if n > 1] == []
+    _assert_in_order_per_key(records)
