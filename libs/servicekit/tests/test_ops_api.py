@@ -143,3 +143,22 @@ async def test_replay_command_marks_sent_events_for_republishing(
     )
     assert naive.returncode != 0
     assert "time zone" in naive.stderr
+
+
+async def test_sent_events_are_kept_for_the_retention_period_then_purged(
+    ops: tuple[Service, httpx.AsyncClient],
+) -> None:
+    svc, client = ops
+    await consume(svc, message("p1", "poison"))
+    await consume(svc, message("p2", "poison"))
+    await consume(svc, message("p3", "poison"))
+    now = datetime.now(UTC)
+    async with svc.db.transaction() as session:
+        rows = (await session.execute(select(OutboxRow).order_by(OutboxRow.id))).scalars().all()
+        rows[0].status, rows[0].sent_at = (
+            "sent",
+            now - timedelta(hours=svc.settings.outbox_retention_hours + 1),
+        )
+        rows[1].status, rows[1].sent_at = "sent", now - timedelta(hours=1)
+    assert await svc.relay.purge(now) == 1
+    assert (await client.get("/ops/outbox", headers=OPS)).json() == {"pending": 1, "sent": 1}
