@@ -3,7 +3,7 @@ patient of the caller's token; this service is not reachable from outside)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
@@ -11,10 +11,10 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from records import store
+from records.domain import newest_first
 from servicekit.http import PatientId, ReadSession
 
 router = APIRouter(prefix="/patients/{patient_id}", tags=["records"])
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class LabReportOut(BaseModel):
@@ -110,7 +110,7 @@ async def list_lab_results(patient_id: PatientId, session: ReadSession) -> list[
     ]
     return sorted(
         live + history,
-        key=lambda r: (r.effective is not None, r.effective or _EPOCH),
+        key=lambda r: newest_first(r.effective),
         reverse=True,
     )
 
@@ -156,7 +156,7 @@ async def list_medications(patient_id: PatientId, session: ReadSession) -> list[
     ]
     return sorted(
         live + history,
-        key=lambda m: (m.authored_on is not None, m.authored_on or _EPOCH),
+        key=lambda m: newest_first(m.authored_on),
         reverse=True,
     )
 

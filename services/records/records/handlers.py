@@ -8,8 +8,8 @@ from contracts.lab import LabResultedV1
 from contracts.medication import MedicationChangedV1
 from contracts.record import RecordImportedV1
 from records import store
-from records.domain import is_newer, version_is_newer
 from servicekit.consumer import Event, EventRouter, UnitOfWork
+from servicekit.versions import is_newer, version_is_newer
 
 router = EventRouter()
 

@@ -8,12 +8,9 @@ from contracts.appointment import AppointmentStatus, AppointmentUpdatedV1, SlotU
 from scheduling import store
 from scheduling.domain import can_transition
 from servicekit.consumer import Event, EventRouter, UnitOfWork
+from servicekit.versions import is_newer, version_is_newer
 
 router = EventRouter()
-
-
-def _numeric(version: str) -> int:
-    return int(version) if version.isdigit() else -1
 
 
 @router.handles("slot.updated")
@@ -21,7 +18,7 @@ async def cache_slot(uow: UnitOfWork, event: Event[SlotUpdatedV1]) -> None:
     """Keep the slot cache in step with the EHR; older versions never overwrite newer."""
     data = event.data
     row = await store.get_slot(uow.session, data.slot_fhir_id)
-    if row is not None and _numeric(data.source.version_id) <= _numeric(row.source_version):
+    if row is not None and not is_newer(data.source, row.source_version, row.source_updated):
         return
     if row is None:
         row = store.Slot(slot_fhir_id=data.slot_fhir_id)
@@ -55,7 +52,7 @@ async def apply_ehr_appointment_change(uow: UnitOfWork, event: Event[Appointment
     elif (
         data.source is not None
         and row.ehr_version is not None
-        and (_numeric(data.source.version_id) <= _numeric(row.ehr_version))
+        and version_is_newer(data.source.version_id, row.ehr_version) is False
     ) or (
         row.status != data.status.value
         and not can_transition(AppointmentStatus(row.status), data.status)
