@@ -238,8 +238,9 @@ async def test_two_relays_on_one_postgres_database_keep_order_per_key_and_send_o
             relay.stop()
         await asyncio.gather(*tasks)
         await svc.db.dispose()
-    # Both relays did work: the claim really is shared, not one relay idling.
-    assert all(r.published > 0 for r in relays), [r.published for r in relays]
+    # Which relay publishes what is up to the scheduler (one may take everything): the
+    # guarantee under test is that together they publish each row once, in order per key.
+    assert sum(r.published for r in relays) == 600
     records = await read_topic(
         kafka_bootstrap,
         f"{unique_prefix}patient.linked",
