@@ -154,26 +154,16 @@ class Outbox:
         self._wake_after_commit(session)
 
 
-async def claim_pending(session: AsyncSession, dialect: str, limit: int) -> Sequence[OutboxRow]:
-    """The next rows to publish, locked for this relay on PostgreSQL, oldest first per key."""
-    if dialect == "postgresql":
-        heads = (await session.execute(_PG_CLAIM_HEADS, {"limit": limit})).all()
-        if not heads:
-            return []
-        head_ids = [h.id for h in heads]
-        streams = (
-            select(OutboxRow.topic, OutboxRow.key).where(OutboxRow.id.in_(head_ids)).subquery()
-        )
-        stmt = (
-            select(OutboxRow)
-            .join(streams, (OutboxRow.topic == streams.c.topic) & (OutboxRow.key == streams.c.key))
-            .where(OutboxRow.status == "pending")
-            .order_by(OutboxRow.priority.desc(), OutboxRow.id)
-            .limit(limit)
-        )
-        return (await session.execute(stmt)).scalars().all()
+async def claim_pending(session: AsyncSession, limit: int) -> Sequence[OutboxRow]:
+    """The next rows to publish, locked for this relay, oldest first per key."""
+    heads = (await session.execute(_PG_CLAIM_HEADS, {"limit": limit})).all()
+    if not heads:
+        return []
+    head_ids = [h.id for h in heads]
+    streams = select(OutboxRow.topic, OutboxRow.key).where(OutboxRow.id.in_(head_ids)).subquery()
     stmt = (
         select(OutboxRow)
+        .join(streams, (OutboxRow.topic == streams.c.topic) & (OutboxRow.key == streams.c.key))
         .where(OutboxRow.status == "pending")
         .order_by(OutboxRow.priority.desc(), OutboxRow.id)
         .limit(limit)
@@ -239,7 +229,7 @@ class OutboxRelay:
         """Publish one batch of pending rows; returns how many were acknowledged."""
         producer = await self._ensure_producer()
         async with self.db.transaction() as session:
-            rows = await claim_pending(session, self.db.dialect, self.settings.outbox_batch_size)
+            rows = await claim_pending(session, self.settings.outbox_batch_size)
             if not rows:
                 return 0
             futures: list[asyncio.Future[Any]] = []

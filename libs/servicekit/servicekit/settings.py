@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-DATA_DIR = Path(".data")
 
 
 class ServiceSettings(BaseSettings):
@@ -26,7 +22,10 @@ class ServiceSettings(BaseSettings):
     environment: str = Field(default="dev", description="dev, test or prod")
     database_url: str = Field(
         default="",
-        description="SQLAlchemy async URL; empty means a SQLite file under .data/",
+        description=(
+            "PostgreSQL URL (postgresql+asyncpg://...); `make up` and the tests start an "
+            "embedded server and set it"
+        ),
     )
     database_echo: bool = False
     kafka_bootstrap_servers: str = "localhost:9092"
@@ -54,11 +53,14 @@ class ServiceSettings(BaseSettings):
     consumers_enabled: bool = True
 
     def resolved_database_url(self) -> str:
-        """The database URL, defaulting to a SQLite file named after the service."""
-        if self.database_url:
-            return self.database_url
-        DATA_DIR.mkdir(exist_ok=True)
-        return f"sqlite+aiosqlite:///{DATA_DIR / (self.service_name + '.db')}"
+        """The database URL; a clear error when none is configured."""
+        if not self.database_url:
+            raise ValueError(
+                f"{self.service_name}: DATABASE_URL is not set. Run the stack with `make up` "
+                "(it starts an embedded PostgreSQL and gives each service its database), or "
+                "set DATABASE_URL=postgresql+asyncpg://user:password@host:port/database"
+            )
+        return self.database_url
 
     def topic(self, event_type: str) -> str:
         """The Kafka topic name for an event type, with the isolation prefix."""

@@ -10,16 +10,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from servicekit.db import KitBase
 
-# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for a busy outbox.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
-
 
 class OutboxRow(KitBase):
     """An event waiting to be published, or published and kept for replay."""
 
     __tablename__ = "outbox"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(36), unique=True)
     topic: Mapped[str] = mapped_column(String(200))
     key: Mapped[str] = mapped_column(String(200))
@@ -54,7 +51,7 @@ class DeadLetterRow(KitBase):
 
     __tablename__ = "dead_letters"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     consumer: Mapped[str] = mapped_column(String(200))
     topic: Mapped[str] = mapped_column(String(200))
     key: Mapped[str] = mapped_column(String(200))
@@ -78,7 +75,7 @@ class ParkedRow(KitBase):
 
     __tablename__ = "parked_messages"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     consumer: Mapped[str] = mapped_column(String(200))
     key: Mapped[str] = mapped_column(String(200))
     topic: Mapped[str] = mapped_column(String(200))

@@ -48,10 +48,10 @@ def message(
 
 
 @pytest.fixture
-async def service(sqlite_url: str) -> AsyncIterator[Service]:
+async def service(database_url: str) -> AsyncIterator[Service]:
     settings = ServiceSettings(
         service_name="fake",
-        database_url=sqlite_url,
+        database_url=database_url,
         consumer_retry_base_s=0.001,
         consumer_retry_max_s=0.002,
         consumer_max_attempts=3,

@@ -11,4 +11,4 @@ def newest_first(at: datetime | None) -> tuple[bool, datetime]:
     """Sort key (with `reverse=True`) listing dated entries newest first, undated last."""
     if at is None:
         return (False, _EPOCH)
-    return (True, at if at.tzinfo else at.replace(tzinfo=UTC))
+    return (True, at)

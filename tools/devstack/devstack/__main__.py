@@ -3,7 +3,8 @@
 up          broker + topics + EHR sandbox + the six services, in the foreground
 check       start the stack, verify every service's /readyz, /healthz, /metrics, stop
 broker      only a Kafka broker (port 9092) in the foreground, with the topics
-postgres    make the local PostgreSQL 15 usable and print its base URL
+postgres    start the embedded PostgreSQL (.data/postgres) in the background, print its URL
+            (`postgres --stop` stops it)
 topics      create the registry's topics on a running broker
 kafka-jars  fetch Apache Kafka's jars with Maven
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from devstack._paths import repo_root
 from devstack.brokers import BROKER_KINDS, BrokerError, BrokerKind, fetch_kafka_jars, make_broker
-from devstack.postgres import PostgresUnavailable, ensure_postgres
+from devstack.postgres import EmbeddedPostgres, PostgresUnavailable
 from devstack.supervisor import Output, StackConfig, check, follow_log, up
 from devstack.topics import ensure_topics
 
@@ -63,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--ready-timeout", type=float, default=90.0, help="seconds each process may take"
         )
+        sub.add_argument(
+            "--data-dir",
+            type=Path,
+            default=None,
+            help="where the stack keeps its data (default: .data of the repository)",
+        )
 
     broker = commands.add_parser("broker", help="run only a Kafka broker in the foreground")
     broker.add_argument("--kafka", type=_kind, default=default_kind, help="broker kind")
@@ -70,7 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     broker.add_argument("--data-dir", type=Path, help="default: .data/kafka or .data/tansu")
     broker.add_argument("--no-topics", action="store_true", help="do not create the topics")
 
-    commands.add_parser("postgres", help="make the local PostgreSQL usable, print its URL")
+    postgres = commands.add_parser(
+        "postgres", help="start the embedded PostgreSQL in the background, print its URL"
+    )
+    postgres.add_argument("--data-dir", type=Path, help="default: .data/postgres")
+    postgres.add_argument("--stop", action="store_true", help="stop it instead")
 
     topics = commands.add_parser("topics", help="create the registry's topics on a broker")
     topics.add_argument(
@@ -92,6 +103,7 @@ def _stack_config(args: argparse.Namespace) -> StackConfig:
         database_url=os.environ.get("DATABASE_URL", ""),
         sequential=args.sequential,
         ready_timeout=args.ready_timeout,
+        data_dir=args.data_dir,
     )
 
 
@@ -149,8 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "broker":
         return asyncio.run(_broker(args))
     if command == "postgres":
+        server = EmbeddedPostgres(args.data_dir or repo_root() / ".data" / "postgres")
         try:
-            print(ensure_postgres())
+            if args.stop:
+                server.stop()
+            else:
+                print(server.start())
         except PostgresUnavailable as exc:
             print(f"devstack postgres: {exc}", file=sys.stderr)
             return 1
