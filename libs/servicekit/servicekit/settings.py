@@ -41,6 +41,13 @@ class ServiceSettings(BaseSettings):
     outbox_poll_interval_s: float = 0.2
     outbox_batch_size: int = 200
     outbox_retention_hours: float = 72.0
+    outbox_loss_check_interval_s: float = Field(
+        default=5.0,
+        description=(
+            "How often the relay asks the broker's cluster id, to publish again what a "
+            "broker that came back empty had acknowledged (0: never)"
+        ),
+    )
     outbox_publish_timeout_s: float = Field(
         default=30.0, description="How long a publish may wait for the broker before retrying"
     )

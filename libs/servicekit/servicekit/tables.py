@@ -28,11 +28,16 @@ class OutboxRow(KitBase):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     priority: Mapped[int] = mapped_column(Integer, default=0)
+    # Where the broker stored the row when it acknowledged it (see servicekit.broker_loss).
+    kafka_partition: Mapped[int | None] = mapped_column(Integer, default=None)
+    kafka_offset: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    broker_cluster: Mapped[str | None] = mapped_column(String(64), default=None)
 
     __table_args__ = (
         Index("ix_outbox_pending", "status", "id"),
         Index("ix_outbox_key_status", "key", "status", "id"),
         Index("ix_outbox_sent_at", "sent_at"),
+        Index("ix_outbox_broker_cluster", "status", "broker_cluster"),
     )
 
 
