@@ -7,6 +7,8 @@ postgres    start the embedded PostgreSQL (.data/postgres) in the background, pr
             (`postgres --stop` stops it)
 topics      create the registry's topics on a running broker
 kafka-jars  fetch Apache Kafka's jars with Maven
+reliability-report
+            the acceptance journeys and fault scenarios: a table and one JSON line
 """
 
 from __future__ import annotations
@@ -89,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092",
     )
     topics.add_argument("--prefix", default="", help="prefix of every topic name")
+
+    report = commands.add_parser(
+        "reliability-report", help="run the journeys and fault scenarios, print the figures"
+    )
+    report.add_argument("--kafka", type=_kind, default=default_kind, help="broker kind")
+    report.add_argument("pytest_args", nargs="*", help="more pytest arguments")
 
     jars = commands.add_parser("kafka-jars", help="fetch Apache Kafka's jars with Maven")
     jars.add_argument("--force", action="store_true", help="fetch even if lib/ has jars")
@@ -176,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for topic, partitions in sorted(created.items()):
             print(f"{topic}\t{partitions}")
         return 0
+    if command == "reliability-report":
+        from devstack.reliability import run
+
+        return run(args.kafka, list(args.pytest_args))
     if command == "kafka-jars":
         try:
             print(fetch_kafka_jars(force=args.force))
