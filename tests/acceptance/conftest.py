@@ -24,6 +24,7 @@ from .portal import Clinic
 from .stack import LocalStack, StackFailed
 
 ROWS: list[dict[str, Any]] = []
+OUTCOMES: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")
@@ -60,12 +61,23 @@ def record(row: dict[str, Any]) -> None:
     ROWS.append(row)
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember each journey's outcome (a failed set-up or teardown fails it too)."""
+    if "acceptance" not in report.nodeid:
+        return
+    if report.failed:
+        OUTCOMES[report.nodeid] = "failed"
+    elif OUTCOMES.get(report.nodeid) != "failed" and (report.when == "call" or report.skipped):
+        OUTCOMES[report.nodeid] = report.outcome
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Print the per-journey table; write it as JSON for `make reliability-report`."""
-    if not ROWS:
-        return
-    terminalreporter.section("acceptance journeys")
-    terminalreporter.write_line(table(ROWS))
+    if ROWS:
+        terminalreporter.section("acceptance journeys")
+        terminalreporter.write_line(table(ROWS))
     target = os.environ.get("ACCEPTANCE_REPORT")
     if target:
-        Path(target).write_text(json.dumps(ROWS, indent=2) + "\n")
+        outcomes = list(OUTCOMES.values())
+        summary = {"rows": ROWS, "passed": outcomes.count("passed"), "tests": len(outcomes)}
+        Path(target).write_text(json.dumps(summary, indent=2) + "\n")
