@@ -1,0 +1,464 @@
+"""Use cases of the records service: what the event handlers and the HTTP routes do.
+
+Handlers and routes only translate (a message or a request) into one of these calls; the
+rules are in `domain`, the SQL in `store`. The caller owns the transaction (the consumer's
+unit of work, or a read session).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.lab import LabObservation, LabResultedV1
+from contracts.record import ImportedEntry, RecordImportedV1, RecordKind
+from records import store
+from records.domain import (
+    Cursor,
+    direction_of,
+    flag_of,
+    numeric_value,
+    range_of,
+    shown_differently,
+    sort_time,
+    unit_of,
+)
+from records.explanations import Catalogue
+from servicekit.versions import is_newer, version_is_newer
+
+LAB = "lab-result"
+VITAL = "vital-sign"
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list, newest first; `next_cursor` fetches the next one."""
+
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The page as the API returns it."""
+        return {"items": self.items, "next_cursor": self.next_cursor}
+
+
+# --- writing the read model (event handlers) -------------------------------------------
+
+
+def _newer(
+    version: str | None,
+    updated: datetime | None,
+    stored_version: str | None,
+    stored_updated: datetime | None,
+) -> bool:
+    """Whether a result version should replace the stored one (unknown versions: yes; the
+    report's own version check has already let the event through)."""
+    if version is None or stored_version is None:
+        return True
+    numeric = version_is_newer(version, stored_version)
+    if numeric is not None:
+        return numeric
+    if version == stored_version:
+        return False
+    if updated is None or stored_updated is None:
+        return True
+    return updated > stored_updated
+
+
+async def _store_result(
+    session: AsyncSession, patient_id: str, kind: str, result: LabObservation, now: datetime
+) -> None:
+    """Store one result; an amendment or correction keeps the replaced version as history."""
+    row = await store.get_result(session, result.observation_fhir_id)
+    data = result.model_dump(mode="json")
+    if row is not None:
+        if row.patient_id != patient_id:
+            return  # an id never moves between patients' charts
+        if not _newer(result.version_id, result.last_updated, row.version_id, row.source_updated):
+            return
+        if shown_differently(row.data, data):
+            session.add(
+                store.LabResultVersion(
+                    observation_fhir_id=row.observation_fhir_id,
+                    version_id=row.version_id,
+                    status=row.status,
+                    data=row.data,
+                    replaced_at=now,
+                )
+            )
+    else:
+        row = store.LabResult(observation_fhir_id=result.observation_fhir_id)
+        session.add(row)
+    row.patient_id = patient_id
+    row.kind = kind
+    row.code = result.code.code[:64]
+    row.status = result.status[:32]
+    row.data = data
+    row.sort_at = sort_time(result.effective, result.issued, result.last_updated, now)
+    row.version_id = result.version_id
+    row.source_updated = result.last_updated
+    await session.flush()
+
+
+def _category_codes(category: list[dict[str, Any]]) -> str:
+    codes = [str(c.get("code")) for c in category if isinstance(c, dict) and c.get("code")]
+    return "|" + "".join(f"{code}|" for code in codes)[:498]
+
+
+async def record_lab_result(
+    session: AsyncSession, patient_id: str, data: LabResultedV1, now: datetime
+) -> None:
+    """Store a final, amended or corrected report with its results (stale versions ignored)."""
+    row = await store.get_lab_report(session, data.report_fhir_id)
+    if row is not None and not is_newer(data.source, row.source_version, row.source_updated):
+        return
+    if row is not None and row.patient_id != patient_id:
+        return
+    if row is None:
+        row = store.LabReport(report_fhir_id=data.report_fhir_id)
+        session.add(row)
+    row.patient_id = patient_id
+    row.status = data.status.value
+    row.code = data.code.model_dump(mode="json")
+    row.category = [c.model_dump(mode="json") for c in data.category]
+    row.category_codes = _category_codes(row.category)
+    row.effective = data.effective
+    row.issued = data.issued
+    row.performer = list(data.performer)
+    row.observations = []
+    row.source_version = data.source.version_id
+    row.source_updated = data.source.last_updated
+    row.sort_at = sort_time(data.effective, data.issued, data.source.last_updated)
+    await session.flush()
+    for result in data.observations:
+        await _store_result(session, patient_id, LAB, result, now)
+    await store.set_report_results(
+        session, data.report_fhir_id, [o.observation_fhir_id for o in data.observations]
+    )
+
+
+async def _imported_report(
+    session: AsyncSession, patient_id: str, entry: ImportedEntry, at: datetime
+) -> None:
+    row = await store.get_lab_report(session, entry.fhir_id)
+    if row is not None:
+        if row.patient_id != patient_id:
+            return
+        if version_is_newer(entry.version_id, row.source_version) is not True:
+            return  # a back-fill never replaces what a live event (or itself) stored
+    else:
+        row = store.LabReport(report_fhir_id=entry.fhir_id)
+        session.add(row)
+    row.patient_id = patient_id
+    row.status = entry.status or "unknown"
+    row.code = (
+        entry.code.model_dump(mode="json") if entry.code else {"display": entry.display or ""}
+    )
+    row.category = [c.model_dump(mode="json") for c in entry.category]
+    row.category_codes = _category_codes(row.category)
+    row.effective = entry.effective
+    row.issued = entry.issued
+    row.performer = list(entry.performer)
+    row.observations = []
+    row.source_version = entry.version_id
+    row.source_updated = at
+    row.sort_at = sort_time(entry.effective, entry.issued, at)
+    await session.flush()
+    await store.set_report_results(session, entry.fhir_id, list(entry.related_fhir_ids))
+
+
+def _decoded(data: str | None) -> bytes | None:
+    if data is None:
+        return None
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+async def _imported_chart_entry(
+    session: AsyncSession, patient_id: str, entry: ImportedEntry
+) -> None:
+    row = await store.get_chart_entry(session, entry.resource_type, entry.fhir_id)
+    if row is not None and (
+        row.patient_id != patient_id or version_is_newer(entry.version_id, row.version_id) is False
+    ):
+        return
+    if row is None:
+        row = store.ChartEntry(resource_type=entry.resource_type, fhir_id=entry.fhir_id)
+        session.add(row)
+    row.patient_id = patient_id
+    row.kind = entry.kind.value
+    row.version_id = entry.version_id
+    row.status = entry.status
+    row.code = entry.code.model_dump(mode="json") if entry.code else None
+    row.display = entry.display
+    row.value = entry.value
+    row.effective = entry.effective
+    row.related_fhir_ids = list(entry.related_fhir_ids)
+    row.attachments = [
+        {**a.model_dump(mode="json", exclude={"data"}), "downloadable": a.data is not None}
+        for a in entry.attachments
+    ]
+    if entry.kind is RecordKind.DOCUMENT:
+        contents = [
+            store.DocumentContent(
+                document_fhir_id=entry.fhir_id,
+                position=position,
+                patient_id=patient_id,
+                content_type=a.content_type,
+                title=a.title,
+                content=content,
+            )
+            for position, a in enumerate(entry.attachments)
+            if (content := _decoded(a.data)) is not None
+        ]
+        await store.replace_document_contents(session, entry.fhir_id, contents)
+
+
+def _from_text(entry: ImportedEntry) -> LabObservation | None:
+    """A result from a batch of an older connector, which carried a rendered value only."""
+    if entry.code is None:
+        return None
+    return LabObservation(
+        observation_fhir_id=entry.fhir_id,
+        code=entry.code,
+        status=entry.status or "unknown",
+        value_string=entry.value,
+        effective=entry.effective,
+        version_id=entry.version_id,
+    )
+
+
+async def record_imported(
+    session: AsyncSession, patient_id: str, batch: RecordImportedV1, now: datetime
+) -> None:
+    """Store a back-filled batch: results and reports as live ones are stored, the rest as
+    chart entries; what a live event stored first is not overwritten by an older version."""
+    for entry in batch.entries:
+        if entry.kind in (RecordKind.LAB_RESULT, RecordKind.VITAL_SIGN):
+            if entry.resource_type == "DiagnosticReport":
+                await _imported_report(session, patient_id, entry, batch.imported_at)
+                continue
+            result = entry.observation or _from_text(entry)
+            if entry.resource_type == "Observation" and result is not None:
+                kind = VITAL if entry.kind is RecordKind.VITAL_SIGN else LAB
+                await _store_result(session, patient_id, kind, result, now)
+                continue
+        await _imported_chart_entry(session, patient_id, entry)
+
+
+# --- reading it (HTTP routes) ---------------------------------------------------------
+
+
+def result_json(
+    row: store.LabResult,
+    catalogue: Catalogue,
+    versions: list[store.LabResultVersion],
+    report_fhir_id: str | None,
+) -> dict[str, Any]:
+    """A result as the patient sees it: the facts, its flag, what the test is, its history."""
+    flag = flag_of(row.data)
+    return {
+        **row.data,
+        "id": row.observation_fhir_id,
+        "kind": row.kind,
+        "report_fhir_id": report_fhir_id,
+        "flag": flag.as_json() if flag else None,
+        "explanation": catalogue.explain(row.data.get("code")),
+        "history": [
+            {
+                "version_id": v.version_id,
+                "status": v.status,
+                "replaced_at": v.replaced_at.isoformat(),
+                "value_quantity": v.data.get("value_quantity"),
+                "value_string": v.data.get("value_string"),
+                "value_coding": v.data.get("value_coding"),
+                "reference_ranges": v.data.get("reference_ranges", []),
+                "interpretation": v.data.get("interpretation", []),
+                "flag": f.as_json() if (f := flag_of(v.data)) else None,
+            }
+            for v in versions
+        ],
+    }
+
+
+def _report_json(row: store.LabReport, results: list[dict[str, Any]]) -> dict[str, Any]:
+    flags = [r["flag"]["code"] for r in results if r["flag"] and r["flag"]["code"] != "normal"]
+    return {
+        "id": row.report_fhir_id,
+        "status": row.status,
+        "code": row.code,
+        "category": row.category,
+        "effective": row.effective.isoformat() if row.effective else None,
+        "issued": row.issued.isoformat() if row.issued else None,
+        "performer": row.performer,
+        "observations": results,
+        "flags": sorted(set(flags)),
+        "version": row.source_version,
+    }
+
+
+async def _reports_json(
+    session: AsyncSession, rows: list[store.LabReport], catalogue: Catalogue
+) -> list[dict[str, Any]]:
+    grouped = await store.results_of_reports(session, [r.report_fhir_id for r in rows])
+    ids = [res.observation_fhir_id for results in grouped.values() for res in results]
+    versions = await store.versions_of(session, ids)
+    return [
+        _report_json(
+            row,
+            [
+                result_json(
+                    res, catalogue, versions.get(res.observation_fhir_id, []), row.report_fhir_id
+                )
+                for res in grouped.get(row.report_fhir_id, [])
+            ],
+        )
+        for row in rows
+    ]
+
+
+def _cursor(token: str | None) -> Cursor | None:
+    return Cursor.decode(token) if token else None
+
+
+async def lab_reports(
+    session: AsyncSession,
+    patient_id: str,
+    wanted: store.LabFilter,
+    cursor: str | None,
+    limit: int,
+    catalogue: Catalogue,
+) -> Page:
+    """A page of the patient's lab reports with their results, newest first."""
+    rows = await store.lab_reports_page(session, patient_id, wanted, _cursor(cursor), limit)
+    more, rows = len(rows) > limit, rows[:limit]
+    following = Cursor(rows[-1].sort_at, rows[-1].report_fhir_id).encode() if more else None
+    return Page(await _reports_json(session, rows, catalogue), following)
+
+
+async def lab_report(
+    session: AsyncSession, patient_id: str, report_id: str, catalogue: Catalogue
+) -> dict[str, Any] | None:
+    """One of the patient's lab reports (None: no such report of this patient)."""
+    row = await store.get_lab_report(session, report_id)
+    if row is None or row.patient_id != patient_id:
+        return None
+    return (await _reports_json(session, [row], catalogue))[0]
+
+
+async def results(
+    session: AsyncSession,
+    patient_id: str,
+    kind: str,
+    wanted: store.LabFilter,
+    cursor: str | None,
+    limit: int,
+    catalogue: Catalogue,
+) -> Page:
+    """A page of the patient's results of one kind (vital signs...), newest first."""
+    rows = await store.results_page(session, patient_id, kind, wanted, _cursor(cursor), limit)
+    more, rows = len(rows) > limit, rows[:limit]
+    following = Cursor(rows[-1].sort_at, rows[-1].observation_fhir_id).encode() if more else None
+    versions = await store.versions_of(session, [r.observation_fhir_id for r in rows])
+    items = [result_json(r, catalogue, versions.get(r.observation_fhir_id, []), None) for r in rows]
+    return Page(items, following)
+
+
+async def trend(
+    session: AsyncSession,
+    patient_id: str,
+    code: str,
+    wanted: store.LabFilter,
+    catalogue: Catalogue,
+) -> dict[str, Any]:
+    """One test's values over time, oldest first, with ranges and the latest direction."""
+    rows = await store.series_of(session, patient_id, code, wanted)
+    points = []
+    for row in rows:
+        if row.status in ("cancelled", "entered-in-error"):
+            continue
+        low, high = range_of(row.data)
+        flag = flag_of(row.data)
+        points.append(
+            {
+                "result_id": row.observation_fhir_id,
+                "at": row.sort_at.isoformat(),
+                "value": numeric_value(row.data),
+                "unit": unit_of(row.data),
+                "text": row.data.get("value_string")
+                or (row.data.get("value_coding") or {}).get("display"),
+                "low": low,
+                "high": high,
+                "flag": flag.flag.value if flag else None,
+                "status": row.status,
+            }
+        )
+    series = [(p["value"], p["unit"]) for p in points if isinstance(p["value"], float)]
+    unit = series[-1][1] if series else None
+    comparable = [value for value, unit_of_point in series if unit_of_point == unit]
+    direction = change = None
+    if len(comparable) >= 2:
+        previous, latest = comparable[-2], comparable[-1]
+        direction = direction_of(previous, latest).value
+        change = round(latest - previous, 6)
+    display = rows[-1].data.get("code", {}).get("display") if rows else None
+    return {
+        "code": code,
+        "display": display,
+        "unit": unit,
+        "points": points,
+        "direction": direction,
+        "change": change,
+        "explanation": catalogue.explain({"system": "http://loinc.org", "code": code}),
+    }
+
+
+def _document_json(row: store.ChartEntry) -> dict[str, Any]:
+    return {
+        "id": row.fhir_id,
+        "status": row.status,
+        "type": row.code,
+        "description": row.display,
+        "date": row.effective.isoformat() if row.effective else None,
+        "attachments": [
+            {**a, "position": position} for position, a in enumerate(row.attachments or [])
+        ],
+        "version": row.version_id,
+    }
+
+
+async def documents(session: AsyncSession, patient_id: str, cursor: str | None, limit: int) -> Page:
+    """A page of the patient's documents, newest first."""
+    rows = await store.documents_page(session, patient_id, _cursor(cursor), limit)
+    more, rows = len(rows) > limit, rows[:limit]
+    following = None
+    if more:
+        following = Cursor(sort_time(rows[-1].effective), rows[-1].fhir_id).encode()
+    return Page([_document_json(r) for r in rows], following)
+
+
+async def document(
+    session: AsyncSession, patient_id: str, document_id: str
+) -> dict[str, Any] | None:
+    """One of the patient's documents (None: not theirs or not there)."""
+    row = await store.get_chart_entry(session, "DocumentReference", document_id)
+    if row is None or row.patient_id != patient_id:
+        return None
+    return _document_json(row)
+
+
+async def document_content(
+    session: AsyncSession, patient_id: str, document_id: str, position: int
+) -> store.DocumentContent | None:
+    """The content of one attachment of the patient's document, when the EHR sent it."""
+    content = await store.get_document_content(session, document_id, position)
+    if content is None or content.patient_id != patient_id:
+        return None
+    return content
