@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from pydantic import AwareDatetime, BaseModel
 
 from records import service, store
-from records.domain import BadCursor, newest_first
+from records.domain import BadCursor
 from records.explanations import Catalogue
 from servicekit.http import PatientId, ReadSession
 
@@ -31,7 +31,7 @@ class MedicationOut(BaseModel):
 
 
 class ChartEntryOut(BaseModel):
-    """An allergy, condition, immunization, document or vital sign."""
+    """An allergy, condition or immunization."""
 
     id: str
     resource_type: str
@@ -200,33 +200,7 @@ async def get_document_attachment(
 @router.get("/medications", response_model=list[MedicationOut])
 async def list_medications(patient_id: PatientId, session: ReadSession) -> list[MedicationOut]:
     """The patient's medication orders, newest first (back-filled history included)."""
-    live = [
-        MedicationOut(
-            id=m.fhir_id,
-            status=m.status,
-            medication=m.medication,
-            dosage_text=m.dosage_text,
-            authored_on=m.authored_on,
-            prescriber=m.prescriber,
-        )
-        for m in await store.medications_of(session, patient_id)
-    ]
-    history = [
-        MedicationOut(
-            id=e.fhir_id,
-            status=e.status or "unknown",
-            medication={**(e.code or {}), "display": e.display or (e.code or {}).get("display")},
-            dosage_text=e.value,
-            authored_on=e.effective,
-            prescriber=None,
-        )
-        for e in await store.imported_medications_of(session, patient_id)
-    ]
-    return sorted(
-        live + history,
-        key=lambda m: newest_first(m.authored_on),
-        reverse=True,
-    )
+    return [MedicationOut(**m) for m in await service.medications(session, patient_id)]
 
 
 def _chart_route(kind: str) -> Any:
@@ -242,7 +216,7 @@ def _chart_route(kind: str) -> Any:
                 value=e.value,
                 effective=e.effective,
             )
-            for e in await store.chart_entries_of(session, patient_id, kind)
+            for e in await service.chart_entries(session, patient_id, kind)
         ]
 
     list_entries.__doc__ = f"The patient's {kind} entries, newest first."

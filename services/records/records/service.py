@@ -16,12 +16,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.lab import LabObservation, LabResultedV1
+from contracts.medication import MedicationChangedV1
 from contracts.record import ImportedEntry, RecordImportedV1, RecordKind
 from records import store
 from records.domain import (
     Cursor,
     direction_of,
     flag_of,
+    newest_first,
     numeric_value,
     range_of,
     shown_differently,
@@ -108,6 +110,26 @@ async def _store_result(
 def _category_codes(category: list[dict[str, Any]]) -> str:
     codes = [str(c.get("code")) for c in category if isinstance(c, dict) and c.get("code")]
     return "|" + "".join(f"{code}|" for code in codes)[:498]
+
+
+async def record_medication_change(
+    session: AsyncSession, patient_id: str, data: MedicationChangedV1
+) -> None:
+    """Store a medication order change unless a newer version is already stored."""
+    row = await store.get_medication(session, data.medication_request_fhir_id)
+    if row is not None and not is_newer(data.source, row.source_version, row.source_updated):
+        return
+    if row is None:
+        row = store.Medication(fhir_id=data.medication_request_fhir_id)
+        session.add(row)
+    row.patient_id = patient_id
+    row.status = data.status.value
+    row.medication = data.medication.model_dump(mode="json")
+    row.dosage_text = data.dosage_text
+    row.authored_on = data.authored_on
+    row.prescriber = data.prescriber
+    row.source_version = data.source.version_id
+    row.source_updated = data.source.last_updated
 
 
 async def record_lab_result(
@@ -462,3 +484,41 @@ async def document_content(
     if content is None or content.patient_id != patient_id:
         return None
     return content
+
+
+async def medications(session: AsyncSession, patient_id: str) -> list[dict[str, Any]]:
+    """The patient's medication orders, newest first: live ones, and back-filled ones no
+    live event has detailed."""
+    live = [
+        {
+            "id": m.fhir_id,
+            "status": m.status,
+            "medication": m.medication,
+            "dosage_text": m.dosage_text,
+            "authored_on": m.authored_on,
+            "prescriber": m.prescriber,
+        }
+        for m in await store.medications_of(session, patient_id)
+    ]
+    history = [
+        {
+            "id": e.fhir_id,
+            "status": e.status or "unknown",
+            "medication": {
+                **(e.code or {}),
+                "display": e.display or (e.code or {}).get("display"),
+            },
+            "dosage_text": e.value,
+            "authored_on": e.effective,
+            "prescriber": None,
+        }
+        for e in await store.imported_medications_of(session, patient_id)
+    ]
+    return sorted(live + history, key=lambda m: newest_first(m["authored_on"]), reverse=True)
+
+
+async def chart_entries(
+    session: AsyncSession, patient_id: str, kind: str
+) -> list[store.ChartEntry]:
+    """The patient's allergies, conditions or immunizations, newest first."""
+    return await store.chart_entries_of(session, patient_id, kind)
