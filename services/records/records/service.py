@@ -104,6 +104,7 @@ async def _store_result(
     row.sort_at = sort_time(result.effective, result.issued, result.last_updated, now)
     row.version_id = result.version_id
     row.source_updated = result.last_updated
+    row.category_codes = _category_codes(data.get("category") or [])
     await session.flush()
 
 
@@ -314,6 +315,7 @@ def _report_json(row: store.LabReport, results: list[dict[str, Any]]) -> dict[st
     flags = [r["flag"]["code"] for r in results if r["flag"] and r["flag"]["code"] != "normal"]
     return {
         "id": row.report_fhir_id,
+        "grouping": "report",
         "status": row.status,
         "code": row.code,
         "category": row.category,
@@ -350,6 +352,34 @@ def _cursor(token: str | None) -> Cursor | None:
     return Cursor.decode(token) if token else None
 
 
+def _alone_json(row: store.LabResult, result: dict[str, Any]) -> dict[str, Any]:
+    """A laboratory result no report groups, listed like a report of one result."""
+    flag = result["flag"]["code"] if result["flag"] else None
+    return {
+        "id": row.observation_fhir_id,
+        "grouping": "result",
+        "status": row.status,
+        "code": row.data.get("code"),
+        "category": row.data.get("category", []),
+        "effective": row.data.get("effective"),
+        "issued": row.data.get("issued"),
+        "performer": row.data.get("performer", []),
+        "observations": [result],
+        "flags": [flag] if flag and flag != "normal" else [],
+        "version": row.version_id,
+    }
+
+
+async def _alone_results_json(
+    session: AsyncSession, rows: list[store.LabResult], catalogue: Catalogue
+) -> list[dict[str, Any]]:
+    versions = await store.versions_of(session, [r.observation_fhir_id for r in rows])
+    return [
+        _alone_json(r, result_json(r, catalogue, versions.get(r.observation_fhir_id, []), None))
+        for r in rows
+    ]
+
+
 async def lab_reports(
     session: AsyncSession,
     patient_id: str,
@@ -358,21 +388,40 @@ async def lab_reports(
     limit: int,
     catalogue: Catalogue,
 ) -> Page:
-    """A page of the patient's lab reports with their results, newest first."""
-    rows = await store.lab_reports_page(session, patient_id, wanted, _cursor(cursor), limit)
-    more, rows = len(rows) > limit, rows[:limit]
-    following = Cursor(rows[-1].sort_at, rows[-1].report_fhir_id).encode() if more else None
-    return Page(await _reports_json(session, rows, catalogue), following)
+    """A page of the patient's lab reports with their results, newest first (a laboratory
+    result that no report groups is listed on its own, `grouping: "result"`)."""
+    listed = await store.lab_list_page(session, patient_id, wanted, _cursor(cursor), limit)
+    more, listed = len(listed) > limit, listed[:limit]
+    following = Cursor(listed[-1].sort_at, listed[-1].id).encode() if more else None
+    report_ids = [e.id for e in listed if e.grouping == "report"]
+    result_ids = [e.id for e in listed if e.grouping == "result"]
+    reports = await _reports_json(
+        session, await store.lab_reports_by_id(session, report_ids), catalogue
+    )
+    alone = await _alone_results_json(
+        session, await store.results_by_id(session, result_ids), catalogue
+    )
+    by_key = {("report", r["id"]): r for r in reports} | {("result", r["id"]): r for r in alone}
+    return Page([by_key[(e.grouping, e.id)] for e in listed], following)
 
 
 async def lab_report(
     session: AsyncSession, patient_id: str, report_id: str, catalogue: Catalogue
 ) -> dict[str, Any] | None:
-    """One of the patient's lab reports (None: no such report of this patient)."""
+    """One of the patient's lab reports, or a laboratory result listed on its own (None: no
+    such entry of this patient)."""
     row = await store.get_lab_report(session, report_id)
-    if row is None or row.patient_id != patient_id:
+    if row is not None and row.patient_id == patient_id:
+        return (await _reports_json(session, [row], catalogue))[0]
+    result = await store.get_result(session, report_id)
+    if (
+        result is None
+        or result.patient_id != patient_id
+        or result.kind != LAB
+        or await store.report_of_result(session, report_id) is not None
+    ):
         return None
-    return (await _reports_json(session, [row], catalogue))[0]
+    return (await _alone_results_json(session, [result], catalogue))[0]
 
 
 async def results(

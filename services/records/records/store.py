@@ -28,6 +28,7 @@ from sqlalchemy import (
     select,
     text,
     true,
+    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -99,6 +100,9 @@ class LabResult(Base):
     sort_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     version_id: Mapped[str | None] = mapped_column(String(64))
     source_updated: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    category_codes: Mapped[str] = mapped_column(String(500), default="|", server_default="|")
+    """The result's own category codes as `|laboratory|`: a laboratory result that no report
+    groups is listed on its own."""
 
     __table_args__ = (
         Index("ix_lab_results_patient_kind_code_sort", "patient_id", "kind", "code", "sort_at"),
@@ -266,33 +270,81 @@ def _category_like(category: str) -> str:
     return f"%|{escaped}|%"
 
 
-async def lab_reports_page(
+@dataclass(frozen=True)
+class Listed:
+    """One entry of the lab results list: a report, or a laboratory result no report groups."""
+
+    sort_at: datetime
+    id: str
+    grouping: str
+
+
+async def lab_list_page(
     session: AsyncSession, patient_id: str, wanted: LabFilter, cursor: Cursor | None, limit: int
-) -> list[LabReport]:
-    """One page of a patient's lab reports, newest first (`limit` + 1 rows to tell if
-    another page follows)."""
-    stmt = select(LabReport).where(
-        LabReport.patient_id == patient_id,
-        _after(LabReport.sort_at, LabReport.report_fhir_id, cursor),
-    )
+) -> list[Listed]:
+    """One page of a patient's lab results list, newest first (`limit` + 1 entries, to tell
+    if another page follows): reports, and laboratory results that no report groups."""
+    reports = select(
+        LabReport.sort_at.label("sort_at"),
+        LabReport.report_fhir_id.label("id"),
+        literal("report").label("grouping"),
+    ).where(LabReport.patient_id == patient_id)
     if wanted.code is not None:
         has_result = exists().where(
             LabReportResult.report_fhir_id == LabReport.report_fhir_id,
             LabResult.observation_fhir_id == LabReportResult.observation_fhir_id,
             LabResult.code == wanted.code,
         )
-        stmt = stmt.where(or_(LabReport.code["code"].as_string() == wanted.code, has_result))
+        reports = reports.where(or_(LabReport.code["code"].as_string() == wanted.code, has_result))
+    grouped = exists().where(LabReportResult.observation_fhir_id == LabResult.observation_fhir_id)
+    alone = select(
+        LabResult.sort_at.label("sort_at"),
+        LabResult.observation_fhir_id.label("id"),
+        literal("result").label("grouping"),
+    ).where(
+        LabResult.patient_id == patient_id,
+        LabResult.kind == "lab-result",
+        LabResult.category_codes.like("%|laboratory|%"),
+        ~grouped,
+    )
+    if wanted.code is not None:
+        alone = alone.where(LabResult.code == wanted.code)
     if wanted.category is not None:
-        stmt = stmt.where(
-            LabReport.category_codes.like(_category_like(wanted.category), escape="\\")
-        )
+        pattern = _category_like(wanted.category)
+        reports = reports.where(LabReport.category_codes.like(pattern, escape="\\"))
+        alone = alone.where(LabResult.category_codes.like(pattern, escape="\\"))
     if wanted.status is not None:
-        stmt = stmt.where(LabReport.status == wanted.status)
+        reports = reports.where(LabReport.status == wanted.status)
+        alone = alone.where(LabResult.status == wanted.status)
     if wanted.since is not None:
-        stmt = stmt.where(LabReport.sort_at >= wanted.since)
+        reports = reports.where(LabReport.sort_at >= wanted.since)
+        alone = alone.where(LabResult.sort_at >= wanted.since)
     if wanted.until is not None:
-        stmt = stmt.where(LabReport.sort_at < wanted.until)
-    stmt = stmt.order_by(LabReport.sort_at.desc(), LabReport.report_fhir_id.desc()).limit(limit + 1)
+        reports = reports.where(LabReport.sort_at < wanted.until)
+        alone = alone.where(LabResult.sort_at < wanted.until)
+    both = union_all(reports, alone).subquery()
+    stmt = (
+        select(both.c.sort_at, both.c.id, both.c.grouping)
+        .where(_after(both.c.sort_at, both.c.id, cursor))
+        .order_by(both.c.sort_at.desc(), both.c.id.desc())
+        .limit(limit + 1)
+    )
+    return [Listed(*row) for row in (await session.execute(stmt)).tuples()]
+
+
+async def lab_reports_by_id(session: AsyncSession, report_ids: list[str]) -> list[LabReport]:
+    """Reports by id (any order)."""
+    if not report_ids:
+        return []
+    stmt = select(LabReport).where(LabReport.report_fhir_id.in_(report_ids))
+    return list((await session.execute(stmt)).scalars())
+
+
+async def results_by_id(session: AsyncSession, observation_ids: list[str]) -> list[LabResult]:
+    """Results by id (any order)."""
+    if not observation_ids:
+        return []
+    stmt = select(LabResult).where(LabResult.observation_fhir_id.in_(observation_ids))
     return list((await session.execute(stmt)).scalars())
 
 

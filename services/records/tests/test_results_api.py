@@ -128,6 +128,28 @@ def _back_filled_a1c() -> RecordImportedV1:
                 ),
             ),
             ImportedEntry(
+                kind=RecordKind.LAB_RESULT,
+                resource_type="Observation",
+                fhir_id="crp-1",
+                version_id="1",
+                status="final",
+                observation=LabObservation(
+                    observation_fhir_id="crp-1",
+                    code=Coding(system=LOINC, code="1988-5", display="CRP"),
+                    status="final",
+                    category=[
+                        Coding(
+                            system="http://terminology.hl7.org/CodeSystem/observation-category",
+                            code="laboratory",
+                        )
+                    ],
+                    value_quantity=Quantity(value=2.0, unit="mg/L"),
+                    reference_ranges=[ReferenceRange(high=Quantity(value=10.0))],
+                    effective=T - timedelta(days=5),
+                    version_id="1",
+                ),
+            ),
+            ImportedEntry(
                 kind=RecordKind.DOCUMENT,
                 resource_type="DocumentReference",
                 fhir_id="doc-1",
@@ -201,9 +223,26 @@ async def test_results_carry_values_flags_explanations_and_trends_live_or_back_f
     async def arrived() -> bool:
         labs = await _items(client, "/patients/pat-1/lab-results")
         vitals = await _items(client, "/patients/pat-1/vital-signs")
-        return len(labs) == 4 and len(vitals) == 1
+        return len(labs) == 5 and len(vitals) == 1
 
     await eventually(arrived, timeout=90)
+    labs = await _items(client, "/patients/pat-1/lab-results")
+    # A laboratory result that no report groups is listed on its own, in time order.
+    assert [(r["id"], r["grouping"]) for r in labs] == [
+        ("bmp-1", "report"),
+        ("crp-1", "result"),
+        ("a1c-dr-3", "report"),
+        ("a1c-dr-2", "report"),
+        ("a1c-dr-1", "report"),
+    ]
+    alone = (await client.get("/patients/pat-1/lab-results/crp-1")).json()
+    assert alone["observations"][0]["flag"]["code"] == "normal"
+    assert alone["observations"][0]["explanation"]["name"] == "C-reactive protein (CRP)"
+    assert (await client.get("/patients/pat-2/lab-results/crp-1")).status_code == 404
+    # A result inside a report is not an entry of its own.
+    assert (await client.get("/patients/pat-1/lab-results/a1c-obs-1")).status_code == 404
+    by_category = await _items(client, "/patients/pat-1/lab-results", category="laboratory")
+    assert [r["id"] for r in by_category] == ["crp-1"]
 
     # The back-filled HbA1c shows its value, unit, range, the EHR's High flag, when it was
     # taken and issued (with offsets), by whom, and what the test is.

@@ -67,6 +67,7 @@ def upgrade() -> None:
         sa.Column("sort_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("version_id", sa.String(length=64), nullable=True),
         sa.Column("source_updated", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("category_codes", sa.String(length=500), nullable=False, server_default="|"),
         sa.PrimaryKeyConstraint("observation_fhir_id", name=op.f("pk_lab_results")),
     )
     with op.batch_alter_table("lab_results", schema=None) as batch_op:
@@ -141,7 +142,7 @@ def _carry_over() -> None:
         "lab_results",
         *(sa.column(c) for c in ("observation_fhir_id", "patient_id", "kind", "code", "status")),
         sa.column("data", sa.JSON()),
-        *(sa.column(c) for c in ("sort_at", "version_id", "source_updated")),
+        *(sa.column(c) for c in ("sort_at", "version_id", "source_updated", "category_codes")),
     )
     links = sa.table(
         "lab_report_results",
@@ -175,6 +176,7 @@ def _carry_over() -> None:
                     sort_at=effective or sort_at,
                     version_id=None,
                     source_updated=None,
+                    category_codes="|",
                 )
             )
             bind.execute(
