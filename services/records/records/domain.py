@@ -11,6 +11,9 @@ from enum import StrEnum
 from typing import Any
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Kinds of result rows: lab results and vital signs are both Observations with values.
+LAB = "lab-result"
+VITAL = "vital-sign"
 INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 
 
