@@ -31,7 +31,9 @@ def test_newest_first_puts_undated_entries_last() -> None:
 # --- flags, trends, cursors --------------------------------------------------------------
 
 
-def _result(value: float | None, low: float | None, high: float | None, *codes: str) -> dict[str, Any]:
+def _result(
+    value: float | None, low: float | None, high: float | None, *codes: str
+) -> dict[str, Any]:
     return {
         "value_quantity": {"value": value, "unit": "%"} if value is not None else None,
         "reference_ranges": [{"low": {"value": low} if low else None,
