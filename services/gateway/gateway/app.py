@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
-from gateway import api, api_appointments, api_messages, handlers, portal, store
+from gateway import api, api_appointments, api_messages, api_records, handlers, portal, store
 from gateway.auth import TokenVerifier
 from gateway.settings import Settings
 from gateway.upstream import Upstreams
@@ -41,6 +41,7 @@ def build(
     routes = APIRouter()
     routes.include_router(portal.router)
     routes.include_router(api.router)
+    routes.include_router(api_records.router)
     routes.include_router(api_appointments.router)
     routes.include_router(api_messages.router)
     service = create_service(

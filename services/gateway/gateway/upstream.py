@@ -65,6 +65,22 @@ class Upstreams:
         """GET JSON from a service."""
         return await self.request(service, "GET", path, params=params)
 
+    async def get_bytes(self, service: str, path: str) -> tuple[bytes, str]:
+        """GET a document's content and its content type (errors as `request` maps them)."""
+        url = self.urls[service] + path
+        try:
+            response = await self.client.get(url, timeout=self.timeout)
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(service, 504, "did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(service, 503, "is unavailable") from exc
+        if response.status_code == 404:
+            raise UpstreamError(service, 404, "not found")
+        if response.status_code >= 400:
+            raise UpstreamError(service, 502, f"answered {response.status_code}")
+        content_type = response.headers.get("content-type", "application/octet-stream")
+        return response.content, content_type
+
 
 def _detail(response: httpx.Response) -> str:
     try:
