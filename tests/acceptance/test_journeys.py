@@ -222,6 +222,20 @@ async def _volume(
     return _finish(checker, streams)
 
 
+async def _all_lab_results(patient: Patient) -> list[dict[str, Any]]:
+    """Every page of the patient's lab results (newest first)."""
+    found: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        page = await patient.get(
+            "/v1/me/lab-results", limit=100, **({"cursor": cursor} if cursor else {})
+        )
+        found += page["items"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return found
+
+
 async def _lists_agree(patients: dict[str, Patient], checker: Checker) -> None:
     """Every lab result and medication change is in the patient's list, once."""
     for patient in patients.values():
@@ -231,7 +245,7 @@ async def _lists_agree(patients: dict[str, Patient], checker: Checker) -> None:
             e.key[1] for e in checker.expected if e.patient == patient.id and e.what == "amend"
         }
         if reports:
-            results = await patient.get("/v1/me/lab-results")
+            results = await _all_lab_results(patient)
             listed = Counter(r["id"] for r in results)
             stale = sorted(
                 r["id"] for r in results if r["id"] in amended and r["status"] != "amended"
