@@ -14,7 +14,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -250,7 +250,7 @@ class Store:
             interaction=interaction,
             resource=stored.content,
             previous=previous,
-            occurred_at=stored.last_updated.replace(tzinfo=UTC),
+            occurred_at=stored.last_updated,
         )
 
     async def _upsert_in(
