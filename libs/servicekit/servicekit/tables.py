@@ -50,6 +50,8 @@ class InboxRow(KitBase):
     event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     handled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
+    __table_args__ = (Index("ix_inbox_handled_at", "handled_at"),)
+
 
 class DeadLetterRow(KitBase):
     """A message a consumer gave up on; while open, later messages of its key are parked."""
