@@ -27,3 +27,13 @@ class IntakeSubmittedV1(Payload):
     questionnaire_canonical: str = Field(description="Canonical URL of the Questionnaire")
     answers: list[IntakeAnswer]
     submitted_at: Instant
+
+
+class IntakeRemindedV1(Payload):
+    """A visit is near and its intake is still missing: remind the patient."""
+
+    appointment_id: InternalId
+    patient_id: InternalId
+    start: Instant = Field(description="When the visit starts")
+    questionnaire_canonical: str = Field(description="Canonical URL|version to fill in")
+    reminded_at: Instant
