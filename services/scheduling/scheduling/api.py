@@ -271,13 +271,19 @@ class IntakeFormOut(IntakeOut):
 
 
 def _intake(view: service.IntakeView) -> dict[str, Any]:
-    return IntakeOut(
+    body = IntakeOut(
         appointment_id=view.appointment_id,
         questionnaire=view.questionnaire,
         status=view.status,
         answers=[IntakeAnswer.model_validate(a) for a in view.answers],
         submitted_at=view.submitted_at,
     ).model_dump(mode="json")
+    # Each answer with only its one value, as the patient gave it.
+    body["answers"] = [
+        IntakeAnswer.model_validate(a).model_dump(mode="json", exclude_none=True)
+        for a in view.answers
+    ]
+    return body
 
 
 def _scope(patient_id: str, command: str) -> str:

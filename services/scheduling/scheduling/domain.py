@@ -275,14 +275,17 @@ def validate_answers(
     problems: list[AnswerProblem] = []
     given: dict[str, IntakeAnswer] = {}
     for answer in answers:
-        if answer.link_id in given:
+        repeats = bool(by_id.get(answer.link_id, {}).get("repeats"))
+        if answer.link_id in given and not repeats:
             problems.append(AnswerProblem(answer.link_id, "is answered twice"))
             continue
-        given[answer.link_id] = answer
-    for link_id, answer in given.items():
+        given.setdefault(answer.link_id, answer)
+    for answer in answers:
+        link_id = answer.link_id
         item = by_id.get(link_id)
         if item is None:
-            problems.append(AnswerProblem(link_id, "is not a question of this questionnaire"))
+            if not any(p.link_id == link_id for p in problems):
+                problems.append(AnswerProblem(link_id, "is not a question of this questionnaire"))
             continue
         if item.get("type") in _NO_ANSWER_TYPES:
             problems.append(AnswerProblem(link_id, "is not a question that takes an answer"))
@@ -303,3 +306,29 @@ def validate_answers(
             ):
                 problems.append(AnswerProblem(link_id, "is required"))
     return problems
+
+
+def with_offered_codings(
+    questionnaire: dict[str, Any], answers: list[IntakeAnswer]
+) -> list[IntakeAnswer]:
+    """Choice answers carry the offered option's coding (its system and display), whatever
+    part of it the patient sent back (validated answers only)."""
+    by_id = {str(i.get("linkId")): i for i in flatten_items(questionnaire.get("item", []))}
+    out: list[IntakeAnswer] = []
+    for answer in answers:
+        coding = answer.value_coding
+        item = by_id.get(answer.link_id, {})
+        if coding is not None:
+            for option in item.get("answerOption") or []:
+                offered = option.get("valueCoding")
+                if isinstance(offered, dict) and offered.get("code") == coding.code:
+                    full = coding.model_copy(
+                        update={
+                            "system": offered.get("system") or coding.system,
+                            "display": offered.get("display") or coding.display,
+                        }
+                    )
+                    answer = answer.model_copy(update={"value_coding": full})
+                    break
+        out.append(answer)
+    return out

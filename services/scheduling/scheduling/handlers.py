@@ -92,6 +92,7 @@ async def apply_ehr_appointment_change(uow: UnitOfWork, event: Event[Appointment
             id=data.appointment_id or f"ehr-{data.appointment_fhir_id}",
             patient_id=event.patient_id,
             status=data.status.value,
+            updated_at=now,
         )
         uow.session.add(row)
     else:

@@ -37,6 +37,7 @@ from scheduling.domain import (
     check_booking,
     check_change,
     validate_answers,
+    with_offered_codings,
 )
 from scheduling.settings import Settings
 from servicekit.app import Service
@@ -384,6 +385,7 @@ async def submit_intake(
     problems = validate_answers(resource, answers, complete=True)
     if problems:
         raise _problem(problems)
+    answers = with_offered_codings(resource, answers)
     if row is None:
         row = store.Intake(
             appointment_id=appointment_id,

@@ -28,7 +28,9 @@ def answer_value(answer: IntakeAnswer) -> FhirJson | None:
     if answer.value_integer is not None:
         return {"valueInteger": answer.value_integer}
     if answer.value_coding is not None:
-        coding = {"system": answer.value_coding.system, "code": answer.value_coding.code}
+        coding = {"code": answer.value_coding.code}
+        if answer.value_coding.system:  # a form's option may have no code system
+            coding["system"] = answer.value_coding.system
         if answer.value_coding.display:
             coding["display"] = answer.value_coding.display
         return {"valueCoding": coding}
