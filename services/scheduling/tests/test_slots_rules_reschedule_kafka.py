@@ -19,6 +19,7 @@ from contracts.appointment import (
     SlotUpdatedV1,
 )
 from contracts.base import Coding, SourceVersion
+from contracts.intake import IntakeRemindedV1
 from devstack.topics import ensure_topics
 from scheduling.app import build
 from scheduling.settings import Settings
@@ -84,6 +85,7 @@ async def client(
         booking_horizon_days=7,
         max_open_bookings=2,
         change_cutoff_hours=24,
+        intake_reminder_interval_s=0.2,
     )
     service = build(settings)
     async with serving_in_process(service.app, "http://scheduling") as http:
@@ -277,3 +279,25 @@ async def test_reschedule_holds_the_new_slot_then_follows_the_ehrs_move_or_refus
     assert kept["status_reason"] == "The new slot is no longer free"
     assert "s-d4" in await _slot_ids(client)
     assert d4 > d3
+
+
+async def test_a_visit_within_24_hours_with_missing_intake_gets_one_reminder(
+    client: httpx.AsyncClient, kafka_bootstrap: str, unique_prefix: str
+) -> None:
+    soon = await client.post(
+        "/patients/pat-1/appointments", json={"slot_id": "s-soon", "patient_fhir_id": "f-1"}
+    )
+    later = await client.post(
+        "/patients/pat-1/appointments", json={"slot_id": "s-d2", "patient_fhir_id": "f-1"}
+    )
+    assert soon.json()["intake_due"] is True
+    assert later.json()["intake_due"] is False
+    reminded = await read_topic(
+        kafka_bootstrap, f"{unique_prefix}intake.reminded", until=lambda s: len(s) >= 1
+    )
+    event = IntakeRemindedV1.model_validate_json(reminded[0].value)
+    assert (event.appointment_id, event.patient_id) == (soon.json()["id"], "pat-1")
+    assert event.questionnaire_canonical.endswith("Questionnaire/intake|1")
+    assert reminded[0].key == "pat-1"
+    listed = (await client.get("/patients/pat-1/appointments")).json()
+    assert [a["intake_due"] for a in listed] == [True, False]
