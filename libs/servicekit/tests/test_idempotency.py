@@ -118,7 +118,10 @@ async def test_concurrent_requests_with_one_key_have_one_effect_and_one_answer(
     running, http = service
     headers = {"Idempotency-Key": "k-4"}
     answers = await asyncio.gather(
-        *(http.post("/patients/p1/orders", json={"marker": "c"}, headers=headers) for _ in range(10))
+        *(
+            http.post("/patients/p1/orders", json={"marker": "c"}, headers=headers)
+            for _ in range(10)
+        )
     )
     assert {a.status_code for a in answers} == {201}
     assert len({a.text for a in answers}) == 1

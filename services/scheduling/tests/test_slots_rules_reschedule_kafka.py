@@ -22,6 +22,7 @@ from contracts.base import Coding, SourceVersion
 from contracts.intake import IntakeRemindedV1
 from devstack.topics import ensure_topics
 from scheduling.app import build
+from scheduling.service import Context, remind_missing_intake
 from scheduling.settings import Settings
 from servicekit.testing import (
     eventually,
@@ -301,3 +302,34 @@ async def test_a_visit_within_24_hours_with_missing_intake_gets_one_reminder(
     assert reminded[0].key == "pat-1"
     listed = (await client.get("/patients/pat-1/appointments")).json()
     assert [a["intake_due"] for a in listed] == [True, False]
+
+
+async def test_each_visit_within_the_window_is_reminded_once(
+    database_url: str, kafka_bootstrap: str, unique_prefix: str
+) -> None:
+    await ensure_topics(kafka_bootstrap, unique_prefix)
+    settings = Settings(
+        **isolated_settings(database_url, kafka_bootstrap, unique_prefix),
+        intake_reminder_interval_s=3600,  # the loop's first round runs before any booking
+    )
+    running = build(settings)
+    ctx = Context.of(running)
+    async with serving_in_process(running.app, "http://scheduling") as http:
+        await produce_events(
+            kafka_bootstrap, [("s", SLOTS[0]), ("s", SLOTS[1])], topic_prefix=unique_prefix
+        )
+
+        async def cached() -> bool:
+            return len(await _slot_ids(http)) == 2
+
+        await eventually(cached, timeout=60)
+        for slot in ("s-soon", "s-d2"):
+            booked = await http.post(
+                "/patients/pat-1/appointments", json={"slot_id": slot, "patient_fhir_id": "f-1"}
+            )
+            assert booked.status_code == 201
+        rounds = []
+        for _ in range(2):
+            async with running.db.transaction() as session:
+                rounds.append(await remind_missing_intake(ctx, session, datetime.now(UTC)))
+        assert rounds == [1, 0]
