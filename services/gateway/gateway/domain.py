@@ -25,6 +25,7 @@ class NotificationKind(StrEnum):
     MESSAGE = "message"
     APPOINTMENT = "appointment"
     TRIAGE = "triage"
+    INTAKE_REMINDER = "intake-reminder"
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ _TEXT = {
     NotificationKind.MESSAGE: "You have a new message from your care team.",
     NotificationKind.APPOINTMENT: "An appointment was {status}.",
     NotificationKind.TRIAGE: "Your symptom check was sent to your care team.",
+    NotificationKind.INTAKE_REMINDER: (
+        "Your visit is coming up: please fill in the questions before you come."
+    ),
 }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import event as sa_event
 
 from contracts.appointment import AppointmentUpdatedV1
+from contracts.intake import IntakeRemindedV1
 from contracts.lab import LabResultedV1
 from contracts.medication import MedicationChangedV1
 from contracts.message import MessageReceivedV1
@@ -71,3 +72,9 @@ async def notify_triage_routed(uow: UnitOfWork, event: Event[TriageCompletedV1])
     """Tell the patient their symptom check reached the care team."""
     data = event.data
     _notify(uow, event, Notification(NotificationKind.TRIAGE, data.session_id, data.urgency.value))
+
+
+@router.handles("intake.reminded")
+async def notify_intake_reminder(uow: UnitOfWork, event: Event[IntakeRemindedV1]) -> None:
+    """Remind the patient to fill in the intake form of a visit that is near."""
+    _notify(uow, event, Notification(NotificationKind.INTAKE_REMINDER, event.data.appointment_id))

@@ -43,6 +43,11 @@ def test_deleted_row_is_found() -> None:
     assert first_broken_link(chain) == 1
 
 
+def test_an_intake_reminder_asks_for_the_form_in_plain_words() -> None:
+    note = Notification(NotificationKind.INTAKE_REMINDER, "apt-1")
+    assert note.text() == "Your visit is coming up: please fill in the questions before you come."
+
+
 def test_notifications_carry_no_clinical_detail() -> None:
     note = Notification(NotificationKind.APPOINTMENT, "apt-1", "cancelled")
     assert note.text() == "An appointment was cancelled."
