@@ -288,6 +288,35 @@ async def test_a_patient_books_races_reschedules_and_fills_in_intake(portal: Por
 
         await eventually(filed, timeout=90)
         assert await filed() == 1
+        assert later.json()["rule"] == "intake-submitted"
+
+        # An explicit amendment updates the filed QuestionnaireResponse instead.
+        changed = {
+            "answers": [
+                {"link_id": "reason", "value_string": "Knee pain, now swollen"},
+                {"link_id": "pain", "value_integer": 6},
+            ]
+        }
+        amended = await client.post(
+            f"{path}/intake/amend", json=changed, headers={"Idempotency-Key": "in-3"}
+        )
+        assert amended.status_code == 202, amended.text
+        assert amended.json()["revision"] == 2
+
+        async def amended_in_ehr() -> dict[str, Any] | None:
+            found = await _fhir(portal, "QuestionnaireResponse", patient="demo-alice")
+            ours = [
+                e["resource"]
+                for e in found.get("entry", [])
+                if any(i.get("system") == INTAKE_ID for i in _identifiers(e["resource"]))
+            ]
+            return ours[0] if len(ours) == 1 and ours[0]["status"] == "amended" else None
+
+        await eventually(amended_in_ehr, timeout=90)
+        response = await amended_in_ehr()
+        assert response is not None
+        assert {i["linkId"]: i["answer"] for i in response["item"]}["pain"] == [{"valueInteger": 6}]
+        assert await filed() == 1
 
 
 def _identifiers(resource: dict[str, Any]) -> list[dict[str, Any]]:

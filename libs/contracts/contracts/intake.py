@@ -27,6 +27,12 @@ class IntakeSubmittedV1(Payload):
     questionnaire_canonical: str = Field(description="Canonical URL of the Questionnaire")
     answers: list[IntakeAnswer]
     submitted_at: Instant
+    revision: int = Field(
+        default=1,
+        ge=1,
+        description="1 for the first submission; each amendment of the same intake_id is the "
+        "next number and replaces the answers of the filed QuestionnaireResponse",
+    )
 
 
 class IntakeRemindedV1(Payload):

@@ -237,3 +237,22 @@ async def intake(
         json=body.model_dump(mode="json"),
         key=key,
     )
+
+
+@router.post("/me/appointments/{appointment_id}/intake/amend", status_code=202)
+async def amend_intake(
+    caller: Me, request: Request, appointment_id: Id, body: IntakeIn, key: IdempotencyKey = None
+) -> JSONResponse:
+    """Change intake answers already sent: the clinic's copy is updated, not duplicated."""
+    _may_write(caller)
+    path = _mine(caller, appointment_id, "/intake/amend")
+    return await _forward(
+        request,
+        caller,
+        "POST",
+        path,
+        action="write",
+        resource="QuestionnaireResponse",
+        json=body.model_dump(mode="json"),
+        key=key,
+    )

@@ -262,6 +262,7 @@ class IntakeOut(BaseModel):
     status: str = Field(description="missing, draft or submitted")
     answers: list[IntakeAnswer]
     submitted_at: datetime | None
+    revision: int = Field(description="0 until submitted, 1 submitted, 2+ amended")
 
 
 class IntakeFormOut(IntakeOut):
@@ -277,6 +278,7 @@ def _intake(view: service.IntakeView) -> dict[str, Any]:
         status=view.status,
         answers=[IntakeAnswer.model_validate(a) for a in view.answers],
         submitted_at=view.submitted_at,
+        revision=view.revision,
     ).model_dump(mode="json")
     # Each answer with only its one value, as the patient gave it.
     body["answers"] = [
@@ -422,4 +424,34 @@ async def submit_intake(
         return _intake(view)
 
     scope = _scope(patient_id, f"intake:{appointment_id}")
+    return await _answer(idempotent(request, scope, key, body, action, status=202))
+
+
+@router.post(
+    "/patients/{patient_id}/appointments/{appointment_id}/intake/amend",
+    status_code=202,
+    response_model=IntakeOut,
+)
+async def amend_intake(
+    patient_id: PatientId,
+    appointment_id: str,
+    body: IntakeIn,
+    request: Request,
+    key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Replace the submitted answers (validated the same way); the EHR's
+    QuestionnaireResponse is updated, not filed again."""
+    ctx = _context(request)
+    try:
+        questionnaire = await _questionnaire(request, patient_id, appointment_id)
+    except SchedulingError as exc:
+        return _error(exc)
+
+    async def action(session: AsyncSession) -> dict[str, Any]:
+        view = await service.amend_intake(
+            ctx, session, patient_id, appointment_id, questionnaire, body.answers
+        )
+        return _intake(view)
+
+    scope = _scope(patient_id, f"intake-amend:{appointment_id}")
     return await _answer(idempotent(request, scope, key, body, action, status=202))

@@ -281,12 +281,16 @@ class IntakeView:
     status: str
     answers: list[dict[str, Any]]
     submitted_at: datetime | None
+    revision: int
 
 
 def _view(appointment_id: str, questionnaire: str, row: store.Intake | None) -> IntakeView:
     if row is None:
-        return IntakeView(appointment_id, questionnaire, "missing", [], None)
-    return IntakeView(appointment_id, row.questionnaire, row.status, row.answers, row.submitted_at)
+        return IntakeView(appointment_id, questionnaire, "missing", [], None, 0)
+    revision = row.revision if row.status == "submitted" else 0
+    return IntakeView(
+        appointment_id, row.questionnaire, row.status, row.answers, row.submitted_at, revision
+    )
 
 
 async def questionnaire_of(
@@ -329,7 +333,8 @@ async def _open_intake(
         raise SchedulingError(
             409,
             "The intake for this appointment was already sent to the clinic; "
-            "tell the care team about changes at the visit or by message.",
+            "to change your answers, send them as an amendment.",
+            rule="intake-submitted",
         )
     return appointment, row
 
@@ -394,12 +399,13 @@ async def submit_intake(
             questionnaire=canonical,
             status="submitted",
             answers=_stored(answers),
+            revision=1,
             updated_at=now,
             submitted_at=now,
         )
         session.add(row)
     else:
-        row.status, row.answers = "submitted", _stored(answers)
+        row.status, row.answers, row.revision = "submitted", _stored(answers), 1
         row.updated_at = row.submitted_at = now
     try:
         await session.flush()
@@ -420,6 +426,54 @@ async def submit_intake(
         subject=patient_id,
     )
     return _view(appointment_id, canonical, row)
+
+
+async def amend_intake(
+    ctx: Context,
+    session: AsyncSession,
+    patient_id: str,
+    appointment_id: str,
+    questionnaire: tuple[str, dict[str, Any]],
+    answers: list[IntakeAnswer],
+) -> IntakeView:
+    """Replace submitted answers: validated like a submission, then the EHR's
+    QuestionnaireResponse is updated (the same intake, the next revision)."""
+    now = datetime.now(UTC)
+    appointment = await _owned(session, patient_id, appointment_id)
+    if appointment.status not in _INTAKE_OPEN:
+        raise SchedulingError(
+            409, f"Intake is closed for an appointment that is {appointment.status}."
+        )
+    row = await store.get_intake(session, appointment_id, for_update=True)
+    if row is None or row.status != "submitted":
+        raise SchedulingError(
+            409,
+            "No intake was sent for this appointment yet; submit it first.",
+            rule="intake-not-submitted",
+        )
+    _, resource = questionnaire
+    problems = validate_answers(resource, answers, complete=True)
+    if problems:
+        raise _problem(problems)
+    answers = with_offered_codings(resource, answers)
+    row.answers = _stored(answers)
+    row.revision += 1
+    row.updated_at = row.submitted_at = now
+    ctx.outbox.add(
+        session,
+        IntakeSubmittedV1(
+            intake_id=row.intake_id,
+            appointment_id=appointment.id,
+            appointment_fhir_id=appointment.appointment_fhir_id,
+            patient_id=patient_id,
+            questionnaire_canonical=row.questionnaire,
+            answers=answers,
+            submitted_at=now,
+            revision=row.revision,
+        ),
+        subject=patient_id,
+    )
+    return _view(appointment_id, row.questionnaire, row)
 
 
 async def remind_missing_intake(ctx: Context, session: AsyncSession, now: datetime) -> int:

@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     DateTime,
     Index,
+    Integer,
     String,
     Text,
     and_,
@@ -123,6 +124,8 @@ class Intake(Base):
     questionnaire: Mapped[str] = mapped_column(String(300))
     status: Mapped[str] = mapped_column(String(16))
     answers: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # 1 once submitted; each amendment sent to the EHR is the next number.
+    revision: Mapped[int] = mapped_column(Integer, default=1)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 

@@ -8,6 +8,7 @@ pointing at an Appointment, so the link to the visit is the core workflow extens
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Final
 
 from contracts.intake import IntakeAnswer, IntakeSubmittedV1
@@ -74,3 +75,19 @@ def intake_response(
     if not response["item"]:
         del response["item"]
     return tagged(response)
+
+
+def amended(current: FhirJson, data: IntakeSubmittedV1) -> FhirJson | None:
+    """The filed QuestionnaireResponse with the patient's amended answers (status
+    `amended`); None when it already has them (a replayed amendment)."""
+    new_items = items(data.answers)
+    if current.get("item", []) == new_items and current.get("status") == "amended":
+        return None
+    changed = copy.deepcopy(current)
+    changed["status"] = "amended"
+    changed["authored"] = data.submitted_at.isoformat()
+    if new_items:
+        changed["item"] = new_items
+    else:
+        changed.pop("item", None)
+    return tagged(changed)

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("questionnaire", sa.String(length=300), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("answers", sa.JSON(), nullable=False),
+        sa.Column("revision", sa.Integer(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("appointment_id", name=op.f("pk_intakes")),
