@@ -106,6 +106,12 @@ async def apply_ehr_appointment_change(uow: UnitOfWork, event: Event[Appointment
             return
     if releases_slot(data.status):
         await store.release_holds(uow.session, row.id, now)
+    elif data.slot_fhir_ids:
+        # The clinic may have moved it in the EHR: holds follow the slots it now uses.
+        keep = set(data.slot_fhir_ids) | (
+            {row.pending_slot_fhir_id} if row.pending_slot_fhir_id else set()
+        )
+        await store.release_holds_except(uow.session, row.id, keep, now)
     row.status = data.status.value
     row.appointment_fhir_id = data.appointment_fhir_id or row.appointment_fhir_id
     row.start = data.start or row.start

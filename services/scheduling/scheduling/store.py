@@ -232,6 +232,21 @@ async def release_holds(
     await session.execute(update(SlotHold).where(*conditions).values(released_at=now))
 
 
+async def release_holds_except(
+    session: AsyncSession, appointment_id: str, keep: set[str], now: datetime
+) -> None:
+    """Release an appointment's active holds of slots it no longer uses."""
+    await session.execute(
+        update(SlotHold)
+        .where(
+            SlotHold.appointment_id == appointment_id,
+            SlotHold.released_at.is_(None),
+            SlotHold.slot_fhir_id.not_in(sorted(keep)),
+        )
+        .values(released_at=now)
+    )
+
+
 # -- appointments ---------------------------------------------------------------------------
 
 

@@ -333,3 +333,29 @@ async def test_each_visit_within_the_window_is_reminded_once(
             async with running.db.transaction() as session:
                 rounds.append(await remind_missing_intake(ctx, session, datetime.now(UTC)))
         assert rounds == [1, 0]
+
+
+async def test_a_move_made_by_the_clinic_in_the_ehr_lets_the_old_slot_go(
+    client: httpx.AsyncClient, kafka_bootstrap: str, unique_prefix: str
+) -> None:
+    booked = await client.post(
+        "/patients/pat-1/appointments", json={"slot_id": "s-d2", "patient_fhir_id": "f-1"}
+    )
+    appointment = booked.json()["id"]
+    d2, d4b = SLOTS[1].start, SLOTS[4].start
+    assert "s-d2" not in await _slot_ids(client)
+    await produce_events(
+        kafka_bootstrap,
+        [
+            ("pat-1", _ehr_says(appointment, "1", "s-d2", d2)),
+            ("pat-1", _ehr_says(appointment, "2", "s-d4b", d4b)),
+        ],
+        topic_prefix=unique_prefix,
+    )
+
+    async def moved() -> bool:
+        got = (await client.get(f"/patients/pat-1/appointments/{appointment}")).json()
+        return bool(got["slot"] == "s-d4b")
+
+    await eventually(moved, timeout=60)
+    assert "s-d2" in await _slot_ids(client)
