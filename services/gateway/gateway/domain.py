@@ -41,6 +41,12 @@ class Notification:
         return _TEXT[self.kind].format(status=self.status or "updated")
 
 
+def appointment_news(end: datetime | None, now: datetime) -> bool:
+    """Whether a change of an appointment is news for the patient: not for a visit that is
+    already over (an imported history, or the clinic closing last week's visit)."""
+    return end is None or end > now
+
+
 _TEXT = {
     NotificationKind.LAB_RESULT: "A new lab result is available.",
     NotificationKind.MEDICATION: "Your medication list changed.",

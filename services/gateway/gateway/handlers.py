@@ -15,7 +15,7 @@ from contracts.medication import MedicationChangedV1
 from contracts.message import MessageReceivedV1
 from contracts.triage import TriageCompletedV1
 from gateway import store
-from gateway.domain import Notification, NotificationKind
+from gateway.domain import Notification, NotificationKind, appointment_news
 from gateway.hub import NotificationHub
 from servicekit.consumer import Event, EventRouter, UnitOfWork
 
@@ -63,6 +63,8 @@ async def notify_message(uow: UnitOfWork, event: Event[MessageReceivedV1]) -> No
 async def notify_appointment_change(uow: UnitOfWork, event: Event[AppointmentUpdatedV1]) -> None:
     """Tell the patient an appointment was confirmed, rejected, cancelled or moved."""
     data = event.data
+    if not appointment_news(data.end, datetime.now(UTC)):
+        return
     ref = data.appointment_id or data.appointment_fhir_id or "appointment"
     _notify(uow, event, Notification(NotificationKind.APPOINTMENT, ref, data.status.value))
 

@@ -12,6 +12,7 @@ from gateway.domain import (
     Notification,
     NotificationKind,
     access_hash,
+    appointment_news,
     first_broken_link,
 )
 
@@ -66,3 +67,10 @@ def test_smart_scopes_v1_and_v2() -> None:
     assert not token("patient/Observation.rs").allows_read("MedicationRequest")
     assert not token("patient/*.c").allows_read("Observation")
     assert not token("user/*.rs", "openid").allows_read("Observation")
+
+
+def test_a_change_to_a_visit_that_is_over_is_not_news() -> None:
+    now = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    assert not appointment_news(now - timedelta(days=30), now)
+    assert appointment_news(now + timedelta(days=2), now)
+    assert appointment_news(None, now)
