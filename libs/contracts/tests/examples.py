@@ -14,7 +14,7 @@ from contracts.appointment import (
     SlotUpdatedV1,
 )
 from contracts.base import Coding, Payload, Quantity, ReferenceRange, SourceVersion
-from contracts.intake import IntakeAnswer, IntakeSubmittedV1
+from contracts.intake import IntakeAnswer, IntakeRemindedV1, IntakeSubmittedV1
 from contracts.lab import LabObservation, LabResultedV1, ReportStatus
 from contracts.medication import MedicationChangedV1, MedicationStatus
 from contracts.message import MessageReceivedV1, MessageSentV1
@@ -99,6 +99,13 @@ EXAMPLES: dict[str, Payload] = {
             IntakeAnswer(link_id="concern", value_string="Headaches in the morning"),
         ],
         submitted_at=T0,
+    ),
+    "intake.reminded": IntakeRemindedV1(
+        appointment_id="apt-1",
+        patient_id=PATIENT,
+        start=T0 + timedelta(hours=20),
+        questionnaire_canonical="http://portal.example.org/fhir/Questionnaire/intake|1",
+        reminded_at=T0,
     ),
     "lab.resulted": LabResultedV1(
         patient_id=PATIENT,

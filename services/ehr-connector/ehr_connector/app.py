@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
-from ehr_connector import context, handlers, store
+from ehr_connector import context, handlers, questionnaires, store
 from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import EhrPort
 from ehr_connector.inbound import api as inbound_api
@@ -62,12 +62,15 @@ def build(
             return "unavailable: EHR client not started"
         return await client.probe()
 
+    routes = APIRouter()
+    routes.include_router(inbound_api.router)
+    routes.include_router(questionnaires.router)
     return create_service(
         ServiceDefinition(
             settings=settings,
             title="ehr-connector",
             description="The only service that speaks FHIR to the EHR.",
-            api=inbound_api.router,
+            api=routes,
             handlers=handlers.router,
             publishes=PUBLISHES,
             metadata=store.metadata,

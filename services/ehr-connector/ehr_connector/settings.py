@@ -15,7 +15,7 @@ DEFAULT_EHR_SCOPE = " ".join(
         "system/*.rs",
         "system/Appointment.cu",
         "system/Slot.u",
-        "system/QuestionnaireResponse.c",
+        "system/QuestionnaireResponse.cu",  # intake amendments update the filed one
         "system/Communication.c",
         "system/Task.c",
         "system/Subscription.cu",

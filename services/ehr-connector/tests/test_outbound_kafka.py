@@ -323,6 +323,43 @@ async def test_reschedule_and_cancel_update_with_if_match_and_move_the_slots(
     assert (await harness.read(f"Slot/{taken_slot['id']}"))["status"] == "busy"
 
 
+async def test_moving_an_appointment_the_clinic_closed_is_refused_with_the_reason(
+    harness: Harness,
+) -> None:
+    first_slot, second_slot = harness.next_slot(), harness.next_slot()
+    booking = harness.booking("pat-alice", "demo-alice", first_slot)
+    async with harness.connector():
+        await harness.produce([("pat-alice", booking)])
+        updates = await harness.updates(_for(booking.appointment_id))
+        confirmed = next(u for u in updates if u.appointment_id == booking.appointment_id)
+        fhir_id = confirmed.appointment_fhir_id
+        closed = await harness.read(f"Appointment/{fhir_id}")
+        put = await harness.admin.put(
+            f"/fhir/Appointment/{fhir_id}", json={**closed, "status": "fulfilled"}
+        )
+        assert put.status_code == 200
+        moved = AppointmentRescheduledV1(
+            appointment_id=booking.appointment_id,
+            patient_id="pat-alice",
+            appointment_fhir_id=fhir_id,
+            based_on_version="1",
+            old_slot_fhir_id=first_slot["id"],
+            new_slot_fhir_id=second_slot["id"],
+            start=_when(second_slot["start"]),
+            end=_when(second_slot["end"]),
+            rescheduled_at=T0,
+        )
+        await harness.produce([("pat-alice", moved)])
+        updates = await harness.updates(
+            lambda us: any(u.reason and u.appointment_id == booking.appointment_id for u in us)
+        )
+        refused = next(u for u in updates if u.reason)
+        assert refused.status == AppointmentStatus.FULFILLED
+        assert "cannot be rescheduled" in (refused.reason or "")
+        assert refused.slot_fhir_ids == [first_slot["id"]]
+    assert (await harness.read(f"Slot/{second_slot['id']}"))["status"] == "free"
+
+
 class ClinicianEditsFirst:
     """An EhrPort that lets a clinician change a resource right before our first update
     of that type (as if both edited the chart at the same moment)."""

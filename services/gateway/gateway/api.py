@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
 from contracts.patient import PatientLinkedV1
@@ -150,33 +150,6 @@ class MeOut(BaseModel):
 async def me(caller: Me) -> MeOut:
     """The caller's internal patient id and granted scopes (links the account on first use)."""
     return MeOut(patient_id=caller.patient_id, scopes=sorted(caller.token.scopes))
-
-
-@router.get("/slots")
-async def slots(
-    caller: Me,
-    request: Request,
-    start: Annotated[AwareDatetime, Query()],
-    end: Annotated[AwareDatetime | None, Query()] = None,
-) -> Any:
-    """Free appointment slots from `start` (to `end`, default 14 days)."""
-    params = {"start": start.isoformat(), **({"end": end.isoformat()} if end else {})}
-    return await _read(request, caller, "Slot", "scheduling", "/slots", params)
-
-
-@router.get("/me/appointments")
-async def appointments(caller: Me, request: Request) -> Any:
-    """The patient's appointments, soonest first."""
-    return await _read(
-        request, caller, "Appointment", "scheduling", f"/patients/{caller.patient_id}/appointments"
-    )
-
-
-@router.get("/me/appointments/{appointment_id}")
-async def appointment(caller: Me, request: Request, appointment_id: Id) -> Any:
-    """One of the patient's appointments."""
-    path = f"/patients/{caller.patient_id}/appointments/{appointment_id}"
-    return await _read(request, caller, "Appointment", "scheduling", path)
 
 
 @router.get("/me/threads")

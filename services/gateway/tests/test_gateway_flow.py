@@ -7,7 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from contracts.base import Coding, SourceVersion
+from contracts.intake import IntakeRemindedV1
 from contracts.lab import LabResultedV1, ReportStatus
 from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
@@ -294,3 +295,36 @@ async def test_no_phi_reaches_a_span_attribute(stack: Stack, kafka_bootstrap: st
     for secret in ("p-bea", "Ann", "Example", "crushing", "dr-77"):
         leaked = [v for v in values if secret in v.split("=", 1)[1]]
         assert leaked == [], f"{secret!r} reached span attributes: {leaked[:3]}"
+
+
+async def test_an_intake_reminder_reaches_the_live_stream(
+    stack: Stack, kafka_bootstrap: str
+) -> None:
+    token = await _token(stack)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=stack.url, headers=headers, timeout=30) as client:
+        patient_id = (await client.get("/v1/me")).json()["patient_id"]
+        await produce_events(
+            kafka_bootstrap,
+            [
+                (
+                    patient_id,
+                    IntakeRemindedV1(
+                        appointment_id="apt-9",
+                        patient_id=patient_id,
+                        start=datetime.now(UTC) + timedelta(hours=20),
+                        questionnaire_canonical="http://example.org/Questionnaire/intake|1",
+                        reminded_at=datetime.now(UTC),
+                    ),
+                )
+            ],
+            topic_prefix=stack.prefix,
+        )
+        received: list[dict[str, object]] = []
+        async with client.stream("GET", "/v1/me/events") as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("data: "):
+                    received.append(json.loads(line[6:]))
+                    break
+        assert (received[0]["kind"], received[0]["ref"]) == ("intake-reminder", "apt-9")
+        assert "fill in" in str(received[0]["text"])

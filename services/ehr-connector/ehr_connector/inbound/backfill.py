@@ -30,6 +30,7 @@ from contracts.record import ImportedEntry, RecordImportedV1
 from ehr_connector.ehr.errors import EhrError, EhrUnavailable
 from ehr_connector.ehr.port import EhrPort, SearchPage
 from ehr_connector.inbound import store
+from ehr_connector.inbound.appointment_import import import_appointments
 from ehr_connector.inbound.mapping.common import Rejected
 from ehr_connector.inbound.mapping.history import IMPORTED_TYPES, map_history
 from ehr_connector.inbound.metrics import (
@@ -183,6 +184,7 @@ class BackfillWorker:
 
     async def _run_job(self, backfill_id: str) -> None:
         failures = 0
+        appointments_imported = False
         while not self._stopping.is_set():
             async with self.db.sessions() as session:
                 job = await store.get_backfill(session, backfill_id)
@@ -190,6 +192,18 @@ class BackfillWorker:
                     return
                 session.expunge(job)
             try:
+                if not appointments_imported:
+                    # Appointments go to scheduling, not to the records batches: see
+                    # `appointment_import` (repeating it after a take-over publishes nothing new).
+                    await import_appointments(
+                        self.settings,
+                        self.db,
+                        self.outbox,
+                        self.ehr,
+                        job.patient_id,
+                        job.patient_fhir_id,
+                    )
+                    appointments_imported = True
                 if job.total is None:
                     await self._count(job)
                 finished = await self._page(job)

@@ -14,6 +14,7 @@ from ehr_connector import store
 from ehr_connector.context import Connector
 from ehr_connector.ehr.port import WriteResult
 from ehr_connector.outbound import appointments, intake, messages, triage
+from ehr_connector.outbound.booking import apply_change
 from ehr_connector.outbound.identifiers import (
     INTAKE_ID,
     MESSAGE_ID,
@@ -78,7 +79,14 @@ async def file_intake(
         )
     )
     result = await ehr.create(response, if_none_exist=if_none_exist(INTAKE_ID, data.intake_id))
-    await _record(uow, Journal.of(uow, event), kind="intake", our_id=data.intake_id, result=result)
+    journal = Journal.of(uow, event)
+    await _record(uow, journal, kind="intake", our_id=data.intake_id, result=result)
+    if data.revision > 1 and not result.created:
+        # An amendment: the filed answers are replaced (If-Match, re-applied on conflict).
+        current = await ehr.read("QuestionnaireResponse", result.id)
+        written, changed = await apply_change(ehr, current, lambda r: intake.amended(r, data))
+        interaction = Interaction.UPDATE if changed else Interaction.NOOP
+        await journal.record(data.intake_id, "QuestionnaireResponse", interaction, written)
 
 
 async def send_message(connector: Connector, uow: UnitOfWork, event: Event[MessageSentV1]) -> None:

@@ -8,6 +8,7 @@ pointing at an Appointment, so the link to the visit is the core workflow extens
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Final
 
 from contracts.intake import IntakeAnswer, IntakeSubmittedV1
@@ -28,7 +29,9 @@ def answer_value(answer: IntakeAnswer) -> FhirJson | None:
     if answer.value_integer is not None:
         return {"valueInteger": answer.value_integer}
     if answer.value_coding is not None:
-        coding = {"system": answer.value_coding.system, "code": answer.value_coding.code}
+        coding = {"code": answer.value_coding.code}
+        if answer.value_coding.system:  # a form's option may have no code system
+            coding["system"] = answer.value_coding.system
         if answer.value_coding.display:
             coding["display"] = answer.value_coding.display
         return {"valueCoding": coding}
@@ -72,3 +75,19 @@ def intake_response(
     if not response["item"]:
         del response["item"]
     return tagged(response)
+
+
+def amended(current: FhirJson, data: IntakeSubmittedV1) -> FhirJson | None:
+    """The filed QuestionnaireResponse with the patient's amended answers (status
+    `amended`); None when it already has them (a replayed amendment)."""
+    new_items = items(data.answers)
+    if current.get("item", []) == new_items and current.get("status") == "amended":
+        return None
+    changed = copy.deepcopy(current)
+    changed["status"] = "amended"
+    changed["authored"] = data.submitted_at.isoformat()
+    if new_items:
+        changed["item"] = new_items
+    else:
+        changed.pop("item", None)
+    return tagged(changed)
