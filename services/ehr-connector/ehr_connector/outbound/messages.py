@@ -13,6 +13,29 @@ from ehr_connector.outbound.identifiers import MESSAGE_ID, identifier
 from ehr_connector.outbound.tags import tagged
 
 FhirJson = dict[str, Any]
+EMERGENCY_NOTE = (
+    "The portal's emergency check flagged this message; the patient was told to call "
+    "emergency services now."
+)
+UNCHECKED_NOTE = (
+    "The portal could not check this message for emergency language: please review it soon."
+)
+
+
+def _attachments(data: MessageSentV1) -> list[FhirJson]:
+    """The patient's files as `payload.contentAttachment` (R4 Attachment, inline data)."""
+    return [
+        {
+            "contentAttachment": {
+                "contentType": a.content_type,
+                "data": a.data_base64,
+                "title": a.title,
+                "size": a.size,
+                "creation": data.sent_at.isoformat(),
+            }
+        }
+        for a in data.attachments
+    ]
 
 
 def communication(
@@ -35,8 +58,15 @@ def communication(
         "recipient": [{"reference": recipient}],
         "topic": {"text": data.subject},
         "sent": data.sent_at.isoformat(),
-        "payload": [{"contentString": data.body}],
+        "payload": [{"contentString": data.body}, *_attachments(data)],
     }
+    if data.emergency:
+        # The portal told the patient to call emergency services; the clinician sees why.
+        resource["priority"] = "stat"
+        resource["note"] = [{"text": EMERGENCY_NOTE}]
+    elif data.needs_review:
+        resource["priority"] = "urgent"
+        resource["note"] = [{"text": UNCHECKED_NOTE}]
     if thread_fhir_id:
         resource["partOf"] = [{"reference": f"Communication/{thread_fhir_id}"}]
     if in_reply_to_fhir_id:

@@ -50,7 +50,8 @@ def upgrade() -> None:
     op.add_column(
         "messages", sa.Column("needs_review", sa.Boolean(), server_default="false", nullable=False)
     )
-    op.alter_column("messages", "body", existing_type=sa.TEXT(), nullable=True)
+    with op.batch_alter_table("messages") as batch_op:
+        batch_op.alter_column("body", existing_type=sa.TEXT(), nullable=True)
     op.create_index(op.f("ix_messages_key_id"), "messages", ["key_id"], unique=False)
     op.create_index(
         "ix_messages_patient_direction_sent",
@@ -69,7 +70,8 @@ def upgrade() -> None:
         "pool_items",
         sa.Column("needs_review", sa.Boolean(), server_default="false", nullable=False),
     )
-    op.alter_column("pool_items", "summary", existing_type=sa.TEXT(), nullable=True)
+    with op.batch_alter_table("pool_items") as batch_op:
+        batch_op.alter_column("summary", existing_type=sa.TEXT(), nullable=True)
     op.create_index(op.f("ix_pool_items_key_id"), "pool_items", ["key_id"], unique=False)
     op.add_column("threads", sa.Column("subject_enc", sa.LargeBinary(), nullable=True))
     op.add_column("threads", sa.Column("key_id", sa.String(length=64), nullable=True))
@@ -92,7 +94,8 @@ def downgrade() -> None:
     op.drop_column("threads", "key_id")
     op.drop_column("threads", "subject_enc")
     op.drop_index(op.f("ix_pool_items_key_id"), table_name="pool_items")
-    op.alter_column("pool_items", "summary", existing_type=sa.TEXT(), nullable=False)
+    with op.batch_alter_table("pool_items") as batch_op:
+        batch_op.alter_column("summary", existing_type=sa.TEXT(), nullable=False)
     op.drop_column("pool_items", "needs_review")
     op.drop_column("pool_items", "emergency")
     op.drop_column("pool_items", "message_id")
@@ -101,7 +104,8 @@ def downgrade() -> None:
     op.drop_column("pool_items", "summary_enc")
     op.drop_index("ix_messages_patient_direction_sent", table_name="messages")
     op.drop_index(op.f("ix_messages_key_id"), table_name="messages")
-    op.alter_column("messages", "body", existing_type=sa.TEXT(), nullable=False)
+    with op.batch_alter_table("messages") as batch_op:
+        batch_op.alter_column("body", existing_type=sa.TEXT(), nullable=False)
     op.drop_column("messages", "needs_review")
     op.drop_column("messages", "emergency")
     op.drop_column("messages", "source_updated_at")
