@@ -165,6 +165,32 @@ async def test_a_clinician_reply_names_our_thread_and_the_patients_answer_stays_
         assert follow_up["inResponseTo"] == [{"reference": f"Communication/{reply_id}"}]
         assert "priority" not in follow_up
 
+        # A clinician answers Alice's second message only (no partOf): the Communication
+        # it answers carries our thread id, so the answer still names her thread.
+        created = await box.admin.post(
+            "/fhir/Communication",
+            json={
+                "resourceType": "Communication",
+                "status": "completed",
+                "subject": {"reference": "Patient/demo-alice"},
+                "recipient": [{"reference": "Patient/demo-alice"}],
+                "sender": {"reference": "Practitioner/dr-adams"},
+                "inResponseTo": [{"reference": f"Communication/{follow_up['id']}"}],
+                "sent": datetime.now(UTC).isoformat(),
+                "payload": [{"contentString": "Twice a day."}],
+            },
+        )
+        assert created.status_code == 201, created.text
+        late_id = created.json()["id"]
+        received = await read_events(
+            kafka_bootstrap,
+            f"{unique_prefix}message.received",
+            lambda es: any(e.data["communication_fhir_id"] == late_id for e in es),
+        )
+        late = next(e.data for e in received if e.data["communication_fhir_id"] == late_id)
+        assert late["thread_id"] == "th-metformin"
+        assert late["in_reply_to_fhir_id"] == follow_up["id"]
+
 
 async def test_backfill_imports_the_patients_conversations_with_their_threading(
     box: RunningSandbox,

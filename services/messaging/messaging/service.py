@@ -481,8 +481,8 @@ class Messaging:
             body=body,
             sent_at=message.sent_at,
             topic=thread.topic,
-            emergency=message.emergency,
-            needs_review=message.needs_review,
+            emergency=bool(message.emergency),
+            needs_review=bool(message.needs_review),
             attachments=wire,
         )
         self.outbox.add(session, event, subject=thread.patient_id)
@@ -778,6 +778,8 @@ class Messaging:
                 direction=store.PATIENT,
                 sent_at=data.completed_at,
                 read_at=data.completed_at,
+                emergency=False,
+                needs_review=False,
             )
             self._seal_message(message, data.summary)
             session.add(message)

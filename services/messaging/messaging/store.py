@@ -57,7 +57,7 @@ class Thread(Base):
     pool: Mapped[str] = mapped_column(String(64))
     topic: Mapped[str | None] = mapped_column(String(32))
     rules_version: Mapped[str | None] = mapped_column(String(32))
-    origin: Mapped[str] = mapped_column(String(16), server_default="patient")
+    origin: Mapped[str] = mapped_column(String(16), default="patient", server_default="patient")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -82,8 +82,8 @@ class Message(Base):
     care_team_read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     source_version: Mapped[str | None] = mapped_column(String(64))
     source_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    emergency: Mapped[bool] = mapped_column(Boolean, server_default="false")
-    needs_review: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    emergency: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    needs_review: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
 
     # A client's retry of the same send (same key) finds the first message.
     __table_args__ = (
@@ -122,8 +122,8 @@ class PoolItem(Base):
     key_id: Mapped[str | None] = mapped_column(String(64), index=True)
     thread_id: Mapped[str | None] = mapped_column(String(64))
     message_id: Mapped[str | None] = mapped_column(String(64))
-    emergency: Mapped[bool] = mapped_column(Boolean, server_default="false")
-    needs_review: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    emergency: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    needs_review: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_pool_items_pool_created", "pool", "created_at"),)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from contracts.message import MessageSentV1
-from ehr_connector.outbound.identifiers import MESSAGE_ID, identifier
+from ehr_connector.outbound.identifiers import MESSAGE_ID, THREAD_EXTENSION, identifier
 from ehr_connector.outbound.tags import tagged
 
 FhirJson = dict[str, Any]
@@ -51,6 +51,7 @@ def communication(
     patient = {"reference": f"Patient/{patient_fhir_id}"}
     resource: FhirJson = {
         "resourceType": "Communication",
+        "extension": [{"url": THREAD_EXTENSION, "valueString": data.thread_id}],
         "identifier": [identifier(MESSAGE_ID, data.message_id)],
         "status": "completed",
         "subject": patient,

@@ -23,7 +23,7 @@ from ehr_connector.inbound.mapping.common import (
     clip,
     source_version,
 )
-from ehr_connector.outbound.identifiers import MESSAGE_ID
+from ehr_connector.outbound.identifiers import MESSAGE_ID, THREAD_EXTENSION
 
 BODY_LIMIT = 10_000
 # A message still being written, or withdrawn, is not delivered to the patient.
@@ -43,7 +43,9 @@ def patients(message: Resource) -> list[str]:
 
 
 def needs(message: Resource) -> list[Ref]:
-    """The sender, when named without a display."""
+    """The sender, when named without a display; the Communications it answers or is part
+    of (when we filed one of them, it names our thread)."""
+    refs: list[Ref] = []
     sender = message.get("sender")
     if isinstance(sender, dict) and not string(sender.get("display")):
         ref = reference_of(sender)
@@ -53,8 +55,26 @@ def needs(message: Resource) -> list[Ref]:
             "Organization",
             "CareTeam",
         ):
-            return [ref]
-    return []
+            refs.append(ref)
+    for element in (message.get("inResponseTo"), message.get("partOf")):
+        for item in as_list(element):
+            ref = reference_of(item)
+            if ref is not None and ref.type == "Communication" and ref not in refs:
+                refs.append(ref)
+    return refs
+
+
+def _our_thread(message: Resource, ctx: MappingContext) -> str | None:
+    """Our thread id, from the extension on a Communication we filed that this answers."""
+    for element in (message.get("inResponseTo"), message.get("partOf")):
+        for item in as_list(element):
+            related = ctx.get(reference_of(item))
+            for extension in as_list(related.get("extension") if related else None):
+                if isinstance(extension, dict) and extension.get("url") == THREAD_EXTENSION:
+                    value = string(extension.get("valueString"))
+                    if value:
+                        return value
+    return None
 
 
 def _body(message: Resource) -> str | None:
@@ -116,6 +136,7 @@ def map_message(message: Resource, ctx: MappingContext) -> MappingResult:
         {
             "patient_id": ctx.patient_id,
             "communication_fhir_id": source.fhir_id,
+            "thread_id": _our_thread(message, ctx),
             "in_reply_to_fhir_id": in_reply_to,
             "thread_fhir_id": thread,
             "sender_display": sender_display,
@@ -132,6 +153,13 @@ def _our_message_id(message: Resource) -> str | None:
         if isinstance(item, dict) and item.get("system") == MESSAGE_ID:
             value = item.get("value")
             return value if isinstance(value, str) and value else None
+    return None
+
+
+def _own_thread(message: Resource) -> str | None:
+    for extension in as_list(message.get("extension")):
+        if isinstance(extension, dict) and extension.get("url") == THREAD_EXTENSION:
+            return string(extension.get("valueString"))
     return None
 
 
@@ -161,6 +189,7 @@ def map_history_message(message: Resource, patient_id: str) -> MappingResult:
             "patient_id": patient_id,
             "communication_fhir_id": source.fhir_id,
             "message_id": _our_message_id(message),
+            "thread_id": _own_thread(message),
             "thread_fhir_id": _communication_id(message.get("partOf")) or in_reply_to,
             "in_reply_to_fhir_id": in_reply_to,
             "from_patient": from_patient,
