@@ -299,6 +299,9 @@ async def summary(caller: Me, request: Request) -> dict[str, Any]:
             out[name] = None
         else:
             out[name] = result[:5] if name == "lab_results" else result
+    if isinstance(out.get("threads"), list):
+        # Unread messages from the care team, over every thread (messaging counts them).
+        out["unread_messages"] = sum(int(t.get("unread", 0)) for t in out["threads"])
     await audit.record_access(service_of(request).db, pid, caller.actor, "read", "summary")
     return out
 
