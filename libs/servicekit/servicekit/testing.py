@@ -145,11 +145,13 @@ def isolated_settings(database_url: str, bootstrap: str, prefix: str) -> dict[st
 
 @contextlib.asynccontextmanager
 async def serving_in_process(app: Any, base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """Run an app's lifespan (relay, consumers) and give an HTTP client on it, in-process."""
+    """Run an app's lifespan (relay, consumers) and give an HTTP client on it, in-process.
+    Start-up runs migrations: on a loaded 2-core machine that can exceed asgi-lifespan's
+    default 5 s, so the bound is generous (it only matters when something hangs)."""
     from asgi_lifespan import LifespanManager
 
     async with (
-        LifespanManager(app),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as client,
     ):
         yield client

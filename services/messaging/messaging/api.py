@@ -27,6 +27,7 @@ from messaging.service import (
     RateLimited,
     Sent,
     ThreadView,
+    TooLong,
     UnknownTopic,
 )
 from servicekit.http import PatientId
@@ -238,6 +239,8 @@ def _refused(exc: Exception) -> HTTPException:
             # Never leave an emergency unanswered, even when the message is refused.
             detail += " " + (exc.verdict.advice or domain.EMERGENCY_ADVICE)
         return HTTPException(429, detail, {"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, TooLong):
+        return HTTPException(413, str(exc))
     if isinstance(exc, domain.AttachmentRefused):
         text = str(exc)
         if "larger than" in text:
@@ -248,7 +251,14 @@ def _refused(exc: Exception) -> HTTPException:
     raise exc
 
 
-_REFUSALS = (NotFound, IdempotencyConflict, UnknownTopic, RateLimited, domain.AttachmentRefused)
+_REFUSALS = (
+    NotFound,
+    IdempotencyConflict,
+    UnknownTopic,
+    RateLimited,
+    TooLong,
+    domain.AttachmentRefused,
+)
 
 
 @router.get("/topics", response_model=list[TopicOut])

@@ -53,6 +53,10 @@ class UnknownTopic(ValueError):
     """The topic code is not one of the routing rules' topics."""
 
 
+class TooLong(ValueError):
+    """The message text is longer than the configured limit."""
+
+
 class RateLimited(Exception):
     """The patient sent too many messages; `retry_after` seconds until the next fits."""
 
@@ -321,6 +325,10 @@ class Messaging:
 
     # -- sending --------------------------------------------------------------------------
 
+    def _check_body(self, body: str) -> None:
+        if len(body) > self.settings.body_max_chars:
+            raise TooLong(f"the message is longer than {self.settings.body_max_chars} characters")
+
     def _checked_attachments(self, attachments: Sequence[NewAttachment]) -> list[NewAttachment]:
         if len(attachments) > self.settings.attachments_max_count:
             raise domain.AttachmentRefused(
@@ -500,6 +508,7 @@ class Messaging:
         """Start a conversation with the care team; the routing rules choose its pool."""
         if topic is not None and self.rules.topic(topic) is None:
             raise UnknownTopic(topic)
+        self._check_body(body)
         checked = self._checked_attachments(attachments)
         replayed = await self._replay(patient_id, idempotency_key, body=body, subject=subject)
         if replayed is not None:
@@ -550,6 +559,7 @@ class Messaging:
             found = await store.get_thread(session, thread_id)
         if found is None or found.patient_id != patient_id:
             raise NotFound(thread_id)
+        self._check_body(body)
         checked = self._checked_attachments(attachments)
         replayed = await self._replay(patient_id, idempotency_key, body=body, thread_id=thread_id)
         if replayed is not None:

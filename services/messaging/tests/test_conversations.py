@@ -359,7 +359,9 @@ async def test_when_triage_is_unreachable_the_message_is_filed_and_flagged_for_r
 async def test_rate_limit_body_and_attachment_limits(
     running: Callable[..., Any], kafka_bootstrap: str, unique_prefix: str
 ) -> None:
-    client = await running(rate_limit_messages=3, rate_limit_window_s=600, attachment_max_bytes=100)
+    client = await running(
+        rate_limit_messages=3, rate_limit_window_s=600, attachment_max_bytes=100, body_max_chars=50
+    )
     attachment = {
         "content_type": "application/pdf",
         "title": "letter.pdf",
@@ -384,6 +386,8 @@ async def test_rate_limit_body_and_attachment_limits(
         )
         assert refused.status_code == status, refused.text
         assert refused.headers["content-type"].startswith("application/problem+json")
+    too_long = await client.post("/patients/pat-1/threads", json={"subject": "x", "body": "y" * 51})
+    assert too_long.status_code == 413
     unknown_topic = await client.post(
         "/patients/pat-1/threads", json={"subject": "x", "body": "y", "topic": "gardening"}
     )
@@ -395,13 +399,14 @@ async def test_rate_limit_body_and_attachment_limits(
     limited = await client.post(path, json={"body": "four"})
     assert limited.status_code == 429
     assert 0 < int(limited.headers["Retry-After"]) <= 600
-    # Another patient is not limited by pat-1's messages; a retry of an accepted send is
-    # still answered from its idempotency key.
+    # Another patient is not limited by pat-1's messages.
     other = await client.post("/patients/pat-2/threads", json={"subject": "a", "body": "b"})
     assert other.status_code == 201
     sent = await _sent_events(kafka_bootstrap, unique_prefix, lambda es: len(es) >= 4)
-    assert sent[0]["attachments"][0]["content_type"] == "application/pdf"
-    assert base64.b64decode(sent[0]["attachments"][0]["data_base64"]) == PDF
+    # Partitions interleave patients: find pat-1's first message.
+    with_file = next(e for e in sent if e["message_id"] == first.json()["message"]["id"])
+    assert with_file["attachments"][0]["content_type"] == "application/pdf"
+    assert base64.b64decode(with_file["attachments"][0]["data_base64"]) == PDF
     topics = (await client.get("/topics")).json()
     assert {t["code"] for t in topics} == {
         "prescriptions",

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import glob
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -177,3 +180,27 @@ async def test_text_is_not_in_the_database_files_and_rotation_reencrypts_every_r
         assert content.headers["content-type"] == "image/png"
     files = await _table_bytes(database_url)
     assert LEGACY.encode() not in b"".join(files.values())
+
+    # The same report from the operator command, with the keys from the environment.
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "ENCRYPTION_KEYS": json.dumps(retired),
+        "ENCRYPTION_ACTIVE_KEY": "2026-12",
+        "ENVIRONMENT": "prod",
+        "LOG_LEVEL": "WARNING",
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "messaging", "reencrypt"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["active_key_id"] == "2026-12"
+    assert set(report["reencrypted"].values()) == {0}
+    assert set(report["not_on_active_key"].values()) == {0}
