@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ehr_connector.ehr.errors import EhrNotFound, EhrUnavailable
+from ehr_connector.ehr.errors import EhrGone, EhrNotFound, EhrRejected, EhrUnavailable
 from ehr_connector.ehr.port import EhrPort
 from servicekit.logging import get_logger
 
@@ -101,8 +101,11 @@ async def verify(ehr: EhrPort, recipients: Recipients) -> None:
         resource_type, _, fhir_id = reference.partition("/")
         try:
             await ehr.read(resource_type, fhir_id)
-        except EhrNotFound:
+        except (EhrNotFound, EhrGone):
             missing.append(reference)
+        except EhrRejected as exc:
+            # Not readable with our scopes: cannot tell, and writing to it may still work.
+            log.warning("outbound.recipient_unreadable", reference=reference, status=exc.status)
         except EhrUnavailable as exc:
             log.warning("outbound.recipients_unchecked", error=type(exc).__name__)
             return
