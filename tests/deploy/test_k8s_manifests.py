@@ -38,7 +38,8 @@ SERVICES = sorted(p.parent.name for p in (REPO / "services").glob("*/pyproject.t
 READS_FROM = {"records", "scheduling", "messaging", "triage"}  # what the gateway reads
 # Other reads between services (docs/design.md): scheduling reads intake Questionnaires
 # through the connector, the only service that speaks FHIR.
-SERVICE_READS = {"scheduling": {"ehr-connector"}}
+# Service-to-service HTTP calls besides the gateway's reads (DESIGN.md).
+SERVICE_READS = {"scheduling": {"ehr-connector"}, "messaging": {"triage"}}
 SANDBOX = "ehr-sandbox"
 NAME = "app.kubernetes.io/name"
 
@@ -386,6 +387,8 @@ def test_sandbox_reaches_postgres_like_the_services() -> None:
         assert rule in sandbox["spec"]["egress"], "the sandbox must reach PostgreSQL"
 
 
+# Service-to-service HTTP besides the gateway's reads: messaging asks triage to check every
+# patient message for emergency language.
 def test_network_policies_follow_the_design() -> None:
     policies = {s: _one(_folder_docs(BASE / s), "NetworkPolicy")["spec"] for s in SERVICES}
     for service, spec in policies.items():

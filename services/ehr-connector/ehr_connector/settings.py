@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from servicekit.settings import ServiceSettings
 
+DEFAULT_RECIPIENTS_FILE = Path(__file__).resolve().parent / "outbound" / "recipients.yaml"
 # Least privilege for what the connector does: read and search everything it imports,
 # write only the types the outbound side writes, manage its own Subscriptions.
 DEFAULT_EHR_SCOPE = " ".join(
@@ -94,13 +96,14 @@ class Settings(ServiceSettings):
     )
 
     # -- outbound mapping -----------------------------------------------------------------
-    ehr_default_care_team_id: str = Field(
-        default="care-team-primary",
-        description="CareTeam addressed when a message or triage names no known pool",
+    ehr_recipients_file: Path = Field(
+        default=DEFAULT_RECIPIENTS_FILE,
+        description="Care-team pool → EHR recipient (CareTeam/PractitionerRole/Group), YAML",
     )
     ehr_care_teams_by_pool: dict[str, str] = Field(
         default_factory=dict,
-        description='Care-team pool → CareTeam id, JSON (e.g. {"nurses": "care-team-nurses"})',
+        description="Overrides of the recipients file: pool → CareTeam id, JSON "
+        '(e.g. {"nurses": "care-team-nurses"})',
     )
     ehr_triage_questionnaire: str = Field(
         default="http://portal.example.org/fhir/Questionnaire/triage",

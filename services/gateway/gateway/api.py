@@ -222,6 +222,9 @@ async def summary(caller: Me, request: Request) -> dict[str, Any]:
         else:
             # Lab results come a page at a time: the summary shows the newest page's items.
             out[name] = result["items"] if name == "lab_results" else result
+    if isinstance(out.get("threads"), list):
+        # Unread messages from the care team, over every thread (messaging counts them).
+        out["unread_messages"] = sum(int(t.get("unread", 0)) for t in out["threads"])
     await audit.record_access(service_of(request).db, pid, caller.actor, "read", "summary")
     return out
 

@@ -113,11 +113,14 @@ def pooled_client(
 class UpstreamError(Exception):
     """A service did not answer usefully: `status` is what the patient should get."""
 
-    def __init__(self, service: str, status: int, detail: str) -> None:
+    def __init__(
+        self, service: str, status: int, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(f"{service}: {detail}")
         self.service = service
         self.status = status
         self.detail = detail
+        self.headers = headers or {}
 
 
 # Response headers of a service that the client of the gateway should see.
@@ -162,8 +165,8 @@ class Upstreams:
         params: Any = None,
         headers: dict[str, str] | None = None,
     ) -> Any:
-        """Call a service; 404, 409 and 422 pass through, anything else unusable is a
-        502/503/504."""
+        """Call a service; 404, 409, 413, 415, 422 and 429 (with its Retry-After) pass
+        through, anything else unusable is a 502/503/504."""
         url = self.urls[service] + path
         try:
             response = await self.client.request(
@@ -175,8 +178,12 @@ class Upstreams:
             raise UpstreamError(service, 503, "is unavailable") from exc
         if response.status_code == 404:
             raise UpstreamError(service, 404, "not found")
-        if response.status_code in (409, 422):
+        if response.status_code in (409, 413, 415, 422):
             raise UpstreamError(service, response.status_code, _detail(response))
+        if response.status_code == 429:
+            retry = response.headers.get("Retry-After")
+            headers = {"Retry-After": retry} if retry else None
+            raise UpstreamError(service, 429, _detail(response), headers)
         if response.status_code >= 400:
             raise UpstreamError(service, 502, f"answered {response.status_code}")
         return response.json()

@@ -7,8 +7,9 @@ created instead of filing it twice.
 
 from __future__ import annotations
 
+from contracts.base import SourceVersion, utc_now
 from contracts.intake import IntakeSubmittedV1
-from contracts.message import MessageSentV1
+from contracts.message import MessageSentV1, MessageSyncedV1
 from contracts.triage import TriageCompletedV1
 from ehr_connector import store
 from ehr_connector.context import Connector
@@ -24,7 +25,6 @@ from ehr_connector.outbound.identifiers import (
 from ehr_connector.outbound.journal import Journal
 from ehr_connector.outbound.lookups import (
     NotInEhrYet,
-    care_team,
     locate_appointment,
     patient_fhir_id,
 )
@@ -103,7 +103,11 @@ async def send_message(connector: Connector, uow: UnitOfWork, event: Event[Messa
         messages.communication(
             data,
             patient_fhir_id=patient,
-            recipient=care_team(connector.settings, data.recipient_pool, data.care_team_fhir_id),
+            recipient=(
+                f"CareTeam/{data.care_team_fhir_id}"
+                if data.care_team_fhir_id
+                else connector.recipients.for_pool(data.recipient_pool)
+            ),
             thread_fhir_id=thread_root,
             in_reply_to_fhir_id=data.in_reply_to_fhir_id,
         )
@@ -124,6 +128,28 @@ async def send_message(connector: Connector, uow: UnitOfWork, event: Event[Messa
             version_id=result.version_id,
             patient_id=data.patient_id,
         )
+    # Messaging learns the EHR identity of its message and thread, so the care team's
+    # answers (`partOf`/`inResponseTo` these ids) land in the patient's thread.
+    uow.publish(
+        MessageSyncedV1(
+            patient_id=data.patient_id,
+            communication_fhir_id=result.id,
+            message_id=data.message_id,
+            thread_id=data.thread_id,
+            thread_fhir_id=thread_root or result.id,
+            in_reply_to_fhir_id=data.in_reply_to_fhir_id,
+            from_patient=True,
+            status="completed",
+            sent_at=data.sent_at,
+            source=SourceVersion(
+                resource_type="Communication",
+                fhir_id=result.id,
+                version_id=result.version_id,
+                last_updated=result.last_updated or utc_now(),
+            ),
+        ),
+        subject=data.patient_id,
+    )
 
 
 async def file_triage(
@@ -147,7 +173,7 @@ async def file_triage(
             data,
             patient_fhir_id=patient,
             response_fhir_id=filed.id,
-            owner=care_team(settings, data.recommended_pool),
+            owner=connector.recipients.task_owner(data.recommended_pool),
         )
     )
     created = await ehr.create(task, if_none_exist=condition)
