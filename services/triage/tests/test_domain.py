@@ -102,7 +102,7 @@ def test_unknown_text_is_urgent_and_not_understood(engine: Engine) -> None:
 
 
 def test_sex_other_or_unknown_never_disables_a_rule(engine: Engine) -> None:
-    text = "I am pregnant and have bad stomach pain"
+    text = "I am pregnant and have severe stomach pain"
     for sex in ("female", "other", "unknown"):
         assert _assess(engine, 30, sex, text).urgency == E, sex
 

@@ -6,7 +6,8 @@ ConText component decides for each mention whether it is negated ("no fever"), h
 matching, a small pipeline step gives every token a normal form: case folded, contractions
 spelled out ("can't" -> "can not"), Porter-stemmed ("vomited" = "vomiting", "breath" =
 "breathe") and, for words the rule set does not know, corrected to the closest known word
-when one is a small edit away (rapidfuzz), so "I can't breath" and "I want to kil myself"
+when one is a small edit away (rapidfuzz) — only for words that are not English words
+(pyspellchecker's dictionary), so "cooking" never becomes "choking" — so "I can't breath" and "I want to kil myself"
 are read as meant.
 
 ConText is configured for patients' writing: negation ends at its own clause ("no fever but
@@ -30,6 +31,7 @@ from nltk.stem.porter import PorterStemmer
 from rapidfuzz import process
 from rapidfuzz.distance import DamerauLevenshtein
 from spacy.lang.en.stop_words import STOP_WORDS
+from spellchecker import SpellChecker
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 
@@ -39,27 +41,8 @@ _SPANS = "triage_targets"
 _EXCLUDE = "exclude::"
 _CONTRACTIONS = {"n't": "not", "nt": "not", "ca": "can", "wo": "will", "'m": "am", "'re": "are",
                  "'ve": "have", "'ll": "will", "cannot": "can not", "’m": "am", "n’t": "not"}  # fmt: skip
-# Words a typo must never be "corrected" into a finding from (common words that happen to be
-# one edit away from a term, e.g. "heard" -> "heart").
-_PROTECTED = frozenset(STOP_WORDS) | {
-    "heard", "bleed", "feeling", "felt", "feel", "hard", "head", "hear", "here", "that", "this",
-    "then", "than", "week", "weeks", "days", "year", "years", "month", "months", "hours",
-    "today", "tonight", "yesterday", "morning", "night", "better", "worse", "worst", "since",
-    "also", "just", "really", "very", "some", "like", "have", "having", "been", "being",
-    "help", "want", "need", "think", "thought", "said", "says", "told", "wife", "husband",
-    "son", "daughter", "baby", "child", "kids", "mum", "mom", "dad", "friend", "work", "home",
-    "went", "came", "come", "take", "took", "taking", "tried", "still", "keep", "kept",
-    "since", "ever", "never", "woke", "wake", "walk", "walking", "sleep", "eat", "eating",
-    "drink", "drinking", "water", "food", "tea", "coffee", "bed", "floor", "stairs", "car",
-    "shower", "doctor", "nurse", "hospital", "left", "right", "both", "side", "sides", "back",
-    "front", "face", "hand", "hands", "arm", "arms", "leg", "legs", "foot", "feet", "eye",
-    "eyes", "ear", "ears", "nose", "mouth", "neck", "chest", "stomach", "tummy", "belly",
-    "skin", "bone", "bones", "hurt", "hurts", "pain", "pains", "sore", "ache", "aches", "red",
-    "hot", "cold", "warm", "high", "low", "fast", "slow", "bad", "good", "fine", "okay", "well",
-    "sick", "ill", "mild", "slight", "little", "bit", "lot", "lots", "much", "many", "more",
-    "less", "day", "hour", "minute", "minutes", "pill", "pills", "tablet", "tablets", "gums",
-    "gym", "run", "ran", "running", "fell", "fall", "feed", "fed", "cry", "cried", "crying",
-}  # fmt: skip
+# Function words are never "corrected" (English words are kept by the dictionary below).
+_PROTECTED = frozenset(STOP_WORDS)
 _FAMILY_HISTORY = re.compile(
     r"family history|runs in (?:my|the|our) family|died (?:of|from)|passed away|history of",
     re.IGNORECASE,
@@ -96,6 +79,7 @@ class Normaliser:
         self._words = sorted(words)
         self._stems = {self._stem(w) for w in words}
         self._known = words | self._stems
+        self._english = SpellChecker(distance=1)
 
     def base(self, word: str) -> str:
         """Contractions spelled out and the word stemmed (no typo correction)."""
@@ -112,6 +96,7 @@ class Normaliser:
             or lower in _PROTECTED
             or self._stem(lower) in self._known
             or len(lower) < 3
+            or lower in self._english
         ):
             return lower
         limit = 1 if len(lower) <= 7 else 2
@@ -169,7 +154,12 @@ class Reader:
         matcher.add(self._target_rules(nlp))
         context = nlp.add_pipe(
             "medspacy_context",
-            config={"input_span_type": "group", "span_group_name": _SPANS},
+            # A trigger inside a finding ("can't" of "can't pee") modifies nothing else.
+            config={
+                "input_span_type": "group",
+                "span_group_name": _SPANS,
+                "prune_on_target_overlap": True,
+            },
         )
         context.add(_CONTEXT_RULES)
         self.nlp = nlp
@@ -181,6 +171,8 @@ class Reader:
                 pattern.append({"ORTH": token.text, "OP": "?"})
                 continue
             for part in self.normaliser.base(token.text).split():
+                if pattern:  # "red, swollen knee" = "red swollen knee"
+                    pattern.append({"IS_PUNCT": True, "OP": "?"})
                 pattern.append({"NORM": part})
         return pattern
 
@@ -258,7 +250,9 @@ def _terminate(*phrases: str) -> list[ConTextRule]:
 _CONTEXT_RULES: list[ConTextRule] = [
     *_terminate("but", "however", "although", "though", "yet", "except", "apart from", "now",
                 "today", "tonight", "this morning", "currently", "since then", "and now",
-                "then", "which", "so", "because", "whereas", "while", "just", "instead"),  # fmt: skip
+                "then", "which", "so", "because", "whereas", "while", "just", "instead",
+                "and is", "and has", "and he is", "and she is", "and it is", "and i am", "and i'm",
+                "and i have", "and they are", "and now"),  # fmt: skip
     ConTextRule(
         "never had ... like this",
         "PSEUDO",
