@@ -178,10 +178,14 @@ def _flag_urgency(flag: Flag) -> Urgency:
     return LEVEL_URGENCY[flag.level]
 
 
-def _could_raise(question: Question, complaint: Complaint, current: Urgency) -> bool:
-    """Whether some flag of the complaint, above the current urgency, depends on the answer."""
+def _could_raise(
+    rules: RuleSet, question: Question, complaint: Complaint, current: Urgency
+) -> bool:
+    """Whether some flag of the complaint (or of the always-checked vital signs), above the
+    current urgency, depends on the answer."""
     settles = question.settles()
-    for flag in complaint.flags:
+    always = [f for c in rules.complaints if c.always for f in c.flags]
+    for flag in (*complaint.flags, *always):
         if RANK[_flag_urgency(flag)] <= RANK[current]:
             continue
         needs = flag.when.concepts() | {f"vital:{v}" for v in flag.when.variables()}
@@ -209,7 +213,7 @@ def _questions(
         for q in complaint.questions:
             if q.sex and facts.sex.value not in (q.sex, Sex.OTHER.value, Sex.UNKNOWN.value):
                 continue
-            if _known(q, facts) or not _could_raise(q, complaint, current):
+            if _known(q, facts) or not _could_raise(rules, q, complaint, current):
                 continue
             out.append(q)
     return tuple(out[:MAX_QUESTIONS])
