@@ -36,8 +36,14 @@ def load_vignettes(folder: Path = HERE) -> list[dict[str, Any]]:
     for path in sorted(folder.glob("vignettes_*.yaml")):
         for n, (age, sex, urgency, text, why) in enumerate(yaml.safe_load(path.read_text()), 1):
             out.append(
-                {"id": f"{path.stem}:{n}", "age": age, "sex": sex, "urgency": Urgency(urgency),
-                 "text": text, "why": why}  # fmt: skip
+                {
+                    "id": f"{path.stem}:{n}",
+                    "age": age,
+                    "sex": sex,
+                    "urgency": Urgency(urgency),
+                    "text": text,
+                    "why": why,
+                }
             )
     return out
 
@@ -58,7 +64,9 @@ def main(argv: list[str]) -> int:
         got = engine.assess(Patient(v["age"], Sex(v["sex"])), v["text"]).urgency
         matrix[v["urgency"]][got] += 1
         if got != v["urgency"]:
-            wrong.append(f"  {v['id']}: expected {v['urgency'].value}, got {got.value}: {v['text']}")
+            wrong.append(
+                f"  {v['id']}: expected {v['urgency'].value}, got {got.value}: {v['text']}"
+            )
     per_case_ms = (time.perf_counter() - started) * 1000 / max(len(vignettes), 1)
     total = len(vignettes)
     correct = sum(matrix[t][t] for t in ORDER)
@@ -66,13 +74,17 @@ def main(argv: list[str]) -> int:
     under = sum(matrix[t][g] for t in ORDER for g in ORDER if RANK[g] < RANK[t])
     emergencies = sum(matrix[Urgency.EMERGENCY].values())
     urgent = sum(matrix[Urgency.URGENT].values())
-    urgent_under = matrix[Urgency.URGENT][Urgency.ROUTINE] + matrix[Urgency.URGENT][Urgency.SELF_CARE]
+    urgent_under = (
+        matrix[Urgency.URGENT][Urgency.ROUTINE] + matrix[Urgency.URGENT][Urgency.SELF_CARE]
+    )
     result = {
         "benchmark": "triage",
         "rule_set_version": engine.rules.version,
         "vignettes": total,
         "accuracy": round(correct / total, 4),
-        "emergency_sensitivity": round(matrix[Urgency.EMERGENCY][Urgency.EMERGENCY] / emergencies, 4),
+        "emergency_sensitivity": round(
+            matrix[Urgency.EMERGENCY][Urgency.EMERGENCY] / emergencies, 4
+        ),
         "over_triage": round(over / total, 4),
         "under_triage": round(under / total, 4),
         "urgent_under_triage": round(urgent_under / urgent, 4),

@@ -59,4 +59,6 @@ class TriageCompletedV1(Payload):
     patient_text: str | None = Field(
         default=None, max_length=2000, description="The patient's own words"
     )
-    advice: str | None = Field(default=None, max_length=1000, description="What the patient was told")
+    advice: str | None = Field(
+        default=None, max_length=1000, description="What the patient was told"
+    )

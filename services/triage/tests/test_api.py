@@ -72,7 +72,8 @@ async def test_reported_emergencies_are_emergencies(
 async def test_crisis_advice_for_self_harm(client: httpx.AsyncClient) -> None:
     body = (
         await client.post(
-            "/patients/pat-1/assess", json={"age": 30, "sex": "other", "text": "I want to end my life"}
+            "/patients/pat-1/assess",
+            json={"age": 30, "sex": "other", "text": "I want to end my life"},
         )
     ).json()
     assert body["urgency"] == "emergency"
@@ -219,7 +220,8 @@ async def test_session_finish_completes_with_questions_unanswered(
 
 async def test_emergency_check_for_messages(client: httpx.AsyncClient) -> None:
     urgent = await client.post(
-        "/emergency-check", json={"text": "Re: my refill. Also I can't breathe properly since lunch"}
+        "/emergency-check",
+        json={"text": "Re: my refill. Also I can't breathe properly since lunch"},
     )
     calm = await client.post("/emergency-check", json={"text": "Can I get a refill of my inhaler?"})
     negated = await client.post(

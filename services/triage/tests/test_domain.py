@@ -80,14 +80,22 @@ def test_negation_and_context(engine: Engine, text: str, urgency: Urgency) -> No
 
 @pytest.mark.parametrize(
     "text",
-    ["I cant breathe", "I can't breath", "i cant breth", "chest pian and sweating", "I want to kil myself"],
+    [
+        "I cant breathe",
+        "I can't breath",
+        "i cant breth",
+        "chest pian and sweating",
+        "I want to kil myself",
+    ],
 )
 def test_typos_are_tolerated(engine: Engine, text: str) -> None:
     assert _assess(engine, 55, "female", text).urgency == E
 
 
 def test_third_person_clinical_vignettes(engine: Engine) -> None:
-    text = "A 62-year-old man presents with central chest pressure radiating to the jaw, diaphoretic."
+    text = (
+        "A 62-year-old man presents with central chest pressure radiating to the jaw, diaphoretic."
+    )
     assert _assess(engine, 62, "male", text).urgency == E
     infant = "A 6-week-old girl with a temperature of 38.3 C, feeding less."
     result = _assess(engine, 30, "female", infant)  # the parent's account: the text's age wins
@@ -126,7 +134,9 @@ def test_answers_are_validated_against_the_question_kind(engine: Engine) -> None
         engine.assess(Patient(40, Sex.MALE), "headache", {"nope": True})
     with pytest.raises(UnknownQuestion):
         engine.assess(Patient(40, Sex.MALE), "fever", {"fev-temp": "hot"})
-    result = engine.assess(Patient(0, Sex.MALE, age_months=1), "baby has a fever", {"fev-temp": 100.9})
+    result = engine.assess(
+        Patient(0, Sex.MALE, age_months=1), "baby has a fever", {"fev-temp": 100.9}
+    )
     assert result.urgency == E  # 100.9 F = 38.3 C under 3 months
 
 

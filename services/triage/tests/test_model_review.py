@@ -46,7 +46,9 @@ def _fake_app(fake: FakeModel) -> FastAPI:
             await fake.release.wait()  # never answers within the client's timeout
         if fake.mode == "error":
             return JSONResponse({"error": "overloaded"}, status_code=500)
-        return JSONResponse({"choices": [{"message": {"role": "assistant", "content": fake.content}}]})
+        return JSONResponse(
+            {"choices": [{"message": {"role": "assistant", "content": fake.content}}]}
+        )
 
     return app
 
@@ -70,7 +72,9 @@ async def stack(
 
 
 async def _assess(http: httpx.AsyncClient, text: str, age: int = 30) -> dict[str, Any]:
-    response = await http.post("/patients/pat-1/assess", json={"age": age, "sex": "female", "text": text})
+    response = await http.post(
+        "/patients/pat-1/assess", json={"age": age, "sex": "female", "text": text}
+    )
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body

@@ -186,9 +186,7 @@ async def assess(patient_id: PatientId, body: AssessRequest, request: Request) -
     return AssessResponse.model_validate(state.model_dump(include=set(AssessResponse.model_fields)))
 
 
-@router.post(
-    "/patients/{patient_id}/sessions", response_model=SessionStateOut, status_code=201
-)
+@router.post("/patients/{patient_id}/sessions", response_model=SessionStateOut, status_code=201)
 async def start_session(
     patient_id: PatientId, body: AssessRequest, request: Request
 ) -> SessionStateOut:
@@ -210,9 +208,7 @@ async def get_session(
         raise HTTPException(404, "No such triage session.") from exc
 
 
-@router.post(
-    "/patients/{patient_id}/sessions/{session_id}/answers", response_model=SessionStateOut
-)
+@router.post("/patients/{patient_id}/sessions/{session_id}/answers", response_model=SessionStateOut)
 async def answer(
     patient_id: PatientId, session_id: SessionId, body: AnswersRequest, request: Request
 ) -> SessionStateOut:

@@ -149,9 +149,10 @@ def evaluate(cond: Condition, facts: Facts) -> list[Evidence] | None:
         if not hits:
             return None
         evidence += hits
-    if cond.days_min is not None:
-        if facts.duration_days is None or facts.duration_days < cond.days_min:
-            return None
+    if cond.days_min is not None and (
+        facts.duration_days is None or facts.duration_days < cond.days_min
+    ):
+        return None
     if cond.score_min:
         hits = []
         for item in cond.score_of:
@@ -245,7 +246,9 @@ def decide(rules: RuleSet, facts: Facts) -> Assessment:
                 continue
             # The complaint's own mention is part of every flag's evidence.
             evidence = [facts.present[c][0] for c in complaint.concepts if c in facts.present] + [
-                e for e in evidence if e not in (facts.present.get(c, [None])[0] for c in complaint.concepts)
+                e
+                for e in evidence
+                if e not in (facts.present.get(c, [None])[0] for c in complaint.concepts)
             ]
             fired.append(
                 FiredFlag(
@@ -272,7 +275,11 @@ def decide(rules: RuleSet, facts: Facts) -> Assessment:
     if not understood and RANK[top_urgency] < RANK[Urgency.URGENT]:
         top_urgency = Urgency.URGENT  # only numbers were understood: a nurse looks today
     advice = _advice(rules, top, top_urgency, present)
-    pool = "emergency" if top_urgency == Urgency.EMERGENCY and top.pool != "mental-health" else top.pool
+    pool = (
+        "emergency"
+        if top_urgency == Urgency.EMERGENCY and top.pool != "mental-health"
+        else top.pool
+    )
     if top_urgency == Urgency.URGENT and pool == "care-team":
         pool = "urgent-nurses"
     return Assessment(
@@ -293,7 +300,11 @@ def _advice(rules: RuleSet, top: Complaint, urgency: Urgency, present: list[Comp
     if top.advice_key:
         return rules.advice[top.advice_key]
     base = rules.advice[urgency.value]
-    if top.advice and urgency in (Urgency.SELF_CARE, Urgency.ROUTINE) and urgency.value == top.default:
+    if (
+        top.advice
+        and urgency in (Urgency.SELF_CARE, Urgency.ROUTINE)
+        and urgency.value == top.default
+    ):
         base = top.advice
     if crisis:
         key = crisis[0].advice_key or ""
@@ -345,7 +356,13 @@ def raise_urgency(
     """The assessment with its urgency raised to `urgency` by a reviewer (never lowered)."""
     if RANK[urgency] <= RANK[assessment.urgency]:
         return assessment
-    level = "red" if urgency == Urgency.EMERGENCY else "amber" if urgency == Urgency.URGENT else "routine"
+    level = (
+        "red"
+        if urgency == Urgency.EMERGENCY
+        else "amber"
+        if urgency == Urgency.URGENT
+        else "routine"
+    )
     flag = FiredFlag(
         id="model-review",
         level=level,

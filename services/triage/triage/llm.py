@@ -58,7 +58,9 @@ class ModelReviewer:
         self._timeout = timeout_s
         self._concepts = sorted(concept_ids)
 
-    async def review(self, text: str, age_years: float, sex: str, rules_urgency: Urgency) -> Opinion | None:
+    async def review(
+        self, text: str, age_years: float, sex: str, rules_urgency: Urgency
+    ) -> Opinion | None:
         """The model's opinion on the complaint, or None (error, timeout, invalid answer)."""
         body = {
             "model": self._model,
@@ -69,8 +71,12 @@ class ModelReviewer:
                 {
                     "role": "user",
                     "content": json.dumps(
-                        {"age_years": age_years, "sex": sex, "text": text,
-                         "rules_urgency": rules_urgency.value}  # fmt: skip
+                        {
+                            "age_years": age_years,
+                            "sex": sex,
+                            "text": text,
+                            "rules_urgency": rules_urgency.value,
+                        }
                     ),
                 },
             ],
@@ -82,7 +88,14 @@ class ModelReviewer:
             response.raise_for_status()
             content = response.json()["choices"][0]["message"]["content"]
             opinion = Opinion.model_validate(json.loads(content))
-        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError, ValidationError) as exc:
+        except (
+            httpx.HTTPError,
+            KeyError,
+            IndexError,
+            TypeError,
+            ValueError,
+            ValidationError,
+        ) as exc:
             # No PHI in the log: only the kind of failure.
             log.warning("triage.model_review_failed", error=type(exc).__name__)
             return None

@@ -19,7 +19,10 @@ _WORD_NUMBERS = {
     "hundred": 100, "couple": 2, "few": 3, "several": 4,
 }  # fmt: skip
 _NUM = r"(\d+(?:\.\d+)?|" + "|".join(sorted(_WORD_NUMBERS, key=len, reverse=True)) + r")"
-_SEP = r"\s*(?:of|is|was|at|=|:|reads|reading|around|about|over|only|just|now)?\s*(?:of|is|was|at|about)?\s*"
+_SEP = (
+    r"\s*(?:of|is|was|at|=|:|reads|reading|around|about|over|only|just|now)?"
+    r"\s*(?:of|is|was|at|about)?\s*"
+)
 
 _PLAUSIBLE = {
     "temp_c": (25.0, 45.0),
@@ -81,14 +84,16 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     for variable, pattern in (
         (
             "temp_c",
-            r"\b(?:temp(?:erature)?|fever|pyrexi[ac]|febrile|t)" + _SEP
+            r"\b(?:temp(?:erature)?|fever|pyrexi[ac]|febrile|t)"
+            + _SEP
             + r"(\d{2,3}(?:\.\d+)?)\s*(?:°|º|deg(?:rees?)?)?\s*(c|f|celsius|fahrenheit)?\b",
         ),
         ("temp_c", r"\b(\d{2,3}(?:\.\d+)?)\s*(?:°|º|deg(?:rees?)?)\s*(c|f|celsius|fahrenheit)?\b"),
         ("temp_c", r"\b(\d{2}\.\d)\s*(c)\b"),
         (
             "hr",
-            r"\b(?:heart ?rate|pulse(?: rate)?|hr|heart is beating at|heartbeat)" + _SEP
+            r"\b(?:heart ?rate|pulse(?: rate)?|hr|heart is beating at|heartbeat)"
+            + _SEP
             + r"(\d{2,3})(?!\s*/)",
         ),
         ("hr", r"\b(\d{2,3})\s*(?:bpm|beats (?:per|a|/) ?min(?:ute)?)"),
@@ -97,32 +102,36 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("sbp", r"\bsystolic(?: bp| blood pressure)?" + _SEP + r"(\d{2,3})"),
         (
             "rr",
-            r"\b(?:resp(?:iratory)? rate|breathing rate|rr|resps?|respirations?)" + _SEP
+            r"\b(?:resp(?:iratory)? rate|breathing rate|rr|resps?|respirations?)"
+            + _SEP
             + r"(\d{1,2})\b",
         ),
         ("rr", r"\b(\d{1,2})\s*breaths (?:per|a|/) ?min"),
         (
             "spo2",
-            r"\b(?:spo2|sp02|sats?|saturations?|oxygen(?: sat(?:uration)?s?| levels?)?|o2(?: sats?)?"
-            r"|pulse ?ox(?:imeter)?)" + _SEP + r"(\d{2,3})\s*%?",
+            r"\b(?:spo2|sp02|sats?|saturations?|oxygen(?: sat(?:uration)?s?| levels?)?"
+            r"|o2(?: sats?)?|pulse ?ox(?:imeter)?)" + _SEP + r"(\d{2,3})\s*%?",
         ),
         ("spo2", r"\b(\d{2,3})\s*%\s*(?:on (?:room )?air|o2|oxygen|sats?)"),
         (
             "glucose",
             r"\b(?:blood sugar|blood glucose|glucose|sugar|sugars|bm|cbg|bg)(?: level| reading)?"
-            + _SEP + r"(\d{1,3}(?:\.\d+)?)\s*(mmol(?:/l)?|mg/?dl|mg)?",
+            + _SEP
+            + r"(\d{1,3}(?:\.\d+)?)\s*(mmol(?:/l)?|mg/?dl|mg)?",
         ),
         (
             "tablets",
             r"\b(?:took|taken|take|swallowed|ate|had|overdosed on|od'?d on)\s+"
-            r"(?:about |around |over |like |maybe |roughly |at least )?" + _NUM
+            r"(?:about |around |over |like |maybe |roughly |at least )?"
+            + _NUM
             + r"\s+(?:of (?:my |his |her |the )?)?(?:[a-z]+\s+){0,2}?"
             r"(?:tablets?|pills?|capsules?|tabs?|paracetamol|acetaminophen|tylenol|ibuprofen"
             r"|aspirin|codeine|co-codamol|sleeping pills|antidepressants?)\b",
         ),
         (
             "gestation_weeks",
-            r"\b(\d{1,2})\s*(?:weeks?|wks?)\s*(?:pregnant|gestation|along|into (?:my|the|her) pregnancy)",
+            r"\b(\d{1,2})\s*(?:weeks?|wks?)\s*"
+            r"(?:pregnant|gestation|along|into (?:my|the|her) pregnancy)",
         ),
         ("gestation_weeks", r"\b(?:pregnant|gestation)\s*(?:at|of|with)?\s*(\d{1,2})\s*weeks?"),
     )
@@ -138,11 +147,19 @@ _AGE_UNITS = {"year": 1.0, "yr": 1.0, "month": 1 / 12, "mo": 1 / 12, "week": 7 /
               "day": 1 / 365}  # fmt: skip
 _DURATION = re.compile(
     r"\b(?:for|since|over|past|last|from)\s+(?:the\s+)?(?:past\s+|last\s+)?(?:about\s+|almost\s+|over\s+)?"
-    + _NUM + r"\s+(hour|day|night|week|month|year)s?\b"
+    + _NUM
+    + r"\s+(hour|day|night|week|month|year)s?\b"
     r"|\b" + _NUM + r"\s+(hour|day|night|week|month|year)s?\s+ago\b",
     re.IGNORECASE,
 )
-_DURATION_DAYS = {"hour": 1 / 24, "day": 1.0, "night": 1.0, "week": 7.0, "month": 30.0, "year": 365.0}
+_DURATION_DAYS = {
+    "hour": 1 / 24,
+    "day": 1.0,
+    "night": 1.0,
+    "week": 7.0,
+    "month": 30.0,
+    "year": 365.0,
+}
 
 
 def _measure(variable: str, match: re.Match[str], group: int, unit: str | None) -> Measure | None:

@@ -6,9 +6,9 @@ ConText component decides for each mention whether it is negated ("no fever"), h
 matching, a small pipeline step gives every token a normal form: case folded, contractions
 spelled out ("can't" -> "can not"), Porter-stemmed ("vomited" = "vomiting", "breath" =
 "breathe") and, for words the rule set does not know, corrected to the closest known word
-when one is a small edit away (rapidfuzz) — only for words that are not English words
-(pyspellchecker's dictionary), so "cooking" never becomes "choking" — so "I can't breath" and "I want to kil myself"
-are read as meant.
+when one is a small edit away (rapidfuzz), so "I can't breath" and "I want to kil myself"
+are read as meant. Only words that are not English (pyspellchecker's dictionary) are
+corrected, so "cooking" never becomes "choking".
 
 ConText is configured for patients' writing: negation ends at its own clause ("no fever but
 I cannot breathe" keeps "cannot breathe"); "never had ... like this" is not a negation; a
@@ -24,23 +24,32 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import medspacy
-from medspacy.context import ConTextRule
-from medspacy.target_matcher import TargetRule
-from nltk.stem.porter import PorterStemmer
+import medspacy  # type: ignore[import-untyped]
+from medspacy.context import ConTextRule  # type: ignore[import-untyped]
+from medspacy.target_matcher import TargetRule  # type: ignore[import-untyped]
+from nltk.stem.porter import PorterStemmer  # type: ignore[import-untyped]
 from rapidfuzz import process
 from rapidfuzz.distance import DamerauLevenshtein
 from spacy.lang.en.stop_words import STOP_WORDS
-from spellchecker import SpellChecker
 from spacy.language import Language
 from spacy.tokens import Doc, Span
+from spellchecker import SpellChecker
 
 from triage.ruleset import RuleSet
 
 _SPANS = "triage_targets"
 _EXCLUDE = "exclude::"
-_CONTRACTIONS = {"n't": "not", "nt": "not", "ca": "can", "wo": "will", "'m": "am", "'re": "are",
-                 "'ve": "have", "'ll": "will", "cannot": "can not", "’m": "am", "n’t": "not"}  # fmt: skip
+_CONTRACTIONS = {
+    "n't": "not",
+    "nt": "not",
+    "ca": "can",
+    "wo": "will",
+    "'m": "am",
+    "'re": "are",
+    "'ve": "have",
+    "'ll": "will",
+    "cannot": "can not",
+}
 # Function words are never "corrected" (English words are kept by the dictionary below).
 _PROTECTED = frozenset(STOP_WORDS)
 _FAMILY_HISTORY = re.compile(
@@ -132,9 +141,7 @@ class Reader:
         self.rules = rules
         self.normaliser = Normaliser(_vocabulary(rules))
         nlp = medspacy.load(medspacy_enable=["medspacy_target_matcher", "medspacy_context"])
-        nlp.add_pipe(
-            "sentencizer", first=True, config={"punct_chars": [".", "!", "?", ";", "\n"]}
-        )
+        nlp.add_pipe("sentencizer", first=True, config={"punct_chars": [".", "!", "?", ";", "\n"]})
         nlp.remove_pipe("medspacy_target_matcher")
         nlp.remove_pipe("medspacy_context")
         normaliser = self.normaliser
@@ -248,11 +255,40 @@ def _terminate(*phrases: str) -> list[ConTextRule]:
 
 # Patients' clauses: negation and history end at a contrast or a change of time.
 _CONTEXT_RULES: list[ConTextRule] = [
-    *_terminate("but", "however", "although", "though", "yet", "except", "apart from", "now",
-                "today", "tonight", "this morning", "currently", "since then", "and now",
-                "then", "which", "so", "because", "whereas", "while", "just", "instead",
-                "and is", "and has", "and he is", "and she is", "and it is", "and i am", "and i'm",
-                "and i have", "and they are", "and now"),  # fmt: skip
+    *_terminate(
+        "but",
+        "however",
+        "although",
+        "though",
+        "yet",
+        "except",
+        "apart from",
+        "now",
+        "today",
+        "tonight",
+        "this morning",
+        "currently",
+        "since then",
+        "and now",
+        "then",
+        "which",
+        "so",
+        "because",
+        "whereas",
+        "while",
+        "just",
+        "instead",
+        "and is",
+        "and has",
+        "and he is",
+        "and she is",
+        "and it is",
+        "and i am",
+        "and i'm",
+        "and i have",
+        "and they are",
+        "and now",
+    ),
     ConTextRule(
         "never had ... like this",
         "PSEUDO",
@@ -270,5 +306,34 @@ _CONTEXT_RULES: list[ConTextRule] = [
         pattern=[{"LOWER": "not"}, {"LOWER": {"IN": ["sure", "certain", "only", "just"]}}],
     ),
     ConTextRule("no longer able", "PSEUDO", pattern=[{"LOWER": "no"}, {"LOWER": "longer"}]),
-    ConTextRule("won't stop", "PSEUDO", pattern=[{"LOWER": {"IN": ["wo", "will", "does", "do", "did", "has", "have"]}}, {"LOWER": {"IN": ["n't", "not", "nt"]}}, {"LOWER": {"IN": ["stop", "stopped", "go", "settle", "help", "helped", "work", "fade", "blanch", "wake", "feed", "know", "recognise", "recognize", "respond", "make"]}}]),  # noqa: E501
+    ConTextRule(
+        "won't stop",
+        "PSEUDO",
+        pattern=[
+            {"LOWER": {"IN": ["wo", "will", "does", "do", "did", "has", "have"]}},
+            {"LOWER": {"IN": ["n't", "not", "nt"]}},
+            {
+                "LOWER": {
+                    "IN": [
+                        "stop",
+                        "stopped",
+                        "go",
+                        "settle",
+                        "help",
+                        "helped",
+                        "work",
+                        "fade",
+                        "blanch",
+                        "wake",
+                        "feed",
+                        "know",
+                        "recognise",
+                        "recognize",
+                        "respond",
+                        "make",
+                    ]
+                }
+            },
+        ],
+    ),
 ]

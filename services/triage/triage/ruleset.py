@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import yaml
 
 KNOWLEDGE = Path(__file__).resolve().parent / "knowledge"
@@ -101,7 +101,11 @@ class Condition:
 
     def variables(self) -> set[str]:
         """Every measured value this condition refers to."""
-        preds = [*self.vitals, *self.vitals_any, *(p for p in self.score_of if not isinstance(p, str))]
+        preds = [
+            *self.vitals,
+            *self.vitals_any,
+            *(p for p in self.score_of if not isinstance(p, str)),
+        ]
         return {p.variable for p in preds if isinstance(p, Predicate)}
 
 

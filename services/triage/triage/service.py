@@ -179,7 +179,11 @@ class TriageService:
         now = datetime.now(UTC)
         async with self.db.transaction() as session:
             locked = await store.session_of(session, patient_id, session_id, for_update=True)
-            if locked is None or locked.status != store.OPEN or dict(locked.answers or {}) != before:
+            if (
+                locked is None
+                or locked.status != store.OPEN
+                or dict(locked.answers or {}) != before
+            ):
                 raise SessionClosed(session_id)
             self._record(locked, result, merged)
             if finish or not result.questions:
@@ -261,7 +265,9 @@ class TriageService:
             question = rules.question(qid)
             if question is not None:
                 answers.append(
-                    TriageAnswer(question_id=qid, question=question.text, answer=_answer_text(value))
+                    TriageAnswer(
+                        question_id=qid, question=question.text, answer=_answer_text(value)
+                    )
                 )
         self.outbox.add(
             session,

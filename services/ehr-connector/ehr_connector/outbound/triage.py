@@ -91,7 +91,9 @@ def task_description(data: TriageCompletedV1) -> str:
     flags = [f for f in data.flags if f.level in ("red", "amber")]
     for flag in flags:
         evidence = "; ".join(f'"{e}"' for e in flag.evidence)
-        lines.append(f"{flag.level.upper()} flag: {flag.text}" + (f" ({evidence})" if evidence else ""))
+        lines.append(
+            f"{flag.level.upper()} flag: {flag.text}" + (f" ({evidence})" if evidence else "")
+        )
     if data.patient_text:
         lines.append(f'Patient\'s words: "{data.patient_text}"')
     return "\n".join(lines)

@@ -21,9 +21,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     # Batch mode: the same migration runs on PostgreSQL and in the SQLite-based check.
     with op.batch_alter_table("triage_sessions") as batch:
-        batch.alter_column(
-            "completed_at", existing_type=sa.DateTime(timezone=True), nullable=True
-        )
+        batch.alter_column("completed_at", existing_type=sa.DateTime(timezone=True), nullable=True)
         batch.add_column(
             sa.Column("status", sa.String(length=16), server_default="completed", nullable=False)
         )
@@ -40,6 +38,4 @@ def downgrade() -> None:
         for column in ("started_at", "advice", "questions", "flags", "answers", "age_months"):
             batch.drop_column(column)
         batch.drop_column("status")
-        batch.alter_column(
-            "completed_at", existing_type=sa.DateTime(timezone=True), nullable=False
-        )
+        batch.alter_column("completed_at", existing_type=sa.DateTime(timezone=True), nullable=False)
