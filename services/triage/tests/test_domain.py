@@ -72,6 +72,9 @@ def test_complaints_get_the_expected_urgency(
         ("If I get chest pain, should I go to the emergency room?", U),  # hypothetical only
         ("My father died of a stroke; I have a runny nose", S),  # family history
         ("My son has a fever and a rash that does not fade under a glass", E),  # parent writes
+        ("I had chest pain years ago; today I need a repeat prescription", R),  # history
+        ("I no longer have a fever, just a runny nose", S),
+        ("Chest pain this morning that went away after 20 minutes", E),  # settled: still seen
     ],
 )
 def test_negation_and_context(engine: Engine, text: str, urgency: Urgency) -> None:

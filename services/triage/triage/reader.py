@@ -305,7 +305,23 @@ _CONTEXT_RULES: list[ConTextRule] = [
         "PSEUDO",
         pattern=[{"LOWER": "not"}, {"LOWER": {"IN": ["sure", "certain", "only", "just"]}}],
     ),
-    ConTextRule("no longer able", "PSEUDO", pattern=[{"LOWER": "no"}, {"LOWER": "longer"}]),
+    # A symptom that "went away" is still reported: chest pain that settled an hour ago
+    # still needs to be seen today, so resolution is deliberately not a negation here.
+    ConTextRule("no longer", "NEGATED_EXISTENCE", direction="FORWARD"),
+    *[
+        ConTextRule(p, "HISTORICAL", direction="BIDIRECTIONAL")
+        for p in (
+            "last year",
+            "years ago",
+            "months ago",
+            "last month",
+            "as a child",
+            "used to have",
+            "used to get",
+            "a few years back",
+            "in the past",
+        )
+    ],
     ConTextRule(
         "won't stop",
         "PSEUDO",
