@@ -42,7 +42,7 @@ class SessionIn(AssessIn):
 class AnswersIn(BaseModel):
     """Answers to pending questions; `finish` ends the check now."""
 
-    answers: dict[QuestionId, AnswerValue] = Field(max_length=50)
+    answers: dict[QuestionId, AnswerValue] = Field(default_factory=dict, max_length=50)
     finish: bool = False
 
 

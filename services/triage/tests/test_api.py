@@ -212,9 +212,14 @@ async def test_session_finish_completes_with_questions_unanswered(
     assert started["status"] == "open"
     finished = await client.post(
         f"/patients/pat-9/sessions/{started['session_id']}/answers",
-        json={"answers": {"ha-fever": False}, "finish": True},
+        json={"answers": {"ha-fever": False}},
+    )
+    assert finished.json()["status"] == "open"  # other questions are still worth asking
+    finished = await client.post(
+        f"/patients/pat-9/sessions/{started['session_id']}/answers", json={"finish": True}
     )
     assert finished.json()["status"] == "completed"
+    assert finished.json()["answers"] == {"ha-fever": False}
     assert finished.json()["urgency"] == "self-care"
 
 

@@ -131,7 +131,7 @@ class SessionStateOut(AssessResponse):
 class AnswersRequest(BaseModel):
     """Answers to some of the pending questions; `finish` ends the session now."""
 
-    answers: dict[QuestionId, AnswerValue] = Field(max_length=50)
+    answers: dict[QuestionId, AnswerValue] = Field(default_factory=dict, max_length=50)
     finish: bool = False
 
 
