@@ -149,7 +149,8 @@ _DURATION = re.compile(
     r"\b(?:for|since|over|past|last|from)\s+(?:the\s+)?(?:past\s+|last\s+)?(?:about\s+|almost\s+|over\s+)?"
     + _NUM
     + r"\s+(hour|day|night|week|month|year)s?\b"
-    r"|\b" + _NUM + r"\s+(hour|day|night|week|month|year)s?\s+ago\b",
+    r"|\b" + _NUM + r"\s+(hour|day|night|week|month|year)s?\s+ago\b"
+    r"|\b" + _NUM + r"[- ](hour|day|night|week|month|year)s?[- ]history\b",
     re.IGNORECASE,
 )
 _DURATION_DAYS = {
@@ -204,7 +205,8 @@ def read_numbers(text: str) -> Numbers:
             age, age_span = None, None
     duration: float | None = None
     for match in _DURATION.finditer(text):
-        amount, unit = (match.group(1), match.group(2)) if match.group(1) else match.group(3, 4)
+        groups = [g for g in match.groups() if g is not None]
+        amount, unit = groups[0], groups[1]
         days = _number(amount) * _DURATION_DAYS[unit.lower()]
         duration = max(duration or 0.0, days)
     return Numbers(measures, age, age_span, duration)

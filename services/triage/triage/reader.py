@@ -249,6 +249,9 @@ def _categories(span: Span) -> set[str]:
     return out
 
 
+_PERIODS = ("hour", "day", "week", "month", "year")
+
+
 def _terminate(*phrases: str) -> list[ConTextRule]:
     return [ConTextRule(p, "TERMINATE", direction="TERMINATE") for p in phrases]
 
@@ -298,6 +301,15 @@ _CONTEXT_RULES: list[ConTextRule] = [
             {"IS_PUNCT": False, "OP": "*"},
             {"LOWER": {"IN": ["like", "as"]}},
             {"LOWER": {"IN": ["this", "that", "bad", "before"]}},
+        ],
+    ),
+    # Clinicians' "a 6-month history of heartburn" is the current complaint, not history.
+    ConTextRule(
+        "<n>-month history",
+        "PSEUDO",
+        pattern=[
+            {"LOWER": {"IN": [*_PERIODS, *(p + "s" for p in _PERIODS)]}},
+            {"LOWER": "history"},
         ],
     ),
     ConTextRule(
