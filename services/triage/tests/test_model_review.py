@@ -63,7 +63,9 @@ async def stack(
         settings = Settings(
             **isolated_settings(database_url, kafka_bootstrap, unique_prefix),
             triage_llm_url=f"{model_url}/v1",
-            triage_llm_timeout_s=0.5,
+            # Generous, so an answering fake always answers in time on a loaded machine;
+            # only the "hang" case waits it out.
+            triage_llm_timeout_s=5.0,
         )
         service = build(settings)
         async with serving_in_process(service.app, "http://triage") as http:
@@ -151,4 +153,5 @@ async def test_a_broken_or_silent_model_leaves_the_rules_result(
     body = await _assess(http, "runny nose and sneezing")
     assert body["urgency"] == "self-care"
     assert "model-review" not in {f["id"] for f in body["flags"]}
-    assert len(fake.requests) == 1
+    if mode != "hang":  # a hung request may be cut off before the fake even reads it
+        assert len(fake.requests) == 1
