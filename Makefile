@@ -34,7 +34,7 @@ SPACE := $(EMPTY) $(EMPTY)
 KAFKA_HOME := deploy/local/kafka
 KAFKA_STAMP := $(KAFKA_HOME)/lib/.fetched
 
-.PHONY: help install up check test acceptance reliability-report lint bench kafka-jars clean
+.PHONY: help install up check test acceptance reliability-report lint bench bench-triage kafka-jars clean
 
 help: ## list the targets
 	@echo "Usage: make <target> [KAFKA=tansu|apache] [PYTEST_ARGS=...]"
@@ -77,6 +77,9 @@ bench: install ## run every benchmark script bench/*.py (KAFKA=apache too; fails
 	@scripts=$$(ls bench/[!_]*.py 2>/dev/null || true); \
 	if [ -z "$$scripts" ]; then echo "make bench: no benchmark scripts in bench/" >&2; exit 1; fi; \
 	for script in $$scripts; do echo "==> $$script"; $(PY) $$script; done
+
+bench-triage: install ## triage vignettes: confusion matrix, accuracy, sensitivity, JSON line
+	$(PY) bench/triage/run.py
 
 kafka-jars: $(KAFKA_STAMP) ## fetch Apache Kafka's jars with Maven into deploy/local/kafka/lib/
 

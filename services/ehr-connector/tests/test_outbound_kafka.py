@@ -20,7 +20,7 @@ from contracts.appointment import (
 from contracts.base import Coding
 from contracts.intake import IntakeAnswer, IntakeSubmittedV1
 from contracts.message import MessageSentV1
-from contracts.triage import TriageCompletedV1, Urgency
+from contracts.triage import TriageCompletedV1, TriageFlag, Urgency
 from ehr_connector import store
 from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import FhirJson, Versioned, WriteResult
@@ -113,6 +113,8 @@ async def test_each_event_type_is_written_once_however_often_it_is_replayed(
         rule_set_version="2026.11",
         recommended_pool="primary",
         completed_at=T0,
+        flags=[TriageFlag(id="joint-long", level="amber", text="Swollen joint", evidence=["knee"])],
+        patient_text="My knee has been swollen for two weeks",
     )
     consumers = ("book_appointment", "file_intake", "send_message_to_care_team", "file_triage")
     duplicates_before = {c: _duplicates(c) for c in consumers}
@@ -208,6 +210,8 @@ async def test_each_event_type_is_written_once_however_often_it_is_replayed(
     assert task["focus"] == {"reference": f"QuestionnaireResponse/{filed['id']}"}
     assert task["owner"] == {"reference": "CareTeam/care-team-primary"}
     assert task["for"] == {"reference": "Patient/demo-alice"}
+    assert 'AMBER flag: Swollen joint ("knee")' in task["description"]
+    assert task["description"].endswith('"My knee has been swollen for two weeks"')
     assert all(has_origin_tag(r) for r in (response, first, second, filed, task))
 
     updates = await harness.updates(_for(booking.appointment_id))

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 
 from contracts.patient import PatientLinkedV1
@@ -165,37 +165,6 @@ async def thread_messages(caller: Me, request: Request, thread_id: Id) -> Any:
     """The messages of one thread, oldest first."""
     path = f"/patients/{caller.patient_id}/threads/{thread_id}/messages"
     return await _read(request, caller, "Communication", "messaging", path)
-
-
-@router.get("/me/triage")
-async def triage_sessions(caller: Me, request: Request) -> Any:
-    """The patient's past symptom checks."""
-    return await _read(
-        request,
-        caller,
-        "QuestionnaireResponse",
-        "triage",
-        f"/patients/{caller.patient_id}/sessions",
-    )
-
-
-class AssessIn(BaseModel):
-    """A one-shot symptom check."""
-
-    age: int = Field(ge=0, le=130, strict=True)
-    sex: str = Field(pattern="^(female|male|other|unknown)$")
-    text: str = Field(min_length=3, max_length=2000)
-
-
-@router.post("/me/triage/assess", status_code=201)
-async def triage_assess(caller: Me, request: Request, body: AssessIn) -> Any:
-    """Assess symptoms now: `{"urgency": "emergency|urgent|routine|self-care", ...}`."""
-    try:
-        return await upstreams_of(request).request(
-            "triage", "POST", f"/patients/{caller.patient_id}/assess", json=body.model_dump()
-        )
-    except UpstreamError as exc:
-        raise HTTPException(exc.status, f"The triage service {exc.detail}.") from exc
 
 
 @router.get("/me/summary")

@@ -7,7 +7,16 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
-from gateway import api, api_appointments, api_messages, api_records, handlers, portal, store
+from gateway import (
+    api,
+    api_appointments,
+    api_messages,
+    api_records,
+    api_triage,
+    handlers,
+    portal,
+    store,
+)
 from gateway.auth import TokenVerifier
 from gateway.settings import Settings
 from gateway.upstream import Upstreams, pooled_client
@@ -44,6 +53,7 @@ def build(
     routes.include_router(api_records.router)
     routes.include_router(api_appointments.router)
     routes.include_router(api_messages.router)
+    routes.include_router(api_triage.router)
     service = create_service(
         ServiceDefinition(
             settings=settings or Settings(),
