@@ -33,12 +33,14 @@ SPACE := $(EMPTY) $(EMPTY)
 
 KAFKA_HOME := deploy/local/kafka
 KAFKA_STAMP := $(KAFKA_HOME)/lib/.fetched
+HAPI_HOME := deploy/local/hapi
+HAPI_STAMP := $(HAPI_HOME)/lib/.fetched
 
-.PHONY: help install up check test lint bench kafka-jars clean
+.PHONY: help install up check test test-interop lint bench kafka-jars hapi-jars clean
 
 help: ## list the targets
 	@echo "Usage: make <target> [KAFKA=tansu|apache] [PYTEST_ARGS=...]"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-11s %s\n", $$1, $$2}' \
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-13s %s\n", $$1, $$2}' \
 		$(MAKEFILE_LIST)
 
 install: $(STAMP) ## create .venv (Python 3.11) and install every package editable + dev tools
@@ -64,6 +66,13 @@ test: install ## run the tests of every package (KAFKA=apache: against Apache Ka
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	exit $$rc
 
+# HAPI FHIR JPA (Java 17, jars from Maven Central) as a second, independent EHR.
+test-interop: install hapi-jars ## run the connector against HAPI FHIR (tests/interop)
+	@rc=0; PORTAL_INTEROP=1 KAFKA=$(KAFKA) $(PY) -m pytest tests/interop -m interop \
+		$(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-interop: no tests were collected" >&2; exit 1; fi; \
+	exit $$rc
+
 lint: install ## ruff check, ruff format --check, mypy --strict, import-linter contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -85,7 +94,16 @@ $(KAFKA_STAMP): $(KAFKA_HOME)/pom.xml
 	mvn -q -B -f $(KAFKA_HOME)/pom.xml dependency:copy-dependencies
 	@touch $@
 
+hapi-jars: $(HAPI_STAMP) ## build the HAPI FHIR test server: jars into deploy/local/hapi/lib/
+
+# Same stamp as devstack.hapi.build_hapi.
+$(HAPI_STAMP): $(HAPI_HOME)/pom.xml $(shell find $(HAPI_HOME)/src -type f 2>/dev/null)
+	rm -f $(HAPI_HOME)/lib/*.jar
+	mvn -q -B -f $(HAPI_HOME)/pom.xml compile dependency:copy-dependencies
+	@touch $@
+
 clean: ## remove generated files: .data/, caches, Kafka jars, the install stamp (keeps .venv)
-	rm -rf .data $(KAFKA_HOME)/lib $(KAFKA_HOME)/target .mypy_cache .ruff_cache \
+	rm -rf .data $(KAFKA_HOME)/lib $(KAFKA_HOME)/target $(HAPI_HOME)/lib $(HAPI_HOME)/target \
+		.mypy_cache .ruff_cache \
 		.pytest_cache .hypothesis $(STAMP)
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
