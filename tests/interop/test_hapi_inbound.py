@@ -321,3 +321,46 @@ async def test_lost_notifications_are_found_by_reconciliation(
         report_id = await _file_lab(hapi, chart)
         labs = await _events(settings, "lab.resulted", patient)
         assert [e["report_fhir_id"] for e in labs] == [report_id]
+
+
+async def test_classic_criteria_subscriptions_bring_the_same_events(
+    hapi: Hapi,
+    database_url: str,
+    kafka_bootstrap: str,
+    kafka_enable_idempotence: bool,
+    unique_prefix: str,
+) -> None:
+    """For a server without topics: classic R4 criteria Subscriptions with no payload; each
+    empty notification makes the connector search the type, and the result is published
+    like a topic notification's (a report that is not final publishes nothing)."""
+    chart = await seed_chart(hapi, slots=1)
+    await ensure_topics(kafka_bootstrap, unique_prefix)
+    settings = hapi_settings(
+        hapi,
+        database_url=database_url,
+        bootstrap=kafka_bootstrap,
+        prefix=unique_prefix,
+        idempotence=kafka_enable_idempotence,
+        ehr_subscription_style="criteria",
+        # Long enough that the notification, not the periodic search, is what finds it.
+        inbound_reconcile_interval_s=3600.0,
+    )
+    patient = "pat-criteria-" + chart.patient
+    async with running_connector(settings) as service:
+        await _wait_active(settings)
+        found = await hapi.search(
+            "Subscription", _tag=f"{OWNER_TAG['system']}|{OWNER_TAG['code']}", status="active"
+        )
+        ours = [
+            s
+            for s in found
+            if s["channel"]["endpoint"].startswith(settings.inbound_webhook_url + "/criteria/")
+        ]
+        assert sorted(s["criteria"] for s in ours) == sorted(settings.inbound_criteria.values())
+        await _link(settings, patient, chart.patient, backfill=False)
+        await _linked(service, patient)
+        preliminary, _ = _lab(chart, status="preliminary")
+        await hapi.post(preliminary)
+        report_id = await _file_lab(hapi, chart)
+        labs = await _events(settings, "lab.resulted", patient)
+        assert [e["report_fhir_id"] for e in labs] == [report_id]

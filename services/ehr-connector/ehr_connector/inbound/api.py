@@ -65,6 +65,29 @@ async def receive_notification(request: Request) -> Response:
     )
 
 
+@router.post(
+    "/fhir/notifications/criteria/{resource_type}",
+    tags=["fhir"],
+    status_code=204,
+    response_class=Response,
+    responses={
+        401: {"description": "Channel token refused (OperationOutcome)"},
+        404: {"description": "No Subscription of ours for this type (OperationOutcome)"},
+    },
+)
+async def receive_criteria_notification(
+    request: Request,
+    resource_type: Annotated[str, Path(pattern=r"^[A-Z][A-Za-z]{1,63}$")],
+) -> Response:
+    """The endpoint of classic (criteria-based) Subscriptions, one per focus type: the EHR's
+    empty notification schedules a `_lastUpdated` search of that type."""
+    inbound = _inbound(request)
+    answer = await inbound.accept_ping(request.headers, resource_type)
+    if answer.status < 300:
+        return Response(status_code=answer.status)
+    return JSONResponse(answer.outcome(), status_code=answer.status, media_type=FHIR_JSON)
+
+
 @router.get("/fhir/notifications", tags=["fhir"], status_code=204)
 async def webhook_probe(request: Request) -> Response:
     """Reachability probe of the webhook: 204 with the answering process's instance id."""

@@ -374,6 +374,25 @@ class Inbound:
             )
             return WebhookAnswer(503, "The EHR could not be read; retry.", {"Retry-After": "2"})
 
+    async def accept_ping(self, headers: Mapping[str, str], resource_type: str) -> WebhookAnswer:
+        """A classic (criteria) Subscription's notification: an empty POST to the endpoint
+        of its type. It carries no data, so nothing in it is trusted: it only makes the
+        connector search that type with its own credentials (no signature is possible)."""
+        if not self._token_ok(headers.get("authorization")):
+            return self._reject(401, "bad_token", "The channel token is missing or wrong.")
+        if self.notification_auth() == "mtls" and not self._mtls_ok(headers):
+            return self._reject(401, "no_client_certificate", "A verified client is required.")
+        topic = (await self.manager.targets()).get(resource_type)
+        async with self.db.sessions() as session:
+            row = await store.subscription_for_topic(session, topic) if topic else None
+            subscription_id = row.subscription_id if row is not None else None
+        if subscription_id is None:
+            return self._reject(404, "unknown_subscription", "No Subscription for this type.")
+        NOTIFICATIONS.labels("criteria-ping").inc()
+        await self._touch(subscription_id, None, None)
+        self.recovery.schedule_search(subscription_id)
+        return WebhookAnswer(204, "Search scheduled.")
+
     async def _handle(self, notification: Notification) -> WebhookAnswer:
         subscription_id = notification.subscription_id
         kind = notification.type

@@ -140,6 +140,61 @@ class SubscriptionManager:
             log.info("inbound.ehr_profile", **self._profile.describe())
         return self._profile
 
+    async def targets(self) -> dict[str, str]:
+        """Focus type → what its Subscription's `criteria` holds: the topic canonical, or
+        (criteria style, for servers without topics) a classic R4 search criteria."""
+        if (await self.profile()).subscription_style == "criteria":
+            return {
+                t: self.settings.inbound_criteria.get(t, f"{t}?")
+                for t in self.settings.inbound_topics
+            }
+        return dict(self.settings.inbound_topics)
+
+    def criteria_endpoint(self, resource_type: str) -> str:
+        """Where a classic Subscription's empty notification goes: the type is in the path,
+        since an empty POST names neither the Subscription nor the resource."""
+        return f"{self.settings.inbound_webhook_url.rstrip('/')}/criteria/{resource_type}"
+
+    def desired_criteria(self, criteria: str, resource_type: str, status: str) -> Resource:
+        """A classic R4 Subscription: rest-hook with no payload (the EHR only says that
+        something matching changed; the connector searches by `_lastUpdated`)."""
+        s = self.settings
+        return {
+            "resourceType": "Subscription",
+            "meta": {"tag": [dict(OWNER_TAG)]},
+            "status": status,
+            "reason": f"Patient portal: {resource_type} changes for linked patients",
+            "criteria": criteria,
+            "channel": {
+                "type": "rest-hook",
+                "endpoint": self.criteria_endpoint(resource_type),
+                "header": [f"Authorization: Bearer {s.inbound_webhook_token}"],
+            },
+        }
+
+    def _matches_criteria(self, resource: Resource, resource_type: str) -> bool:
+        channel = resource.get("channel")
+        if not isinstance(channel, dict):
+            return False
+        return (
+            owned(resource)
+            and channel.get("type") == "rest-hook"
+            and endpoint_of(resource) == self.criteria_endpoint(resource_type)
+            and as_list(channel.get("header"))
+            == [f"Authorization: Bearer {self.settings.inbound_webhook_token}"]
+            and channel.get("payload") in (None, "")
+        )
+
+    async def _desired(self, topic: str, resource_type: str, status: str) -> Resource:
+        if (await self.profile()).subscription_style == "criteria":
+            return self.desired_criteria(topic, resource_type, status)
+        return self.desired(topic, resource_type, status)
+
+    async def _matches(self, resource: Resource, resource_type: str) -> bool:
+        if (await self.profile()).subscription_style == "criteria":
+            return self._matches_criteria(resource, resource_type)
+        return self.matches_settings(resource, resource_type)
+
     def filter_for(self, resource_type: str) -> str:
         """The topic's `backport-filter-criteria`: configured, else server-wide."""
         return self.settings.inbound_filter_criteria.get(resource_type, f"{resource_type}?")
@@ -198,7 +253,7 @@ class SubscriptionManager:
         async with self._lock:
             ours = await self._ehr_subscriptions()
             results = []
-            for resource_type, topic in sorted(self.settings.inbound_topics.items()):
+            for resource_type, topic in sorted((await self.targets()).items()):
                 try:
                     results.append(await self._ensure_topic(topic, resource_type, ours))
                 except EhrError as exc:
@@ -216,7 +271,7 @@ class SubscriptionManager:
 
     async def _clean_orphans(self, ours: Sequence[Resource]) -> list[EnsureResult]:
         """Switch off Subscriptions we own for topics that are no longer configured."""
-        topics = set(self.settings.inbound_topics.values())
+        topics = set((await self.targets()).values())
         cleaned: list[EnsureResult] = []
         for resource in ours:
             if not owned(resource) or resource.get("criteria") in topics:
@@ -242,12 +297,19 @@ class SubscriptionManager:
         return cleaned
 
     async def _ehr_subscriptions(self) -> list[Resource]:
-        """Subscriptions on the EHR that deliver to our endpoint."""
+        """Subscriptions on the EHR that deliver to our endpoint (or, classic ones, below it)."""
         found: list[Resource] = []
-        params = [("url", self.settings.inbound_webhook_url)]
+        webhook = self.settings.inbound_webhook_url
+        criteria_style = (await self.profile()).subscription_style == "criteria"
+        # `url` is a uri search: exact match, so the classic endpoints (one per type) are
+        # found by `url:below`.
+        params = [("url:below" if criteria_style else "url", webhook)]
         async for page in self.ehr.pages("Subscription", params, count=100):
             found += [
-                r for r in page.matches if endpoint_of(r) == self.settings.inbound_webhook_url
+                r
+                for r in page.matches
+                if endpoint_of(r) == webhook
+                or (criteria_style and (endpoint_of(r) or "").startswith(webhook + "/criteria/"))
             ]
         return found
 
@@ -280,8 +342,8 @@ class SubscriptionManager:
                 topic, resource_type, subscription_id, str(chosen.get("status")), start_at or 0
             )
         status = str(chosen.get("status"))
-        if not self.matches_settings(chosen, resource_type):
-            await self._put(chosen, self.desired(topic, resource_type, "requested"))
+        if not await self._matches(chosen, resource_type):
+            await self._put(chosen, await self._desired(topic, resource_type, "requested"))
             action, status = "updated", "requested"
         elif status in ("error", "off"):
             await self._put(chosen, {**chosen, "status": "requested"})
@@ -300,7 +362,7 @@ class SubscriptionManager:
         return EnsureResult(topic, subscription_id, action, status)
 
     async def _create(self, topic: str, resource_type: str) -> EnsureResult:
-        created = await self.ehr.create(self.desired(topic, resource_type, "off"))
+        created = await self.ehr.create(await self._desired(topic, resource_type, "off"))
         subscription_id = created.id
         await self._record(topic, resource_type, subscription_id, "off")
         await self._put(created.resource, {**created.resource, "status": "requested"})
