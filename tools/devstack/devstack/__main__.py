@@ -21,6 +21,7 @@ from pathlib import Path
 
 from devstack._paths import repo_root
 from devstack.brokers import BROKER_KINDS, BrokerError, BrokerKind, fetch_kafka_jars, make_broker
+from devstack.hapi import HapiError, HapiServer, build_hapi
 from devstack.postgres import PostgresUnavailable, ensure_postgres
 from devstack.supervisor import Output, StackConfig, check, follow_log, up
 from devstack.topics import ensure_topics
@@ -78,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092",
     )
     topics.add_argument("--prefix", default="", help="prefix of every topic name")
+
+    hapi = commands.add_parser("hapi", help="run HAPI FHIR (R4, H2 in memory) in the foreground")
+    hapi.add_argument("--port", type=int, default=8091, help="port (not 8090: the sandbox's)")
+    hapi.add_argument("--topics-file", type=Path, help="transaction Bundle of topics to load")
+    hapi_jars = commands.add_parser("hapi-jars", help="build HAPI FHIR's jars with Maven")
+    hapi_jars.add_argument("--force", action="store_true", help="build even if up to date")
 
     jars = commands.add_parser("kafka-jars", help="fetch Apache Kafka's jars with Maven")
     jars.add_argument("--force", action="store_true", help="fetch even if lib/ has jars")
@@ -138,6 +145,29 @@ async def _broker(args: argparse.Namespace) -> int:
             await tail
 
 
+async def _hapi(args: argparse.Namespace) -> int:
+    data_dir = repo_root() / ".data" / "hapi"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = HapiServer(port=args.port, data_dir=data_dir, topics_file=args.topics_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        await server.wait_ready()
+        print(f"HAPI FHIR ready at {server.base_url} (log: {server.log_path}); Ctrl-C stops it")
+        while not stop.is_set() and server.is_running():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+        return 0 if stop.is_set() else 1
+    except HapiError as exc:
+        print(f"devstack hapi: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await server.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m devstack`; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -159,6 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         created = asyncio.run(ensure_topics(args.bootstrap, prefix=args.prefix))
         for topic, partitions in sorted(created.items()):
             print(f"{topic}\t{partitions}")
+        return 0
+    if command == "hapi":
+        return asyncio.run(_hapi(args))
+    if command == "hapi-jars":
+        try:
+            print(build_hapi(force=args.force))
+        except HapiError as exc:
+            print(f"devstack hapi-jars: {exc}", file=sys.stderr)
+            return 1
         return 0
     if command == "kafka-jars":
         try:
