@@ -201,7 +201,8 @@ class Inbound:
     async def ensure_and_catch_up(self) -> list[Any]:
         """Ensure the Subscriptions, then recover whatever happened while we were away."""
         results = await self.manager.ensure()
-        self.ensure_problem = None
+        failed = sorted(r.topic.rsplit("/", 1)[-1] for r in results if r.action == "failed")
+        self.ensure_problem = f"refused by the EHR: {', '.join(failed)}" if failed else None
         for result in results:
             if result.subscription_id is None:
                 continue

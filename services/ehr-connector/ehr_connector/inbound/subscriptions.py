@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ehr_connector.ehr.errors import EhrConflict, EhrError, EhrGone, EhrNotFound, EhrRejected
+from ehr_connector.ehr.errors import (
+    EhrConflict,
+    EhrError,
+    EhrGone,
+    EhrNotFound,
+    EhrRejected,
+    EhrUnavailable,
+)
 from ehr_connector.ehr.port import EhrPort, Versioned
 from ehr_connector.ehr.profile import EhrProfile, detect
 from ehr_connector.inbound import store
@@ -256,6 +263,9 @@ class SubscriptionManager:
             for resource_type, topic in sorted((await self.targets()).items()):
                 try:
                     results.append(await self._ensure_topic(topic, resource_type, ours))
+                except EhrUnavailable:
+                    # The EHR is down (or the circuit open): the caller backs off and retries.
+                    raise
                 except EhrError as exc:
                     # One topic the EHR refuses (unknown topic, bad filter) must not keep
                     # the others from being ensured; each is reported on its own.
@@ -280,6 +290,8 @@ class SubscriptionManager:
                 continue
             try:
                 await self._switch_off(resource)
+            except EhrUnavailable:
+                raise
             except EhrError as exc:
                 cleaned.append(
                     EnsureResult(
