@@ -15,7 +15,7 @@ import pytest
 from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
 from ehr_connector.inbound import store as inbound_store
-from ehr_connector.inbound.subscriptions import OWNER_TAG, filter_criteria
+from ehr_connector.inbound.subscriptions import OWNER_TAG, SubscriptionManager, filter_criteria
 from ehr_connector.settings import Settings
 from servicekit.app import Service
 from servicekit.testing import Seen, eventually, produce_events, read_topic
@@ -159,6 +159,14 @@ async def test_subscriptions_changes_and_history_flow_from_hapi(
         backfill_page_size=2,
     )
     patient = "pat-hapi-" + chart.patient
+    # Left over from an earlier configuration: ours (tag, endpoint), a topic we no longer use.
+    manager = SubscriptionManager(settings, None, None)  # type: ignore[arg-type]
+    orphan = manager.desired(
+        "http://portal.example.org/fhir/SubscriptionTopic/observation-final",
+        "Observation",
+        "active",
+    )
+    orphan_id = (await hapi.post(orphan))["id"]
     async with running_connector(settings) as service:
         rows = await _wait_active(settings)
         assert {r["topic"] for r in rows} == set(settings.inbound_topics.values())
@@ -174,6 +182,7 @@ async def test_subscriptions_changes_and_history_flow_from_hapi(
         assert again.status_code == 200
         actions = {r["topic"]: r["action"] for r in again.json()}
         assert set(actions.values()) <= {"ok"}, actions
+        assert (await hapi.client.get(f"Subscription/{orphan_id}")).json()["status"] == "off"
         assert len(await _ours(hapi, settings)) == len(settings.inbound_topics)
 
         # Slot sync published the practitioner's upcoming slots.

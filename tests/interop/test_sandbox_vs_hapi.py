@@ -85,6 +85,19 @@ async def test_conditional_create_matches_instead_of_writing_twice(
     assert len(found.json().get("entry", [])) == 1
 
 
+async def test_conditional_create_with_several_matches_is_refused(
+    server: httpx.AsyncClient,
+) -> None:
+    value = uuid.uuid4().hex
+    for _ in range(2):
+        assert (await server.post("Patient", json=_patient(value))).status_code == 201
+    again = await server.post(
+        "Patient", json=_patient(value), headers={"If-None-Exist": f"identifier={SYSTEM}|{value}"}
+    )
+    # R4 3.1.0.8.1: multiple matches → 412 Precondition Failed.
+    assert again.status_code == 412, server.headers["X-Server"]
+
+
 async def test_if_match_refuses_a_stale_version(server: httpx.AsyncClient) -> None:
     created = (await server.post("Patient", json=_patient(uuid.uuid4().hex))).json()
     pid, version = created["id"], created["meta"]["versionId"]
