@@ -176,6 +176,11 @@ async def test_subscriptions_changes_and_history_flow_from_hapi(
         by_topic = {v: k for k, v in settings.inbound_topics.items()}
         for subscription in ours:
             assert filter_criteria(subscription) == [f"{by_topic[subscription['criteria']]}?"]
+            # Valid R4. Its `meta.profile` names the Backport IG's profile, which HAPI needs
+            # (it is what makes `criteria` a topic) but its validator does not have (no IG
+            # package is loaded): the claim is set aside, the content checked against R4.
+            claimless = {**subscription, "meta": {"tag": subscription["meta"]["tag"]}}
+            assert await hapi.validation_errors(claimless) == []
         # A second ensure right away (HAPI would answer a cached search): nothing new.
         async with ops_client(settings) as client:
             again = await client.post("/ops/subscriptions/ensure")
@@ -366,6 +371,8 @@ async def test_classic_criteria_subscriptions_bring_the_same_events(
             if s["channel"]["endpoint"].startswith(settings.inbound_webhook_url + "/criteria/")
         ]
         assert sorted(s["criteria"] for s in ours) == sorted(settings.inbound_criteria.values())
+        for subscription in ours:
+            assert await hapi.validation_errors(subscription) == []
         await _link(settings, patient, chart.patient, backfill=False)
         await _linked(service, patient)
         preliminary, _ = _lab(chart, status="preliminary")

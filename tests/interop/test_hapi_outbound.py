@@ -17,6 +17,7 @@ from contracts.message import MessageSentV1
 from contracts.triage import TriageCompletedV1, Urgency
 from devstack.topics import ensure_topics
 from ehr_connector import store
+from ehr_connector.inbound.canary_data import canary_observation, canary_report
 from ehr_connector.outbound.identifiers import (
     APPOINTMENT_ID,
     INTAKE_ID,
@@ -188,6 +189,14 @@ async def test_every_written_resource_is_valid_r4_and_written_once(
     ]
     for resource in written:
         assert resource is not None
+        assert await hapi.validation_errors(resource) == [], resource["resourceType"]
+    # The synthetic canary's lab result is written to the EHR too.
+    observation = canary_observation(chart.patient, "interop-run", now)
+    observation_id = (await hapi.post(observation))["id"]
+    for resource in (
+        observation,
+        canary_report(chart.patient, "interop-run", observation_id, now),
+    ):
         assert await hapi.validation_errors(resource) == [], resource["resourceType"]
     appointment, _slot, response = written[0], written[1], written[2]
     assert appointment is not None and response is not None
