@@ -4,7 +4,7 @@ Publishes N events through the transactional outbox (one transaction per event, 
 relay with acks=all) and N raw messages with an acks=all producer (the baseline), and
 reports the relay's throughput as a ratio of the baseline, so the figure means something
 on a shared, noisy machine. Broker: Tansu by default, `KAFKA=apache` for Apache Kafka;
-database: SQLite file, or `BENCH_DATABASE_URL`.
+database: an embedded PostgreSQL in a temporary directory, or `BENCH_DATABASE_URL`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 
 from contracts.patient import PatientLinkedV1
 from devstack.brokers import make_broker
+from devstack.postgres import EmbeddedPostgres, create_database
 from devstack.topics import ensure_topics
 from servicekit.db import Database
 from servicekit.migrations import upgrade
@@ -76,6 +77,7 @@ async def main() -> int:
     kind = os.environ.get("KAFKA", "tansu")
     work = Path(tempfile.mkdtemp(prefix="bench-outbox-"))
     broker = make_broker(kind, data_dir=work / "kafka")
+    postgres = EmbeddedPostgres(work / "postgres")
     await broker.start()
     try:
         await broker.wait_ready(timeout=180)
@@ -83,9 +85,8 @@ async def main() -> int:
         await ensure_topics(bootstrap, "bench.")
         settings = ServiceSettings(
             service_name="bench",
-            database_url=os.environ.get(
-                "BENCH_DATABASE_URL", f"sqlite+aiosqlite:///{work / 'bench.db'}"
-            ),
+            database_url=os.environ.get("BENCH_DATABASE_URL")
+            or await create_database("bench", postgres.start()),
             kafka_bootstrap_servers=bootstrap,
             kafka_enable_idempotence=kind == "apache",
             topic_prefix="bench.",
@@ -99,6 +100,7 @@ async def main() -> int:
         raw = await baseline(bootstrap, "bench.patient.linked", payload)
         written, relayed = await relay_rate(settings)
     finally:
+        postgres.remove()
         await broker.stop()
     print(f"broker={kind} events={N}")
     print(f"baseline raw producer (acks=all): {raw:,.0f} msg/s")

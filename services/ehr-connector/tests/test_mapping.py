@@ -194,7 +194,7 @@ def test_intake_response_links_the_appointment_and_groups_repeated_answers() -> 
     assert has_identifier(response, INTAKE_ID, "intake-1")
     assert response["questionnaire"].endswith("Questionnaire/intake|1")
     assert response["extension"] == [
-        {"url": intake.EVENT_BASED_ON, "valueReference": {"reference": "Appointment/a1"}}
+        {"url": intake.INTAKE_APPOINTMENT, "valueReference": {"reference": "Appointment/a1"}}
     ]
     by_link = {item["linkId"]: item["answer"] for item in response["item"]}
     assert list(by_link) == ["symptoms", "smoker", "allergy", "pain"]

@@ -80,7 +80,6 @@ class SlotHold(Base):
             "slot_fhir_id",
             unique=True,
             postgresql_where=text("released_at IS NULL"),
-            sqlite_where=text("released_at IS NULL"),
         ),
     )
 

@@ -1,9 +1,12 @@
 """Intake answers → a QuestionnaireResponse. No I/O.
 
-R4 limits `QuestionnaireResponse.basedOn` to CarePlan and ServiceRequest and has no element
-pointing at an Appointment, so the link to the visit is the core workflow extension
-`event-basedOn` (Reference(Any)); when the EHR opens an Encounter for the visit it can set
-`encounter` itself.
+R4 limits `QuestionnaireResponse.basedOn` to CarePlan and ServiceRequest, `partOf` to
+Observation and Procedure, `encounter` to Encounter, and no core extension may point from a
+QuestionnaireResponse to an Appointment (`event-basedOn` is defined for Condition only in
+R4; the official validator rejects it here). The link to the visit is therefore the
+portal's own extension `intake-appointment` (Reference(Appointment)), which the validator
+accepts, plus the intake identifier; when the EHR opens an Encounter for the visit it can
+set `encounter` itself.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from ehr_connector.outbound.tags import tagged
 
 FhirJson = dict[str, Any]
 
-EVENT_BASED_ON: Final = "http://hl7.org/fhir/StructureDefinition/event-basedOn"
+INTAKE_APPOINTMENT: Final = "http://portal.example.org/fhir/StructureDefinition/intake-appointment"
 
 
 def answer_value(answer: IntakeAnswer) -> FhirJson | None:
@@ -68,7 +71,7 @@ def intake_response(
     if appointment_fhir_id:
         response["extension"] = [
             {
-                "url": EVENT_BASED_ON,
+                "url": INTAKE_APPOINTMENT,
                 "valueReference": {"reference": f"Appointment/{appointment_fhir_id}"},
             }
         ]

@@ -63,7 +63,6 @@ def upgrade() -> None:
             ["slot_fhir_id"],
             unique=True,
             postgresql_where=sa.text("released_at IS NULL"),
-            sqlite_where=sa.text("released_at IS NULL"),
         )
 
     with op.batch_alter_table("appointments", schema=None) as batch_op:
@@ -115,7 +114,6 @@ def downgrade() -> None:
         batch_op.drop_index(
             "uq_slot_holds_active_slot",
             postgresql_where=sa.text("released_at IS NULL"),
-            sqlite_where=sa.text("released_at IS NULL"),
         )
         batch_op.drop_index(batch_op.f("ix_slot_holds_appointment_id"))
 

@@ -19,7 +19,6 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # Batch mode: the same migration runs on PostgreSQL and in the SQLite-based check.
     with op.batch_alter_table("triage_sessions") as batch:
         batch.alter_column("completed_at", existing_type=sa.DateTime(timezone=True), nullable=True)
         batch.add_column(
