@@ -83,7 +83,7 @@ async def _free_slots(patient: Patient, count: int) -> list[dict[str, Any]]:
 
     async def offered() -> bool:
         nonlocal slots
-        slots = await patient.get("/v1/slots", start=start)
+        slots = (await patient.get("/v1/slots", start=start, limit=max(count, 20)))["items"]
         return len(slots) >= count
 
     await _until(offered, 120, f"{count} free slots offered")
@@ -294,12 +294,13 @@ async def test_journey_1_clinic_changes_reach_each_patient_once_in_order(
 
 
 async def test_journey_2_concurrent_bookings_book_each_slot_once(clinic: Clinic) -> None:
-    checker = Checker("2 concurrent booking")
+    checker = Checker("2 booking race, reschedule, intake, cancel")
     ids = ["demo-alice", "demo-bob", "demo-carol"]
     ids += [await clinic.new_patient(f"Booker{n}") for n in range(2)]
     people = [await Patient.sign_in(clinic, p) for p in ids]
     try:
-        slots = await _free_slots(people[0], 10)
+        offered = await _free_slots(people[0], 11)
+        slots, spare = offered[:10], offered[10]
         requests = [(people[n % 5], slots[n % 10]["id"]) for n in range(30)]
 
         async def book(patient: Patient, slot_id: str) -> tuple[Patient, str, httpx.Response]:
@@ -332,6 +333,11 @@ async def test_journey_2_concurrent_bookings_book_each_slot_once(clinic: Clinic)
             ehr_slot = await clinic.read(f"Slot/{slot['id']}")
             if ehr_slot.get("status") != "busy":
                 checker.problem(f"slot {slot['id']} is {ehr_slot.get('status')} in the EHR")
+        if winners:
+            patient, slot_id, appointment = winners[0]
+            new_slot = await _rescheduled(clinic, checker, patient, appointment, slot_id, spare)
+            winners[0] = (patient, new_slot, appointment)
+            await _intake(checker, patient, appointment)
         # Cancel: the EHR frees the slot.
         for patient, slot_id, appointment in winners:
             response = await patient.http.post(
@@ -351,6 +357,69 @@ async def test_journey_2_concurrent_bookings_book_each_slot_once(clinic: Clinic)
     verdict = checker.verdict
     record(verdict.row())
     assert verdict.ok, verdict.explain()
+
+
+async def _rescheduled(
+    clinic: Clinic,
+    checker: Checker,
+    patient: Patient,
+    appointment: dict[str, Any],
+    old_slot: str,
+    spare: dict[str, Any],
+) -> str:
+    """Move a booked appointment to `spare`: the EHR moves it and frees the old slot."""
+    path = f"/v1/me/appointments/{appointment['id']}"
+    moving = await patient.http.post(f"{path}/reschedule", json={"slot_id": spare["id"]})
+    if moving.status_code != 202:
+        checker.problem(f"reschedule: {moving.status_code} {moving.text[:200]}")
+        return old_slot
+
+    async def moved() -> bool:
+        return bool((await patient.get(path))["slot"] == spare["id"])
+
+    await _until(moved, 120, "the appointment moved to the new slot")
+    if (await clinic.read(f"Slot/{old_slot}")).get("status") != "free":
+        checker.problem(f"slot {old_slot} not freed in the EHR after the reschedule")
+    if (await clinic.read(f"Slot/{spare['id']}")).get("status") != "busy":
+        checker.problem(f"slot {spare['id']} not busy in the EHR after the reschedule")
+    return str(spare["id"])
+
+
+async def _intake(checker: Checker, patient: Patient, appointment: dict[str, Any]) -> None:
+    """The intake form is validated (422 naming the item), accepted once, then 409."""
+    path = f"/v1/me/appointments/{appointment['id']}/intake"
+    form = await patient.get(path)
+    items = {i["linkId"]: i for i in form["form"]["item"]}
+    required = [link for link, item in items.items() if item.get("required")]
+    if not required:
+        checker.problem("the intake form has no required item to validate")
+        return
+    incomplete = await patient.http.post(path, json={"answers": []})
+    if incomplete.status_code != 422 or required[0] not in incomplete.text:
+        checker.problem(f"incomplete intake: {incomplete.status_code}, not a 422 naming it")
+    answers = [_answer(link, items[link]) for link in required]
+    sent = await patient.http.post(path, json={"answers": answers})
+    if sent.status_code != 202:
+        checker.problem(f"intake: {sent.status_code} {sent.text[:200]}")
+    again = await patient.http.post(path, json={"answers": answers})
+    if again.status_code != 409:
+        checker.problem(f"a second intake was answered {again.status_code}, not 409")
+
+
+def _answer(link_id: str, item: dict[str, Any]) -> dict[str, Any]:
+    """A valid answer to one Questionnaire item."""
+    kind = item.get("type")
+    if kind == "integer":
+        return {"link_id": link_id, "value_integer": 1}
+    if kind == "boolean":
+        return {"link_id": link_id, "value_boolean": False}
+    if kind in ("choice", "coding") and item.get("answerOption"):
+        coding = item["answerOption"][0].get("valueCoding", {})
+        return {
+            "link_id": link_id,
+            "value_coding": {"system": coding.get("system", ""), "code": coding.get("code")},
+        }
+    return {"link_id": link_id, "value_string": "Routine check of my knee."}
 
 
 async def test_journey_3_a_conversation_stays_one_thread_on_both_sides(

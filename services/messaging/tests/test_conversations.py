@@ -1,9 +1,8 @@
 """Conversations in messaging over HTTP, real PostgreSQL and a real broker: threads joined
 across both sides, history import, read state, routing, limits, emergencies, triage.
 
-The emergency check is the triage service's HTTP endpoint (`POST /emergency-check`). Until
-that endpoint is merged, `triage_rules_check` serves the agreed contract in-process with
-the triage service's own rule engine (`triage.domain.assess`), reached over HTTP through
+The emergency check is the triage service's HTTP endpoint (`POST /emergency-check`): the
+real triage service runs in-process with its own database, reached over HTTP through
 messaging's real client; the unreachable case uses a port where nothing listens.
 """
 
@@ -11,14 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
-from pydantic import BaseModel
 
 from contracts.base import SourceVersion
 from contracts.message import MessageReceivedV1, MessageSyncedV1
@@ -34,7 +31,8 @@ from servicekit.testing import (
     read_topic,
     serving_in_process,
 )
-from triage.domain import Sex, assess
+from triage.app import build as build_triage
+from triage.settings import Settings as TriageSettings
 
 pytestmark = [pytest.mark.integration]
 T = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -43,35 +41,18 @@ PDF = b"%PDF-1.4\n" + b"\x03" * 64
 EMERGENCY_TEXT = "I have crushing chest pain and I cannot breathe"
 
 
-class _CheckIn(BaseModel):
-    text: str
-
-
-def triage_rules_check() -> FastAPI:
-    """The emergency-check contract, answered by the triage service's rule engine."""
-    app = FastAPI()
-
-    @app.post("/emergency-check")
-    async def check(body: _CheckIn) -> dict[str, Any]:
-        outcome = assess(50, Sex.UNKNOWN, body.text)
-        emergency = outcome.urgency is Urgency.EMERGENCY
-        return {
-            "emergency": emergency,
-            "flags": list(outcome.matched_rules) if emergency else [],
-            "advice": outcome.advice if emergency else None,
-        }
-
-    return app
-
-
 Client = Callable[..., Any]
 
 
 @pytest.fixture
 async def running(
-    database_url: str, kafka_bootstrap: str, unique_prefix: str
+    database_url: str,
+    database_factory: Callable[[], Awaitable[str]],
+    kafka_bootstrap: str,
+    unique_prefix: str,
 ) -> AsyncIterator[Callable[..., Any]]:
-    """Start messaging with extra settings (once per test)."""
+    """Start messaging with extra settings (once per test), checking messages with the real
+    triage service's `POST /emergency-check` (served in-process, its own database)."""
     await ensure_topics(kafka_bootstrap, unique_prefix)
     stack: list[Any] = []
 
@@ -79,9 +60,19 @@ async def running(
         values = isolated_settings(database_url, kafka_bootstrap, unique_prefix) | {
             "environment": "test",
             "triage_url": "http://triage" if triage else "http://127.0.0.1:9",
-            "emergency_check_timeout_s": 0.5,
+            # The rule engine's first call loads its language pipeline.
+            "emergency_check_timeout_s": 10.0 if triage else 0.5,
         }
-        transport = httpx.ASGITransport(app=triage_rules_check()) if triage else None
+        transport = None
+        if triage:
+            triage_settings = TriageSettings(
+                **isolated_settings(await database_factory(), kafka_bootstrap, unique_prefix)
+            )
+            triage_app = build_triage(triage_settings).app
+            triage_context = serving_in_process(triage_app, "http://triage")
+            stack.append(triage_context)
+            await triage_context.__aenter__()
+            transport = httpx.ASGITransport(app=triage_app)
         service = build(Settings(**(values | overrides)), triage_transport=transport)
         context = serving_in_process(service.app, "http://messaging")
         stack.append(context)
@@ -161,6 +152,14 @@ async def test_clinician_answers_by_ehr_ids_land_in_the_patients_thread_with_rea
         [("pat-1", _ack(first_id, thread["id"], "com-root", "com-root"))],
         topic_prefix=unique_prefix,
     )
+
+    async def filed() -> bool:
+        path = f"/patients/pat-1/threads/{thread['id']}/messages"
+        return bool((await client.get(path)).json()[0]["ehr_status"] == "completed")
+
+    # As in life, the EHR knows the patient's message before a clinician answers it (the
+    # two events travel on different topics, so their order is only what we wait for).
+    await eventually(filed, timeout=60)
     await produce_events(
         kafka_bootstrap,
         [
