@@ -25,7 +25,7 @@ from servicekit import ops_api, problems, telemetry
 from servicekit.consumer import ConsumerRuntime, EventRouter
 from servicekit.db import Database
 from servicekit.logging import configure_logging, get_logger
-from servicekit.messaging import build_broker
+from servicekit.messaging import build_broker, sample_lag
 from servicekit.migrations import upgrade
 from servicekit.outbox import Outbox, OutboxRelay
 from servicekit.settings import ServiceSettings
@@ -91,6 +91,8 @@ class Service:
         if self.settings.relay_enabled:
             self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         self._tasks.append(asyncio.create_task(self._connect_broker(), name="broker-connect"))
+        if self.settings.consumers_enabled and self.runtime.router.subscriptions:
+            self._tasks.append(asyncio.create_task(self._lag_loop(), name="consumer-lag"))
         await self.runtime.refresh_gauges()
         log.info("service.started", port=self.settings.http_port)
 
@@ -125,6 +127,17 @@ class Service:
                 with contextlib.suppress(Exception):
                     await self.broker.stop()
                 await asyncio.sleep(min(5.0, 0.5 * attempt))
+
+    async def _lag_loop(self) -> None:
+        await self.broker_connected.wait()
+        while True:
+            try:
+                await sample_lag(self.settings, self.runtime, self.broker)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker is away or rebalancing: try next round
+                log.debug("service.lag_sample_failed", error=type(exc).__name__)
+            await asyncio.sleep(self.settings.metrics_interval_s)
 
     async def stop(self) -> None:
         """Stop consumers first (their work commits), then the relay, then the database."""

@@ -37,15 +37,41 @@ def _raw(record: Any) -> RawMessage:
 
 
 def _record_lag(settings: ServiceSettings, sub: Subscription, msg: Any, record: Any) -> None:
+    """Lag right after a message, from the end the last fetch reported (no broker call)."""
     consumer = getattr(msg, "consumer", None)
     highwater = getattr(consumer, "highwater", None)
     if highwater is None:
         return
     end = highwater(TopicPartition(record.topic, record.partition))
     if end is not None:
-        CONSUMER_LAG.labels(settings.service_name, sub.name, str(record.partition)).set(
-            max(0, end - record.offset - 1)
-        )
+        CONSUMER_LAG.labels(
+            settings.service_name, sub.name, record.topic, str(record.partition)
+        ).set(max(0, end - record.offset - 1))
+
+
+async def sample_lag(settings: ServiceSettings, runtime: ConsumerRuntime, broker: Any) -> None:
+    """Set `consumer_lag` for every partition assigned to this process's consumers: the
+    partition's end minus the group's committed offset (its start when nothing is committed
+    yet). Asked of the broker, so a consumer that is stuck or idle is measured too."""
+    for subscriber in getattr(broker, "subscribers", ()):
+        consumer = getattr(subscriber, "consumer", None)
+        if consumer is None:
+            continue
+        assigned = sorted(consumer.assignment())
+        if not assigned:
+            continue
+        ends = await consumer.end_offsets(assigned)
+        starts = await consumer.beginning_offsets(assigned)
+        for tp in assigned:
+            try:
+                sub = runtime.subscription_for_topic(tp.topic)
+            except KeyError:
+                continue
+            committed = await consumer.committed(tp)
+            position = committed if committed is not None else starts.get(tp, 0)
+            CONSUMER_LAG.labels(settings.service_name, sub.name, tp.topic, str(tp.partition)).set(
+                max(0, ends.get(tp, 0) - position)
+            )
 
 
 def _middleware_for(runtime: ConsumerRuntime) -> type[BaseMiddleware]:

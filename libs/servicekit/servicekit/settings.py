@@ -51,6 +51,9 @@ class ServiceSettings(BaseSettings):
     ops_token: str = Field(default="dev-ops-token", description="Bearer token for /ops")
     auto_migrate: bool = Field(default=True, description="Run migrations on start-up")
     relay_enabled: bool = True
+    metrics_interval_s: float = Field(
+        default=5.0, gt=0, description="How often gauges read from the database/broker refresh"
+    )
     consumers_enabled: bool = True
 
     def resolved_database_url(self) -> str:
