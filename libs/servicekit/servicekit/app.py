@@ -65,6 +65,11 @@ class Service:
     def __init__(self, definition: ServiceDefinition) -> None:
         self.definition = definition
         self.settings = definition.settings
+        # Now, at the app factory, not only at start-up: uvicorn's own lines that follow
+        # ("Started server process", "Application startup complete") come out JSON too.
+        configure_logging(
+            self.settings.service_name, self.settings.log_level, self.settings.log_format
+        )
         self.db = Database(self.settings.resolved_database_url(), echo=self.settings.database_echo)
         self.outbox = Outbox(self.settings)
         self.relay = OutboxRelay(self.db, self.settings, self.outbox)

@@ -10,6 +10,7 @@ same runtime (with a reason), so it never stalls or silently skips a partition.
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -129,6 +130,10 @@ def build_broker(
         enable_idempotence=settings.kafka_enable_idempotence,
         middlewares=[_middleware_for(runtime)],
         graceful_timeout=10.0,
+        # A plain logger (no coloured handler of FastStream's own: records reach the JSON
+        # handler), and its per-message "Received"/"Processed" lines at debug level.
+        logger=logging.getLogger("faststream.broker"),
+        log_level=logging.DEBUG,
     )
     for sub in runtime.router.subscriptions:
         broker.subscriber(
