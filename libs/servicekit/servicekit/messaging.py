@@ -9,6 +9,7 @@ same runtime (with a reason), so it never stalls or silently skips a partition.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from typing import Any
@@ -114,6 +115,20 @@ def _handler_for(runtime: ConsumerRuntime, sub: Subscription) -> Any:
     return handle
 
 
+class _Broker(KafkaBroker):
+    """FastStream's Kafka broker, starting its subscribers together: FastStream starts them
+    one after another, and each waits for its consumer group's first join (on Tansu, half
+    the session timeout), so a service with five subscriptions waited five joins before
+    its last topic was read."""
+
+    async def start(self) -> None:
+        await self.connect()
+        await asyncio.gather(*(sub.start() for sub in self.subscribers))
+        for publisher in self.publishers:
+            await publisher.start()
+        self.running = True
+
+
 def build_broker(
     settings: ServiceSettings, runtime: ConsumerRuntime, publishes: tuple[str, ...] = ()
 ) -> KafkaBroker:
@@ -123,7 +138,7 @@ def build_broker(
     declared as publishers only so the AsyncAPI document shows them (the outbox relay,
     not FastStream, does the publishing).
     """
-    broker = KafkaBroker(
+    broker = _Broker(
         settings.kafka_bootstrap_servers,
         client_id=settings.service_name,
         acks="all",
@@ -141,6 +156,8 @@ def build_broker(
             group_id=settings.group_id(sub.name),
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.MANUAL,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             title=f"{settings.topic(sub.event_type)}:{sub.name}",
             description=sub.description or None,
         )(_handler_for(runtime, sub))
