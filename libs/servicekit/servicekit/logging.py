@@ -201,7 +201,8 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
     # aiokafka logs whole records at DEBUG and chatty reconnects at INFO.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
     # One line per HTTP request (probes included) only when debugging.
-    logging.getLogger("uvicorn.access").setLevel(max(logging.INFO, root.level) + 1)
+    access = logging.INFO if root.level <= logging.DEBUG else logging.WARNING
+    logging.getLogger("uvicorn.access").setLevel(access)
 
 
 def _take_over(logger: logging.Logger) -> None:

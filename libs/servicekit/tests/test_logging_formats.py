@@ -76,7 +76,7 @@ def test_uvicorn_and_faststream_lines_come_out_json(
 
     configure_logging("test", "DEBUG", "json")
     logging.getLogger("uvicorn.error").info("Started server process [%d]", 4242)
-    logging.getLogger("uvicorn.access").warning(
+    logging.getLogger("uvicorn.access").info(
         '%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/v1/me", "1.1", 404
     )
     logging.getLogger("faststream").warning("faststream says hello")
