@@ -25,7 +25,7 @@ from servicekit import ops_api, problems, telemetry
 from servicekit.consumer import ConsumerRuntime, EventRouter
 from servicekit.db import Database
 from servicekit.logging import configure_logging, get_logger
-from servicekit.messaging import build_broker
+from servicekit.messaging import build_broker, sample_lag
 from servicekit.migrations import upgrade
 from servicekit.outbox import Outbox, OutboxRelay
 from servicekit.settings import ServiceSettings
@@ -65,6 +65,11 @@ class Service:
     def __init__(self, definition: ServiceDefinition) -> None:
         self.definition = definition
         self.settings = definition.settings
+        # Now, at the app factory, not only at start-up: uvicorn's own lines that follow
+        # ("Started server process", "Application startup complete") come out JSON too.
+        configure_logging(
+            self.settings.service_name, self.settings.log_level, self.settings.log_format
+        )
         self.db = Database(self.settings.resolved_database_url(), echo=self.settings.database_echo)
         self.outbox = Outbox(self.settings)
         self.relay = OutboxRelay(self.db, self.settings, self.outbox)
@@ -93,6 +98,8 @@ class Service:
         if self.settings.relay_enabled:
             self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         self._tasks.append(asyncio.create_task(self._connect_broker(), name="broker-connect"))
+        if self.settings.consumers_enabled and self.runtime.router.subscriptions:
+            self._tasks.append(asyncio.create_task(self._lag_loop(), name="consumer-lag"))
         await self.runtime.refresh_gauges()
         log.info("service.started", port=self.settings.http_port)
 
@@ -142,6 +149,17 @@ class Service:
             await publisher.start()
         self.broker.running = True
         self.consumers_started.set()
+
+    async def _lag_loop(self) -> None:
+        await self.broker_connected.wait()
+        while True:
+            try:
+                await sample_lag(self.settings, self.runtime, self.broker)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker is away or rebalancing: try next round
+                log.debug("service.lag_sample_failed", error=type(exc).__name__)
+            await asyncio.sleep(self.settings.metrics_interval_s)
 
     async def stop(self) -> None:
         """Stop consumers first (their work commits), then the relay, then the database."""

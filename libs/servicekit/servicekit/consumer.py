@@ -273,6 +273,7 @@ class ConsumerRuntime:
     async def _consume_locked(self, sub: Subscription, consumer: str, msg: RawMessage) -> str:
         if await self._until_stored(lambda: self._park_if_blocked(consumer, msg)):
             self._count(sub, Outcome.PARKED)
+            await self._refresh_gauges_quietly(sub)
             return Outcome.PARKED
         try:
             outcome = await self._handle_with_retries(sub, consumer, msg)
@@ -280,6 +281,7 @@ class ConsumerRuntime:
             failed = failure
             await self._until_stored(lambda: self._dead_letter(sub, consumer, msg, failed))
             self._count(sub, Outcome.DEAD_LETTERED)
+            await self._refresh_gauges_quietly(sub)
             return Outcome.DEAD_LETTERED
         self._count(sub, outcome)
         return outcome
@@ -585,10 +587,21 @@ class ConsumerRuntime:
                 await session.delete(await session.merge(parked))
             released += 1
 
-    async def refresh_gauges(self) -> None:
-        """Update the open dead letter and parked message gauges from the database."""
+    async def _refresh_gauges_quietly(self, sub: Subscription) -> None:
+        # The outcome is stored; a gauge that cannot be read now is refreshed next time.
+        try:
+            await self.refresh_gauges(sub)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("consumer.gauges_failed", error=type(exc).__name__)
+
+    async def refresh_gauges(self, only: Subscription | None = None) -> None:
+        """Update the open dead letter and parked message gauges from the database (every
+        subscription's, or `only` one's): counted there, so several replicas agree."""
+        subscriptions = [only] if only is not None else self.router.subscriptions
         async with self.db.sessions() as session:
-            for sub in self.router.subscriptions:
+            for sub in subscriptions:
                 consumer = self.consumer_id(sub)
                 open_count = await session.scalar(
                     select(func.count())

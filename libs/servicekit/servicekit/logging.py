@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
+from http import HTTPStatus
 from typing import Any
 
 import structlog
@@ -60,9 +61,27 @@ REDACTED = "[redacted]"
 _DATE = re.compile(r"\b(19|20)\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])\b")
 _DATE_US = re.compile(r"\b(0?[1-9]|1[0-2])/(0?[1-9]|[12]\d|3[01])/(19|20)\d\d\b")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
-_PHONE = re.compile(r"\+?\d[\d ()-]{7,}\d")
+# A phone number stands alone: not the digits inside an id, a version or a timestamp.
+_PHONE = re.compile(r"(?<![\w.:/-])\+?\d[\d ()-]{7,}\d(?![\w.:/-])")
 # Two or more capitalised words in a row ("Peter James Chalmers") read as a person's name.
 _PERSON_NAME = re.compile(r"\b[A-Z][a-z]+(?:[ '-][A-Z][a-z]+)+\b")
+# A birth date asked for in a query string (`birthdate=ge1974-12-25`), whatever its form.
+_BIRTHDATE_PARAM = re.compile(r"(?i)\b(birth-?_?date|dob)=[^&\s\"']*")
+# Spans that are never PHI and that the patterns above would mangle: UUIDs, instants with a
+# time (FHIR `_lastUpdated=gt2026-...`, log times; a birth date has no time of day), FHIR
+# references (`Patient/abc-123`) and HTTP status lines (`404 Not Found`).
+_HTTP_PHRASES = "|".join(
+    sorted((re.escape(s.phrase) for s in HTTPStatus if " " in s.phrase), key=len, reverse=True)
+)
+_SAFE_SPAN = re.compile(
+    r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"
+    r"|(?<!\d)\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:?\d\d)?"
+    r"|\b[A-Z][A-Za-z]+/[A-Za-z0-9.-]{1,64}(?:/_history/[A-Za-z0-9.-]{1,64})?"
+    rf"|\b(?:[1-5]\d\d )?(?:{_HTTP_PHRASES})\b"
+)
+# A value under a key like `fhir_id` or `subscription_id` that is one FHIR id token is an id
+# (external identifiers, the PHI kind, travel under `identifier`/`mrn` and are dropped).
+_ID_VALUE = re.compile(r"[A-Za-z0-9.-]{1,64}")
 _SAFE_KEYS = frozenset({"event", "level", "timestamp", "logger", "trace_id", "span_id"})
 
 
@@ -70,8 +89,7 @@ def _normalise(key: str) -> str:
     return key.lower().replace("_", "").replace("-", "")
 
 
-def scrub_text(value: str) -> str:
-    """Mask substrings of free text that look like names, dates, e-mails or phone numbers."""
+def _scrub_piece(value: str) -> str:
     value = _DATE.sub(REDACTED, value)
     value = _DATE_US.sub(REDACTED, value)
     value = _EMAIL.sub(REDACTED, value)
@@ -79,12 +97,36 @@ def scrub_text(value: str) -> str:
     return _PERSON_NAME.sub(REDACTED, value)
 
 
+def scrub_text(value: str) -> str:
+    """Mask substrings of free text that look like names, dates, e-mails or phone numbers;
+    UUIDs, instants, FHIR references and HTTP status lines are left as they are."""
+    value = _BIRTHDATE_PARAM.sub(lambda m: f"{m.group(1)}={REDACTED}", value)
+    out: list[str] = []
+    last = 0
+    for safe in _SAFE_SPAN.finditer(value):
+        out.append(_scrub_piece(value[last : safe.start()]))
+        out.append(safe.group())
+        last = safe.end()
+    out.append(_scrub_piece(value[last:]))
+    return "".join(out)
+
+
+def _is_id_key(key: str) -> bool:
+    return key.lower().endswith(("_id", "id")) and _normalise(key) not in PHI_KEYS
+
+
+def _scrub_field(key: str, value: Any) -> Any:
+    if _normalise(key) in PHI_KEYS:
+        return REDACTED
+    if isinstance(value, str) and _is_id_key(key) and _ID_VALUE.fullmatch(value):
+        return value
+    return scrub(value)
+
+
 def scrub(value: Any) -> Any:
     """Return `value` with PHI keys dropped and PHI-looking text masked, recursively."""
     if isinstance(value, Mapping):
-        return {
-            k: (REDACTED if _normalise(str(k)) in PHI_KEYS else scrub(v)) for k, v in value.items()
-        }
+        return {k: _scrub_field(str(k), v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [scrub(v) for v in value]
     if isinstance(value, str):
@@ -101,10 +143,7 @@ def drop_phi(
     for key in list(event_dict):
         if key in _SAFE_KEYS and key != "event":
             continue
-        if _normalise(key) in PHI_KEYS:
-            event_dict[key] = REDACTED
-        else:
-            event_dict[key] = scrub(event_dict[key])
+        event_dict[key] = _scrub_field(key, event_dict[key])
     return event_dict
 
 
@@ -154,9 +193,26 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     structlog.contextvars.bind_contextvars(service=service)
+    # Libraries that brought their own handlers (uvicorn's coloured console, FastStream's
+    # coloured stdout/stderr) would print lines of their own format: every record goes
+    # through the one handler above instead.
+    for name in list(logging.root.manager.loggerDict):
+        _take_over(logging.getLogger(name))
     # aiokafka logs whole records at DEBUG and chatty reconnects at INFO.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # One line per HTTP request (probes included) only when debugging.
+    access = logging.INFO if root.level <= logging.DEBUG else logging.WARNING
+    logging.getLogger("uvicorn.access").setLevel(access)
+
+
+def _take_over(logger: logging.Logger) -> None:
+    """Drop a library logger's own console handlers; its records then reach the root's."""
+    # Exactly StreamHandler: files and other sinks (its subclasses) are left alone.
+    console = [h for h in logger.handlers if type(h) is logging.StreamHandler]
+    for handler in console:
+        logger.removeHandler(handler)
+    if console:
+        logger.propagate = True
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -9,7 +9,9 @@ same runtime (with a reason), so it never stalls or silently skips a partition.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -41,15 +43,41 @@ def _raw(record: Any) -> RawMessage:
 
 
 def _record_lag(settings: ServiceSettings, sub: Subscription, msg: Any, record: Any) -> None:
+    """Lag right after a message, from the end the last fetch reported (no broker call)."""
     consumer = getattr(msg, "consumer", None)
     highwater = getattr(consumer, "highwater", None)
     if highwater is None:
         return
     end = highwater(TopicPartition(record.topic, record.partition))
     if end is not None:
-        CONSUMER_LAG.labels(settings.service_name, sub.name, str(record.partition)).set(
-            max(0, end - record.offset - 1)
-        )
+        CONSUMER_LAG.labels(
+            settings.service_name, sub.name, record.topic, str(record.partition)
+        ).set(max(0, end - record.offset - 1))
+
+
+async def sample_lag(settings: ServiceSettings, runtime: ConsumerRuntime, broker: Any) -> None:
+    """Set `consumer_lag` for every partition assigned to this process's consumers: the
+    partition's end minus the group's committed offset (its start when nothing is committed
+    yet). Asked of the broker, so a consumer that is stuck or idle is measured too."""
+    for subscriber in getattr(broker, "subscribers", ()):
+        consumer = getattr(subscriber, "consumer", None)
+        if consumer is None:
+            continue
+        assigned = sorted(consumer.assignment())
+        if not assigned:
+            continue
+        ends = await consumer.end_offsets(assigned)
+        starts = await consumer.beginning_offsets(assigned)
+        for tp in assigned:
+            try:
+                sub = runtime.subscription_for_topic(tp.topic)
+            except KeyError:
+                continue
+            committed = await consumer.committed(tp)
+            position = committed if committed is not None else starts.get(tp, 0)
+            CONSUMER_LAG.labels(settings.service_name, sub.name, tp.topic, str(tp.partition)).set(
+                max(0, ends.get(tp, 0) - position)
+            )
 
 
 async def _commit(msg: Any, sub: Subscription) -> None:
@@ -104,6 +132,20 @@ def _handler_for(runtime: ConsumerRuntime, sub: Subscription) -> Any:
     return handle
 
 
+class _Broker(KafkaBroker):
+    """FastStream's Kafka broker, starting its subscribers together: FastStream starts them
+    one after another, and each waits for its consumer group's first join (on Tansu, half
+    the session timeout), so a service with five subscriptions waited five joins before
+    its last topic was read."""
+
+    async def start(self) -> None:
+        await self.connect()
+        await asyncio.gather(*(sub.start() for sub in self.subscribers))
+        for publisher in self.publishers:
+            await publisher.start()
+        self.running = True
+
+
 def build_broker(
     settings: ServiceSettings, runtime: ConsumerRuntime, publishes: tuple[str, ...] = ()
 ) -> KafkaBroker:
@@ -113,13 +155,17 @@ def build_broker(
     declared as publishers only so the AsyncAPI document shows them (the outbox relay,
     not FastStream, does the publishing).
     """
-    broker = KafkaBroker(
+    broker = _Broker(
         settings.kafka_bootstrap_servers,
         client_id=settings.service_name,
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
         middlewares=[_middleware_for(runtime)],
         graceful_timeout=10.0,
+        # A plain logger (no coloured handler of FastStream's own: records reach the JSON
+        # handler), and its per-message "Received"/"Processed" lines at debug level.
+        logger=logging.getLogger("faststream.broker"),
+        log_level=logging.DEBUG,
     )
     for sub in runtime.router.subscriptions:
         broker.subscriber(
@@ -127,6 +173,8 @@ def build_broker(
             group_id=settings.group_id(sub.name),
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.MANUAL,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             title=f"{settings.topic(sub.event_type)}:{sub.name}",
             description=sub.description or None,
         )(_handler_for(runtime, sub))

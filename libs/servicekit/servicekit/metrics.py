@@ -8,6 +8,11 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 OUTBOX_BACKLOG = Gauge("outbox_backlog", "Outbox rows waiting to be published", ["service"])
+OUTBOX_OLDEST_AGE = Gauge(
+    "outbox_oldest_pending_seconds",
+    "Age of the oldest outbox row waiting to be published (0 when none)",
+    ["service"],
+)
 OUTBOX_PUBLISHED = Counter(
     "outbox_published_total", "Events published from the outbox", ["service", "topic"]
 )
@@ -31,7 +36,9 @@ HANDLER_LATENCY = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 CONSUMER_LAG = Gauge(
-    "consumer_lag", "Messages behind the partition's end", ["service", "consumer", "partition"]
+    "consumer_lag",
+    "Messages of an assigned partition not yet committed by the consumer group",
+    ["service", "consumer", "topic", "partition"],
 )
 DLQ_OPEN = Gauge(
     "dead_letters_open", "Dead letters not yet re-driven or discarded", ["service", "consumer"]

@@ -10,6 +10,7 @@ re-publishes at most the unacknowledged tail, which consumers' inboxes absorb).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from collections.abc import Sequence
@@ -28,7 +29,12 @@ from contracts.registry import for_model
 from servicekit.broker_loss import BrokerIdentity, requeue_lost
 from servicekit.db import Database
 from servicekit.logging import get_logger
-from servicekit.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISH_ERRORS, OUTBOX_PUBLISHED
+from servicekit.metrics import (
+    OUTBOX_BACKLOG,
+    OUTBOX_OLDEST_AGE,
+    OUTBOX_PUBLISH_ERRORS,
+    OUTBOX_PUBLISHED,
+)
 from servicekit.settings import ServiceSettings
 from servicekit.tables import InboxRow, OutboxRow, headers_from_json, headers_to_json
 from servicekit.telemetry import context_from_headers, current_trace_headers, tracer
@@ -389,11 +395,41 @@ class OutboxRelay:
 
     async def backlog(self) -> int:
         """How many rows wait to be published."""
+        return (await self.backlog_and_oldest())[0]
+
+    async def backlog_and_oldest(self) -> tuple[int, datetime | None]:
+        """How many rows wait to be published, and when the oldest of them was written."""
         async with self.db.sessions() as session:
-            count = await session.scalar(
-                select(func.count()).select_from(OutboxRow).where(OutboxRow.status == "pending")
-            )
-        return int(count or 0)
+            row = (
+                await session.execute(
+                    select(func.count(), func.min(OutboxRow.created_at)).where(
+                        OutboxRow.status == "pending"
+                    )
+                )
+            ).one()
+        return int(row[0] or 0), row[1]
+
+    async def refresh_gauges(self, now: datetime | None = None) -> None:
+        """Set `outbox_backlog` and `outbox_oldest_pending_seconds` from the table."""
+        count, oldest = await self.backlog_and_oldest()
+        now = now or datetime.now(UTC)
+        service = self.settings.service_name
+        OUTBOX_BACKLOG.labels(service).set(count)
+        OUTBOX_OLDEST_AGE.labels(service).set(
+            max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
+        )
+
+    async def _gauge_loop(self) -> None:
+        # Its own loop, not the publishing one: during a broker outage that one sits in a
+        # send for up to the publish timeout, which is exactly when the backlog matters.
+        while not self._stopping.is_set():
+            try:
+                await self.refresh_gauges()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is away: the next round tries again
+                log.debug("outbox.gauges_failed", error=type(exc).__name__)
+            await self._sleep(self.settings.metrics_interval_s)
 
     async def purge(self, now: datetime | None = None) -> int:
         """Delete sent rows older than the retention period; returns how many."""
@@ -423,6 +459,18 @@ class OutboxRelay:
     async def run(self) -> None:
         """Publish until `stop()`; never gives up while the broker or database is away."""
         log.info("outbox.relay_started")
+        gauges = asyncio.create_task(self._gauge_loop(), name="outbox-gauges")
+        try:
+            await self._publish_loop()
+        finally:
+            gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gauges
+        await self._reset_producer()
+        await self._identity.close()
+        log.info("outbox.relay_stopped")
+
+    async def _publish_loop(self) -> None:
         while not self._stopping.is_set():
             try:
                 if self._check_before_publish and self.settings.outbox_loss_check_interval_s:
@@ -447,11 +495,7 @@ class OutboxRelay:
                 await self._sleep(self._backoff())
                 continue
             if published == 0:
-                OUTBOX_BACKLOG.labels(self.settings.service_name).set(0)
                 await self._wait_for_work()
-        await self._reset_producer()
-        await self._identity.close()
-        log.info("outbox.relay_stopped")
 
     async def _maybe_purge(self) -> None:
         now = datetime.now(UTC)

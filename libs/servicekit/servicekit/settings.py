@@ -64,6 +64,19 @@ class ServiceSettings(BaseSettings):
     ops_token: str = Field(default="dev-ops-token", description="Bearer token for /ops")
     auto_migrate: bool = Field(default=True, description="Run migrations on start-up")
     relay_enabled: bool = True
+    kafka_session_timeout_ms: int = Field(
+        default=6000,
+        ge=1000,
+        description="Consumer group session timeout. Tansu completes a group's first join "
+        "after half of it (aiokafka's 10 s default meant 5 s per group); Apache Kafka refuses "
+        "less than its group.min.session.timeout.ms (6000 by default)",
+    )
+    kafka_heartbeat_interval_ms: int = Field(
+        default=1000, ge=50, description="Consumer heartbeats (well under the session timeout)"
+    )
+    metrics_interval_s: float = Field(
+        default=5.0, gt=0, description="How often gauges read from the database/broker refresh"
+    )
     consumers_enabled: bool = True
 
     def resolved_database_url(self) -> str:

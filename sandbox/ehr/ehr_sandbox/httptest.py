@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -25,8 +26,15 @@ DEFAULT_PORTS = range(18100, 18120)
 
 
 def free_port(ports: Iterable[int] = DEFAULT_PORTS, host: str = "127.0.0.1") -> int:
-    """The first port in `ports` nothing is listening on."""
-    for port in ports:
+    """A port in `ports` nothing is listening on, picked at random.
+
+    Not the first free one: two test processes on one machine (several engineers, or CI
+    jobs) probing the same range at the same moment both got its first port, and one of
+    them failed to bind ("address already in use") between this probe and its server.
+    """
+    candidates = list(ports)
+    random.shuffle(candidates)
+    for port in candidates:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:

@@ -34,22 +34,28 @@ class GuardedTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request` once a slot is free; a cancelled caller leaves the call to finish
         and release its slot on its own."""
-        call = asyncio.ensure_future(self._send(request))
+        admitted = asyncio.Event()
+        call = asyncio.ensure_future(self._send(request, admitted))
         try:
             return await asyncio.shield(call)
         except asyncio.CancelledError:
+            if not admitted.is_set():
+                # Still waiting for a slot: safe to cancel (wait_for hands back a slot it
+                # got at that moment), and nobody wants the answer.
+                call.cancel()
             cleanup = asyncio.create_task(_discard(call))
             self._abandoned.add(cleanup)
             cleanup.add_done_callback(self._abandoned.discard)
             raise
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
+    async def _send(self, request: httpx.Request, admitted: asyncio.Event) -> httpx.Response:
         timeout = request.extensions.get("timeout", {}).get("pool")
         try:
             # wait_for gives a slot acquired at the moment of the timeout back.
             await asyncio.wait_for(self._slots.acquire(), timeout)
         except TimeoutError as exc:
             raise httpx.PoolTimeout("no connection slot free in time", request=request) from exc
+        admitted.set()
         try:
             response = await self._inner.handle_async_request(request)
         except BaseException:
@@ -94,7 +100,7 @@ async def _discard(call: asyncio.Future[httpx.Response]) -> None:
     """Wait for a call nobody waits for any more and close its response."""
     try:
         response = await call
-    except Exception:
+    except (Exception, asyncio.CancelledError):
         return
     await response.aclose()
 

@@ -20,13 +20,16 @@ from gateway.upstream import Upstreams, pooled_client
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[str, asyncio.Event]]:
+async def server() -> AsyncIterator[tuple[str, asyncio.Event, list[bytes]]]:
     """HTTP/1.1 on a free port: `/slow` answers once the event is set; every answer closes
-    its connection (as a server does that restarts, or limits requests per connection)."""
+    its connection (as a server does that restarts, or limits requests per connection).
+    The request lines it received are listed."""
     release = asyncio.Event()
+    received: list[bytes] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         line = await reader.readline()
+        received.append(line)
         while (await reader.readline()) not in (b"\r\n", b""):
             pass
         if b" /slow " in line:
@@ -41,16 +44,16 @@ async def server() -> AsyncIterator[tuple[str, asyncio.Event]]:
     listener = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}", release
+        yield f"http://127.0.0.1:{port}", release, received
     finally:
         listener.close()
         await listener.wait_closed()
 
 
 async def test_a_caller_cancelled_as_its_connection_is_assigned_does_not_lose_the_slot(
-    server: tuple[str, asyncio.Event],
+    server: tuple[str, asyncio.Event, list[bytes]],
 ) -> None:
-    url, release = server
+    url, release, _received = server
     settings = Settings(records_url=url, upstream_max_connections=1, upstream_timeout_s=2.0)
     async with pooled_client(settings) as http:
         upstreams = Upstreams(settings, http)
@@ -74,3 +77,23 @@ async def test_a_caller_cancelled_as_its_connection_is_assigned_does_not_lose_th
         # The slot is free again: later calls are answered, not refused for want of a slot.
         for _ in range(3):
             assert await upstreams.get("records", "/later") == []
+
+
+async def test_a_caller_that_gives_up_while_waiting_for_a_slot_sends_nothing(
+    server: tuple[str, asyncio.Event, list[bytes]],
+) -> None:
+    url, release, received = server
+    settings = Settings(records_url=url, upstream_max_connections=1, upstream_timeout_s=2.0)
+    async with pooled_client(settings) as http:
+        upstreams = Upstreams(settings, http)
+        first = asyncio.create_task(upstreams.get("records", "/slow"))
+        await asyncio.sleep(0.2)  # the first call holds the only slot
+        waiter = asyncio.create_task(upstreams.get("records", "/gave-up"))
+        await asyncio.sleep(0.2)
+        waiter.cancel()  # its client went away before a slot was free
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        release.set()
+        assert await first == []
+        assert await upstreams.get("records", "/later") == []
+    assert not any(b"/gave-up" in line for line in received)

@@ -14,6 +14,12 @@ NOTIFICATIONS_REJECTED = Counter(
     "Notifications refused (security events and malformed bodies), by reason",
     ["reason"],
 )
+NOTIFICATIONS_FAILED = Counter(
+    "inbound_notifications_failed_total",
+    "Notifications (or gap recoveries) that could not be processed, by reason "
+    "(database_unavailable, ehr_unavailable, internal_error); the EHR delivers them again",
+    ["reason"],
+)
 EVENTS = Counter(
     "inbound_events_total",
     "Subscription events handled, by outcome "

@@ -25,6 +25,7 @@ from ehr_connector.ehr.port import EhrPort
 from ehr_connector.inbound import store
 from ehr_connector.inbound.domain import heartbeat_overdue
 from ehr_connector.inbound.fhir_values import Resource
+from ehr_connector.inbound.health import ProcessingHealth, failure_reason
 from ehr_connector.inbound.metrics import (
     EVENTS_RECOVERED,
     GAPS_DETECTED,
@@ -57,12 +58,14 @@ class Recovery:
         ehr: EhrPort,
         processor: Processor,
         manager: SubscriptionManager,
+        health: ProcessingHealth | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.ehr = ehr
         self.processor = processor
         self.manager = manager
+        self.health = health or ProcessingHealth()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._stopping = False
@@ -126,7 +129,8 @@ class Recovery:
             except asyncio.CancelledError:
                 raise
             except EhrUnavailable as exc:
-                # The monitor (or the next notification) tries again once the EHR is back.
+                # The monitor (or the next notification) tries again once the EHR is back;
+                # the EHR's own readiness check reports the outage.
                 log.warning(
                     "inbound.recovery_deferred",
                     subscription_id=subscription_id,
@@ -134,12 +138,14 @@ class Recovery:
                 )
                 return
             except Exception as exc:
+                self.health.failed(subscription_id, failure_reason(exc))
                 log.error(
                     "inbound.recovery_failed",
                     subscription_id=subscription_id,
                     error=type(exc).__name__,
                 )
                 return
+            self.health.processed(subscription_id)
             if subscription_id not in self._again:
                 return
 

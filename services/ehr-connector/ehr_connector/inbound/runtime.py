@@ -24,6 +24,7 @@ from ehr_connector.ehr.port import EhrPort
 from ehr_connector.inbound import store
 from ehr_connector.inbound.backfill import BackfillWorker
 from ehr_connector.inbound.canary import Canary
+from ehr_connector.inbound.health import ProcessingHealth, failure_reason
 from ehr_connector.inbound.metrics import (
     HEARTBEAT_MISSED,
     NOTIFICATIONS,
@@ -101,7 +102,8 @@ class Inbound:
         )
         self.processor = Processor(settings, db, outbox, ehr)
         self.manager = SubscriptionManager(settings, db, ehr)
-        self.recovery = Recovery(settings, db, ehr, self.processor, self.manager)
+        self.health = ProcessingHealth()
+        self.recovery = Recovery(settings, db, ehr, self.processor, self.manager, self.health)
         self.backfill = BackfillWorker(settings, db, outbox, ehr)
         self.canary = Canary(settings, db, ehr)
         self.slot_sync = SlotSync(settings, db, outbox, ehr)
@@ -279,17 +281,26 @@ class Inbound:
     # -- readiness ------------------------------------------------------------------------
 
     async def readiness(self) -> str | None:
-        """A warning when Subscriptions are not in order (the service stays ready)."""
+        """Failing while notifications could not be processed and are not yet made good
+        (the service is not ready); a warning when Subscriptions are not in order (it
+        stays ready)."""
         problems: list[str] = []
         if self.settings.inbound_enabled and self.ensure_problem:
             problems.append(f"subscriptions {self.ensure_problem}")
         if self.missing_heartbeats:
             problems.append("heartbeat missed: " + ", ".join(sorted(self.missing_heartbeats)))
-        async with self.db.sessions() as session:
-            rows = await store.subscriptions(session)
+        try:
+            async with self.db.sessions() as session:
+                rows = await store.subscriptions(session)
+        except Exception:
+            # The database check of /readyz reports the database itself.
+            rows = []
+        failing = self.health.problem({r.subscription_id: r.topic for r in rows})
         inactive = [r.topic.rsplit("/", 1)[-1] for r in rows if r.status not in ("active",)]
         if inactive:
             problems.append("not active: " + ", ".join(sorted(inactive)))
+        if failing:
+            return "; ".join([failing, *problems])
         return f"warning: {'; '.join(problems)}" if problems else None
 
     # -- the webhook ----------------------------------------------------------------------
@@ -334,6 +345,28 @@ class Inbound:
         if not self._token_ok(headers.get("authorization")):
             return self._reject(401, "bad_token", "The channel token is missing or wrong.")
         ids: dict[str, Any] = {}
+        try:
+            return await self._accept(headers, body, ids)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Not the notification's fault (database away, EHR unreadable, or a bug): the
+            # EHR delivers it again; readiness says so until the Subscription is in order.
+            reason = failure_reason(exc)
+            self.health.failed(ids.get("subscription_id"), reason)
+            log.error(
+                "inbound.notification_failed",
+                subscription_id=ids.get("subscription_id"),
+                failure=reason,
+                error=type(exc).__name__,
+            )
+            return WebhookAnswer(
+                503, "The notification could not be processed; retry.", {"Retry-After": "2"}
+            )
+
+    async def _accept(
+        self, headers: Mapping[str, str], body: bytes, ids: dict[str, Any]
+    ) -> WebhookAnswer:
         mode = self.notification_auth()
         if mode == "mtls" and not self._mtls_ok(headers):
             return self._reject(401, "no_client_certificate", "A verified client is required.")
@@ -344,7 +377,7 @@ class Inbound:
                 if exc.reason == "jwks_unavailable":
                     return self._reject(503, exc.reason, exc.detail)
                 return self._reject(401, exc.reason, exc.detail)
-            ids = {"kid": signature.kid, "jti": signature.jti}
+            ids.update(kid=signature.kid, jti=signature.jti)
             async with self.db.transaction() as session:
                 fresh = await store.remember_jti(session, signature.jti, datetime.now(UTC))
             if not fresh:
@@ -368,6 +401,7 @@ class Inbound:
             return await self._handle(notification)
         except (DependencyUnavailable, EhrError) as exc:
             # Not the notification's fault: the EHR retries it later.
+            self.health.failed(notification.subscription_id, failure_reason(exc))
             log.warning(
                 "inbound.notification_deferred",
                 subscription_id=notification.subscription_id,
@@ -404,15 +438,20 @@ class Inbound:
             return WebhookAnswer(404, "Unknown Subscription.")
         _topic, highest = row
         if kind == "handshake":
+            self.health.processed(subscription_id)
             log.info("inbound.handshake", subscription_id=subscription_id)
             return WebhookAnswer(204, "Handshake accepted.")
         if kind == "heartbeat":
             if (since or 0) > highest:
+                # Events were missed (perhaps ours failed): in order once recovered.
                 self.recovery.schedule(subscription_id, grace=False)
+            else:
+                self.health.processed(subscription_id)
             return WebhookAnswer(204, "Heartbeat accepted.")
         summary = await self.processor.process_events(
             subscription_id, notification.events, live=True
         )
+        self.health.processed(subscription_id)
         numbers = [e.number for e in notification.events]
         log.info(
             "inbound.notification_processed",
