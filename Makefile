@@ -78,7 +78,6 @@ lint: install ## ruff check, ruff format --check, mypy --strict, import-linter c
 # Progress goes to stderr; the last line on stdout is one JSON object of headline figures.
 bench: install ## benchmarks on the whole stack + same-run baselines -> bench/results/ (KAFKA=apache too)
 	$(PY) bench/run.py --kafka $(KAFKA)
-	$(PY) bench/bench_outbox_relay.py
 
 bench-quick: install ## a 10-second version of each benchmark, for development (KAFKA=apache too)
 	$(PY) bench/run.py --quick --kafka $(KAFKA)

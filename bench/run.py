@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit import booking, gateway_load, lab_to_patient
+from benchkit import booking, consumer_throughput, gateway_load, lab_to_patient, outbox_relay
 from benchkit.acceptance import Clinic, LocalStack, StackFailed
 from benchkit.context import Context, Settings
 from benchkit.report import (
@@ -45,6 +45,8 @@ BENCHMARKS: dict[str, Callable[[Context], Awaitable[Result]]] = {
     "m1": lab_to_patient.run,
     "m4": gateway_load.run,
     "m2": booking.run,
+    "m3": consumer_throughput.run,
+    "relay": outbox_relay.run,
 }
 
 # The final JSON line: name -> (benchmark result name, section, figure).
@@ -66,6 +68,7 @@ HEADLINE = {
     "m4_rps_ratio": ("m4_gateway_load", "ratios", "rps"),
     "m4_ehr_down_p99_ms": ("m4_gateway_load", "figures", "ehr_down_p99_ms"),
     "m6_rate_ratio": ("m6_rate_limit", "figures", "rate_ratio"),
+    "relay_ratio": ("relay_outbox", "ratios", "publish_per_s"),
     "m7_cpu_s_per_1000_events": ("m7_footprint", "figures", "cpu_s_per_1000.total"),
 }
 
