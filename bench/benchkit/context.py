@@ -23,12 +23,14 @@ class Settings:
     lab_rate: float
     load_clients: int
     bookers: int
+    preload_events: int
+    drain_limit_s: float
 
     @classmethod
     def make(cls, quick: bool) -> Settings:
         if quick:
-            return cls(quick, 10.0, 40, 10.0, 100, 10)
-        return cls(quick, 60.0, 200, 50.0, 100, 20)
+            return cls(quick, 10.0, 40, 10.0, 100, 10, 1000, 40.0)
+        return cls(quick, 60.0, 200, 50.0, 100, 20, 20_000, 300.0)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

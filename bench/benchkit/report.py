@@ -51,13 +51,14 @@ def latency_summary(values_ms: Sequence[float]) -> dict[str, float | int | None]
 
 
 def ratio(ours: float | None, baseline: float | None) -> float | None:
-    """ours / baseline, rounded to 0.01; None when either is missing or the baseline is 0.
+    """ours / baseline to 3 significant digits; None when either is missing or the baseline
+    is 0.
 
     For latencies a ratio of 3 means three times the baseline's time; for rates 0.5 means
     half the baseline's rate."""
     if ours is None or baseline is None or baseline == 0:
         return None
-    return round(ours / baseline, 2)
+    return float(f"{ours / baseline:.3g}")
 
 
 @dataclass
@@ -138,6 +139,8 @@ def _cell(value: Any) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
+        if value != 0 and abs(value) < 0.1:
+            return f"{value:.3g}"
         return f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}"
     if isinstance(value, int):
         return f"{value:,}"
@@ -221,10 +224,15 @@ def plot(result: Result, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, (hist, cdf) = plt.subplots(1, 2, figsize=(11, 4))
+    # Shared log-spaced bins: baselines and our figures can be orders of magnitude apart.
+    low = max(0.1, min(min(v) for v in series.values()))
+    high = max(low * 1.01, max(max(v) for v in series.values()))
+    bins = [low * (high / low) ** (i / 60) for i in range(61)]
     for label, values in series.items():
         ordered = sorted(values)
-        hist.hist(ordered, bins=50, alpha=0.5, label=label)
+        hist.hist([max(low, v) for v in ordered], bins=bins, alpha=0.5, label=label)
         cdf.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label)
+    hist.set_xscale("log")
     hist.set_xlabel("latency (ms)")
     hist.set_ylabel("count")
     cdf.set_xlabel("latency (ms)")

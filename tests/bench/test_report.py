@@ -67,7 +67,9 @@ def test_latency_summary_counts_and_rounds() -> None:
 
 def test_ratio_is_ours_over_baseline_and_none_without_both() -> None:
     assert ratio(30.0, 10.0) == 3.0
-    assert ratio(1.0, 3.0) == 0.33
+    assert ratio(1.0, 3.0) == 0.333
+    assert ratio(12.8, 2609.8) == 0.0049
+    assert ratio(2000.0, 3.0) == 667.0
     assert ratio(None, 3.0) is None
     assert ratio(3.0, None) is None
     assert ratio(3.0, 0) is None
