@@ -74,7 +74,7 @@ class Pipeline:
         self.url = f"http://127.0.0.1:{self.port}"
         self.arrived: dict[str, float] = {}  # id -> monotonic time the sink saw it
         self.ehr_writes: dict[str, float] = {}  # id -> monotonic time of the POST /ehr
-        self._streams: list[asyncio.Queue[str]] = []
+        self._streams: list[asyncio.Queue[str | None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._producer: AIOKafkaProducer | None = None
         self._server: uvicorn.Server | None = None
@@ -107,7 +107,7 @@ class Pipeline:
             await _respond(send, 200, b'{"status":"ok"}')
 
     async def _events(self, send: Send) -> None:
-        queue: asyncio.Queue[str] = asyncio.Queue()
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._streams.append(queue)
         await send(
             {
@@ -120,6 +120,9 @@ class Pipeline:
         try:
             while True:
                 item = await queue.get()
+                if item is None:  # the pipeline stops: end the response cleanly
+                    await send({"type": "http.response.body", "body": b""})
+                    return
                 chunk = f"id: 1\ndata: {json.dumps({'ref': item})}\n\n".encode()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         finally:
@@ -173,8 +176,13 @@ class Pipeline:
 
     async def stop(self) -> None:
         """Everything this pipeline started."""
+        for queue in list(self._streams):
+            queue.put_nowait(None)
         if self._server is not None:
             self._server.should_exit = True
+            # Let uvicorn finish its shutdown (open streams end above) before cancelling.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._tasks[0]), 5)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
