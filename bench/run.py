@@ -85,7 +85,9 @@ async def _run(ctx: Context, names: list[str]) -> tuple[list[Result], list[str]]
         began = time.monotonic()
         try:
             result = await BENCHMARKS[name](ctx)
-        except Exception:
+        # aiokafka can raise CancelledError out of a client's stop(): one benchmark's
+        # failure, not the run's (Ctrl-C is KeyboardInterrupt and still ends the run).
+        except (Exception, asyncio.CancelledError):
             failed.append(name)
             _log(f"benchmark {name} failed:\n{traceback.format_exc()}")
             continue

@@ -49,10 +49,18 @@ async def tail_consumer(bootstrap: str, topic: str) -> AIOKafkaConsumer:
     join: Tansu's takes seconds)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        await consumer.stop()
-        raise RuntimeError(f"topic {topic} has no partitions")
+    # A consumer without a subscription knows no topic until it asks, and a topic created a
+    # moment ago may not be in the brokers' metadata yet: ask until it is (10 s at most).
+    deadline = time.monotonic() + 10
+    while True:
+        await consumer.topics()
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            break
+        if time.monotonic() > deadline:
+            await consumer.stop()
+            raise RuntimeError(f"topic {topic} has no partitions")
+        await asyncio.sleep(0.2)
     assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(assigned)
     await consumer.seek_to_end(*assigned)

@@ -77,6 +77,7 @@ def _event(n: int, run: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
 
 
 async def _end_offsets(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+    await consumer.topics()  # metadata of every topic (see baseline.tail_consumer)
     partitions = consumer.partitions_for_topic(TOPIC) or set()
     tps = [TopicPartition(TOPIC, p) for p in sorted(partitions)]
     ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
