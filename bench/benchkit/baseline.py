@@ -44,23 +44,25 @@ def free_port() -> int:
         return port
 
 
+async def partitions_of(bootstrap: str, topic: str) -> set[int]:
+    """The partitions of an existing topic. A producer's `partitions_for` waits for the
+    topic's metadata; a consumer without a subscription has none (Apache Kafka's first
+    metadata answer lists no topics, and `consumer.topics()` does not keep what it read)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        partitions: set[int] = await producer.partitions_for(topic)
+        return partitions
+    finally:
+        await producer.stop()
+
+
 async def tail_consumer(bootstrap: str, topic: str) -> AIOKafkaConsumer:
     """A consumer of every partition of `topic` from its end, without a group (no group
     join: Tansu's takes seconds)."""
+    partitions = await partitions_of(bootstrap, topic)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
-    # A consumer without a subscription knows no topic until it asks, and a topic created a
-    # moment ago may not be in the brokers' metadata yet: ask until it is (10 s at most).
-    deadline = time.monotonic() + 10
-    while True:
-        await consumer.topics()
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions:
-            break
-        if time.monotonic() > deadline:
-            await consumer.stop()
-            raise RuntimeError(f"topic {topic} has no partitions")
-        await asyncio.sleep(0.2)
     assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(assigned)
     await consumer.seek_to_end(*assigned)

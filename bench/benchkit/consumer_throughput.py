@@ -29,6 +29,7 @@ from contracts.envelope import build_headers
 from contracts.lab import LabObservation, LabResultedV1, ReportStatus
 from devstack.postgres import create_database, drop_database
 
+from .baseline import partitions_of
 from .context import BOOTSTRAP, Context
 from .report import Progress, Result, ratio
 
@@ -77,8 +78,7 @@ def _event(n: int, run: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
 
 
 async def _end_offsets(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
-    await consumer.topics()  # metadata of every topic (see baseline.tail_consumer)
-    partitions = consumer.partitions_for_topic(TOPIC) or set()
+    partitions = await partitions_of(BOOTSTRAP, TOPIC)
     tps = [TopicPartition(TOPIC, p) for p in sorted(partitions)]
     ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
     return ends
