@@ -86,8 +86,11 @@ async def _run(ctx: Context, names: list[str]) -> tuple[list[Result], list[str]]
         try:
             result = await BENCHMARKS[name](ctx)
         # aiokafka can raise CancelledError out of a client's stop(): one benchmark's
-        # failure, not the run's (Ctrl-C is KeyboardInterrupt and still ends the run).
+        # failure, not the run's; a cancelled run (Ctrl-C) still ends.
         except (Exception, asyncio.CancelledError):
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # Ctrl-C (asyncio.run cancels the main task): stop the run
             failed.append(name)
             _log(f"benchmark {name} failed:\n{traceback.format_exc()}")
             continue
