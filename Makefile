@@ -33,9 +33,11 @@ SPACE := $(EMPTY) $(EMPTY)
 
 KAFKA_HOME := deploy/local/kafka
 KAFKA_STAMP := $(KAFKA_HOME)/lib/.fetched
+HAPI_HOME := deploy/local/hapi
+HAPI_STAMP := $(HAPI_HOME)/lib/.fetched
 
-.PHONY: help install up check test acceptance reliability-report lint bench bench-quick kafka-jars \
-	clean
+.PHONY: help install up check test test-interop acceptance reliability-report lint bench \
+	bench-quick bench-triage kafka-jars hapi-jars clean
 
 help: ## list the targets
 	@echo "Usage: make <target> [KAFKA=tansu|apache] [PYTEST_ARGS=...]"
@@ -67,6 +69,13 @@ test: install ## every package's tests and the acceptance journeys (KAFKA=apache
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	exit $$rc
 
+# HAPI FHIR JPA (Java 17, jars from Maven Central) as a second, independent EHR.
+test-interop: install hapi-jars ## run the connector against HAPI FHIR (tests/interop)
+	@rc=0; PORTAL_INTEROP=1 KAFKA=$(KAFKA) $(PY) -m pytest tests/interop -m interop \
+		$(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-interop: no tests were collected" >&2; exit 1; fi; \
+	exit $$rc
+
 lint: install ## ruff check, ruff format --check, mypy --strict, import-linter contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -81,6 +90,9 @@ bench: install ## benchmarks on the whole stack + same-run baselines -> bench/re
 
 bench-quick: install ## a 10-second version of each benchmark, for development (KAFKA=apache too)
 	$(PY) bench/run.py --quick --kafka $(KAFKA)
+
+bench-triage: install ## triage vignettes: confusion matrix, accuracy, sensitivity, JSON line
+	$(PY) bench/triage/run.py
 
 kafka-jars: $(KAFKA_STAMP) ## fetch Apache Kafka's jars with Maven into deploy/local/kafka/lib/
 
@@ -99,7 +111,16 @@ acceptance: install ## only the acceptance journeys, on the stack `make up` star
 reliability-report: install ## journeys + fault scenarios: a table, then one JSON line
 	$(PY) -m devstack reliability-report --kafka $(KAFKA) $(PYTEST_ARGS)
 
-clean: ## remove generated files: .data/ (PostgreSQL too), caches, Kafka jars, install stamp
-	rm -rf .data $(KAFKA_HOME)/lib $(KAFKA_HOME)/target .mypy_cache .ruff_cache \
+hapi-jars: $(HAPI_STAMP) ## build the HAPI FHIR test server: jars into deploy/local/hapi/lib/
+
+# Same stamp as devstack.hapi.build_hapi.
+$(HAPI_STAMP): $(HAPI_HOME)/pom.xml $(shell find $(HAPI_HOME)/src -type f 2>/dev/null)
+	rm -f $(HAPI_HOME)/lib/*.jar
+	mvn -q -B -f $(HAPI_HOME)/pom.xml compile dependency:copy-dependencies
+	@touch $@
+
+clean: ## remove generated files: .data/ (PostgreSQL too), caches, jars, install stamp
+	rm -rf .data $(KAFKA_HOME)/lib $(KAFKA_HOME)/target $(HAPI_HOME)/lib $(HAPI_HOME)/target \
+		.mypy_cache .ruff_cache \
 		.pytest_cache .hypothesis $(STAMP)
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +

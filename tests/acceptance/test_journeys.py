@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,6 +40,8 @@ PANELS = ("bmp", "cbc", "lipid", "a1c")
 # Patients of the volume journey: the demo patients of the sandbox's seed.
 VOLUME_PATIENTS = ("demo-alice", "demo-bob", "demo-carol")
 DELIVERY_TIMEOUT_S = 180.0
+# RFC 3339 with an offset: every time the APIs give out says which zone it is in.
+OFFSET = re.compile(r"(Z|[+-]\d{2}:\d{2})$")
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
@@ -84,6 +87,9 @@ async def _free_slots(patient: Patient, count: int) -> list[dict[str, Any]]:
         return len(slots) >= count
 
     await _until(offered, 120, f"{count} free slots offered")
+    for slot in slots[:count]:
+        for moment in (slot["start"], slot["end"]):
+            assert OFFSET.search(moment), f"slot time without an offset: {moment}"
     return slots[:count]
 
 
@@ -247,6 +253,11 @@ async def _lists_agree(patients: dict[str, Patient], checker: Checker) -> None:
         if reports:
             results = await _all_lab_results(patient)
             listed = Counter(r["id"] for r in results)
+            for result in results:
+                for field in ("effective", "issued"):
+                    moment = result.get(field)
+                    if moment and not OFFSET.search(moment):
+                        checker.problem(f"{patient.id}: {field} without an offset: {moment}")
             stale = sorted(
                 r["id"] for r in results if r["id"] in amended and r["status"] != "amended"
             )

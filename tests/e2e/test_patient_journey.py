@@ -240,7 +240,7 @@ async def test_a_patient_books_and_cancels_an_appointment_in_the_ehr(portal: Por
 
         async def slots_offered() -> bool:
             nonlocal slots
-            slots = (await client.get("/v1/slots", params={"start": start})).json()
+            slots = (await client.get("/v1/slots", params={"start": start})).json()["items"]
             return bool(slots)
 
         # The connector's slot sync fills scheduling's cache from the EHR.

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from contracts.base import FhirId, Instant, InternalId, Payload, SourceVersion
+from contracts.base import Coding, FhirId, Instant, InternalId, Payload, SourceVersion
 
 
 class AppointmentStatus(StrEnum):
@@ -91,6 +91,13 @@ class AppointmentUpdatedV1(Payload):
     practitioner_fhir_id: FhirId | None = None
     reason: str | None = Field(default=None, description="Why, e.g. why a booking was rejected")
     source: SourceVersion | None = None
+    practitioner_name: str | None = Field(
+        default=None, max_length=200, description="The clinician's name, as the EHR has it"
+    )
+    location_fhir_id: FhirId | None = None
+    location_name: str | None = Field(default=None, max_length=200)
+    service_type: Coding | None = Field(default=None, description="Appointment.serviceType")
+    visit_type: Coding | None = Field(default=None, description="Appointment.appointmentType")
 
 
 class SlotUpdatedV1(Payload):
@@ -103,3 +110,6 @@ class SlotUpdatedV1(Payload):
     start: Instant
     end: Instant
     source: SourceVersion
+    location_fhir_id: FhirId | None = Field(default=None, description="The Schedule's Location")
+    service_type: Coding | None = Field(default=None, description="Slot.serviceType")
+    visit_type: Coding | None = Field(default=None, description="Slot.appointmentType")

@@ -27,3 +27,19 @@ class IntakeSubmittedV1(Payload):
     questionnaire_canonical: str = Field(description="Canonical URL of the Questionnaire")
     answers: list[IntakeAnswer]
     submitted_at: Instant
+    revision: int = Field(
+        default=1,
+        ge=1,
+        description="1 for the first submission; each amendment of the same intake_id is the "
+        "next number and replaces the answers of the filed QuestionnaireResponse",
+    )
+
+
+class IntakeRemindedV1(Payload):
+    """A visit is near and its intake is still missing: remind the patient."""
+
+    appointment_id: InternalId
+    patient_id: InternalId
+    start: Instant = Field(description="When the visit starts")
+    questionnaire_canonical: str = Field(description="Canonical URL|version to fill in")
+    reminded_at: Instant

@@ -15,10 +15,10 @@ from contracts.appointment import (
     SlotUpdatedV1,
 )
 from contracts.base import Payload
-from contracts.intake import IntakeSubmittedV1
+from contracts.intake import IntakeRemindedV1, IntakeSubmittedV1
 from contracts.lab import LabResultedV1
 from contracts.medication import MedicationChangedV1
-from contracts.message import MessageReceivedV1, MessageSentV1
+from contracts.message import MessageReceivedV1, MessageSentV1, MessageSyncedV1
 from contracts.patient import PatientLinkedV1
 from contracts.record import RecordImportedV1
 from contracts.triage import TriageCompletedV1
@@ -49,10 +49,12 @@ REGISTRY: tuple[EventType, ...] = (
     EventType("appointment.updated", 1, AppointmentUpdatedV1),
     EventType("slot.updated", 1, SlotUpdatedV1),
     EventType("intake.submitted", 1, IntakeSubmittedV1),
+    EventType("intake.reminded", 1, IntakeRemindedV1),
     EventType("lab.resulted", 1, LabResultedV1),
     EventType("medication.changed", 1, MedicationChangedV1),
     EventType("message.sent", 1, MessageSentV1),
     EventType("message.received", 1, MessageReceivedV1),
+    EventType("message.synced", 1, MessageSyncedV1),
     EventType("triage.completed", 1, TriageCompletedV1),
     EventType("patient.linked", 1, PatientLinkedV1),
     EventType("record.imported", 1, RecordImportedV1, partitions=6),

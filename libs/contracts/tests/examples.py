@@ -14,10 +14,10 @@ from contracts.appointment import (
     SlotUpdatedV1,
 )
 from contracts.base import Coding, Payload, Quantity, ReferenceRange, SourceVersion
-from contracts.intake import IntakeAnswer, IntakeSubmittedV1
+from contracts.intake import IntakeAnswer, IntakeRemindedV1, IntakeSubmittedV1
 from contracts.lab import LabObservation, LabResultedV1, ReportStatus
 from contracts.medication import MedicationChangedV1, MedicationStatus
-from contracts.message import MessageReceivedV1, MessageSentV1
+from contracts.message import MessageReceivedV1, MessageSentV1, MessageSyncedV1
 from contracts.patient import PatientLinkedV1
 from contracts.record import DocumentAttachment, ImportedEntry, RecordImportedV1, RecordKind
 from contracts.triage import TriageCompletedV1, Urgency
@@ -100,6 +100,13 @@ EXAMPLES: dict[str, Payload] = {
         ],
         submitted_at=T0,
     ),
+    "intake.reminded": IntakeRemindedV1(
+        appointment_id="apt-1",
+        patient_id=PATIENT,
+        start=T0 + timedelta(hours=20),
+        questionnaire_canonical="http://portal.example.org/fhir/Questionnaire/intake|1",
+        reminded_at=T0,
+    ),
     "lab.resulted": LabResultedV1(
         patient_id=PATIENT,
         report_fhir_id="lab-1",
@@ -176,6 +183,20 @@ EXAMPLES: dict[str, Payload] = {
         sent_at=T0,
         source=SourceVersion(
             resource_type="Communication", fhir_id="com-2", version_id="1", last_updated=T0
+        ),
+    ),
+    "message.synced": MessageSyncedV1(
+        patient_id=PATIENT,
+        communication_fhir_id="com-1",
+        message_id="msg-1",
+        thread_id="th-1",
+        thread_fhir_id="com-1",
+        from_patient=True,
+        status="completed",
+        sent_at=T0,
+        received_at=T0 + timedelta(hours=2),
+        source=SourceVersion(
+            resource_type="Communication", fhir_id="com-1", version_id="2", last_updated=T0
         ),
     ),
     "triage.completed": TriageCompletedV1(

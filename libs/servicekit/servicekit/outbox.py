@@ -30,7 +30,7 @@ from servicekit.db import Database
 from servicekit.logging import get_logger
 from servicekit.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISH_ERRORS, OUTBOX_PUBLISHED
 from servicekit.settings import ServiceSettings
-from servicekit.tables import OutboxRow, headers_from_json, headers_to_json
+from servicekit.tables import InboxRow, OutboxRow, headers_from_json, headers_to_json
 from servicekit.telemetry import context_from_headers, current_trace_headers, tracer
 
 log = get_logger(__name__)
@@ -404,6 +404,18 @@ class OutboxRelay:
             )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
+    async def purge_inbox(self, now: datetime | None = None) -> int:
+        """Forget handled events older than the inbox retention; returns how many rows.
+
+        The inbox only has to outlive every way an event can come again (redelivery, a
+        replay within the outbox retention), not the service: without this it grows by a
+        row per event for ever.
+        """
+        cutoff = (now or datetime.now(UTC)) - timedelta(hours=self.settings.inbox_retention_hours)
+        async with self.db.transaction() as session:
+            result = await session.execute(delete(InboxRow).where(InboxRow.handled_at < cutoff))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
     def _backoff(self) -> float:
         base = min(5.0, 0.1 * 2 ** min(self._failures, 6))
         return float(base / 2 + random.uniform(0, base / 2))
@@ -448,6 +460,9 @@ class OutboxRelay:
             purged = await self.purge(now)
             if purged:
                 log.info("outbox.purged", rows=purged)
+            forgotten = await self.purge_inbox(now)
+            if forgotten:
+                log.info("inbox.purged", rows=forgotten)
 
     async def _wait_for_work(self) -> None:
         self.wakeup.clear()

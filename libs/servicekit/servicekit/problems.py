@@ -59,6 +59,11 @@ def install(app: FastAPI) -> None:
         return problem(500, "Internal error", "The service failed; the error was logged.")
 
 
+def title_of(status: int) -> str:
+    """The standard reason phrase of an HTTP status, as a problem's title."""
+    return _title(status)
+
+
 def _title(status: int) -> str:
     from http import HTTPStatus
 

@@ -41,6 +41,13 @@ class ServiceSettings(BaseSettings):
     outbox_poll_interval_s: float = 0.2
     outbox_batch_size: int = 200
     outbox_retention_hours: float = 72.0
+    inbox_retention_hours: float = Field(
+        default=168.0,
+        description=(
+            "How long a consumer remembers the events it handled; keep it above "
+            "OUTBOX_RETENTION_HOURS, since a replay may bring an event that old again"
+        ),
+    )
     outbox_loss_check_interval_s: float = Field(
         default=5.0,
         description=(

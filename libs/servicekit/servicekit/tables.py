@@ -1,4 +1,5 @@
-"""The kit's own tables, present in every service's database: outbox, inbox, dead letters."""
+"""The kit's own tables, present in every service's database: outbox, inbox, dead letters,
+stored answers of idempotent commands."""
 
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ class InboxRow(KitBase):
     event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     handled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
+    __table_args__ = (Index("ix_inbox_handled_at", "handled_at"),)
+
 
 class DeadLetterRow(KitBase):
     """A message a consumer gave up on; while open, later messages of its key are parked."""
@@ -91,6 +94,21 @@ class ParkedRow(KitBase):
     parked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_parked_consumer_key", "consumer", "key", "id"),)
+
+
+class IdempotencyRow(KitBase):
+    """The answer to a command sent with an `Idempotency-Key` (see `servicekit.idempotency`)."""
+
+    __tablename__ = "idempotency_keys"
+
+    scope: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response_body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
 
 
 def headers_to_json(headers: list[tuple[str, bytes]]) -> list[list[str]]:

@@ -145,14 +145,16 @@ def isolated_settings(database_url: str, bootstrap: str, prefix: str) -> dict[st
 
 @contextlib.asynccontextmanager
 async def serving_in_process(app: Any, base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """Run an app's lifespan (relay, consumers) and give an HTTP client on it, in-process."""
+    """Run an app's lifespan (relay, consumers) and give an HTTP client on it, in-process.
+    Start-up runs migrations: on a loaded 2-core machine that can exceed asgi-lifespan's
+    default 5 s, so the bound is generous (it only matters when something hangs)."""
     from asgi_lifespan import LifespanManager
 
     # Stopping a consumer that is still joining its group waits for the join to finish,
     # and the embedded broker delays a group's first join by ~5 s (ecosystem notes): the
     # default 5-s lifespan limits made quick tests fail in teardown, now and then.
     async with (
-        LifespanManager(app, startup_timeout=60, shutdown_timeout=30),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as client,
     ):
         yield client

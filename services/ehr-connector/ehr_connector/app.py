@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
-from ehr_connector import context, handlers, store
+from ehr_connector import context, handlers, questionnaires, store
 from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import EhrPort
 from ehr_connector.inbound import api as inbound_api
 from ehr_connector.inbound import lifecycle as inbound
+from ehr_connector.outbound import recipients as pool_recipients
 from ehr_connector.settings import Settings
 from servicekit.app import Service, ServiceDefinition, create_service
 
@@ -30,6 +31,7 @@ PUBLISHES = (
     "lab.resulted",
     "medication.changed",
     "message.received",
+    "message.synced",
     "record.imported",
 )
 FHIR_CLIENT = "fhir_client"
@@ -42,12 +44,22 @@ def build(
 ) -> Service:
     """The ehr-connector with the given (default: environment) settings."""
     settings = settings or Settings()
+    # A malformed recipients file fails here, before anything starts.
+    recipients = pool_recipients.load(settings.ehr_recipients_file, settings.ehr_care_teams_by_pool)
 
     async def start_ehr(service: Service) -> None:
         client = FhirClient(settings)
         service.state[FHIR_CLIENT] = client
         ehr: EhrPort = wrap_ehr(client) if wrap_ehr is not None else client
-        context.attach(service.outbox, context.Connector(settings=settings, ehr=ehr))
+        try:
+            # An unknown recipient fails start-up with a message naming it.
+            await pool_recipients.verify(ehr, recipients)
+        except pool_recipients.RecipientsError:
+            await client.aclose()
+            raise
+        context.attach(
+            service.outbox, context.Connector(settings=settings, ehr=ehr, recipients=recipients)
+        )
         service.state[inbound.EHR_STATE_KEY] = ehr
 
     async def stop_ehr(service: Service) -> None:
@@ -62,12 +74,15 @@ def build(
             return "unavailable: EHR client not started"
         return await client.probe()
 
+    routes = APIRouter()
+    routes.include_router(inbound_api.router)
+    routes.include_router(questionnaires.router)
     return create_service(
         ServiceDefinition(
             settings=settings,
             title="ehr-connector",
             description="The only service that speaks FHIR to the EHR.",
-            api=inbound_api.router,
+            api=routes,
             handlers=handlers.router,
             publishes=PUBLISHES,
             metadata=store.metadata,

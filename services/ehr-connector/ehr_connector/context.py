@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from weakref import WeakKeyDictionary
 
 from ehr_connector.ehr.port import EhrPort
+from ehr_connector.outbound.recipients import Recipients
 from ehr_connector.settings import Settings
 from servicekit.consumer import UnitOfWork
 from servicekit.errors import DependencyUnavailable
@@ -21,10 +22,11 @@ from servicekit.outbox import Outbox
 
 @dataclass(frozen=True)
 class Connector:
-    """The running connector's settings and its EHR."""
+    """The running connector's settings, its EHR and who in the EHR each pool is."""
 
     settings: Settings
     ehr: EhrPort
+    recipients: Recipients
 
 
 _connectors: WeakKeyDictionary[Outbox, Connector] = WeakKeyDictionary()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from servicekit.settings import ServiceSettings
 
+DEFAULT_RECIPIENTS_FILE = Path(__file__).resolve().parent / "outbound" / "recipients.yaml"
 # Least privilege for what the connector does: read and search everything it imports,
 # write only the types the outbound side writes, manage its own Subscriptions.
 DEFAULT_EHR_SCOPE = " ".join(
@@ -15,7 +17,7 @@ DEFAULT_EHR_SCOPE = " ".join(
         "system/*.rs",
         "system/Appointment.cu",
         "system/Slot.u",
-        "system/QuestionnaireResponse.c",
+        "system/QuestionnaireResponse.cu",  # intake amendments update the filed one
         "system/Communication.c",
         "system/Task.c",
         "system/Subscription.cu",
@@ -32,6 +34,16 @@ DEFAULT_INBOUND_TOPICS = {
     "Communication": _TOPIC_BASE + "communication-patient",
     "Appointment": _TOPIC_BASE + "appointment-status",
     "Slot": _TOPIC_BASE + "slot-change",
+}
+
+# Classic (criteria-based) R4 Subscriptions mapped to the same events, for servers without
+# topics: the EHR only says "something matching changed"; the connector searches.
+DEFAULT_INBOUND_CRITERIA = {
+    "DiagnosticReport": "DiagnosticReport?status=final,amended,corrected,appended",
+    "MedicationRequest": "MedicationRequest?status=active,on-hold,cancelled,completed,stopped",
+    "Communication": "Communication?status=completed,in-progress",
+    "Appointment": "Appointment?status=booked,cancelled,noshow,fulfilled,arrived,checked-in",
+    "Slot": "Slot?status=free,busy,busy-unavailable,busy-tentative",
 }
 
 
@@ -53,6 +65,39 @@ class Settings(ServiceSettings):
     ehr_pool_timeout_s: float = Field(default=5.0, description="Wait for a pooled connection")
     ehr_max_connections: int = Field(default=20, description="Connection pool size")
     ehr_max_keepalive_connections: int = Field(default=10, description="Idle connections kept")
+
+    # -- the EHR's profile: what it supports (detected from /metadata, overridable) ---------
+    ehr_auth_mode: Literal["smart-backend", "static-bearer", "none"] = Field(
+        default="smart-backend",
+        description=(
+            "How the connector authenticates to the EHR: SMART Backend Services, a static "
+            "bearer token (EHR_STATIC_TOKEN), or none (local development only; refused in prod)"
+        ),
+    )
+    ehr_static_token: str = Field(default="", description="Token for ehr_auth_mode=static-bearer")
+    ehr_subscription_style: Literal["auto", "backport-topic", "criteria"] = Field(
+        default="auto",
+        description=(
+            "Topic-based Subscriptions (R5 Backport IG) or classic R4 criteria Subscriptions; "
+            "auto = topic-based when the CapabilityStatement advertises the Backport IG"
+        ),
+    )
+    ehr_supports_status: bool | None = Field(
+        default=None, description="Subscription/$status exists; unset = from CapabilityStatement"
+    )
+    ehr_supports_events: bool | None = Field(
+        default=None, description="Subscription/$events exists; unset = from CapabilityStatement"
+    )
+    ehr_sends_heartbeats: bool | None = Field(
+        default=None,
+        description="The EHR sends heartbeat notifications; unset = yes when it advertises "
+        "the Backport IG",
+    )
+    ehr_sends_handshake: bool | None = Field(
+        default=None,
+        description="The EHR sends a handshake on activation; unset = yes when it advertises "
+        "the Backport IG",
+    )
 
     # -- SMART Backend Services -----------------------------------------------------------
     ehr_client_id: str = Field(default="portal-connector", description="SMART client id")
@@ -94,13 +139,14 @@ class Settings(ServiceSettings):
     )
 
     # -- outbound mapping -----------------------------------------------------------------
-    ehr_default_care_team_id: str = Field(
-        default="care-team-primary",
-        description="CareTeam addressed when a message or triage names no known pool",
+    ehr_recipients_file: Path = Field(
+        default=DEFAULT_RECIPIENTS_FILE,
+        description="Care-team pool → EHR recipient (CareTeam/PractitionerRole/Group), YAML",
     )
     ehr_care_teams_by_pool: dict[str, str] = Field(
         default_factory=dict,
-        description='Care-team pool → CareTeam id, JSON (e.g. {"nurses": "care-team-nurses"})',
+        description="Overrides of the recipients file: pool → CareTeam id, JSON "
+        '(e.g. {"nurses": "care-team-nurses"})',
     )
     ehr_triage_questionnaire: str = Field(
         default="http://portal.example.org/fhir/Questionnaire/triage",
@@ -122,7 +168,47 @@ class Settings(ServiceSettings):
         description="Shared secret the EHR sends as `Authorization: Bearer` (channel.header)",
     )
     inbound_require_signature: bool = Field(
-        default=True, description="Refuse notifications without a valid X-Signature"
+        default=True,
+        description="Refuse notifications without a valid X-Signature (with "
+        "inbound_notification_auth=signature; false there means channel-header)",
+    )
+    inbound_notification_auth: Literal["signature", "channel-header", "mtls"] = Field(
+        default="signature",
+        description=(
+            "What authenticates a notification besides the channel token: a JWS signature, "
+            "the channel header secret alone, or mutual TLS verified by the TLS terminator "
+            "in front of the connector (which sets inbound_mtls_header)"
+        ),
+    )
+    inbound_mtls_header: str = Field(
+        default="X-Client-Verify",
+        description="Header the TLS terminator sets to SUCCESS for a verified client cert",
+    )
+    inbound_mtls_subject_header: str = Field(
+        default="X-Client-Subject", description="Header carrying the verified client's subject"
+    )
+    inbound_mtls_subject: str = Field(
+        default="", description="Required client certificate subject; empty = any verified"
+    )
+    inbound_filter_criteria: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "backport-filter-criteria per focus type, JSON (e.g. "
+            '{"DiagnosticReport": "DiagnosticReport?status=final"}); unset types get '
+            "<Type>? (server-wide)"
+        ),
+    )
+    inbound_criteria: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_INBOUND_CRITERIA),
+        description="Classic R4 Subscription criteria per focus type (criteria style), JSON",
+    )
+    inbound_reconcile_interval_s: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "With no heartbeats from the EHR: how often each Subscription's resource type is "
+            "searched by _lastUpdated for changes no notification brought"
+        ),
     )
     inbound_jwks_url: str = Field(
         default="", description="The EHR's JWKS; empty = jwks_uri of its SMART configuration"

@@ -243,7 +243,10 @@ class ConnectorProcess:
         """The settings as the environment variables the service reads."""
         env = dict(os.environ)
         for name, value in self.settings.model_dump().items():
-            if isinstance(value, dict | list):
+            if value is None:
+                # Unset (e.g. "detect from the CapabilityStatement"): leave the default.
+                env.pop(name.upper(), None)
+            elif isinstance(value, dict | list):
                 env[name.upper()] = json.dumps(value)
             elif isinstance(value, bool):
                 env[name.upper()] = "true" if value else "false"

@@ -11,7 +11,7 @@ from contracts.appointment import AppointmentBookedV1, AppointmentStatus
 from contracts.base import Coding
 from contracts.intake import IntakeAnswer, IntakeSubmittedV1
 from contracts.message import MessageSentV1
-from contracts.triage import TriageCompletedV1, Urgency
+from contracts.triage import TriageCompletedV1, TriageFlag, Urgency
 from ehr_connector.ehr.errors import EhrStateForbids
 from ehr_connector.outbound import appointments, intake, messages, triage
 from ehr_connector.outbound.identifiers import (
@@ -194,7 +194,7 @@ def test_intake_response_links_the_appointment_and_groups_repeated_answers() -> 
     assert has_identifier(response, INTAKE_ID, "intake-1")
     assert response["questionnaire"].endswith("Questionnaire/intake|1")
     assert response["extension"] == [
-        {"url": intake.EVENT_BASED_ON, "valueReference": {"reference": "Appointment/a1"}}
+        {"url": intake.INTAKE_APPOINTMENT, "valueReference": {"reference": "Appointment/a1"}}
     ]
     by_link = {item["linkId"]: item["answer"] for item in response["item"]}
     assert list(by_link) == ["symptoms", "smoker", "allergy", "pain"]
@@ -260,6 +260,39 @@ def test_triage_task_priority_follows_urgency(urgency: Urgency, priority: str) -
     assert task["focus"] == {"reference": "QuestionnaireResponse/qr-1"}
     assert task["owner"] == {"reference": "CareTeam/ct"}
     assert task["for"] == {"reference": "Patient/demo-alice"}
+
+
+def test_triage_task_description_quotes_the_patient_and_the_flags() -> None:
+    data = TriageCompletedV1(
+        session_id="tri-2",
+        patient_id="pat-1",
+        urgency=Urgency.EMERGENCY,
+        summary="emergency: chest pain",
+        rule_set_version="2026.12.1",
+        recommended_pool="emergency",
+        completed_at=START,
+        flags=[
+            TriageFlag(
+                id="chest-pain-acs-features",
+                level="red",
+                text="Chest pain spreading to the arm",
+                evidence=["chest pain", "down my left arm"],
+            ),
+            TriageFlag(id="note", level="routine", text="not for the task"),
+        ],
+        patient_text="Chest pain going down my left arm",
+    )
+    task = triage.review_task(
+        data, patient_fhir_id="demo-alice", response_fhir_id="qr-2", owner="CareTeam/ct"
+    )
+    _valid_and_ours(task)
+    description = task["description"]
+    assert description.startswith("Review the patient's portal triage (urgency: emergency)")
+    assert 'RED flag: Chest pain spreading to the arm ("chest pain"; "down my left arm")' in (
+        description
+    )
+    assert "not for the task" not in description
+    assert description.endswith('Patient\'s words: "Chest pain going down my left arm"')
 
 
 def test_an_invalid_resource_is_refused_before_it_is_sent() -> None:

@@ -20,7 +20,7 @@ from contracts.appointment import (
 from contracts.base import Coding
 from contracts.intake import IntakeAnswer, IntakeSubmittedV1
 from contracts.message import MessageSentV1
-from contracts.triage import TriageCompletedV1, Urgency
+from contracts.triage import TriageCompletedV1, TriageFlag, Urgency
 from ehr_connector import store
 from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import FhirJson, Versioned, WriteResult
@@ -113,6 +113,8 @@ async def test_each_event_type_is_written_once_however_often_it_is_replayed(
         rule_set_version="2026.11",
         recommended_pool="primary",
         completed_at=T0,
+        flags=[TriageFlag(id="joint-long", level="amber", text="Swollen joint", evidence=["knee"])],
+        patient_text="My knee has been swollen for two weeks",
     )
     consumers = ("book_appointment", "file_intake", "send_message_to_care_team", "file_triage")
     duplicates_before = {c: _duplicates(c) for c in consumers}
@@ -208,6 +210,8 @@ async def test_each_event_type_is_written_once_however_often_it_is_replayed(
     assert task["focus"] == {"reference": f"QuestionnaireResponse/{filed['id']}"}
     assert task["owner"] == {"reference": "CareTeam/care-team-primary"}
     assert task["for"] == {"reference": "Patient/demo-alice"}
+    assert 'AMBER flag: Swollen joint ("knee")' in task["description"]
+    assert task["description"].endswith('"My knee has been swollen for two weeks"')
     assert all(has_origin_tag(r) for r in (response, first, second, filed, task))
 
     updates = await harness.updates(_for(booking.appointment_id))
@@ -321,6 +325,43 @@ async def test_reschedule_and_cancel_update_with_if_match_and_move_the_slots(
     assert appointment["cancelationReason"]["coding"][0]["code"] == "pat-cpp"
     assert (await harness.read(f"Slot/{second_slot['id']}"))["status"] == "free"
     assert (await harness.read(f"Slot/{taken_slot['id']}"))["status"] == "busy"
+
+
+async def test_moving_an_appointment_the_clinic_closed_is_refused_with_the_reason(
+    harness: Harness,
+) -> None:
+    first_slot, second_slot = harness.next_slot(), harness.next_slot()
+    booking = harness.booking("pat-alice", "demo-alice", first_slot)
+    async with harness.connector():
+        await harness.produce([("pat-alice", booking)])
+        updates = await harness.updates(_for(booking.appointment_id))
+        confirmed = next(u for u in updates if u.appointment_id == booking.appointment_id)
+        fhir_id = confirmed.appointment_fhir_id
+        closed = await harness.read(f"Appointment/{fhir_id}")
+        put = await harness.admin.put(
+            f"/fhir/Appointment/{fhir_id}", json={**closed, "status": "fulfilled"}
+        )
+        assert put.status_code == 200
+        moved = AppointmentRescheduledV1(
+            appointment_id=booking.appointment_id,
+            patient_id="pat-alice",
+            appointment_fhir_id=fhir_id,
+            based_on_version="1",
+            old_slot_fhir_id=first_slot["id"],
+            new_slot_fhir_id=second_slot["id"],
+            start=_when(second_slot["start"]),
+            end=_when(second_slot["end"]),
+            rescheduled_at=T0,
+        )
+        await harness.produce([("pat-alice", moved)])
+        updates = await harness.updates(
+            lambda us: any(u.reason and u.appointment_id == booking.appointment_id for u in us)
+        )
+        refused = next(u for u in updates if u.reason)
+        assert refused.status == AppointmentStatus.FULFILLED
+        assert "cannot be rescheduled" in (refused.reason or "")
+        assert refused.slot_fhir_ids == [first_slot["id"]]
+    assert (await harness.read(f"Slot/{second_slot['id']}"))["status"] == "free"
 
 
 class ClinicianEditsFirst:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 
 from contracts.patient import PatientLinkedV1
@@ -152,33 +152,6 @@ async def me(caller: Me) -> MeOut:
     return MeOut(patient_id=caller.patient_id, scopes=sorted(caller.token.scopes))
 
 
-@router.get("/slots")
-async def slots(
-    caller: Me,
-    request: Request,
-    start: Annotated[AwareDatetime, Query()],
-    end: Annotated[AwareDatetime | None, Query()] = None,
-) -> Any:
-    """Free appointment slots from `start` (to `end`, default 14 days)."""
-    params = {"start": start.isoformat(), **({"end": end.isoformat()} if end else {})}
-    return await _read(request, caller, "Slot", "scheduling", "/slots", params)
-
-
-@router.get("/me/appointments")
-async def appointments(caller: Me, request: Request) -> Any:
-    """The patient's appointments, soonest first."""
-    return await _read(
-        request, caller, "Appointment", "scheduling", f"/patients/{caller.patient_id}/appointments"
-    )
-
-
-@router.get("/me/appointments/{appointment_id}")
-async def appointment(caller: Me, request: Request, appointment_id: Id) -> Any:
-    """One of the patient's appointments."""
-    path = f"/patients/{caller.patient_id}/appointments/{appointment_id}"
-    return await _read(request, caller, "Appointment", "scheduling", path)
-
-
 @router.get("/me/threads")
 async def threads(caller: Me, request: Request) -> Any:
     """The patient's message threads."""
@@ -192,37 +165,6 @@ async def thread_messages(caller: Me, request: Request, thread_id: Id) -> Any:
     """The messages of one thread, oldest first."""
     path = f"/patients/{caller.patient_id}/threads/{thread_id}/messages"
     return await _read(request, caller, "Communication", "messaging", path)
-
-
-@router.get("/me/triage")
-async def triage_sessions(caller: Me, request: Request) -> Any:
-    """The patient's past symptom checks."""
-    return await _read(
-        request,
-        caller,
-        "QuestionnaireResponse",
-        "triage",
-        f"/patients/{caller.patient_id}/sessions",
-    )
-
-
-class AssessIn(BaseModel):
-    """A one-shot symptom check."""
-
-    age: int = Field(ge=0, le=130, strict=True)
-    sex: str = Field(pattern="^(female|male|other|unknown)$")
-    text: str = Field(min_length=3, max_length=2000)
-
-
-@router.post("/me/triage/assess", status_code=201)
-async def triage_assess(caller: Me, request: Request, body: AssessIn) -> Any:
-    """Assess symptoms now: `{"urgency": "emergency|urgent|routine|self-care", ...}`."""
-    try:
-        return await upstreams_of(request).request(
-            "triage", "POST", f"/patients/{caller.patient_id}/assess", json=body.model_dump()
-        )
-    except UpstreamError as exc:
-        raise HTTPException(exc.status, f"The triage service {exc.detail}.") from exc
 
 
 @router.get("/me/summary")
@@ -249,6 +191,9 @@ async def summary(caller: Me, request: Request) -> dict[str, Any]:
         else:
             # Lab results come a page at a time: the summary shows the newest page's items.
             out[name] = result["items"] if name == "lab_results" else result
+    if isinstance(out.get("threads"), list):
+        # Unread messages from the care team, over every thread (messaging counts them).
+        out["unread_messages"] = sum(int(t.get("unread", 0)) for t in out["threads"])
     await audit.record_access(service_of(request).db, pid, caller.actor, "read", "summary")
     return out
 

@@ -1,25 +1,35 @@
-"""The patient's appointment actions (`/v1/me/appointments`): book, cancel, intake.
+"""Slots and the patient's appointments (`/v1/slots`, `/v1/me/appointments`): search,
+book, cancel, reschedule, intake.
 
 Writes need a token that may act for the patient. The development issuer grants SMART v2
 `patient/*.rs` (read/search) scopes only, so a token with `patient/Appointment.c|u` (or
 `patient/*.cu...`) is accepted, and so is a patient's own sign-in token with read scopes:
 the patient acts on their own appointments, and every write is recorded in the access
 log. A token that only reads another resource type may not book.
+
+Commands pass the client's `Idempotency-Key` on, and the scheduling service's answer comes
+back as it is: its status (201 booked, 202 move or intake under way, the original status
+of a replayed retry with `Idempotent-Replayed: true`) and its problem details (409 with
+the clinic rule that refused, 422 naming the intake question).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Request, Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, BaseModel, Field
 
 from contracts.intake import IntakeAnswer
 from gateway import audit
-from gateway.api import Id, Me, service_of, upstreams_of
+from gateway.api import Caller, Id, Me, service_of, upstreams_of
 from gateway.upstream import UpstreamError
+from servicekit.idempotency import KEY_HEADER, IdempotencyKey
 
-router = APIRouter(prefix="/v1/me/appointments", tags=["appointments"])
+router = APIRouter(prefix="/v1", tags=["appointments"])
+Code = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 
 class BookIn(BaseModel):
@@ -35,71 +45,214 @@ class CancelIn(BaseModel):
     reason_code: str | None = Field(default=None, max_length=32, pattern=r"^[a-z-]+$")
 
 
+class RescheduleIn(BaseModel):
+    """The free slot (from `/v1/slots`) to move the appointment to."""
+
+    slot_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9\-.]{1,64}$")
+
+
 class IntakeIn(BaseModel):
     """Answers to the intake questionnaire."""
 
-    answers: list[IntakeAnswer] = Field(min_length=1, max_length=100)
+    answers: list[IntakeAnswer] = Field(max_length=200)
 
 
-def _may_write(caller: Any) -> None:
+def _may_read(caller: Caller) -> None:
+    if not caller.token.allows_read("Appointment"):
+        raise HTTPException(403, "The token's scopes do not allow reading Appointment.")
+
+
+def _may_write(caller: Caller) -> None:
     scopes = caller.token.scopes
     if not (caller.token.allows_read("Appointment") or any("Appointment" in s for s in scopes)):
         raise HTTPException(403, "The token's scopes do not allow managing appointments.")
 
 
-async def _call(request: Request, method: str, path: str, **kwargs: Any) -> Any:
+async def _forward(
+    request: Request,
+    caller: Caller,
+    method: str,
+    path: str,
+    *,
+    action: str,
+    resource: str = "Appointment",
+    json: Any = None,
+    params: Any = None,
+    key: str | None = None,
+) -> JSONResponse:
+    headers = {KEY_HEADER: key} if key else None
     try:
-        return await upstreams_of(request).request("scheduling", method, path, **kwargs)
+        answer = await upstreams_of(request).forward(
+            "scheduling", method, path, json=json, params=params, headers=headers
+        )
     except UpstreamError as exc:
-        if exc.status in (404, 409, 422):
-            raise HTTPException(exc.status, exc.detail) from exc
         raise HTTPException(exc.status, f"The scheduling service {exc.detail}.") from exc
+    if answer.status < 400:
+        await audit.record_access(
+            service_of(request).db, caller.patient_id, caller.actor, action, resource
+        )
+    return answer.response()
 
 
-@router.post("", status_code=201)
-async def book(
+def _mine(caller: Caller, appointment_id: str = "", tail: str = "") -> str:
+    base = f"/patients/{caller.patient_id}/appointments"
+    return f"{base}/{appointment_id}{tail}" if appointment_id else base
+
+
+@router.get("/slots")
+async def slots(
     caller: Me,
     request: Request,
-    response: Response,
-    body: BookIn,
-    idempotency_key: Annotated[str | None, Header(max_length=100)] = None,
-) -> Any:
+    start: Annotated[AwareDatetime | None, Query(description="Default: now")] = None,
+    end: Annotated[AwareDatetime | None, Query(description="Default: start + 14 days")] = None,
+    practitioner: Code = None,
+    location: Code = None,
+    service_type: Code = None,
+    visit_type: Code = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=300)] = None,
+) -> JSONResponse:
+    """Free appointment slots, earliest first: `{"items": [...], "next_cursor": ...}`."""
+    _may_read(caller)
+    params: dict[str, Any] = {
+        "start": start,
+        "end": end,
+        "practitioner": practitioner,
+        "location": location,
+        "service_type": service_type,
+        "visit_type": visit_type,
+        "limit": limit,
+        "cursor": cursor,
+    }
+    given = {
+        k: (v.isoformat() if isinstance(v, datetime) else v)
+        for k, v in params.items()
+        if v is not None
+    }
+    return await _forward(
+        request, caller, "GET", "/slots", action="read", resource="Slot", params=given
+    )
+
+
+@router.get("/me/appointments")
+async def appointments(caller: Me, request: Request) -> JSONResponse:
+    """The patient's appointments, soonest first, with clinician, place and intake state."""
+    _may_read(caller)
+    return await _forward(request, caller, "GET", _mine(caller), action="read")
+
+
+@router.get("/me/appointments/{appointment_id}")
+async def appointment(caller: Me, request: Request, appointment_id: Id) -> JSONResponse:
+    """One of the patient's appointments."""
+    _may_read(caller)
+    return await _forward(request, caller, "GET", _mine(caller, appointment_id), action="read")
+
+
+@router.post("/me/appointments", status_code=201)
+async def book(
+    caller: Me, request: Request, body: BookIn, key: IdempotencyKey = None
+) -> JSONResponse:
     """Book a free slot; the appointment is `pending` until the EHR confirms it (the live
     event stream says when). Send an `Idempotency-Key` so a retry books once."""
     _may_write(caller)
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-    result = await _call(
+    payload = {**body.model_dump(), "patient_fhir_id": caller.token.patient_fhir_id}
+    return await _forward(
+        request, caller, "POST", _mine(caller), action="write", json=payload, key=key
+    )
+
+
+@router.post("/me/appointments/{appointment_id}/cancel")
+async def cancel(
+    caller: Me, request: Request, appointment_id: Id, body: CancelIn, key: IdempotencyKey = None
+) -> JSONResponse:
+    """Cancel one of the patient's appointments (not within the clinic's notice period:
+    the answer says why and whom to call)."""
+    _may_write(caller)
+    path = _mine(caller, appointment_id, "/cancel")
+    return await _forward(
+        request, caller, "POST", path, action="write", json=body.model_dump(), key=key
+    )
+
+
+@router.post("/me/appointments/{appointment_id}/reschedule", status_code=202)
+async def reschedule(
+    caller: Me,
+    request: Request,
+    appointment_id: Id,
+    body: RescheduleIn,
+    key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Move an appointment to another free slot: 202 with `pending_slot` until the EHR has
+    moved it; if the EHR refuses, the appointment keeps its time."""
+    _may_write(caller)
+    path = _mine(caller, appointment_id, "/reschedule")
+    return await _forward(
+        request, caller, "POST", path, action="write", json=body.model_dump(), key=key
+    )
+
+
+@router.get("/me/appointments/{appointment_id}/intake")
+async def intake_form(caller: Me, request: Request, appointment_id: Id) -> JSONResponse:
+    """The intake form of the visit (the EHR's Questionnaire) and the answers so far."""
+    _may_read(caller)
+    path = _mine(caller, appointment_id, "/intake")
+    return await _forward(
+        request, caller, "GET", path, action="read", resource="QuestionnaireResponse"
+    )
+
+
+@router.put("/me/appointments/{appointment_id}/intake/draft")
+async def intake_draft(
+    caller: Me, request: Request, appointment_id: Id, body: IntakeIn
+) -> JSONResponse:
+    """Save intake answers to finish later (nothing is sent to the clinic yet)."""
+    _may_write(caller)
+    path = _mine(caller, appointment_id, "/intake/draft")
+    return await _forward(
         request,
+        caller,
+        "PUT",
+        path,
+        action="write",
+        resource="QuestionnaireResponse",
+        json=body.model_dump(mode="json"),
+    )
+
+
+@router.post("/me/appointments/{appointment_id}/intake", status_code=202)
+async def intake(
+    caller: Me, request: Request, appointment_id: Id, body: IntakeIn, key: IdempotencyKey = None
+) -> JSONResponse:
+    """Send intake answers for an upcoming appointment to the care team, once; a wrong or
+    missing answer is 422 naming the question."""
+    _may_write(caller)
+    path = _mine(caller, appointment_id, "/intake")
+    return await _forward(
+        request,
+        caller,
         "POST",
-        f"/patients/{caller.patient_id}/appointments",
-        json={**body.model_dump(), "patient_fhir_id": caller.token.patient_fhir_id},
-        headers=headers,
+        path,
+        action="write",
+        resource="QuestionnaireResponse",
+        json=body.model_dump(mode="json"),
+        key=key,
     )
-    await audit.record_access(
-        service_of(request).db, caller.patient_id, caller.actor, "write", "Appointment"
-    )
-    return result
 
 
-@router.post("/{appointment_id}/cancel")
-async def cancel(caller: Me, request: Request, appointment_id: Id, body: CancelIn) -> Any:
-    """Cancel one of the patient's appointments."""
+@router.post("/me/appointments/{appointment_id}/intake/amend", status_code=202)
+async def amend_intake(
+    caller: Me, request: Request, appointment_id: Id, body: IntakeIn, key: IdempotencyKey = None
+) -> JSONResponse:
+    """Change intake answers already sent: the clinic's copy is updated, not duplicated."""
     _may_write(caller)
-    path = f"/patients/{caller.patient_id}/appointments/{appointment_id}/cancel"
-    result = await _call(request, "POST", path, json=body.model_dump())
-    await audit.record_access(
-        service_of(request).db, caller.patient_id, caller.actor, "write", "Appointment"
+    path = _mine(caller, appointment_id, "/intake/amend")
+    return await _forward(
+        request,
+        caller,
+        "POST",
+        path,
+        action="write",
+        resource="QuestionnaireResponse",
+        json=body.model_dump(mode="json"),
+        key=key,
     )
-    return result
-
-
-@router.post("/{appointment_id}/intake", status_code=202)
-async def intake(caller: Me, request: Request, appointment_id: Id, body: IntakeIn) -> Any:
-    """Send intake answers for an upcoming appointment to the care team."""
-    _may_write(caller)
-    path = f"/patients/{caller.patient_id}/appointments/{appointment_id}/intake"
-    result = await _call(request, "POST", path, json=body.model_dump(mode="json"))
-    await audit.record_access(
-        service_of(request).db, caller.patient_id, caller.actor, "write", "QuestionnaireResponse"
-    )
-    return result

@@ -14,14 +14,21 @@ every mark-read is recorded in the access log with the action "write".
 A client may send an `Idempotency-Key` header (generated once per message it composes);
 it is passed through, so a retried POST stores and publishes the message once and returns
 the message the first attempt stored.
+
+A new conversation names a topic (`GET /v1/message-topics`: prescriptions, test results,
+appointments, billing, clinical question, other); the answer says who it went to
+(`thread.sent_to`) and carries `emergency_check`: when `advice` is set the page shows it at
+once (call emergency services). Images and PDFs may be attached (base64, size-limited by
+messaging: 413/415); too many messages in a short time is a 429 with Retry-After.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Request
-from pydantic import BaseModel, StringConstraints
+import httpx
+from fastapi import APIRouter, Header, HTTPException, Request, Response
+from pydantic import BaseModel, Field, StringConstraints
 
 from gateway import audit
 from gateway.api import Caller, Id, Me, service_of, upstreams_of
@@ -38,17 +45,31 @@ Subject = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, 
 Body = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=10_000)]
 
 
+TopicCode = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,32}$")]
+
+
+class AttachmentIn(BaseModel):
+    """A file sent with a message: an image or a PDF, base64 (limits checked by messaging)."""
+
+    content_type: Annotated[str, StringConstraints(max_length=100)]
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    data_base64: Annotated[str, StringConstraints(max_length=2_000_000)]
+
+
 class NewThreadIn(BaseModel):
-    """A new conversation with the care team."""
+    """A new conversation with the care team, about a topic."""
 
     subject: Subject
     body: Body
+    topic: TopicCode | None = None
+    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=10)
 
 
 class ReplyIn(BaseModel):
     """A message in an existing conversation."""
 
     body: Body
+    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=10)
 
 
 def _allows_create(scopes: frozenset[str], resource_type: str) -> bool:
@@ -87,7 +108,9 @@ async def _write(
             "messaging", "POST", path, json=json, headers=headers
         )
     except UpstreamError as exc:
-        raise HTTPException(exc.status, f"The {exc.service} service {exc.detail}.") from exc
+        raise HTTPException(
+            exc.status, f"The {exc.service} service: {exc.detail}", exc.headers or None
+        ) from exc
     await audit.record_access(
         service_of(request).db, caller.patient_id, caller.actor, "write", RESOURCE
     )
@@ -106,7 +129,7 @@ async def start_thread(
         request,
         caller,
         f"/patients/{caller.patient_id}/threads",
-        json=body.model_dump(),
+        json=body.model_dump(exclude_none=True),
         idempotency_key=idempotency_key,
     )
 
@@ -134,4 +157,38 @@ async def mark_read(caller: Me, request: Request, thread_id: Id) -> Any:
     """Mark the care team's messages in one of the patient's conversations read."""
     return await _write(
         request, caller, f"/patients/{caller.patient_id}/threads/{thread_id}/read", json=None
+    )
+
+
+@router.get("/message-topics")
+async def message_topics(request: Request) -> Any:
+    """The topics a patient chooses from when starting a conversation, and who each goes to."""
+    try:
+        return await upstreams_of(request).get("messaging", "/topics")
+    except UpstreamError as exc:
+        raise HTTPException(exc.status, f"The {exc.service} service {exc.detail}.") from exc
+
+
+@router.get("/me/attachments/{attachment_id}")
+async def attachment(caller: Me, request: Request, attachment_id: Id) -> Response:
+    """A file attached to one of the patient's messages (404 if it is not theirs)."""
+    if not caller.token.allows_read(RESOURCE):
+        raise HTTPException(403, "The token's scopes do not allow reading messages.")
+    upstreams = upstreams_of(request)
+    url = f"{upstreams.urls['messaging']}/patients/{caller.patient_id}/attachments/{attachment_id}"
+    try:
+        upstream = await upstreams.client.get(url, timeout=upstreams.timeout)
+    except httpx.HTTPError as exc:
+        raise HTTPException(503, "The messaging service is unavailable.") from exc
+    if upstream.status_code == 404:
+        raise HTTPException(404, "No such attachment.")
+    if upstream.status_code != 200:
+        raise HTTPException(502, f"The messaging service answered {upstream.status_code}.")
+    await audit.record_access(
+        service_of(request).db, caller.patient_id, caller.actor, "read", RESOURCE
+    )
+    return Response(
+        content=upstream.content,
+        media_type=upstream.headers.get("content-type", "application/octet-stream"),
+        headers={"Content-Disposition": "attachment", "X-Content-Type-Options": "nosniff"},
     )

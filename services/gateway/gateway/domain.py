@@ -25,6 +25,7 @@ class NotificationKind(StrEnum):
     MESSAGE = "message"
     APPOINTMENT = "appointment"
     TRIAGE = "triage"
+    INTAKE_REMINDER = "intake-reminder"
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,21 @@ class Notification:
         return _TEXT[self.kind].format(status=self.status or "updated")
 
 
+def appointment_news(end: datetime | None, now: datetime) -> bool:
+    """Whether a change of an appointment is news for the patient: not for a visit that is
+    already over (an imported history, or the clinic closing last week's visit)."""
+    return end is None or end > now
+
+
 _TEXT = {
     NotificationKind.LAB_RESULT: "A new lab result is available.",
     NotificationKind.MEDICATION: "Your medication list changed.",
     NotificationKind.MESSAGE: "You have a new message from your care team.",
     NotificationKind.APPOINTMENT: "An appointment was {status}.",
     NotificationKind.TRIAGE: "Your symptom check was sent to your care team.",
+    NotificationKind.INTAKE_REMINDER: (
+        "Your visit is coming up: please fill in the questions before you come."
+    ),
 }
 
 

@@ -9,12 +9,13 @@ from typing import Any
 from sqlalchemy import event as sa_event
 
 from contracts.appointment import AppointmentUpdatedV1
+from contracts.intake import IntakeRemindedV1
 from contracts.lab import LabResultedV1
 from contracts.medication import MedicationChangedV1
 from contracts.message import MessageReceivedV1
 from contracts.triage import TriageCompletedV1
 from gateway import store
-from gateway.domain import Notification, NotificationKind
+from gateway.domain import Notification, NotificationKind, appointment_news
 from gateway.hub import NotificationHub
 from servicekit.consumer import Event, EventRouter, UnitOfWork
 
@@ -62,6 +63,8 @@ async def notify_message(uow: UnitOfWork, event: Event[MessageReceivedV1]) -> No
 async def notify_appointment_change(uow: UnitOfWork, event: Event[AppointmentUpdatedV1]) -> None:
     """Tell the patient an appointment was confirmed, rejected, cancelled or moved."""
     data = event.data
+    if not appointment_news(data.end, datetime.now(UTC)):
+        return
     ref = data.appointment_id or data.appointment_fhir_id or "appointment"
     _notify(uow, event, Notification(NotificationKind.APPOINTMENT, ref, data.status.value))
 
@@ -71,3 +74,9 @@ async def notify_triage_routed(uow: UnitOfWork, event: Event[TriageCompletedV1])
     """Tell the patient their symptom check reached the care team."""
     data = event.data
     _notify(uow, event, Notification(NotificationKind.TRIAGE, data.session_id, data.urgency.value))
+
+
+@router.handles("intake.reminded")
+async def notify_intake_reminder(uow: UnitOfWork, event: Event[IntakeRemindedV1]) -> None:
+    """Remind the patient to fill in the intake form of a visit that is near."""
+    _notify(uow, event, Notification(NotificationKind.INTAKE_REMINDER, event.data.appointment_id))

@@ -1,22 +1,145 @@
-"""Calls from the gateway to the services that own the data (HTTP, per-call timeouts)."""
+"""Calls from the gateway to the services that own the data (HTTP, per-call timeouts).
+
+The pooled client sits on `GuardedTransport`: httpcore 1.0.9 loses a pool slot for good
+when a request that waited in its pool is handed a new connection and is cancelled (or
+its pool timeout fires) before it uses it (encode/httpcore#1093, unreleased). A burst of
+clients that give up left every slot lost this way, and the gateway answered 504 to every
+later call while the services were idle. So a request only enters httpcore's pool when a
+connection is free for it at once (our own semaphore of the pool's size, which a
+cancelled waiter cannot leak), and a caller's cancellation never reaches httpcore: the
+call runs to its end (bounded by the client's timeouts) in a task of its own.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from fastapi.responses import JSONResponse
 
 from gateway.settings import Settings
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """An HTTP transport whose pool slots survive cancellation and pool timeouts."""
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        self._inner = httpx.AsyncHTTPTransport(limits=limits)
+        self._slots = asyncio.Semaphore(limits.max_connections or 100)
+        self._abandoned: set[asyncio.Task[None]] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` once a slot is free; a cancelled caller leaves the call to finish
+        and release its slot on its own."""
+        call = asyncio.ensure_future(self._send(request))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            cleanup = asyncio.create_task(_discard(call))
+            self._abandoned.add(cleanup)
+            cleanup.add_done_callback(self._abandoned.discard)
+            raise
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        timeout = request.extensions.get("timeout", {}).get("pool")
+        try:
+            # wait_for gives a slot acquired at the moment of the timeout back.
+            await asyncio.wait_for(self._slots.acquire(), timeout)
+        except TimeoutError as exc:
+            raise httpx.PoolTimeout("no connection slot free in time", request=request) from exc
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            self._slots.release()
+            raise
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_Releasing(response.stream, self._slots),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        """Close the pool (abandoned calls end with it)."""
+        await self._inner.aclose()
+
+
+class _Releasing(httpx.AsyncByteStream):
+    """A response body that gives its slot back when closed (once)."""
+
+    def __init__(
+        self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, slots: asyncio.Semaphore
+    ) -> None:
+        assert isinstance(stream, httpx.AsyncByteStream)
+        self._stream = stream
+        self._slots: asyncio.Semaphore | None = slots
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+                self._slots = None
+
+
+async def _discard(call: asyncio.Future[httpx.Response]) -> None:
+    """Wait for a call nobody waits for any more and close its response."""
+    try:
+        response = await call
+    except Exception:
+        return
+    await response.aclose()
+
+
+def pooled_client(
+    settings: Settings, mounts: dict[str, httpx.AsyncBaseTransport] | None = None
+) -> httpx.AsyncClient:
+    """The gateway's one HTTP client (services, JWKS), on a `GuardedTransport`; `mounts`
+    route some URLs elsewhere (tests: in-process services)."""
+    limits = httpx.Limits(max_connections=settings.upstream_max_connections)
+    return httpx.AsyncClient(
+        timeout=settings.upstream_timeout_s, transport=GuardedTransport(limits), mounts=mounts
+    )
 
 
 class UpstreamError(Exception):
     """A service did not answer usefully: `status` is what the patient should get."""
 
-    def __init__(self, service: str, status: int, detail: str) -> None:
+    def __init__(
+        self, service: str, status: int, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(f"{service}: {detail}")
         self.service = service
         self.status = status
         self.detail = detail
+        self.headers = headers or {}
+
+
+# Response headers of a service that the client of the gateway should see.
+PASSED_HEADERS = frozenset({"idempotent-replayed", "content-type", "retry-after"})
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A service's answer to pass on to the patient as it is."""
+
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+    def response(self) -> JSONResponse:
+        """The answer as the gateway's response (problem+json stays problem+json)."""
+        media = self.headers.get("content-type", "application/json").split(";")[0]
+        extra = {k: v for k, v in self.headers.items() if k.lower() != "content-type"}
+        return JSONResponse(self.body, status_code=self.status, headers=extra, media_type=media)
 
 
 class Upstreams:
@@ -42,8 +165,8 @@ class Upstreams:
         params: Any = None,
         headers: dict[str, str] | None = None,
     ) -> Any:
-        """Call a service; 404, 409 and 422 pass through, anything else unusable is a
-        502/503/504."""
+        """Call a service; 404, 409, 413, 415, 422 and 429 (with its Retry-After) pass
+        through, anything else unusable is a 502/503/504."""
         url = self.urls[service] + path
         try:
             response = await self.client.request(
@@ -55,11 +178,46 @@ class Upstreams:
             raise UpstreamError(service, 503, "is unavailable") from exc
         if response.status_code == 404:
             raise UpstreamError(service, 404, "not found")
-        if response.status_code in (409, 422):
+        if response.status_code in (409, 413, 415, 422):
             raise UpstreamError(service, response.status_code, _detail(response))
+        if response.status_code == 429:
+            retry = response.headers.get("Retry-After")
+            headers = {"Retry-After": retry} if retry else None
+            raise UpstreamError(service, 429, _detail(response), headers)
         if response.status_code >= 400:
             raise UpstreamError(service, 502, f"answered {response.status_code}")
         return response.json()
+
+    async def forward(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Forwarded:
+        """Call a service for a patient's command and keep its answer: the status (201, 202,
+        a replayed 201...), the body and the headers that matter to the client; 4xx answers
+        (problem details) pass through too. Anything unusable is an `UpstreamError`."""
+        url = self.urls[service] + path
+        try:
+            response = await self.client.request(
+                method, url, json=json, params=params, headers=headers, timeout=self.timeout
+            )
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(service, 504, "did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(service, 503, "is unavailable") from exc
+        if response.status_code >= 500 or response.status_code in (401, 403):
+            raise UpstreamError(service, 502, f"answered {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise UpstreamError(service, 502, "answered something unreadable") from exc
+        kept = {k: v for k, v in response.headers.items() if k.lower() in PASSED_HEADERS}
+        return Forwarded(response.status_code, body, kept)
 
     async def get(self, service: str, path: str, params: Any = None) -> Any:
         """GET JSON from a service."""

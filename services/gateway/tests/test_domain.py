@@ -12,6 +12,7 @@ from gateway.domain import (
     Notification,
     NotificationKind,
     access_hash,
+    appointment_news,
     first_broken_link,
 )
 
@@ -43,6 +44,11 @@ def test_deleted_row_is_found() -> None:
     assert first_broken_link(chain) == 1
 
 
+def test_an_intake_reminder_asks_for_the_form_in_plain_words() -> None:
+    note = Notification(NotificationKind.INTAKE_REMINDER, "apt-1")
+    assert note.text() == "Your visit is coming up: please fill in the questions before you come."
+
+
 def test_notifications_carry_no_clinical_detail() -> None:
     note = Notification(NotificationKind.APPOINTMENT, "apt-1", "cancelled")
     assert note.text() == "An appointment was cancelled."
@@ -61,3 +67,10 @@ def test_smart_scopes_v1_and_v2() -> None:
     assert not token("patient/Observation.rs").allows_read("MedicationRequest")
     assert not token("patient/*.c").allows_read("Observation")
     assert not token("user/*.rs", "openid").allows_read("Observation")
+
+
+def test_a_change_to_a_visit_that_is_over_is_not_news() -> None:
+    now = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    assert not appointment_news(now - timedelta(days=30), now)
+    assert appointment_news(now + timedelta(days=2), now)
+    assert appointment_news(None, now)

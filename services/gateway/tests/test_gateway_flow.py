@@ -7,7 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from contracts.base import Coding, SourceVersion
+from contracts.intake import IntakeRemindedV1
 from contracts.lab import LabResultedV1, ReportStatus
 from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
@@ -256,7 +257,80 @@ async def test_triage_assessment_through_the_gateway(stack: Stack, kafka_bootstr
     seen = await read_topic(
         kafka_bootstrap, f"{stack.prefix}triage.completed", until=lambda s: len(s) >= 1
     )
-    assert "crushing" not in seen[0].value.decode()  # the patient's own words stay in triage
+    event = json.loads(seen[0].value)
+    # The patient's words travel only in `patient_text` (for the care team's EHR task),
+    # never in the summary other consumers show.
+    assert event["patient_text"] == "crushing chest pain"
+    assert event["patient_text"] not in event["summary"]
+
+
+# The first paragraph of issue 8: each was answered "routine" (or "urgent") before.
+REPORTED = [
+    (60, "male", "crushing pain in my chest that goes down my left arm"),
+    (35, "female", "No fever but I cannot breathe"),
+    (30, "male", "I can't breath"),
+    (30, "female", "trouble breathing"),
+    (24, "male", "I want to kil myself"),
+    (19, "female", "I took 30 paracetamol tablets"),
+    (45, "male", "thinking of ending it all"),
+    (70, "male", "sudden weakness in my left arm and leg"),
+    (30, "female", "stung by a bee and my throat is tight"),
+    (44, "female", "thunderclap headache, the worst headache of my life"),
+    (50, "male", "back pain and loss of bladder control"),
+    (66, "male", "black tarry stools and dizziness"),
+    (80, "female", "I am 80, I fell and now I am confused"),
+    (6, "male", "6-year-old with a fever and a stiff neck"),
+]
+
+
+async def test_reported_emergencies_through_the_gateway(stack: Stack) -> None:
+    token = await _token(stack)
+    async with httpx.AsyncClient(
+        base_url=stack.url, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        for age, sex, text in REPORTED:
+            response = await client.post(
+                "/v1/me/triage/assess", json={"age": age, "sex": sex, "text": text}
+            )
+            assert response.status_code == 201, response.text
+            assert response.json()["urgency"] == "emergency", (text, response.json())
+
+
+async def test_triage_session_through_the_gateway(stack: Stack) -> None:
+    token = await _token(stack)
+    async with httpx.AsyncClient(
+        base_url=stack.url, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        started = await client.post(
+            "/v1/me/triage/sessions",
+            json={"age": 0, "age_months": 5, "sex": "female", "text": "my baby has a fever"},
+        )
+        assert started.status_code == 201, started.text
+        state = started.json()
+        assert state["status"] == "open"
+        assert "fev-temp" in {q["id"] for q in state["questions"]}
+        sid = state["session_id"]
+        answered = await client.post(
+            f"/v1/me/triage/sessions/{sid}/answers", json={"answers": {"fev-temp": 39.4}}
+        )
+        invalid = await client.post(
+            f"/v1/me/triage/sessions/{sid}/answers", json={"answers": {"fev-temp": "hot"}}
+        )
+        finished = await client.post(
+            f"/v1/me/triage/sessions/{sid}/answers", json={"answers": {}, "finish": True}
+        )
+        again = await client.post(
+            f"/v1/me/triage/sessions/{sid}/answers", json={"answers": {}, "finish": True}
+        )
+        fetched = await client.get(f"/v1/me/triage/sessions/{sid}")
+        missing = await client.get("/v1/me/triage/sessions/tri-missing")
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["urgency"] == "urgent"  # 39 C or more at 3-6 months
+    assert invalid.status_code == 422
+    assert finished.json()["status"] == "completed"
+    assert again.status_code == 409
+    assert fetched.json()["status"] == "completed"
+    assert missing.status_code == 404
 
 
 async def test_portal_page_is_served(stack: Stack) -> None:
@@ -294,3 +368,36 @@ async def test_no_phi_reaches_a_span_attribute(stack: Stack, kafka_bootstrap: st
     for secret in ("p-bea", "Ann", "Example", "crushing", "dr-77"):
         leaked = [v for v in values if secret in v.split("=", 1)[1]]
         assert leaked == [], f"{secret!r} reached span attributes: {leaked[:3]}"
+
+
+async def test_an_intake_reminder_reaches_the_live_stream(
+    stack: Stack, kafka_bootstrap: str
+) -> None:
+    token = await _token(stack)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=stack.url, headers=headers, timeout=30) as client:
+        patient_id = (await client.get("/v1/me")).json()["patient_id"]
+        await produce_events(
+            kafka_bootstrap,
+            [
+                (
+                    patient_id,
+                    IntakeRemindedV1(
+                        appointment_id="apt-9",
+                        patient_id=patient_id,
+                        start=datetime.now(UTC) + timedelta(hours=20),
+                        questionnaire_canonical="http://example.org/Questionnaire/intake|1",
+                        reminded_at=datetime.now(UTC),
+                    ),
+                )
+            ],
+            topic_prefix=stack.prefix,
+        )
+        received: list[dict[str, object]] = []
+        async with client.stream("GET", "/v1/me/events") as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("data: "):
+                    received.append(json.loads(line[6:]))
+                    break
+        assert (received[0]["kind"], received[0]["ref"]) == ("intake-reminder", "apt-9")
+        assert "fill in" in str(received[0]["text"])

@@ -4,6 +4,7 @@ patient, whatever the client claims."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -50,7 +51,12 @@ async def stack(
     dbs = {name: await database_factory() for name in ("gateway", "messaging")}
     async with running_sandbox(tmp_path, port=free_port(PORTS)) as sandbox:
         messaging = build_messaging(
-            MessagingSettings(**isolated_settings(dbs["messaging"], kafka_bootstrap, unique_prefix))
+            MessagingSettings(
+                **isolated_settings(dbs["messaging"], kafka_bootstrap, unique_prefix),
+                triage_url="http://127.0.0.1:9",  # nothing listens: flagged for review
+                emergency_check_timeout_s=0.5,
+                rate_limit_messages=4,
+            )
         )
         gateway = build_gateway(
             GatewaySettings(
@@ -141,6 +147,52 @@ async def test_a_message_sent_through_the_gateway_is_the_tokens_patients(
     assert len(writes) == 4  # start, its retry, reply, mark read
     assert {e["resource"] for e in writes} == {"Communication"}
     assert await audit.verify(stack.gateway.db) is None
+
+
+async def test_topics_attachments_limits_and_unread_through_the_gateway(stack: Stack) -> None:
+    client = stack.client
+    ann = await _token(stack, "p-ann")
+    topics = (await client.get("/v1/message-topics")).json()
+    assert {"code": "billing", "label": "Billing and insurance", "sent_to": "billing office"} in (
+        topics
+    )
+    png = b"\x89PNG\r\n\x1a\n" + b"\x07" * 32
+    new = {
+        "subject": "Invoice",
+        "body": "Is this right?",
+        "topic": "billing",
+        "attachments": [
+            {
+                "content_type": "image/png",
+                "title": "bill.png",
+                "data_base64": base64.b64encode(png).decode(),
+            }
+        ],
+    }
+    sent = await client.post("/v1/me/threads", json=new, headers=ann)
+    assert sent.status_code == 201, sent.text
+    body = sent.json()
+    assert body["thread"]["sent_to"] == "billing office"
+    assert body["emergency_check"]["checked"] is False  # triage unreachable: still sent
+    assert "911" in body["emergency_check"]["advice"]
+    attachment_id = body["message"]["attachments"][0]["id"]
+    got = await client.get(f"/v1/me/attachments/{attachment_id}", headers=ann)
+    assert (got.status_code, got.content) == (200, png)
+    bob = await _token(stack, "p-bob")
+    assert (await client.get(f"/v1/me/attachments/{attachment_id}", headers=bob)).status_code == (
+        404
+    )
+    html = {**new, "attachments": [{**new["attachments"][0], "content_type": "text/html"}]}  # type: ignore[dict-item]
+    assert (await client.post("/v1/me/threads", json=html, headers=ann)).status_code == 415
+    path = f"/v1/me/threads/{body['thread']['id']}/messages"
+    for _ in range(3):
+        assert (await client.post(path, json={"body": "more"}, headers=ann)).status_code == 201
+    limited = await client.post(path, json={"body": "too many"}, headers=ann)
+    assert limited.status_code == 429
+    assert int(limited.headers["Retry-After"]) > 0
+    summary = (await client.get("/v1/me/summary", headers=ann)).json()
+    assert summary["unread_messages"] == 0
+    assert summary["threads"][0]["unread"] == 0
 
 
 @pytest.mark.parametrize(

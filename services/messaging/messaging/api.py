@@ -1,25 +1,37 @@
 """HTTP API of the messaging service, for the gateway (patient-scoped) and care-team tools.
 
-Sending: a patient's new thread or reply is stored (direction `outbound`) and `message.sent`
-is added to the outbox in the same transaction, so the connector files it in the EHR as a
-Communication. A client may send an `Idempotency-Key` header: a retry with the same key
-returns the message the first attempt stored (200) instead of sending it twice.
+Only translation lives here: requests into `messaging.service` calls, their results and
+errors into responses. A client may send an `Idempotency-Key` header: a retry with the same
+key returns the message the first attempt stored (200) instead of sending it twice.
+
+Limits: a patient sends at most `RATE_LIMIT_MESSAGES` per `RATE_LIMIT_WINDOW_S` (429 with
+Retry-After), bodies up to `BODY_MAX_CHARS`, attachments (PNG, JPEG, GIF, PDF) up to
+`ATTACHMENT_MAX_BYTES` each (413 when larger, 415 for another type).
 """
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
-from pydantic import BaseModel, StringConstraints
-from sqlalchemy.exc import IntegrityError
+from pydantic import BaseModel, Field, StringConstraints
 
-from contracts.message import MessageSentV1
-from messaging import domain, store
-from servicekit.app import Service
-from servicekit.http import PatientId, ReadSession
+from messaging import domain
+from messaging.service import (
+    IdempotencyConflict,
+    MessageView,
+    Messaging,
+    NewAttachment,
+    NotFound,
+    RateLimited,
+    Sent,
+    ThreadView,
+    TooLong,
+    UnknownTopic,
+)
+from servicekit.http import PatientId
+from servicekit.ops_api import Ops
 
 router = APIRouter(tags=["messaging"])
 ThreadId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
@@ -33,6 +45,24 @@ Subject = Annotated[
 Body = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=domain.BODY_MAX)
 ]
+TopicCode = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,32}$")]
+
+
+class AttachmentIn(BaseModel):
+    """A file sent with a message: an image or a PDF, base64."""
+
+    content_type: Annotated[str, StringConstraints(max_length=100)]
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    data_base64: str = Field(description="The file's bytes, base64 (standard alphabet)")
+
+
+class AttachmentOut(BaseModel):
+    """An attachment's description; its bytes are at `/attachments/{id}`."""
+
+    id: str
+    content_type: str
+    title: str
+    size: int
 
 
 class ThreadOut(BaseModel):
@@ -41,6 +71,10 @@ class ThreadOut(BaseModel):
     id: str
     subject: str | None
     pool: str
+    sent_to: str = Field(description='Who it went to, for the patient ("prescriptions team")')
+    topic: str | None
+    origin: str = Field(description="patient, care-team, triage or imported")
+    unread: int = Field(description="The care team's messages the patient has not read")
     updated_at: datetime
 
 
@@ -48,11 +82,56 @@ class MessageOut(BaseModel):
     """One message."""
 
     id: str
-    direction: str
+    direction: str = Field(description="outbound: from the patient; inbound: from the care team")
     sender: str | None
     body: str
     sent_at: datetime
     read: bool
+    read_by_care_team_at: datetime | None = Field(
+        description="When the care team read the patient's message (as far as the EHR says)"
+    )
+    ehr_status: str | None
+    emergency: bool
+    attachments: list[AttachmentOut]
+
+
+class EmergencyOut(BaseModel):
+    """The emergency check's verdict on the message just sent."""
+
+    checked: bool = Field(description="False: triage could not check it; a clinician reviews")
+    emergency: bool
+    advice: str | None = Field(description="Shown to the patient at once when set")
+    flags: list[str]
+
+
+class SentOut(BaseModel):
+    """The thread and the message the patient sent in it."""
+
+    thread: ThreadOut
+    message: MessageOut
+    emergency_check: EmergencyOut
+
+
+class ReadOut(BaseModel):
+    """How many of the care team's messages were newly marked read."""
+
+    thread_id: str
+    marked: int
+
+
+class InboxOut(BaseModel):
+    """The patient's threads and the total of unread messages (for the summary)."""
+
+    unread: int
+    threads: list[ThreadOut]
+
+
+class TopicOut(BaseModel):
+    """A topic a patient can choose when starting a conversation."""
+
+    code: str
+    label: str
+    sent_to: str
 
 
 class PoolItemOut(BaseModel):
@@ -63,139 +142,176 @@ class PoolItemOut(BaseModel):
     kind: str
     urgency: str
     summary: str
+    thread_id: str | None
+    emergency: bool
+    needs_review: bool
     created_at: datetime
 
 
-@router.get("/patients/{patient_id}/threads", response_model=list[ThreadOut])
-async def list_threads(patient_id: PatientId, session: ReadSession) -> list[ThreadOut]:
-    """The patient's threads, most recently active first."""
-    return [
-        ThreadOut(id=t.id, subject=t.subject, pool=t.pool, updated_at=t.updated_at)
-        for t in await store.threads_of(session, patient_id)
-    ]
-
-
-@router.get("/patients/{patient_id}/threads/{thread_id}/messages", response_model=list[MessageOut])
-async def list_messages(
-    patient_id: PatientId, thread_id: ThreadId, session: ReadSession
-) -> list[MessageOut]:
-    """A thread's messages, oldest first (404 if the thread is not the patient's)."""
-    thread = await store.get_thread(session, thread_id)
-    if thread is None or thread.patient_id != patient_id:
-        raise HTTPException(404, "No such thread for this patient.")
-    return [_message_out(m) for m in await store.messages_in(session, thread_id)]
-
-
 class NewThreadIn(BaseModel):
-    """A new thread the patient starts: a subject and a first message."""
+    """A new thread the patient starts: a topic, a subject and a first message."""
 
     subject: Subject
     body: Body
+    topic: TopicCode | None = None
+    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=10)
 
 
 class ReplyIn(BaseModel):
     """The patient's message in an existing thread."""
 
     body: Body
+    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=10)
 
 
-class SentOut(BaseModel):
-    """The thread and the message the patient sent in it."""
-
-    thread: ThreadOut
-    message: MessageOut
+def _messaging(request: Request) -> Messaging:
+    found: Messaging = request.app.state.service.state["messaging"]
+    return found
 
 
-class ReadOut(BaseModel):
-    """How many of the care team's messages were newly marked read."""
-
-    thread_id: str
-    marked: int
-
-
-def _thread_out(thread: store.Thread) -> ThreadOut:
+def _thread_out(thread: ThreadView) -> ThreadOut:
     return ThreadOut(
-        id=thread.id, subject=thread.subject, pool=thread.pool, updated_at=thread.updated_at
+        id=thread.id,
+        subject=thread.subject,
+        pool=thread.pool,
+        sent_to=thread.sent_to,
+        topic=thread.topic,
+        origin=thread.origin,
+        unread=thread.unread,
+        updated_at=thread.updated_at,
     )
 
 
-def _message_out(message: store.Message) -> MessageOut:
+def _message_out(message: MessageView) -> MessageOut:
     return MessageOut(
         id=message.id,
         direction=message.direction,
-        sender=message.sender_display,
+        sender=message.sender,
         body=message.body,
         sent_at=message.sent_at,
-        read=message.read_at is not None,
+        read=message.read,
+        read_by_care_team_at=message.care_team_read_at,
+        ehr_status=message.ehr_status,
+        emergency=message.emergency,
+        attachments=[
+            AttachmentOut(id=a.id, content_type=a.content_type, title=a.title, size=a.size)
+            for a in message.attachments
+        ],
     )
 
 
-def _service(request: Request) -> Service:
-    service: Service = request.app.state.service
-    return service
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-async def _replay(
-    service: Service,
-    patient_id: str,
-    key: str | None,
-    *,
-    body: str,
-    thread_id: str | None = None,
-    subject: str | None = None,
-) -> SentOut | None:
-    """What an earlier request with this idempotency key sent (None: no such request).
-    The same key for a different message is a client error (409), not a replay."""
-    if key is None:
-        return None
-    async with service.db.sessions() as session:
-        message = await store.message_by_idempotency_key(session, patient_id, key)
-        if message is None:
-            return None
-        thread = await store.get_thread(session, message.thread_id)
-    if (
-        thread is None
-        or message.body != body
-        or (thread_id is not None and thread.id != thread_id)
-        or (subject is not None and thread.subject != subject)
-    ):
-        raise HTTPException(409, "This Idempotency-Key was already used for another message.")
-    return SentOut(thread=_thread_out(thread), message=_message_out(message))
-
-
-def _outbound(thread: store.Thread, body: str, key: str | None, now: datetime) -> store.Message:
-    # The patient has read what they wrote themselves.
-    return store.Message(
-        id=_new_id("msg"),
-        thread_id=thread.id,
-        patient_id=thread.patient_id,
-        direction="outbound",
-        communication_fhir_id=None,
-        sender_display=None,
-        body=body,
-        sent_at=now,
-        read_at=now,
-        idempotency_key=key,
+def _sent_out(sent: Sent, response: Response) -> SentOut:
+    if sent.replayed:
+        response.status_code = 200
+    verdict = sent.verdict
+    advice = None
+    if verdict.emergency:
+        advice = verdict.advice or domain.EMERGENCY_ADVICE
+    elif not verdict.checked:
+        advice = domain.UNCHECKED_NOTE
+    return SentOut(
+        thread=_thread_out(sent.thread),
+        message=_message_out(sent.message),
+        emergency_check=EmergencyOut(
+            checked=verdict.checked,
+            emergency=verdict.emergency,
+            advice=advice,
+            flags=list(verdict.flags),
+        ),
     )
 
 
-def _sent_event(
-    thread: store.Thread, message: store.Message, subject: str, in_reply_to: str | None
-) -> MessageSentV1:
-    return MessageSentV1(
-        message_id=message.id,
-        thread_id=thread.id,
-        patient_id=thread.patient_id,
-        recipient_pool=thread.pool,
-        in_reply_to_fhir_id=in_reply_to,
-        thread_fhir_id=thread.thread_fhir_id,
-        subject=subject,
-        body=message.body,
-        sent_at=message.sent_at,
+def _attachments(items: list[AttachmentIn]) -> list[NewAttachment]:
+    return [NewAttachment(a.content_type, a.title, a.data_base64) for a in items]
+
+
+def _refused(exc: Exception) -> HTTPException:
+    """Map a send's refusal to its HTTP status."""
+    if isinstance(exc, NotFound):
+        return HTTPException(404, "No such thread for this patient.")
+    if isinstance(exc, IdempotencyConflict):
+        return HTTPException(409, "This Idempotency-Key was already used for another message.")
+    if isinstance(exc, UnknownTopic):
+        return HTTPException(422, f"Unknown topic {exc.args[0]!r}; see GET /topics.")
+    if isinstance(exc, RateLimited):
+        detail = f"Too many messages; try again in {exc.retry_after} seconds."
+        if exc.verdict.emergency:
+            # Never leave an emergency unanswered, even when the message is refused.
+            detail += " " + (exc.verdict.advice or domain.EMERGENCY_ADVICE)
+        return HTTPException(429, detail, {"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, TooLong):
+        return HTTPException(413, str(exc))
+    if isinstance(exc, domain.AttachmentRefused):
+        text = str(exc)
+        if "larger than" in text:
+            return HTTPException(413, text)
+        if "type" in text:
+            return HTTPException(415, text)
+        return HTTPException(422, text)
+    raise exc
+
+
+_REFUSALS = (
+    NotFound,
+    IdempotencyConflict,
+    UnknownTopic,
+    RateLimited,
+    TooLong,
+    domain.AttachmentRefused,
+)
+
+
+@router.get("/topics", response_model=list[TopicOut])
+async def list_topics(request: Request) -> list[TopicOut]:
+    """The topics a patient chooses from, and who each goes to."""
+    messaging = _messaging(request)
+    return [
+        TopicOut(code=t.code, label=t.label, sent_to=messaging.rules.route(t.pool).display)
+        for t in messaging.topics()
+    ]
+
+
+@router.get("/patients/{patient_id}/threads", response_model=list[ThreadOut])
+async def list_threads(patient_id: PatientId, request: Request) -> list[ThreadOut]:
+    """The patient's threads, most recently active first, with unread counts."""
+    return [_thread_out(t) for t in await _messaging(request).threads(patient_id)]
+
+
+@router.get("/patients/{patient_id}/inbox", response_model=InboxOut)
+async def inbox(patient_id: PatientId, request: Request) -> InboxOut:
+    """The patient's threads and how many messages are unread in all of them."""
+    threads = await _messaging(request).threads(patient_id)
+    return InboxOut(
+        unread=sum(t.unread for t in threads), threads=[_thread_out(t) for t in threads]
+    )
+
+
+@router.get("/patients/{patient_id}/threads/{thread_id}/messages", response_model=list[MessageOut])
+async def list_messages(
+    patient_id: PatientId, thread_id: ThreadId, request: Request
+) -> list[MessageOut]:
+    """A thread's messages, oldest first (404 if the thread is not the patient's)."""
+    try:
+        messages = await _messaging(request).messages(patient_id, thread_id)
+    except NotFound as exc:
+        raise _refused(exc) from exc
+    return [_message_out(m) for m in messages]
+
+
+@router.get("/patients/{patient_id}/attachments/{attachment_id}")
+async def get_attachment(
+    patient_id: PatientId, attachment_id: ThreadId, request: Request
+) -> Response:
+    """An attachment's bytes (404 if it is not the patient's)."""
+    try:
+        content_type, _title, data = await _messaging(request).attachment(patient_id, attachment_id)
+    except NotFound as exc:
+        raise HTTPException(404, "No such attachment for this patient.") from exc
+    # The title is the patient's text: not put in a header; the client names the file.
+    return Response(
+        content=data,
+        media_type=content_type,
+        headers={"Content-Disposition": "attachment", "X-Content-Type-Options": "nosniff"},
     )
 
 
@@ -208,38 +324,18 @@ async def start_thread(
     idempotency_key: IdempotencyKey = None,
 ) -> SentOut:
     """Start a thread with the care team; the routing rules choose its pool."""
-    service = _service(request)
-    replayed = await _replay(
-        service, patient_id, idempotency_key, body=body.body, subject=body.subject
-    )
-    if replayed is not None:
-        response.status_code = 200
-        return replayed
-    now = datetime.now(UTC)
     try:
-        async with service.db.transaction() as session:
-            thread = store.Thread(
-                id=_new_id("th"),
-                patient_id=patient_id,
-                thread_fhir_id=None,
-                subject=body.subject,
-                pool=domain.route_patient_message(body.subject),
-                updated_at=now,
-            )
-            message = _outbound(thread, body.body, idempotency_key, now)
-            session.add_all([thread, message])
-            event = _sent_event(thread, message, body.subject, None)
-            service.outbox.add(session, event, subject=patient_id)
-    except IntegrityError:
-        # A concurrent request with the same key stored its message first.
-        replayed = await _replay(
-            service, patient_id, idempotency_key, body=body.body, subject=body.subject
+        sent = await _messaging(request).start_thread(
+            patient_id,
+            subject=body.subject,
+            body=body.body,
+            topic=body.topic,
+            attachments=_attachments(body.attachments),
+            idempotency_key=idempotency_key,
         )
-        if replayed is None:
-            raise
-        response.status_code = 200
-        return replayed
-    return SentOut(thread=_thread_out(thread), message=_message_out(message))
+    except _REFUSALS as exc:
+        raise _refused(exc) from exc
+    return _sent_out(sent, response)
 
 
 @router.post(
@@ -254,54 +350,32 @@ async def reply(
     idempotency_key: IdempotencyKey = None,
 ) -> SentOut:
     """Send a message in one of the patient's threads, in reply to the care team's latest."""
-    service = _service(request)
-    async with service.db.sessions() as session:
-        found = await store.get_thread(session, thread_id)
-    if found is None or found.patient_id != patient_id:
-        raise HTTPException(404, "No such thread for this patient.")
-    replayed = await _replay(
-        service, patient_id, idempotency_key, body=body.body, thread_id=thread_id
-    )
-    if replayed is not None:
-        response.status_code = 200
-        return replayed
-    now = datetime.now(UTC)
     try:
-        async with service.db.transaction() as session:
-            thread = await store.get_thread(session, thread_id)
-            if thread is None:  # pragma: no cover - threads are never deleted
-                raise HTTPException(404, "No such thread for this patient.")
-            in_reply_to = await store.latest_inbound_fhir_id(session, thread_id)
-            thread.updated_at = now
-            message = _outbound(thread, body.body, idempotency_key, now)
-            session.add(message)
-            event = _sent_event(thread, message, domain.reply_subject(thread.subject), in_reply_to)
-            service.outbox.add(session, event, subject=patient_id)
-    except IntegrityError:
-        replayed = await _replay(
-            service, patient_id, idempotency_key, body=body.body, thread_id=thread_id
+        sent = await _messaging(request).reply(
+            patient_id,
+            thread_id,
+            body=body.body,
+            attachments=_attachments(body.attachments),
+            idempotency_key=idempotency_key,
         )
-        if replayed is None:
-            raise
-        response.status_code = 200
-        return replayed
-    return SentOut(thread=_thread_out(thread), message=_message_out(message))
+    except _REFUSALS as exc:
+        raise _refused(exc) from exc
+    return _sent_out(sent, response)
 
 
 @router.post("/patients/{patient_id}/threads/{thread_id}/read", response_model=ReadOut)
 async def mark_read(patient_id: PatientId, thread_id: ThreadId, request: Request) -> ReadOut:
     """Mark the care team's messages in one of the patient's threads read."""
-    async with _service(request).db.transaction() as session:
-        thread = await store.get_thread(session, thread_id)
-        if thread is None or thread.patient_id != patient_id:
-            raise HTTPException(404, "No such thread for this patient.")
-        marked = await store.mark_inbound_read(session, thread_id, datetime.now(UTC))
+    try:
+        marked = await _messaging(request).mark_read(patient_id, thread_id)
+    except NotFound as exc:
+        raise _refused(exc) from exc
     return ReadOut(thread_id=thread_id, marked=marked)
 
 
 @router.get("/pools/{pool}/items", response_model=list[PoolItemOut])
 async def list_pool_items(
-    pool: Annotated[str, Path(pattern=r"^[a-z0-9-]{1,64}$")], session: ReadSession
+    pool: Annotated[str, Path(pattern=r"^[a-z0-9-]{1,64}$")], request: Request
 ) -> list[PoolItemOut]:
     """A care-team pool's work items, oldest first."""
     return [
@@ -311,7 +385,40 @@ async def list_pool_items(
             kind=i.kind,
             urgency=i.urgency,
             summary=i.summary,
+            thread_id=i.thread_id,
+            emergency=i.emergency,
+            needs_review=i.needs_review,
             created_at=i.created_at,
         )
-        for i in await store.pool_items(session, pool)
+        for i in await _messaging(request).pool_items(pool)
     ]
+
+
+class EncryptionOut(BaseModel):
+    """Rows per table not on the active key (and, after a run, how many were changed)."""
+
+    active_key_id: str
+    not_on_active_key: dict[str, int]
+    reencrypted: dict[str, int] = Field(default_factory=dict)
+
+
+@router.get("/ops/encryption", response_model=EncryptionOut, tags=["ops"])
+async def encryption_status(_ops: Ops, request: Request) -> EncryptionOut:
+    """How far the stored text is from the active encryption key."""
+    messaging = _messaging(request)
+    return EncryptionOut(
+        active_key_id=messaging.cipher.active_key_id,
+        not_on_active_key=await messaging.encryption_status(),
+    )
+
+
+@router.post("/ops/encryption/reencrypt", response_model=EncryptionOut, tags=["ops"])
+async def reencrypt(_ops: Ops, request: Request) -> EncryptionOut:
+    """Re-wrap every stored value with the active key (after a rotation); idempotent."""
+    messaging = _messaging(request)
+    changed = await messaging.reencrypt()
+    return EncryptionOut(
+        active_key_id=messaging.cipher.active_key_id,
+        not_on_active_key=await messaging.encryption_status(),
+        reencrypted=changed,
+    )

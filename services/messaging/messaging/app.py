@@ -1,23 +1,63 @@
-"""Composition root of the messaging service."""
+"""Composition root of the messaging service: routing rules, keyring, emergency check."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
+import yaml
 from fastapi import FastAPI
 
-from messaging import api, handlers, store
+from messaging import api, domain, handlers, service, store
+from messaging.emergency import EmergencyCheck
 from messaging.settings import Settings
 from servicekit.app import Service, ServiceDefinition, create_service
+from servicekit.crypto import Cipher, Keyring
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MESSAGING = "messaging"
 
 
-def build(settings: Settings | None = None) -> Service:
-    """The messaging service with the given (default: environment) settings."""
+def load_rules(path: Path) -> domain.RoutingRules:
+    """The routing rules of a data file; `RoutingError` names what is wrong."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise domain.RoutingError(f"cannot read routing rules {path}: {exc}") from exc
+    return domain.parse_rules(data)
+
+
+def build(
+    settings: Settings | None = None, *, triage_transport: httpx.AsyncBaseTransport | None = None
+) -> Service:
+    """The messaging service with the given (default: environment) settings; tests may
+    reach triage through another transport (an in-process app)."""
+    settings = settings or Settings()
+    # Both fail at build time, before anything starts: bad rules or keys never half-run.
+    rules = load_rules(settings.routing_file)
+    cipher = Cipher(Keyring.from_settings(settings, settings.environment))
+
+    async def start(running: Service) -> None:
+        client = httpx.AsyncClient(
+            base_url=settings.triage_url,
+            timeout=settings.emergency_check_timeout_s,
+            transport=triage_transport,
+        )
+        use_cases = service.Messaging(
+            settings, running.db, running.outbox, rules, cipher, EmergencyCheck(client)
+        )
+        running.state[MESSAGING] = use_cases
+        service.attach(running.outbox, use_cases)
+
+    async def stop(running: Service) -> None:
+        service.detach(running.outbox)
+        use_cases: service.Messaging | None = running.state.pop(MESSAGING, None)
+        if use_cases is not None:
+            await use_cases.emergency.client.aclose()
+
     return create_service(
         ServiceDefinition(
-            settings=settings or Settings(),
+            settings=settings,
             title="messaging",
             description="Secure message threads and care-team routing.",
             api=api.router,
@@ -25,6 +65,8 @@ def build(settings: Settings | None = None) -> Service:
             publishes=("message.sent",),
             metadata=store.metadata,
             migrations=MIGRATIONS,
+            on_startup=[start],
+            on_shutdown=[stop],
         )
     )
 

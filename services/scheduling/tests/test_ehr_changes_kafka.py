@@ -85,13 +85,13 @@ async def test_slot_cache_follows_the_ehr_and_ignores_stale_versions(
     async def marker_arrived() -> bool:
         slots = (
             await client.get("/slots", params={"start": (START - timedelta(hours=1)).isoformat()})
-        ).json()
+        ).json()["items"]
         return any(s["id"] == "slot-2" for s in slots)
 
     await eventually(marker_arrived, timeout=60)
     slots = (
         await client.get("/slots", params={"start": (START - timedelta(hours=1)).isoformat()})
-    ).json()
+    ).json()["items"]
     assert [s["id"] for s in slots] == ["slot-2"]  # slot-1 is busy at v3; v2 (free) was stale
 
 

@@ -20,9 +20,16 @@ class Base(DeclarativeBase):
 
 metadata = Base.metadata
 
+OPEN = "open"
+COMPLETED = "completed"
+
 
 class TriageSession(Base):
-    """One assessment: the patient's answers, the outcome and the rules that decided it."""
+    """One assessment: the patient's text and answers, the outcome and what decided it.
+
+    A one-shot assessment is completed at once; an interactive session stays `open` while
+    follow-up questions are pending, and is completed (and published) once.
+    """
 
     __tablename__ = "triage_sessions"
 
@@ -36,14 +43,33 @@ class TriageSession(Base):
     matched_rules: Mapped[list[str]] = mapped_column(JSON)
     recommended_pool: Mapped[str] = mapped_column(String(64))
     rule_set_version: Mapped[str] = mapped_column(String(32))
-    completed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default=COMPLETED, server_default=COMPLETED)
+    age_months: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    answers: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    flags: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    questions: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    advice: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 async def sessions_of(session: AsyncSession, patient_id: str) -> list[TriageSession]:
-    """A patient's triage sessions, newest first."""
+    """A patient's completed triage sessions, newest first."""
     stmt = (
         select(TriageSession)
-        .where(TriageSession.patient_id == patient_id)
+        .where(TriageSession.patient_id == patient_id, TriageSession.status == COMPLETED)
         .order_by(TriageSession.completed_at.desc())
     )
     return list((await session.execute(stmt)).scalars())
+
+
+async def session_of(
+    session: AsyncSession, patient_id: str, session_id: str, *, for_update: bool = False
+) -> TriageSession | None:
+    """One of the patient's sessions (locked for an update when asked)."""
+    stmt = select(TriageSession).where(
+        TriageSession.id == session_id, TriageSession.patient_id == patient_id
+    )
+    if for_update:
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()

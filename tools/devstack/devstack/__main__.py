@@ -24,6 +24,7 @@ from pathlib import Path
 
 from devstack._paths import repo_root
 from devstack.brokers import BROKER_KINDS, BrokerError, BrokerKind, fetch_kafka_jars, make_broker
+from devstack.hapi import HapiError, HapiServer, build_hapi
 from devstack.postgres import EmbeddedPostgres, PostgresUnavailable
 from devstack.supervisor import Output, StackConfig, check, follow_log, up
 from devstack.topics import ensure_topics
@@ -97,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--kafka", type=_kind, default=default_kind, help="broker kind")
     report.add_argument("pytest_args", nargs="*", help="more pytest arguments")
+    hapi = commands.add_parser("hapi", help="run HAPI FHIR (R4, H2 in memory) in the foreground")
+    hapi.add_argument("--port", type=int, default=8091, help="port (not 8090: the sandbox's)")
+    hapi.add_argument("--topics-file", type=Path, help="transaction Bundle of topics to load")
+    hapi_jars = commands.add_parser("hapi-jars", help="build HAPI FHIR's jars with Maven")
+    hapi_jars.add_argument("--force", action="store_true", help="build even if up to date")
 
     jars = commands.add_parser("kafka-jars", help="fetch Apache Kafka's jars with Maven")
     jars.add_argument("--force", action="store_true", help="fetch even if lib/ has jars")
@@ -158,6 +164,29 @@ async def _broker(args: argparse.Namespace) -> int:
             await tail
 
 
+async def _hapi(args: argparse.Namespace) -> int:
+    data_dir = repo_root() / ".data" / "hapi"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = HapiServer(port=args.port, data_dir=data_dir, topics_file=args.topics_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        await server.wait_ready()
+        print(f"HAPI FHIR ready at {server.base_url} (log: {server.log_path}); Ctrl-C stops it")
+        while not stop.is_set() and server.is_running():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+        return 0 if stop.is_set() else 1
+    except HapiError as exc:
+        print(f"devstack hapi: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await server.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m devstack`; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -188,6 +217,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from devstack.reliability import run
 
         return run(args.kafka, list(args.pytest_args))
+    if command == "hapi":
+        return asyncio.run(_hapi(args))
+    if command == "hapi-jars":
+        try:
+            print(build_hapi(force=args.force))
+        except HapiError as exc:
+            print(f"devstack hapi-jars: {exc}", file=sys.stderr)
+            return 1
+        return 0
     if command == "kafka-jars":
         try:
             print(fetch_kafka_jars(force=args.force))

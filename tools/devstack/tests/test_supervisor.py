@@ -190,7 +190,7 @@ async def test_a_database_url_that_is_not_postgresql_is_refused(
         root=tmp_path,
         services=[ServiceDef("fake", "fakeapp", free_port(), "fakeapp:create_app")],
         topics=[],
-        database_url="sqlite+aiosqlite:///shared.db",
+        database_url="mysql+aiomysql://user@host/shared",
     )
     assert await check(config, Output(sink, colour=False)) == 1
     text = sink.getvalue()

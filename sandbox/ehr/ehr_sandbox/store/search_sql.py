@@ -148,8 +148,8 @@ def criterion_condition(
                 if isinstance(v, DateValue)
             ),
         )
-    # An uncorrelated IN (subquery) is evaluated once per search; a correlated EXISTS made
-    # SQLite probe the index once per candidate row.
+    # An uncorrelated IN (subquery) is evaluated once per search, where a correlated EXISTS
+    # would probe the index once per candidate row.
     si = search_index.alias(f"si{position}")
     scope = [si.c.res_type == resource_type, si.c.param == name]
     if criterion.missing is not None:

@@ -1,4 +1,4 @@
-"""The sandbox's database tables (SQLAlchemy Core, portable across SQLite and PostgreSQL).
+"""The sandbox's database tables (SQLAlchemy Core, PostgreSQL).
 
 - `resources`: every version of every resource, tombstones included (never updated).
 - `resource_heads`: one row per resource with its current version: the compare-and-set

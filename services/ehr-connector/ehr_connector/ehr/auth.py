@@ -1,4 +1,5 @@
-"""SMART Backend Services: the connector's access tokens for the EHR.
+"""The connector's credentials for the EHR: SMART Backend Services, a static bearer token,
+or none (local development only). `make_auth` picks one from `ehr_auth_mode`.
 
 The connector authenticates as a confidential client with an asymmetric key (SMART's
 `client-confidential-asymmetric`): it signs a short-lived JWT client assertion (RS384 or
@@ -22,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -102,6 +103,56 @@ def client_assertion(
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+class EhrAuth(Protocol):
+    """What the FHIR client needs from an auth mode: a token ("" = send no Authorization)."""
+
+    async def token(self) -> str:
+        """The bearer token to send now."""
+        ...
+
+    def invalidate(self, rejected: str) -> None:
+        """The EHR answered 401 to `rejected`."""
+        ...
+
+
+class StaticBearerAuth:
+    """A token issued out of band (some vendor sandboxes, API gateways): sent as is."""
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise EhrAuthFailed("EHR_AUTH_MODE=static-bearer needs EHR_STATIC_TOKEN")
+        self._token = token
+
+    async def token(self) -> str:
+        """The configured token."""
+        return self._token
+
+    def invalidate(self, rejected: str) -> None:
+        """Nothing to refresh: a second 401 surfaces as `EhrAuthFailed`."""
+
+
+class NoAuth:
+    """No credentials, for an open development server (HAPI in the interop tests)."""
+
+    async def token(self) -> str:
+        """No token: the request carries no Authorization header."""
+        return ""
+
+    def invalidate(self, rejected: str) -> None:
+        """Nothing to refresh."""
+
+
+def make_auth(settings: Settings, http: httpx.AsyncClient) -> EhrAuth:
+    """The auth mode settings ask for; `none` is refused in prod."""
+    if settings.ehr_auth_mode == "static-bearer":
+        return StaticBearerAuth(settings.ehr_static_token)
+    if settings.ehr_auth_mode == "none":
+        if settings.environment == "prod":
+            raise EhrAuthFailed("EHR_AUTH_MODE=none is for local development only")
+        return NoAuth()
+    return SmartBackendAuth(settings, http)
 
 
 class SmartBackendAuth:

@@ -41,7 +41,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ehr_connector.ehr.auth import SmartBackendAuth
+from ehr_connector.ehr.auth import make_auth
 from ehr_connector.ehr.breaker import BreakerState, CircuitBreaker
 from ehr_connector.ehr.errors import (
     EhrAuthFailed,
@@ -143,6 +143,11 @@ def _outcome(response: httpx.Response) -> FhirJson | None:
     return None
 
 
+# Servers may answer a repeated search from a cache (HAPI for about a minute): the connector
+# searches to find what changed or what it wrote itself, so it asks for current results.
+FRESH_SEARCH: dict[str, str] = {"Cache-Control": "no-cache"}
+
+
 def _check_type(resource_type: str) -> str:
     if not _TYPE.match(resource_type):
         raise ValueError(f"not a FHIR resource type: {resource_type!r}")
@@ -185,7 +190,7 @@ class FhirClient:
             verify=verify,
             transport=transport,
         )
-        self.auth = SmartBackendAuth(settings, self._http)
+        self.auth = make_auth(settings, self._http)
         self._closing = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -227,7 +232,12 @@ class FhirClient:
         if count is not None:
             query.append(("_count", str(count)))
         response = await self._request(
-            "search", resource_type, "GET", _check_type(resource_type), params=query
+            "search",
+            resource_type,
+            "GET",
+            _check_type(resource_type),
+            params=query,
+            headers=FRESH_SEARCH,
         )
         return _page(_body(response))
 
@@ -239,7 +249,9 @@ class FhirClient:
         if not _same_base(page.next_url, self.base_url):
             raise EhrRejected("a paging link leaves the EHR's base URL", interaction="search")
         resource_type = _type_of_link(page.next_url, self.base_url)
-        response = await self._request("search", resource_type, "GET", page.next_url)
+        response = await self._request(
+            "search", resource_type, "GET", page.next_url, headers=FRESH_SEARCH
+        )
         return _page(_body(response))
 
     async def pages(
@@ -504,7 +516,9 @@ class FhirClient:
         headers: dict[str, str] | None,
         token: str,
     ) -> httpx.Response:
-        request_headers = {**(headers or {}), "Authorization": f"Bearer {token}"}
+        request_headers = dict(headers or {})
+        if token:
+            request_headers["Authorization"] = f"Bearer {token}"
         started = time.perf_counter()
         try:
             response = await self._http.request(

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from contracts.base import FhirId
+from ehr_connector.ehr.errors import EhrError, EhrUnavailable
 from ehr_connector.inbound import store
 from ehr_connector.inbound.backfill import BackfillConflict, Progress, progress_of
 from ehr_connector.inbound.runtime import INSTANCE_HEADER, Inbound
@@ -33,22 +34,58 @@ def _inbound(request: Request) -> Inbound:
     return inbound
 
 
-@router.post("/fhir/notifications", tags=["fhir"], response_class=JSONResponse)
-async def receive_notification(request: Request) -> JSONResponse:
+@router.post(
+    "/fhir/notifications",
+    tags=["fhir"],
+    status_code=204,
+    response_class=Response,
+    responses={
+        400: {"description": "Not a notification (OperationOutcome)"},
+        401: {"description": "Channel token or signature refused (OperationOutcome)"},
+        404: {"description": "Unknown Subscription (OperationOutcome)"},
+        503: {"description": "The EHR could not be read; retry (OperationOutcome)"},
+    },
+)
+async def receive_notification(request: Request) -> Response:
     """The rest-hook endpoint of the connector's Subscriptions (handshake, heartbeat,
-    event-notification); 200 only once the events are recorded and queued for publishing."""
+    event-notification); 204 only once the events are recorded and queued for publishing."""
     inbound = _inbound(request)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise HTTPException(413, "The notification is too large.")
     body = await request.body()
     answer = await inbound.accept(request.headers, body)
+    if answer.status < 300:
+        return Response(status_code=answer.status, headers=dict(answer.headers))
     return JSONResponse(
         answer.outcome(),
         status_code=answer.status,
         media_type=FHIR_JSON,
         headers=dict(answer.headers),
     )
+
+
+@router.post(
+    "/fhir/notifications/criteria/{resource_type}",
+    tags=["fhir"],
+    status_code=204,
+    response_class=Response,
+    responses={
+        401: {"description": "Channel token refused (OperationOutcome)"},
+        404: {"description": "No Subscription of ours for this type (OperationOutcome)"},
+    },
+)
+async def receive_criteria_notification(
+    request: Request,
+    resource_type: Annotated[str, Path(pattern=r"^[A-Z][A-Za-z]{1,63}$")],
+) -> Response:
+    """The endpoint of classic (criteria-based) Subscriptions, one per focus type: the EHR's
+    empty notification schedules a `_lastUpdated` search of that type."""
+    inbound = _inbound(request)
+    answer = await inbound.accept_ping(request.headers, resource_type)
+    if answer.status < 300:
+        return Response(status_code=answer.status)
+    return JSONResponse(answer.outcome(), status_code=answer.status, media_type=FHIR_JSON)
 
 
 @router.get("/fhir/notifications", tags=["fhir"], status_code=204)
@@ -84,6 +121,7 @@ class EnsureOut(BaseModel):
     subscription_id: str | None
     action: str
     status: str | None
+    error: str | None = Field(default=None, description="Why the action failed, if it did")
 
 
 @router.get("/ops/subscriptions", tags=["ops"], response_model=list[SubscriptionOut])
@@ -110,14 +148,28 @@ async def list_subscriptions(_: Ops, session: ReadSession) -> list[SubscriptionO
 
 @router.post("/ops/subscriptions/ensure", tags=["ops"], response_model=list[EnsureOut])
 async def ensure_subscriptions(_: Ops, request: Request) -> list[EnsureOut]:
-    """Create missing Subscriptions, re-activate ones in error, then catch up on gaps."""
-    results = await _inbound(request).ensure_and_catch_up()
+    """Create missing Subscriptions, re-activate ones in error, switch off orphans, then
+    catch up on gaps; each topic is reported with its own action (`failed` with an error)."""
+    try:
+        results = await _inbound(request).ensure_and_catch_up()
+    except EhrError as exc:
+        raise _ehr_failed(exc) from exc
     return [
         EnsureOut(
-            topic=r.topic, subscription_id=r.subscription_id, action=r.action, status=r.status
+            topic=r.topic,
+            subscription_id=r.subscription_id,
+            action=r.action,
+            status=r.status,
+            error=r.error,
         )
         for r in results
     ]
+
+
+def _ehr_failed(exc: EhrError) -> HTTPException:
+    # The EHR refused or failed: a gateway error naming the EHR's status, never a 500.
+    status = 503 if isinstance(exc, EhrUnavailable) else 502
+    return HTTPException(status, f"The EHR answered {type(exc).__name__} (HTTP {exc.status}).")
 
 
 @router.post("/ops/subscriptions/{subscription_id}/recover", tags=["ops"], status_code=202)
@@ -131,7 +183,10 @@ async def recover_subscription(
     async with inbound.db.sessions() as session:
         if await store.subscription_by_id(session, subscription_id) is None:
             raise HTTPException(404, "No such Subscription of the connector.")
-    await inbound.manager.status(subscription_id)
+    try:
+        await inbound.manager.status(subscription_id)
+    except EhrError as exc:
+        raise _ehr_failed(exc) from exc
     inbound.recovery.schedule(subscription_id, grace=False)
     return {"subscription_id": subscription_id, "recovery": "scheduled"}
 

@@ -26,12 +26,15 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contracts.message import MessageSyncedV1
 from contracts.record import ImportedEntry, RecordImportedV1
 from ehr_connector.ehr.errors import EhrError, EhrUnavailable
 from ehr_connector.ehr.port import EhrPort, SearchPage
 from ehr_connector.inbound import store
+from ehr_connector.inbound.appointment_import import import_appointments
 from ehr_connector.inbound.mapping.common import Rejected
 from ehr_connector.inbound.mapping.history import IMPORTED_TYPES, map_history
+from ehr_connector.inbound.mapping.message import map_history_message
 from ehr_connector.inbound.metrics import (
     BACKFILL_BATCHES,
     BACKFILL_ENTRIES,
@@ -45,6 +48,11 @@ from servicekit.logging import get_logger
 from servicekit.outbox import Outbox
 
 log = get_logger(__name__)
+
+# The chart's types go to records as `record.imported`; then the patient's conversations
+# (every Communication about them) go to messaging as `message.synced`, one per message.
+MESSAGES = "Communication"
+BACKFILL_TYPES: tuple[str, ...] = (*IMPORTED_TYPES, MESSAGES)
 
 
 class BackfillConflict(Exception):
@@ -82,7 +90,7 @@ def progress_of(job: Backfill) -> Progress:
         entries_published=job.entries_published,
         batches_published=job.batches_published,
         current_type=(
-            IMPORTED_TYPES[job.type_index] if job.type_index < len(IMPORTED_TYPES) else None
+            BACKFILL_TYPES[job.type_index] if job.type_index < len(BACKFILL_TYPES) else None
         ),
         last_error=job.last_error,
         created_at=job.created_at,
@@ -183,6 +191,7 @@ class BackfillWorker:
 
     async def _run_job(self, backfill_id: str) -> None:
         failures = 0
+        appointments_imported = False
         while not self._stopping.is_set():
             async with self.db.sessions() as session:
                 job = await store.get_backfill(session, backfill_id)
@@ -190,6 +199,18 @@ class BackfillWorker:
                     return
                 session.expunge(job)
             try:
+                if not appointments_imported:
+                    # Appointments go to scheduling, not to the records batches: see
+                    # `appointment_import` (repeating it after a take-over publishes nothing new).
+                    await import_appointments(
+                        self.settings,
+                        self.db,
+                        self.outbox,
+                        self.ehr,
+                        job.patient_id,
+                        job.patient_fhir_id,
+                    )
+                    appointments_imported = True
                 if job.total is None:
                     await self._count(job)
                 finished = await self._page(job)
@@ -217,7 +238,7 @@ class BackfillWorker:
     async def _count(self, job: Backfill) -> None:
         """Total resources to look at, from one `_summary=count` search per type."""
         total = 0
-        for resource_type in IMPORTED_TYPES:
+        for resource_type in BACKFILL_TYPES:
             page = await self.ehr.search(
                 resource_type, [("patient", job.patient_fhir_id), ("_summary", "count")]
             )
@@ -233,7 +254,7 @@ class BackfillWorker:
             page = await self.ehr.next_page(SearchPage(bundle={}, next_url=job.next_url))
             assert page is not None
             return page
-        resource_type = IMPORTED_TYPES[job.type_index]
+        resource_type = BACKFILL_TYPES[job.type_index]
         return await self.ehr.search(
             resource_type,
             [("patient", job.patient_fhir_id), ("_sort", "_id")],
@@ -242,17 +263,24 @@ class BackfillWorker:
 
     async def _page(self, job: Backfill) -> bool:
         """Import one page; True when the job is finished."""
-        if job.type_index >= len(IMPORTED_TYPES):
+        if job.type_index >= len(BACKFILL_TYPES):
             return await self._store_page(job, None, [], 0)
-        resource_type = IMPORTED_TYPES[job.type_index]
+        resource_type = BACKFILL_TYPES[job.type_index]
         page = await self._fetch(job)
         matches = [r for r in page.matches if r.get("resourceType") == resource_type]
         entries: list[ImportedEntry] = []
+        messages: list[MessageSyncedV1] = []
         rejected = 0
         for resource in matches:
-            mapped = map_history(resource)
+            mapped = (
+                map_history_message(resource, job.patient_id)
+                if resource_type == MESSAGES
+                else map_history(resource)
+            )
             if isinstance(mapped, ImportedEntry):
                 entries.append(mapped)
+            elif isinstance(mapped, MessageSyncedV1):
+                messages.append(mapped)
             elif isinstance(mapped, Rejected):
                 rejected += 1
         if rejected:
@@ -262,10 +290,15 @@ class BackfillWorker:
                 resource_type=resource_type,
                 count=rejected,
             )
-        return await self._store_page(job, page, entries, len(matches))
+        return await self._store_page(job, page, entries, len(matches), messages)
 
     async def _store_page(
-        self, job: Backfill, page: SearchPage | None, entries: list[ImportedEntry], seen: int
+        self,
+        job: Backfill,
+        page: SearchPage | None,
+        entries: list[ImportedEntry],
+        seen: int,
+        messages: list[MessageSyncedV1] | None = None,
     ) -> bool:
         now = datetime.now(UTC)
         async with self.db.transaction() as session:
@@ -275,19 +308,33 @@ class BackfillWorker:
             if row.type_index != job.type_index or row.next_url != job.next_url:
                 return False  # the cursor moved under us: look again
             keys = [(e.resource_type, e.fhir_id) for e in entries]
+            keys += [(MESSAGES, m.communication_fhir_id) for m in messages or []]
             already = await store.items_published(session, row.backfill_id, keys)
             fresh: dict[tuple[str, str], ImportedEntry] = {}
             for entry in entries:
                 key = (entry.resource_type, entry.fhir_id)
                 if key not in already and key not in fresh:
                     fresh[key] = entry
+            new_messages: dict[tuple[str, str], MessageSyncedV1] = {}
+            for message in messages or []:
+                key = (MESSAGES, message.communication_fhir_id)
+                if key not in already and key not in new_messages:
+                    new_messages[key] = message
+                    self.outbox.add(
+                        session,
+                        message,
+                        subject=row.patient_id,
+                        priority=self.settings.backfill_priority,
+                    )
+            if new_messages:
+                await store.add_items(session, row.backfill_id, new_messages.keys())
             next_url = page.next_url if page is not None else None
             if next_url is not None and next_url == row.next_url:
                 # A server whose next link points at the page itself would loop forever.
                 log.warning("inbound.backfill_paging_loop", backfill_id=row.backfill_id)
                 next_url = None
             type_index = row.type_index if next_url else row.type_index + 1
-            last = type_index >= len(IMPORTED_TYPES) and next_url is None
+            last = type_index >= len(BACKFILL_TYPES) and next_url is None
             if fresh or last:
                 batch = RecordImportedV1(
                     patient_id=row.patient_id,
@@ -307,7 +354,7 @@ class BackfillWorker:
                 row.batches_published += 1
                 row.entries_published += len(fresh)
             row.resources_seen += seen
-            row.type_index = min(type_index, len(IMPORTED_TYPES))
+            row.type_index = min(type_index, len(BACKFILL_TYPES))
             row.next_url = next_url
             row.updated_at = now
             row.last_error = None

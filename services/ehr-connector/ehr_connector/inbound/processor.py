@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.base import Payload
+from contracts.message import MessageReceivedV1
 from ehr_connector import store as connector_store
 from ehr_connector.ehr.errors import EhrGone, EhrNotFound, EhrRejected
 from ehr_connector.ehr.port import EhrPort
@@ -345,9 +346,28 @@ class Processor:
             if isinstance(result, Skipped):
                 decision.outcome, decision.reason = Outcome.SKIPPED, result.reason
                 return decision
+            if isinstance(result, MessageReceivedV1):
+                result = await self._with_our_thread(result)
             decision.payloads.append((result, subject))
         decision.outcome = Outcome.PUBLISHED
         return decision
+
+    async def _with_our_thread(self, message: MessageReceivedV1) -> MessageReceivedV1:
+        """A clinician's answer in a thread the connector filed names our thread id, so it
+        lands in the patient's thread even before messaging has learnt the EHR ids
+        (`message.synced` travels on another topic)."""
+        if message.thread_id is not None:
+            return message
+        async with self.db.sessions() as session:
+            for fhir_id in (message.thread_fhir_id, message.in_reply_to_fhir_id):
+                thread_id = (
+                    await connector_store.our_id_for(session, "thread", fhir_id)
+                    if fhir_id
+                    else None
+                )
+                if thread_id is not None:
+                    return message.model_copy(update={"thread_id": thread_id})
+        return message
 
     async def _subjects(self, mapper: Mapper, resource: Resource) -> list[tuple[str, str]] | None:
         """(patient id for the payload, message key) per event to publish; None when the

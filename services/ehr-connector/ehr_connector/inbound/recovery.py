@@ -81,6 +81,41 @@ class Recovery:
             self._run(subscription_id, grace), name=f"inbound-recovery-{subscription_id}"
         )
 
+    def schedule_search(self, subscription_id: str) -> None:
+        """A classic Subscription said "something changed": search its type by
+        `_lastUpdated` soon; pings arriving meanwhile coalesce into one more search."""
+        if self._stopping:
+            return
+        key = "search:" + subscription_id
+        task = self._tasks.get(key)
+        if task is not None and not task.done():
+            self._again.add(key)
+            return
+        self._tasks[key] = asyncio.create_task(
+            self._search_run(subscription_id, key), name=f"inbound-search-{subscription_id}"
+        )
+
+    async def _search_run(self, subscription_id: str, key: str) -> None:
+        while True:
+            self._again.discard(key)
+            row = await self._row(subscription_id)
+            if row is None:
+                return
+            try:
+                await self._from_search(row, row.highest_event_number)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The periodic reconciliation searches again later.
+                log.warning(
+                    "inbound.search_failed",
+                    subscription_id=subscription_id,
+                    error=type(exc).__name__,
+                )
+                return
+            if key not in self._again:
+                return
+
     async def _run(self, subscription_id: str, grace: bool) -> None:
         if grace:
             await asyncio.sleep(self.settings.inbound_gap_grace_s)
@@ -158,7 +193,9 @@ class Recovery:
                     last=missing[-1],
                     count=len(missing),
                 )
-            got = await self._from_events(row, missing)
+            got = None
+            if (await self.manager.profile()).has_events:
+                got = await self._from_events(row, missing)
             if got is None:
                 method = "search"
                 got = await self._from_search(row, max(missing))
@@ -226,6 +263,29 @@ class Recovery:
                 break
         await self.processor.process_resources(row.subscription_id, resources, close_through)
         return len(resources)
+
+    async def reconcile_all(self) -> int:
+        """Search each Subscription's resource type for changes since its last event.
+
+        The periodic check for an EHR that sends no heartbeats (so a lost notification at
+        the end of a stream, which no later event number reveals, is still found). Versions
+        already processed are skipped by the processor, so repeating it is harmless.
+        """
+        async with self.db.sessions() as session:
+            rows = await store.subscriptions(session)
+            for row in rows:
+                session.expunge(row)
+        found = 0
+        for row in rows:
+            try:
+                found += await self._from_search(row, row.highest_event_number)
+            except EhrUnavailable as exc:
+                log.warning(
+                    "inbound.reconcile_deferred",
+                    subscription_id=row.subscription_id,
+                    error=type(exc).__name__,
+                )
+        return found
 
     async def _reactivate_if_needed(self, row: InboundSubscription) -> None:
         status = await self.manager.status(row.subscription_id)

@@ -59,7 +59,9 @@ security_log = get_logger("ehr_connector.security")
 
 @dataclass(frozen=True)
 class WebhookAnswer:
-    """What the webhook answers: a status and an OperationOutcome (or nothing)."""
+    """What the webhook answers: 204 with no body when accepted (any 2xx is what the
+    Subscriptions specifications ask; HAPI parses a 200's body as a Bundle and re-delivers
+    when it is not one, so there is no body at all), an OperationOutcome otherwise."""
 
     status: int
     diagnostics: str
@@ -199,7 +201,8 @@ class Inbound:
     async def ensure_and_catch_up(self) -> list[Any]:
         """Ensure the Subscriptions, then recover whatever happened while we were away."""
         results = await self.manager.ensure()
-        self.ensure_problem = None
+        failed = sorted(r.topic.rsplit("/", 1)[-1] for r in results if r.action == "failed")
+        self.ensure_problem = f"refused by the EHR: {', '.join(failed)}" if failed else None
         for result in results:
             if result.subscription_id is None:
                 continue
@@ -216,8 +219,19 @@ class Inbound:
         return results
 
     async def _monitor_loop(self) -> None:
+        reconciled_at = datetime.now(UTC)
         while await self._sleep(self.settings.inbound_monitor_interval_s):
             try:
+                profile = await self.manager.profile()
+                if not profile.sends_heartbeats:
+                    # No heartbeats to miss: a periodic _lastUpdated search per Subscription
+                    # finds what no notification brought (trailing gaps included).
+                    now = datetime.now(UTC)
+                    interval = timedelta(seconds=self.settings.inbound_reconcile_interval_s)
+                    if now - reconciled_at >= interval:
+                        reconciled_at = now
+                        await self.recovery.reconcile_all()
+                    continue
                 silent = await self.recovery.check_heartbeats(self.started_at)
                 self.missing_heartbeats = [row.topic for row in silent]
                 for row in silent:
@@ -297,12 +311,33 @@ class Inbound:
             authorization.strip().encode(), expected.encode()
         )
 
+    def notification_auth(self) -> str:
+        """signature, channel-header or mtls (the channel token is required in every mode)."""
+        mode = self.settings.inbound_notification_auth
+        if mode == "signature" and not self.settings.inbound_require_signature:
+            return "channel-header"
+        return mode
+
+    def _mtls_ok(self, headers: Mapping[str, str]) -> bool:
+        # The TLS terminator in front of the connector verified the client certificate and
+        # says so in headers it sets itself (and strips from what clients send).
+        s = self.settings
+        if headers.get(s.inbound_mtls_header.lower()) != "SUCCESS":
+            return False
+        subject = headers.get(s.inbound_mtls_subject_header.lower(), "")
+        return not s.inbound_mtls_subject or secrets.compare_digest(
+            subject.encode(), s.inbound_mtls_subject.encode()
+        )
+
     async def accept(self, headers: Mapping[str, str], body: bytes) -> WebhookAnswer:
         """Verify, parse and handle one notification POSTed by the EHR."""
         if not self._token_ok(headers.get("authorization")):
             return self._reject(401, "bad_token", "The channel token is missing or wrong.")
         ids: dict[str, Any] = {}
-        if self.settings.inbound_require_signature:
+        mode = self.notification_auth()
+        if mode == "mtls" and not self._mtls_ok(headers):
+            return self._reject(401, "no_client_certificate", "A verified client is required.")
+        if mode == "signature":
             try:
                 signature = await self.verifier.verify(headers.get(SIGNATURE_HEADER.lower()), body)
             except SignatureRejected as exc:
@@ -340,6 +375,25 @@ class Inbound:
             )
             return WebhookAnswer(503, "The EHR could not be read; retry.", {"Retry-After": "2"})
 
+    async def accept_ping(self, headers: Mapping[str, str], resource_type: str) -> WebhookAnswer:
+        """A classic (criteria) Subscription's notification: an empty POST to the endpoint
+        of its type. It carries no data, so nothing in it is trusted: it only makes the
+        connector search that type with its own credentials (no signature is possible)."""
+        if not self._token_ok(headers.get("authorization")):
+            return self._reject(401, "bad_token", "The channel token is missing or wrong.")
+        if self.notification_auth() == "mtls" and not self._mtls_ok(headers):
+            return self._reject(401, "no_client_certificate", "A verified client is required.")
+        topic = (await self.manager.targets()).get(resource_type)
+        async with self.db.sessions() as session:
+            row = await store.subscription_for_topic(session, topic) if topic else None
+            subscription_id = row.subscription_id if row is not None else None
+        if subscription_id is None:
+            return self._reject(404, "unknown_subscription", "No Subscription for this type.")
+        NOTIFICATIONS.labels("criteria-ping").inc()
+        await self._touch(subscription_id, None, None)
+        self.recovery.schedule_search(subscription_id)
+        return WebhookAnswer(204, "Search scheduled.")
+
     async def _handle(self, notification: Notification) -> WebhookAnswer:
         subscription_id = notification.subscription_id
         kind = notification.type
@@ -351,11 +405,11 @@ class Inbound:
         _topic, highest = row
         if kind == "handshake":
             log.info("inbound.handshake", subscription_id=subscription_id)
-            return WebhookAnswer(200, "Handshake accepted.")
+            return WebhookAnswer(204, "Handshake accepted.")
         if kind == "heartbeat":
             if (since or 0) > highest:
                 self.recovery.schedule(subscription_id, grace=False)
-            return WebhookAnswer(200, "Heartbeat accepted.")
+            return WebhookAnswer(204, "Heartbeat accepted.")
         summary = await self.processor.process_events(
             subscription_id, notification.events, live=True
         )
@@ -369,7 +423,7 @@ class Inbound:
         )
         if numbers and await self._has_gap(subscription_id, max(numbers)):
             self.recovery.schedule(subscription_id)
-        return WebhookAnswer(200, "Notification processed.")
+        return WebhookAnswer(204, "Notification processed.")
 
     async def _touch(
         self, subscription_id: str, status: str | None, events_since_start: int | None

@@ -7,6 +7,14 @@ re-activates ones in `error` or `off`, and switches off extra copies for the sam
 
 A new Subscription is created `off` and only then requested: so its id is stored before
 the EHR's handshake arrives, and the handshake finds a known Subscription.
+
+Real servers differ (see `ehr_connector.ehr.profile`): topic-based Subscriptions carry a
+`backport-filter-criteria` per topic (HAPI refuses to activate one without); the search that
+finds our own Subscriptions bypasses server caches (HAPI serves a repeated search from a
+cache for about a minute, so a retry would otherwise create another copy); every topic is
+tried and reported on its own; Subscriptions we own (our tag, our endpoint) for topics no
+longer configured are switched off; an EHR without `$status` is simply not asked, and one
+that sends no handshake has its Subscription's status read back instead.
 """
 
 from __future__ import annotations
@@ -17,8 +25,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ehr_connector.ehr.errors import EhrConflict, EhrGone, EhrNotFound
+from ehr_connector.ehr.errors import (
+    EhrConflict,
+    EhrError,
+    EhrGone,
+    EhrNotFound,
+    EhrRejected,
+    EhrUnavailable,
+)
 from ehr_connector.ehr.port import EhrPort, Versioned
+from ehr_connector.ehr.profile import EhrProfile, detect
 from ehr_connector.inbound import store
 from ehr_connector.inbound.fhir_values import Resource, as_list
 from ehr_connector.inbound.metrics import SUBSCRIPTION_REACTIVATIONS, set_subscription_status
@@ -39,7 +55,15 @@ _HEARTBEAT = BACKPORT + "backport-heartbeat-period"
 _TIMEOUT = BACKPORT + "backport-timeout"
 _MAX_COUNT = BACKPORT + "backport-max-count"
 _CONTENT = BACKPORT + "backport-payload-content"
+_FILTER = BACKPORT + "backport-filter-criteria"
 _STATUS_WRITE_ATTEMPTS = 3
+# Marks the Subscriptions this connector manages (R4 Subscription has no identifier).
+OWNER_TAG = {
+    "system": "http://portal.example.org/fhir/CodeSystem/subscription-owner",
+    "code": "ehr-connector",
+}
+# Reading back a Subscription's status when the EHR sends no handshake: bounded back-off.
+_ACTIVATION_READS = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -50,6 +74,7 @@ class EnsureResult:
     subscription_id: str | None
     action: str
     status: str | None
+    error: str | None = None
 
 
 def _channel_extension(resource: Resource, url: str) -> Any:
@@ -75,6 +100,29 @@ def payload_content(resource: Resource) -> str | None:
     return None
 
 
+def filter_criteria(resource: Resource) -> list[str]:
+    """The `backport-filter-criteria` values of a Subscription's `criteria`."""
+    element = resource.get("_criteria")
+    extensions = as_list(element.get("extension") if isinstance(element, dict) else None)
+    return [
+        str(e.get("valueString"))
+        for e in extensions
+        if isinstance(e, dict) and e.get("url") == _FILTER
+    ]
+
+
+def owned(resource: Resource) -> bool:
+    """Whether a Subscription carries the connector's owner tag."""
+    meta = resource.get("meta")
+    tags = as_list(meta.get("tag") if isinstance(meta, dict) else None)
+    return any(
+        isinstance(t, dict)
+        and t.get("system") == OWNER_TAG["system"]
+        and t.get("code") == OWNER_TAG["code"]
+        for t in tags
+    )
+
+
 def endpoint_of(resource: Resource) -> str | None:
     """`channel.endpoint` of a Subscription."""
     channel = resource.get("channel")
@@ -90,6 +138,73 @@ class SubscriptionManager:
         self.db = db
         self.ehr = ehr
         self._lock = asyncio.Lock()
+        self._profile: EhrProfile | None = None
+
+    async def profile(self) -> EhrProfile:
+        """The EHR's profile (its CapabilityStatement read once, then settings)."""
+        if self._profile is None:
+            self._profile = detect(await self.ehr.capabilities(), self.settings)
+            log.info("inbound.ehr_profile", **self._profile.describe())
+        return self._profile
+
+    async def targets(self) -> dict[str, str]:
+        """Focus type → what its Subscription's `criteria` holds: the topic canonical, or
+        (criteria style, for servers without topics) a classic R4 search criteria."""
+        if (await self.profile()).subscription_style == "criteria":
+            return {
+                t: self.settings.inbound_criteria.get(t, f"{t}?")
+                for t in self.settings.inbound_topics
+            }
+        return dict(self.settings.inbound_topics)
+
+    def criteria_endpoint(self, resource_type: str) -> str:
+        """Where a classic Subscription's empty notification goes: the type is in the path,
+        since an empty POST names neither the Subscription nor the resource."""
+        return f"{self.settings.inbound_webhook_url.rstrip('/')}/criteria/{resource_type}"
+
+    def desired_criteria(self, criteria: str, resource_type: str, status: str) -> Resource:
+        """A classic R4 Subscription: rest-hook with no payload (the EHR only says that
+        something matching changed; the connector searches by `_lastUpdated`)."""
+        s = self.settings
+        return {
+            "resourceType": "Subscription",
+            "meta": {"tag": [dict(OWNER_TAG)]},
+            "status": status,
+            "reason": f"Patient portal: {resource_type} changes for linked patients",
+            "criteria": criteria,
+            "channel": {
+                "type": "rest-hook",
+                "endpoint": self.criteria_endpoint(resource_type),
+                "header": [f"Authorization: Bearer {s.inbound_webhook_token}"],
+            },
+        }
+
+    def _matches_criteria(self, resource: Resource, resource_type: str) -> bool:
+        channel = resource.get("channel")
+        if not isinstance(channel, dict):
+            return False
+        return (
+            owned(resource)
+            and channel.get("type") == "rest-hook"
+            and endpoint_of(resource) == self.criteria_endpoint(resource_type)
+            and as_list(channel.get("header"))
+            == [f"Authorization: Bearer {self.settings.inbound_webhook_token}"]
+            and channel.get("payload") in (None, "")
+        )
+
+    async def _desired(self, topic: str, resource_type: str, status: str) -> Resource:
+        if (await self.profile()).subscription_style == "criteria":
+            return self.desired_criteria(topic, resource_type, status)
+        return self.desired(topic, resource_type, status)
+
+    async def _matches(self, resource: Resource, resource_type: str) -> bool:
+        if (await self.profile()).subscription_style == "criteria":
+            return self._matches_criteria(resource, resource_type)
+        return self.matches_settings(resource, resource_type)
+
+    def filter_for(self, resource_type: str) -> str:
+        """The topic's `backport-filter-criteria`: configured, else server-wide."""
+        return self.settings.inbound_filter_criteria.get(resource_type, f"{resource_type}?")
 
     # -- the desired shape ----------------------------------------------------------------
 
@@ -98,10 +213,13 @@ class SubscriptionManager:
         s = self.settings
         return {
             "resourceType": "Subscription",
-            "meta": {"profile": [BACKPORT + "backport-subscription"]},
+            "meta": {"profile": [BACKPORT + "backport-subscription"], "tag": [dict(OWNER_TAG)]},
             "status": status,
             "reason": f"Patient portal: {resource_type} changes for linked patients",
             "criteria": topic,
+            "_criteria": {
+                "extension": [{"url": _FILTER, "valueString": self.filter_for(resource_type)}]
+            },
             "channel": {
                 "type": "rest-hook",
                 "endpoint": s.inbound_webhook_url,
@@ -116,14 +234,16 @@ class SubscriptionManager:
             },
         }
 
-    def matches_settings(self, resource: Resource) -> bool:
-        """Whether an EHR Subscription's channel is what settings ask for."""
+    def matches_settings(self, resource: Resource, resource_type: str) -> bool:
+        """Whether an EHR Subscription's filter and channel are what settings ask for."""
         s = self.settings
         channel = resource.get("channel")
         if not isinstance(channel, dict):
             return False
         return (
-            channel.get("type") == "rest-hook"
+            filter_criteria(resource) == [self.filter_for(resource_type)]
+            and owned(resource)
+            and channel.get("type") == "rest-hook"
             and endpoint_of(resource) == s.inbound_webhook_url
             and as_list(channel.get("header"))
             == [f"Authorization: Bearer {s.inbound_webhook_token}"]
@@ -140,17 +260,68 @@ class SubscriptionManager:
         async with self._lock:
             ours = await self._ehr_subscriptions()
             results = []
-            for resource_type, topic in sorted(self.settings.inbound_topics.items()):
-                results.append(await self._ensure_topic(topic, resource_type, ours))
+            for resource_type, topic in sorted((await self.targets()).items()):
+                try:
+                    results.append(await self._ensure_topic(topic, resource_type, ours))
+                except EhrUnavailable:
+                    # The EHR is down (or the circuit open): the caller backs off and retries.
+                    raise
+                except EhrError as exc:
+                    # One topic the EHR refuses (unknown topic, bad filter) must not keep
+                    # the others from being ensured; each is reported on its own.
+                    log.warning(
+                        "inbound.subscription_ensure_failed",
+                        topic=topic,
+                        error=type(exc).__name__,
+                        status=getattr(exc, "status", None),
+                    )
+                    results.append(EnsureResult(topic, None, "failed", None, _reason(exc)))
+            results += await self._clean_orphans(ours)
             return results
 
+    async def _clean_orphans(self, ours: Sequence[Resource]) -> list[EnsureResult]:
+        """Switch off Subscriptions we own for topics that are no longer configured."""
+        topics = set((await self.targets()).values())
+        cleaned: list[EnsureResult] = []
+        for resource in ours:
+            if not owned(resource) or resource.get("criteria") in topics:
+                continue
+            if resource.get("status") == "off":
+                continue
+            try:
+                await self._switch_off(resource)
+            except EhrUnavailable:
+                raise
+            except EhrError as exc:
+                cleaned.append(
+                    EnsureResult(
+                        str(resource.get("criteria")),
+                        str(resource.get("id")),
+                        "failed",
+                        str(resource.get("status")),
+                        _reason(exc),
+                    )
+                )
+                continue
+            cleaned.append(
+                EnsureResult(str(resource.get("criteria")), str(resource.get("id")), "off", "off")
+            )
+        return cleaned
+
     async def _ehr_subscriptions(self) -> list[Resource]:
-        """Subscriptions on the EHR that deliver to our endpoint."""
+        """Subscriptions on the EHR that deliver to our endpoint (or, classic ones, below it)."""
         found: list[Resource] = []
-        params = [("url", self.settings.inbound_webhook_url)]
+        webhook = self.settings.inbound_webhook_url
+        criteria_style = (await self.profile()).subscription_style == "criteria"
+        # `url` is a uri search: exact match, so the classic endpoints (one per type) are
+        # found by `url:below`.
+        params = [("url:below" if criteria_style else "url", webhook)]
         async for page in self.ehr.pages("Subscription", params, count=100):
             found += [
-                r for r in page.matches if endpoint_of(r) == self.settings.inbound_webhook_url
+                r
+                for r in page.matches
+                if endpoint_of(r) == webhook
+                or (criteria_style and (endpoint_of(r) or "").startswith(webhook + "/criteria/"))
             ]
         return found
 
@@ -183,13 +354,15 @@ class SubscriptionManager:
                 topic, resource_type, subscription_id, str(chosen.get("status")), start_at or 0
             )
         status = str(chosen.get("status"))
-        if not self.matches_settings(chosen):
-            await self._put(chosen, self.desired(topic, resource_type, "requested"))
+        if not await self._matches(chosen, resource_type):
+            await self._put(chosen, await self._desired(topic, resource_type, "requested"))
             action, status = "updated", "requested"
         elif status in ("error", "off"):
             await self._put(chosen, {**chosen, "status": "requested"})
             SUBSCRIPTION_REACTIVATIONS.labels(topic, "reactivated").inc()
             action, status = "reactivated", "requested"
+        if status == "requested":
+            status = await self._read_back(subscription_id, status)
         await self._set_status(subscription_id, status)
         log.info(
             "inbound.subscription_ensured",
@@ -201,14 +374,31 @@ class SubscriptionManager:
         return EnsureResult(topic, subscription_id, action, status)
 
     async def _create(self, topic: str, resource_type: str) -> EnsureResult:
-        created = await self.ehr.create(self.desired(topic, resource_type, "off"))
+        created = await self.ehr.create(await self._desired(topic, resource_type, "off"))
         subscription_id = created.id
         await self._record(topic, resource_type, subscription_id, "off")
         await self._put(created.resource, {**created.resource, "status": "requested"})
-        await self._set_status(subscription_id, "requested")
+        status = await self._read_back(subscription_id, "requested")
+        await self._set_status(subscription_id, status)
         SUBSCRIPTION_REACTIVATIONS.labels(topic, "created").inc()
         log.info("inbound.subscription_created", topic=topic, subscription_id=subscription_id)
-        return EnsureResult(topic, subscription_id, "created", "requested")
+        return EnsureResult(topic, subscription_id, "created", status)
+
+    async def _read_back(self, subscription_id: str, status: str) -> str:
+        """The status the EHR gave a requested Subscription, when no handshake will say.
+
+        With a handshake the webhook learns of the activation; without one (HAPI), the
+        Subscription is read a few times with growing pauses until it leaves `requested`.
+        """
+        if (await self.profile()).sends_handshake:
+            return status
+        for pause in _ACTIVATION_READS:
+            await asyncio.sleep(pause)
+            current = await self.ehr.read("Subscription", subscription_id)
+            status = str(current.resource.get("status"))
+            if status != "requested":
+                break
+        return status
 
     async def _record(
         self,
@@ -295,9 +485,15 @@ class SubscriptionManager:
         return found
 
     async def _ehr_status(self, subscription_id: str) -> SubscriptionStatus | None:
+        if not (await self.profile()).has_status:
+            return None
         try:
             bundle = await self.ehr.subscription_status(subscription_id)
         except (EhrNotFound, EhrGone):
+            return None
+        except EhrRejected as exc:
+            # Advertised but refused (or the override is wrong): no status, not a failure.
+            log.warning("inbound.status_operation_refused", status=exc.status)
             return None
         try:
             statuses = status_resources(bundle)
@@ -338,3 +534,9 @@ class SubscriptionManager:
         await self._set_status(subscription_id, "requested")
         log.info("inbound.subscription_reactivated", subscription_id=subscription_id)
         return True
+
+
+def _reason(exc: EhrError) -> str:
+    """A short, PHI-free reason for an ops answer: the error type and HTTP status."""
+    status = getattr(exc, "status", None)
+    return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")

@@ -39,6 +39,7 @@ log = get_logger(__name__)
 # (the event is then retried by the consumer, so this only bounds one attempt).
 MAX_ROUNDS: Final = 5
 NEW_SLOT_TAKEN: Final = "The new slot is no longer free in the EHR; the appointment keeps its time"
+NOT_MOVABLE: Final = "The appointment can no longer be moved in the EHR"
 
 
 def _if_match(resource: Versioned) -> str | None:
@@ -300,7 +301,19 @@ async def reschedule(
     new_slot_id = data.new_slot_fhir_id
     result, changed = current, False
     if not appointments.is_rescheduled_to(current.resource, new_slot_id, data.start, data.end):
-        appointments.check_changeable(current.resource, "rescheduled")
+        try:
+            appointments.check_changeable(current.resource, "rescheduled")
+        except EhrStateForbids as exc:
+            # Nothing to retry: the patient learns why and the appointment stays as it is.
+            await journal.record(data.appointment_id, "Appointment", Interaction.REJECTED, current)
+            await _confirm(
+                uow,
+                appointment_id=data.appointment_id,
+                patient_id=data.patient_id,
+                appointment=current,
+                reason=exc.outcome_text or NOT_MOVABLE,
+            )
+            return
         try:
             new_slot: Versioned | None = await ehr.read("Slot", new_slot_id)
         except (EhrNotFound, EhrGone):

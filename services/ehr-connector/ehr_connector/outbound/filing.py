@@ -7,13 +7,15 @@ created instead of filing it twice.
 
 from __future__ import annotations
 
+from contracts.base import SourceVersion, utc_now
 from contracts.intake import IntakeSubmittedV1
-from contracts.message import MessageSentV1
+from contracts.message import MessageSentV1, MessageSyncedV1
 from contracts.triage import TriageCompletedV1
 from ehr_connector import store
 from ehr_connector.context import Connector
 from ehr_connector.ehr.port import WriteResult
 from ehr_connector.outbound import appointments, intake, messages, triage
+from ehr_connector.outbound.booking import apply_change
 from ehr_connector.outbound.identifiers import (
     INTAKE_ID,
     MESSAGE_ID,
@@ -23,7 +25,6 @@ from ehr_connector.outbound.identifiers import (
 from ehr_connector.outbound.journal import Journal
 from ehr_connector.outbound.lookups import (
     NotInEhrYet,
-    care_team,
     locate_appointment,
     patient_fhir_id,
 )
@@ -78,7 +79,14 @@ async def file_intake(
         )
     )
     result = await ehr.create(response, if_none_exist=if_none_exist(INTAKE_ID, data.intake_id))
-    await _record(uow, Journal.of(uow, event), kind="intake", our_id=data.intake_id, result=result)
+    journal = Journal.of(uow, event)
+    await _record(uow, journal, kind="intake", our_id=data.intake_id, result=result)
+    if data.revision > 1 and not result.created:
+        # An amendment: the filed answers are replaced (If-Match, re-applied on conflict).
+        current = await ehr.read("QuestionnaireResponse", result.id)
+        written, changed = await apply_change(ehr, current, lambda r: intake.amended(r, data))
+        interaction = Interaction.UPDATE if changed else Interaction.NOOP
+        await journal.record(data.intake_id, "QuestionnaireResponse", interaction, written)
 
 
 async def send_message(connector: Connector, uow: UnitOfWork, event: Event[MessageSentV1]) -> None:
@@ -95,7 +103,11 @@ async def send_message(connector: Connector, uow: UnitOfWork, event: Event[Messa
         messages.communication(
             data,
             patient_fhir_id=patient,
-            recipient=care_team(connector.settings, data.recipient_pool, data.care_team_fhir_id),
+            recipient=(
+                f"CareTeam/{data.care_team_fhir_id}"
+                if data.care_team_fhir_id
+                else connector.recipients.for_pool(data.recipient_pool)
+            ),
             thread_fhir_id=thread_root,
             in_reply_to_fhir_id=data.in_reply_to_fhir_id,
         )
@@ -116,6 +128,28 @@ async def send_message(connector: Connector, uow: UnitOfWork, event: Event[Messa
             version_id=result.version_id,
             patient_id=data.patient_id,
         )
+    # Messaging learns the EHR identity of its message and thread, so the care team's
+    # answers (`partOf`/`inResponseTo` these ids) land in the patient's thread.
+    uow.publish(
+        MessageSyncedV1(
+            patient_id=data.patient_id,
+            communication_fhir_id=result.id,
+            message_id=data.message_id,
+            thread_id=data.thread_id,
+            thread_fhir_id=thread_root or result.id,
+            in_reply_to_fhir_id=data.in_reply_to_fhir_id,
+            from_patient=True,
+            status="completed",
+            sent_at=data.sent_at,
+            source=SourceVersion(
+                resource_type="Communication",
+                fhir_id=result.id,
+                version_id=result.version_id,
+                last_updated=result.last_updated or utc_now(),
+            ),
+        ),
+        subject=data.patient_id,
+    )
 
 
 async def file_triage(
@@ -139,7 +173,7 @@ async def file_triage(
             data,
             patient_fhir_id=patient,
             response_fhir_id=filed.id,
-            owner=care_team(settings, data.recommended_pool),
+            owner=connector.recipients.task_owner(data.recommended_pool),
         )
     )
     created = await ehr.create(task, if_none_exist=condition)

@@ -16,6 +16,9 @@ APPOINTMENT_ID: Final = f"{IDENTIFIER_BASE}/appointment-id"
 INTAKE_ID: Final = f"{IDENTIFIER_BASE}/intake-id"
 MESSAGE_ID: Final = f"{IDENTIFIER_BASE}/message-id"
 TRIAGE_SESSION_ID: Final = f"{IDENTIFIER_BASE}/triage-session-id"
+# Our thread id on every Communication we file, so an answer to ANY message of a thread
+# (its `inResponseTo`/`partOf` target) leads back to the patient's thread.
+THREAD_EXTENSION: Final = "http://portal.example.org/fhir/StructureDefinition/portal-thread-id"
 
 
 def identifier(system: str, value: str) -> dict[str, Any]:

@@ -1,13 +1,17 @@
 """Intake answers → a QuestionnaireResponse. No I/O.
 
-R4 limits `QuestionnaireResponse.basedOn` to CarePlan and ServiceRequest and has no element
-pointing at an Appointment, so the link to the visit is the core workflow extension
-`event-basedOn` (Reference(Any)); when the EHR opens an Encounter for the visit it can set
-`encounter` itself.
+R4 limits `QuestionnaireResponse.basedOn` to CarePlan and ServiceRequest, `partOf` to
+Observation and Procedure, `encounter` to Encounter, and no core extension may point from a
+QuestionnaireResponse to an Appointment (`event-basedOn` is defined for Condition only in
+R4; the official validator rejects it here). The link to the visit is therefore the
+portal's own extension `intake-appointment` (Reference(Appointment)), which the validator
+accepts, plus the intake identifier; when the EHR opens an Encounter for the visit it can
+set `encounter` itself.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Final
 
 from contracts.intake import IntakeAnswer, IntakeSubmittedV1
@@ -16,7 +20,7 @@ from ehr_connector.outbound.tags import tagged
 
 FhirJson = dict[str, Any]
 
-EVENT_BASED_ON: Final = "http://hl7.org/fhir/StructureDefinition/event-basedOn"
+INTAKE_APPOINTMENT: Final = "http://portal.example.org/fhir/StructureDefinition/intake-appointment"
 
 
 def answer_value(answer: IntakeAnswer) -> FhirJson | None:
@@ -28,7 +32,9 @@ def answer_value(answer: IntakeAnswer) -> FhirJson | None:
     if answer.value_integer is not None:
         return {"valueInteger": answer.value_integer}
     if answer.value_coding is not None:
-        coding = {"system": answer.value_coding.system, "code": answer.value_coding.code}
+        coding = {"code": answer.value_coding.code}
+        if answer.value_coding.system:  # a form's option may have no code system
+            coding["system"] = answer.value_coding.system
         if answer.value_coding.display:
             coding["display"] = answer.value_coding.display
         return {"valueCoding": coding}
@@ -65,10 +71,26 @@ def intake_response(
     if appointment_fhir_id:
         response["extension"] = [
             {
-                "url": EVENT_BASED_ON,
+                "url": INTAKE_APPOINTMENT,
                 "valueReference": {"reference": f"Appointment/{appointment_fhir_id}"},
             }
         ]
     if not response["item"]:
         del response["item"]
     return tagged(response)
+
+
+def amended(current: FhirJson, data: IntakeSubmittedV1) -> FhirJson | None:
+    """The filed QuestionnaireResponse with the patient's amended answers (status
+    `amended`); None when it already has them (a replayed amendment)."""
+    new_items = items(data.answers)
+    if current.get("item", []) == new_items and current.get("status") == "amended":
+        return None
+    changed = copy.deepcopy(current)
+    changed["status"] = "amended"
+    changed["authored"] = data.submitted_at.isoformat()
+    if new_items:
+        changed["item"] = new_items
+    else:
+        changed.pop("item", None)
+    return tagged(changed)

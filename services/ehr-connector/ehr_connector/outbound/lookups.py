@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ehr_connector import store
 from ehr_connector.ehr.port import EhrPort, Versioned
 from ehr_connector.outbound.identifiers import APPOINTMENT_ID, token
-from ehr_connector.settings import Settings
 
 
 class NotInEhrYet(Exception):
@@ -48,9 +47,3 @@ async def locate_appointment(
     if fhir_id is not None:
         return await ehr.read("Appointment", fhir_id)
     return await find_by_identifier(ehr, "Appointment", APPOINTMENT_ID, appointment_id)
-
-
-def care_team(settings: Settings, pool: str | None, explicit_id: str | None = None) -> str:
-    """The CareTeam reference for a care-team pool (or the explicit id an event names)."""
-    team = explicit_id or settings.ehr_care_teams_by_pool.get(pool or "")
-    return f"CareTeam/{team or settings.ehr_default_care_team_id}"

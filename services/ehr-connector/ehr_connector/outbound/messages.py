@@ -9,10 +9,33 @@ from __future__ import annotations
 from typing import Any
 
 from contracts.message import MessageSentV1
-from ehr_connector.outbound.identifiers import MESSAGE_ID, identifier
+from ehr_connector.outbound.identifiers import MESSAGE_ID, THREAD_EXTENSION, identifier
 from ehr_connector.outbound.tags import tagged
 
 FhirJson = dict[str, Any]
+EMERGENCY_NOTE = (
+    "The portal's emergency check flagged this message; the patient was told to call "
+    "emergency services now."
+)
+UNCHECKED_NOTE = (
+    "The portal could not check this message for emergency language: please review it soon."
+)
+
+
+def _attachments(data: MessageSentV1) -> list[FhirJson]:
+    """The patient's files as `payload.contentAttachment` (R4 Attachment, inline data)."""
+    return [
+        {
+            "contentAttachment": {
+                "contentType": a.content_type,
+                "data": a.data_base64,
+                "title": a.title,
+                "size": a.size,
+                "creation": data.sent_at.isoformat(),
+            }
+        }
+        for a in data.attachments
+    ]
 
 
 def communication(
@@ -28,6 +51,7 @@ def communication(
     patient = {"reference": f"Patient/{patient_fhir_id}"}
     resource: FhirJson = {
         "resourceType": "Communication",
+        "extension": [{"url": THREAD_EXTENSION, "valueString": data.thread_id}],
         "identifier": [identifier(MESSAGE_ID, data.message_id)],
         "status": "completed",
         "subject": patient,
@@ -35,8 +59,15 @@ def communication(
         "recipient": [{"reference": recipient}],
         "topic": {"text": data.subject},
         "sent": data.sent_at.isoformat(),
-        "payload": [{"contentString": data.body}],
+        "payload": [{"contentString": data.body}, *_attachments(data)],
     }
+    if data.emergency:
+        # The portal told the patient to call emergency services; the clinician sees why.
+        resource["priority"] = "stat"
+        resource["note"] = [{"text": EMERGENCY_NOTE}]
+    elif data.needs_review:
+        resource["priority"] = "urgent"
+        resource["note"] = [{"text": UNCHECKED_NOTE}]
     if thread_fhir_id:
         resource["partOf"] = [{"reference": f"Communication/{thread_fhir_id}"}]
     if in_reply_to_fhir_id:

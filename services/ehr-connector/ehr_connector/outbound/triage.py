@@ -83,6 +83,22 @@ def triage_response(
     )
 
 
+def task_description(data: TriageCompletedV1) -> str:
+    """What the care team reads first: the urgency, the red/amber flags with the words that
+    raised them, and the patient's own description (events before these fields existed
+    give the urgency alone)."""
+    lines = [f"Review the patient's portal triage (urgency: {data.urgency.value})"]
+    flags = [f for f in data.flags if f.level in ("red", "amber")]
+    for flag in flags:
+        evidence = "; ".join(f'"{e}"' for e in flag.evidence)
+        lines.append(
+            f"{flag.level.upper()} flag: {flag.text}" + (f" ({evidence})" if evidence else "")
+        )
+    if data.patient_text:
+        lines.append(f'Patient\'s words: "{data.patient_text}"')
+    return "\n".join(lines)
+
+
 def review_task(
     data: TriageCompletedV1, *, patient_fhir_id: str, response_fhir_id: str, owner: str
 ) -> FhirJson:
@@ -95,7 +111,7 @@ def review_task(
             "intent": "order",
             "priority": TASK_PRIORITY[data.urgency],
             "code": {"text": "Review portal triage"},
-            "description": f"Review the patient's portal triage (urgency: {data.urgency.value})",
+            "description": task_description(data),
             "focus": {"reference": f"QuestionnaireResponse/{response_fhir_id}"},
             "for": {"reference": f"Patient/{patient_fhir_id}"},
             "authoredOn": data.completed_at.isoformat(),

@@ -27,9 +27,12 @@ def upgrade() -> None:
     op.add_column("outbox", sa.Column("kafka_offset", sa.BigInteger(), nullable=True))
     op.add_column("outbox", sa.Column("broker_cluster", sa.String(length=64), nullable=True))
     op.create_index("ix_outbox_broker_cluster", "outbox", ["status", "broker_cluster"])
+    # The inbox is purged by age (servicekit.outbox.OutboxRelay.purge_inbox).
+    op.create_index("ix_inbox_handled_at", "inbox", ["handled_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_inbox_handled_at", table_name="inbox")
     op.drop_index("ix_outbox_broker_cluster", table_name="outbox")
     op.drop_column("outbox", "broker_cluster")
     op.drop_column("outbox", "kafka_offset")

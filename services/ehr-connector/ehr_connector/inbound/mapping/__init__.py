@@ -50,7 +50,7 @@ MAPPERS: dict[str, Mapper] = {
         "Appointment",
         "appointment.updated",
         appointment.map_appointment,
-        appointment.no_needs,
+        appointment.appointment_needs,
         appointment.appointment_patients,
     ),
     "Slot": Mapper("Slot", "slot.updated", appointment.map_slot, appointment.slot_needs, None),

@@ -12,7 +12,9 @@ from ehr_connector.inbound.fhir_values import (
     Ref,
     Resource,
     as_list,
+    best_coding,
     concept_text,
+    human_name,
     parse_instant,
     reference_of,
     references,
@@ -30,6 +32,7 @@ from ehr_connector.inbound.mapping.common import (
 _APPOINTMENT_STATUSES = frozenset(s.value for s in AppointmentStatus) - {"rejected"}
 _SLOT_STATUSES = frozenset(s.value for s in SlotStatus)
 REASON_LIMIT = 500
+NAME_LIMIT = 200
 
 
 def _actors(appointment: Resource) -> list[object]:
@@ -44,6 +47,30 @@ def appointment_patients(appointment: Resource) -> list[str]:
 def no_needs(_resource: Resource) -> list[Ref]:
     """Nothing besides the resource itself."""
     return []
+
+
+def appointment_needs(appointment: Resource) -> list[Ref]:
+    """The clinician and the place, whose names the patient is shown."""
+    actors = _actors(appointment)
+    return references(actors, "Practitioner")[:1] + references(actors, "Location")[:1]
+
+
+def _first_coding(concepts: object) -> object:
+    found = as_list(concepts)
+    return best_coding(found[0]) if found else None
+
+
+def _name(ref: Ref | None, ctx: MappingContext, actors: list[object]) -> str | None:
+    if ref is None:
+        return None
+    named = human_name(ctx.get(ref))
+    if named:
+        return clip(named, NAME_LIMIT)
+    for actor in actors:
+        # Else the reference's own display, as the EHR wrote it.
+        if isinstance(actor, dict) and reference_of(actor) == ref:
+            return clip(string(actor.get("display")), NAME_LIMIT)
+    return None
 
 
 def _our_identifier(appointment: Resource, system: str | None) -> str | None:
@@ -63,7 +90,11 @@ def map_appointment(appointment: Resource, ctx: MappingContext) -> MappingResult
     status = appointment.get("status")
     if status not in _APPOINTMENT_STATUSES:
         return Rejected("Appointment.status is missing or not an R4 code.")
-    practitioners = references(_actors(appointment), "Practitioner")
+    actors = _actors(appointment)
+    practitioners = references(actors, "Practitioner")
+    locations = references(actors, "Location")
+    practitioner = practitioners[0] if practitioners else None
+    location = locations[0] if locations else None
     reason = None
     if status in ("cancelled", "noshow", "entered-in-error"):
         reason = concept_text(appointment.get("cancelationReason"))
@@ -77,7 +108,12 @@ def map_appointment(appointment: Resource, ctx: MappingContext) -> MappingResult
             "start": parse_instant(appointment.get("start")),
             "end": parse_instant(appointment.get("end")),
             "slot_fhir_ids": [r.id for r in references(appointment.get("slot"), "Slot")],
-            "practitioner_fhir_id": practitioners[0].id if practitioners else None,
+            "practitioner_fhir_id": practitioner.id if practitioner else None,
+            "practitioner_name": _name(practitioner, ctx, actors),
+            "location_fhir_id": location.id if location else None,
+            "location_name": _name(location, ctx, actors),
+            "service_type": _first_coding(appointment.get("serviceType")),
+            "visit_type": best_coding(appointment.get("appointmentType")),
             "reason": clip(reason, REASON_LIMIT),
             "source": source,
         },
@@ -112,12 +148,19 @@ def map_slot(slot: Resource, ctx: MappingContext) -> MappingResult:
         return Rejected("Slot.start or Slot.end is missing.")
     schedule = ctx.get(Ref("Schedule", schedule_id))
     practitioners = references(schedule.get("actor") if schedule else None, "Practitioner")
+    locations = references(schedule.get("actor") if schedule else None, "Location")
+    service_types = as_list(slot.get("serviceType")) or as_list(
+        schedule.get("serviceType") if schedule else None
+    )
     return build(
         SlotUpdatedV1,
         {
             "slot_fhir_id": source.fhir_id,
             "schedule_fhir_id": schedule_id,
             "practitioner_fhir_id": practitioners[0].id if practitioners else None,
+            "location_fhir_id": locations[0].id if locations else None,
+            "service_type": best_coding(service_types[0]) if service_types else None,
+            "visit_type": best_coding(slot.get("appointmentType")),
             "status": status,
             "start": start,
             "end": end,

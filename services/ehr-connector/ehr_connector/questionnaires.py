@@ -1,0 +1,49 @@
+"""Questionnaires for other services: scheduling validates intake answers against the EHR's
+own intake form, and only the connector speaks FHIR to the EHR.
+
+`GET /ehr/questionnaires?url=<canonical>&version=<v>` answers the Questionnaire resource as
+the EHR holds it (internal API, like every service's: not reachable from outside).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+
+from ehr_connector.ehr.errors import EhrError, EhrUnavailable
+from ehr_connector.ehr.port import EhrPort
+from ehr_connector.inbound.lifecycle import EHR_STATE_KEY
+
+router = APIRouter(tags=["intake"])
+
+
+@router.get("/ehr/questionnaires", response_class=JSONResponse)
+async def questionnaire(
+    request: Request,
+    url: Annotated[str, Query(min_length=1, max_length=300, pattern=r"^\S+$")],
+    version: Annotated[str | None, Query(max_length=64, pattern=r"^\S+$")] = None,
+) -> JSONResponse:
+    """The EHR's Questionnaire with this canonical URL (and version, when given)."""
+    ehr: EhrPort | None = request.app.state.service.state.get(EHR_STATE_KEY)
+    if ehr is None:
+        raise HTTPException(503, "The EHR client is not started.")
+    try:
+        page = await ehr.search("Questionnaire", [("url", url)], count=50)
+    except EhrUnavailable as exc:
+        raise HTTPException(503, "The EHR is unavailable.") from exc
+    except EhrError as exc:
+        raise HTTPException(502, f"The EHR refused the search (HTTP {exc.status}).") from exc
+    found = [
+        q
+        for q in page.matches
+        if q.get("resourceType") == "Questionnaire"
+        and q.get("url") == url
+        and (version is None or q.get("version") == version)
+    ]
+    if not found:
+        raise HTTPException(404, "The EHR has no such Questionnaire.")
+    # Without a version, the newest one the EHR has.
+    found.sort(key=lambda q: str(q.get("meta", {}).get("lastUpdated", "")), reverse=True)
+    return JSONResponse(found[0])

@@ -1,0 +1,138 @@
+"""The EHR profile: capabilities detected from CapabilityStatements and overridden by
+settings; auth modes; notification authentication by mutual TLS; ops routes answering a
+gateway error (never a 500) when the EHR refuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from ehr_connector.ehr.auth import NoAuth, SmartBackendAuth, StaticBearerAuth, make_auth
+from ehr_connector.ehr.errors import EhrAuthFailed
+from ehr_connector.ehr.profile import BACKPORT_SUBSCRIPTION_PROFILE, detect
+from ehr_connector.settings import Settings
+from ehr_sandbox.httptest import RunningSandbox
+
+from .conftest import Harness, ehr_settings
+
+STATUS_OP = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"
+)
+
+
+def _statement(subscription: dict[str, Any], **rest: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "CapabilityStatement",
+        "rest": [
+            {"mode": "server", "resource": [{"type": "Subscription", **subscription}], **rest}
+        ],
+    }
+
+
+def test_hapi_like_statement_gives_criteria_style_and_no_optional_capabilities() -> None:
+    # What HAPI 8.8 says: Subscription with $validate and its own operations only.
+    hapi = _statement({"operation": [{"name": "validate"}, {"name": "meta"}]})
+    profile = detect(hapi, Settings(environment="test"))
+    assert profile.subscription_style == "criteria"
+    assert (
+        not (profile.has_status or profile.has_events or profile.sends_heartbeats)
+        and not profile.sends_handshake
+    )
+
+
+def test_backport_statement_gives_topics_status_and_heartbeats() -> None:
+    backport = _statement(
+        {
+            "supportedProfile": [BACKPORT_SUBSCRIPTION_PROFILE],
+            # Named freely: the definition's canonical is what counts.
+            "operation": [{"name": "subscription-status", "definition": STATUS_OP}],
+        }
+    )
+    profile = detect(backport, Settings(environment="test"))
+    assert profile.subscription_style == "backport-topic"
+    assert profile.has_status and not profile.has_events
+    assert profile.sends_heartbeats and profile.sends_handshake
+
+
+def test_settings_override_what_the_statement_says() -> None:
+    hapi = _statement({"operation": [{"name": "validate"}]})
+    settings = Settings(
+        environment="test",
+        ehr_subscription_style="backport-topic",
+        ehr_sends_heartbeats=True,
+        ehr_supports_events=True,
+    )
+    profile = detect(hapi, settings)
+    assert profile.subscription_style == "backport-topic"
+    assert profile.sends_heartbeats and profile.has_events
+    assert not profile.has_status and not profile.sends_handshake
+
+
+async def test_the_sandbox_statement_is_read_as_a_full_backport_server(
+    sandbox: RunningSandbox,
+) -> None:
+    statement = (await sandbox.admin.get("/fhir/metadata")).json()
+    profile = detect(statement, ehr_settings(sandbox))
+    assert profile.subscription_style == "backport-topic"
+    assert profile.has_status and profile.has_events
+    assert profile.sends_heartbeats and profile.sends_handshake
+
+
+async def test_auth_modes() -> None:
+    async with httpx.AsyncClient() as http:
+        assert isinstance(make_auth(Settings(environment="test"), http), SmartBackendAuth)
+        none = make_auth(Settings(environment="dev", ehr_auth_mode="none"), http)
+        assert isinstance(none, NoAuth) and await none.token() == ""
+        static = make_auth(
+            Settings(environment="prod", ehr_auth_mode="static-bearer", ehr_static_token="t0k"),
+            http,
+        )
+        assert isinstance(static, StaticBearerAuth) and await static.token() == "t0k"
+        with pytest.raises(EhrAuthFailed):
+            make_auth(Settings(environment="prod", ehr_auth_mode="none"), http)
+        with pytest.raises(EhrAuthFailed):
+            make_auth(Settings(environment="test", ehr_auth_mode="static-bearer"), http)
+
+
+@pytest.mark.integration
+async def test_mtls_notification_auth_needs_the_terminators_verdict(harness: Harness) -> None:
+    token = {"Authorization": "Bearer dev-webhook-token"}
+    async with harness.connector(
+        inbound_notification_auth="mtls", inbound_mtls_subject="CN=ehr.example.org"
+    ) as (_, client):
+        bare = await client.post("/fhir/notifications", content=b"{}", headers=token)
+        assert bare.status_code == 401
+        assert bare.json()["resourceType"] == "OperationOutcome"
+        wrong = await client.post(
+            "/fhir/notifications",
+            content=b"{}",
+            headers={**token, "X-Client-Verify": "SUCCESS", "X-Client-Subject": "CN=other"},
+        )
+        assert wrong.status_code == 401
+        # Past authentication: what remains wrong is the body (not a Bundle).
+        verified = await client.post(
+            "/fhir/notifications",
+            content=b"{}",
+            headers={
+                **token,
+                "X-Client-Verify": "SUCCESS",
+                "X-Client-Subject": "CN=ehr.example.org",
+            },
+        )
+        assert verified.status_code == 400
+        assert verified.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.integration
+async def test_ops_routes_answer_a_gateway_error_when_the_ehr_refuses(harness: Harness) -> None:
+    ops = {"Authorization": "Bearer dev-ops-token"}
+    # A base URL where the sandbox serves no FHIR: every EHR call is refused with 404.
+    async with harness.connector(ehr_base_url=harness.sandbox.url + "/no-fhir-here") as (
+        _,
+        client,
+    ):
+        ensure = await client.post("/ops/subscriptions/ensure", headers=ops)
+        assert ensure.status_code == 502
+        assert "EHR" in ensure.json()["detail"]

@@ -1,0 +1,91 @@
+"""The patient's symptom checks (`/v1/me/triage`): the one-shot assessment and the
+interactive session that asks follow-up questions, both answered by the triage service
+with the internal patient id of the bearer token (never one from the client).
+
+`POST /v1/me/triage/assess` keeps the shape DESIGN.md fixes. A session starts with the same
+body (`POST /v1/me/triage/sessions`), returns the outcome so far with the questions worth
+asking, takes answers (`POST .../sessions/{id}/answers`: `{"answers": {"<question id>":
+true | 38.5 | "<choice>"}, "finish": false}`) and ends with the disposition. Reading a past
+session needs a QuestionnaireResponse read scope and is recorded in the access log.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, Field, StringConstraints
+
+from gateway.api import Id, Me, _read, upstreams_of
+from gateway.upstream import UpstreamError
+
+router = APIRouter(prefix="/v1", tags=["triage"])
+RESOURCE = "QuestionnaireResponse"
+QuestionId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")]
+AnswerValue = bool | float | Annotated[str, StringConstraints(max_length=64)]
+
+
+class AssessIn(BaseModel):
+    """A one-shot symptom check."""
+
+    age: int = Field(ge=0, le=130, strict=True)
+    sex: str = Field(pattern="^(female|male|other|unknown)$")
+    text: str = Field(min_length=3, max_length=2000)
+
+
+class SessionIn(AssessIn):
+    """The start of an interactive symptom check (infants: age in months too)."""
+
+    age_months: int | None = Field(default=None, ge=0, le=36, strict=True)
+
+
+class AnswersIn(BaseModel):
+    """Answers to pending questions; `finish` ends the check now."""
+
+    answers: dict[QuestionId, AnswerValue] = Field(default_factory=dict, max_length=50)
+    finish: bool = False
+
+
+async def _call(request: Request, method: str, path: str, body: BaseModel) -> Any:
+    try:
+        return await upstreams_of(request).request(
+            "triage", method, path, json=body.model_dump(exclude_none=True)
+        )
+    except UpstreamError as exc:
+        raise HTTPException(exc.status, f"The triage service {exc.detail}.") from exc
+
+
+@router.get("/me/triage")
+async def triage_sessions(caller: Me, request: Request) -> Any:
+    """The patient's past symptom checks."""
+    return await _read(
+        request, caller, RESOURCE, "triage", f"/patients/{caller.patient_id}/sessions"
+    )
+
+
+@router.post("/me/triage/assess", status_code=201)
+async def triage_assess(caller: Me, request: Request, body: AssessIn) -> Any:
+    """Assess symptoms now: `{"urgency": "emergency|urgent|routine|self-care", ...}`."""
+    return await _call(request, "POST", f"/patients/{caller.patient_id}/assess", body)
+
+
+@router.post("/me/triage/sessions", status_code=201)
+async def start_triage_session(caller: Me, request: Request, body: SessionIn) -> Any:
+    """Start a symptom check that asks follow-up questions."""
+    return await _call(request, "POST", f"/patients/{caller.patient_id}/sessions", body)
+
+
+@router.get("/me/triage/sessions/{session_id}")
+async def triage_session(caller: Me, request: Request, session_id: Id) -> Any:
+    """One symptom check's current state."""
+    path = f"/patients/{caller.patient_id}/sessions/{session_id}"
+    return await _read(request, caller, RESOURCE, "triage", path)
+
+
+@router.post("/me/triage/sessions/{session_id}/answers")
+async def answer_triage_session(
+    caller: Me, request: Request, session_id: Id, body: AnswersIn
+) -> Any:
+    """Answer follow-up questions; the reply carries the updated outcome."""
+    path = f"/patients/{caller.patient_id}/sessions/{session_id}/answers"
+    return await _call(request, "POST", path, body)

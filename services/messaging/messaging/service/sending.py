@@ -1,0 +1,274 @@
+"""Sending: a patient starts a conversation or replies (limits, emergency check, filing).
+
+The emergency check (HTTP to triage) runs before the transaction opens, so no database
+transaction waits on another service.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.message import (
+    MessageAttachment,
+)
+from contracts.triage import Urgency
+from messaging import domain, store
+from messaging.emergency import Verdict
+from messaging.service.base import (
+    IdempotencyConflict,
+    MessagingBase,
+    NewAttachment,
+    NotFound,
+    RateLimited,
+    Sent,
+    TooLong,
+    UnknownTopic,
+    aad,
+    new_id,
+)
+
+
+class Sending(MessagingBase):
+    """A patient's messages to the care team."""
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _check_body(self, body: str) -> None:
+        if len(body) > self.settings.body_max_chars:
+            raise TooLong(f"the message is longer than {self.settings.body_max_chars} characters")
+
+    def _checked_attachments(self, attachments: Sequence[NewAttachment]) -> list[NewAttachment]:
+        if len(attachments) > self.settings.attachments_max_count:
+            raise domain.AttachmentRefused(
+                f"at most {self.settings.attachments_max_count} attachments per message"
+            )
+        for a in attachments:
+            domain.check_attachment(
+                a.content_type, a.title, a.data_base64, self.settings.attachment_max_bytes
+            )
+        return list(attachments)
+
+    async def _replay(
+        self,
+        patient_id: str,
+        key: str | None,
+        *,
+        body: str,
+        thread_id: str | None = None,
+        subject: str | None = None,
+    ) -> Sent | None:
+        """What an earlier request with this idempotency key sent (None: no such request).
+        The same key for a different message is a conflict, not a replay."""
+        if key is None:
+            return None
+        async with self.db.sessions() as session:
+            message = await store.message_by_idempotency_key(session, patient_id, key)
+            if message is None:
+                return None
+            thread = await store.get_thread(session, message.thread_id)
+            attachments = await store.attachments_of(session, [message.id])
+        if (
+            thread is None
+            or self._body(message) != body
+            or (thread_id is not None and thread.id != thread_id)
+            or (subject is not None and self._subject(thread) != subject)
+        ):
+            raise IdempotencyConflict(key)
+        verdict = Verdict(checked=not message.needs_review, emergency=message.emergency)
+        return Sent(
+            thread=self._thread_view(thread),
+            message=self._message_view(message, attachments),
+            verdict=verdict,
+            replayed=True,
+        )
+
+    async def _enforce_rate_limit(
+        self, session: AsyncSession, patient_id: str, now: datetime, verdict: Verdict
+    ) -> None:
+        await store.lock_patient_sends(session, patient_id)
+        window = timedelta(seconds=self.settings.rate_limit_window_s)
+        sent = await store.sends_since(session, patient_id, now - window)
+        wait = domain.retry_after(sent, self.settings.rate_limit_messages, window, now)
+        if wait is not None:
+            raise RateLimited(wait, verdict)
+
+    def _store_message(
+        self,
+        session: AsyncSession,
+        thread: store.Thread,
+        body: str,
+        attachments: Sequence[NewAttachment],
+        *,
+        key: str | None,
+        now: datetime,
+        verdict: Verdict,
+    ) -> tuple[store.Message, list[store.Attachment], list[MessageAttachment]]:
+        # The patient has read what they wrote themselves.
+        message = store.Message(
+            id=new_id("msg"),
+            thread_id=thread.id,
+            patient_id=thread.patient_id,
+            direction=store.PATIENT,
+            communication_fhir_id=None,
+            sender_display=None,
+            sent_at=now,
+            read_at=now,
+            idempotency_key=key,
+            emergency=verdict.emergency,
+            needs_review=not verdict.checked,
+        )
+        self._seal_message(message, body)
+        session.add(message)
+        rows: list[store.Attachment] = []
+        wire: list[MessageAttachment] = []
+        for new in attachments:
+            data = base64.b64decode(new.data_base64)
+            row = store.Attachment(
+                id=new_id("att"),
+                message_id=message.id,
+                patient_id=thread.patient_id,
+                content_type=new.content_type,
+                size=len(data),
+                key_id=self.cipher.active_key_id,
+            )
+            row.title_enc = self.cipher.encrypt_text(new.title, aad("attachments", "title", row.id))
+            row.data_enc = self.cipher.encrypt(data, aad("attachments", "data", row.id).encode())
+            session.add(row)
+            rows.append(row)
+            wire.append(
+                MessageAttachment(
+                    attachment_id=row.id,
+                    content_type=new.content_type,
+                    title=new.title,
+                    size=len(data),
+                    data_base64=new.data_base64,
+                )
+            )
+        return message, rows, wire
+
+    def _pool_item(
+        self,
+        session: AsyncSession,
+        thread: store.Thread,
+        message: store.Message,
+        verdict: Verdict,
+        subject: str,
+        now: datetime,
+    ) -> None:
+        # Emergencies go to the pool that acts at once, whatever the topic chose.
+        pool = self.rules.emergency_pool if verdict.emergency else thread.pool
+        urgency = Urgency.EMERGENCY if verdict.emergency else Urgency.ROUTINE
+        item = store.PoolItem(
+            id=f"message-{message.id}",
+            pool=pool,
+            patient_id=thread.patient_id,
+            kind="patient-message",
+            urgency=urgency.value,
+            thread_id=thread.id,
+            message_id=message.id,
+            emergency=verdict.emergency,
+            needs_review=not verdict.checked,
+            created_at=now,
+        )
+        flags = f" [flags: {', '.join(verdict.flags)}]" if verdict.flags else ""
+        self._seal_item(item, f"{subject}{flags}")
+        session.add(item)
+
+    async def start_thread(
+        self,
+        patient_id: str,
+        *,
+        subject: str,
+        body: str,
+        topic: str | None,
+        attachments: Sequence[NewAttachment] = (),
+        idempotency_key: str | None = None,
+    ) -> Sent:
+        """Start a conversation with the care team; the routing rules choose its pool."""
+        if topic is not None and self.rules.topic(topic) is None:
+            raise UnknownTopic(topic)
+        self._check_body(body)
+        checked = self._checked_attachments(attachments)
+        replayed = await self._replay(patient_id, idempotency_key, body=body, subject=subject)
+        if replayed is not None:
+            return replayed
+        verdict = await self.emergency.check(f"{subject}\n{body}")
+        route = self.rules.route_message(topic, subject, body)
+        now = datetime.now(UTC)
+        try:
+            async with self.db.transaction() as session:
+                await self._enforce_rate_limit(session, patient_id, now, verdict)
+                thread = store.Thread(
+                    id=new_id("th"),
+                    patient_id=patient_id,
+                    thread_fhir_id=None,
+                    pool=route.pool,
+                    topic=topic,
+                    rules_version=route.rules_version,
+                    origin="patient",
+                    updated_at=now,
+                )
+                self._seal_thread(thread, subject)
+                session.add(thread)
+                message, rows, wire = self._store_message(
+                    session, thread, body, checked, key=idempotency_key, now=now, verdict=verdict
+                )
+                self._pool_item(session, thread, message, verdict, subject, now)
+                self._publish(session, thread, message, subject, body, None, wire)
+        except IntegrityError:
+            # A concurrent request with the same key stored its message first.
+            replayed = await self._replay(patient_id, idempotency_key, body=body, subject=subject)
+            if replayed is None:
+                raise
+            return replayed
+        return Sent(self._thread_view(thread), self._message_view(message, rows), verdict)
+
+    async def reply(
+        self,
+        patient_id: str,
+        thread_id: str,
+        *,
+        body: str,
+        attachments: Sequence[NewAttachment] = (),
+        idempotency_key: str | None = None,
+    ) -> Sent:
+        """Send a message in one of the patient's threads, in reply to the care team's
+        latest message there."""
+        async with self.db.sessions() as session:
+            found = await store.get_thread(session, thread_id)
+        if found is None or found.patient_id != patient_id:
+            raise NotFound(thread_id)
+        self._check_body(body)
+        checked = self._checked_attachments(attachments)
+        replayed = await self._replay(patient_id, idempotency_key, body=body, thread_id=thread_id)
+        if replayed is not None:
+            return replayed
+        verdict = await self.emergency.check(body)
+        now = datetime.now(UTC)
+        try:
+            async with self.db.transaction() as session:
+                await self._enforce_rate_limit(session, patient_id, now, verdict)
+                thread = await store.get_thread(session, thread_id)
+                if thread is None:  # pragma: no cover - threads are never deleted
+                    raise NotFound(thread_id)
+                in_reply_to = await store.latest_inbound_fhir_id(session, thread_id)
+                thread.updated_at = now
+                subject = domain.reply_subject(self._subject(thread))
+                message, rows, wire = self._store_message(
+                    session, thread, body, checked, key=idempotency_key, now=now, verdict=verdict
+                )
+                self._pool_item(session, thread, message, verdict, subject, now)
+                self._publish(session, thread, message, subject, body, in_reply_to, wire)
+        except IntegrityError:
+            replayed = await self._replay(
+                patient_id, idempotency_key, body=body, thread_id=thread_id
+            )
+            if replayed is None:
+                raise
+            return replayed
+        return Sent(self._thread_view(thread), self._message_view(message, rows), verdict)

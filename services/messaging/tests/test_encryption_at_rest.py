@@ -1,0 +1,206 @@
+"""Message text and attachments are encrypted in PostgreSQL's files, and keys rotate.
+
+The proof reads the tables' files on disk: `VACUUM FULL` rewrites each table into a new
+file written straight to disk (not left in shared buffers), then the bytes of that file are
+searched. A row written before encryption existed (plaintext in the legacy column) is
+found by the same search, so the search can fail; after re-encryption it is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+import pytest
+
+from devstack.topics import ensure_topics
+from messaging.app import build
+from messaging.settings import Settings
+from servicekit.crypto import new_key
+from servicekit.testing import isolated_settings, serving_in_process
+
+pytestmark = [pytest.mark.integration]
+OPS = {"Authorization": "Bearer dev-ops-token"}
+SUBJECT = "Zebra-subject-7f3a about my rash"
+BODY = "Quokka-body-91c2: the rash on my arm is spreading"
+PNG = b"\x89PNG\r\n\x1a\n" + b"Narwhal-image-5d0e" * 4
+LEGACY = "Legacy-plaintext-c4b8 written before encryption"
+TABLES = ("threads", "messages", "attachments", "pool_items")
+
+
+def _dsn(database_url: str) -> str:
+    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _data_directory(conn: asyncpg.Connection, database_url: str) -> Path:
+    """The server's data directory: asked (superuser), else where this machine keeps it."""
+    try:
+        return Path(await conn.fetchval("SELECT current_setting('data_directory')"))
+    except asyncpg.InsufficientPrivilegeError:
+        pass
+    host = parse_qs(urlsplit(database_url).query).get("host", [])
+    candidates = [*host, os.environ.get("PGDATA", ""), *glob.glob("/var/lib/postgresql/*/main")]
+    relation = await conn.fetchval("SELECT pg_relation_filepath('messages')")
+    for candidate in candidates:
+        if candidate and (Path(candidate) / relation).exists():
+            return Path(candidate)
+    pytest.skip("the PostgreSQL data directory is not readable from this process")
+
+
+async def _table_bytes(database_url: str) -> dict[str, bytes]:
+    """Each table's heap file (and its TOAST table's), freshly rewritten to disk."""
+    conn = await asyncpg.connect(_dsn(database_url))
+    try:
+        data_dir = await _data_directory(conn, database_url)
+        out: dict[str, bytes] = {}
+        for table in TABLES:
+            await conn.execute(f"VACUUM FULL {table}")
+            row = await conn.fetchrow(
+                "SELECT pg_relation_filepath(oid) AS heap, "
+                "CASE WHEN reltoastrelid <> 0 THEN pg_relation_filepath(reltoastrelid) END AS toast"
+                " FROM pg_class WHERE oid = $1::regclass",
+                table,
+            )
+            paths = [data_dir / p for p in (row["heap"], row["toast"]) if p]
+            out[table] = await asyncio.to_thread(_read_files, paths)
+        return out
+    finally:
+        await conn.close()
+
+
+def _read_files(paths: list[Path]) -> bytes:
+    """The bytes of relation files and their extra segments (not the free-space maps)."""
+    return b"".join(
+        Path(p).read_bytes()
+        for path in paths
+        for p in glob.glob(f"{path}*")
+        if not p.endswith(("_fsm", "_vm"))
+    )
+
+
+def _settings(
+    database_url: str, kafka_bootstrap: str, prefix: str, keys: dict[str, str], active: str
+) -> Settings:
+    return Settings(
+        **isolated_settings(database_url, kafka_bootstrap, prefix),
+        environment="test",
+        encryption_keys=keys,
+        encryption_active_key=active,
+        triage_url="http://127.0.0.1:9",  # nothing listens: messages are flagged for review
+        emergency_check_timeout_s=0.5,
+    )
+
+
+async def test_text_is_not_in_the_database_files_and_rotation_reencrypts_every_row(
+    database_url: str, kafka_bootstrap: str, unique_prefix: str
+) -> None:
+    await ensure_topics(kafka_bootstrap, unique_prefix)
+    keys = {"2026-11": new_key()}
+    first = build(_settings(database_url, kafka_bootstrap, unique_prefix, keys, "2026-11"))
+    async with serving_in_process(first.app, "http://messaging") as client:
+        sent = await client.post(
+            "/patients/pat-1/threads",
+            json={
+                "subject": SUBJECT,
+                "body": BODY,
+                "topic": "clinical-question",
+                "attachments": [
+                    {
+                        "content_type": "image/png",
+                        "title": "Okapi-title-22aa.png",
+                        "data_base64": base64.b64encode(PNG).decode(),
+                    }
+                ],
+            },
+        )
+        assert sent.status_code == 201, sent.text
+        thread_id = sent.json()["thread"]["id"]
+    # A row from before encryption existed: plaintext in the legacy column, no key id.
+    conn = await asyncpg.connect(_dsn(database_url))
+    try:
+        await conn.execute(
+            "INSERT INTO messages (id, thread_id, patient_id, direction, body, sent_at) "
+            "VALUES ('msg-legacy', $1, 'pat-1', 'inbound', $2, now())",
+            thread_id,
+            LEGACY,
+        )
+    finally:
+        await conn.close()
+
+    files = await _table_bytes(database_url)
+    everything = b"".join(files.values())
+    for secret in (SUBJECT, BODY, "Okapi-title-22aa", "Narwhal-image-5d0e", "Quokka", "Zebra"):
+        assert secret.encode() not in everything, secret
+    assert LEGACY.encode() in files["messages"]  # the search does find plaintext
+
+    # Rotation: a new key becomes active, the old one stays in the ring for reading.
+    keys["2026-12"] = new_key()
+    second = build(_settings(database_url, kafka_bootstrap, unique_prefix, keys, "2026-12"))
+    async with serving_in_process(second.app, "http://messaging") as client:
+        path = f"/patients/pat-1/threads/{thread_id}/messages"
+        bodies = {m["body"] for m in (await client.get(path)).json()}
+        assert bodies == {BODY, LEGACY}
+        before = (await client.get("/ops/encryption", headers=OPS)).json()
+        assert before["active_key_id"] == "2026-12"
+        assert before["not_on_active_key"] == {
+            "threads": 1,
+            "messages": 2,
+            "attachments": 1,
+            "pool_items": 1,
+        }
+        assert (await client.post("/ops/encryption/reencrypt")).status_code == 401
+        run = (await client.post("/ops/encryption/reencrypt", headers=OPS)).json()
+        assert run["reencrypted"] == before["not_on_active_key"]
+        assert set(run["not_on_active_key"].values()) == {0}
+        again = (await client.post("/ops/encryption/reencrypt", headers=OPS)).json()
+        assert set(again["reencrypted"].values()) == {0}
+        # New rows use the new key.
+        await client.post(path, json={"body": "after rotation"})
+
+    # The old key is retired: everything still opens with the new one alone.
+    retired = {"2026-12": keys["2026-12"]}
+    third = build(_settings(database_url, kafka_bootstrap, unique_prefix, retired, "2026-12"))
+    async with serving_in_process(third.app, "http://messaging") as client:
+        messages = (await client.get(f"/patients/pat-1/threads/{thread_id}/messages")).json()
+        assert {m["body"] for m in messages} == {BODY, LEGACY, "after rotation"}
+        threads = (await client.get("/patients/pat-1/threads")).json()
+        assert threads[0]["subject"] == SUBJECT
+        attachment = next(m for m in messages if m["attachments"])["attachments"][0]
+        assert attachment["title"] == "Okapi-title-22aa.png"
+        content = await client.get(f"/patients/pat-1/attachments/{attachment['id']}")
+        assert content.content == PNG
+        assert content.headers["content-type"] == "image/png"
+    files = await _table_bytes(database_url)
+    assert LEGACY.encode() not in b"".join(files.values())
+
+    # The same report from the operator command, with the keys from the environment.
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "ENCRYPTION_KEYS": json.dumps(retired),
+        "ENCRYPTION_ACTIVE_KEY": "2026-12",
+        "ENVIRONMENT": "prod",
+        "LOG_LEVEL": "WARNING",
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "messaging", "reencrypt"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["active_key_id"] == "2026-12"
+    assert set(report["reencrypted"].values()) == {0}
+    assert set(report["not_on_active_key"].values()) == {0}
