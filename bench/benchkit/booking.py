@@ -51,12 +51,29 @@ async def _created_in_ehr(clinic: Any, patient_fhir_id: str, slot_id: str) -> fl
     return None
 
 
+async def _free_slots(patient: Any, start: str, wanted: int) -> list[str]:
+    """Ids of up to `wanted` free slots from `start`, page by page (`{"items": [...],
+    "next_cursor": ...}`; a plain list from gateways before paging)."""
+    ids: list[str] = []
+    cursor: str | None = None
+    while len(ids) < wanted:
+        params: dict[str, Any] = {"start": start, "limit": 200}
+        if cursor:
+            params["cursor"] = cursor
+        page = await patient.get("/v1/slots", **params)
+        items = page if isinstance(page, list) else page.get("items", [])
+        ids += [str(s["id"]) for s in items]
+        cursor = None if isinstance(page, list) else page.get("next_cursor")
+        if not cursor:
+            break
+    return ids
+
+
 async def _ours(ctx: Context) -> dict[str, Any]:
     settings = ctx.settings
     patients = ctx.patients[: settings.bookers] or await ctx.sign_in_patients(settings.bookers)
     start = (datetime.now(UTC) + timedelta(days=2)).isoformat()
-    free = await patients[0].get("/v1/slots", start=start)
-    slots = [s["id"] for s in free]
+    slots = await _free_slots(patients[0], start, wanted=200)
     to_ehr: list[float] = []
     to_patient: list[float] = []
     problems: Counter[str] = Counter()
