@@ -36,7 +36,8 @@ KAFKA_STAMP := $(KAFKA_HOME)/lib/.fetched
 HAPI_HOME := deploy/local/hapi
 HAPI_STAMP := $(HAPI_HOME)/lib/.fetched
 
-.PHONY: help install up check test test-interop acceptance reliability-report lint bench bench-triage kafka-jars hapi-jars clean
+.PHONY: help install up check test test-interop acceptance reliability-report lint bench \
+	bench-quick bench-triage kafka-jars hapi-jars clean
 
 help: ## list the targets
 	@echo "Usage: make <target> [KAFKA=tansu|apache] [PYTEST_ARGS=...]"
@@ -82,10 +83,13 @@ lint: install ## ruff check, ruff format --check, mypy --strict, import-linter c
 		$(addprefix -p ,$(TYPED_PACKAGES))
 	$(VENV)/bin/lint-imports
 
-bench: install ## run every benchmark script bench/*.py (KAFKA=apache too; fails if none)
-	@scripts=$$(ls bench/[!_]*.py 2>/dev/null || true); \
-	if [ -z "$$scripts" ]; then echo "make bench: no benchmark scripts in bench/" >&2; exit 1; fi; \
-	for script in $$scripts; do echo "==> $$script"; $(PY) $$script; done
+# The benchmarks start the stack as `make up` does, on its fixed ports: stop `make up` first.
+# Progress goes to stderr; the last line on stdout is one JSON object of headline figures.
+bench: install ## benchmarks on the whole stack + same-run baselines -> bench/results/ (KAFKA=apache too)
+	$(PY) bench/run.py --kafka $(KAFKA)
+
+bench-quick: install ## a 10-second version of each benchmark, for development (KAFKA=apache too)
+	$(PY) bench/run.py --quick --kafka $(KAFKA)
 
 bench-triage: install ## triage vignettes: confusion matrix, accuracy, sensitivity, JSON line
 	$(PY) bench/triage/run.py

@@ -1,0 +1,104 @@
+"""What every benchmark gets: the running stack, the clinic, signed-in patients, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from .acceptance import Clinic, LocalStack, Patient
+
+BOOTSTRAP = "127.0.0.1:9092"  # the stack's broker (DESIGN: fixed port)
+
+
+@dataclass
+class Settings:
+    """The sizes of a run: the issue's full run, or the 10-second development run."""
+
+    quick: bool
+    duration_s: float
+    patients: int
+    lab_rate: float
+    load_clients: int
+    bookers: int
+    preload_events: int
+    drain_limit_s: float
+
+    @classmethod
+    def make(cls, quick: bool) -> Settings:
+        if quick:
+            return cls(quick, 10.0, 40, 10.0, 100, 10, 1000, 40.0)
+        return cls(quick, 60.0, 200, 50.0, 100, 20, 20_000, 300.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Context:
+    """The stack and its clients for one run."""
+
+    stack: Any  # LocalStack (loaded from tests/acceptance)
+    clinic: Any  # Clinic
+    settings: Settings
+    kafka: str
+    patients: list[Any] = field(default_factory=list)  # Patient, each with an open stream
+    # Results a benchmark measured on the side (benchmark 1 measures the footprint too).
+    extra_results: list[Any] = field(default_factory=list)
+
+    async def sign_in_patients(self, count: int) -> list[Any]:
+        """New EHR patients, signed in to the portal with their streams open (kept for the
+        run: later benchmarks reuse them)."""
+        semaphore = asyncio.Semaphore(8)
+
+        async def one(n: int) -> Any:
+            async with semaphore:
+                fhir_id = await self.clinic.new_patient(f"Bench{n:04d}")
+                patient = await Patient.sign_in(self.clinic, fhir_id)
+                await patient.open_stream()
+                return patient
+
+        start = len(self.patients)
+        self.patients += await asyncio.gather(*(one(n) for n in range(start, count)))
+        return self.patients[:count]
+
+    def pid(self, name: str) -> int | None:
+        """The pid of a process of the stack ("kafka": the broker)."""
+        status = self.stack.status()
+        entry = (
+            status.get("broker", {})
+            if name == "kafka"
+            else status.get("processes", {}).get(name, {})
+        )
+        pid = entry.get("pid")
+        return int(pid) if pid else None
+
+    def pids(self) -> dict[str, int]:
+        """Every process of the stack with its pid."""
+        status = self.stack.status()
+        found = {
+            name: int(entry["pid"])
+            for name, entry in status.get("processes", {}).items()
+            if entry.get("pid")
+        }
+        broker = status.get("broker", {}).get("pid")
+        if broker:
+            found["kafka"] = int(broker)
+        return found
+
+    def pause(self, name: str, paused: bool) -> None:
+        """SIGSTOP / SIGCONT a process group of the stack (down without the supervisor
+        restarting it: the process is alive, it just answers nothing)."""
+        pid = self.pid(name)
+        if pid is None:
+            raise RuntimeError(f"no pid for {name}")
+        os.killpg(pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
+    async def close(self) -> None:
+        for patient in self.patients:
+            await patient.close()
+
+
+__all__ = ["BOOTSTRAP", "Clinic", "Context", "LocalStack", "Settings"]

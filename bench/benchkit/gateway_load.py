@@ -1,0 +1,143 @@
+"""Benchmark 4: the gateway under load.
+
+`clients` concurrent patients (each with its own token and connection) read
+`/v1/me/summary` and `/v1/me/lab-results` in a closed loop for the run's duration: latency
+per request and requests per second. Then the same with the EHR sandbox down (its process
+stopped with SIGSTOP: alive, answering nothing; the gateway reads the services' own data,
+so this must not change the result). Baseline: the same clients on the same server's
+`/healthz` (no database, no service behind it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from .acceptance import GATEWAY
+from .context import Context
+from .report import Progress, Result, latency_summary, ratio
+
+PATHS = ("/v1/me/summary", "/v1/me/lab-results?limit=20")
+
+
+async def _load(
+    ctx: Context, paths: tuple[str, ...], label: str, authorised: bool = True
+) -> dict[str, Any]:
+    settings = ctx.settings
+    patients = ctx.patients or await ctx.sign_in_patients(settings.patients)
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    progress = Progress(label, settings.duration_s)
+    # One client with a connection per patient: making 100 clients (each loading the TLS
+    # trust store) would cost the load generator seconds of CPU inside the measurement.
+    limits = httpx.Limits(
+        max_connections=settings.load_clients, max_keepalive_connections=settings.load_clients
+    )
+    async with httpx.AsyncClient(base_url=GATEWAY, timeout=30, limits=limits) as http:
+        start = time.monotonic()
+        stop_at = start + settings.duration_s
+
+        async def client(n: int) -> None:
+            patient = patients[n % len(patients)]
+            headers = {"Authorization": f"Bearer {patient.token}"} if authorised else {}
+            i = n
+            while time.monotonic() < stop_at:
+                path = paths[i % len(paths)]
+                i += 1
+                sent = time.monotonic()
+                try:
+                    response = await http.get(path, headers=headers)
+                    statuses[str(response.status_code)] += 1
+                except httpx.HTTPError as exc:
+                    statuses[type(exc).__name__] += 1
+                    continue
+                latencies.append((time.monotonic() - sent) * 1000)
+                progress.update(len(latencies), "requests")
+
+        await asyncio.gather(*(client(n) for n in range(settings.load_clients)))
+    elapsed = time.monotonic() - start
+    ok = statuses.get("200", 0)
+    return {
+        "latencies": latencies,
+        "rps": round(len(latencies) / elapsed, 1),
+        "ok_rps": round(ok / elapsed, 1),
+        "statuses": dict(statuses),
+        "errors": sum(v for k, v in statuses.items() if k != "200"),
+    }
+
+
+async def run(ctx: Context) -> Result:
+    """Baseline, the reads, the reads with the EHR down."""
+    started = time.monotonic()
+    base = await _load(ctx, ("/healthz",), "m4 baseline /healthz", authorised=False)
+    ours = await _load(ctx, PATHS, "m4 summary + lab list")
+    ctx.pause("ehr-sandbox", True)
+    try:
+        down = await _load(ctx, PATHS, "m4 with the EHR down")
+    finally:
+        ctx.pause("ehr-sandbox", False)
+    s_ours = latency_summary(ours["latencies"])
+    s_down = latency_summary(down["latencies"])
+    s_base = latency_summary(base["latencies"])
+    figures: dict[str, Any] = {
+        "rps": ours["rps"],
+        "p50_ms": s_ours["p50_ms"],
+        "p99_ms": s_ours["p99_ms"],
+        "max_ms": s_ours["max_ms"],
+        "errors": ours["errors"],
+        "ehr_down_rps": down["rps"],
+        "ehr_down_p50_ms": s_down["p50_ms"],
+        "ehr_down_p99_ms": s_down["p99_ms"],
+        "ehr_down_errors": down["errors"],
+    }
+    baseline = {
+        "rps": base["rps"],
+        "p50_ms": s_base["p50_ms"],
+        "p99_ms": s_base["p99_ms"],
+        "max_ms": s_base["max_ms"],
+        "errors": base["errors"],
+        "ehr_down_rps": base["rps"],
+        "ehr_down_p50_ms": s_base["p50_ms"],
+        "ehr_down_p99_ms": s_base["p99_ms"],
+    }
+    ratios = {
+        k: ratio(figures[k], baseline[k])
+        for k in (
+            "rps",
+            "p50_ms",
+            "p99_ms",
+            "max_ms",
+            "ehr_down_rps",
+            "ehr_down_p50_ms",
+            "ehr_down_p99_ms",
+        )
+    }
+    result = Result(
+        name="m4_gateway_load",
+        title="4. Gateway under load",
+        config={
+            "clients": ctx.settings.load_clients,
+            "duration_s_per_phase": ctx.settings.duration_s,
+            "paths": " + ".join(PATHS),
+        },
+        figures=figures,
+        baseline=baseline,
+        ratios=ratios,
+        samples={
+            "summary + lab list": ours["latencies"],
+            "same, EHR down": down["latencies"],
+            "baseline /healthz": base["latencies"],
+        },
+        notes=[
+            f"statuses: ours {ours['statuses']}, EHR down {down['statuses']}, "
+            f"baseline {base['statuses']}",
+            "Closed loop: each client sends its next request when the previous one answered, "
+            "so rps is what the gateway sustained with that many patients at once.",
+        ],
+    )
+    result.elapsed_s = time.monotonic() - started
+    return result

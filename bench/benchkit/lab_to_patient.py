@@ -1,0 +1,363 @@
+"""Benchmark 1: a lab result reaches the patient.
+
+The sandbox's clinician simulator results labs for the run's patients at a fixed rate; per
+result, from the EHR's acknowledgement of the commit (the simulator's 201) to
+(a) the `lab.resulted` event on the broker, (b) the report listed in
+`GET /v1/me/lab-results` (sampled: one result in `LIST_SAMPLE`, polled every
+`LIST_POLL_S`), (c) the notification on the patient's open SSE stream. Lost and duplicated
+notifications are counted on the streams. Baseline: the same hops with no logic
+(`baseline.Pipeline`: HTTP POST, two Kafka hops, SSE) at the same rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import psutil
+
+from .baseline import BaselineStream, Pipeline, tail_consumer
+from .context import BOOTSTRAP, Context
+from .report import Progress, Result, latency_summary, ratio
+
+PANELS = ("bmp", "cbc", "lipid", "a1c")
+LIST_SAMPLE = 5
+LIST_POLL_S = 0.02
+DRAIN_S = 30.0
+
+
+def _report_id(written: list[str]) -> str | None:
+    return next((r.split("/", 1)[1] for r in written if r.startswith("DiagnosticReport/")), None)
+
+
+async def _watch_events(consumer: Any, seen: dict[str, float], stop: asyncio.Event) -> None:
+    """Record when each report's `lab.resulted` event appears on the broker."""
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=100)
+            now = time.monotonic()
+            for messages in batches.values():
+                for message in messages:
+                    try:
+                        body = json.loads(message.value)
+                    except ValueError:
+                        continue
+                    data = body.get("data", body) if isinstance(body, dict) else {}
+                    report = data.get("report_fhir_id") if isinstance(data, dict) else None
+                    if report and report not in seen:
+                        seen[report] = now
+    finally:
+        await consumer.stop()
+
+
+async def _poll_list(patient: Any, report: str, listed: dict[str, float]) -> None:
+    """Poll the patient's newest lab results until the report shows (or DRAIN_S)."""
+    deadline = time.monotonic() + DRAIN_S
+    while time.monotonic() < deadline:
+        try:
+            response = await patient.http.get("/v1/me/lab-results", params={"limit": 5})
+        except httpx.HTTPError:
+            response = None
+        if (
+            response is not None
+            and response.status_code == 200
+            and any(item.get("id") == report for item in response.json().get("items", []))
+        ):
+            listed[report] = time.monotonic()
+            return
+        await asyncio.sleep(LIST_POLL_S)
+
+
+async def _ours(ctx: Context) -> dict[str, Any]:
+    settings = ctx.settings
+    patients = await ctx.sign_in_patients(settings.patients)
+    stop = asyncio.Event()
+    events: dict[str, float] = {}
+    consumer = await tail_consumer(BOOTSTRAP, "lab.resulted")
+    watcher = asyncio.create_task(_watch_events(consumer, events, stop))
+    acked: dict[str, tuple[float, Any]] = {}  # report -> (ack time, patient)
+    listed: dict[str, float] = {}
+    failures: Counter[str] = Counter()
+    pollers: list[asyncio.Task[None]] = []
+    rng = random.Random(16)
+    busy: set[str] = set()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def result_one(n: int) -> None:
+        # One patient's results come one after another (as a lab does): skip a busy one.
+        patient = patients[n % len(patients)]
+        if patient.id in busy:
+            patient = next((p for p in patients if p.id not in busy), patient)
+        busy.add(patient.id)
+        try:
+            written = await ctx.clinic.simulate(
+                "lab-result", patient=patient.id, panel=rng.choice(PANELS), abnormal=n % 3 == 0
+            )
+        except (AssertionError, httpx.HTTPError) as exc:
+            failures[type(exc).__name__] += 1
+            return
+        finally:
+            busy.discard(patient.id)
+        now = time.monotonic()
+        report = _report_id(written)
+        if report is None:
+            failures["no DiagnosticReport written"] += 1
+            return
+        acked[report] = (now, patient)
+        if n % LIST_SAMPLE == 0:
+            pollers.append(asyncio.create_task(_poll_list(patient, report, listed)))
+
+    progress = Progress("m1 lab results", settings.duration_s)
+    cpu_before = _cpu_seconds(ctx)
+    rss_idle = _rss_mb(ctx)
+    start = time.monotonic()
+    n = 0
+    peak_rss: dict[str, float] = {}
+    while time.monotonic() - start < settings.duration_s:
+        tasks.append(asyncio.create_task(result_one(n)))
+        n += 1
+        progress.update(len(acked), "results acknowledged")
+        if n % max(1, int(settings.lab_rate)) == 0:
+            for name, mb in _rss_mb(ctx).items():
+                peak_rss[name] = max(peak_rss.get(name, 0.0), mb)
+        next_at = start + n / settings.lab_rate
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+    offered_s = time.monotonic() - start
+    await asyncio.gather(*tasks)
+    # Wait until every acknowledged result reached its stream (or DRAIN_S passed).
+    deadline = time.monotonic() + DRAIN_S
+    while time.monotonic() < deadline:
+        delivered = _delivered(patients)
+        if all(r in delivered for r in acked):
+            break
+        progress.update(len(delivered), "delivered (draining)")
+        await asyncio.sleep(0.25)
+    await asyncio.sleep(1.0)  # a duplicate shows shortly after the original
+    await asyncio.gather(*pollers)
+    stop.set()
+    await watcher
+    cpu_after = _cpu_seconds(ctx)
+    delivered_times = _delivered(patients)
+    counts = _delivery_counts(patients)
+    to_event = [(events[r] - t) * 1000 for r, (t, _p) in acked.items() if r in events]
+    to_list = [(listed[r] - t) * 1000 for r, (t, _p) in acked.items() if r in listed]
+    to_stream = [
+        max(0.0, (delivered_times[r] - t) * 1000)
+        for r, (t, _p) in acked.items()
+        if r in delivered_times
+    ]
+    cpu = {k: round(cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0), 2) for k in cpu_after}
+    return {
+        "acked": len(acked),
+        "offered_rate": round(n / offered_s, 1),
+        "failures": dict(failures),
+        "event": to_event,
+        "list": to_list,
+        "stream": to_stream,
+        "lost": sum(1 for r in acked if r not in delivered_times),
+        "duplicated": sum(1 for r in acked if counts.get(r, 0) > 1),
+        "cpu_s": cpu,
+        "rss_idle_mb": rss_idle,
+        "rss_peak_mb": {k: round(v, 1) for k, v in peak_rss.items()},
+    }
+
+
+def _delivered(patients: list[Any]) -> dict[str, float]:
+    """First delivery time of each lab-result notification, over every stream."""
+    first: dict[str, float] = {}
+    for patient in patients:
+        for d in patient.stream.delivered:
+            if d.key[0] == "lab-result" and d.key[1] not in first:
+                first[d.key[1]] = d.received
+    return first
+
+
+def _delivery_counts(patients: list[Any]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for patient in patients:
+        for d in patient.stream.delivered:
+            if d.key[0] == "lab-result":
+                counts[d.key[1]] += 1
+    return counts
+
+
+def _processes(ctx: Context) -> dict[str, psutil.Process]:
+    """Each process of the stack with its children (a service may fork workers)."""
+    found: dict[str, psutil.Process] = {}
+    for name, pid in ctx.pids().items():
+        try:
+            found[name] = psutil.Process(pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _tree(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [process, *process.children(recursive=True)]
+    except psutil.Error:
+        return [process]
+
+
+def _rss_mb(ctx: Context) -> dict[str, float]:
+    """Resident memory per process of the stack (with its children), in MB."""
+    sizes: dict[str, float] = {}
+    for name, process in _processes(ctx).items():
+        total = 0
+        for member in _tree(process):
+            try:
+                total += member.memory_info().rss
+            except psutil.Error:
+                continue
+        sizes[name] = round(total / 2**20, 1)
+    return sizes
+
+
+def _cpu_seconds(ctx: Context) -> dict[str, float]:
+    """User + system CPU seconds per process of the stack (with its children)."""
+    used: dict[str, float] = {}
+    for name, process in _processes(ctx).items():
+        total = 0.0
+        for member in _tree(process):
+            try:
+                times = member.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                continue
+        used[name] = total
+    return used
+
+
+async def _baseline(ctx: Context, count_hint: int) -> dict[str, Any]:
+    settings = ctx.settings
+    pipeline = Pipeline(BOOTSTRAP)
+    await pipeline.start()
+    stream = BaselineStream(pipeline.url)
+    await stream.start()
+    acked: dict[str, float] = {}
+    try:
+        async with httpx.AsyncClient(base_url=pipeline.url, timeout=30) as client:
+
+            async def one() -> None:
+                response = await client.post("/commit", content=b"{}")
+                acked[response.json()["id"]] = time.monotonic()
+
+            progress = Progress("m1 baseline", settings.duration_s)
+            tasks = []
+            start = time.monotonic()
+            n = 0
+            while time.monotonic() - start < settings.duration_s:
+                tasks.append(asyncio.create_task(one()))
+                n += 1
+                progress.update(len(acked), "commits")
+                await asyncio.sleep(max(0.0, start + n / settings.lab_rate - time.monotonic()))
+            await asyncio.gather(*tasks)
+            deadline = time.monotonic() + DRAIN_S
+            # The stream records arrivals in a dict: poll it until the drain deadline.
+            while time.monotonic() < deadline and not all(a in stream.received for a in acked):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+    finally:
+        await stream.stop()
+        await pipeline.stop()
+    latencies = [
+        max(0.0, (stream.received[a] - t) * 1000) for a, t in acked.items() if a in stream.received
+    ]
+    return {"acked": len(acked), "stream": latencies, "lost": len(acked) - len(latencies)}
+
+
+async def run(ctx: Context) -> Result:
+    """Benchmark 1 and its baseline; also benchmark 7's footprint figures."""
+    started = time.monotonic()
+    ours = await _ours(ctx)
+    base = await _baseline(ctx, ours["acked"])
+    stream = latency_summary(ours["stream"])
+    events = latency_summary(ours["event"])
+    listed = latency_summary(ours["list"])
+    base_stream = latency_summary(base["stream"])
+    acked = ours["acked"]
+    cpu_total = sum(ours["cpu_s"].values())
+    figures: dict[str, Any] = {
+        "acknowledged": acked,
+        "offered_rate_per_s": ours["offered_rate"],
+        "simulator_failures": sum(ours["failures"].values()),
+        "lost": ours["lost"],
+        "duplicated": ours["duplicated"],
+        "event_p50_ms": events["p50_ms"],
+        "event_p99_ms": events["p99_ms"],
+        "list_p50_ms": listed["p50_ms"],
+        "list_p99_ms": listed["p99_ms"],
+        "list_samples": listed["count"],
+        "stream_p50_ms": stream["p50_ms"],
+        "stream_p90_ms": stream["p90_ms"],
+        "stream_p99_ms": stream["p99_ms"],
+        "stream_max_ms": stream["max_ms"],
+        "cpu_s_per_1000_events": round(cpu_total * 1000 / acked, 1) if acked else None,
+    }
+    baseline = {
+        "acknowledged": base["acked"],
+        "lost": base["lost"],
+        "stream_p50_ms": base_stream["p50_ms"],
+        "stream_p90_ms": base_stream["p90_ms"],
+        "stream_p99_ms": base_stream["p99_ms"],
+        "stream_max_ms": base_stream["max_ms"],
+    }
+    ratios = {
+        k: ratio(figures[k], baseline[k])
+        for k in ("stream_p50_ms", "stream_p90_ms", "stream_p99_ms", "stream_max_ms")
+    }
+    notes = [
+        f"{ctx.settings.patients} patients with open streams; results at "
+        f"{ctx.settings.lab_rate:g}/s for {ctx.settings.duration_s:g} s.",
+        "Latency from the simulator's 201 (the EHR committed) to the event on the broker, "
+        f"the report in the list (one result in {LIST_SAMPLE}, polled every "
+        f"{LIST_POLL_S * 1000:.0f} ms) and the SSE notification.",
+    ]
+    if ours["failures"]:
+        notes.append(f"simulator failures: {ours['failures']}")
+    result = Result(
+        name="m1_lab_to_patient",
+        title="1. Lab result to patient",
+        config={
+            "patients": ctx.settings.patients,
+            "rate_per_s": ctx.settings.lab_rate,
+            "duration_s": ctx.settings.duration_s,
+        },
+        figures=figures,
+        baseline=baseline,
+        ratios=ratios,
+        samples={
+            "ours: to SSE": ours["stream"],
+            "ours: to event": ours["event"],
+            "ours: to list": ours["list"],
+            "baseline: to SSE": base["stream"],
+        },
+        notes=notes,
+    )
+    footprint = Result(
+        name="m7_footprint",
+        title="7. Footprint (idle, and under benchmark 1)",
+        config={"under": "benchmark 1"},
+        figures={
+            **{f"rss_idle_mb.{k}": v for k, v in sorted(ours["rss_idle_mb"].items())},
+            **{f"rss_load_mb.{k}": v for k, v in sorted(ours["rss_peak_mb"].items())},
+            **{
+                f"cpu_s_per_1000.{k}": round(v * 1000 / acked, 2) if acked else None
+                for k, v in sorted(ours["cpu_s"].items())
+            },
+            "cpu_s_per_1000.total": figures["cpu_s_per_1000_events"],
+        },
+        baseline={},
+        notes=[
+            "RSS includes each process's children; 'load' is the peak sampled once a second "
+            "during benchmark 1; CPU is user+system over benchmark 1 (incl. its drain) per "
+            "1000 acknowledged lab results."
+        ],
+    )
+    result.elapsed_s = time.monotonic() - started
+    ctx.extra_results.append(footprint)
+    return result
