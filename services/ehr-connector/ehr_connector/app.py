@@ -53,7 +53,8 @@ def build(
         ehr: EhrPort = wrap_ehr(client) if wrap_ehr is not None else client
         try:
             # An unknown recipient fails start-up with a message naming it.
-            await pool_recipients.verify(ehr, recipients)
+            if settings.ehr_verify_recipients:
+                await pool_recipients.verify(ehr, recipients)
         except pool_recipients.RecipientsError:
             await client.aclose()
             raise

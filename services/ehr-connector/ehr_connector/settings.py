@@ -143,6 +143,10 @@ class Settings(ServiceSettings):
         default=DEFAULT_RECIPIENTS_FILE,
         description="Care-team pool → EHR recipient (CareTeam/PractitionerRole/Group), YAML",
     )
+    ehr_verify_recipients: bool = Field(
+        default=True,
+        description="Read every recipient from the EHR at start-up; an unknown one stops it",
+    )
     ehr_care_teams_by_pool: dict[str, str] = Field(
         default_factory=dict,
         description="Overrides of the recipients file: pool → CareTeam id, JSON "

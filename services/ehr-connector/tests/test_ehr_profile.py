@@ -129,7 +129,10 @@ async def test_mtls_notification_auth_needs_the_terminators_verdict(harness: Har
 async def test_ops_routes_answer_a_gateway_error_when_the_ehr_refuses(harness: Harness) -> None:
     ops = {"Authorization": "Bearer dev-ops-token"}
     # A base URL where the sandbox serves no FHIR: every EHR call is refused with 404.
-    async with harness.connector(ehr_base_url=harness.sandbox.url + "/no-fhir-here") as (
+    # (Recipients are not checked at start: every read there is refused.)
+    async with harness.connector(
+        ehr_base_url=harness.sandbox.url + "/no-fhir-here", ehr_verify_recipients=False
+    ) as (
         _,
         client,
     ):
