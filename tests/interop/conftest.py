@@ -234,6 +234,10 @@ def hapi_settings(
         "canary_enabled": False,
         "slot_sync_enabled": False,
         "log_level": "WARNING",
+        # HAPI has none of the sandbox's clinic: every pool goes to the CareTeam each test
+        # seeds, which may come after the connector started (so it is not checked then).
+        "ehr_recipients_file": Path(__file__).resolve().parent / "recipients.yaml",
+        "ehr_verify_recipients": False,
     }
     return Settings(**(values | overrides))
 
