@@ -1,7 +1,8 @@
 """The triage service's emergency check, over HTTP (`POST {triage_url}/emergency-check`).
 
-Contract (owned by triage): `{"text": "..."}` → `{"emergency": bool, "flags": [str],
-"advice": str | null}`. Every patient message goes through it before it is stored.
+Contract (owned by triage): `{"text": "..."}` → `{"emergency": bool, "flags": [{"id": str,
+...}], "advice": str | null, ...}`; messaging keeps the flags' ids. Every patient message
+goes through it before it is stored.
 
 Failure policy: a message is never refused because triage is down. When the check cannot
 run (connection refused, timeout, 5xx, an answer that does not fit the contract) the
@@ -22,9 +23,13 @@ from servicekit.logging import get_logger
 log = get_logger(__name__)
 
 
+class _Flag(BaseModel):
+    id: str
+
+
 class _Answer(BaseModel):
     emergency: bool
-    flags: list[str] = []
+    flags: list[_Flag] = []
     advice: str | None = None
 
 
@@ -60,5 +65,8 @@ class EmergencyCheck:
             log.warning("messaging.emergency_check_malformed")
             return Verdict(checked=False)
         return Verdict(
-            checked=True, emergency=answer.emergency, flags=answer.flags, advice=answer.advice
+            checked=True,
+            emergency=answer.emergency,
+            flags=[flag.id for flag in answer.flags],
+            advice=answer.advice,
         )
