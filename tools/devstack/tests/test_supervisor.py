@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from devstack._paths import free_port
-from devstack.postgres import drop_database
+from devstack.postgres import database_url, drop_database
 from devstack.supervisor import (
     Output,
     ProcessSpec,
@@ -175,7 +175,7 @@ async def test_check_runs_a_stack_on_tansu_and_verifies_every_endpoint(
             "HTTP_PORT": str(service.port),
             "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:19096",
             "KAFKA_ENABLE_IDEMPOTENCE": "false",
-            "DATABASE_URL": f"{postgres_url}/portal_fakeapp",
+            "DATABASE_URL": database_url(postgres_url, "portal_fakeapp"),
             "LOG_FORMAT": "json",
         }
 
