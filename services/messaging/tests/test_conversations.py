@@ -100,6 +100,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _behind() -> datetime:
+    return (_now() - timedelta(seconds=3)).replace(microsecond=0)
+
+
 def _source(fhir_id: str, version: str = "1", at: datetime = T) -> SourceVersion:
     return SourceVersion(
         resource_type="Communication", fhir_id=fhir_id, version_id=version, last_updated=at
@@ -165,7 +169,8 @@ async def test_clinician_answers_by_ehr_ids_land_in_the_patients_thread_with_rea
         [
             (
                 "pat-1",
-                _clinician("com-a1", root="com-root", in_reply_to="com-root", at=_now()),
+                # An EHR whose clock runs behind ours and records `sent` to the second.
+                _clinician("com-a1", root="com-root", in_reply_to="com-root", at=_behind()),
             )
         ],
         topic_prefix=unique_prefix,

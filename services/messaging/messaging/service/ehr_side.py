@@ -99,7 +99,16 @@ class EhrSide(MessagingBase):
             origin="care-team",
             at=data.sent_at,
         )
-        thread.updated_at = max(thread.updated_at, data.sent_at)
+        # An answer shows after the message it answers, and means the care team read that
+        # message and what the patient wrote before it. An EHR may record `sent` to the
+        # second only, or run a clock behind ours: by time alone the answer could show
+        # first and leave the message it answers unread.
+        sent_at = data.sent_at
+        if data.in_reply_to_fhir_id:
+            answered = await store.message_by_fhir_id(session, data.in_reply_to_fhir_id)
+            if answered is not None and answered.thread_id == thread.id:
+                sent_at = max(sent_at, answered.sent_at)
+        thread.updated_at = max(thread.updated_at, sent_at)
         message = store.Message(
             id=f"msg-{data.communication_fhir_id}",
             thread_id=thread.id,
@@ -107,15 +116,14 @@ class EhrSide(MessagingBase):
             direction=store.CARE_TEAM,
             communication_fhir_id=data.communication_fhir_id,
             sender_display=data.sender_display,
-            sent_at=data.sent_at,
+            sent_at=sent_at,
             ehr_status="completed",
             source_version=data.source.version_id,
             source_updated_at=data.source.last_updated,
         )
         self._seal_message(message, data.body)
         session.add(message)
-        # An answer means the care team has read what the patient wrote before it.
-        await store.mark_care_team_read(session, thread.id, data.sent_at, data.sent_at)
+        await store.mark_care_team_read(session, thread.id, sent_at, sent_at)
 
     async def sync_message(self, session: AsyncSession, event: Event[MessageSyncedV1]) -> None:
         """Apply the EHR's copy of a message: our filed message's EHR identity, an imported
