@@ -146,23 +146,11 @@ class Service:
         log.info("service.stopped")
 
     def _instrument(self) -> None:
-        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+        # Server spans are wired when the app is built (`telemetry.instrument_app`); client
+        # spans patch httpx once per process; database spans are per engine.
         from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
-        if not getattr(self.app.state, "instrumented", False):
-            FastAPIInstrumentor.instrument_app(
-                self.app,
-                excluded_urls="healthz,readyz,metrics",
-                server_request_hook=telemetry.server_request_hook,
-            )
-            self.app.state.instrumented = True
-        httpx_instr = HTTPXClientInstrumentor()
-        if not httpx_instr.is_instrumented_by_opentelemetry:
-            httpx_instr.instrument(
-                async_request_hook=telemetry.client_request_hook,
-                async_response_hook=telemetry.client_response_hook,
-            )
+        telemetry.instrument_http_clients()
         SQLAlchemyInstrumentor().instrument(engine=self.db.sync_engine)
 
     # -- readiness ------------------------------------------------------------------------
@@ -205,7 +193,7 @@ class Service:
         app = FastAPI(
             # FastAPI's own telemetry records raw URL paths, query strings and exception
             # messages (PHI); the OpenTelemetry instrumentation with our redacting hooks
-            # (see `_instrument`) traces requests instead.
+            # (`telemetry.instrument_app`) traces requests instead.
             telemetry=NO_NATIVE_TELEMETRY,
             title=self.definition.title,
             description=self.definition.description,
@@ -213,6 +201,7 @@ class Service:
             lifespan=lifespan,
         )
         app.state.service = self
+        telemetry.instrument_app(app)
         problems.install(app)
         app.include_router(_health_router())
         app.include_router(ops_api.router)
