@@ -21,7 +21,7 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import MetaData
 
-from servicekit import ops_api, problems, telemetry
+from servicekit import flow_metrics, ops_api, problems, telemetry
 from servicekit.consumer import ConsumerRuntime, EventRouter
 from servicekit.db import Database
 from servicekit.logging import configure_logging, get_logger
@@ -230,8 +230,10 @@ def _health_router() -> APIRouter:
         return problems.problem(503, "Not ready", "A dependency is unavailable.", checks=checks)
 
     @router.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
         """Prometheus metrics."""
+        service: Service = request.app.state.service
+        await flow_metrics.refresh_outbox_age(service.settings.service_name, service.db)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -13,11 +13,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
+from opentelemetry import trace
 from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
 from contracts.patient import PatientLinkedV1
-from gateway import audit, store
+from gateway import audit, observability, store
 from gateway.auth import AuthError, PatientToken, TokenVerifier
 from gateway.domain import Notification, NotificationKind
 from gateway.handlers import hub
@@ -348,24 +349,36 @@ async def events(
     settings: Settings = service.settings  # type: ignore[assignment]
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
 
+    stream_span = trace.get_current_span()
+    opened_at = datetime.now(UTC)
+
     async def stream() -> AsyncIterator[str]:
         nonlocal after
         waiter = hub.listen(caller.patient_id)
         try:
-            yield "retry: 3000\n: connected\n\n"
-            while not await request.is_disconnected():
-                waiter.clear()
-                async with service.db.sessions() as session:
-                    notes = await store.notifications_since(session, caller.patient_id, after)
-                for note in notes:
-                    after = note.id
-                    yield _sse(note)
-                if notes:
-                    continue
-                try:
-                    await asyncio.wait_for(waiter.wait(), timeout=settings.sse_keepalive_s)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
+            with observability.stream_open():
+                yield "retry: 3000\n: connected\n\n"
+                while not await request.is_disconnected():
+                    waiter.clear()
+                    async with service.db.sessions() as session:
+                        notes = await store.notifications_since(session, caller.patient_id, after)
+                    for note in notes:
+                        after = note.id
+                        yield _sse(note)
+                        observability.pushed(
+                            note.kind,
+                            note.traceparent,
+                            note.source_time,
+                            stream_span,
+                            live=note.created_at.replace(tzinfo=note.created_at.tzinfo or UTC)
+                            >= opened_at,
+                        )
+                    if notes:
+                        continue
+                    try:
+                        await asyncio.wait_for(waiter.wait(), timeout=settings.sse_keepalive_s)
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
         finally:
             hub.forget(caller.patient_id, waiter)
 

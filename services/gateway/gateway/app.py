@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
-from gateway import api, api_appointments, api_messages, handlers, portal, store
+from gateway import api, api_appointments, api_messages, handlers, ops, portal, store
 from gateway.auth import TokenVerifier
 from gateway.settings import Settings
 from gateway.upstream import Upstreams
@@ -43,6 +43,7 @@ def build(
     routes.include_router(api.router)
     routes.include_router(api_appointments.router)
     routes.include_router(api_messages.router)
+    routes.include_router(ops.router)
     service = create_service(
         ServiceDefinition(
             settings=settings or Settings(),

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from contracts.message import MessageSentV1
 from messaging import domain, store
+from messaging.metrics import count_message_after_commit
 from servicekit.app import Service
 from servicekit.http import PatientId, ReadSession
 
@@ -227,6 +228,7 @@ async def start_thread(
                 updated_at=now,
             )
             message = _outbound(thread, body.body, idempotency_key, now)
+            count_message_after_commit(session, thread.pool, "outbound")
             session.add_all([thread, message])
             event = _sent_event(thread, message, body.subject, None)
             service.outbox.add(session, event, subject=patient_id)
@@ -274,6 +276,7 @@ async def reply(
             in_reply_to = await store.latest_inbound_fhir_id(session, thread_id)
             thread.updated_at = now
             message = _outbound(thread, body.body, idempotency_key, now)
+            count_message_after_commit(session, thread.pool, "outbound")
             session.add(message)
             event = _sent_event(thread, message, domain.reply_subject(thread.subject), in_reply_to)
             service.outbox.add(session, event, subject=patient_id)

@@ -8,6 +8,7 @@ from contracts.message import MessageReceivedV1
 from contracts.triage import TriageCompletedV1
 from messaging import store
 from messaging.domain import DEFAULT_POOL, route_triage
+from messaging.metrics import count_message_after_commit, count_triage_item_after_commit
 from servicekit.consumer import Event, EventRouter, UnitOfWork
 
 router = EventRouter()
@@ -46,6 +47,7 @@ async def file_clinician_message(uow: UnitOfWork, event: Event[MessageReceivedV1
             sent_at=data.sent_at,
         )
     )
+    count_message_after_commit(uow.session, thread.pool, "inbound")
 
 
 @router.handles("triage.completed")
@@ -55,10 +57,12 @@ async def route_triage_summary(uow: UnitOfWork, event: Event[TriageCompletedV1])
     item_id = f"triage-{data.session_id}"
     if await uow.session.get(store.PoolItem, item_id) is not None:
         return
+    pool = route_triage(data.urgency, data.recommended_pool)
+    count_triage_item_after_commit(uow.session, pool, data.urgency.value)
     uow.session.add(
         store.PoolItem(
             id=item_id,
-            pool=route_triage(data.urgency, data.recommended_pool),
+            pool=pool,
             patient_id=event.patient_id,
             kind="triage-summary",
             urgency=data.urgency.value,

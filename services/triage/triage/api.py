@@ -13,6 +13,7 @@ from contracts.triage import TriageCompletedV1, Urgency
 from servicekit.app import Service
 from servicekit.http import PatientId
 from triage import domain, store
+from triage.metrics import ASSESSMENTS
 
 router = APIRouter(tags=["triage"])
 
@@ -73,6 +74,8 @@ async def assess(patient_id: PatientId, body: AssessRequest, request: Request) -
             ),
             subject=patient_id,
         )
+    # Counted once committed: a failed transaction raised above and is not counted.
+    ASSESSMENTS.labels(outcome.urgency.value, outcome.recommended_pool or "default").inc()
     return AssessResponse(
         session_id=session_id,
         urgency=outcome.urgency,

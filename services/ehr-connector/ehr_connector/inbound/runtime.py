@@ -333,6 +333,7 @@ class Inbound:
             return await self._handle(notification)
         except (DependencyUnavailable, EhrError) as exc:
             # Not the notification's fault: the EHR retries it later.
+            NOTIFICATIONS_REJECTED.labels("ehr_unavailable").inc()
             log.warning(
                 "inbound.notification_deferred",
                 subscription_id=notification.subscription_id,
