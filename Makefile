@@ -34,11 +34,11 @@ SPACE := $(EMPTY) $(EMPTY)
 KAFKA_HOME := deploy/local/kafka
 KAFKA_STAMP := $(KAFKA_HOME)/lib/.fetched
 
-.PHONY: help install up check test lint bench kafka-jars clean
+.PHONY: help install up check test lint bench kafka-jars deploy-check traces clean
 
 help: ## list the targets
 	@echo "Usage: make <target> [KAFKA=tansu|apache] [PYTEST_ARGS=...]"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-11s %s\n", $$1, $$2}' \
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-13s %s\n", $$1, $$2}' \
 		$(MAKEFILE_LIST)
 
 install: $(STAMP) ## create .venv (Python 3.11) and install every package editable + dev tools
@@ -84,6 +84,15 @@ $(KAFKA_STAMP): $(KAFKA_HOME)/pom.xml
 	rm -f $(KAFKA_HOME)/lib/*.jar
 	mvn -q -B -f $(KAFKA_HOME)/pom.xml dependency:copy-dependencies
 	@touch $@
+
+deploy-check: install ## render + validate the k8s overlays, check alert rules (promtool) and dashboards
+	bash deploy/k8s/tools/validate.sh
+	bash deploy/observability/tools/check.sh
+
+# The trace sink of `make up TRACING=1` keeps spans in TRACES_DATABASE_URL (PostgreSQL).
+TRACES ?= 5
+traces: install ## print the last TRACES=5 traces of the local stack as trees (TRACING=1 stack)
+	$(PY) -m devstack.tracesink show --limit $(TRACES)
 
 clean: ## remove generated files: .data/, caches, Kafka jars, the install stamp (keeps .venv)
 	rm -rf .data $(KAFKA_HOME)/lib $(KAFKA_HOME)/target .mypy_cache .ruff_cache \

@@ -175,7 +175,11 @@ def instrument_app(app: Any) -> None:
 
     if not getattr(app, "_is_instrumented_by_opentelemetry", False):
         FastAPIInstrumentor.instrument_app(
-            app, excluded_urls=EXCLUDED_URLS, server_request_hook=server_request_hook
+            app,
+            excluded_urls=EXCLUDED_URLS,
+            server_request_hook=server_request_hook,
+            # One span per ASGI message ("http send") is noise; an SSE stream has thousands.
+            exclude_spans=["receive", "send"],
         )
 
 

@@ -104,6 +104,7 @@ async def current_patient(
     try:
         token = await verifier.verify(authorization[7:].strip())
     except AuthError as exc:
+        observability.auth_failed(exc.status)
         headers = (
             {"WWW-Authenticate": 'Bearer error="invalid_token"'} if exc.status == 401 else None
         )
@@ -118,6 +119,7 @@ Me = Annotated[Caller, Depends(current_patient)]
 
 def _require(caller: Caller, resource_type: str) -> None:
     if not caller.token.allows_read(resource_type):
+        observability.SCOPE_DENIALS.labels(resource_type).inc()
         raise HTTPException(403, f"The token's scopes do not allow reading {resource_type}.")
 
 
@@ -133,6 +135,9 @@ async def _read(
     try:
         data = await upstreams_of(request).get(service, path, params)
     except UpstreamError as exc:
+        # By-id paths (`/patients/{me}/<things>/{id}...`); a list answering 404 is not a probe.
+        if exc.status == 404 and params is None and path.rstrip("/").count("/") >= 4:
+            observability.FOREIGN_ID_READS.labels(resource_type).inc()
         raise HTTPException(exc.status, f"The {exc.service} service {exc.detail}.") from exc
     await audit.record_access(
         service_of(request).db, caller.patient_id, caller.actor, "read", resource_type

@@ -32,6 +32,27 @@ SSE_CONNECTIONS = Gauge("sse_connections", "Open Server-Sent Events streams of p
 SSE_SENT = Counter(
     "sse_notifications_sent_total", "Notifications pushed over SSE, by kind", ["kind"]
 )
+# Security signals (alerts: bursts of failed tokens, cross-patient attempts).
+AUTH_FAILURES = Counter(
+    "gateway_auth_failures_total",
+    "Requests refused for their token: invalid (401), not allowed (403), IdP down (503)",
+    ["reason"],
+)
+FOREIGN_ID_READS = Counter(
+    "gateway_foreign_id_reads_total",
+    "Reads by id that the owning service did not find for the caller's patient (another "
+    "patient's id and a made-up id look the same; a burst is someone probing)",
+    ["resource"],
+)
+SCOPE_DENIALS = Counter(
+    "gateway_scope_denials_total", "Requests beyond the token's SMART scopes", ["resource"]
+)
+_AUTH_REASONS = {401: "invalid_token", 403: "not_allowed", 503: "idp_unavailable"}
+
+
+def auth_failed(status: int) -> None:
+    """Count a refused token by what was wrong with it."""
+    AUTH_FAILURES.labels(_AUTH_REASONS.get(status, str(status))).inc()
 
 
 def ehr_write_time(data: Any) -> datetime | None:

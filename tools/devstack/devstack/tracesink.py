@@ -40,6 +40,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from devstack._paths import repo_root
+
 DEFAULT_PORT = 4318
 MAX_BODY_BYTES = 32 * 1024 * 1024
 KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
@@ -313,17 +315,30 @@ def build_app(store: TraceStore, *, manage_store: bool = True) -> Starlette:
 
 
 def create_app() -> Starlette:
-    """uvicorn factory for the local stack (`--factory devstack.tracesink:create_app`)."""
-    return build_app(TraceStore(database_url_from_env()))
+    """uvicorn factory for the local stack (`--factory devstack.tracesink:create_app`).
+
+    Leaves its database URL in `.data/trace-sink.url`, so `make traces` finds the spans
+    without being told where the stack's PostgreSQL is.
+    """
+    url = database_url_from_env()
+    URL_FILE.parent.mkdir(parents=True, exist_ok=True)
+    URL_FILE.write_text(url + "\n", encoding="utf-8")
+    return build_app(TraceStore(url))
+
+
+URL_FILE = repo_root() / ".data" / "trace-sink.url"
 
 
 def database_url_from_env() -> str:
-    """`TRACES_DATABASE_URL`, required."""
+    """`TRACES_DATABASE_URL`, else what the running stack's sink left in `.data/`."""
     url = os.environ.get("TRACES_DATABASE_URL", "")
+    if not url and URL_FILE.exists():
+        url = URL_FILE.read_text(encoding="utf-8").strip()
     if not url:
         raise SystemExit(
-            "TRACES_DATABASE_URL is not set: the PostgreSQL database the trace sink keeps "
-            "spans in (e.g. postgresql://postgres@/portal_traces?host=/path/to/socket)"
+            "TRACES_DATABASE_URL is not set and no trace sink has run (make up TRACING=1): "
+            "the PostgreSQL database the trace sink keeps spans in "
+            "(e.g. postgresql://postgres@/portal_traces?host=/path/to/socket)"
         )
     return url
 
