@@ -26,6 +26,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,8 +40,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-
-from devstack._paths import repo_root
 
 DEFAULT_PORT = 4318
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -326,7 +325,9 @@ def create_app() -> Starlette:
     return build_app(TraceStore(url))
 
 
-URL_FILE = repo_root() / ".data" / "trace-sink.url"
+# Relative to the working directory: the supervisor runs the sink at the repository root,
+# where `make traces` runs too.
+URL_FILE = Path(".data") / "trace-sink.url"
 
 
 def database_url_from_env() -> str:

@@ -31,8 +31,10 @@ from devstack.topics import ensure_topics
 from ehr_connector.app import build as build_connector
 from ehr_connector.settings import Settings as ConnectorSettings
 from ehr_sandbox.httptest import free_port, running_sandbox, serve
+from gateway import audit
 from gateway.app import build as build_gateway
 from gateway.settings import Settings as GatewaySettings
+from servicekit.db import Database
 from servicekit.testing import eventually, isolated_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -175,7 +177,7 @@ async def test_dead_letters_across_services_show_discard_and_redrive(stack: Stac
 
     everywhere = await portalctl(stack, "dead-letters", "list")
     assert everywhere.code == 1, "unreachable services make the listing incomplete"
-    assert "gateway" in everywhere.out and "PermanentError" in everywhere.out
+    assert "gateway" in everywhere.out and "unparseable" in everywhere.out
     for name in ("records", "scheduling", "messaging", "triage"):
         assert f"warning: {name}: unreachable" in everywhere.out
     assert "warning: ehr-connector" not in everywhere.out
@@ -224,7 +226,14 @@ async def test_outbox_status_replay_and_the_audit_chain(stack: Stack) -> None:
     naive = await portalctl(stack, "outbox", "replay", "gateway", "--since", "2026-12-03T08:00")
     assert naive.code == 2 and "time zone" in naive.err
 
-    await stack.gateway.get("/v1/me/allergies")  # a PHI read: one row in the access log
+    # Two PHI reads in the access log, chained by the gateway's own code (the services the
+    # reads would go through are not part of this stack).
+    db = Database(stack.gateway_db)
+    try:
+        for resource in ("AllergyIntolerance", "Condition"):
+            await audit.record_access(db, "pat-portalctl", "patient", "read", resource)
+    finally:
+        await db.dispose()
     intact = await portalctl(stack, "audit", "verify")
     assert intact.code == 0 and "intact" in intact.out
 
@@ -233,7 +242,8 @@ async def test_outbox_status_replay_and_the_audit_chain(stack: Stack) -> None:
         async with engine.begin() as conn:
             first = await conn.scalar(text("SELECT min(id) FROM access_log"))
             await conn.execute(
-                text("UPDATE access_log SET resource = 'Patient' WHERE id = :id"), {"id": first}
+                text("UPDATE access_log SET resource = resource || '-edited' WHERE id = :id"),
+                {"id": first},
             )
     finally:
         await engine.dispose()
