@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from devstack._paths import repo_root
 from devstack.supervisor import SERVICES, ProcessSpec
 
 TRACE_SINK_PORT = 4318
@@ -92,19 +93,24 @@ def prometheus_config(host: str, ports: Mapping[str, int], rules: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prometheus(host: str, root: Path) -> ProcessSpec | None:
-    """Prometheus over the services, if the binary is installed (apt-get install
-    prometheus); None otherwise (the supervisor then says it is skipped)."""
+def prometheus(
+    host: str,
+    root: Path,
+    *,
+    port: int = PROMETHEUS_PORT,
+    targets: Mapping[str, int] | None = None,
+) -> ProcessSpec | None:
+    """Prometheus over the services (`targets`: name -> port, default the six services),
+    if the binary is installed (apt-get install prometheus); None otherwise."""
     binary = shutil.which("prometheus")
     if binary is None:
         return None
     data = root / ".data" / "prometheus"
     data.mkdir(parents=True, exist_ok=True)
     config = data / "prometheus.yml"
-    rules = root / "deploy" / "observability" / "prometheus" / "alerts.yaml"
-    config.write_text(
-        prometheus_config(host, {s.name: s.port for s in SERVICES}, rules), encoding="utf-8"
-    )
+    rules = repo_root() / "deploy" / "observability" / "prometheus" / "alerts.yaml"
+    ports = targets if targets is not None else {s.name: s.port for s in SERVICES}
+    config.write_text(prometheus_config(host, ports, rules), encoding="utf-8")
     return ProcessSpec(
         name="prometheus",
         argv=[
@@ -112,9 +118,9 @@ def prometheus(host: str, root: Path) -> ProcessSpec | None:
             f"--config.file={config}",
             f"--storage.tsdb.path={data / 'tsdb'}",
             "--storage.tsdb.retention.time=2d",
-            f"--web.listen-address={host}:{PROMETHEUS_PORT}",
+            f"--web.listen-address={host}:{port}",
         ],
-        port=PROMETHEUS_PORT,
+        port=port,
         host=host,
         ready_path="/-/ready",
         cwd=root,

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -124,3 +126,47 @@ async def test_the_receiver_refuses_what_is_not_otlp_protobuf(sink: str) -> None
             headers={"content-type": "application/x-protobuf"},
         )
         assert garbage.status_code == 400
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="apt-get install prometheus")
+async def test_local_prometheus_loads_the_alert_rules_and_scrapes(tmp_path: Path) -> None:
+    from devstack.observability import prometheus
+
+    target = free_port()
+    spec = prometheus("127.0.0.1", tmp_path, port=free_port(), targets={"records": target})
+    assert spec is not None
+    proc = await asyncio.create_subprocess_exec(
+        *spec.argv,
+        cwd=spec.cwd,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=spec.url(), timeout=2) as client:
+
+            async def ready() -> bool:
+                assert proc.returncode is None, "prometheus exited"
+                try:
+                    return (await client.get(spec.ready_path)).is_success
+                except httpx.HTTPError:
+                    return False
+
+            await eventually(ready, timeout=60, interval=0.2)
+            groups = (await client.get("/api/v1/rules")).json()["data"]["groups"]
+            alerts = {r["name"] for g in groups for r in g["rules"] if r["type"] == "alerting"}
+            assert {"DeadLettersOpen", "NotificationLatencyBudgetBurnFast"} <= alerts
+            targets: list[dict[str, Any]] = []
+
+            async def discovered() -> bool:
+                nonlocal targets
+                answer = (await client.get("/api/v1/targets")).json()
+                targets = answer["data"]["activeTargets"]
+                return bool(targets)
+
+            await eventually(discovered, timeout=30, interval=0.2)
+            assert [t["labels"]["app"] for t in targets] == ["records"]
+            assert targets[0]["scrapeUrl"] == f"http://127.0.0.1:{target}/metrics"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), timeout=20)
