@@ -313,6 +313,19 @@ async def test_a_booking_is_one_trace_from_the_patient_to_the_ehr(stack: TracedS
     assert any(consume in _ancestors(call, spans) for call in fhir_calls)
     assert all(s.trace_id == gateway.trace_id for s in spans)
 
+    # Minutes of relay polling, readiness checks and slot syncs left no trace of their own:
+    # no stored trace starts with a client call (a query or an outgoing poll).
+    # (Spans that ended in the last seconds may still wait for their parent's export.)
+    everything = await stack.traces.all_spans()
+    ids = {s.span_id for s in everything}
+    settled = datetime.now(UTC) - timedelta(seconds=3)
+    client_roots = [
+        s
+        for s in everything
+        if s.kind == "CLIENT" and s.end_time < settled and (s.parent_span_id or "") not in ids
+    ]
+    assert client_roots == []
+
 
 async def test_a_lab_result_is_one_trace_from_the_ehr_to_the_patients_screen(
     stack: TracedStack,
