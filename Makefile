@@ -52,8 +52,10 @@ $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PAC
 	$(PY) -m pip check
 	@touch $@
 
-up: install ## run the whole stack in the foreground (KAFKA=tansu|apache); Ctrl-C stops it
-	$(PY) -m devstack up --kafka $(KAFKA)
+# TRACING=1: also the trace sink (then `make traces`); OBSERVABILITY=1: also Prometheus.
+up: install ## run the whole stack in the foreground (KAFKA=tansu|apache, TRACING=1, OBSERVABILITY=1)
+	$(PY) -m devstack up --kafka $(KAFKA) $(if $(TRACING),--tracing) \
+		$(if $(OBSERVABILITY),--observability)
 
 check: install ## start the stack, check every service's /readyz /healthz /metrics, stop it
 	$(PY) -m devstack check --kafka $(KAFKA)

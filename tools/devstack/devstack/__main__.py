@@ -63,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--ready-timeout", type=float, default=90.0, help="seconds each process may take"
         )
+        sub.add_argument(
+            "--tracing", action="store_true", help="also run the trace sink (OTLP on 4318)"
+        )
+        sub.add_argument(
+            "--observability",
+            action="store_true",
+            help="also run Prometheus (9090) with the alert rules, if installed",
+        )
 
     broker = commands.add_parser("broker", help="run only a Kafka broker in the foreground")
     broker.add_argument("--kafka", type=_kind, default=default_kind, help="broker kind")
@@ -92,6 +100,8 @@ def _stack_config(args: argparse.Namespace) -> StackConfig:
         database_url=os.environ.get("DATABASE_URL", ""),
         sequential=args.sequential,
         ready_timeout=args.ready_timeout,
+        tracing=args.tracing,
+        observability=args.observability,
     )
 
 

@@ -366,6 +366,8 @@ class StackConfig:
     sequential: bool = False
     python: str = sys.executable
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    tracing: bool = False
+    observability: bool = False
 
 
 def importable(package: str) -> bool:
@@ -435,6 +437,20 @@ class Stack:
             urls = await self._databases()
         except (OSError, asyncpg.PostgresError) as exc:
             raise StartupError("postgres", f"creating databases failed: {exc!r}") from exc
+        from devstack import observability
+
+        await self.supervisor.start_all(
+            list(
+                observability.processes(
+                    self.config.python,
+                    self.config.host,
+                    self.config.root,
+                    self.config.database_url,
+                    tracing=self.config.tracing,
+                    metrics=self.config.observability,
+                )
+            )
+        )
         specs = {s.name: self._spec(s, urls.get(s.name, "")) for s in self.services}
         # What the services call at start-up (the EHR sandbox) comes first and alone. The
         # services themselves start together unless asked not to: most of their start-up
@@ -485,6 +501,8 @@ class Stack:
         return urls
 
     def _spec(self, service: ServiceDef, database: str) -> ProcessSpec:
+        from devstack import observability
+
         config = self.config
         argv = [
             config.python,
@@ -508,6 +526,7 @@ class Stack:
             "KAFKA_ENABLE_IDEMPOTENCE": "true" if self.enable_idempotence else "false",
             "DATABASE_URL": database,
             "LOG_FORMAT": "json",
+            **observability.service_env(config.host, tracing=config.tracing),
             **config.extra_env,
         }
         return ProcessSpec(
@@ -684,8 +703,12 @@ async def verify_endpoints(stack: Stack) -> int:
     failures = 0
     async with httpx.AsyncClient(timeout=10.0) as client:
         for process in stack.supervisor.processes:
-            service = next(s for s in stack.services if s.name == process.name)
-            paths = ("/readyz", "/healthz", "/metrics") if service.is_service else ("/readyz",)
+            service = next((s for s in stack.services if s.name == process.name), None)
+            paths = (
+                ("/readyz", "/healthz", "/metrics")
+                if service is not None and service.is_service
+                else (process.spec.ready_path,)
+            )
             for path in paths:
                 url = process.spec.url(path)
                 try:

@@ -170,3 +170,20 @@ async def test_local_prometheus_loads_the_alert_rules_and_scrapes(tmp_path: Path
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), timeout=20)
+
+
+def test_tracing_stack_points_every_service_at_the_sink(tmp_path: Path) -> None:
+    from devstack.observability import processes
+    from devstack.supervisor import SERVICES, Stack, StackConfig
+
+    base = "postgresql+asyncpg://portal:portal@127.0.0.1:5432"
+    traced = Stack(StackConfig(tracing=True, database_url=base, root=tmp_path))
+    env = traced._spec(SERVICES[0], f"{base}/portal_gateway").env
+    assert env["OTLP_ENDPOINT"] == "http://127.0.0.1:4318"
+    plain = Stack(StackConfig(database_url=base, root=tmp_path))
+    assert "OTLP_ENDPOINT" not in plain._spec(SERVICES[0], f"{base}/portal_gateway").env
+    (sink,) = processes(sys.executable, "127.0.0.1", tmp_path, base, tracing=True, metrics=False)
+    assert sink.env["TRACES_DATABASE_URL"] == f"{base}/portal_traces"
+    assert (
+        processes(sys.executable, "127.0.0.1", tmp_path, base, tracing=False, metrics=False) == []
+    )
