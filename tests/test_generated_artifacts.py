@@ -29,10 +29,12 @@ def test_asyncapi_document_is_up_to_date() -> None:
 
 
 @pytest.mark.parametrize("package", SERVICES)
-def test_migrations_create_exactly_the_tables_of_the_models(package: str, tmp_path: Path) -> None:
+def test_migrations_create_exactly_the_tables_of_the_models(
+    package: str, database_url: str
+) -> None:
     store = importlib.import_module(f"{package}.store")
     versions = Path(store.__file__ or "").parent / "migrations"
-    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+    url = database_url
     errors: list[BaseException] = []
 
     def run() -> None:

@@ -3,12 +3,14 @@
 Always: the committed KafkaTopics match contracts.registry, every service folder has a base
 named like it, ports are docs/design.md's fixed ports, one name per service everywhere, pods
 are locked down, env var names are fields of the service's settings, database Secrets match
-the CloudNativePG roles, and the NetworkPolicies follow the design's diagram.
+the CloudNativePG roles (the services' and the sandbox's), and the NetworkPolicies follow the
+design's diagram.
 
 With kubectl (installed by deploy/k8s/tools/validate.sh from npm when missing): every overlay
 renders and validates (Kubernetes API schemas, CRD schemas), and the rendered dev and prod
 environments are checked (Secrets that dev_secrets.py makes cover every reference, prod has
-no sandbox and runs at least two replicas, dev runs one replica against the sandbox).
+no sandbox and runs at least two replicas, dev runs one replica against the sandbox, and
+there every service and the sandbox has its role, Database and a way to PostgreSQL).
 """
 
 from __future__ import annotations
@@ -53,10 +55,11 @@ def _load(path: Path) -> list[Doc]:
 
 
 def _folder_docs(folder: Path) -> list[Doc]:
+    """The Kubernetes objects of a folder (not JSON patches, which are lists of operations)."""
     docs: list[Doc] = []
     for path in sorted(folder.glob("*.yaml")):
         if path.name != "kustomization.yaml":
-            docs.extend(_load(path))
+            docs.extend(d for d in _load(path) if isinstance(d, dict))
     return docs
 
 
@@ -264,31 +267,120 @@ def test_sandbox_env_names_are_sandbox_settings() -> None:
 # -- databases and network --------------------------------------------------------------------
 
 
-def test_database_secrets_match_the_cnpg_roles() -> None:
-    component = K8S / "components" / "postgres-cnpg"
-    cluster = _one(_load(component / "cluster.yaml"), "Cluster")
-    roles = {r["passwordSecret"]["name"]: r["name"] for r in cluster["spec"]["managed"]["roles"]}
-    databases = {d["metadata"]["name"]: d["spec"] for d in _load(component / "databases.yaml")}
-    generated = {
-        d["metadata"]["name"]: d["stringData"] for d in _tool("dev_secrets").secrets_for("dev")[0]
+POSTGRES = K8S / "components" / "postgres-cnpg"
+
+
+def _url_refs(deployment: Doc, variable: str) -> list[list[Doc]]:
+    """Per container, the secretKeyRefs of `variable` (the database URL)."""
+    return [
+        [e["valueFrom"]["secretKeyRef"] for e in c.get("env", []) if e["name"] == variable]
+        for c in _containers(deployment)
+    ]
+
+
+def _check_database(
+    *,
+    name: str,
+    deployment: Doc,
+    variable: str,
+    roles: dict[str, str],
+    database: Doc,
+    cluster: Doc,
+    generated: dict[str, dict[str, str]],
+) -> None:
+    """`name` logs in as the role whose passwordSecret is `<name>-db`, owns its Database in
+    that cluster, and every container takes `variable` from that Secret's url, which
+    dev_secrets.py makes for that role and database."""
+    secret_name = f"{name}-db"
+    assert _url_refs(deployment, variable) == [[{"name": secret_name, "key": "url"}]] * len(
+        _containers(deployment)
+    ), f"{name}: {variable} must come from {secret_name}/url"
+    role = roles[secret_name]
+    assert database["metadata"]["name"] == name
+    assert database["spec"] == {**database["spec"], "name": role, "owner": role}
+    assert database["spec"]["cluster"]["name"] == cluster["metadata"]["name"]
+    secret = generated[secret_name]
+    assert secret["username"] == role
+    assert secret["url"].startswith(f"postgresql+asyncpg://{role}:{secret['password']}@")
+    assert secret["url"].endswith(f"/{role}")
+
+
+def _roles(cluster: Doc) -> dict[str, str]:
+    """passwordSecret name -> role name of the Cluster's managed roles."""
+    return {r["passwordSecret"]["name"]: r["name"] for r in cluster["spec"]["managed"]["roles"]}
+
+
+def _generated(env: str) -> dict[str, dict[str, str]]:
+    return {
+        d["metadata"]["name"]: d["stringData"] for d in _tool("dev_secrets").secrets_for(env)[0]
     }
+
+
+def test_database_secrets_match_the_cnpg_roles() -> None:
+    cluster = _one(_load(POSTGRES / "cluster.yaml"), "Cluster")
+    databases = {d["metadata"]["name"]: d for d in _load(POSTGRES / "databases.yaml")}
+    generated = _generated("dev")
     assert set(databases) == set(SERVICES)
     for service in SERVICES:
-        deployment = _one(_folder_docs(BASE / service), "Deployment")
-        for container in _containers(deployment):
-            refs = [
-                e["valueFrom"]["secretKeyRef"]
-                for e in container["env"]
-                if e["name"] == "DATABASE_URL"
-            ]
-            assert refs == [{"name": f"{service}-db", "key": "url"}]
-        role = roles[f"{service}-db"]
-        assert databases[service] == {**databases[service], "name": role, "owner": role}
-        assert databases[service]["cluster"]["name"] == cluster["metadata"]["name"]
-        secret = generated[f"{service}-db"]
-        assert secret["username"] == role
-        assert secret["url"].startswith(f"postgresql+asyncpg://{role}:{secret['password']}@")
-        assert secret["url"].endswith(f"/{role}")
+        _check_database(
+            name=service,
+            deployment=_one(_folder_docs(BASE / service), "Deployment"),
+            variable="DATABASE_URL",
+            roles=_roles(cluster),
+            database=databases[service],
+            cluster=cluster,
+            generated=generated,
+        )
+
+
+def test_sandbox_database_matches_its_cnpg_role() -> None:
+    """The sandbox's role and Database come with its component, as a JSON patch that appends
+    the role to the postgres-cnpg Cluster (prod, without the component, has neither)."""
+    component = K8S / "components" / SANDBOX
+    cluster = _one(_load(POSTGRES / "cluster.yaml"), "Cluster")
+    kustomization = yaml.safe_load((component / "kustomization.yaml").read_text())
+    patches = [p for p in kustomization["patches"] if p.get("target", {}).get("kind") == "Cluster"]
+    assert len(patches) == 1
+    assert patches[0]["target"]["name"] == cluster["metadata"]["name"]
+    operations = yaml.safe_load((component / patches[0]["path"]).read_text(encoding="utf-8"))
+    assert [(o["op"], o["path"]) for o in operations] == [("add", "/spec/managed/roles/-")]
+    patched = {
+        **cluster,
+        "spec": {
+            **cluster["spec"],
+            "managed": {"roles": [*cluster["spec"]["managed"]["roles"], operations[0]["value"]]},
+        },
+    }
+    service_role = cluster["spec"]["managed"]["roles"][0]
+    assert set(operations[0]["value"]) == set(service_role)
+    assert {k: operations[0]["value"][k] for k in ("ensure", "login")} == {
+        k: service_role[k] for k in ("ensure", "login")
+    }
+    docs = _folder_docs(component)
+    _check_database(
+        name=SANDBOX,
+        deployment=_one(docs, "Deployment", SANDBOX),
+        variable="SANDBOX_DATABASE_URL",
+        roles=_roles(patched),
+        database=_one(docs, "Database", SANDBOX),
+        cluster=cluster,
+        generated=_generated("dev"),
+    )
+    assert "SANDBOX_DATABASE_URL" not in _one(docs, "ConfigMap", SANDBOX)["data"]
+    assert f"{SANDBOX}-db" not in _generated("prod")
+    # The emptyDir is for SANDBOX_DATA_DIR only (signing keys), not for the chart.
+    data_dir = Path(_one(docs, "ConfigMap", SANDBOX)["data"]["SANDBOX_DATA_DIR"])
+    container = _pod_spec(_one(docs, "Deployment", SANDBOX))["containers"][0]
+    data = [m for m in container["volumeMounts"] if m["name"] == "data"]
+    assert data and data_dir.is_relative_to(data[0]["mountPath"])
+
+
+def test_sandbox_reaches_postgres_like_the_services() -> None:
+    clients = _one(_load(POSTGRES / "networkpolicy.yaml"), "NetworkPolicy", "postgres-clients")
+    sandbox = _one(_folder_docs(K8S / "components" / SANDBOX), "NetworkPolicy", SANDBOX)
+    assert "Egress" in sandbox["spec"]["policyTypes"]
+    for rule in clients["spec"]["egress"]:
+        assert rule in sandbox["spec"]["egress"], "the sandbox must reach PostgreSQL"
 
 
 def test_network_policies_follow_the_design() -> None:
@@ -391,6 +483,7 @@ def test_prod_runs_replicated_without_the_sandbox(rendered: dict[str, list[Doc]]
     docs = rendered["prod"]
     text = yaml.safe_dump_all(docs)
     assert SANDBOX not in text and "SANDBOX_" not in text
+    assert "ehr_sandbox" not in text, "the sandbox's role and database are not prod's"
     config = _one(docs, "ConfigMap", "portal-config")["data"]
     assert config["KAFKA_ENABLE_IDEMPOTENCE"] == "true"
     assert config["ENVIRONMENT"] == "prod"
@@ -442,3 +535,68 @@ def test_dev_runs_one_replica_against_the_sandbox(rendered: dict[str, list[Doc]]
     assert not any(d["kind"] == "Ingress" for d in docs)
     assert _one(docs, "KafkaNodePool")["spec"]["replicas"] == 1
     assert _one(docs, "Cluster")["spec"]["instances"] == 1
+
+
+def _selects(selector: Doc, labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels only, as in these manifests) selects labels."""
+    assert set(selector) <= {"matchLabels"}, f"unexpected selector {selector}"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _allows(rules: list[Doc], direction: str, labels: dict[str, str], port: int) -> bool:
+    """Whether one of these rules lets a same-namespace pod with `labels` through on `port`."""
+    for rule in rules:
+        ports = rule.get("ports")
+        if ports is not None and {"port": port, "protocol": "TCP"} not in ports:
+            continue
+        peers = rule.get(direction)
+        if peers is None:
+            return True
+        if any(
+            "podSelector" in peer
+            and "namespaceSelector" not in peer
+            and _selects(peer["podSelector"], labels)
+            for peer in peers
+        ):
+            return True
+    return False
+
+
+def test_dev_databases_and_postgres_access(rendered: dict[str, list[Doc]]) -> None:
+    """In the rendered dev environment every service and the sandbox has its role, Database
+    and Secret, may open PostgreSQL's port, and no policy on PostgreSQL's pods refuses it."""
+    docs = rendered["dev"]
+    assert "sqlite" not in yaml.safe_dump_all(docs).lower()
+    cluster = _one(docs, "Cluster")
+    databases = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Database"}
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    assert set(databases) == set(deployments) == {*SERVICES, SANDBOX}
+    generated = _generated("dev")
+    for name, deployment in deployments.items():
+        _check_database(
+            name=name,
+            deployment=deployment,
+            variable="SANDBOX_DATABASE_URL" if name == SANDBOX else "DATABASE_URL",
+            roles=_roles(cluster),
+            database=databases[name],
+            cluster=cluster,
+            generated=generated,
+        )
+    postgres = {"cnpg.io/cluster": cluster["metadata"]["name"]}
+    policies = [d["spec"] for d in docs if d["kind"] == "NetworkPolicy"]
+    guarding = [p for p in policies if _selects(p["podSelector"], postgres)]
+    for name, deployment in deployments.items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        egress = [
+            rule
+            for p in policies
+            if "Egress" in p["policyTypes"] and _selects(p["podSelector"], labels)
+            for rule in p.get("egress", [])
+        ]
+        assert egress, f"{name} has no egress policy (it would reach everything)"
+        assert _allows(egress, "to", postgres, 5432), f"{name} cannot reach PostgreSQL"
+        ingress = [
+            rule for p in guarding if "Ingress" in p["policyTypes"] for rule in p.get("ingress", [])
+        ]
+        if any("Ingress" in p["policyTypes"] for p in guarding):
+            assert _allows(ingress, "from", labels, 5432), f"PostgreSQL refuses {name}"

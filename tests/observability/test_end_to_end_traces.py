@@ -239,14 +239,28 @@ async def _trace_with(
 
     async def arrived() -> bool:
         nonlocal found
-        for trace_id in await store.recent_trace_ids(200):
-            spans = await store.trace(trace_id)
+        by_trace: dict[str, list[SpanRecord]] = {}
+        for span in await store.all_spans():
+            by_trace.setdefault(span.trace_id, []).append(span)
+        for spans in by_trace.values():
             if predicate(spans):
                 found = spans
                 return True
         return False
 
-    await eventually(arrived, timeout=60, interval=0.5)
+    try:
+        await eventually(arrived, timeout=60, interval=0.5)
+    except AssertionError:
+        # Show what did arrive, so a broken hop is visible in the failure.
+        by_trace: dict[str, list[SpanRecord]] = {}
+        for span in await store.all_spans():
+            by_trace.setdefault(span.trace_id, []).append(span)
+        shown = [
+            format_trace(spans)
+            for spans in by_trace.values()
+            if any(s.kind in ("PRODUCER", "CONSUMER") for s in spans)
+        ]
+        raise AssertionError("no such trace; traces with events:\n" + "\n".join(shown)) from None
     return found
 
 

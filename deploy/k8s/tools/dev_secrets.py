@@ -3,8 +3,9 @@
 Nothing secret is committed: run this once per environment and pipe it to kubectl. It
 makes each service's database login (`<service>-db`: the role CloudNativePG creates and the
 DATABASE_URL the service uses), the ops token, the connector's webhook token and its SMART
-Backend Services key pair (EC P-384, ES384), and for dev the EHR sandbox's admin token and
-the clients file that registers the connector's public key with the sandbox.
+Backend Services key pair (EC P-384, ES384), and for dev the EHR sandbox's database login
+(`ehr-sandbox-db`, its SANDBOX_DATABASE_URL), admin token and the clients file that
+registers the connector's public key with the sandbox.
 
     python deploy/k8s/tools/dev_secrets.py --namespace portal-dev | kubectl apply -f -
     python deploy/k8s/tools/dev_secrets.py --env prod --namespace portal \
@@ -38,6 +39,8 @@ DATABASES = {
     "triage": "triage",
     "ehr-connector": "ehr_connector",
 }
+# The sandbox's (dev only: components/ehr-sandbox adds the role and database).
+SANDBOX_DATABASE = ("ehr-sandbox", "ehr_sandbox")
 POSTGRES_HOST = "portal-postgres-rw:5432"
 EHR_CLIENT_ID = "portal-connector"
 # What the sandbox may grant the connector (the connector asks for less: EHR_SCOPE).
@@ -79,26 +82,30 @@ def ehr_client_key(kid: str) -> tuple[str, dict[str, Any]]:
     return pem, jwk
 
 
+def database_secret(name: str, role: str, postgres_host: str) -> dict[str, Any]:
+    """`<name>-db`: the login of `role` (CloudNativePG's passwordSecret) and its URL."""
+    # Hex passwords need no escaping inside the URL.
+    password = secrets.token_hex(24)
+    url = f"postgresql+asyncpg://{role}:{password}@{postgres_host}/{role}"
+    return _secret(
+        f"{name}-db",
+        {"username": role, "password": password, "url": url},
+        kind="kubernetes.io/basic-auth",
+    )
+
+
 def secrets_for(env: str, postgres_host: str = POSTGRES_HOST) -> tuple[list[dict[str, Any]], dict]:
     """The Secrets of an environment, and the connector's public JWKS."""
     docs = [_secret("portal-ops", {"token": secrets.token_urlsafe(32)})]
     for service, role in DATABASES.items():
-        # Hex passwords need no escaping inside the URL.
-        password = secrets.token_hex(24)
-        url = f"postgresql+asyncpg://{role}:{password}@{postgres_host}/{role}"
-        docs.append(
-            _secret(
-                f"{service}-db",
-                {"username": role, "password": password, "url": url},
-                kind="kubernetes.io/basic-auth",
-            )
-        )
+        docs.append(database_secret(service, role, postgres_host))
     kid = f"{EHR_CLIENT_ID}-{datetime.now(UTC):%Y%m%d}"
     pem, jwk = ehr_client_key(kid)
     jwks = {"keys": [jwk]}
     docs.append(_secret("ehr-connector-ehr-client", {"private-key.pem": pem, "key-id": kid}))
     docs.append(_secret("ehr-connector-webhook", {"token": secrets.token_urlsafe(32)}))
     if env == "dev":
+        docs.append(database_secret(*SANDBOX_DATABASE, postgres_host))
         clients = {
             "clients": [
                 {

@@ -31,7 +31,12 @@ class ReportStatus(StrEnum):
 
 
 class LabObservation(Payload):
-    """One result line of a report."""
+    """One result line of a report (or a result on its own, or a vital sign).
+
+    The same model carries a result in `lab.resulted` and in `record.imported`, built by
+    one mapping in the connector, so a back-filled result has every fact a live one has.
+    Fields after `effective` were added later (optional: older events still parse).
+    """
 
     observation_fhir_id: FhirId
     code: Coding
@@ -42,6 +47,15 @@ class LabObservation(Payload):
     reference_ranges: list[ReferenceRange] = Field(default_factory=list)
     interpretation: list[Coding] = Field(default_factory=list)
     effective: Instant | None = None
+    issued: Instant | None = None
+    performer: list[str] = Field(default_factory=list, description="Performer display names")
+    category: list[Coding] = Field(default_factory=list)
+    version_id: str | None = Field(
+        default=None, max_length=64, description="The Observation's meta.versionId"
+    )
+    last_updated: Instant | None = Field(
+        default=None, description="The Observation's meta.lastUpdated"
+    )
 
 
 class LabResultedV1(Payload):

@@ -19,7 +19,7 @@ from contracts.lab import LabObservation, LabResultedV1, ReportStatus
 from contracts.medication import MedicationChangedV1, MedicationStatus
 from contracts.message import MessageReceivedV1, MessageSentV1
 from contracts.patient import PatientLinkedV1
-from contracts.record import ImportedEntry, RecordImportedV1, RecordKind
+from contracts.record import DocumentAttachment, ImportedEntry, RecordImportedV1, RecordKind
 from contracts.triage import TriageCompletedV1, Urgency
 
 CET = timezone(timedelta(hours=1))
@@ -131,6 +131,10 @@ EXAMPLES: dict[str, Payload] = {
                     )
                 ],
                 effective=T0,
+                issued=T0 + timedelta(hours=3),
+                performer=["Acme Laboratory"],
+                version_id="2",
+                last_updated=T0 + timedelta(hours=3),
             )
         ],
         source=SRC,
@@ -200,6 +204,33 @@ EXAMPLES: dict[str, Payload] = {
                 code=Coding(
                     system="http://snomed.info/sct", code="227493005", display="Cashew nuts"
                 ),
+            ),
+            ImportedEntry(
+                kind=RecordKind.LAB_RESULT,
+                resource_type="Observation",
+                fhir_id="obs-9",
+                version_id="1",
+                status="final",
+                code=GLUCOSE,
+                value="6.3 mmol/L",
+                effective=T0,
+                observation=LabObservation(
+                    observation_fhir_id="obs-9",
+                    code=GLUCOSE,
+                    status="final",
+                    value_quantity=Quantity(value=6.3, unit="mmol/L"),
+                    effective=T0,
+                    version_id="1",
+                ),
+            ),
+            ImportedEntry(
+                kind=RecordKind.DOCUMENT,
+                resource_type="DocumentReference",
+                fhir_id="doc-1",
+                version_id="1",
+                attachments=[
+                    DocumentAttachment(content_type="text/plain", title="Summary", data="SGk=")
+                ],
             ),
         ],
         imported_at=T0,

@@ -71,6 +71,8 @@ class Service:
         self.runtime = ConsumerRuntime(self.settings, self.db, self.outbox, definition.handlers)
         self.broker: KafkaBroker = build_broker(self.settings, self.runtime, definition.publishes)
         self.broker_connected = asyncio.Event()
+        # Set once every subscriber has joined its group (readiness reports it).
+        self.consumers_started = asyncio.Event()
         self.state: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.app = self._build_app()
@@ -113,7 +115,7 @@ class Service:
                 await self.broker.connect()
                 self.broker_connected.set()
                 if self.settings.consumers_enabled:
-                    await self.broker.start()
+                    await self._start_subscribers()
                 log.info("service.broker_connected")
                 return
             except asyncio.CancelledError:
@@ -125,6 +127,21 @@ class Service:
                 with contextlib.suppress(Exception):
                     await self.broker.stop()
                 await asyncio.sleep(min(5.0, 0.5 * attempt))
+
+    async def _start_subscribers(self) -> None:
+        """Start every subscriber at once, then the publishers.
+
+        FastStream's `broker.start()` starts subscribers one after another, and starting a
+        group consumer waits for its group to be joined (about 5 s each on Tansu): a
+        service with five consumers took 25 s to hear its last topic, and the connector
+        could drop a notification for a patient whose `patient.linked` it had not read yet.
+        Joined together, the wait is that of one group.
+        """
+        await asyncio.gather(*(subscriber.start() for subscriber in self.broker.subscribers))
+        for publisher in self.broker.publishers:
+            await publisher.start()
+        self.broker.running = True
+        self.consumers_started.set()
 
     async def stop(self) -> None:
         """Stop consumers first (their work commits), then the relay, then the database."""
@@ -171,6 +188,10 @@ class Service:
                 checks["broker"] = "ok" if alive else "unavailable"
             except Exception as exc:
                 checks["broker"] = f"unavailable: {type(exc).__name__}"
+        if self.settings.consumers_enabled and self.broker.subscribers:
+            # Not ready to act on events until every consumer has its partitions: a service
+            # that says ready must not let an event of its first seconds go unheard.
+            checks["consumers"] = "ok" if self.consumers_started.is_set() else "joining"
         for name, check in self.definition.readiness_checks.items():
             try:
                 problem = await asyncio.wait_for(check(self), timeout=3)

@@ -19,9 +19,10 @@ loop, so subscribers here run with manual acks and this module decides:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -156,6 +157,14 @@ class _Failed(Exception):
         self.attempts = attempts
 
 
+@dataclass
+class _KeyLock:
+    """A per-key lock and how many handlers hold or await it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class ConsumerRuntime:
     """Runs a service's subscriptions with the guarantees in this module's docstring."""
 
@@ -170,7 +179,7 @@ class ConsumerRuntime:
         self.db = db
         self.outbox = outbox
         self.router = router
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._locks: dict[tuple[str, str], _KeyLock] = {}
         self._by_topic = {settings.topic(s.event_type): s for s in router.subscriptions}
         self._by_name = {s.name: s for s in router.subscriptions}
 
@@ -178,11 +187,27 @@ class ConsumerRuntime:
         """The subscription consuming `topic` (one per topic per service)."""
         return self._by_topic[topic]
 
-    def _lock(self, consumer: str, key: str) -> asyncio.Lock:
-        lock = self._locks.get((consumer, key))
-        if lock is None:
-            lock = self._locks[(consumer, key)] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _key_lock(self, consumer: str, key: str) -> AsyncIterator[None]:
+        """Handle one key at a time; the entry goes when nobody holds or awaits it, so the
+        map holds the keys in flight, not every patient ever seen."""
+        slot = (consumer, key)
+        entry = self._locks.get(slot)
+        if entry is None:
+            entry = self._locks[slot] = _KeyLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[slot]
+
+    @property
+    def keys_in_flight(self) -> int:
+        """How many (consumer, key) locks exist: those held or awaited right now."""
+        return len(self._locks)
 
     def consumer_id(self, sub: Subscription) -> str:
         """The inbox/dead-letter name of a subscription: its consumer group id."""
@@ -237,7 +262,7 @@ class ConsumerRuntime:
         observe_event_age(self.settings.service_name, sub.name, msg.headers)
         try:
             with trace.use_span(span, end_on_exit=False):
-                async with self._lock(consumer, msg.key):
+                async with self._key_lock(consumer, msg.key):
                     outcome = await self._consume_locked(sub, consumer, msg)
             span.set_attribute("portal.outcome", outcome)
             return outcome
@@ -456,7 +481,7 @@ class ConsumerRuntime:
         final = "redriven" if rerun else "discarded"
         released = 0
         new_dead_letter: int | None = None
-        async with self._lock(consumer, key):
+        async with self._key_lock(consumer, key):
             async with self.db.sessions() as session:
                 row = await session.get(DeadLetterRow, dead_letter_id)
             assert row is not None

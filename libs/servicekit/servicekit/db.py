@@ -1,4 +1,4 @@
-"""The database: one async engine per service, PostgreSQL (asyncpg) or SQLite (aiosqlite).
+"""The database: one async engine per service, PostgreSQL over asyncpg.
 
 All SQL lives in `store.py` modules; business code never commits. A unit of work opens
 a transaction, and the caller that owns the use case commits it (or it rolls back).
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import MetaData, event, text
+from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
-# Stable constraint names, so Alembic migrations are reproducible on both dialects.
+# Stable constraint names, so Alembic migrations are reproducible.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -41,41 +41,24 @@ class KitBase(DeclarativeBase):
     metadata = new_metadata()
 
 
-def is_sqlite(url: str) -> bool:
-    """Whether a database URL names SQLite (the embedded default)."""
-    return url.startswith("sqlite")
-
-
-def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
-    cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
-    # WAL lets the relay read while a request writes; busy_timeout waits instead of failing.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # In WAL mode NORMAL survives a process crash without losing committed transactions
-    # (only an OS crash or power cut may lose the last ones): right for the embedded
-    # development database; production runs on PostgreSQL.
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
 class Database:
     """An engine and its session factory."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
-        if is_sqlite(url):
-            self.engine: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5)
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        else:
-            self.engine = create_async_engine(
-                url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True
+        scheme = url.split(":", 1)[0]
+        if scheme != "postgresql+asyncpg":
+            raise ValueError(
+                f"DATABASE_URL must be a PostgreSQL URL (postgresql+asyncpg://...), not {scheme!r}"
             )
+        self.engine: AsyncEngine = create_async_engine(
+            url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True
+        )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @property
     def dialect(self) -> str:
-        """`postgresql` or `sqlite`."""
+        """Always `postgresql`: the one database every service runs on."""
         return self.engine.dialect.name
 
     @property

@@ -13,6 +13,7 @@ import inspect
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalGenerationError, UnknownMemberIdError
 from faststream import AckPolicy, BaseMiddleware
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -20,8 +21,11 @@ from faststream.message import StreamMessage
 
 from contracts.registry import latest
 from servicekit.consumer import ConsumerRuntime, RawMessage, Subscription
+from servicekit.logging import get_logger
 from servicekit.metrics import CONSUMER_LAG
 from servicekit.settings import ServiceSettings
+
+log = get_logger(__name__)
 
 
 def _raw(record: Any) -> RawMessage:
@@ -48,6 +52,19 @@ def _record_lag(settings: ServiceSettings, sub: Subscription, msg: Any, record: 
         )
 
 
+async def _commit(msg: Any, sub: Subscription) -> None:
+    """Commit the message's offset; a group that moved on meanwhile is not an error.
+
+    After a rebalance (a broker restart, a member that left) this member's commit is
+    refused; the effect is already committed with its inbox row, and the partition's new
+    owner reads the message again and skips it.
+    """
+    try:
+        await msg.ack()
+    except (CommitFailedError, UnknownMemberIdError, IllegalGenerationError) as exc:
+        log.warning("consumer.commit_refused", consumer=sub.name, error=type(exc).__name__)
+
+
 def _middleware_for(runtime: ConsumerRuntime) -> type[BaseMiddleware]:
     class _UndecodableMiddleware(BaseMiddleware):
         async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
@@ -57,7 +74,7 @@ def _middleware_for(runtime: ConsumerRuntime) -> type[BaseMiddleware]:
                 record = msg.raw_message
                 sub = runtime.subscription_for_topic(record.topic)
                 await runtime.consume(sub, _raw(record))
-                await msg.ack()
+                await _commit(msg, sub)
                 return None
 
     return _UndecodableMiddleware
@@ -67,7 +84,7 @@ def _handler_for(runtime: ConsumerRuntime, sub: Subscription) -> Any:
     async def handle(body: Any, msg: KafkaMessage) -> None:
         record = msg.raw_message
         await runtime.consume(sub, _raw(record))
-        await msg.ack()
+        await _commit(msg, sub)
         _record_lag(runtime.settings, sub, msg, record)
 
     # The declared payload type is what the AsyncAPI document shows for this channel.

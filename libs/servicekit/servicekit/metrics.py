@@ -11,6 +11,11 @@ OUTBOX_BACKLOG = Gauge("outbox_backlog", "Outbox rows waiting to be published", 
 OUTBOX_PUBLISHED = Counter(
     "outbox_published_total", "Events published from the outbox", ["service", "topic"]
 )
+OUTBOX_REPUBLISHED = Counter(
+    "outbox_republished_total",
+    "Sent outbox rows published again because the broker lost them after acknowledging",
+    ["service", "topic"],
+)
 OUTBOX_PUBLISH_ERRORS = Counter(
     "outbox_publish_errors_total", "Failed publish attempts from the outbox", ["service"]
 )

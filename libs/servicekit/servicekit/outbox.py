@@ -14,22 +14,23 @@ import random
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import Table, bindparam, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.base import Payload
 from contracts.envelope import Envelope, build_headers
 from contracts.registry import for_model
+from servicekit.broker_loss import BrokerIdentity, requeue_lost
 from servicekit.db import Database
 from servicekit.logging import get_logger
 from servicekit.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISH_ERRORS, OUTBOX_PUBLISHED
 from servicekit.settings import ServiceSettings
-from servicekit.tables import OutboxRow, headers_from_json, headers_to_json
+from servicekit.tables import InboxRow, OutboxRow, headers_from_json, headers_to_json
 from servicekit.telemetry import context_from_headers, current_trace_headers, tracer
 
 log = get_logger(__name__)
@@ -52,6 +53,14 @@ _PG_CLAIM_HEADS = text(
     FOR UPDATE SKIP LOCKED
     """
 )
+
+
+# How long a relay holds back on a new cluster while the topics it needs are missing.
+_NEW_CLUSTER_TOPICS_WAIT_S = 60.0
+
+
+class BrokerNotReady(RuntimeError):
+    """The broker came back as a new cluster and does not have the topics yet."""
 
 
 def new_event_id() -> str:
@@ -154,26 +163,16 @@ class Outbox:
         self._wake_after_commit(session)
 
 
-async def claim_pending(session: AsyncSession, dialect: str, limit: int) -> Sequence[OutboxRow]:
-    """The next rows to publish, locked for this relay on PostgreSQL, oldest first per key."""
-    if dialect == "postgresql":
-        heads = (await session.execute(_PG_CLAIM_HEADS, {"limit": limit})).all()
-        if not heads:
-            return []
-        head_ids = [h.id for h in heads]
-        streams = (
-            select(OutboxRow.topic, OutboxRow.key).where(OutboxRow.id.in_(head_ids)).subquery()
-        )
-        stmt = (
-            select(OutboxRow)
-            .join(streams, (OutboxRow.topic == streams.c.topic) & (OutboxRow.key == streams.c.key))
-            .where(OutboxRow.status == "pending")
-            .order_by(OutboxRow.priority.desc(), OutboxRow.id)
-            .limit(limit)
-        )
-        return (await session.execute(stmt)).scalars().all()
+async def claim_pending(session: AsyncSession, limit: int) -> Sequence[OutboxRow]:
+    """The next rows to publish, locked for this relay, oldest first per key."""
+    heads = (await session.execute(_PG_CLAIM_HEADS, {"limit": limit})).all()
+    if not heads:
+        return []
+    head_ids = [h.id for h in heads]
+    streams = select(OutboxRow.topic, OutboxRow.key).where(OutboxRow.id.in_(head_ids)).subquery()
     stmt = (
         select(OutboxRow)
+        .join(streams, (OutboxRow.topic == streams.c.topic) & (OutboxRow.key == streams.c.key))
         .where(OutboxRow.status == "pending")
         .order_by(OutboxRow.priority.desc(), OutboxRow.id)
         .limit(limit)
@@ -216,6 +215,14 @@ class OutboxRelay:
         self._failures = 0
         self._last_purge = datetime.min.replace(tzinfo=UTC)
         self.published = 0
+        # The cluster id of the broker that acknowledges (see servicekit.broker_loss).
+        self.cluster_id: str | None = None
+        self._identity = BrokerIdentity(settings)
+        self._new_cluster_seen: tuple[str, datetime] | None = None
+        self._last_identity_check = datetime.min.replace(tzinfo=UTC)
+        # After a failed publish the broker may have restarted: ask who it is before
+        # publishing again, so what it lost goes out before newer rows of its key.
+        self._check_before_publish = True
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -239,7 +246,7 @@ class OutboxRelay:
         """Publish one batch of pending rows; returns how many were acknowledged."""
         producer = await self._ensure_producer()
         async with self.db.transaction() as session:
-            rows = await claim_pending(session, self.db.dialect, self.settings.outbox_batch_size)
+            rows = await claim_pending(session, self.settings.outbox_batch_size)
             if not rows:
                 return 0
             futures: list[asyncio.Future[Any]] = []
@@ -274,6 +281,7 @@ class OutboxRelay:
             results = await asyncio.gather(*futures, return_exceptions=True)
             failed_streams: set[tuple[str, str]] = set()
             sent_ids: list[int] = []
+            stored_at: list[dict[str, Any]] = []
             now = datetime.now(UTC)
             first_error: BaseException | None = None
             for row, result, span in zip(rows, results, spans, strict=True):
@@ -288,6 +296,7 @@ class OutboxRelay:
                         span.set_status(trace.StatusCode.ERROR, type(result).__name__)
                 else:
                     sent_ids.append(row.id)
+                    stored_at.append({"row_id": row.id, "p": result.partition, "o": result.offset})
                     OUTBOX_PUBLISHED.labels(self.settings.service_name, row.topic).inc()
                 span.end()
             if sent_ids:
@@ -296,10 +305,87 @@ class OutboxRelay:
                     .where(OutboxRow.id.in_(sent_ids))
                     .values(status="sent", sent_at=now)
                 )
+                await self._record_offsets(session, stored_at)
         self.published += len(sent_ids)
         if first_error is not None:
             raise first_error
         return len(sent_ids)
+
+    async def _record_offsets(self, session: AsyncSession, stored_at: list[dict[str, Any]]) -> None:
+        """Store where the broker put each row, and which cluster acknowledged it."""
+        table = cast("Table", OutboxRow.__table__)
+        # Core executemany (one statement, many parameter sets), not the ORM's bulk update.
+        await session.execute(
+            update(table)
+            .where(table.c.id == bindparam("row_id"))
+            .values(
+                kafka_partition=bindparam("p"),
+                kafka_offset=bindparam("o"),
+                broker_cluster=self.cluster_id,
+            ),
+            stored_at,
+        )
+
+    async def check_broker_loss(self, *, strict: bool = False) -> int:
+        """Ask the broker which cluster it is; requeue what another cluster acknowledged.
+
+        `strict`: raise when the broker cannot be asked (the relay then backs off and asks
+        again before it publishes anything); otherwise the next check will ask again.
+        """
+        self._last_identity_check = datetime.now(UTC)
+        try:
+            cluster = await self._identity.cluster_id()
+        except Exception as exc:
+            if strict:
+                raise
+            log.debug("outbox.identity_failed", error=type(exc).__name__)
+            return 0
+        async with self.db.transaction() as session:
+            requeued = await requeue_lost(session, cluster, service=self.settings.service_name)
+        if requeued:
+            self.wakeup.set()
+        if self.cluster_id is not None and cluster != self.cluster_id:
+            try:
+                await self._wait_for_topics(cluster)
+            except BrokerNotReady:
+                self._check_before_publish = True
+                if strict:
+                    raise
+                return requeued
+        self.cluster_id = cluster
+        self._new_cluster_seen = None
+        return requeued
+
+    async def _wait_for_topics(self, cluster: str) -> None:
+        """Raise `BrokerNotReady` while topics of pending rows are missing on a new cluster.
+
+        A broker that came back empty acknowledges writes to topics that do not exist yet
+        and drops them when the topics are created (Tansu does): hold back until they exist,
+        for a bounded time (a broker that creates topics on first use never gets them).
+        """
+        now = datetime.now(UTC)
+        if self._new_cluster_seen is None or self._new_cluster_seen[0] != cluster:
+            self._new_cluster_seen = (cluster, now)
+        if (now - self._new_cluster_seen[1]).total_seconds() > _NEW_CLUSTER_TOPICS_WAIT_S:
+            return
+        async with self.db.sessions() as session:
+            wanted = set(
+                (
+                    await session.execute(
+                        select(OutboxRow.topic).where(OutboxRow.status == "pending").distinct()
+                    )
+                ).scalars()
+            )
+        if not wanted:
+            return
+        missing = wanted - set(await self._identity.topics())
+        if missing:
+            raise BrokerNotReady(f"{len(missing)} topic(s) not created yet on the new broker")
+
+    def _identity_due(self) -> bool:
+        interval = self.settings.outbox_loss_check_interval_s
+        elapsed = (datetime.now(UTC) - self._last_identity_check).total_seconds()
+        return interval > 0 and elapsed >= interval
 
     async def backlog(self) -> int:
         """How many rows wait to be published."""
@@ -318,6 +404,18 @@ class OutboxRelay:
             )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
+    async def purge_inbox(self, now: datetime | None = None) -> int:
+        """Forget handled events older than the inbox retention; returns how many rows.
+
+        The inbox only has to outlive every way an event can come again (redelivery, a
+        replay within the outbox retention), not the service: without this it grows by a
+        row per event for ever.
+        """
+        cutoff = (now or datetime.now(UTC)) - timedelta(hours=self.settings.inbox_retention_hours)
+        async with self.db.transaction() as session:
+            result = await session.execute(delete(InboxRow).where(InboxRow.handled_at < cutoff))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
     def _backoff(self) -> float:
         base = min(5.0, 0.1 * 2 ** min(self._failures, 6))
         return float(base / 2 + random.uniform(0, base / 2))
@@ -327,13 +425,19 @@ class OutboxRelay:
         log.info("outbox.relay_started")
         while not self._stopping.is_set():
             try:
+                if self._check_before_publish and self.settings.outbox_loss_check_interval_s:
+                    await self.check_broker_loss(strict=True)
+                    self._check_before_publish = False
                 published = await self.publish_batch()
                 self._failures = 0
                 await self._maybe_purge()
+                if self._identity_due():
+                    await self.check_broker_loss()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._failures += 1
+                self._check_before_publish = True
                 OUTBOX_PUBLISH_ERRORS.labels(self.settings.service_name).inc()
                 log.warning(
                     "outbox.publish_failed", error=type(exc).__name__, failures=self._failures
@@ -346,6 +450,7 @@ class OutboxRelay:
                 OUTBOX_BACKLOG.labels(self.settings.service_name).set(0)
                 await self._wait_for_work()
         await self._reset_producer()
+        await self._identity.close()
         log.info("outbox.relay_stopped")
 
     async def _maybe_purge(self) -> None:
@@ -355,6 +460,9 @@ class OutboxRelay:
             purged = await self.purge(now)
             if purged:
                 log.info("outbox.purged", rows=purged)
+            forgotten = await self.purge_inbox(now)
+            if forgotten:
+                log.info("inbox.purged", rows=forgotten)
 
     async def _wait_for_work(self) -> None:
         self.wakeup.clear()

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-DATA_DIR = Path(".data")
 
 
 class ServiceSettings(BaseSettings):
@@ -26,7 +22,10 @@ class ServiceSettings(BaseSettings):
     environment: str = Field(default="dev", description="dev, test or prod")
     database_url: str = Field(
         default="",
-        description="SQLAlchemy async URL; empty means a SQLite file under .data/",
+        description=(
+            "PostgreSQL URL (postgresql+asyncpg://...); `make up` and the tests start an "
+            "embedded server and set it"
+        ),
     )
     database_echo: bool = False
     kafka_bootstrap_servers: str = "localhost:9092"
@@ -42,6 +41,20 @@ class ServiceSettings(BaseSettings):
     outbox_poll_interval_s: float = 0.2
     outbox_batch_size: int = 200
     outbox_retention_hours: float = 72.0
+    inbox_retention_hours: float = Field(
+        default=168.0,
+        description=(
+            "How long a consumer remembers the events it handled; keep it above "
+            "OUTBOX_RETENTION_HOURS, since a replay may bring an event that old again"
+        ),
+    )
+    outbox_loss_check_interval_s: float = Field(
+        default=5.0,
+        description=(
+            "How often the relay asks the broker's cluster id, to publish again what a "
+            "broker that came back empty had acknowledged (0: never)"
+        ),
+    )
     outbox_publish_timeout_s: float = Field(
         default=30.0, description="How long a publish may wait for the broker before retrying"
     )
@@ -54,11 +67,14 @@ class ServiceSettings(BaseSettings):
     consumers_enabled: bool = True
 
     def resolved_database_url(self) -> str:
-        """The database URL, defaulting to a SQLite file named after the service."""
-        if self.database_url:
-            return self.database_url
-        DATA_DIR.mkdir(exist_ok=True)
-        return f"sqlite+aiosqlite:///{DATA_DIR / (self.service_name + '.db')}"
+        """The database URL; a clear error when none is configured."""
+        if not self.database_url:
+            raise ValueError(
+                f"{self.service_name}: DATABASE_URL is not set. Run the stack with `make up` "
+                "(it starts an embedded PostgreSQL and gives each service its database), or "
+                "set DATABASE_URL=postgresql+asyncpg://user:password@host:port/database"
+            )
+        return self.database_url
 
     def topic(self, event_type: str) -> str:
         """The Kafka topic name for an event type, with the isolation prefix."""

@@ -10,16 +10,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from servicekit.db import KitBase
 
-# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for a busy outbox.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
-
 
 class OutboxRow(KitBase):
     """An event waiting to be published, or published and kept for replay."""
 
     __tablename__ = "outbox"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(36), unique=True)
     topic: Mapped[str] = mapped_column(String(200))
     key: Mapped[str] = mapped_column(String(200))
@@ -31,11 +28,16 @@ class OutboxRow(KitBase):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     priority: Mapped[int] = mapped_column(Integer, default=0)
+    # Where the broker stored the row when it acknowledged it (see servicekit.broker_loss).
+    kafka_partition: Mapped[int | None] = mapped_column(Integer, default=None)
+    kafka_offset: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    broker_cluster: Mapped[str | None] = mapped_column(String(64), default=None)
 
     __table_args__ = (
         Index("ix_outbox_pending", "status", "id"),
         Index("ix_outbox_key_status", "key", "status", "id"),
         Index("ix_outbox_sent_at", "sent_at"),
+        Index("ix_outbox_broker_cluster", "status", "broker_cluster"),
     )
 
 
@@ -48,13 +50,15 @@ class InboxRow(KitBase):
     event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     handled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
+    __table_args__ = (Index("ix_inbox_handled_at", "handled_at"),)
+
 
 class DeadLetterRow(KitBase):
     """A message a consumer gave up on; while open, later messages of its key are parked."""
 
     __tablename__ = "dead_letters"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     consumer: Mapped[str] = mapped_column(String(200))
     topic: Mapped[str] = mapped_column(String(200))
     key: Mapped[str] = mapped_column(String(200))
@@ -78,7 +82,7 @@ class ParkedRow(KitBase):
 
     __tablename__ = "parked_messages"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     consumer: Mapped[str] = mapped_column(String(200))
     key: Mapped[str] = mapped_column(String(200))
     topic: Mapped[str] = mapped_column(String(200))

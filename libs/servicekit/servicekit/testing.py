@@ -148,8 +148,11 @@ async def serving_in_process(app: Any, base_url: str) -> AsyncIterator[httpx.Asy
     """Run an app's lifespan (relay, consumers) and give an HTTP client on it, in-process."""
     from asgi_lifespan import LifespanManager
 
+    # Stopping a consumer that is still joining its group waits for the join to finish,
+    # and the embedded broker delays a group's first join by ~5 s (ecosystem notes): the
+    # default 5-s lifespan limits made quick tests fail in teardown, now and then.
     async with (
-        LifespanManager(app),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=30),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as client,
     ):
         yield client

@@ -4,7 +4,7 @@ order, but a re-drive, a replay or a back-fill can bring an older version later)
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from contracts.base import SourceVersion
 
@@ -37,6 +37,4 @@ def is_newer(
         return numeric
     if stored_at is None:
         return True
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    stored = stored_at if stored_at.tzinfo else stored_at.replace(tzinfo=UTC)
-    return incoming.last_updated > stored
+    return incoming.last_updated > stored_at

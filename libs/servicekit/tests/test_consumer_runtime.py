@@ -3,19 +3,21 @@ letters, parking and release. The same runtime runs behind every Kafka subscribe
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from contracts.envelope import build_headers
+from contracts.envelope import build_headers, parse_headers
 from contracts.patient import PatientLinkedV1
 from servicekit.app import Service
 from servicekit.consumer import Outcome, RawMessage
 from servicekit.settings import ServiceSettings
-from servicekit.tables import DeadLetterRow, OutboxRow, ParkedRow
+from servicekit.tables import DeadLetterRow, InboxRow, OutboxRow, ParkedRow
 
 from . import fakeservice
 from .fakeservice import effects
@@ -48,10 +50,10 @@ def message(
 
 
 @pytest.fixture
-async def service(sqlite_url: str) -> AsyncIterator[Service]:
+async def service(database_url: str) -> AsyncIterator[Service]:
     settings = ServiceSettings(
         service_name="fake",
-        database_url=sqlite_url,
+        database_url=database_url,
         consumer_retry_base_s=0.001,
         consumer_retry_max_s=0.002,
         consumer_max_attempts=3,
@@ -207,3 +209,30 @@ async def test_resolving_twice_is_refused(service: Service) -> None:
         await service.runtime.discard(dead_id)
     with pytest.raises(LookupError):
         await service.runtime.discard(dead_id + 100)
+
+
+async def test_the_lock_map_holds_only_keys_in_flight(service: Service) -> None:
+    # Many patients, some events twice, handled concurrently: afterwards no lock is left.
+    msgs = [message(f"p{n}", f"m{n}") for n in range(40)]
+    outcomes = await asyncio.gather(*(consume(service, m) for m in msgs + msgs[:10]))
+    assert Counter(outcomes)[Outcome.HANDLED] == 40
+    assert service.runtime.keys_in_flight == 0
+
+
+async def test_the_inbox_forgets_events_older_than_its_retention(service: Service) -> None:
+    old, recent = message("p1", "old"), message("p1", "recent")
+    assert await consume(service, old) == Outcome.HANDLED
+    assert await consume(service, recent) == Outcome.HANDLED
+    retention = timedelta(hours=service.settings.inbox_retention_hours)
+    async with service.db.transaction() as s:
+        await s.execute(
+            update(InboxRow)
+            .where(InboxRow.event_id == parse_headers(old.headers).id)
+            .values(handled_at=datetime.now(UTC) - retention - timedelta(minutes=1))
+        )
+    assert await service.relay.purge_inbox() == 1
+    async with service.db.sessions() as s:
+        kept = (await s.execute(select(InboxRow.event_id))).scalars().all()
+    assert kept == [parse_headers(recent.headers).id]
+    # Within the retention a redelivery is still recognised.
+    assert await consume(service, recent) == Outcome.DUPLICATE

@@ -26,10 +26,10 @@ OPS = {"Authorization": "Bearer test-ops"}
 
 
 @pytest.fixture
-async def ops(sqlite_url: str) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
+async def ops(database_url: str) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
     settings = ServiceSettings(
         service_name="fake",
-        database_url=sqlite_url,
+        database_url=database_url,
         ops_token="test-ops",
         consumer_retry_base_s=0.001,
         consumer_retry_max_s=0.002,
@@ -115,12 +115,17 @@ async def test_outbox_status_and_replay_over_http(ops: tuple[Service, httpx.Asyn
 
 
 async def test_replay_command_marks_sent_events_for_republishing(
-    ops: tuple[Service, httpx.AsyncClient], sqlite_url: str
+    ops: tuple[Service, httpx.AsyncClient], database_url: str
 ) -> None:
     svc, client = ops
     await consume(svc, message("p1", "poison"))
     await _mark_all_sent(svc, datetime.now(UTC) - timedelta(minutes=1))
-    env = {**os.environ, "DATABASE_URL": sqlite_url, "SERVICE_NAME": "fake", "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "SERVICE_NAME": "fake",
+        "LOG_LEVEL": "WARNING",
+    }
     since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     done = await asyncio.to_thread(
         subprocess.run,

@@ -72,15 +72,6 @@ def _assert_in_order_per_key(records: list[Seen]) -> None:
         assert seqs == sorted(seqs), f"key {key} out of order: {seqs}"
 
 
-async def _sent_ids(db: Database) -> set[str]:
-    async with db.sessions() as s:
-        return set(
-            (
-                await s.execute(select(OutboxRow.event_id).where(OutboxRow.status == "sent"))
-            ).scalars()
-        )
-
-
 async def test_thousand_events_survive_a_broker_outage_in_order_without_duplicates(
     database_url: str, kafka_bootstrap: str, kafka_broker: Any, unique_prefix: str
 ) -> None:
@@ -89,15 +80,13 @@ async def test_thousand_events_survive_a_broker_outage_in_order_without_duplicat
     relay = OutboxRelay(svc.db, settings, svc.outbox)
     relay_task = asyncio.create_task(relay.run())
     written: list[str] = []
-    lost_with_broker_memory: set[str] = set()
     try:
         for seq in range(1000):
             written.append(await _write(svc.db, svc.outbox, f"p{seq % 25}", seq))
             if seq == 400:
+                # Tansu keeps its log in memory: what it had acknowledged is gone with it,
+                # and the relay must publish it again.
                 await kafka_broker.stop()
-                # Tansu keeps its log in memory: what it had acknowledged is gone with it.
-                if kafka_broker.kind == "tansu":
-                    lost_with_broker_memory = await _sent_ids(svc.db)
             if seq == 700:
                 await asyncio.sleep(3)  # the relay keeps failing meanwhile; nothing is lost
                 await kafka_broker.start()
@@ -108,7 +97,7 @@ async def test_thousand_events_survive_a_broker_outage_in_order_without_duplicat
         relay.stop()
         await relay_task
         await svc.db.dispose()
-    expected = set(written) - lost_with_broker_memory
+    expected = set(written)
     records = await read_topic(
         kafka_bootstrap,
         f"{unique_prefix}patient.linked",
@@ -120,7 +109,10 @@ async def test_thousand_events_survive_a_broker_outage_in_order_without_duplicat
     if kafka_broker.kind == "apache":
         # Apache Kafka keeps its log, and the idempotent producer rejects a batch that
         # follows a failed one, so nothing is doubled or reordered. Tansu forgets its log
-        # and topics on restart (a development broker): there, nothing may be lost.
+        # on restart and comes back as a new cluster: the relay publishes again what the
+        # old one had acknowledged (nothing is lost, asserted above); without idempotent
+        # producers a batch in flight across the restart may be doubled, which consumers'
+        # inboxes absorb.
         assert [i for i, n in counts.items() if n > 1] == []
         _assert_in_order_per_key(records)
 

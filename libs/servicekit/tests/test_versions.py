@@ -33,7 +33,3 @@ def test_opaque_versions_fall_back_to_last_updated() -> None:
 def test_nothing_stored_means_newer() -> None:
     assert is_newer(_v("1"), None, None)
     assert version_is_newer("x", "1") is None
-
-
-def test_a_naive_stored_time_is_read_as_utc() -> None:
-    assert is_newer(_v("b", T + timedelta(seconds=1)), "a", T.replace(tzinfo=None))

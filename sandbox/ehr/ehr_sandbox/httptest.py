@@ -211,7 +211,7 @@ async def running_sandbox(
     subscriptions: Any = None,
     **overrides: Any,
 ) -> AsyncIterator[RunningSandbox]:
-    """Build the sandbox (`create_app`) on a fresh SQLite file and serve it on a port.
+    """Build the sandbox (`create_app`) on the test PostgreSQL and serve it on a port.
 
     `auth` and `subscriptions` are optional `AuthSettings` / `SubscriptionSettings`;
     `overrides` go to `SandboxSettings` (`database_url` included, e.g. PostgreSQL).
@@ -221,11 +221,12 @@ async def running_sandbox(
     from ehr_sandbox.app import create_app
     from ehr_sandbox.auth.settings import AuthSettings
     from ehr_sandbox.settings import SandboxSettings
+    from ehr_sandbox.testing import database_for
 
     port = port or free_port()
     values: dict[str, Any] = {
         "base_url": f"http://127.0.0.1:{port}",
-        "database_url": f"sqlite+aiosqlite:///{data_dir / 'sandbox.db'}",
+        "database_url": overrides.pop("database_url", None) or await database_for(data_dir),
         "seed": seed,
         "log_level": "WARNING",
     }

@@ -7,8 +7,6 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.data/ehr_sandbox.db"
-
 
 class SandboxSettings(BaseSettings):
     """Settings of the sandbox. Defaults run locally with nothing installed."""
@@ -16,8 +14,8 @@ class SandboxSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_", extra="ignore")
 
     database_url: str = Field(
-        default=DEFAULT_DATABASE_URL,
-        description="SQLAlchemy URL; postgresql:// URLs are run with asyncpg",
+        default="",
+        description="PostgreSQL URL (run with asyncpg); `make up` sets it",
     )
     admin_token: str = Field(
         default="dev-admin-token", description="Bearer token with full access to every API"
@@ -45,15 +43,18 @@ class SandboxSettings(BaseSettings):
         return self.base_url.rstrip("/") + "/fhir"
 
     def resolved_database_url(self) -> str:
-        """The async SQLAlchemy URL: asyncpg for PostgreSQL, aiosqlite for SQLite files."""
+        """The async SQLAlchemy URL (asyncpg); a clear error when none is configured."""
         url = self.database_url
         for prefix in ("postgresql://", "postgres://"):
             if url.startswith(prefix):
                 return "postgresql+asyncpg://" + url[len(prefix) :]
-        if url.startswith("sqlite:///"):
-            url = "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
-        if url.startswith("sqlite+aiosqlite:///"):
-            path = url[len("sqlite+aiosqlite:///") :]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return url
+        if url.startswith("postgresql+asyncpg://"):
+            return url
+        if not url:
+            raise ValueError(
+                "SANDBOX_DATABASE_URL is not set: run the sandbox with `make up` (it starts an "
+                "embedded PostgreSQL) or set it to postgresql://user:password@host/database"
+            )
+        raise ValueError(
+            f"SANDBOX_DATABASE_URL must be a PostgreSQL URL, not {url.split(':')[0]!r}"
+        )

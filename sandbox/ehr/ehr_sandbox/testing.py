@@ -1,4 +1,4 @@
-"""Test support: a sandbox app on a SQLite file, driven in-process through httpx.
+"""Test support: a sandbox app on the test PostgreSQL, driven in-process through httpx.
 
 `running(tmp_path, **settings)` starts the app (lifespan included) and yields a `Sandbox`
 with an admin client and assertion helpers. It lives in the package, beside `httptest`,
@@ -7,6 +7,8 @@ because test modules run with `--import-mode=importlib` and cannot import a conf
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -106,11 +108,31 @@ class Sandbox:
         ]
 
 
+async def database_for(data_dir: Path) -> str:
+    """A PostgreSQL database of the test server for one data directory (created once).
+
+    The server is the one the tests use (TEST_DATABASE_URL, which the root conftest sets to
+    its embedded server for the session). One database per directory, so a test that starts
+    the sandbox twice on one directory sees its data again, as after a restart.
+    """
+    from devstack.postgres import create_database
+
+    server = os.environ.get("TEST_DATABASE_URL")
+    if not server:
+        raise RuntimeError(
+            "no test PostgreSQL: TEST_DATABASE_URL is unset (the root conftest sets it; "
+            "run the tests with pytest from the repository)"
+        )
+    name = "sbx_" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:20]
+    return await create_database(name, server)
+
+
 @asynccontextmanager
 async def running(tmp_path: Path, **overrides: Any) -> AsyncIterator[Sandbox]:
-    """Start a sandbox on a SQLite file in `tmp_path` with `overrides` of its settings."""
+    """Start a sandbox on the test PostgreSQL (a database for `tmp_path`) with `overrides`
+    of its settings."""
     values: dict[str, Any] = {
-        "database_url": f"sqlite+aiosqlite:///{tmp_path / 'ehr.db'}",
+        "database_url": overrides.pop("database_url", None) or await database_for(tmp_path),
         "admin_token": ADMIN_TOKEN,
         "seed": False,
         "base_url": BASE_URL,

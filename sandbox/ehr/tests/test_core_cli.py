@@ -13,6 +13,7 @@ from ehr_sandbox.auth.settings import AuthSettings
 from ehr_sandbox.cli import main
 from ehr_sandbox.httptest import free_port, serve
 from ehr_sandbox.settings import SandboxSettings
+from ehr_sandbox.testing import database_for
 
 TOKEN = "cli-admin-token"
 
@@ -23,7 +24,7 @@ async def test_cli_simulates_and_sets_faults(
     port = free_port(range(18090, 18100))
     url = f"http://127.0.0.1:{port}"
     settings = SandboxSettings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}",
+        database_url=await database_for(tmp_path),
         admin_token=TOKEN,
         base_url=url,
         log_format="console",

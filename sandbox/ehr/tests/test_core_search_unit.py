@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
@@ -32,29 +32,45 @@ def _parse(resource_type: str, *pairs: tuple[str, str], strict: bool = False) ->
 @pytest.mark.parametrize(
     ("value", "lo", "hi"),
     [
-        ("2024", datetime(2024, 1, 1), datetime(2024, 12, 31, 23, 59, 59, 999999)),
-        ("2024-02", datetime(2024, 2, 1), datetime(2024, 2, 29, 23, 59, 59, 999999)),
-        ("2024-12", datetime(2024, 12, 1), datetime(2024, 12, 31, 23, 59, 59, 999999)),
-        ("2024-03-05", datetime(2024, 3, 5), datetime(2024, 3, 5, 23, 59, 59, 999999)),
+        (
+            "2024",
+            datetime(2024, 1, 1, tzinfo=UTC),
+            datetime(2024, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        ),
+        (
+            "2024-02",
+            datetime(2024, 2, 1, tzinfo=UTC),
+            datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC),
+        ),
+        (
+            "2024-12",
+            datetime(2024, 12, 1, tzinfo=UTC),
+            datetime(2024, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        ),
+        (
+            "2024-03-05",
+            datetime(2024, 3, 5, tzinfo=UTC),
+            datetime(2024, 3, 5, 23, 59, 59, 999999, tzinfo=UTC),
+        ),
         (
             "2024-03-05T10:30",
-            datetime(2024, 3, 5, 10, 30),
-            datetime(2024, 3, 5, 10, 30, 59, 999999),
+            datetime(2024, 3, 5, 10, 30, tzinfo=UTC),
+            datetime(2024, 3, 5, 10, 30, 59, 999999, tzinfo=UTC),
         ),
         (
             "2024-03-05T10:30:15Z",
-            datetime(2024, 3, 5, 10, 30, 15),
-            datetime(2024, 3, 5, 10, 30, 15, 999999),
+            datetime(2024, 3, 5, 10, 30, 15, tzinfo=UTC),
+            datetime(2024, 3, 5, 10, 30, 15, 999999, tzinfo=UTC),
         ),
         (
             "2024-03-05T10:30:15.5Z",
-            datetime(2024, 3, 5, 10, 30, 15, 500000),
-            datetime(2024, 3, 5, 10, 30, 15, 599999),
+            datetime(2024, 3, 5, 10, 30, 15, 500000, tzinfo=UTC),
+            datetime(2024, 3, 5, 10, 30, 15, 599999, tzinfo=UTC),
         ),
         (
             "2024-03-05T10:30:15.123456+02:00",
-            datetime(2024, 3, 5, 8, 30, 15, 123456),
-            datetime(2024, 3, 5, 8, 30, 15, 123456),
+            datetime(2024, 3, 5, 8, 30, 15, 123456, tzinfo=UTC),
+            datetime(2024, 3, 5, 8, 30, 15, 123456, tzinfo=UTC),
         ),
     ],
 )
@@ -155,8 +171,8 @@ def test_extract_index_covers_names_periods_references_and_canonicals() -> None:
     assert ("class", "AMB", None, None) in by_param
     assert ("_ref", None, "Patient", "p1") in by_param
     period = next(e for e in entries if e.param == "date")
-    assert period.date_lo == datetime(2024, 1, 1, 10)
-    assert period.date_hi == datetime(9999, 12, 31, 23, 59, 59, 999999)  # open-ended
+    assert period.date_lo == datetime(2024, 1, 1, 10, tzinfo=UTC)
+    assert period.date_hi == datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)  # open-ended
     qr = extract_index(
         "QuestionnaireResponse",
         {

@@ -37,9 +37,9 @@ async def _store(url: str) -> Store:
 
 
 @pytest.fixture
-async def two_stores(tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
-    """Two stores on one SQLite file: two processes sharing a database, each with its own lock."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+async def two_stores(database_url: str) -> AsyncIterator[tuple[Store, Store]]:
+    """Two stores on one database: two processes sharing it, each with its own lock."""
+    url = database_url
     first = await _store(url)
     second = await _store(url)
     try:
@@ -85,8 +85,8 @@ async def test_unconditional_updates_across_processes_all_land(
     assert [e.version for e in history.entries] == list(range(11, 0, -1))
 
 
-async def test_index_is_rebuilt_when_the_parameters_change(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'reindex.db'}"
+async def test_index_is_rebuilt_when_the_parameters_change(database_url: str) -> None:
+    url = database_url
     store = await _store(url)
     await store.create("Patient", _patient("Indexed", birthDate="1970-01-01"))
     # Simulate an older release's index: a different signature and no rows.
@@ -105,8 +105,8 @@ async def test_index_is_rebuilt_when_the_parameters_change(tmp_path: Path) -> No
         await restarted.feed.close()
 
 
-async def test_load_is_idempotent_and_silent(tmp_path: Path) -> None:
-    store = await _store(f"sqlite+aiosqlite:///{tmp_path / 'load.db'}")
+async def test_load_is_idempotent_and_silent(database_url: str) -> None:
+    store = await _store(database_url)
     seen: list[str] = []
 
     async def listener(change: Any) -> None:

@@ -25,7 +25,16 @@ from ehr_connector.inbound.mapping import MAPPERS, MappingContext, Rejected, Ski
 from ehr_connector.inbound.mapping.history import map_history
 from ehr_connector.inbound.mapping.lab import map_observation
 
-EXAMPLES = Path(__file__).resolve().parents[4] / "shared" / "fhir-examples"
+
+def _examples_dir() -> Path:
+    """`shared/fhir-examples` beside the repository (or beside a folder of worktrees)."""
+    for parent in Path(__file__).resolve().parents[4:]:
+        if (parent / "shared" / "fhir-examples").is_dir():
+            return parent / "shared" / "fhir-examples"
+    return Path(__file__).resolve().parents[4] / "shared" / "fhir-examples"
+
+
+EXAMPLES = _examples_dir()
 MAPPED_TYPES = ("DiagnosticReport", "Observation", "MedicationRequest", "Communication",
                 "Appointment", "Slot")  # fmt: skip
 META = {"versionId": "1", "lastUpdated": "2026-11-20T08:00:00Z"}

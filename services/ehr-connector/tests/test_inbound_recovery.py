@@ -189,7 +189,10 @@ async def test_a_missed_heartbeat_warns_and_the_subscription_is_reactivated(
             )
             off.raise_for_status()
             # The EHR's API goes down too: `$status` cannot tell the connector what happened.
-            faults = await box.admin.post("/sandbox/faults", json={"down_for_s": 6})
+            # It stays down until the test has seen the warning: a fixed outage window raced
+            # the monitor on a loaded machine (once the EHR is back the connector re-activates
+            # the Subscription and the warning clears, possibly before anyone looked).
+            faults = await box.admin.post("/sandbox/faults", json={"down_for_s": 3600})
             faults.raise_for_status()
             readiness: list[dict[str, Any]] = []
 
@@ -207,6 +210,9 @@ async def test_a_missed_heartbeat_warns_and_the_subscription_is_reactivated(
             assert any(lab["topic"] in line and line.endswith(" 1.0") for line in missing)
             episodes = await _metric(settings, "inbound_heartbeats_missed_total{")
             assert any(lab["topic"] in line and not line.endswith(" 0.0") for line in episodes)
+            # Now the EHR comes back.
+            up = await box.admin.post("/sandbox/faults", json={})
+            up.raise_for_status()
 
             # The EHR is back: $status says off, the connector requests it again.
             async def recovered() -> bool:

@@ -158,57 +158,6 @@ async def me(caller: Me) -> MeOut:
     return MeOut(patient_id=caller.patient_id, scopes=sorted(caller.token.scopes))
 
 
-@router.get("/me/lab-results")
-async def lab_results(caller: Me, request: Request) -> Any:
-    """The patient's lab reports, newest first."""
-    return await _read(
-        request, caller, "DiagnosticReport", "records", f"/patients/{caller.patient_id}/lab-results"
-    )
-
-
-@router.get("/me/lab-results/{report_id}")
-async def lab_result(caller: Me, request: Request, report_id: Id) -> Any:
-    """One lab report with its results."""
-    path = f"/patients/{caller.patient_id}/lab-results/{report_id}"
-    return await _read(request, caller, "DiagnosticReport", "records", path)
-
-
-@router.get("/me/medications")
-async def medications(caller: Me, request: Request) -> Any:
-    """The patient's medications."""
-    return await _read(
-        request,
-        caller,
-        "MedicationRequest",
-        "records",
-        f"/patients/{caller.patient_id}/medications",
-    )
-
-
-@router.get("/me/allergies")
-async def allergies(caller: Me, request: Request) -> Any:
-    """The patient's allergies and intolerances."""
-    return await _read(
-        request, caller, "AllergyIntolerance", "records", f"/patients/{caller.patient_id}/allergies"
-    )
-
-
-@router.get("/me/conditions")
-async def conditions(caller: Me, request: Request) -> Any:
-    """The patient's conditions."""
-    return await _read(
-        request, caller, "Condition", "records", f"/patients/{caller.patient_id}/conditions"
-    )
-
-
-@router.get("/me/immunizations")
-async def immunizations(caller: Me, request: Request) -> Any:
-    """The patient's immunizations."""
-    return await _read(
-        request, caller, "Immunization", "records", f"/patients/{caller.patient_id}/immunizations"
-    )
-
-
 @router.get("/slots")
 async def slots(
     caller: Me,
@@ -288,7 +237,7 @@ async def summary(caller: Me, request: Request) -> dict[str, Any]:
     upstreams = upstreams_of(request)
     pid = caller.patient_id
     parts: dict[str, tuple[str, str, str]] = {
-        "lab_results": ("DiagnosticReport", "records", f"/patients/{pid}/lab-results"),
+        "lab_results": ("DiagnosticReport", "records", f"/patients/{pid}/lab-results?limit=5"),
         "medications": ("MedicationRequest", "records", f"/patients/{pid}/medications"),
         "allergies": ("AllergyIntolerance", "records", f"/patients/{pid}/allergies"),
         "appointments": ("Appointment", "scheduling", f"/patients/{pid}/appointments"),
@@ -304,7 +253,8 @@ async def summary(caller: Me, request: Request) -> dict[str, Any]:
             out["warnings"].append({"part": name, "detail": f"{allowed[name][1]} {detail}"})
             out[name] = None
         else:
-            out[name] = result[:5] if name == "lab_results" else result
+            # Lab results come a page at a time: the summary shows the newest page's items.
+            out[name] = result["items"] if name == "lab_results" else result
     await audit.record_access(service_of(request).db, pid, caller.actor, "read", "summary")
     return out
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
-from gateway import api, api_appointments, api_messages, handlers, ops, portal, store
+from gateway import api, api_appointments, api_messages, api_records, handlers, ops, portal, store
 from gateway.auth import TokenVerifier
 from gateway.settings import Settings
-from gateway.upstream import Upstreams
+from gateway.upstream import Upstreams, pooled_client
 from servicekit.app import Service, ServiceDefinition, create_service
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -19,7 +19,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 async def _open_clients(service: Service) -> None:
     settings: Settings = service.settings  # type: ignore[assignment]
     mounts = service.state.get("upstream_mounts")
-    http = httpx.AsyncClient(timeout=settings.upstream_timeout_s, mounts=mounts)
+    http = pooled_client(settings, mounts)
     service.state["http"] = http
     service.state["verifier"] = TokenVerifier(settings, http)
     service.state["upstreams"] = Upstreams(settings, http)
@@ -41,6 +41,7 @@ def build(
     routes = APIRouter()
     routes.include_router(portal.router)
     routes.include_router(api.router)
+    routes.include_router(api_records.router)
     routes.include_router(api_appointments.router)
     routes.include_router(api_messages.router)
     routes.include_router(ops.router)

@@ -1,7 +1,7 @@
 """The tamper-evident log of who read a patient's health data.
 
-Rows form a hash chain; appends are serialised (an in-process lock, and on PostgreSQL a
-transaction-scoped advisory lock for several replicas) so the chain never forks.
+Rows form a hash chain; appends are serialised (an in-process lock, and a
+transaction-scoped PostgreSQL advisory lock for several replicas) so the chain never forks.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ async def record_access(
 ) -> None:
     """Append one read to the chain."""
     async with _lock, db.transaction() as session:
-        if db.dialect == "postgresql":
-            await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
         prev = await store.last_access_hash(session)
         at = datetime.now(UTC).replace(microsecond=0)
         session.add(
@@ -46,12 +45,7 @@ async def verify(db: Database) -> int | None:
     async with db.sessions() as session:
         rows = await store.whole_access_log(session)
     broken = first_broken_link(
-        AccessRecord(r.patient_id, r.actor, r.action, r.resource, _utc(r.at), r.prev_hash, r.hash)
+        AccessRecord(r.patient_id, r.actor, r.action, r.resource, r.at, r.prev_hash, r.hash)
         for r in rows
     )
     return rows[broken].id if broken is not None else None
-
-
-def _utc(at: datetime) -> datetime:
-    # SQLite returns naive datetimes; every stored time is UTC.
-    return at if at.tzinfo else at.replace(tzinfo=UTC)

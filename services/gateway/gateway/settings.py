@@ -26,4 +26,7 @@ class Settings(ServiceSettings):
     messaging_url: str = "http://127.0.0.1:8003"
     triage_url: str = "http://127.0.0.1:8004"
     upstream_timeout_s: float = Field(default=2.0, description="Per-call timeout to services")
+    upstream_max_connections: int = Field(
+        default=100, ge=1, description="Concurrent calls to the owning services (one pool)"
+    )
     sse_keepalive_s: float = Field(default=15.0, description="Comment line every N seconds")

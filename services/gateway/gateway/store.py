@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, String, UniqueConstraint, select
+from sqlalchemy import BigInteger, DateTime, Index, String, UniqueConstraint, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from gateway.domain import GENESIS
 from servicekit.db import new_metadata
-
-BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -43,7 +41,7 @@ class PatientNotification(Base):
 
     __tablename__ = "patient_notifications"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     patient_id: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(32))
     ref: Mapped[str] = mapped_column(String(128))
@@ -63,7 +61,7 @@ class AccessLogEntry(Base):
 
     __tablename__ = "access_log"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     patient_id: Mapped[str] = mapped_column(String(64), index=True)
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(64))

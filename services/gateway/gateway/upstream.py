@@ -1,12 +1,111 @@
-"""Calls from the gateway to the services that own the data (HTTP, per-call timeouts)."""
+"""Calls from the gateway to the services that own the data (HTTP, per-call timeouts).
+
+The pooled client sits on `GuardedTransport`: httpcore 1.0.9 loses a pool slot for good
+when a request that waited in its pool is handed a new connection and is cancelled (or
+its pool timeout fires) before it uses it (encode/httpcore#1093, unreleased). A burst of
+clients that give up left every slot lost this way, and the gateway answered 504 to every
+later call while the services were idle. So a request only enters httpcore's pool when a
+connection is free for it at once (our own semaphore of the pool's size, which a
+cancelled waiter cannot leak), and a caller's cancellation never reaches httpcore: the
+call runs to its end (bounded by the client's timeouts) in a task of its own.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
 from gateway.settings import Settings
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """An HTTP transport whose pool slots survive cancellation and pool timeouts."""
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        self._inner = httpx.AsyncHTTPTransport(limits=limits)
+        self._slots = asyncio.Semaphore(limits.max_connections or 100)
+        self._abandoned: set[asyncio.Task[None]] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` once a slot is free; a cancelled caller leaves the call to finish
+        and release its slot on its own."""
+        call = asyncio.ensure_future(self._send(request))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            cleanup = asyncio.create_task(_discard(call))
+            self._abandoned.add(cleanup)
+            cleanup.add_done_callback(self._abandoned.discard)
+            raise
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        timeout = request.extensions.get("timeout", {}).get("pool")
+        try:
+            # wait_for gives a slot acquired at the moment of the timeout back.
+            await asyncio.wait_for(self._slots.acquire(), timeout)
+        except TimeoutError as exc:
+            raise httpx.PoolTimeout("no connection slot free in time", request=request) from exc
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            self._slots.release()
+            raise
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_Releasing(response.stream, self._slots),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        """Close the pool (abandoned calls end with it)."""
+        await self._inner.aclose()
+
+
+class _Releasing(httpx.AsyncByteStream):
+    """A response body that gives its slot back when closed (once)."""
+
+    def __init__(
+        self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, slots: asyncio.Semaphore
+    ) -> None:
+        assert isinstance(stream, httpx.AsyncByteStream)
+        self._stream = stream
+        self._slots: asyncio.Semaphore | None = slots
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+                self._slots = None
+
+
+async def _discard(call: asyncio.Future[httpx.Response]) -> None:
+    """Wait for a call nobody waits for any more and close its response."""
+    try:
+        response = await call
+    except Exception:
+        return
+    await response.aclose()
+
+
+def pooled_client(
+    settings: Settings, mounts: dict[str, httpx.AsyncBaseTransport] | None = None
+) -> httpx.AsyncClient:
+    """The gateway's one HTTP client (services, JWKS), on a `GuardedTransport`; `mounts`
+    route some URLs elsewhere (tests: in-process services)."""
+    limits = httpx.Limits(max_connections=settings.upstream_max_connections)
+    return httpx.AsyncClient(
+        timeout=settings.upstream_timeout_s, transport=GuardedTransport(limits), mounts=mounts
+    )
 
 
 class UpstreamError(Exception):
@@ -64,6 +163,22 @@ class Upstreams:
     async def get(self, service: str, path: str, params: Any = None) -> Any:
         """GET JSON from a service."""
         return await self.request(service, "GET", path, params=params)
+
+    async def get_bytes(self, service: str, path: str) -> tuple[bytes, str]:
+        """GET a document's content and its content type (errors as `request` maps them)."""
+        url = self.urls[service] + path
+        try:
+            response = await self.client.get(url, timeout=self.timeout)
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(service, 504, "did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(service, 503, "is unavailable") from exc
+        if response.status_code == 404:
+            raise UpstreamError(service, 404, "not found")
+        if response.status_code >= 400:
+            raise UpstreamError(service, 502, f"answered {response.status_code}")
+        content_type = response.headers.get("content-type", "application/octet-stream")
+        return response.content, content_type
 
 
 def _detail(response: httpx.Response) -> str:

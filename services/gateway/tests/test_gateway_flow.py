@@ -189,7 +189,7 @@ async def test_lab_result_reaches_the_api_and_the_live_stream_and_is_audited(
         assert "A1c" not in json.dumps(received[0])  # notifications carry no clinical detail
 
         async def in_records() -> bool:
-            return bool((await client.get("/v1/me/lab-results")).json())
+            return bool((await client.get("/v1/me/lab-results")).json()["items"])
 
         await eventually(in_records, timeout=60)
         report = (await client.get("/v1/me/lab-results/dr-77")).json()

@@ -4,31 +4,19 @@ patient of the caller's token; this service is not reachable from outside)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from pydantic import AwareDatetime, BaseModel
 
-from records import store
-from records.domain import newest_first
+from records import service, store
+from records.domain import BadCursor
+from records.explanations import Catalogue
 from servicekit.http import PatientId, ReadSession
 
 router = APIRouter(prefix="/patients/{patient_id}", tags=["records"])
-
-
-class LabReportOut(BaseModel):
-    """A lab report with its result lines."""
-
-    id: str
-    status: str
-    code: dict[str, Any]
-    category: list[dict[str, Any]]
-    effective: datetime | None
-    issued: datetime | None
-    performer: list[str]
-    observations: list[dict[str, Any]]
-    version: str
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
 
 
 class MedicationOut(BaseModel):
@@ -43,7 +31,7 @@ class MedicationOut(BaseModel):
 
 
 class ChartEntryOut(BaseModel):
-    """An allergy, condition, immunization, document or vital sign."""
+    """An allergy, condition or immunization."""
 
     id: str
     resource_type: str
@@ -55,110 +43,164 @@ class ChartEntryOut(BaseModel):
     effective: datetime | None
 
 
-def _lab(row: store.LabReport) -> LabReportOut:
-    return LabReportOut(
-        id=row.report_fhir_id,
-        status=row.status,
-        code=row.code,
-        category=row.category,
-        effective=row.effective,
-        issued=row.issued,
-        performer=row.performer,
-        observations=row.observations,
-        version=row.source_version,
-    )
+Code = Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.\-_]+$")]
+Status = Annotated[str, Query(min_length=1, max_length=32, pattern=r"^[a-z-]+$")]
+FhirId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9\-.]+$")]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Items per page")]
+CursorParam = Annotated[str | None, Query(max_length=200, description="`next_cursor` of a page")]
+Since = Annotated[AwareDatetime | None, Query(description="From this time (with offset)")]
+Until = Annotated[AwareDatetime | None, Query(description="Before this time (with offset)")]
 
 
-async def _imported_lab(
-    session: AsyncSession, patient_id: str, entry: store.ChartEntry
-) -> LabReportOut:
-    """A back-filled report: what the batch carried, with its result lines' values."""
-    lines = await store.imported_observations(session, patient_id, entry.related_fhir_ids or [])
-    by_id = {o.fhir_id: o for o in lines}
-    observations = [
-        {
-            "observation_fhir_id": o.fhir_id,
-            "code": o.code,
-            "status": o.status,
-            "value_string": o.value,
-            "effective": o.effective.isoformat() if o.effective else None,
-            "display": o.display,
-        }
-        for fid in entry.related_fhir_ids or []
-        if (o := by_id.get(fid)) is not None
-    ]
-    return LabReportOut(
-        id=entry.fhir_id,
-        status=entry.status or "unknown",
-        code=entry.code or {"display": entry.display},
-        category=[],
-        effective=entry.effective,
-        issued=None,
-        performer=[],
-        observations=observations,
-        version=entry.version_id,
-    )
+class PageOut(BaseModel):
+    """A page of a list, newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    items: list[dict[str, Any]]
+    next_cursor: str | None
 
 
-@router.get("/lab-results", response_model=list[LabReportOut])
-async def list_lab_results(patient_id: PatientId, session: ReadSession) -> list[LabReportOut]:
-    """The patient's lab reports, newest first: live ones in full, back-filled history too."""
-    live = [_lab(r) for r in await store.lab_reports_of(session, patient_id)]
-    history = [
-        await _imported_lab(session, patient_id, e)
-        for e in await store.imported_reports_of(session, patient_id)
-    ]
-    return sorted(
-        live + history,
-        key=lambda r: newest_first(r.effective),
-        reverse=True,
-    )
+def catalogue_of(request: Request) -> Catalogue:
+    """The explanations catalogue the composition root loaded."""
+    catalogue: Catalogue = request.app.state.service.state["explanations"]
+    return catalogue
 
 
-@router.get("/lab-results/{report_id}", response_model=LabReportOut)
+Explanations = Annotated[Catalogue, Depends(catalogue_of)]
+
+
+def _page(page: service.Page) -> PageOut:
+    return PageOut(items=page.items, next_cursor=page.next_cursor)
+
+
+def _bad_cursor(exc: BadCursor) -> HTTPException:
+    return HTTPException(400, "The cursor is not valid: start again without one.")
+
+
+@router.get("/lab-results", response_model=PageOut)
+async def list_lab_results(
+    patient_id: PatientId,
+    session: ReadSession,
+    catalogue: Explanations,
+    code: Code | None = None,
+    category: Code | None = None,
+    status: Status | None = None,
+    since: Since = None,
+    until: Until = None,
+    cursor: CursorParam = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> PageOut:
+    """The patient's lab reports with their results, newest first, a page at a time.
+
+    `code` matches a report's code or any of its results' (LOINC) codes; `category` a
+    report category code (`LAB`, `laboratory`...); `since`/`until` the report's time."""
+    wanted = store.LabFilter(code=code, category=category, status=status, since=since, until=until)
+    try:
+        page = await service.lab_reports(session, patient_id, wanted, cursor, limit, catalogue)
+    except BadCursor as exc:
+        raise _bad_cursor(exc) from exc
+    return _page(page)
+
+
+@router.get("/lab-results/trends")
+async def lab_result_trend(
+    patient_id: PatientId,
+    session: ReadSession,
+    catalogue: Explanations,
+    code: Code,
+    since: Since = None,
+    until: Until = None,
+) -> dict[str, Any]:
+    """One test's values over time (oldest first) with ranges and the direction of change."""
+    wanted = store.LabFilter(since=since, until=until)
+    return await service.trend(session, patient_id, code, wanted, catalogue)
+
+
+@router.get("/lab-results/{report_id}")
 async def get_lab_result(
-    patient_id: PatientId, report_id: str, session: ReadSession
-) -> LabReportOut:
+    patient_id: PatientId, report_id: FhirId, session: ReadSession, catalogue: Explanations
+) -> dict[str, Any]:
     """One lab report of the patient (404 if it is not theirs)."""
-    row = await store.get_lab_report(session, report_id)
-    if row is not None and row.patient_id == patient_id:
-        return _lab(row)
-    entry = await store.get_chart_entry(session, "DiagnosticReport", report_id)
-    if entry is not None and entry.patient_id == patient_id:
-        return await _imported_lab(session, patient_id, entry)
-    raise HTTPException(404, "No such lab result for this patient.")
+    report = await service.lab_report(session, patient_id, report_id, catalogue)
+    if report is None:
+        raise HTTPException(404, "No such lab result for this patient.")
+    return report
+
+
+@router.get("/vital-signs", response_model=PageOut)
+async def list_vital_signs(
+    patient_id: PatientId,
+    session: ReadSession,
+    catalogue: Explanations,
+    code: Code | None = None,
+    status: Status | None = None,
+    since: Since = None,
+    until: Until = None,
+    cursor: CursorParam = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> PageOut:
+    """The patient's vital signs (blood pressure, pulse, weight...), newest first."""
+    wanted = store.LabFilter(code=code, status=status, since=since, until=until)
+    try:
+        page = await service.results(
+            session, patient_id, service.VITAL, wanted, cursor, limit, catalogue
+        )
+    except BadCursor as exc:
+        raise _bad_cursor(exc) from exc
+    return _page(page)
+
+
+@router.get("/documents", response_model=PageOut)
+async def list_documents(
+    patient_id: PatientId,
+    session: ReadSession,
+    cursor: CursorParam = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> PageOut:
+    """The patient's documents (visit summaries, letters...), newest first."""
+    try:
+        page = await service.documents(session, patient_id, cursor, limit)
+    except BadCursor as exc:
+        raise _bad_cursor(exc) from exc
+    return _page(page)
+
+
+@router.get("/documents/{document_id}")
+async def get_document(
+    patient_id: PatientId, document_id: FhirId, session: ReadSession
+) -> dict[str, Any]:
+    """One of the patient's documents with its attachments' descriptions."""
+    found = await service.document(session, patient_id, document_id)
+    if found is None:
+        raise HTTPException(404, "No such document for this patient.")
+    return found
+
+
+@router.get(
+    "/documents/{document_id}/attachments/{position}",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+async def get_document_attachment(
+    patient_id: PatientId,
+    document_id: FhirId,
+    position: Annotated[int, Path(ge=0, le=99)],
+    session: ReadSession,
+) -> Response:
+    """The content of one attachment, with the content type the EHR gave it."""
+    content = await service.document_content(session, patient_id, document_id, position)
+    if content is None:
+        raise HTTPException(404, "No such document content for this patient.")
+    return Response(
+        content=content.content,
+        media_type=content.content_type or "application/octet-stream",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @router.get("/medications", response_model=list[MedicationOut])
 async def list_medications(patient_id: PatientId, session: ReadSession) -> list[MedicationOut]:
     """The patient's medication orders, newest first (back-filled history included)."""
-    live = [
-        MedicationOut(
-            id=m.fhir_id,
-            status=m.status,
-            medication=m.medication,
-            dosage_text=m.dosage_text,
-            authored_on=m.authored_on,
-            prescriber=m.prescriber,
-        )
-        for m in await store.medications_of(session, patient_id)
-    ]
-    history = [
-        MedicationOut(
-            id=e.fhir_id,
-            status=e.status or "unknown",
-            medication={**(e.code or {}), "display": e.display or (e.code or {}).get("display")},
-            dosage_text=e.value,
-            authored_on=e.effective,
-            prescriber=None,
-        )
-        for e in await store.imported_medications_of(session, patient_id)
-    ]
-    return sorted(
-        live + history,
-        key=lambda m: newest_first(m.authored_on),
-        reverse=True,
-    )
+    return [MedicationOut(**m) for m in await service.medications(session, patient_id)]
 
 
 def _chart_route(kind: str) -> Any:
@@ -174,7 +216,7 @@ def _chart_route(kind: str) -> Any:
                 value=e.value,
                 effective=e.effective,
             )
-            for e in await store.chart_entries_of(session, patient_id, kind)
+            for e in await service.chart_entries(session, patient_id, kind)
         ]
 
     list_entries.__doc__ = f"The patient's {kind} entries, newest first."
@@ -185,8 +227,6 @@ for _path, _kind in (
     ("allergies", "allergy"),
     ("conditions", "condition"),
     ("immunizations", "immunization"),
-    ("documents", "document"),
-    ("vital-signs", "vital-sign"),
 ):
     router.add_api_route(
         f"/{_path}",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from records import api, handlers, store
+from records import api, explanations, handlers, store
 from records.settings import Settings
 from servicekit.app import Service, ServiceDefinition, create_service
 
@@ -15,7 +15,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 def build(settings: Settings | None = None) -> Service:
     """The records service with the given (default: environment) settings."""
-    return create_service(
+    service = create_service(
         ServiceDefinition(
             settings=settings or Settings(),
             title="records",
@@ -26,6 +26,9 @@ def build(settings: Settings | None = None) -> Service:
             migrations=MIGRATIONS,
         )
     )
+    # Read once at start-up: a broken catalogue stops the service rather than a request.
+    service.state["explanations"] = explanations.load()
+    return service
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Select, String, Text, select, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    Select,
+    String,
+    Text,
+    and_,
+    delete,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    true,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from records.domain import EPOCH, Cursor
 from servicekit.db import new_metadata
 
 
@@ -35,8 +60,81 @@ class LabReport(Base):
     issued: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     performer: Mapped[list[str]] = mapped_column(JSON)
     observations: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    """Legacy: the results as the first live events carried them (now in `lab_results`)."""
     source_version: Mapped[str] = mapped_column(String(64))
     source_updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sort_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    """When the report sorts (effective, else issued, else last update): never null, so
+    paging by (sort_at, id) is a total order."""
+    category_codes: Mapped[str] = mapped_column(String(500), default="|", server_default="|")
+    """The category codes as `|LAB|laboratory|`, for the `category` filter."""
+
+    __table_args__ = (Index("ix_lab_reports_patient_sort", "patient_id", "sort_at"),)
+
+
+class LabReportResult(Base):
+    """Which results a report groups, in the report's order."""
+
+    __tablename__ = "lab_report_results"
+
+    report_fhir_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    observation_fhir_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    position: Mapped[int] = mapped_column(Integer)
+
+
+class LabResult(Base):
+    """One result (a lab Observation or a vital sign), its current version.
+
+    `data` is the result as `contracts.lab.LabObservation` JSON: the same shape whether it
+    came from a live `lab.resulted` or from a back-fill.
+    """
+
+    __tablename__ = "lab_results"
+
+    observation_fhir_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    code: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sort_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    version_id: Mapped[str | None] = mapped_column(String(64))
+    source_updated: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    category_codes: Mapped[str] = mapped_column(String(500), default="|", server_default="|")
+    """The result's own category codes as `|laboratory|`: a laboratory result that no report
+    groups is listed on its own."""
+
+    __table_args__ = (
+        Index("ix_lab_results_patient_kind_code_sort", "patient_id", "kind", "code", "sort_at"),
+    )
+
+
+class LabResultVersion(Base):
+    """An earlier version of a result that an amendment or correction replaced."""
+
+    __tablename__ = "lab_result_versions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    observation_fhir_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("lab_results.observation_fhir_id", ondelete="CASCADE"), index=True
+    )
+    version_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    replaced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DocumentContent(Base):
+    """The content of a document's attachment, when the EHR sent it inline."""
+
+    __tablename__ = "document_contents"
+
+    document_fhir_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str | None] = mapped_column(String(200))
+    title: Mapped[str | None] = mapped_column(String(500))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Medication(Base):
@@ -73,6 +171,10 @@ class ChartEntry(Base):
     related_fhir_ids: Mapped[list[str]] = mapped_column(
         JSON, default=list, server_default=text("'[]'")
     )
+    attachments: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSON, default=list, server_default=text("'[]'")
+    )
+    """A document's attachments (content type, title, size; the content is stored apart)."""
 
     __table_args__ = (Index("ix_chart_entries_patient_kind", "patient_id", "kind"),)
 
@@ -139,27 +241,259 @@ async def _imported_not_detailed(
     return list((await session.execute(stmt)).scalars())
 
 
-async def imported_reports_of(session: AsyncSession, patient_id: str) -> list[ChartEntry]:
-    """Back-filled lab reports that no live `lab.resulted` has detailed, newest first."""
-    detailed = select(LabReport.report_fhir_id).where(LabReport.patient_id == patient_id)
-    return await _imported_not_detailed(session, patient_id, "DiagnosticReport", detailed)
-
-
-async def imported_observations(
-    session: AsyncSession, patient_id: str, fhir_ids: list[str]
-) -> list[ChartEntry]:
-    """Back-filled Observations of a patient by id."""
-    if not fhir_ids:
-        return []
-    stmt = select(ChartEntry).where(
-        ChartEntry.patient_id == patient_id,
-        ChartEntry.resource_type == "Observation",
-        ChartEntry.fhir_id.in_(fhir_ids),
-    )
-    return list((await session.execute(stmt)).scalars())
-
-
 async def imported_medications_of(session: AsyncSession, patient_id: str) -> list[ChartEntry]:
     """Back-filled medication orders that no live `medication.changed` has detailed."""
     detailed = select(Medication.fhir_id).where(Medication.patient_id == patient_id)
     return await _imported_not_detailed(session, patient_id, "MedicationRequest", detailed)
+
+
+@dataclass(frozen=True)
+class LabFilter:
+    """What a patient asked to see of their results."""
+
+    code: str | None = None
+    category: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _after(sort_col: Any, id_col: Any, cursor: Cursor | None) -> ColumnElement[bool]:
+    """Rows after the cursor in (sort_at desc, id desc) order."""
+    if cursor is None:
+        return true()
+    return or_(sort_col < cursor.at, and_(sort_col == cursor.at, id_col < cursor.id))
+
+
+def _category_like(category: str) -> str:
+    escaped = category.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%|{escaped}|%"
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One entry of the lab results list: a report, or a laboratory result no report groups."""
+
+    sort_at: datetime
+    id: str
+    grouping: str
+
+
+async def lab_list_page(
+    session: AsyncSession, patient_id: str, wanted: LabFilter, cursor: Cursor | None, limit: int
+) -> list[Listed]:
+    """One page of a patient's lab results list, newest first (`limit` + 1 entries, to tell
+    if another page follows): reports, and laboratory results that no report groups."""
+    reports = select(
+        LabReport.sort_at.label("sort_at"),
+        LabReport.report_fhir_id.label("id"),
+        literal("report").label("grouping"),
+    ).where(LabReport.patient_id == patient_id)
+    if wanted.code is not None:
+        has_result = exists().where(
+            LabReportResult.report_fhir_id == LabReport.report_fhir_id,
+            LabResult.observation_fhir_id == LabReportResult.observation_fhir_id,
+            LabResult.code == wanted.code,
+        )
+        reports = reports.where(or_(LabReport.code["code"].as_string() == wanted.code, has_result))
+    grouped = exists().where(LabReportResult.observation_fhir_id == LabResult.observation_fhir_id)
+    alone = select(
+        LabResult.sort_at.label("sort_at"),
+        LabResult.observation_fhir_id.label("id"),
+        literal("result").label("grouping"),
+    ).where(
+        LabResult.patient_id == patient_id,
+        LabResult.kind == "lab-result",
+        LabResult.category_codes.like("%|laboratory|%"),
+        ~grouped,
+    )
+    if wanted.code is not None:
+        alone = alone.where(LabResult.code == wanted.code)
+    if wanted.category is not None:
+        pattern = _category_like(wanted.category)
+        reports = reports.where(LabReport.category_codes.like(pattern, escape="\\"))
+        alone = alone.where(LabResult.category_codes.like(pattern, escape="\\"))
+    if wanted.status is not None:
+        reports = reports.where(LabReport.status == wanted.status)
+        alone = alone.where(LabResult.status == wanted.status)
+    if wanted.since is not None:
+        reports = reports.where(LabReport.sort_at >= wanted.since)
+        alone = alone.where(LabResult.sort_at >= wanted.since)
+    if wanted.until is not None:
+        reports = reports.where(LabReport.sort_at < wanted.until)
+        alone = alone.where(LabResult.sort_at < wanted.until)
+    both = union_all(reports, alone).subquery()
+    stmt = (
+        select(both.c.sort_at, both.c.id, both.c.grouping)
+        .where(_after(both.c.sort_at, both.c.id, cursor))
+        .order_by(both.c.sort_at.desc(), both.c.id.desc())
+        .limit(limit + 1)
+    )
+    return [Listed(*row) for row in (await session.execute(stmt)).tuples()]
+
+
+async def lab_reports_by_id(session: AsyncSession, report_ids: list[str]) -> list[LabReport]:
+    """Reports by id (any order)."""
+    if not report_ids:
+        return []
+    stmt = select(LabReport).where(LabReport.report_fhir_id.in_(report_ids))
+    return list((await session.execute(stmt)).scalars())
+
+
+async def results_by_id(session: AsyncSession, observation_ids: list[str]) -> list[LabResult]:
+    """Results by id (any order)."""
+    if not observation_ids:
+        return []
+    stmt = select(LabResult).where(LabResult.observation_fhir_id.in_(observation_ids))
+    return list((await session.execute(stmt)).scalars())
+
+
+async def results_of_reports(
+    session: AsyncSession, report_ids: list[str]
+) -> dict[str, list[LabResult]]:
+    """The results of each report, in the report's order."""
+    if not report_ids:
+        return {}
+    stmt = (
+        select(LabReportResult.report_fhir_id, LabResult)
+        .join(LabResult, LabResult.observation_fhir_id == LabReportResult.observation_fhir_id)
+        .where(LabReportResult.report_fhir_id.in_(report_ids))
+        .order_by(LabReportResult.report_fhir_id, LabReportResult.position)
+    )
+    grouped: dict[str, list[LabResult]] = {rid: [] for rid in report_ids}
+    for report_id, result in (await session.execute(stmt)).tuples():
+        grouped[report_id].append(result)
+    return grouped
+
+
+async def versions_of(
+    session: AsyncSession, observation_ids: list[str]
+) -> dict[str, list[LabResultVersion]]:
+    """Earlier versions of results, newest first."""
+    if not observation_ids:
+        return {}
+    stmt = (
+        select(LabResultVersion)
+        .where(LabResultVersion.observation_fhir_id.in_(observation_ids))
+        .order_by(LabResultVersion.replaced_at.desc(), LabResultVersion.id.desc())
+    )
+    found: dict[str, list[LabResultVersion]] = {}
+    for row in (await session.execute(stmt)).scalars():
+        found.setdefault(row.observation_fhir_id, []).append(row)
+    return found
+
+
+async def results_page(
+    session: AsyncSession,
+    patient_id: str,
+    kind: str,
+    wanted: LabFilter,
+    cursor: Cursor | None,
+    limit: int,
+) -> list[LabResult]:
+    """One page of a patient's results of one kind, newest first (`limit` + 1 rows)."""
+    stmt = select(LabResult).where(
+        LabResult.patient_id == patient_id,
+        LabResult.kind == kind,
+        _after(LabResult.sort_at, LabResult.observation_fhir_id, cursor),
+    )
+    if wanted.code is not None:
+        stmt = stmt.where(LabResult.code == wanted.code)
+    if wanted.status is not None:
+        stmt = stmt.where(LabResult.status == wanted.status)
+    if wanted.since is not None:
+        stmt = stmt.where(LabResult.sort_at >= wanted.since)
+    if wanted.until is not None:
+        stmt = stmt.where(LabResult.sort_at < wanted.until)
+    stmt = stmt.order_by(LabResult.sort_at.desc(), LabResult.observation_fhir_id.desc()).limit(
+        limit + 1
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def series_of(
+    session: AsyncSession, patient_id: str, code: str, wanted: LabFilter
+) -> list[LabResult]:
+    """Every result of one code for a patient, oldest first (for a trend)."""
+    stmt = select(LabResult).where(LabResult.patient_id == patient_id, LabResult.code == code)
+    if wanted.since is not None:
+        stmt = stmt.where(LabResult.sort_at >= wanted.since)
+    if wanted.until is not None:
+        stmt = stmt.where(LabResult.sort_at < wanted.until)
+    stmt = stmt.order_by(LabResult.sort_at, LabResult.observation_fhir_id)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def get_result(session: AsyncSession, observation_fhir_id: str) -> LabResult | None:
+    """One result by its EHR id."""
+    return await session.get(LabResult, observation_fhir_id)
+
+
+async def report_of_result(session: AsyncSession, observation_fhir_id: str) -> str | None:
+    """The report that groups a result, if one does."""
+    stmt = select(LabReportResult.report_fhir_id).where(
+        LabReportResult.observation_fhir_id == observation_fhir_id
+    )
+    return (await session.execute(stmt.limit(1))).scalar_one_or_none()
+
+
+async def set_report_results(
+    session: AsyncSession, report_fhir_id: str, observation_ids: list[str]
+) -> None:
+    """Make `observation_ids` the results of a report, in this order."""
+    await session.execute(
+        delete(LabReportResult).where(LabReportResult.report_fhir_id == report_fhir_id)
+    )
+    seen: set[str] = set()
+    for position, observation_id in enumerate(observation_ids):
+        if observation_id in seen:
+            continue
+        seen.add(observation_id)
+        session.add(
+            LabReportResult(
+                report_fhir_id=report_fhir_id,
+                observation_fhir_id=observation_id,
+                position=position,
+            )
+        )
+    await session.flush()
+
+
+def _document_sort() -> ColumnElement[datetime]:
+    return func.coalesce(ChartEntry.effective, literal(EPOCH, DateTime(timezone=True)))
+
+
+async def documents_page(
+    session: AsyncSession, patient_id: str, cursor: Cursor | None, limit: int
+) -> list[ChartEntry]:
+    """One page of a patient's documents, newest first (undated last; `limit` + 1 rows)."""
+    sort_at = _document_sort()
+    stmt = (
+        select(ChartEntry)
+        .where(
+            ChartEntry.patient_id == patient_id,
+            ChartEntry.kind == "document",
+            _after(sort_at, ChartEntry.fhir_id, cursor),
+        )
+        .order_by(sort_at.desc(), ChartEntry.fhir_id.desc())
+        .limit(limit + 1)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def get_document_content(
+    session: AsyncSession, document_fhir_id: str, position: int
+) -> DocumentContent | None:
+    """The stored content of one attachment."""
+    return await session.get(DocumentContent, (document_fhir_id, position))
+
+
+async def replace_document_contents(
+    session: AsyncSession, document_fhir_id: str, contents: list[DocumentContent]
+) -> None:
+    """Store a document's attachment contents, replacing an earlier version's."""
+    await session.execute(
+        delete(DocumentContent).where(DocumentContent.document_fhir_id == document_fhir_id)
+    )
+    for content in contents:
+        session.add(content)

@@ -110,7 +110,7 @@ async def test_lab_result_amendment_replaces_and_a_stale_version_is_ignored(
     async def all_arrived() -> bool:
         meds = (await client.get("/patients/pat-1/medications")).json()
         allergies = (await client.get("/patients/pat-1/allergies")).json()
-        labs = (await client.get("/patients/pat-1/lab-results")).json()
+        labs = (await client.get("/patients/pat-1/lab-results")).json()["items"]
         return bool(meds and allergies and labs and labs[0]["version"] == "3")
 
     await eventually(all_arrived, timeout=60)
@@ -195,10 +195,10 @@ async def test_back_filled_reports_and_medications_are_listed_with_their_values(
     )
 
     async def both() -> bool:
-        return len((await client.get("/patients/pat-1/lab-results")).json()) == 2
+        return len((await client.get("/patients/pat-1/lab-results")).json()["items"]) == 2
 
     await eventually(both, timeout=60)
-    labs = (await client.get("/patients/pat-1/lab-results")).json()
+    labs = (await client.get("/patients/pat-1/lab-results")).json()["items"]
     assert [r["id"] for r in labs] == ["dr-1", "old-dr"]  # newest first
     old = (await client.get("/patients/pat-1/lab-results/old-dr")).json()
     assert old["observations"][0]["value_string"] == "5.4 mmol/L"

@@ -54,7 +54,7 @@ async def book(service: Service, request: BookRequest) -> tuple[store.Appointmen
             raise BookingError(404, "No such slot.")
         if slot.status != "free":
             raise BookingError(409, "This time is no longer free; please choose another.")
-        if _aware(slot.start) <= now:
+        if slot.start <= now:
             raise BookingError(409, "This time has already passed.")
         appointment = store.Appointment(
             id=f"apt-{uuid.uuid4().hex[:16]}",
@@ -78,8 +78,8 @@ async def book(service: Service, request: BookRequest) -> tuple[store.Appointmen
                 patient_fhir_id=request.patient_fhir_id,
                 slot_fhir_id=slot.slot_fhir_id,
                 practitioner_fhir_id=slot.practitioner_fhir_id,
-                start=_aware(slot.start),
-                end=_aware(slot.end),
+                start=slot.start,
+                end=slot.end,
                 reason=request.reason,
                 booked_at=now,
             ),
@@ -155,8 +155,3 @@ async def submit_intake(
             subject=patient_id,
         )
     return intake_id
-
-
-def _aware(at: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    return at if at.tzinfo else at.replace(tzinfo=UTC)

@@ -3,9 +3,12 @@
 up          broker + topics + EHR sandbox + the six services, in the foreground
 check       start the stack, verify every service's /readyz, /healthz, /metrics, stop
 broker      only a Kafka broker (port 9092) in the foreground, with the topics
-postgres    make the local PostgreSQL 15 usable and print its base URL
+postgres    start the embedded PostgreSQL (.data/postgres) in the background, print its URL
+            (`postgres --stop` stops it)
 topics      create the registry's topics on a running broker
 kafka-jars  fetch Apache Kafka's jars with Maven
+reliability-report
+            the acceptance journeys and fault scenarios: a table and one JSON line
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from devstack._paths import repo_root
 from devstack.brokers import BROKER_KINDS, BrokerError, BrokerKind, fetch_kafka_jars, make_broker
-from devstack.postgres import PostgresUnavailable, ensure_postgres
+from devstack.postgres import EmbeddedPostgres, PostgresUnavailable
 from devstack.supervisor import Output, StackConfig, check, follow_log, up
 from devstack.topics import ensure_topics
 
@@ -71,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
             action="store_true",
             help="also run Prometheus (9090) with the alert rules, if installed",
         )
+        sub.add_argument(
+            "--data-dir",
+            type=Path,
+            default=None,
+            help="where the stack keeps its data (default: .data of the repository)",
+        )
 
     broker = commands.add_parser("broker", help="run only a Kafka broker in the foreground")
     broker.add_argument("--kafka", type=_kind, default=default_kind, help="broker kind")
@@ -78,7 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     broker.add_argument("--data-dir", type=Path, help="default: .data/kafka or .data/tansu")
     broker.add_argument("--no-topics", action="store_true", help="do not create the topics")
 
-    commands.add_parser("postgres", help="make the local PostgreSQL usable, print its URL")
+    postgres = commands.add_parser(
+        "postgres", help="start the embedded PostgreSQL in the background, print its URL"
+    )
+    postgres.add_argument("--data-dir", type=Path, help="default: .data/postgres")
+    postgres.add_argument("--stop", action="store_true", help="stop it instead")
 
     topics = commands.add_parser("topics", help="create the registry's topics on a broker")
     topics.add_argument(
@@ -86,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092",
     )
     topics.add_argument("--prefix", default="", help="prefix of every topic name")
+
+    report = commands.add_parser(
+        "reliability-report", help="run the journeys and fault scenarios, print the figures"
+    )
+    report.add_argument("--kafka", type=_kind, default=default_kind, help="broker kind")
+    report.add_argument("pytest_args", nargs="*", help="more pytest arguments")
 
     jars = commands.add_parser("kafka-jars", help="fetch Apache Kafka's jars with Maven")
     jars.add_argument("--force", action="store_true", help="fetch even if lib/ has jars")
@@ -102,6 +121,7 @@ def _stack_config(args: argparse.Namespace) -> StackConfig:
         ready_timeout=args.ready_timeout,
         tracing=args.tracing,
         observability=args.observability,
+        data_dir=args.data_dir,
     )
 
 
@@ -159,8 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "broker":
         return asyncio.run(_broker(args))
     if command == "postgres":
+        server = EmbeddedPostgres(args.data_dir or repo_root() / ".data" / "postgres")
         try:
-            print(ensure_postgres())
+            if args.stop:
+                server.stop()
+            else:
+                print(server.start())
         except PostgresUnavailable as exc:
             print(f"devstack postgres: {exc}", file=sys.stderr)
             return 1
@@ -170,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for topic, partitions in sorted(created.items()):
             print(f"{topic}\t{partitions}")
         return 0
+    if command == "reliability-report":
+        from devstack.reliability import run
+
+        return run(args.kafka, list(args.pytest_args))
     if command == "kafka-jars":
         try:
             print(fetch_kafka_jars(force=args.force))

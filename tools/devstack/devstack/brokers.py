@@ -262,6 +262,10 @@ class TansuBroker(Broker):
             url,
             "--storage-engine",
             "memory://tansu/",
+            # Every start is a new, empty cluster, and says so: relays publish again what
+            # the previous one had acknowledged (servicekit.broker_loss).
+            "--cluster-id",
+            f"tansu-{uuid.uuid4().hex[:16]}",
         ]
 
     async def stop(self, timeout: float = 20.0) -> None:  # noqa: ASYNC109

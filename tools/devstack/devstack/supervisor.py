@@ -1,10 +1,16 @@
 """The local stack supervisor behind `python -m devstack up` and `check`.
 
-Starts the broker, creates the topics, then starts the EHR sandbox and the six services as
-uvicorn processes and waits for each one's `GET /readyz`. Every output line is prefixed (and
-coloured on a terminal) with the process name. Stopping is one process at a time, in reverse
-start order, then the broker: Tansu wedges a consumer group when two of its members leave
-at the same moment.
+Starts PostgreSQL (embedded, under `.data/postgres`, unless DATABASE_URL names a server) with
+one database per process, the broker, creates the topics, then starts the EHR sandbox and
+the six services as uvicorn processes and waits for each one's `GET /readyz`. Every output
+line is prefixed (and coloured on a terminal) with the process name.
+
+While the stack runs, a process that dies is restarted with back-off (1 s doubling to 30 s,
+reset once it has stayed up a minute) while the others keep running; a broker that dies is
+restarted too and its topics are created again (Tansu comes back empty: the services' relays
+republish what it lost). `.data/stack.json` shows every process's pid, state and restarts.
+Stopping is one process at a time, in reverse start order, then the broker, then PostgreSQL:
+Tansu wedges a consumer group when two of its members leave at the same moment.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import os
 import signal
 import sys
@@ -30,7 +37,7 @@ from aiokafka.errors import KafkaError
 from devstack._paths import port_is_open, repo_root
 from devstack._proc import orphan_guarded, signal_group
 from devstack.brokers import Broker, BrokerKind, make_broker
-from devstack.postgres import create_database, database_url
+from devstack.postgres import EmbeddedPostgres, create_database, database_url
 from devstack.topics import ensure_topics
 
 _COLOURS = ("36", "33", "32", "35", "34", "31", "96", "93", "92", "95", "94", "91")
@@ -50,6 +57,7 @@ class ServiceDef:
     app: str
     optional: bool = False
     is_service: bool = True
+    database_env: str = "DATABASE_URL"
 
 
 def _service(name: str, package: str, port: int) -> ServiceDef:
@@ -63,6 +71,7 @@ EHR_SANDBOX = ServiceDef(
     app="ehr_sandbox.app:create_app",
     optional=True,
     is_service=False,
+    database_env="SANDBOX_DATABASE_URL",
 )
 SERVICES: tuple[ServiceDef, ...] = (
     _service("gateway", "gateway", 8000),
@@ -303,6 +312,14 @@ class Supervisor:
         self.processes.append(process)
         return process
 
+    async def respawn(self, process: ManagedProcess) -> ManagedProcess:
+        """Start a new process from the spec of one that exited, in its place."""
+        fresh = ManagedProcess(process.spec, self.output)
+        await fresh.start()
+        index = self.processes.index(process)
+        self.processes[index] = fresh
+        return fresh
+
     async def wait_any_exit(self) -> ManagedProcess:
         """Wait until one of the running processes exits and return it."""
         waiters = {asyncio.create_task(p.wait()): p for p in self.processes}
@@ -360,6 +377,8 @@ class StackConfig:
     database_url: str = ""
     host: str = "127.0.0.1"
     root: Path = field(default_factory=repo_root)
+    # Where the stack keeps its data (PostgreSQL, the broker's log, stack.json).
+    data_dir: Path | None = None
     services: Sequence[ServiceDef] = DEFAULT_STACK
     topics: Sequence[tuple[str, int]] | None = None
     ready_timeout: float = 90.0
@@ -379,8 +398,14 @@ def importable(package: str) -> bool:
 
 
 def service_database_name(service: ServiceDef) -> str:
-    """The per-service PostgreSQL database: `portal_<package>`."""
+    """The per-process PostgreSQL database: `portal_<package>`."""
     return f"portal_{service.package}"
+
+
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 30.0
+# A process that stayed up this long starts its back-off afresh after its next exit.
+RESTART_RESET_S = 60.0
 
 
 class Stack:
@@ -395,6 +420,15 @@ class Stack:
         self.services: list[ServiceDef] = []
         self.skipped: list[ServiceDef] = []
         self._broker_tail: asyncio.Task[None] | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self.database_base = config.database_url
+        self.restarts: dict[str, int] = {}
+        self.states: dict[str, str] = {}
+
+    @property
+    def data_dir(self) -> Path:
+        """`.data` of the repository, unless the configuration names another directory."""
+        return self.config.data_dir or self.config.root / ".data"
 
     @property
     def enable_idempotence(self) -> bool:
@@ -421,7 +455,7 @@ class Stack:
     async def start(self) -> None:
         """Start the broker (unless one was given), create the topics, start the processes."""
         self._select_services()
-        self.output.fit(["kafka", "devstack", *(s.name for s in self.config.services)])
+        self.output.fit(["kafka", "postgres", "devstack", *(s.name for s in self.config.services)])
         for service in self.skipped:
             self.output.line(
                 "devstack", f"{service.name} skipped: package {service.package} not installed"
@@ -435,8 +469,8 @@ class Stack:
             raise StartupError("kafka", f"creating topics failed: {exc!r}") from exc
         try:
             urls = await self._databases()
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise StartupError("postgres", f"creating databases failed: {exc!r}") from exc
+        except (OSError, asyncpg.PostgresError, RuntimeError) as exc:
+            raise StartupError("postgres", f"creating databases failed: {exc}") from exc
         from devstack import observability
 
         await self.supervisor.start_all(
@@ -445,7 +479,7 @@ class Stack:
                     self.config.python,
                     self.config.host,
                     self.config.root,
-                    self.config.database_url,
+                    self.database_base,
                     tracing=self.config.tracing,
                     metrics=self.config.observability,
                 )
@@ -459,10 +493,14 @@ class Stack:
         rest = [specs[s.name] for s in self.services if s.is_service]
         await self.supervisor.start_all(first)
         await self.supervisor.start_all(rest, parallel=not self.config.sequential)
+        for process in self.supervisor.processes:
+            self.states[process.name] = "ready"
+            self.restarts.setdefault(process.name, 0)
+        self.write_status()
 
     async def _start_broker(self) -> None:
         config = self.config
-        data_dir = config.root / ".data" / ("kafka" if config.kafka == "apache" else "tansu")
+        data_dir = self.data_dir / ("kafka" if config.kafka == "apache" else "tansu")
         self.broker = make_broker(
             config.kafka, port=config.kafka_port, data_dir=data_dir, host=config.host
         )
@@ -480,24 +518,29 @@ class Stack:
         self.bootstrap = self.broker.bootstrap_servers
 
     async def _databases(self) -> dict[str, str]:
-        """One PostgreSQL database per service when DATABASE_URL names a server."""
+        """One PostgreSQL database per process: on DATABASE_URL's server, else embedded."""
         base = self.config.database_url
-        if not base:
-            return {}
-        scheme = urlsplit(base).scheme.split("+", 1)[0]
-        if scheme not in ("postgresql", "postgres"):
-            raise StartupError(
-                "devstack",
-                f"DATABASE_URL must be a PostgreSQL server URL, not {scheme!r} "
-                "(unset it to use SQLite files under .data/)",
+        if base:
+            scheme = urlsplit(base).scheme.split("+", 1)[0]
+            if scheme not in ("postgresql", "postgres"):
+                raise StartupError(
+                    "devstack",
+                    f"DATABASE_URL must be a PostgreSQL server URL, not {scheme!r} "
+                    "(unset it to use the embedded PostgreSQL under .data/postgres)",
+                )
+        else:
+            self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
+            self.output.line(
+                "devstack", f"starting embedded PostgreSQL in {self.postgres.data_dir}"
             )
+            base = await asyncio.to_thread(self.postgres.start)
+        self.database_base = base
         urls = {}
         for service in self.services:
-            if service.is_service:
-                name = service_database_name(service)
-                await create_database(name, base)
-                urls[service.name] = database_url(base, name)
-        self.output.line("devstack", f"databases ready: {', '.join(urls.values())}")
+            name = service_database_name(service)
+            await create_database(name, base)
+            urls[service.name] = database_url(base, name)
+        self.output.line("devstack", f"databases ready: {', '.join(sorted(urls))} on {base}")
         return urls
 
     def _spec(self, service: ServiceDef, database: str) -> ProcessSpec:
@@ -524,7 +567,7 @@ class Stack:
             "HTTP_PORT": str(service.port),
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "KAFKA_ENABLE_IDEMPOTENCE": "true" if self.enable_idempotence else "false",
-            "DATABASE_URL": database,
+            service.database_env: database,
             "LOG_FORMAT": "json",
             **observability.service_env(config.host, tracing=config.tracing),
             **config.extra_env,
@@ -550,7 +593,7 @@ class Stack:
             await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
-        """Stop the processes one by one, then the broker."""
+        """Stop the processes one by one, then the broker, then the embedded PostgreSQL."""
         await self.supervisor.stop_all()
         if self.broker is not None:
             self.output.line("devstack", f"stopping {self.broker.kind} broker")
@@ -561,6 +604,111 @@ class Stack:
             self._broker_tail.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._broker_tail
+        if self.postgres is not None:
+            self.output.line("devstack", "stopping PostgreSQL")
+            await asyncio.to_thread(self.postgres.stop)
+        self.states = dict.fromkeys(self.states, "stopped")
+        self.write_status()
+
+    @property
+    def status_path(self) -> Path:
+        """`stack.json`: what runs where, for people and for the acceptance tests."""
+        return self.data_dir / "stack.json"
+
+    def write_status(self) -> None:
+        """Write `stack.json`: each process's pid, port, state and restart count."""
+        processes = {
+            p.name: {
+                "pid": p.proc.pid if p.proc is not None else None,
+                "port": p.spec.port,
+                "state": self.states.get(p.name, "starting"),
+                "restarts": self.restarts.get(p.name, 0),
+            }
+            for p in self.supervisor.processes
+        }
+        status = {
+            "supervisor_pid": os.getpid(),
+            "processes": processes,
+            "broker": {
+                "kind": self.broker.kind if self.broker is not None else "external",
+                "bootstrap": self.bootstrap,
+                "pid": self.broker.pid if self.broker is not None else None,
+                "restarts": self.restarts.get("kafka", 0),
+            },
+            "database": self.database_base,
+        }
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        temporary = self.status_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(status, indent=2) + "\n")
+        temporary.replace(self.status_path)
+
+    async def keep_running(self, process: ManagedProcess, stop: asyncio.Event) -> None:
+        """Restart `process` with back-off whenever it exits, until `stop` is set."""
+        delay = RESTART_FIRST_S
+        started = time.monotonic()
+        while True:
+            code = await process.wait()
+            if stop.is_set():
+                return
+            if time.monotonic() - started >= RESTART_RESET_S:
+                delay = RESTART_FIRST_S
+            self.restarts[process.name] = self.restarts.get(process.name, 0) + 1
+            self.states[process.name] = "restarting"
+            self.write_status()
+            self.output.line(
+                "devstack",
+                f"{process.name} exited with code {code}; restarting in {delay:.0f} s "
+                f"(restart {self.restarts[process.name]}). Last lines:",
+            )
+            for line in list(process.lines)[-10:]:
+                self.output.line("devstack", f"  {line}")
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                    return
+                delay = min(RESTART_MAX_S, delay * 2)
+                try:
+                    process = await self.supervisor.respawn(process)
+                    started = time.monotonic()
+                    self.write_status()
+                    async with httpx.AsyncClient(timeout=2.0) as client:
+                        await process.wait_ready(self.config.ready_timeout, client)
+                    break
+                except StartupError as exc:
+                    self.output.line("devstack", f"{process.name} did not come back: {exc.reason}")
+                    # Not ready in time but alive: stop it, or the next try finds the port taken.
+                    await process.stop(self.supervisor.stop_timeout)
+            self.states[process.name] = "ready"
+            self.write_status()
+            self.output.line("devstack", f"{process.name} is ready again on {process.spec.url()}")
+
+    async def keep_broker_running(self, stop: asyncio.Event) -> None:
+        """Restart the broker this stack started whenever it exits, until `stop` is set."""
+        if self.broker is None:
+            return
+        delay = RESTART_FIRST_S
+        while not stop.is_set():
+            await self.wait_broker_exit()
+            if stop.is_set():
+                return
+            self.restarts["kafka"] = self.restarts.get("kafka", 0) + 1
+            self.output.line(
+                "devstack", f"the {self.broker.kind} broker exited; restarting in {delay:.0f} s"
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+                return
+            try:
+                await self.broker.start()
+                await self.broker.wait_ready(timeout=120.0)
+                await ensure_topics(self.bootstrap, names_and_partitions=self.config.topics)
+            except Exception as exc:
+                self.output.line("devstack", f"the broker did not come back: {exc!r}")
+                delay = min(RESTART_MAX_S, delay * 2)
+                continue
+            delay = RESTART_FIRST_S
+            self.write_status()
+            self.output.line("devstack", f"the broker is ready again on {self.bootstrap}")
 
     async def kill(self) -> None:
         """Kill everything at once (a second Ctrl-C while stopping)."""
@@ -608,8 +756,9 @@ class Stack:
             )
         kind = self.broker.kind if self.broker is not None else "external"
         lines.append(f"  Kafka:        {self.bootstrap} ({kind})")
-        databases = config.database_url or "SQLite files under .data/"
-        lines.append(f"  Databases:    {databases}")
+        where = "embedded" if self.postgres is not None else "DATABASE_URL"
+        lines.append(f"  PostgreSQL:   {self.database_base} ({where}, one database per process)")
+        lines.append(f"  Status:       {self.status_path} (pids, restarts)")
         lines.append("Press Ctrl-C to stop.")
         return "\n".join(lines)
 
@@ -667,29 +816,18 @@ async def _serve(stack: Stack, stop: asyncio.Event) -> int:
         return 130
     for line in (await stack.summary()).splitlines():
         stack.output.line("devstack", line)
-    stopping = asyncio.create_task(stop.wait())
-    exiting = asyncio.create_task(stack.supervisor.wait_any_exit())
-    broker_lost = asyncio.create_task(stack.wait_broker_exit())
-    watched = {stopping, exiting, broker_lost}
+    keepers = [
+        asyncio.create_task(stack.keep_running(p, stop), name=f"keep-{p.name}")
+        for p in list(stack.supervisor.processes)
+    ]
+    keepers.append(asyncio.create_task(stack.keep_broker_running(stop), name="keep-broker"))
     try:
-        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        await stop.wait()
     finally:
-        for task in watched:
-            task.cancel()
-    if stopping in done:
-        return 0
-    if broker_lost in done:
-        stack.output.line("devstack", "the broker exited; stopping the stack")
-        return 1
-    dead = exiting.result()
-    stack.output.line(
-        "devstack",
-        f"{dead.name} exited with code {dead.returncode}; stopping the stack. "
-        f"Last lines of {dead.name}:",
-    )
-    for line in dead.lines:
-        stack.output.line("devstack", f"  {line}")
-    return 1
+        for keeper in keepers:
+            keeper.cancel()
+        await asyncio.gather(*keepers, return_exceptions=True)
+    return 0
 
 
 async def _check(stack: Stack, stop: asyncio.Event) -> int:

@@ -1,4 +1,4 @@
-"""Alembic environment: runs migrations over an async engine (asyncpg or aiosqlite)."""
+"""Alembic environment: runs migrations over an async engine (asyncpg)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target,
-        render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )
     with context.begin_transaction():

@@ -11,7 +11,7 @@ from ehr_sandbox.search.dates import (
     MIN_INSTANT,
     date_range,
     format_instant,
-    to_naive_utc,
+    to_utc,
 )
 from ehr_sandbox.search.index import (
     REF_PARAM,
@@ -66,6 +66,6 @@ __all__ = [
     "parse_reference",
     "parse_search",
     "split_values",
-    "to_naive_utc",
+    "to_utc",
     "values_at",
 ]

@@ -1,7 +1,7 @@
 """FHIR dates as ranges: `2024-03` covers the whole month, an instant covers its precision.
 
-Every instant the index stores or a search compares is naive UTC; a value without a time
-zone is taken as UTC.
+Every instant the index stores or a search compares is timezone-aware UTC; a value without
+a time zone is taken as UTC.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-# Bounds standing in for "open" ends of periods; naive UTC like every indexed instant.
-MIN_INSTANT = datetime(1, 1, 1)
-MAX_INSTANT = datetime(9999, 12, 31, 23, 59, 59, 999999)
+# Bounds standing in for "open" ends of periods; aware UTC like every indexed instant.
+MIN_INSTANT = datetime(1, 1, 1, tzinfo=UTC)
+MAX_INSTANT = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
 _DATE_RE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
@@ -21,7 +21,7 @@ _DATE_RE = re.compile(
 
 
 def date_range(value: str) -> tuple[datetime, datetime]:
-    """The inclusive naive-UTC range a FHIR date, dateTime or instant covers.
+    """The inclusive UTC range a FHIR date, dateTime or instant covers.
 
     Raises ValueError for anything else. A value without a time zone is taken as UTC.
     """
@@ -31,20 +31,26 @@ def date_range(value: str) -> tuple[datetime, datetime]:
     g = match.groupdict()
     year = int(g["y"])
     if g["m"] is None:
-        lo = datetime(year, 1, 1)
-        hi = datetime(year + 1, 1, 1) if year < 9999 else None
+        lo = datetime(year, 1, 1, tzinfo=UTC)
+        hi = datetime(year + 1, 1, 1, tzinfo=UTC) if year < 9999 else None
     elif g["d"] is None:
         month = int(g["m"])
-        lo = datetime(year, month, 1)
-        hi = datetime(year + month // 12, month % 12 + 1, 1) if year < 9999 or month < 12 else None
+        lo = datetime(year, month, 1, tzinfo=UTC)
+        hi = (
+            datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+            if year < 9999 or month < 12
+            else None
+        )
     elif g["H"] is None:
-        lo = datetime(year, int(g["m"]), int(g["d"]))
+        lo = datetime(year, int(g["m"]), int(g["d"]), tzinfo=UTC)
         hi = lo + timedelta(days=1)
     else:
         second = int(g["S"] or 0)
         fraction = g["f"] or ""
         micro = int((fraction + "000000")[:6]) if fraction else 0
-        lo = datetime(year, int(g["m"]), int(g["d"]), int(g["H"]), int(g["M"]), second, micro)
+        lo = datetime(
+            year, int(g["m"]), int(g["d"]), int(g["H"]), int(g["M"]), second, micro, tzinfo=UTC
+        )
         if g["S"] is None:
             step = timedelta(minutes=1)
         elif not fraction:
@@ -60,13 +66,13 @@ def date_range(value: str) -> tuple[datetime, datetime]:
     return lo, upper
 
 
-def to_naive_utc(moment: datetime) -> datetime:
-    """`moment` as a naive UTC datetime (naive input is taken as UTC already)."""
+def to_utc(moment: datetime) -> datetime:
+    """`moment` in UTC (a time without a zone is taken as UTC)."""
     if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def format_instant(moment: datetime) -> str:
-    """A FHIR instant with microseconds and `Z`, from an aware or naive-UTC datetime."""
-    return to_naive_utc(moment).isoformat(timespec="microseconds") + "Z"
+    """A FHIR instant with microseconds and `Z`."""
+    return to_utc(moment).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

@@ -1,4 +1,4 @@
-"""Versioned FHIR resource storage on async SQLAlchemy 2 (aiosqlite or asyncpg).
+"""Versioned FHIR resource storage on async SQLAlchemy 2 (PostgreSQL over asyncpg).
 
 - `repository`: the `Store` (writes with compare-and-set, reads, search, history);
 - `records`: what it hands out (`StoredResource`, `WriteResult`, ...);

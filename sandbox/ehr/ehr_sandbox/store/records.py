@@ -21,7 +21,7 @@ class StoredResource:
     resource_type: str
     id: str
     version: int
-    last_updated: datetime  # naive UTC
+    last_updated: datetime  # aware, UTC
     deleted: bool
     method: str
     content: dict[str, Any]
@@ -65,8 +65,8 @@ class HistoryPage:
 
 
 def utc_now() -> datetime:
-    """Now, as the naive UTC datetime the tables store."""
-    return datetime.now(UTC).replace(tzinfo=None)
+    """Now, in UTC, as the tables store it."""
+    return datetime.now(UTC)
 
 
 def with_meta(resource: dict[str, Any], version: int, moment: datetime) -> dict[str, Any]:

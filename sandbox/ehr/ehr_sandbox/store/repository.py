@@ -1,12 +1,10 @@
-"""The `Store`: versioned FHIR resource storage on async SQLAlchemy 2 (aiosqlite or asyncpg).
+"""The `Store`: versioned FHIR resource storage on async SQLAlchemy 2 and PostgreSQL.
 
 Every write is one transaction: it compares-and-sets the resource's head row (so two
 writers based on the same version cannot both win, even across processes), appends the new
 version to `resources`, and replaces the resource's search-index rows. After the commit
 the change goes to the change feed. Writes in this process are also serialised by a lock,
-which keeps the change feed in commit order and spares SQLite lock-upgrade failures;
-SQLite write transactions start with `BEGIN IMMEDIATE` for the same reason when several
-processes share a file.
+which keeps the change feed in commit order.
 """
 
 from __future__ import annotations
@@ -16,14 +14,13 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     and_,
     delete,
-    event,
     func,
     insert,
     select,
@@ -32,7 +29,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from ehr_sandbox.changes import ChangeFeed, ChangeInteraction, ResourceChange
 from ehr_sandbox.outcomes import FhirError
@@ -65,10 +62,6 @@ class _Retry(Exception):
     """A concurrent writer won the compare-and-set; try the unconditional write again."""
 
 
-def _is_postgres(engine: AsyncEngine) -> bool:
-    return engine.dialect.name == "postgresql"
-
-
 class Store:
     """The sandbox's resource store."""
 
@@ -77,28 +70,8 @@ class Store:
         self.feed = change_feed
         self.fhir_base = fhir_base
         self.engine = create_async_engine(url, pool_pre_ping=True)
-        if self.engine.dialect.name == "sqlite":
-            self._configure_sqlite(self.engine)
         self._write_engine = self.engine.execution_options(ehr_write=True)
         self._lock = asyncio.Lock()
-
-    @staticmethod
-    def _configure_sqlite(engine: AsyncEngine) -> None:
-        # pysqlite's own transaction handling defers BEGIN and cannot start an IMMEDIATE
-        # transaction; take over BEGIN so writers reserve the database up front.
-        @event.listens_for(engine.sync_engine, "connect")
-        def _connect(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=10000")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _begin(conn: Any) -> None:
-            immediate = conn.get_execution_options().get("ehr_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     async def start(self) -> None:
         """Create the tables if needed and rebuild the search index if its shape changed."""
@@ -277,7 +250,7 @@ class Store:
             interaction=interaction,
             resource=stored.content,
             previous=previous,
-            occurred_at=stored.last_updated.replace(tzinfo=UTC),
+            occurred_at=stored.last_updated,
         )
 
     async def _upsert_in(
@@ -310,8 +283,7 @@ class Store:
     async def _lock_condition(self, conn: AsyncConnection, key: str) -> None:
         # Conditional writes search, then write: make concurrent ones with the same
         # condition take turns (other processes too) so two cannot both create.
-        if _is_postgres(self.engine):
-            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": key})
 
     async def create(
         self,

@@ -6,7 +6,7 @@
 - `search_index`: the searchable values of each current version (see `search.py`).
 - `sandbox_meta`: small key/value facts such as the search-index signature.
 
-Instants are stored as naive UTC `DateTime` so both back ends compare them the same way.
+Instants are stored as `timestamptz` (aware, UTC).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ resources = Table(
     Column("res_type", String(64), primary_key=True),
     Column("res_id", String(64), primary_key=True),
     Column("version", Integer, primary_key=True),
-    Column("last_updated", DateTime, nullable=False),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
     Column("deleted", Boolean, nullable=False),
     Column("method", String(8), nullable=False),
     Column("content", Text, nullable=False),
@@ -44,7 +44,7 @@ resource_heads = Table(
     Column("res_type", String(64), primary_key=True),
     Column("res_id", String(64), primary_key=True),
     Column("version", Integer, nullable=False),
-    Column("last_updated", DateTime, nullable=False),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
     Column("deleted", Boolean, nullable=False),
     Index("ix_heads_type_updated", "res_type", "last_updated"),
 )
@@ -59,8 +59,8 @@ search_index = Table(
     Column("system", String(512)),
     Column("code", String(512)),
     Column("text", String(512)),
-    Column("date_lo", DateTime),
-    Column("date_hi", DateTime),
+    Column("date_lo", DateTime(timezone=True)),
+    Column("date_hi", DateTime(timezone=True)),
     Column("ref_type", String(64)),
     Column("ref_id", String(64)),
     Index("ix_search_resource", "res_type", "res_id"),

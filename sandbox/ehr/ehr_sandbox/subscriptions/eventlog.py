@@ -1,4 +1,4 @@
-"""Persisted subscription state and events (SQLAlchemy Core, SQLite or PostgreSQL).
+"""Persisted subscription state and events (SQLAlchemy Core, PostgreSQL).
 
 - `subscription_state`: per Subscription, the last event number assigned
   (`events_since_start`), the last one handed to the channel (`last_delivered`), and the
@@ -46,7 +46,7 @@ subscription_state = Table(
     Column("last_delivered", Integer, nullable=False),
     Column("consecutive_failures", Integer, nullable=False),
     Column("last_error", Text),
-    Column("started_at", DateTime, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
 )
 
 subscription_events = Table(
@@ -55,7 +55,7 @@ subscription_events = Table(
     Column("subscription_id", String(64), primary_key=True),
     Column("event_number", Integer, primary_key=True),
     Column("topic", String(256), nullable=False),
-    Column("occurred_at", DateTime, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("interaction", String(8), nullable=False),
     Column("focus_type", String(64), nullable=False),
     Column("focus_id", String(64), nullable=False),
@@ -66,10 +66,10 @@ subscription_events = Table(
 )
 
 
-def _naive_utc(moment: datetime) -> datetime:
+def _utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def _aware(moment: datetime) -> datetime:
@@ -159,7 +159,7 @@ class EventLog:
                     last_delivered=0,
                     consecutive_failures=0,
                     last_error=None,
-                    started_at=_naive_utc(datetime.now(UTC)),
+                    started_at=_utc(datetime.now(UTC)),
                 )
             )
             row = (
@@ -198,7 +198,7 @@ class EventLog:
                     subscription_id=subscription_id,
                     event_number=number,
                     topic=event.topic,
-                    occurred_at=_naive_utc(event.occurred_at),
+                    occurred_at=_utc(event.occurred_at),
                     interaction=event.interaction,
                     focus_type=event.focus_type,
                     focus_id=event.focus_id,
@@ -303,7 +303,7 @@ class EventLog:
 
     async def prune(self, retention: timedelta) -> int:
         """Delete events older than the retention period; returns how many went."""
-        cutoff = _naive_utc(datetime.now(UTC) - retention)
+        cutoff = _utc(datetime.now(UTC) - retention)
         async with self._engine.begin() as conn:
             result = await conn.execute(
                 delete(subscription_events).where(subscription_events.c.occurred_at < cutoff)

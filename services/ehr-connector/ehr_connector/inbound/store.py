@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ehr_connector.inbound.tables import (
@@ -34,9 +34,7 @@ _WATERMARK_WINDOW = 5000
 
 async def _insert_ignore(session: AsyncSession, model: Any, values: dict[str, Any]) -> bool:
     """INSERT unless the primary key exists; True when the row is new."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(model).values(**values).on_conflict_do_nothing()
+    stmt = postgresql.insert(model).values(**values).on_conflict_do_nothing()
     result = await session.execute(stmt)
     return bool(result.rowcount)  # type: ignore[attr-defined]
 

@@ -23,9 +23,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ehr_connector.store import Base
 
-# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
-_BigId = BigInteger().with_variant(Integer(), "sqlite")
-
 
 class InboundSubscription(Base):
     """The connector's Subscription for one topic, as it last knew it."""
@@ -80,7 +77,7 @@ class Rejection(Base):
 
     __tablename__ = "inbound_rejections"
 
-    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     subscription_id: Mapped[str | None] = mapped_column(String(64))
     event_number: Mapped[int | None] = mapped_column(BigInteger)
     resource_ref: Mapped[str] = mapped_column(String(200))

@@ -24,7 +24,7 @@ def upgrade() -> None:
         "access_log",
         sa.Column(
             "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            sa.BigInteger(),
             autoincrement=True,
             nullable=False,
         ),
@@ -53,7 +53,7 @@ def upgrade() -> None:
         "patient_notifications",
         sa.Column(
             "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            sa.BigInteger(),
             autoincrement=True,
             nullable=False,
         ),

@@ -24,7 +24,7 @@ def upgrade() -> None:
         "dead_letters",
         sa.Column(
             "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            sa.BigInteger(),
             autoincrement=True,
             nullable=False,
         ),
@@ -60,7 +60,7 @@ def upgrade() -> None:
         "outbox",
         sa.Column(
             "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            sa.BigInteger(),
             autoincrement=True,
             nullable=False,
         ),
@@ -87,7 +87,7 @@ def upgrade() -> None:
         "parked_messages",
         sa.Column(
             "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            sa.BigInteger(),
             autoincrement=True,
             nullable=False,
         ),

@@ -2,7 +2,9 @@
 
 Only the facts the records read model shows are carried (kind, code, label, status,
 rendered value, date), never the resource. Types and categories the read model has no
-place for are skipped, not rejected.
+place for are skipped, not rejected. Lab results and vital signs carry the full result
+(`ImportedEntry.observation`) built by the live path's own `lab.map_observation`, and lab
+reports the live path's `lab.report_facts`: one mapping for live and back-filled results.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from contracts.record import ImportedEntry, RecordKind
+from contracts.base import Coding
+from contracts.lab import LabObservation
+from contracts.record import INLINE_CONTENT_LIMIT, DocumentAttachment, ImportedEntry, RecordKind
 from ehr_connector.inbound.fhir_values import (
     Resource,
     as_list,
@@ -32,7 +36,12 @@ from ehr_connector.inbound.mapping.common import (
     render_quantity,
     source_version,
 )
-from ehr_connector.inbound.mapping.lab import render_components, render_value
+from ehr_connector.inbound.mapping.lab import (
+    map_observation,
+    render_components,
+    render_value,
+    report_facts,
+)
 
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 TEXT_LIMIT = 500
@@ -82,6 +91,12 @@ def _observation_kind(observation: Resource) -> RecordKind | None:
         return RecordKind.VITAL_SIGN
     if "laboratory" in categories:
         return RecordKind.LAB_RESULT
+    if not categories:
+        # Older servers (and the official examples' lipid panel) leave a report's results
+        # uncategorised. They are imported as results; the read model lists one on its own
+        # only when it is categorised as laboratory, else shows it in the report that
+        # names it.
+        return RecordKind.LAB_RESULT
     return None
 
 
@@ -104,6 +119,11 @@ def _entry(
     display: str | None = None,
     value: str | None = None,
     related: list[str] | None = None,
+    observation: LabObservation | None = None,
+    category: list[Coding] | None = None,
+    issued: Any = None,
+    performer: list[str] | None = None,
+    attachments: list[DocumentAttachment] | None = None,
 ) -> HistoryResult:
     source = source_version(resource)
     if isinstance(source, Rejected):
@@ -121,6 +141,11 @@ def _entry(
             "value": clip(value, TEXT_LIMIT),
             "effective": effective,
             "related_fhir_ids": related or [],
+            "observation": observation,
+            "category": category or [],
+            "issued": issued,
+            "performer": performer or [],
+            "attachments": attachments or [],
         },
     )
     if isinstance(built, Rejected):
@@ -144,6 +169,28 @@ def _observation_ids(report: Resource) -> list[str]:
     return ids
 
 
+def _attachments(document: Resource) -> list[DocumentAttachment]:
+    """A document's attachments; content only when inline and small enough to carry."""
+    found: list[DocumentAttachment] = []
+    for content in as_list(document.get("content")):
+        attachment = content.get("attachment") if isinstance(content, dict) else None
+        if not isinstance(attachment, dict):
+            continue
+        data = string(attachment.get("data"))
+        size = attachment.get("size")
+        found.append(
+            DocumentAttachment(
+                content_type=clip(string(attachment.get("contentType")), 200),
+                title=clip(string(attachment.get("title")), TEXT_LIMIT),
+                language=clip(string(attachment.get("language")), 20),
+                size=size if isinstance(size, int) and size >= 0 else None,
+                created=parse_instant(attachment.get("creation")),
+                data=data if data and len(data) <= INLINE_CONTENT_LIMIT else None,
+            )
+        )
+    return found
+
+
 def map_history(resource: Resource) -> HistoryResult:
     """One resource of the patient's history as an imported chart entry."""
     kind = resource.get("resourceType")
@@ -151,6 +198,9 @@ def map_history(resource: Resource) -> HistoryResult:
         record_kind = _observation_kind(resource)
         if record_kind is None:
             return Skipped("Observation is neither a lab result nor a vital sign.")
+        observation = map_observation(resource)
+        if isinstance(observation, Rejected):
+            return observation
         return _entry(
             resource,
             record_kind,
@@ -159,16 +209,23 @@ def map_history(resource: Resource) -> HistoryResult:
             status=_status(resource, "status"),
             effective=_when(resource, "effectiveDateTime", "effectivePeriod", "issued"),
             value=_observation_value(resource),
+            observation=observation,
         )
     if kind == "DiagnosticReport":
+        facts = report_facts(resource, None)
+        if isinstance(facts, Rejected):
+            return facts
         return _entry(
             resource,
             RecordKind.LAB_RESULT,
             resource.get("code"),
             preferred=(LOINC, SNOMED),
             status=_status(resource, "status"),
-            effective=_when(resource, "effectiveDateTime", "effectivePeriod", "issued"),
+            effective=facts["effective"] or parse_instant(resource.get("issued")),
             related=_observation_ids(resource),
+            category=facts["category"],
+            issued=facts["issued"],
+            performer=facts["performer"],
         )
     if kind == "MedicationRequest":
         concept = resource.get("medicationCodeableConcept")
@@ -230,5 +287,6 @@ def map_history(resource: Resource) -> HistoryResult:
             status=_status(resource, "status"),
             effective=_when(resource, "date"),
             display=string(resource.get("description")),
+            attachments=_attachments(resource),
         )
     return Skipped(f"{kind} is not part of the imported chart.")

@@ -1,4 +1,10 @@
-"""DiagnosticReport (+ its result Observations) → `lab.resulted`."""
+"""DiagnosticReport (+ its result Observations) → `lab.resulted`.
+
+`map_observation` and `report_facts` are the one mapping of a result and of a report: the
+live path (`map_report`) and the back-fill (`history.map_history`) both use them, so a
+back-filled result carries the same facts as a live one (value and unit or coded/text
+value, reference ranges, interpretation, status, effective and issued times, performer).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,10 @@ from ehr_connector.inbound.fhir_values import (
     as_list,
     best_coding,
     codings,
+    concept_text,
     contained,
     human_name,
+    meta_version,
     parse_instant,
     reference_of,
     references,
@@ -65,13 +73,16 @@ def _effective(resource: Resource) -> Any:
     )
 
 
-def _performers(report: Resource, ctx: MappingContext) -> list[str]:
+def _performers(resource: Resource, ctx: MappingContext | None) -> list[str]:
+    """Display names of the performers: the reference's display, else the resource read
+    for it (live path) or contained in the resource."""
     names: list[str] = []
-    for performer in as_list(report.get("performer")):
+    for performer in as_list(resource.get("performer")):
         if not isinstance(performer, dict):
             continue
+        read = ctx.get(reference_of(performer)) if ctx is not None else None
         name = string(performer.get("display")) or human_name(
-            ctx.get(reference_of(performer)) or contained(report, performer)
+            read or contained(resource, performer)
         )
         if name and name not in names:
             names.append(name)
@@ -140,8 +151,14 @@ def render_components(observation: Resource) -> str | None:
     return "; ".join(parts) if parts else None
 
 
-def map_observation(observation: Resource) -> LabObservation | Rejected:
-    """One result line; rejected when it has no usable id, code or status."""
+def _categories(resource: Resource) -> list[Coding]:
+    return [c for c in (best_coding(x) for x in as_list(resource.get("category"))) if c]
+
+
+def map_observation(
+    observation: Resource, ctx: MappingContext | None = None
+) -> LabObservation | Rejected:
+    """One result; rejected when it has no usable id, code or status."""
     observation_id = fhir_id(observation.get("id"))
     if observation_id is None:
         return Rejected("Observation has no valid id.")
@@ -158,6 +175,11 @@ def map_observation(observation: Resource) -> LabObservation | Rejected:
     value_string = None
     if value_quantity is None and value_coding is None:
         value_string = render_value(observation) or render_components(observation)
+    if value_quantity is None and value_coding is None and value_string is None:
+        # A coded value with text only (no system) is still the value the patient sees.
+        concept = observation.get("valueCodeableConcept")
+        value_string = concept_text(concept) if concept is not None else None
+    version_id, last_updated = meta_version(observation)
     built = build(
         LabObservation,
         {
@@ -170,12 +192,31 @@ def map_observation(observation: Resource) -> LabObservation | Rejected:
             "reference_ranges": _reference_ranges(observation),
             "interpretation": _interpretation(observation),
             "effective": _effective(observation) or parse_instant(observation.get("issued")),
+            "issued": parse_instant(observation.get("issued")),
+            "performer": _performers(observation, ctx),
+            "category": _categories(observation),
+            "version_id": clip(version_id, 64),
+            "last_updated": last_updated,
         },
     )
     if isinstance(built, Rejected):
         return Rejected(f"Observation/{observation_id}: {built.reason}")
     assert isinstance(built, LabObservation)
     return built
+
+
+def report_facts(report: Resource, ctx: MappingContext | None) -> dict[str, Any] | Rejected:
+    """What a report itself says (code, category, times, performers), live or back-filled."""
+    code = best_coding(report.get("code"), (LOINC, SNOMED))
+    if code is None:
+        return Rejected("DiagnosticReport.code has no coding with a system.")
+    return {
+        "code": code,
+        "category": _categories(report),
+        "effective": _effective(report),
+        "issued": parse_instant(report.get("issued")),
+        "performer": _performers(report, ctx),
+    }
 
 
 def map_report(report: Resource, ctx: MappingContext) -> MappingResult:
@@ -188,9 +229,9 @@ def map_report(report: Resource, ctx: MappingContext) -> MappingResult:
         return Rejected("DiagnosticReport.status is missing or not an R4 code.")
     if status not in RESULT_STATUSES:
         return Skipped(f"DiagnosticReport is {status}, not a final result.")
-    code = best_coding(report.get("code"), (LOINC, SNOMED))
-    if code is None:
-        return Rejected("DiagnosticReport.code has no coding with a system.")
+    facts = report_facts(report, ctx)
+    if isinstance(facts, Rejected):
+        return facts
     lines: list[LabObservation] = []
     for element in as_list(report.get("result")):
         observation = contained(report, element)
@@ -201,22 +242,17 @@ def map_report(report: Resource, ctx: MappingContext) -> MappingResult:
             observation = ctx.get(ref)
             if observation is None:
                 return Rejected(f"Result {ref.key} could not be read.")
-        line = map_observation(observation)
+        line = map_observation(observation, ctx)
         if isinstance(line, Rejected):
             return line
         lines.append(line)
-    categories = [c for c in (best_coding(x) for x in as_list(report.get("category"))) if c]
     return build(
         LabResultedV1,
         {
             "patient_id": ctx.patient_id,
             "report_fhir_id": source.fhir_id,
             "status": status,
-            "code": code,
-            "category": categories,
-            "effective": _effective(report),
-            "issued": parse_instant(report.get("issued")),
-            "performer": _performers(report, ctx),
+            **facts,
             "observations": lines,
             "source": source,
         },

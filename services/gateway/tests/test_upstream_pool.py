@@ -1,0 +1,76 @@
+"""The gateway's pooled client keeps its connection slots when callers give up.
+
+httpcore 1.0.9 hands a request waiting in its pool a new connection when another request's
+connection closes; if the waiting request is cancelled before it runs, that connection
+stays in the pool for ever, "connecting", holding a slot (encode/httpcore#1093). With every
+slot lost this way the gateway answered 504 to every call while the services were idle.
+Here a real HTTP server closes each connection after its answer, and the pool has one slot,
+so one cancelled waiter is enough to show it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.settings import Settings
+from gateway.upstream import Upstreams, pooled_client
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """HTTP/1.1 on a free port: `/slow` answers once the event is set; every answer closes
+    its connection (as a server does that restarts, or limits requests per connection)."""
+    release = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        if b" /slow " in line:
+            await release.wait()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+            b"Connection: close\r\n\r\n[]"
+        )
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", release
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_a_caller_cancelled_as_its_connection_is_assigned_does_not_lose_the_slot(
+    server: tuple[str, asyncio.Event],
+) -> None:
+    url, release = server
+    settings = Settings(records_url=url, upstream_max_connections=1, upstream_timeout_s=2.0)
+    async with pooled_client(settings) as http:
+        upstreams = Upstreams(settings, http)
+        waiting: list[asyncio.Task[object]] = []
+
+        async def first_then_cancel_the_waiter() -> object:
+            answer = await upstreams.get("records", "/slow")
+            # The waiter was just handed the slot; its client gives up at this moment.
+            waiting[0].cancel()
+            return answer
+
+        first = asyncio.create_task(first_then_cancel_the_waiter())
+        await asyncio.sleep(0.2)  # the first call holds the only slot
+        waiting.append(asyncio.create_task(upstreams.get("records", "/waiter")))
+        await asyncio.sleep(0.2)  # the second one waits for it
+        release.set()
+        assert await first == []
+        with pytest.raises(asyncio.CancelledError):
+            await waiting[0]
+
+        # The slot is free again: later calls are answered, not refused for want of a slot.
+        for _ in range(3):
+            assert await upstreams.get("records", "/later") == []

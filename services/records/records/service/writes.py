@@ -1,0 +1,250 @@
+"""Use cases that write the read model: what the event handlers do.
+
+The caller owns the transaction (the consumer's unit of work). Stale versions never
+overwrite newer ones; an amended or corrected result keeps the version it replaced.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.lab import LabObservation, LabResultedV1
+from contracts.medication import MedicationChangedV1
+from contracts.record import ImportedEntry, RecordImportedV1, RecordKind
+from records import store
+from records.domain import (
+    LAB,
+    VITAL,
+    shown_differently,
+    sort_time,
+)
+from servicekit.versions import is_newer, version_is_newer
+
+
+def _newer(
+    version: str | None,
+    updated: datetime | None,
+    stored_version: str | None,
+    stored_updated: datetime | None,
+) -> bool:
+    """Whether a result version should replace the stored one (unknown versions: yes; the
+    report's own version check has already let the event through)."""
+    if version is None or stored_version is None:
+        return True
+    numeric = version_is_newer(version, stored_version)
+    if numeric is not None:
+        return numeric
+    if version == stored_version:
+        return False
+    if updated is None or stored_updated is None:
+        return True
+    return updated > stored_updated
+
+
+async def _store_result(
+    session: AsyncSession, patient_id: str, kind: str, result: LabObservation, now: datetime
+) -> None:
+    """Store one result; an amendment or correction keeps the replaced version as history."""
+    row = await store.get_result(session, result.observation_fhir_id)
+    data = result.model_dump(mode="json")
+    if row is not None:
+        if row.patient_id != patient_id:
+            return  # an id never moves between patients' charts
+        if not _newer(result.version_id, result.last_updated, row.version_id, row.source_updated):
+            return
+        if shown_differently(row.data, data):
+            session.add(
+                store.LabResultVersion(
+                    observation_fhir_id=row.observation_fhir_id,
+                    version_id=row.version_id,
+                    status=row.status,
+                    data=row.data,
+                    replaced_at=now,
+                )
+            )
+    else:
+        row = store.LabResult(observation_fhir_id=result.observation_fhir_id)
+        session.add(row)
+    row.patient_id = patient_id
+    row.kind = kind
+    row.code = result.code.code[:64]
+    row.status = result.status[:32]
+    row.data = data
+    row.sort_at = sort_time(result.effective, result.issued, result.last_updated, now)
+    row.version_id = result.version_id
+    row.source_updated = result.last_updated
+    row.category_codes = _category_codes(data.get("category") or [])
+    await session.flush()
+
+
+def _category_codes(category: list[dict[str, Any]]) -> str:
+    codes = [str(c.get("code")) for c in category if isinstance(c, dict) and c.get("code")]
+    return "|" + "".join(f"{code}|" for code in codes)[:498]
+
+
+async def record_medication_change(
+    session: AsyncSession, patient_id: str, data: MedicationChangedV1
+) -> None:
+    """Store a medication order change unless a newer version is already stored."""
+    row = await store.get_medication(session, data.medication_request_fhir_id)
+    if row is not None and not is_newer(data.source, row.source_version, row.source_updated):
+        return
+    if row is None:
+        row = store.Medication(fhir_id=data.medication_request_fhir_id)
+        session.add(row)
+    row.patient_id = patient_id
+    row.status = data.status.value
+    row.medication = data.medication.model_dump(mode="json")
+    row.dosage_text = data.dosage_text
+    row.authored_on = data.authored_on
+    row.prescriber = data.prescriber
+    row.source_version = data.source.version_id
+    row.source_updated = data.source.last_updated
+
+
+async def record_lab_result(
+    session: AsyncSession, patient_id: str, data: LabResultedV1, now: datetime
+) -> None:
+    """Store a final, amended or corrected report with its results (stale versions ignored)."""
+    row = await store.get_lab_report(session, data.report_fhir_id)
+    if row is not None and not is_newer(data.source, row.source_version, row.source_updated):
+        return
+    if row is not None and row.patient_id != patient_id:
+        return
+    if row is None:
+        row = store.LabReport(report_fhir_id=data.report_fhir_id)
+        session.add(row)
+    row.patient_id = patient_id
+    row.status = data.status.value
+    row.code = data.code.model_dump(mode="json")
+    row.category = [c.model_dump(mode="json") for c in data.category]
+    row.category_codes = _category_codes(row.category)
+    row.effective = data.effective
+    row.issued = data.issued
+    row.performer = list(data.performer)
+    row.observations = []
+    row.source_version = data.source.version_id
+    row.source_updated = data.source.last_updated
+    row.sort_at = sort_time(data.effective, data.issued, data.source.last_updated)
+    await session.flush()
+    for result in data.observations:
+        await _store_result(session, patient_id, LAB, result, now)
+    await store.set_report_results(
+        session, data.report_fhir_id, [o.observation_fhir_id for o in data.observations]
+    )
+
+
+async def _imported_report(
+    session: AsyncSession, patient_id: str, entry: ImportedEntry, at: datetime
+) -> None:
+    row = await store.get_lab_report(session, entry.fhir_id)
+    if row is not None:
+        if row.patient_id != patient_id:
+            return
+        if version_is_newer(entry.version_id, row.source_version) is not True:
+            return  # a back-fill never replaces what a live event (or itself) stored
+    else:
+        row = store.LabReport(report_fhir_id=entry.fhir_id)
+        session.add(row)
+    row.patient_id = patient_id
+    row.status = entry.status or "unknown"
+    row.code = (
+        entry.code.model_dump(mode="json") if entry.code else {"display": entry.display or ""}
+    )
+    row.category = [c.model_dump(mode="json") for c in entry.category]
+    row.category_codes = _category_codes(row.category)
+    row.effective = entry.effective
+    row.issued = entry.issued
+    row.performer = list(entry.performer)
+    row.observations = []
+    row.source_version = entry.version_id
+    row.source_updated = at
+    row.sort_at = sort_time(entry.effective, entry.issued, at)
+    await session.flush()
+    await store.set_report_results(session, entry.fhir_id, list(entry.related_fhir_ids))
+
+
+def _decoded(data: str | None) -> bytes | None:
+    if data is None:
+        return None
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+async def _imported_chart_entry(
+    session: AsyncSession, patient_id: str, entry: ImportedEntry
+) -> None:
+    row = await store.get_chart_entry(session, entry.resource_type, entry.fhir_id)
+    if row is not None and (
+        row.patient_id != patient_id or version_is_newer(entry.version_id, row.version_id) is False
+    ):
+        return
+    if row is None:
+        row = store.ChartEntry(resource_type=entry.resource_type, fhir_id=entry.fhir_id)
+        session.add(row)
+    row.patient_id = patient_id
+    row.kind = entry.kind.value
+    row.version_id = entry.version_id
+    row.status = entry.status
+    row.code = entry.code.model_dump(mode="json") if entry.code else None
+    row.display = entry.display
+    row.value = entry.value
+    row.effective = entry.effective
+    row.related_fhir_ids = list(entry.related_fhir_ids)
+    row.attachments = [
+        {**a.model_dump(mode="json", exclude={"data"}), "downloadable": a.data is not None}
+        for a in entry.attachments
+    ]
+    if entry.kind is RecordKind.DOCUMENT:
+        contents = [
+            store.DocumentContent(
+                document_fhir_id=entry.fhir_id,
+                position=position,
+                patient_id=patient_id,
+                content_type=a.content_type,
+                title=a.title,
+                content=content,
+            )
+            for position, a in enumerate(entry.attachments)
+            if (content := _decoded(a.data)) is not None
+        ]
+        await store.replace_document_contents(session, entry.fhir_id, contents)
+
+
+def _from_text(entry: ImportedEntry) -> LabObservation | None:
+    """A result from a batch of an older connector, which carried a rendered value only."""
+    if entry.code is None:
+        return None
+    return LabObservation(
+        observation_fhir_id=entry.fhir_id,
+        code=entry.code,
+        status=entry.status or "unknown",
+        value_string=entry.value,
+        effective=entry.effective,
+        version_id=entry.version_id,
+    )
+
+
+async def record_imported(
+    session: AsyncSession, patient_id: str, batch: RecordImportedV1, now: datetime
+) -> None:
+    """Store a back-filled batch: results and reports as live ones are stored, the rest as
+    chart entries; what a live event stored first is not overwritten by an older version."""
+    for entry in batch.entries:
+        if entry.kind in (RecordKind.LAB_RESULT, RecordKind.VITAL_SIGN):
+            if entry.resource_type == "DiagnosticReport":
+                await _imported_report(session, patient_id, entry, batch.imported_at)
+                continue
+            result = entry.observation or _from_text(entry)
+            if entry.resource_type == "Observation" and result is not None:
+                kind = VITAL if entry.kind is RecordKind.VITAL_SIGN else LAB
+                await _store_result(session, patient_id, kind, result, now)
+                continue
+        await _imported_chart_entry(session, patient_id, entry)

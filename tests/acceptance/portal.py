@@ -1,0 +1,139 @@
+"""The two sides the suite plays: the clinic (the EHR sandbox's simulator and FHIR API with
+the admin token) and patients (tokens from the sandbox's dev issuer, the gateway's API and
+event stream). Nothing here reaches into a service: only public interfaces."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from .checker import PatientStream
+from .stack import ADMIN_TOKEN, GATEWAY, SANDBOX
+
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+
+
+class Clinic:
+    """The clinic: simulated clinician and lab actions, FHIR reads and writes."""
+
+    def __init__(self) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=SANDBOX, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60
+        )
+
+    async def __aenter__(self) -> Clinic:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.http.aclose()
+
+    async def simulate(self, action: str, **body: Any) -> list[str]:
+        """Run a simulated action; returns the references it wrote (`Type/id`)."""
+        response = await self.http.post(f"/sandbox/simulate/{action}", json=body)
+        if response.status_code != 201:
+            raise AssertionError(f"simulate {action}: {response.status_code} {response.text}")
+        return [w["reference"] for w in response.json()["written"]]
+
+    async def search(self, resource_type: str, **params: Any) -> list[dict[str, Any]]:
+        """Every match of a FHIR search (following the Bundle's next links)."""
+        found: list[dict[str, Any]] = []
+        response = await self.http.get(f"/fhir/{resource_type}", params=params)
+        while True:
+            assert response.status_code == 200, response.text
+            bundle = response.json()
+            found += [
+                e["resource"]
+                for e in bundle.get("entry", [])
+                if e.get("search", {}).get("mode", "match") == "match"
+            ]
+            following = next(
+                (link["url"] for link in bundle.get("link", []) if link["relation"] == "next"),
+                None,
+            )
+            if following is None:
+                return found
+            response = await self.http.get(following)
+
+    async def read(self, reference: str) -> dict[str, Any]:
+        """Read one resource by `Type/id`."""
+        response = await self.http.get(f"/fhir/{reference}")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def new_patient(self, family: str) -> str:
+        """Register a patient in the EHR (as the clinic's front desk would); returns its id."""
+        resource = {
+            "resourceType": "Patient",
+            "identifier": [{"system": "urn:acceptance:mrn", "value": uuid.uuid4().hex[:12]}],
+            "name": [{"family": family, "given": ["Test"]}],
+            "gender": "unknown",
+            "birthDate": "1980-01-01",
+        }
+        response = await self.http.post("/fhir/Patient", json=resource, headers=FHIR_JSON)
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    async def token(self, patient: str) -> str:
+        """A patient access token from the sandbox's development issuer."""
+        response = await self.http.post("/dev/patient-token", json={"patient": patient})
+        assert response.status_code == 200, response.text
+        return str(response.json()["access_token"])
+
+    async def wait_subscriptions_active(self, timeout: float = 120) -> None:
+        """Wait until the connector's Subscriptions are active in the EHR."""
+        deadline = time.monotonic() + timeout
+        while True:
+            subscriptions = await self.search("Subscription")
+            if subscriptions and all(s.get("status") == "active" for s in subscriptions):
+                return
+            if time.monotonic() > deadline:
+                states = [s.get("status") for s in subscriptions]
+                raise AssertionError(f"Subscriptions not active after {timeout} s: {states}")
+            await asyncio.sleep(0.5)
+
+
+class Patient:
+    """A signed-in patient: the gateway's API with their token, and their open stream."""
+
+    def __init__(self, patient_id: str, token: str) -> None:
+        self.id = patient_id
+        self.token = token
+        self.http = httpx.AsyncClient(
+            base_url=GATEWAY, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
+        self.stream = PatientStream(GATEWAY, patient_id, token)
+
+    @classmethod
+    async def sign_in(cls, clinic: Clinic, patient_id: str) -> Patient:
+        """Get a token and open the portal: the first call links the account."""
+        patient = cls(patient_id, await clinic.token(patient_id))
+        me = await patient.http.get("/v1/me")
+        assert me.status_code == 200, me.text
+        return patient
+
+    async def open_stream(self) -> None:
+        """Open `/v1/me/events` and wait until it is connected."""
+        self.stream.start()
+        await asyncio.wait_for(self.stream.connected.wait(), 60)
+
+    async def close(self) -> None:
+        """Close the stream and the client."""
+        await self.stream.stop()
+        await self.http.aclose()
+
+    async def get(self, path: str, **params: Any) -> Any:
+        """GET a gateway path; asserts 200 and returns the JSON body."""
+        response = await self.http.get(path, params=params or None)
+        assert response.status_code == 200, f"GET {path}: {response.status_code} {response.text}"
+        return response.json()
