@@ -37,7 +37,7 @@ HAPI_HOME := deploy/local/hapi
 HAPI_STAMP := $(HAPI_HOME)/lib/.fetched
 
 .PHONY: help install up check test test-interop acceptance reliability-report lint bench \
-	bench-quick bench-triage kafka-jars hapi-jars clean
+	bench-quick bench-triage kafka-jars hapi-jars deploy-check traces clean
 
 help: ## list the targets
 	@echo "Usage: make <target> [KAFKA=tansu|apache] [PYTEST_ARGS=...]"
@@ -55,8 +55,10 @@ $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PAC
 	$(PY) -m pip check
 	@touch $@
 
-up: install ## run the whole stack in the foreground (KAFKA=tansu|apache); Ctrl-C stops it
-	$(PY) -m devstack up --kafka $(KAFKA)
+# TRACING=1: also the trace sink (then `make traces`); OBSERVABILITY=1: also Prometheus.
+up: install ## run the whole stack in the foreground (KAFKA=tansu|apache, TRACING=1, OBSERVABILITY=1)
+	$(PY) -m devstack up --kafka $(KAFKA) $(if $(TRACING),--tracing) \
+		$(if $(OBSERVABILITY),--observability)
 
 check: install ## start the stack, check every service's /readyz /healthz /metrics, stop it
 	$(PY) -m devstack check --kafka $(KAFKA)
@@ -102,6 +104,15 @@ $(KAFKA_STAMP): $(KAFKA_HOME)/pom.xml
 	rm -f $(KAFKA_HOME)/lib/*.jar
 	mvn -q -B -f $(KAFKA_HOME)/pom.xml dependency:copy-dependencies
 	@touch $@
+
+deploy-check: install ## render + validate the k8s overlays, check alert rules (promtool) and dashboards
+	bash deploy/k8s/tools/validate.sh
+	bash deploy/observability/tools/check.sh
+
+# The trace sink of `make up TRACING=1` keeps spans in TRACES_DATABASE_URL (PostgreSQL).
+TRACES ?= 5
+traces: install ## print the last TRACES=5 traces of the local stack as trees (TRACING=1 stack)
+	$(PY) -m devstack.tracesink show --limit $(TRACES)
 
 acceptance: install ## only the acceptance journeys, on the stack `make up` starts
 	@rc=0; $(PY) -m pytest tests/acceptance $(PYTEST_ARGS) || rc=$$?; \

@@ -1,16 +1,21 @@
 """Operator commands: `python -m servicekit relay|replay|migrate`.
 
 Settings come from the environment like the service's own (`DATABASE_URL`,
-`KAFKA_BOOTSTRAP_SERVERS`, `SERVICE_NAME`, ...).
+`KAFKA_BOOTSTRAP_SERVERS`, ...). Both commands act on one service's outbox, so the service
+is named explicitly (`--service gateway`, or `SERVICE_NAME`) and `DATABASE_URL` must name
+its database: guessing either would publish from, or create, the wrong database.
 
-* `relay` runs only the outbox relay (a separate process, or a second replica).
-* `replay --since 2026-11-25T10:00:00+00:00 [--topic lab.resulted]` re-publishes sent events.
+* `relay --service NAME` runs only the outbox relay (a separate process, or a replica).
+* `replay --service NAME --since 2026-11-25T10:00:00+00:00 [--topic lab.resulted]`
+  re-publishes sent events. On a running stack prefer `portalctl outbox replay NAME`, which
+  goes through the service's ops API.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from datetime import datetime
@@ -46,12 +51,22 @@ def main(argv: list[str]) -> int:
     """Entry point; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m servicekit")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("relay", help="run the outbox relay until SIGTERM")
+    service_help = "the service whose outbox this is (default: $SERVICE_NAME; required)"
+    rl = sub.add_parser("relay", help="run the outbox relay until SIGTERM")
+    rl.add_argument("--service", default=os.environ.get("SERVICE_NAME"), help=service_help)
     rp = sub.add_parser("replay", help="re-publish events sent since a time")
+    rp.add_argument("--service", default=os.environ.get("SERVICE_NAME"), help=service_help)
     rp.add_argument("--since", required=True, type=datetime.fromisoformat)
     rp.add_argument("--topic")
     args = parser.parse_args(argv)
-    settings = ServiceSettings()
+    if not args.service:
+        parser.error(
+            f"{args.command} needs the service name: --service NAME or SERVICE_NAME "
+            "(gateway, records, scheduling, messaging, triage, ehr-connector)"
+        )
+    if not os.environ.get("DATABASE_URL"):
+        parser.error(f"{args.command} needs DATABASE_URL: the {args.service} service's database")
+    settings = ServiceSettings(service_name=args.service)
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     if args.command == "relay":
         setup_tracing(settings.service_name, settings.otlp_endpoint)

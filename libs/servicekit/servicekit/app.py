@@ -21,7 +21,7 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import MetaData
 
-from servicekit import ops_api, problems, telemetry
+from servicekit import flow_metrics, ops_api, problems, telemetry
 from servicekit.consumer import ConsumerRuntime, EventRouter
 from servicekit.db import Database
 from servicekit.logging import configure_logging, get_logger
@@ -181,23 +181,11 @@ class Service:
         log.info("service.stopped")
 
     def _instrument(self) -> None:
-        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+        # Server spans are wired when the app is built (`telemetry.instrument_app`); client
+        # spans patch httpx once per process; database spans are per engine.
         from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
-        if not getattr(self.app.state, "instrumented", False):
-            FastAPIInstrumentor.instrument_app(
-                self.app,
-                excluded_urls="healthz,readyz,metrics",
-                server_request_hook=telemetry.server_request_hook,
-            )
-            self.app.state.instrumented = True
-        httpx_instr = HTTPXClientInstrumentor()
-        if not httpx_instr.is_instrumented_by_opentelemetry:
-            httpx_instr.instrument(
-                async_request_hook=telemetry.client_request_hook,
-                async_response_hook=telemetry.client_response_hook,
-            )
+        telemetry.instrument_http_clients()
         SQLAlchemyInstrumentor().instrument(engine=self.db.sync_engine)
 
     # -- readiness ------------------------------------------------------------------------
@@ -244,7 +232,7 @@ class Service:
         app = FastAPI(
             # FastAPI's own telemetry records raw URL paths, query strings and exception
             # messages (PHI); the OpenTelemetry instrumentation with our redacting hooks
-            # (see `_instrument`) traces requests instead.
+            # (`telemetry.instrument_app`) traces requests instead.
             telemetry=NO_NATIVE_TELEMETRY,
             title=self.definition.title,
             description=self.definition.description,
@@ -252,6 +240,7 @@ class Service:
             lifespan=lifespan,
         )
         app.state.service = self
+        telemetry.instrument_app(app)
         problems.install(app)
         app.include_router(_health_router())
         app.include_router(ops_api.router)
@@ -280,8 +269,10 @@ def _health_router() -> APIRouter:
         return problems.problem(503, "Not ready", "A dependency is unavailable.", checks=checks)
 
     @router.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
         """Prometheus metrics."""
+        service: Service = request.app.state.service
+        await flow_metrics.refresh_outbox_age(service.settings.service_name, service.db)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router

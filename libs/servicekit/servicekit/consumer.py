@@ -39,6 +39,7 @@ from contracts.envelope import Envelope, EnvelopeError, parse_headers
 from contracts.registry import UnknownEventType, by_dataschema, dlq_topic, latest
 from servicekit.db import Database
 from servicekit.errors import DependencyUnavailable, PermanentError, describe
+from servicekit.flow_metrics import observe_event_age
 from servicekit.logging import get_logger
 from servicekit.metrics import CONSUMED, DLQ_OPEN, DLQ_TOTAL, HANDLER_LATENCY, PARKED
 from servicekit.outbox import Outbox
@@ -258,6 +259,7 @@ class ConsumerRuntime:
                 "messaging.destination.partition.id": str(msg.partition),
             },
         )
+        observe_event_age(self.settings.service_name, sub.name, msg.headers)
         try:
             with trace.use_span(span, end_on_exit=False):
                 async with self._key_lock(consumer, msg.key):

@@ -5,7 +5,11 @@ Defined once per process (prometheus_client registries are global), labelled by 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy import event as sa_event
+from sqlalchemy.ext.asyncio import AsyncSession
 
 OUTBOX_BACKLOG = Gauge("outbox_backlog", "Outbox rows waiting to be published", ["service"])
 OUTBOX_OLDEST_AGE = Gauge(
@@ -49,3 +53,15 @@ PARKED = Gauge(
 DLQ_TOTAL = Counter(
     "dead_letters_total", "Messages sent to a dead-letter topic", ["service", "consumer", "kind"]
 )
+
+
+class CounterChild(Protocol):
+    """A labelled counter (`Counter(...).labels(...)`)."""
+
+    def inc(self, amount: float = 1) -> None: ...
+
+
+def inc_after_commit(session: AsyncSession, counter: CounterChild) -> None:
+    """Count once the session's transaction commits: a retried handler or a rolled-back
+    request must not count twice."""
+    sa_event.listen(session.sync_session, "after_commit", lambda _s: counter.inc(), once=True)

@@ -7,8 +7,10 @@ relay's publish span, and continued again by the consumer's span.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import context as otel_context
@@ -16,25 +18,181 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    _get_from_env_or_default,
+)
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.util.types import Attributes
 
 _configured = False
+# The HTTP paths never traced: probes and scrapes arrive every few seconds and say nothing
+# about a patient's request (a regex list, as the FastAPI instrumentation takes it).
+EXCLUDED_URLS = "healthz,readyz,metrics"
+
+
+class BackgroundRootSampler(Sampler):
+    """Drops traces that would start with a client call: polling, not a request.
+
+    A trace worth keeping starts where work enters a service: an HTTP request (server span),
+    an event (consumer span), or a publish whose origin is not traced. Root spans of kind
+    CLIENT are the outbox relay's claim queries, readiness pings and periodic EHR polls; as
+    roots they would drown real traces (about a thousand an hour per service). Client calls
+    made inside a request or a handler have a parent and are decided by `ParentBased`.
+    """
+
+    def __init__(self, delegate: Sampler = ALWAYS_ON) -> None:
+        self._delegate = delegate
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        """Drop a CLIENT root; let the delegate decide every other root."""
+        if kind == SpanKind.CLIENT and not links:
+            return SamplingResult(Decision.DROP, None, trace_state)
+        return self._delegate.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        """Name shown by the SDK's debug output."""
+        return f"BackgroundRootSampler{{{self._delegate.get_description()}}}"
+
+
+class EntryPointSampler(Sampler):
+    """For spans whose remote parent was not sampled: work entering this service (a server
+    or consumer span) is traced anyway, anything else follows the parent (dropped).
+
+    A caller that dropped its own span (a poll, an EHR that does not trace) still sends a
+    `traceparent` with the sampled flag off; honouring it would hide the request it made.
+    The span keeps the caller's trace id and parent id, so nothing is invented.
+    """
+
+    def __init__(self, delegate: Sampler = ALWAYS_ON) -> None:
+        self._delegate = delegate
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        """Delegate for SERVER and CONSUMER spans; drop the rest."""
+        if kind in (SpanKind.SERVER, SpanKind.CONSUMER):
+            return self._delegate.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
+        return SamplingResult(Decision.DROP, None, trace_state)
+
+    def get_description(self) -> str:
+        """Name shown by the SDK's debug output."""
+        return f"EntryPointSampler{{{self._delegate.get_description()}}}"
+
+
+def default_sampler() -> Sampler:
+    """Parent-based: children of a sampled span are sampled; roots go through
+    `BackgroundRootSampler`, children of an unsampled remote parent through
+    `EntryPointSampler`. Their delegate is what `OTEL_TRACES_SAMPLER`/`_ARG` name (default
+    always on; a parent-based sampler named there is unwrapped to its root sampler)."""
+    delegate: Sampler = ALWAYS_ON
+    if os.environ.get("OTEL_TRACES_SAMPLER"):
+        configured = _get_from_env_or_default()
+        delegate = getattr(configured, "_root", configured)
+    return ParentBased(
+        root=BackgroundRootSampler(delegate),
+        remote_parent_not_sampled=EntryPointSampler(delegate),
+    )
+
+
+def export_endpoint(otlp_endpoint: str = "") -> str | None:
+    """Where spans go: `OTLP_ENDPOINT` (the service setting, a base URL), else the standard
+    `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (full URL) or `OTEL_EXPORTER_OTLP_ENDPOINT` (base
+    URL). None: no exporter."""
+    if otlp_endpoint:
+        return otlp_endpoint.rstrip("/") + "/v1/traces"
+    traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+    if traces:
+        return traces
+    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    if base:
+        return base.rstrip("/") + "/v1/traces"
+    return None
 
 
 def setup_tracing(service: str, otlp_endpoint: str = "") -> None:
-    """Install the global tracer provider once per process; export over OTLP if configured."""
+    """Install the global tracer provider once per process; export over OTLP if configured.
+
+    Standard variables apply: `OTEL_SDK_DISABLED`, `OTEL_SERVICE_NAME` and
+    `OTEL_RESOURCE_ATTRIBUTES` (the service name defaults to `service`), the
+    `OTEL_EXPORTER_OTLP_*` endpoint, headers, timeout and compression, `OTEL_BSP_*` for
+    batching, and `OTEL_TRACES_SAMPLER[_ARG]` for the root sampler (see `default_sampler`).
+    """
     global _configured
     if _configured or isinstance(trace.get_tracer_provider(), TracerProvider):
         _configured = True
         return
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    if otlp_endpoint:
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        _configured = True
+        return
+    # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME (which wins).
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service}), sampler=default_sampler()
+    )
+    endpoint = export_endpoint(otlp_endpoint)
+    if endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces"))
-        )
+        # Headers, timeout, compression and certificates come from OTEL_EXPORTER_OTLP_*.
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
     trace.set_tracer_provider(provider)
     _configured = True
+
+
+def instrument_app(app: Any) -> None:
+    """Trace every HTTP request of a FastAPI app (server spans, context from `traceparent`).
+
+    Must run when the app is built: the instrumentation replaces the app's
+    `build_middleware_stack`, and Starlette builds the stack on the first ASGI call, the
+    lifespan's included. Instrumenting from the lifespan (as once done) changed nothing.
+    The tracer is resolved through the global provider, so `setup_tracing` may come later.
+    """
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    if not getattr(app, "_is_instrumented_by_opentelemetry", False):
+        FastAPIInstrumentor.instrument_app(
+            app,
+            excluded_urls=EXCLUDED_URLS,
+            server_request_hook=server_request_hook,
+            # One span per ASGI message ("http send") is noise; an SSE stream has thousands.
+            exclude_spans=["receive", "send"],
+        )
+
+
+def instrument_http_clients() -> None:
+    """Client spans for every outgoing httpx call, with `traceparent` injected (once per
+    process: the instrumentation patches httpx's transports)."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    instrumentor = HTTPXClientInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(
+            async_request_hook=client_request_hook, async_response_hook=client_response_hook
+        )
 
 
 def tracer(name: str = "servicekit") -> trace.Tracer:

@@ -286,6 +286,10 @@ class Settings(ServiceSettings):
         default=True, description="Write a synthetic lab result periodically and time it"
     )
     canary_interval_s: float = Field(default=300.0, description="Time between canary runs")
+    canary_first_run_s: float = Field(
+        default=30.0,
+        description="Delay of the first run after start-up (the histogram is empty until then)",
+    )
     canary_timeout_s: float = Field(
         default=60.0, description="A run not published within this long is a failure"
     )

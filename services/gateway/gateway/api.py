@@ -13,11 +13,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from opentelemetry import trace
+from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
 from contracts.patient import PatientLinkedV1
-from gateway import audit, store
+from gateway import audit, observability, store
 from gateway.auth import AuthError, PatientToken, TokenVerifier
 from gateway.domain import Notification, NotificationKind
 from gateway.handlers import hub
@@ -103,6 +104,7 @@ async def current_patient(
     try:
         token = await verifier.verify(authorization[7:].strip())
     except AuthError as exc:
+        observability.auth_failed(exc.status)
         headers = (
             {"WWW-Authenticate": 'Bearer error="invalid_token"'} if exc.status == 401 else None
         )
@@ -117,6 +119,7 @@ Me = Annotated[Caller, Depends(current_patient)]
 
 def _require(caller: Caller, resource_type: str) -> None:
     if not caller.token.allows_read(resource_type):
+        observability.SCOPE_DENIALS.labels(resource_type).inc()
         raise HTTPException(403, f"The token's scopes do not allow reading {resource_type}.")
 
 
@@ -132,6 +135,9 @@ async def _read(
     try:
         data = await upstreams_of(request).get(service, path, params)
     except UpstreamError as exc:
+        # By-id paths (`/patients/{me}/<things>/{id}...`); a list answering 404 is not a probe.
+        if exc.status == 404 and params is None and path.rstrip("/").count("/") >= 4:
+            observability.FOREIGN_ID_READS.labels(resource_type).inc()
         raise HTTPException(exc.status, f"The {exc.service} service {exc.detail}.") from exc
     await audit.record_access(
         service_of(request).db, caller.patient_id, caller.actor, "read", resource_type
@@ -243,24 +249,36 @@ async def events(
     settings: Settings = service.settings  # type: ignore[assignment]
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
 
+    stream_span = trace.get_current_span()
+    opened_at = datetime.now(UTC)
+
     async def stream() -> AsyncIterator[str]:
         nonlocal after
         waiter = hub.listen(caller.patient_id)
         try:
-            yield "retry: 3000\n: connected\n\n"
-            while not await request.is_disconnected():
-                waiter.clear()
-                async with service.db.sessions() as session:
-                    notes = await store.notifications_since(session, caller.patient_id, after)
-                for note in notes:
-                    after = note.id
-                    yield _sse(note)
-                if notes:
-                    continue
-                try:
-                    await asyncio.wait_for(waiter.wait(), timeout=settings.sse_keepalive_s)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
+            with observability.stream_open():
+                yield "retry: 3000\n: connected\n\n"
+                while not await request.is_disconnected():
+                    waiter.clear()
+                    async with service.db.sessions() as session:
+                        notes = await store.notifications_since(session, caller.patient_id, after)
+                    for note in notes:
+                        after = note.id
+                        yield _sse(note)
+                        observability.pushed(
+                            note.kind,
+                            note.traceparent,
+                            note.source_time,
+                            stream_span,
+                            live=note.created_at.replace(tzinfo=note.created_at.tzinfo or UTC)
+                            >= opened_at,
+                        )
+                    if notes:
+                        continue
+                    try:
+                        await asyncio.wait_for(waiter.wait(), timeout=settings.sse_keepalive_s)
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
         finally:
             hub.forget(caller.patient_id, waiter)
 

@@ -14,6 +14,7 @@ from gateway import (
     api_records,
     api_triage,
     handlers,
+    ops,
     portal,
     store,
 )
@@ -54,6 +55,7 @@ def build(
     routes.include_router(api_appointments.router)
     routes.include_router(api_messages.router)
     routes.include_router(api_triage.router)
+    routes.include_router(ops.router)
     service = create_service(
         ServiceDefinition(
             settings=settings or Settings(),

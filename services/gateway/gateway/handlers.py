@@ -14,7 +14,7 @@ from contracts.lab import LabResultedV1
 from contracts.medication import MedicationChangedV1
 from contracts.message import MessageReceivedV1
 from contracts.triage import TriageCompletedV1
-from gateway import store
+from gateway import observability, store
 from gateway.domain import Notification, NotificationKind, appointment_news
 from gateway.hub import NotificationHub
 from servicekit.consumer import Event, EventRouter, UnitOfWork
@@ -32,6 +32,8 @@ def _notify(uow: UnitOfWork, event: Event[Any], note: Notification) -> None:
             status=note.status,
             event_id=event.envelope.id,
             created_at=datetime.now(UTC),
+            traceparent=observability.current_traceparent(),
+            source_time=observability.ehr_write_time(event.data),
         )
     )
     patient = event.patient_id

@@ -48,6 +48,10 @@ class PatientNotification(Base):
     status: Mapped[str | None] = mapped_column(String(32))
     event_id: Mapped[str] = mapped_column(String(36), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # W3C traceparent of the consumer span that stored it: the SSE push continues that trace.
+    traceparent: Mapped[str | None] = mapped_column(String(55), default=None)
+    # When the EHR wrote the fact (the event's source version), for the latency histogram.
+    source_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
     __table_args__ = (Index("ix_patient_notifications_patient_id", "patient_id", "id"),)
 

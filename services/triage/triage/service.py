@@ -18,11 +18,13 @@ from typing import Any
 from contracts.base import Coding
 from contracts.triage import TriageAnswer, TriageCompletedV1, TriageFlag, Urgency
 from servicekit.db import Database
+from servicekit.metrics import inc_after_commit
 from servicekit.outbox import Outbox
 from triage import store
 from triage.domain import RANK, Assessment, Evidence, FiredFlag, Sex, raise_urgency, summary
 from triage.engine import Answer, Engine, Patient, UnknownQuestion
 from triage.llm import ModelReviewer
+from triage.metrics import ASSESSMENTS
 from triage.ruleset import Question
 
 __all__ = ["InvalidAnswer", "SessionClosed", "SessionNotFound", "TriageService"]
@@ -294,6 +296,9 @@ class TriageService:
                 advice=result.advice[:1000],
             ),
             subject=row.patient_id,
+        )
+        inc_after_commit(
+            session, ASSESSMENTS.labels(result.urgency.value, result.recommended_pool or "default")
         )
 
     @staticmethod

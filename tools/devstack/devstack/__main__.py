@@ -68,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
             "--ready-timeout", type=float, default=90.0, help="seconds each process may take"
         )
         sub.add_argument(
+            "--tracing", action="store_true", help="also run the trace sink (OTLP on 4318)"
+        )
+        sub.add_argument(
+            "--observability",
+            action="store_true",
+            help="also run Prometheus (9090) with the alert rules, if installed",
+        )
+        sub.add_argument(
             "--data-dir",
             type=Path,
             default=None,
@@ -117,6 +125,8 @@ def _stack_config(args: argparse.Namespace) -> StackConfig:
         database_url=os.environ.get("DATABASE_URL", ""),
         sequential=args.sequential,
         ready_timeout=args.ready_timeout,
+        tracing=args.tracing,
+        observability=args.observability,
         data_dir=args.data_dir,
     )
 

@@ -385,6 +385,8 @@ class StackConfig:
     sequential: bool = False
     python: str = sys.executable
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    tracing: bool = False
+    observability: bool = False
 
 
 def importable(package: str) -> bool:
@@ -469,6 +471,20 @@ class Stack:
             urls = await self._databases()
         except (OSError, asyncpg.PostgresError, RuntimeError) as exc:
             raise StartupError("postgres", f"creating databases failed: {exc}") from exc
+        from devstack import observability
+
+        await self.supervisor.start_all(
+            list(
+                observability.processes(
+                    self.config.python,
+                    self.config.host,
+                    self.config.root,
+                    self.database_base,
+                    tracing=self.config.tracing,
+                    metrics=self.config.observability,
+                )
+            )
+        )
         specs = {s.name: self._spec(s, urls.get(s.name, "")) for s in self.services}
         # What the services call at start-up (the EHR sandbox) comes first and alone. The
         # services themselves start together unless asked not to: most of their start-up
@@ -528,6 +544,8 @@ class Stack:
         return urls
 
     def _spec(self, service: ServiceDef, database: str) -> ProcessSpec:
+        from devstack import observability
+
         config = self.config
         argv = [
             config.python,
@@ -551,6 +569,7 @@ class Stack:
             "KAFKA_ENABLE_IDEMPOTENCE": "true" if self.enable_idempotence else "false",
             service.database_env: database,
             "LOG_FORMAT": "json",
+            **observability.service_env(config.host, tracing=config.tracing),
             **config.extra_env,
         }
         return ProcessSpec(
@@ -822,8 +841,12 @@ async def verify_endpoints(stack: Stack) -> int:
     failures = 0
     async with httpx.AsyncClient(timeout=10.0) as client:
         for process in stack.supervisor.processes:
-            service = next(s for s in stack.services if s.name == process.name)
-            paths = ("/readyz", "/healthz", "/metrics") if service.is_service else ("/readyz",)
+            service = next((s for s in stack.services if s.name == process.name), None)
+            paths = (
+                ("/readyz", "/healthz", "/metrics")
+                if service is not None and service.is_service
+                else (process.spec.ready_path,)
+            )
             for path in paths:
                 url = process.spec.url(path)
                 try:

@@ -52,10 +52,14 @@ class Canary:
             )
 
     async def run(self) -> None:
-        """Run every `canary_interval_s` until stopped (first run after one interval)."""
+        """Run every `canary_interval_s` until stopped; the first run comes after
+        `canary_first_run_s`, so a freshly started connector reports a latency within a
+        minute rather than after a whole interval."""
+        wait_s = min(self.settings.canary_first_run_s, self.settings.canary_interval_s)
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.settings.canary_interval_s)
+                await asyncio.wait_for(self._stopping.wait(), wait_s)
+            wait_s = self.settings.canary_interval_s
             if self._stopping.is_set():
                 return
             try:

@@ -402,6 +402,7 @@ class Inbound:
         except (DependencyUnavailable, EhrError) as exc:
             # Not the notification's fault: the EHR retries it later.
             self.health.failed(notification.subscription_id, failure_reason(exc))
+            NOTIFICATIONS_REJECTED.labels("ehr_unavailable").inc()
             log.warning(
                 "inbound.notification_deferred",
                 subscription_id=notification.subscription_id,

@@ -22,6 +22,7 @@ from ehr_connector.settings import Settings
 from servicekit.db import Database
 from servicekit.logging import get_logger
 from servicekit.outbox import Outbox
+from servicekit.telemetry import tracer
 
 log = get_logger(__name__)
 OUTCOME = "published"
@@ -66,16 +67,23 @@ class SlotSync:
         async with self.db.transaction() as session:
             seen = await store.versions_seen(session, keys)
             fresh = [e for e in events if ("Slot", e.slot_fhir_id, e.source.version_id) not in seen]
-            for event in fresh:
-                await store.add_version(
-                    session, "Slot", event.slot_fhir_id, event.source.version_id, OUTCOME, now
-                )
-                self.outbox.add(
-                    session,
-                    event,
-                    subject=slot_subject(event.schedule_fhir_id),
-                    priority=self.settings.backfill_priority,
-                )
+            if not fresh:
+                return 0
+            # One trace per page of new slots: its events are children of this span, rather
+            # than one root trace per slot drowning the patients' journeys.
+            with tracer("ehr_connector.slot_sync").start_as_current_span(
+                "slot sync", attributes={"portal.slots": len(fresh)}
+            ):
+                for event in fresh:
+                    await store.add_version(
+                        session, "Slot", event.slot_fhir_id, event.source.version_id, OUTCOME, now
+                    )
+                    self.outbox.add(
+                        session,
+                        event,
+                        subject=slot_subject(event.schedule_fhir_id),
+                        priority=self.settings.backfill_priority,
+                    )
         return len(fresh)
 
     async def run(self) -> None:

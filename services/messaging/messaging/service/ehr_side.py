@@ -12,6 +12,7 @@ from contracts.message import (
 )
 from contracts.triage import TriageCompletedV1, Urgency
 from messaging import domain, store
+from messaging.metrics import count_message_after_commit, count_triage_item_after_commit
 from messaging.service.base import MessagingBase
 from servicekit.consumer import Event, UnitOfWork
 from servicekit.versions import is_newer
@@ -123,6 +124,7 @@ class EhrSide(MessagingBase):
         )
         self._seal_message(message, data.body)
         session.add(message)
+        count_message_after_commit(session, thread.pool, "inbound")
         await store.mark_care_team_read(session, thread.id, sent_at, sent_at)
 
     async def sync_message(self, session: AsyncSession, event: Event[MessageSyncedV1]) -> None:
@@ -245,3 +247,4 @@ class EhrSide(MessagingBase):
         )
         self._seal_item(item, data.summary)
         session.add(item)
+        count_triage_item_after_commit(session, route.pool, data.urgency.value)

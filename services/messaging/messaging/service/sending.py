@@ -19,6 +19,7 @@ from contracts.message import (
 from contracts.triage import Urgency
 from messaging import domain, store
 from messaging.emergency import Verdict
+from messaging.metrics import count_message_after_commit
 from messaging.service.base import (
     IdempotencyConflict,
     MessagingBase,
@@ -124,6 +125,7 @@ class Sending(MessagingBase):
         )
         self._seal_message(message, body)
         session.add(message)
+        count_message_after_commit(session, thread.pool, "outbound")
         rows: list[store.Attachment] = []
         wire: list[MessageAttachment] = []
         for new in attachments:

@@ -1,0 +1,109 @@
+"""What gets traced: every HTTP request of a service (also once its lifespan has run), not
+probes; polling (a trace starting with a client call) is sampled away, work entering a
+service is kept even under an unsampled caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+
+from servicekit.app import Service
+from servicekit.flow_metrics import EVENT_AGE, observe_event_age
+from servicekit.settings import ServiceSettings
+from servicekit.telemetry import default_sampler, setup_tracing
+
+from . import fakeservice
+
+OPS = {"Authorization": "Bearer test-ops"}
+
+
+@pytest.fixture(scope="module")
+def exported() -> InMemorySpanExporter:
+    """The spans the process's tracer provider ends (the provider is global: one per
+    process, as in a service)."""
+    setup_tracing("servicekit-tests")
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+@pytest.fixture
+async def running(database_url: str) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
+    settings = ServiceSettings(
+        service_name="fake",
+        database_url=database_url,
+        ops_token="test-ops",
+        kafka_bootstrap_servers="127.0.0.1:1",  # no broker: the HTTP side works without
+    )
+    svc = fakeservice.build(settings)
+    async with (
+        LifespanManager(svc.app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=svc.app), base_url="http://f") as c,
+    ):
+        yield svc, c
+
+
+async def test_requests_get_server_spans_after_the_lifespan_ran(
+    running: tuple[Service, httpx.AsyncClient], exported: InMemorySpanExporter
+) -> None:
+    _, client = running
+    exported.clear()
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/ops/outbox", headers=OPS)).status_code == 200
+    servers = [s for s in exported.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert [s.name for s in servers] == ["GET /ops/outbox"], "probes are not traced"
+    queries = [s for s in exported.get_finished_spans() if s.kind == SpanKind.CLIENT]
+    assert queries, "the route's database query is traced"
+    assert all(q.parent is not None and q.parent.span_id == servers[0].context.span_id
+               for q in queries if q.context.trace_id == servers[0].context.trace_id)  # fmt: skip
+    assert not [s for s in exported.get_finished_spans() if "send" in s.name]
+
+
+async def test_metrics_report_the_oldest_pending_outbox_row(
+    running: tuple[Service, httpx.AsyncClient],
+) -> None:
+    _, client = running
+    text = (await client.get("/metrics")).text
+    assert 'outbox_oldest_pending_age_seconds{service="fake"} 0.0' in text
+
+
+def _sampled(kind: SpanKind, parent: trace.Span | None = None) -> bool:
+    provider = TracerProvider(sampler=default_sampler())
+    context = trace.set_span_in_context(parent) if parent is not None else None
+    span = provider.get_tracer("t").start_span("x", context=context, kind=kind)
+    return span.is_recording()
+
+
+def test_polling_roots_are_dropped_and_entry_points_kept() -> None:
+    assert not _sampled(SpanKind.CLIENT), "a relay claim or readiness ping starts no trace"
+    for kind in (SpanKind.SERVER, SpanKind.CONSUMER, SpanKind.PRODUCER, SpanKind.INTERNAL):
+        assert _sampled(kind)
+    unsampled_caller = NonRecordingSpan(
+        SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    )
+    assert _sampled(SpanKind.SERVER, unsampled_caller), "a request is traced anyway"
+    assert _sampled(SpanKind.CONSUMER, unsampled_caller)
+    assert not _sampled(SpanKind.CLIENT, unsampled_caller)
+    sampled_parent = NonRecordingSpan(
+        SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    )
+    assert _sampled(SpanKind.CLIENT, sampled_parent), "calls inside a request are traced"
+
+
+def test_event_age_is_observed_from_ce_time() -> None:
+    before = EVENT_AGE.labels("fake", "ages")._sum.get()  # type: ignore[attr-defined]
+    observe_event_age("fake", "ages", [("ce_time", b"2020-01-01T00:00:00+00:00")])
+    observe_event_age("fake", "ages", [("ce_time", b"2020-01-01T00:00:00")])  # naive: skipped
+    observe_event_age("fake", "ages", [("ce_id", b"x")])
+    after = EVENT_AGE.labels("fake", "ages")._sum.get()  # type: ignore[attr-defined]
+    assert after - before > 365 * 24 * 3600

@@ -1,0 +1,1 @@
+"""portalctl: operations on the running portal through each service's ops API."""
