@@ -47,7 +47,10 @@ async def list_free_slots(
     end: Annotated[AwareDatetime | None, Query()] = None,
 ) -> list[SlotOut]:
     """Free slots starting in [start, end) (default: 14 days from start)."""
-    until = end or start + timedelta(days=14)
+    try:
+        until = end or start + timedelta(days=14)
+    except OverflowError as exc:  # start near year 9999: a clear 422, not a 500
+        raise HTTPException(422, "`start` is out of range.") from exc
     if until <= start:
         raise HTTPException(422, "`end` must be after `start`.")
     return [
