@@ -1,10 +1,9 @@
 """The patient's appointment actions (`/v1/me/appointments`): book, cancel, intake.
 
-Writes need a token that may act for the patient. The development issuer grants SMART v2
-`patient/*.rs` (read/search) scopes only, so a token with `patient/Appointment.c|u` (or
-`patient/*.cu...`) is accepted, and so is a patient's own sign-in token with read scopes:
-the patient acts on their own appointments, and every write is recorded in the access
-log. A token that only reads another resource type may not book.
+Each route declares the SMART scope it needs (gateway.api.requires), checked exactly:
+booking is a create (`patient/Appointment.c`), cancelling an update (`patient/Appointment.u`),
+intake answers a create of a `QuestionnaireResponse`; read scopes grant none of them. Every
+write is recorded in the access log.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from contracts.intake import IntakeAnswer
 from gateway import audit
-from gateway.api import Id, Me, service_of, upstreams_of
+from gateway.api import Id, Me, requires, service_of, upstreams_of
 from gateway.upstream import UpstreamError
 
 router = APIRouter(prefix="/v1/me/appointments", tags=["appointments"])
@@ -41,12 +40,6 @@ class IntakeIn(BaseModel):
     answers: list[IntakeAnswer] = Field(min_length=1, max_length=100)
 
 
-def _may_write(caller: Any) -> None:
-    scopes = caller.token.scopes
-    if not (caller.token.allows_read("Appointment") or any("Appointment" in s for s in scopes)):
-        raise HTTPException(403, "The token's scopes do not allow managing appointments.")
-
-
 async def _call(request: Request, method: str, path: str, **kwargs: Any) -> Any:
     try:
         return await upstreams_of(request).request("scheduling", method, path, **kwargs)
@@ -56,7 +49,7 @@ async def _call(request: Request, method: str, path: str, **kwargs: Any) -> Any:
         raise HTTPException(exc.status, f"The scheduling service {exc.detail}.") from exc
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, dependencies=[requires("patient/Appointment.c")])
 async def book(
     caller: Me,
     request: Request,
@@ -66,7 +59,6 @@ async def book(
 ) -> Any:
     """Book a free slot; the appointment is `pending` until the EHR confirms it (the live
     event stream says when). Send an `Idempotency-Key` so a retry books once."""
-    _may_write(caller)
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
     result = await _call(
         request,
@@ -81,10 +73,9 @@ async def book(
     return result
 
 
-@router.post("/{appointment_id}/cancel")
+@router.post("/{appointment_id}/cancel", dependencies=[requires("patient/Appointment.u")])
 async def cancel(caller: Me, request: Request, appointment_id: Id, body: CancelIn) -> Any:
     """Cancel one of the patient's appointments."""
-    _may_write(caller)
     path = f"/patients/{caller.patient_id}/appointments/{appointment_id}/cancel"
     result = await _call(request, "POST", path, json=body.model_dump())
     await audit.record_access(
@@ -93,10 +84,13 @@ async def cancel(caller: Me, request: Request, appointment_id: Id, body: CancelI
     return result
 
 
-@router.post("/{appointment_id}/intake", status_code=202)
+@router.post(
+    "/{appointment_id}/intake",
+    status_code=202,
+    dependencies=[requires("patient/QuestionnaireResponse.c")],
+)
 async def intake(caller: Me, request: Request, appointment_id: Id, body: IntakeIn) -> Any:
     """Send intake answers for an upcoming appointment to the care team."""
-    _may_write(caller)
     path = f"/patients/{caller.patient_id}/appointments/{appointment_id}/intake"
     result = await _call(request, "POST", path, json=body.model_dump(mode="json"))
     await audit.record_access(

@@ -146,7 +146,8 @@ async def test_a_message_sent_through_the_gateway_is_the_tokens_patients(
 @pytest.mark.parametrize(
     ("scopes", "allowed"),
     [
-        ("patient/*.rs", True),  # the dev issuer's patient sign-in token
+        ("patient/*.rs", False),  # read/search grant no create (exact permissions)
+        ("patient/*.rs patient/Communication.cu", True),  # the dev issuer's sign-in token
         ("patient/Communication.c", True),
         ("patient/*.cruds", True),
         ("patient/Communication.write", True),
