@@ -109,6 +109,7 @@ async def stack(_data_dir: Path, postgres_url: str, kafka_bootstrap: str) -> Asy
                     rate_limit_ip_burst=8,
                     rate_limit_token_per_s=0.5,
                     rate_limit_token_burst=4,
+                    forwarded_for_hops=1,  # each test is its own client address
                 )
                 # Entered one after the other: each port is taken before the next is chosen.
                 async with (

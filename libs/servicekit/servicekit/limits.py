@@ -67,7 +67,9 @@ async def _problem(send: Send, status: int, title: str, detail: str) -> None:
             "headers": [
                 (b"content-type", b"application/problem+json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
+                # No `Connection: close`: closing with the upload still arriving makes the
+                # kernel reset the connection, and the client loses this answer. The server
+                # discards the rest of the body without keeping it.
             ],
         }
     )
