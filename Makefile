@@ -34,7 +34,7 @@ SPACE := $(EMPTY) $(EMPTY)
 KAFKA_HOME := deploy/local/kafka
 KAFKA_STAMP := $(KAFKA_HOME)/lib/.fetched
 
-.PHONY: help install up check test acceptance reliability-report lint bench kafka-jars clean
+.PHONY: help install up check test acceptance reliability-report security-report lint bench kafka-jars clean
 
 help: ## list the targets
 	@echo "Usage: make <target> [KAFKA=tansu|apache] [PYTEST_ARGS=...]"
@@ -94,6 +94,9 @@ acceptance: install ## only the acceptance journeys, on the stack `make up` star
 
 reliability-report: install ## journeys + fault scenarios: a table, then one JSON line
 	$(PY) -m devstack reliability-report --kafka $(KAFKA) $(PYTEST_ARGS)
+
+security-report: install ## attacks of tests/security on real local servers: a table, then one JSON line
+	$(PY) tests/security/report.py $(PYTEST_ARGS)
 
 clean: ## remove generated files: .data/ (PostgreSQL too), caches, Kafka jars, install stamp
 	rm -rf .data $(KAFKA_HOME)/lib $(KAFKA_HOME)/target .mypy_cache .ruff_cache \

@@ -12,7 +12,7 @@ import pytest
 
 from .harness import Attack, Stack
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = [pytest.mark.integration]
 MiB = 1024 * 1024
 
 

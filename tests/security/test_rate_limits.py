@@ -10,7 +10,7 @@ import pytest
 
 from .harness import Attack, Stack
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = [pytest.mark.integration]
 
 
 def _counter(metrics: str, event: str) -> float:

@@ -18,7 +18,7 @@ from gateway.settings import Settings as GatewaySettings
 
 from .harness import Attack, Stack
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = [pytest.mark.integration]
 
 
 # The sign-in code exchange is the one public /v1 route: it is how a patient gets a token.
@@ -66,8 +66,13 @@ async def _status(client: httpx.AsyncClient, method: str, path: str, token: str 
         return response.status_code
 
 
-def test_every_patient_route_declares_a_scope() -> None:
+def test_every_patient_route_declares_a_scope(attack: Attack) -> None:
     missing = [f"{m} {p}" for m, p, scopes in OPERATIONS if not scopes]
+    attack(
+        f"a /v1 route without a declared SMART scope ({len(OPERATIONS)} routes)",
+        "none",
+        ", ".join(missing) or "none",
+    )
     assert OPERATIONS and not missing, missing
     for scope in ALL_SCOPES:
         parse_scope(scope)  # each is a well-formed SMART scope
