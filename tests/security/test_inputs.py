@@ -168,3 +168,21 @@ async def test_huge_ids_in_ops_routes(stack: Stack, attack: Attack) -> None:
     )
     assert huge.status_code == 422
     assert negative.status_code == 422
+
+
+async def test_huge_path_ids(stack: Stack, attack: Attack) -> None:
+    token = await stack.linked_token("sec-ids")
+    huge = "9" * 5000
+    async with httpx.AsyncClient(timeout=10) as client:
+        via_gateway = await client.get(
+            f"{stack.gateway_url}/v1/me/appointments/{huge}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        direct = await client.get(f"{stack.scheduling_url}/patients/p1/appointments/{huge}")
+    attack(
+        "5000-digit appointment id (gateway / scheduling)",
+        "422 / 422",
+        f"{via_gateway.status_code} / {direct.status_code}",
+    )
+    assert via_gateway.status_code == 422
+    assert direct.status_code == 422

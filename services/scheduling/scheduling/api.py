@@ -13,7 +13,7 @@ from contracts.intake import IntakeAnswer
 from scheduling import booking, store
 from scheduling.settings import Settings
 from servicekit.app import Service
-from servicekit.http import ID_PATTERN, PatientId, ReadSession
+from servicekit.http import ID_PATTERN, PatientId, ReadSession, ResourceId
 
 router = APIRouter(tags=["scheduling"])
 
@@ -85,7 +85,7 @@ async def list_appointments(patient_id: PatientId, session: ReadSession) -> list
 
 @router.get("/patients/{patient_id}/appointments/{appointment_id}", response_model=AppointmentOut)
 async def get_appointment(
-    patient_id: PatientId, appointment_id: str, session: ReadSession
+    patient_id: PatientId, appointment_id: ResourceId, session: ReadSession
 ) -> AppointmentOut:
     """One appointment of the patient (404 if it is not theirs)."""
     row = await store.get_appointment(session, appointment_id)
@@ -150,7 +150,7 @@ async def book_appointment(
     "/patients/{patient_id}/appointments/{appointment_id}/cancel", response_model=AppointmentOut
 )
 async def cancel_appointment(
-    patient_id: PatientId, appointment_id: str, body: CancelIn, request: Request
+    patient_id: PatientId, appointment_id: ResourceId, body: CancelIn, request: Request
 ) -> AppointmentOut:
     """Cancel the patient's appointment; the EHR is updated by the ehr-connector."""
     service: Service = request.app.state.service
@@ -163,7 +163,7 @@ async def cancel_appointment(
 
 @router.post("/patients/{patient_id}/appointments/{appointment_id}/intake", status_code=202)
 async def submit_intake(
-    patient_id: PatientId, appointment_id: str, body: IntakeIn, request: Request
+    patient_id: PatientId, appointment_id: ResourceId, body: IntakeIn, request: Request
 ) -> dict[str, str]:
     """Send intake answers for an upcoming appointment to the EHR."""
     service: Service = request.app.state.service
