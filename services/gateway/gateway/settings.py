@@ -36,9 +36,9 @@ class Settings(ServiceSettings):
     upstream_timeout_s: float = Field(default=2.0, description="Per-call timeout to services")
     sse_keepalive_s: float = Field(default=15.0, description="Comment line every N seconds")
     rate_limit_ip_per_s: float = Field(
-        default=20.0, ge=0, description="Requests per second per client IP on /v1 (0 = off)"
+        default=50.0, ge=0, description="Requests per second per client IP on /v1 (0 = off)"
     )
-    rate_limit_ip_burst: int = Field(default=200, ge=1, description="Burst per client IP")
+    rate_limit_ip_burst: int = Field(default=500, ge=1, description="Burst per client IP")
     rate_limit_token_per_s: float = Field(
         default=10.0, ge=0, description="Requests per second per bearer token on /v1 (0 = off)"
     )
