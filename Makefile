@@ -36,8 +36,8 @@ KAFKA_STAMP := $(KAFKA_HOME)/lib/.fetched
 HAPI_HOME := deploy/local/hapi
 HAPI_STAMP := $(HAPI_HOME)/lib/.fetched
 
-.PHONY: help install up check test test-interop acceptance reliability-report lint bench \
-	bench-quick bench-triage kafka-jars hapi-jars deploy-check traces clean
+.PHONY: help install up check test test-interop acceptance reliability-report \
+	security-report lint bench bench-quick bench-triage kafka-jars hapi-jars deploy-check traces clean
 
 help: ## list the targets
 	@echo "Usage: make <target> [KAFKA=tansu|apache] [PYTEST_ARGS=...]"
@@ -129,6 +129,9 @@ $(HAPI_STAMP): $(HAPI_HOME)/pom.xml $(shell find $(HAPI_HOME)/src -type f 2>/dev
 	rm -f $(HAPI_HOME)/lib/*.jar
 	mvn -q -B -f $(HAPI_HOME)/pom.xml compile dependency:copy-dependencies
 	@touch $@
+
+security-report: install ## attacks of tests/security on real local servers: a table, then one JSON line
+	$(PY) tests/security/report.py $(PYTEST_ARGS)
 
 clean: ## remove generated files: .data/ (PostgreSQL too), caches, jars, install stamp
 	rm -rf .data $(KAFKA_HOME)/lib $(KAFKA_HOME)/target $(HAPI_HOME)/lib $(HAPI_HOME)/target \

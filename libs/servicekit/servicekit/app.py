@@ -21,7 +21,7 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import MetaData
 
-from servicekit import flow_metrics, ops_api, problems, telemetry
+from servicekit import flow_metrics, limits, ops_api, problems, telemetry
 from servicekit.consumer import ConsumerRuntime, EventRouter
 from servicekit.db import Database
 from servicekit.logging import configure_logging, get_logger
@@ -242,6 +242,13 @@ class Service:
         app.state.service = self
         telemetry.instrument_app(app)
         problems.install(app)
+        # Bodies are bounded as they stream in, before any route, auth or parser sees them.
+        app.add_middleware(
+            limits.BodyLimitMiddleware,
+            max_body_bytes=self.settings.max_body_bytes,
+            max_json_depth=self.settings.max_json_depth,
+            service=self.settings.service_name,
+        )
         app.include_router(_health_router())
         app.include_router(ops_api.router)
         if self.definition.api is not None:

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
 PatientId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
+# Any other id in a path: bounded, so a huge or odd one is a 422, never a database error.
+ResourceId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
 
 
 async def read_session(request: Request) -> AsyncIterator[AsyncSession]:

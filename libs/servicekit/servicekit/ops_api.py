@@ -7,7 +7,7 @@ import secrets
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
 from sqlalchemy import func, select
 
@@ -29,6 +29,8 @@ def _require_ops(request: Request) -> None:
 
 
 Ops = Annotated[None, Depends(_require_ops)]
+# A bigint column: an id beyond it would fail in the database (a 500), so it is a 422 here.
+DeadLetterId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 def _db(request: Request) -> Database:
@@ -71,7 +73,7 @@ class ReplayRequest(BaseModel):
     """Re-publish sent outbox rows from `since` on (optionally one topic only)."""
 
     since: Annotated[AwareDatetime, BeforeValidator(_iso_text)]
-    topic: str | None = None
+    topic: str | None = Field(default=None, max_length=249)  # Kafka's longest topic name
 
 
 @router.get("/dead-letters", response_model=list[DeadLetter])
@@ -128,13 +130,17 @@ async def _resolve(request: Request, dead_letter_id: int, *, rerun: bool) -> dic
 
 
 @router.post("/dead-letters/{dead_letter_id}/redrive")
-async def redrive_dead_letter(_: Ops, request: Request, dead_letter_id: int) -> dict[str, Any]:
+async def redrive_dead_letter(
+    _: Ops, request: Request, dead_letter_id: DeadLetterId
+) -> dict[str, Any]:
     """Handle the dead letter again; on success release its key's parked messages in order."""
     return await _resolve(request, dead_letter_id, rerun=True)
 
 
 @router.post("/dead-letters/{dead_letter_id}/discard")
-async def discard_dead_letter(_: Ops, request: Request, dead_letter_id: int) -> dict[str, Any]:
+async def discard_dead_letter(
+    _: Ops, request: Request, dead_letter_id: DeadLetterId
+) -> dict[str, Any]:
     """Drop the dead letter and release its key's parked messages in order."""
     return await _resolve(request, dead_letter_id, rerun=False)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -61,7 +63,17 @@ class ServiceSettings(BaseSettings):
     consumer_max_attempts: int = 5
     consumer_retry_base_s: float = 0.1
     consumer_retry_max_s: float = 5.0
-    ops_token: str = Field(default="dev-ops-token", description="Bearer token for /ops")
+    ops_token: str = Field(
+        default="dev-ops-token",
+        description="Bearer token for /ops (refused outside dev/test: servicekit.secrets)",
+        json_schema_extra={"secret": True},
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1, description="Largest request body (413 beyond, while streaming)"
+    )
+    max_json_depth: int = Field(
+        default=32, ge=1, description="Deepest JSON nesting of a request body (400 beyond)"
+    )
     auto_migrate: bool = Field(default=True, description="Run migrations on start-up")
     relay_enabled: bool = True
     kafka_session_timeout_ms: int = Field(
@@ -78,6 +90,14 @@ class ServiceSettings(BaseSettings):
         default=5.0, gt=0, description="How often gauges read from the database/broker refresh"
     )
     consumers_enabled: bool = True
+
+    @model_validator(mode="after")
+    def _no_development_secrets(self) -> Self:
+        # Outside dev/test a service must not start with a shipped development secret.
+        from servicekit.secrets import refuse_development_secrets
+
+        refuse_development_secrets(self, self.environment, self.service_name)
+        return self
 
     def resolved_database_url(self) -> str:
         """The database URL; a clear error when none is configured."""

@@ -14,7 +14,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ehr_sandbox.auth import bearer_token, mint_patient_token
+from ehr_sandbox.auth import bearer_token, mint_patient_id_token, mint_patient_token
+from ehr_sandbox.auth.service import PATIENT_SCOPES
 from ehr_sandbox.faults import FaultConfig, FaultState
 from ehr_sandbox.outcomes import FhirError, issues_from_errors
 from ehr_sandbox.search import is_valid_id
@@ -107,6 +108,11 @@ class PatientTokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     patient: str = Field(min_length=1, max_length=64)
+    scope: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="Scopes to grant instead of the sign-in's (tests of narrower tokens)",
+    )
 
 
 @router.post("/dev/patient-token")
@@ -118,8 +124,16 @@ async def dev_patient_token(request: Request) -> JSONResponse:
     )
     if not is_valid_id(body.patient) or not await _store(request).exists("Patient", body.patient):
         raise FhirError(404, f"Patient/{body.patient} is not known", code="not-found")
-    token = mint_patient_token(body.patient, app=request.app)
-    return JSONResponse({"access_token": token, "token_type": "Bearer", "patient": body.patient})
+    token = mint_patient_token(body.patient, app=request.app, scope=body.scope)
+    return JSONResponse(
+        {
+            "access_token": token,
+            "token_type": "Bearer",
+            "patient": body.patient,
+            "scope": body.scope if body.scope is not None else PATIENT_SCOPES,
+            "id_token": mint_patient_id_token(body.patient, app=request.app),
+        }
+    )
 
 
 # -- simulation ---------------------------------------------------------------------------

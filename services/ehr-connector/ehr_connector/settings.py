@@ -107,6 +107,7 @@ class Settings(ServiceSettings):
             "PEM or private JWK (JSON) of the client's signing key (RSA or EC P-384). Empty "
             "outside prod: the sandbox's generated dev client key is used"
         ),
+        json_schema_extra={"secret": "file"},
     )
     ehr_key_id: str = Field(default="", description="kid of the signing key in the EHR's JWKS")
     ehr_token_url: str = Field(
@@ -170,6 +171,7 @@ class Settings(ServiceSettings):
     inbound_webhook_token: str = Field(
         default="dev-webhook-token",
         description="Shared secret the EHR sends as `Authorization: Bearer` (channel.header)",
+        json_schema_extra={"secret": True},
     )
     inbound_require_signature: bool = Field(
         default=True,

@@ -5,23 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
+import httpx
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Security
 from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from opentelemetry import trace
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 
 from contracts.patient import PatientLinkedV1
-from gateway import audit, observability, store
+from gateway import audit, observability, security_events, store
 from gateway.auth import AuthError, PatientToken, TokenVerifier
 from gateway.domain import Notification, NotificationKind
 from gateway.handlers import hub
+from gateway.scopes import ScopeError, parse_scope
 from gateway.settings import Settings
 from gateway.upstream import UpstreamError, Upstreams
 from servicekit.app import Service
@@ -57,13 +62,54 @@ def upstreams_of(request: Request) -> Upstreams:
     return upstreams
 
 
-async def _ensure_link(service: Service, issuer: str, patient_fhir_id: str) -> str:
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+async def _confirm_patient_in_ehr(service: Service, raw_token: str, patient_fhir_id: str) -> None:
+    """Refuse to link a token whose `patient` the EHR does not know: the EHR is asked
+    for `Patient/<id>` with the patient's own token (their compartment), so a token for a
+    made-up or deleted patient never gets an account, a `patient.linked` event or a
+    back-fill."""
+    settings: Settings = service.settings  # type: ignore[assignment]
+    if not _FHIR_ID.match(patient_fhir_id):
+        raise HTTPException(403, "The token's patient is not a valid FHIR id.")
+    base = (settings.ehr_fhir_url or settings.oidc_issuer.rstrip("/") + "/fhir").rstrip("/")
+    http: httpx.AsyncClient = service.state["http"]
+    try:
+        response = await http.get(
+            f"{base}/Patient/{quote(patient_fhir_id, safe='')}",
+            headers={"Authorization": f"Bearer {raw_token}", "Accept": "application/fhir+json"},
+        )
+    except httpx.HTTPError as exc:
+        raise HTTPException(503, "The EHR could not confirm the patient; try again.") from exc
+    if response.status_code == 200:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if (
+            isinstance(body, dict)
+            and body.get("resourceType") == "Patient"
+            and body.get("id") == patient_fhir_id
+        ):
+            return
+    if response.status_code in (200, 401, 403, 404, 410):
+        log.warning("gateway.link_refused", status=response.status_code)
+        raise HTTPException(403, "The EHR does not confirm the token's patient.")
+    raise HTTPException(503, "The EHR could not confirm the patient; try again.")
+
+
+async def _ensure_link(
+    service: Service, issuer: str, patient_fhir_id: str, raw_token: str = ""
+) -> str:
     """The internal id of a token's patient; the first visit links the account (and
-    publishes `patient.linked`, so the connector back-fills the history)."""
+    publishes `patient.linked`, so the connector back-fills the history) once the EHR has
+    confirmed the patient exists."""
     async with service.db.sessions() as session:
         link = await store.link_for_identity(session, issuer, patient_fhir_id)
     if link is not None:
         return link.patient_id
+    await _confirm_patient_in_ehr(service, raw_token, patient_fhir_id)
     patient_id = f"pat-{uuid.uuid4().hex[:20]}"
     now = datetime.now(UTC)
     try:
@@ -96,25 +142,76 @@ async def _ensure_link(service: Service, issuer: str, patient_fhir_id: str) -> s
 async def current_patient(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Caller:
-    """Verify the bearer token and resolve the patient it speaks for."""
+    """Verify the bearer token and resolve the patient it speaks for (once per request:
+    the route's scope dependency and its `Me` parameter share the result)."""
+    cached: Caller | None = getattr(request.state, "caller", None)
+    if cached is not None:
+        return cached
     if not authorization or not authorization.lower().startswith("bearer "):
         raise HTTPException(401, "A bearer token is required.", {"WWW-Authenticate": "Bearer"})
     service = service_of(request)
     verifier: TokenVerifier = service.state["verifier"]
+    raw = authorization[7:].strip()
     try:
-        token = await verifier.verify(authorization[7:].strip())
+        token = await verifier.verify(raw)
     except AuthError as exc:
         observability.auth_failed(exc.status)
+        security_events.count(service, "invalid_token" if exc.status == 401 else "forbidden")
         headers = (
             {"WWW-Authenticate": 'Bearer error="invalid_token"'} if exc.status == 401 else None
         )
         raise HTTPException(exc.status, exc.detail, headers) from exc
     settings: Settings = service.settings  # type: ignore[assignment]
-    patient_id = await _ensure_link(service, settings.oidc_issuer, token.patient_fhir_id)
-    return Caller(patient_id=patient_id, token=token)
+    try:
+        patient_id = await _ensure_link(service, settings.oidc_issuer, token.patient_fhir_id, raw)
+    except HTTPException as exc:
+        if exc.status_code == 403:
+            security_events.count(service, "unknown_patient")
+        raise
+    caller = Caller(patient_id=patient_id, token=token)
+    request.state.caller = caller
+    return caller
 
 
 Me = Annotated[Caller, Depends(current_patient)]
+
+# Documents the bearer scheme in the OpenAPI document; each route's `security` lists the
+# SMART scope it requires (tests/security reads them to prove every route enforces its own).
+bearer_scheme = HTTPBearer(
+    scheme_name="smart",
+    bearerFormat="JWT",
+    description="A SMART on FHIR patient access token from the EHR's issuer.",
+    auto_error=False,
+)
+
+
+async def _check_scopes(
+    security_scopes: SecurityScopes,
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    authorization: Annotated[str | None, Header()] = None,
+) -> None:
+    caller = await current_patient(request, authorization)
+    missing = [s for s in security_scopes.scopes if not caller.token.allows(s)]
+    if missing:
+        security_events.count(service_of(request), "insufficient_scope")
+        for scope in missing:
+            observability.SCOPE_DENIALS.labels(parse_scope(scope).resource_type).inc()
+        raise HTTPException(
+            403,
+            f"The token's scopes do not include {' '.join(missing)}.",
+            {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{" ".join(missing)}"'},
+        )
+
+
+def requires(scope: str) -> Any:
+    """Route-level dependency: a valid patient token (401) granting `scope` exactly (403),
+    e.g. `dependencies=[requires("patient/Appointment.c")]`."""
+    try:
+        parse_scope(scope)
+    except ScopeError as exc:  # a typo in a route is a start-up error, not an open door
+        raise ValueError(f"Route scope {scope!r} is not a SMART scope") from exc
+    return Security(_check_scopes, scopes=[scope])
 
 
 def _require(caller: Caller, resource_type: str) -> None:
@@ -152,13 +249,13 @@ class MeOut(BaseModel):
     scopes: list[str]
 
 
-@router.get("/me", response_model=MeOut)
+@router.get("/me", response_model=MeOut, dependencies=[requires("patient/Patient.r")])
 async def me(caller: Me) -> MeOut:
     """The caller's internal patient id and granted scopes (links the account on first use)."""
     return MeOut(patient_id=caller.patient_id, scopes=sorted(caller.token.scopes))
 
 
-@router.get("/me/threads")
+@router.get("/me/threads", dependencies=[requires("patient/Communication.s")])
 async def threads(caller: Me, request: Request) -> Any:
     """The patient's message threads."""
     return await _read(
@@ -166,14 +263,14 @@ async def threads(caller: Me, request: Request) -> Any:
     )
 
 
-@router.get("/me/threads/{thread_id}/messages")
+@router.get("/me/threads/{thread_id}/messages", dependencies=[requires("patient/Communication.s")])
 async def thread_messages(caller: Me, request: Request, thread_id: Id) -> Any:
     """The messages of one thread, oldest first."""
     path = f"/patients/{caller.patient_id}/threads/{thread_id}/messages"
     return await _read(request, caller, "Communication", "messaging", path)
 
 
-@router.get("/me/summary")
+@router.get("/me/summary", dependencies=[requires("patient/Patient.r")])
 async def summary(caller: Me, request: Request) -> dict[str, Any]:
     """Everything at a glance; a part whose service fails is left out with a warning."""
     upstreams = upstreams_of(request)
@@ -213,7 +310,11 @@ class AccessLogOut(BaseModel):
     resource: str
 
 
-@router.get("/me/access-log", response_model=list[AccessLogOut])
+@router.get(
+    "/me/access-log",
+    response_model=list[AccessLogOut],
+    dependencies=[requires("patient/AuditEvent.s")],
+)
 async def access_log(caller: Me, request: Request) -> list[AccessLogOut]:
     """Who read the patient's health data through the portal, newest first."""
     async with service_of(request).db.sessions() as session:
@@ -221,6 +322,20 @@ async def access_log(caller: Me, request: Request) -> list[AccessLogOut]:
     return [
         AccessLogOut(at=r.at, actor=r.actor, action=r.action, resource=r.resource) for r in rows
     ]
+
+
+_EVENT_ID = re.compile(r"^[0-9]{1,19}$")
+_MAX_EVENT_ID = 2**63 - 1  # notification ids are bigint
+
+
+def _last_event_id(value: str | None) -> int:
+    """The id to replay after; a malformed or out-of-range one is a 400 (it would fail
+    in the database once the stream had started)."""
+    if not value:
+        return 0
+    if not _EVENT_ID.match(value) or int(value) > _MAX_EVENT_ID:
+        raise HTTPException(400, "Last-Event-ID must be an event id this stream sent.")
+    return int(value)
 
 
 def _sse(note: store.PatientNotification) -> str:
@@ -234,7 +349,11 @@ def _sse(note: store.PatientNotification) -> str:
     return f"id: {note.id}\nevent: notification\ndata: {json.dumps(body)}\n\n"
 
 
-@router.get("/me/events", response_class=StreamingResponse)
+@router.get(
+    "/me/events",
+    response_class=StreamingResponse,
+    dependencies=[requires("patient/Patient.r")],
+)
 async def events(
     caller: Me,
     request: Request,
@@ -247,7 +366,7 @@ async def events(
     """
     service = service_of(request)
     settings: Settings = service.settings  # type: ignore[assignment]
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    after = _last_event_id(last_event_id)
 
     stream_span = trace.get_current_span()
     opened_at = datetime.now(UTC)

@@ -1,11 +1,10 @@
 """Slots and the patient's appointments (`/v1/slots`, `/v1/me/appointments`): search,
 book, cancel, reschedule, intake.
 
-Writes need a token that may act for the patient. The development issuer grants SMART v2
-`patient/*.rs` (read/search) scopes only, so a token with `patient/Appointment.c|u` (or
-`patient/*.cu...`) is accepted, and so is a patient's own sign-in token with read scopes:
-the patient acts on their own appointments, and every write is recorded in the access
-log. A token that only reads another resource type may not book.
+Each route declares the SMART scope it needs (gateway.api.requires), checked exactly:
+booking is a create (`patient/Appointment.c`), cancelling and rescheduling updates
+(`patient/Appointment.u`), intake answers a create of a `QuestionnaireResponse`; read
+scopes grant none of them. Every write is recorded in the access log.
 
 Commands pass the client's `Idempotency-Key` on, and the scheduling service's answer comes
 back as it is: its status (201 booked, 202 move or intake under way, the original status
@@ -24,7 +23,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from contracts.intake import IntakeAnswer
 from gateway import audit
-from gateway.api import Caller, Id, Me, service_of, upstreams_of
+from gateway.api import Caller, Id, Me, requires, service_of, upstreams_of
 from gateway.upstream import UpstreamError
 from servicekit.idempotency import KEY_HEADER, IdempotencyKey
 
@@ -55,17 +54,6 @@ class IntakeIn(BaseModel):
     """Answers to the intake questionnaire."""
 
     answers: list[IntakeAnswer] = Field(max_length=200)
-
-
-def _may_read(caller: Caller) -> None:
-    if not caller.token.allows_read("Appointment"):
-        raise HTTPException(403, "The token's scopes do not allow reading Appointment.")
-
-
-def _may_write(caller: Caller) -> None:
-    scopes = caller.token.scopes
-    if not (caller.token.allows_read("Appointment") or any("Appointment" in s for s in scopes)):
-        raise HTTPException(403, "The token's scopes do not allow managing appointments.")
 
 
 async def _forward(
@@ -99,7 +87,7 @@ def _mine(caller: Caller, appointment_id: str = "", tail: str = "") -> str:
     return f"{base}/{appointment_id}{tail}" if appointment_id else base
 
 
-@router.get("/slots")
+@router.get("/slots", dependencies=[requires("patient/Slot.s")])
 async def slots(
     caller: Me,
     request: Request,
@@ -113,7 +101,6 @@ async def slots(
     cursor: Annotated[str | None, Query(max_length=300)] = None,
 ) -> JSONResponse:
     """Free appointment slots, earliest first: `{"items": [...], "next_cursor": ...}`."""
-    _may_read(caller)
     params: dict[str, Any] = {
         "start": start,
         "end": end,
@@ -134,47 +121,51 @@ async def slots(
     )
 
 
-@router.get("/me/appointments")
+@router.get("/me/appointments", dependencies=[requires("patient/Appointment.s")])
 async def appointments(caller: Me, request: Request) -> JSONResponse:
     """The patient's appointments, soonest first, with clinician, place and intake state."""
-    _may_read(caller)
     return await _forward(request, caller, "GET", _mine(caller), action="read")
 
 
-@router.get("/me/appointments/{appointment_id}")
+@router.get("/me/appointments/{appointment_id}", dependencies=[requires("patient/Appointment.r")])
 async def appointment(caller: Me, request: Request, appointment_id: Id) -> JSONResponse:
     """One of the patient's appointments."""
-    _may_read(caller)
     return await _forward(request, caller, "GET", _mine(caller, appointment_id), action="read")
 
 
-@router.post("/me/appointments", status_code=201)
+@router.post(
+    "/me/appointments", status_code=201, dependencies=[requires("patient/Appointment.c")]
+)
 async def book(
     caller: Me, request: Request, body: BookIn, key: IdempotencyKey = None
 ) -> JSONResponse:
     """Book a free slot; the appointment is `pending` until the EHR confirms it (the live
     event stream says when). Send an `Idempotency-Key` so a retry books once."""
-    _may_write(caller)
     payload = {**body.model_dump(), "patient_fhir_id": caller.token.patient_fhir_id}
     return await _forward(
         request, caller, "POST", _mine(caller), action="write", json=payload, key=key
     )
 
 
-@router.post("/me/appointments/{appointment_id}/cancel")
+@router.post(
+    "/me/appointments/{appointment_id}/cancel", dependencies=[requires("patient/Appointment.u")]
+)
 async def cancel(
     caller: Me, request: Request, appointment_id: Id, body: CancelIn, key: IdempotencyKey = None
 ) -> JSONResponse:
     """Cancel one of the patient's appointments (not within the clinic's notice period:
     the answer says why and whom to call)."""
-    _may_write(caller)
     path = _mine(caller, appointment_id, "/cancel")
     return await _forward(
         request, caller, "POST", path, action="write", json=body.model_dump(), key=key
     )
 
 
-@router.post("/me/appointments/{appointment_id}/reschedule", status_code=202)
+@router.post(
+    "/me/appointments/{appointment_id}/reschedule",
+    status_code=202,
+    dependencies=[requires("patient/Appointment.u")],
+)
 async def reschedule(
     caller: Me,
     request: Request,
@@ -184,29 +175,32 @@ async def reschedule(
 ) -> JSONResponse:
     """Move an appointment to another free slot: 202 with `pending_slot` until the EHR has
     moved it; if the EHR refuses, the appointment keeps its time."""
-    _may_write(caller)
     path = _mine(caller, appointment_id, "/reschedule")
     return await _forward(
         request, caller, "POST", path, action="write", json=body.model_dump(), key=key
     )
 
 
-@router.get("/me/appointments/{appointment_id}/intake")
+@router.get(
+    "/me/appointments/{appointment_id}/intake",
+    dependencies=[requires("patient/Questionnaire.r")],
+)
 async def intake_form(caller: Me, request: Request, appointment_id: Id) -> JSONResponse:
     """The intake form of the visit (the EHR's Questionnaire) and the answers so far."""
-    _may_read(caller)
     path = _mine(caller, appointment_id, "/intake")
     return await _forward(
         request, caller, "GET", path, action="read", resource="QuestionnaireResponse"
     )
 
 
-@router.put("/me/appointments/{appointment_id}/intake/draft")
+@router.put(
+    "/me/appointments/{appointment_id}/intake/draft",
+    dependencies=[requires("patient/QuestionnaireResponse.c")],
+)
 async def intake_draft(
     caller: Me, request: Request, appointment_id: Id, body: IntakeIn
 ) -> JSONResponse:
     """Save intake answers to finish later (nothing is sent to the clinic yet)."""
-    _may_write(caller)
     path = _mine(caller, appointment_id, "/intake/draft")
     return await _forward(
         request,
@@ -219,13 +213,16 @@ async def intake_draft(
     )
 
 
-@router.post("/me/appointments/{appointment_id}/intake", status_code=202)
+@router.post(
+    "/me/appointments/{appointment_id}/intake",
+    status_code=202,
+    dependencies=[requires("patient/QuestionnaireResponse.c")],
+)
 async def intake(
     caller: Me, request: Request, appointment_id: Id, body: IntakeIn, key: IdempotencyKey = None
 ) -> JSONResponse:
     """Send intake answers for an upcoming appointment to the care team, once; a wrong or
     missing answer is 422 naming the question."""
-    _may_write(caller)
     path = _mine(caller, appointment_id, "/intake")
     return await _forward(
         request,
@@ -239,12 +236,15 @@ async def intake(
     )
 
 
-@router.post("/me/appointments/{appointment_id}/intake/amend", status_code=202)
+@router.post(
+    "/me/appointments/{appointment_id}/intake/amend",
+    status_code=202,
+    dependencies=[requires("patient/QuestionnaireResponse.u")],
+)
 async def amend_intake(
     caller: Me, request: Request, appointment_id: Id, body: IntakeIn, key: IdempotencyKey = None
 ) -> JSONResponse:
     """Change intake answers already sent: the clinic's copy is updated, not duplicated."""
-    _may_write(caller)
     path = _mine(caller, appointment_id, "/intake/amend")
     return await _forward(
         request,

@@ -3,13 +3,10 @@
 Every call goes to the messaging service with the internal patient id of the bearer token
 (never one from the client); messaging stores the message and publishes `message.sent`.
 
-Scopes: sending is a create of a `Communication`, so a token with a SMART v2 create scope
-(`patient/Communication.c`, `patient/*.c`, or v1 `write`/`*`) may send. The development
-issuer grants `patient/*.rs` (read/search on everything) only, and that is what a patient's
-own sign-in token carries; the patient writes to their own care team about themselves, so
-a token whose scopes include a `patient/*` read scope is accepted too. A token narrowed to
-other resource types (e.g. only `patient/Observation.rs`) may not send. Every send and
-every mark-read is recorded in the access log with the action "write".
+Scopes (route dependencies, checked exactly): sending is a create of a `Communication`
+(`patient/Communication.c`, `patient/*.c`, or v1 `write`/`*`), marking read an update
+(`patient/Communication.u`); read scopes grant neither. Every send and every mark-read is
+recorded in the access log with the action "write".
 
 A client may send an `Idempotency-Key` header (generated once per message it composes);
 it is passed through, so a retried POST stores and publishes the message once and returns
@@ -31,7 +28,7 @@ from fastapi import APIRouter, Header, HTTPException, Request, Response
 from pydantic import BaseModel, Field, StringConstraints
 
 from gateway import audit
-from gateway.api import Caller, Id, Me, service_of, upstreams_of
+from gateway.api import Caller, Id, Me, requires, service_of, upstreams_of
 from gateway.upstream import UpstreamError
 
 router = APIRouter(prefix="/v1", tags=["messages"])
@@ -72,24 +69,9 @@ class ReplyIn(BaseModel):
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=10)
 
 
-def _allows_create(scopes: frozenset[str], resource_type: str) -> bool:
-    """SMART v2 `c` (or v1 `write`/`*`) patient scopes on the type or on `*`."""
-    for scope in scopes:
-        context, _, rest = scope.partition("/")
-        if context != "patient" or "." not in rest:
-            continue
-        rtype, _, perms = rest.partition(".")
-        if rtype not in ("*", resource_type):
-            continue
-        if perms in ("write", "*") or "c" in perms.split("?")[0]:
-            return True
-    return False
-
-
 def may_send(caller: Caller) -> bool:
     """Whether the token may send messages for its patient (see the module docstring)."""
-    token = caller.token
-    return _allows_create(token.scopes, RESOURCE) or token.allows_read("*")
+    return caller.token.allows(f"patient/{RESOURCE}.c")
 
 
 async def _write(
@@ -100,8 +82,6 @@ async def _write(
     json: Any,
     idempotency_key: str | None = None,
 ) -> Any:
-    if not may_send(caller):
-        raise HTTPException(403, "The token's scopes do not allow sending messages.")
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
     try:
         data = await upstreams_of(request).request(
@@ -117,7 +97,7 @@ async def _write(
     return data
 
 
-@router.post("/me/threads", status_code=201)
+@router.post("/me/threads", status_code=201, dependencies=[requires("patient/Communication.c")])
 async def start_thread(
     caller: Me,
     request: Request,
@@ -134,7 +114,11 @@ async def start_thread(
     )
 
 
-@router.post("/me/threads/{thread_id}/messages", status_code=201)
+@router.post(
+    "/me/threads/{thread_id}/messages",
+    status_code=201,
+    dependencies=[requires("patient/Communication.c")],
+)
 async def reply(
     caller: Me,
     request: Request,
@@ -152,7 +136,7 @@ async def reply(
     )
 
 
-@router.post("/me/threads/{thread_id}/read")
+@router.post("/me/threads/{thread_id}/read", dependencies=[requires("patient/Communication.u")])
 async def mark_read(caller: Me, request: Request, thread_id: Id) -> Any:
     """Mark the care team's messages in one of the patient's conversations read."""
     return await _write(
@@ -160,7 +144,7 @@ async def mark_read(caller: Me, request: Request, thread_id: Id) -> Any:
     )
 
 
-@router.get("/message-topics")
+@router.get("/message-topics", dependencies=[requires("patient/Communication.c")])
 async def message_topics(request: Request) -> Any:
     """The topics a patient chooses from when starting a conversation, and who each goes to."""
     try:
@@ -169,7 +153,9 @@ async def message_topics(request: Request) -> Any:
         raise HTTPException(exc.status, f"The {exc.service} service {exc.detail}.") from exc
 
 
-@router.get("/me/attachments/{attachment_id}")
+@router.get(
+    "/me/attachments/{attachment_id}", dependencies=[requires("patient/Communication.r")]
+)
 async def attachment(caller: Me, request: Request, attachment_id: Id) -> Response:
     """A file attached to one of the patient's messages (404 if it is not theirs)."""
     if not caller.token.allows_read(RESOURCE):

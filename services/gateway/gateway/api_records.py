@@ -14,7 +14,16 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import AwareDatetime
 
 from gateway import audit
-from gateway.api import Caller, Id, Me, _read, _require, service_of, upstreams_of
+from gateway.api import (
+    Caller,
+    Id,
+    Me,
+    _read,
+    _require,
+    requires,
+    service_of,
+    upstreams_of,
+)
 from gateway.upstream import UpstreamError
 
 router = APIRouter(prefix="/v1/me", tags=["records"])
@@ -39,7 +48,7 @@ def _params(**values: Any) -> dict[str, str]:
     return out
 
 
-@router.get("/lab-results")
+@router.get("/lab-results", dependencies=[requires("patient/DiagnosticReport.s")])
 async def lab_results(
     caller: Me,
     request: Request,
@@ -67,7 +76,7 @@ async def lab_results(
     return await _read(request, caller, "DiagnosticReport", "records", path, params)
 
 
-@router.get("/lab-results/trends")
+@router.get("/lab-results/trends", dependencies=[requires("patient/Observation.s")])
 async def lab_result_trends(
     caller: Me,
     request: Request,
@@ -82,14 +91,14 @@ async def lab_result_trends(
     return await _read(request, caller, "Observation", "records", path, params)
 
 
-@router.get("/lab-results/{report_id}")
+@router.get("/lab-results/{report_id}", dependencies=[requires("patient/DiagnosticReport.r")])
 async def lab_result(caller: Me, request: Request, report_id: Id) -> Any:
     """One lab report with its results."""
     path = f"/patients/{caller.patient_id}/lab-results/{report_id}"
     return await _read(request, caller, "DiagnosticReport", "records", path)
 
 
-@router.get("/vital-signs")
+@router.get("/vital-signs", dependencies=[requires("patient/Observation.s")])
 async def vital_signs(
     caller: Me,
     request: Request,
@@ -106,7 +115,7 @@ async def vital_signs(
     return await _read(request, caller, "Observation", "records", path, params)
 
 
-@router.get("/documents")
+@router.get("/documents", dependencies=[requires("patient/DocumentReference.s")])
 async def documents(
     caller: Me, request: Request, cursor: CursorParam = None, limit: Limit | None = None
 ) -> Any:
@@ -117,7 +126,7 @@ async def documents(
     )
 
 
-@router.get("/documents/{document_id}")
+@router.get("/documents/{document_id}", dependencies=[requires("patient/DocumentReference.r")])
 async def document(caller: Me, request: Request, document_id: FhirId) -> Any:
     """One document, with what each attachment is and whether it can be downloaded."""
     path = f"/patients/{caller.patient_id}/documents/{document_id}"
@@ -127,6 +136,7 @@ async def document(caller: Me, request: Request, document_id: FhirId) -> Any:
 @router.get(
     "/documents/{document_id}/attachments/{position}",
     response_class=Response,
+    dependencies=[requires("patient/DocumentReference.r")],
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 async def document_attachment(
@@ -160,28 +170,28 @@ async def _audit(request: Request, caller: Caller, resource_type: str) -> None:
     )
 
 
-@router.get("/medications")
+@router.get("/medications", dependencies=[requires("patient/MedicationRequest.s")])
 async def medications(caller: Me, request: Request) -> Any:
     """The patient's medications."""
     path = f"/patients/{caller.patient_id}/medications"
     return await _read(request, caller, "MedicationRequest", "records", path)
 
 
-@router.get("/allergies")
+@router.get("/allergies", dependencies=[requires("patient/AllergyIntolerance.s")])
 async def allergies(caller: Me, request: Request) -> Any:
     """The patient's allergies and intolerances."""
     path = f"/patients/{caller.patient_id}/allergies"
     return await _read(request, caller, "AllergyIntolerance", "records", path)
 
 
-@router.get("/conditions")
+@router.get("/conditions", dependencies=[requires("patient/Condition.s")])
 async def conditions(caller: Me, request: Request) -> Any:
     """The patient's conditions."""
     path = f"/patients/{caller.patient_id}/conditions"
     return await _read(request, caller, "Condition", "records", path)
 
 
-@router.get("/immunizations")
+@router.get("/immunizations", dependencies=[requires("patient/Immunization.s")])
 async def immunizations(caller: Me, request: Request) -> Any:
     """The patient's immunizations."""
     path = f"/patients/{caller.patient_id}/immunizations"

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field, StringConstraints
 
-from gateway.api import Id, Me, _read, upstreams_of
+from gateway.api import Id, Me, _read, requires, upstreams_of
 from gateway.upstream import UpstreamError
 
 router = APIRouter(prefix="/v1", tags=["triage"])
@@ -55,7 +55,7 @@ async def _call(request: Request, method: str, path: str, body: BaseModel) -> An
         raise HTTPException(exc.status, f"The triage service {exc.detail}.") from exc
 
 
-@router.get("/me/triage")
+@router.get("/me/triage", dependencies=[requires("patient/QuestionnaireResponse.s")])
 async def triage_sessions(caller: Me, request: Request) -> Any:
     """The patient's past symptom checks."""
     return await _read(
@@ -63,26 +63,40 @@ async def triage_sessions(caller: Me, request: Request) -> Any:
     )
 
 
-@router.post("/me/triage/assess", status_code=201)
+@router.post(
+    "/me/triage/assess",
+    status_code=201,
+    dependencies=[requires("patient/QuestionnaireResponse.c")],
+)
 async def triage_assess(caller: Me, request: Request, body: AssessIn) -> Any:
     """Assess symptoms now: `{"urgency": "emergency|urgent|routine|self-care", ...}`."""
     return await _call(request, "POST", f"/patients/{caller.patient_id}/assess", body)
 
 
-@router.post("/me/triage/sessions", status_code=201)
+@router.post(
+    "/me/triage/sessions",
+    status_code=201,
+    dependencies=[requires("patient/QuestionnaireResponse.c")],
+)
 async def start_triage_session(caller: Me, request: Request, body: SessionIn) -> Any:
     """Start a symptom check that asks follow-up questions."""
     return await _call(request, "POST", f"/patients/{caller.patient_id}/sessions", body)
 
 
-@router.get("/me/triage/sessions/{session_id}")
+@router.get(
+    "/me/triage/sessions/{session_id}",
+    dependencies=[requires("patient/QuestionnaireResponse.r")],
+)
 async def triage_session(caller: Me, request: Request, session_id: Id) -> Any:
     """One symptom check's current state."""
     path = f"/patients/{caller.patient_id}/sessions/{session_id}"
     return await _read(request, caller, RESOURCE, "triage", path)
 
 
-@router.post("/me/triage/sessions/{session_id}/answers")
+@router.post(
+    "/me/triage/sessions/{session_id}/answers",
+    dependencies=[requires("patient/QuestionnaireResponse.u")],
+)
 async def answer_triage_session(
     caller: Me, request: Request, session_id: Id, body: AnswersIn
 ) -> Any:

@@ -19,6 +19,7 @@ from gateway import (
     store,
 )
 from gateway.auth import TokenVerifier
+from gateway.ratelimit import RateLimitMiddleware, RateLimits
 from gateway.settings import Settings
 from gateway.upstream import Upstreams, pooled_client
 from servicekit.app import Service, ServiceDefinition, create_service
@@ -72,6 +73,19 @@ def build(
     )
     if mounts is not None:
         service.state["upstream_mounts"] = mounts
+    gw: Settings = service.settings  # type: ignore[assignment]
+    # Outermost: a client over its limit costs no body read, token check or JWKS fetch.
+    service.app.add_middleware(
+        RateLimitMiddleware,
+        limits=RateLimits(
+            ip_rate=gw.rate_limit_ip_per_s,
+            ip_burst=gw.rate_limit_ip_burst,
+            token_rate=gw.rate_limit_token_per_s,
+            token_burst=gw.rate_limit_token_burst,
+            forwarded_hops=gw.forwarded_for_hops,
+        ),
+        service=gw.service_name,
+    )
     return service
 
 

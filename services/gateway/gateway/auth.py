@@ -1,5 +1,13 @@
 """Patient authentication: OIDC bearer tokens verified against the issuer's JWKS, and
-SMART v2 patient scopes (`patient/Observation.rs`) checked per resource type."""
+SMART patient scopes (`patient/Observation.rs`, v1 `patient/Observation.read`) checked
+exactly per resource type and permission (gateway.scopes).
+
+Only access tokens are accepted: an OIDC ID token is signed by the same issuer and often
+carries the same audience (the portal's client id), so signature and `aud` alone would let
+an ID token act as an access token. An access token says what it is either in its header
+(`typ: at+jwt`, RFC 9068) or with the `token_use: access` claim; anything else is refused.
+Unknown key ids re-fetch the issuer's JWKS at most once per cool-down, so anonymous
+traffic with invented `kid`s cannot hammer the identity provider."""
 
 from __future__ import annotations
 
@@ -12,9 +20,13 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from gateway.scopes import SmartScope, parse_granted, parse_scope, scopes_grant
 from gateway.settings import Settings
 
 ALGORITHMS = ["ES256", "ES384", "RS256", "RS384"]
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+# Tokens longer than this are refused before any parsing (a real one is ~1 kB).
+MAX_TOKEN_LENGTH = 8192
 
 
 class AuthError(Exception):
@@ -34,18 +46,16 @@ class PatientToken:
     patient_fhir_id: str
     scopes: frozenset[str]
 
+    def allows(self, required: SmartScope | str) -> bool:
+        """Whether a patient scope of the token grants every permission of `required`."""
+        wanted = parse_scope(required) if isinstance(required, str) else required
+        return scopes_grant(parse_granted(self.scopes), wanted)
+
     def allows_read(self, resource_type: str) -> bool:
-        """SMART v1 (`read`) and v2 (`rs`, `r`) patient scopes, `*` or the exact type."""
-        for scope in self.scopes:
-            context, _, rest = scope.partition("/")
-            if context != "patient" or "." not in rest:
-                continue
-            rtype, _, perms = rest.partition(".")
-            if rtype not in ("*", resource_type):
-                continue
-            if perms in ("read", "*") or "r" in perms.split("?")[0]:
-                return True
-        return False
+        """Read (`r`) or search (`s`) on the type: the routes' own dependencies say which."""
+        return self.allows(f"patient/{resource_type}.r") or self.allows(
+            f"patient/{resource_type}.s"
+        )
 
 
 class TokenVerifier:
@@ -56,6 +66,8 @@ class TokenVerifier:
         self.http = http
         self._keys: KeySet | None = None
         self._fetched_at = 0.0
+        self._last_attempt = float("-inf")
+        self.fetches = 0  # JWKS fetches made (tests and the security report read it)
 
     async def _jwks_url(self) -> str:
         if self.settings.oidc_jwks_url:
@@ -66,8 +78,13 @@ class TokenVerifier:
         return str(response.json()["jwks_uri"])
 
     async def _keyset(self, *, refresh: bool = False) -> KeySet:
-        stale = time.monotonic() - self._fetched_at > self.settings.jwks_refresh_s
+        now = time.monotonic()
+        stale = now - self._fetched_at > self.settings.jwks_refresh_s
+        if refresh and now - self._last_attempt < self.settings.jwks_min_refresh_s:
+            refresh = False  # cool-down: an unknown kid re-fetches at most this often
         if self._keys is None or stale or refresh:
+            self._last_attempt = now
+            self.fetches += 1
             try:
                 response = await self.http.get(await self._jwks_url())
                 response.raise_for_status()
@@ -81,16 +98,21 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> PatientToken:
         """Verify signature, issuer, audience and lifetime; return the patient context."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise AuthError(401, "The access token is malformed.")
         try:
-            kid = jws.extract_compact(token.encode()).headers().get("kid")
-        except (JoseError, ValueError) as exc:
+            header = jws.extract_compact(token.encode()).headers()
+        except (JoseError, ValueError, TypeError) as exc:
             raise AuthError(401, "The access token is malformed.") from exc
+        kid = header.get("kid")
         keys = await self._keyset()
         if kid and not any(k.kid == kid for k in keys.keys):
             keys = await self._keyset(refresh=True)  # the issuer may have rotated its keys
+            if not any(k.kid == kid for k in keys.keys):
+                raise AuthError(401, "The access token's signing key is not known.")
         try:
             decoded = jwt.decode(token, keys, algorithms=ALGORITHMS)
-        except (JoseError, ValueError) as exc:
+        except (JoseError, ValueError, TypeError) as exc:
             raise AuthError(401, "The access token's signature is not valid.") from exc
         claims: dict[str, Any] = decoded.claims
         registry = jwt.JWTClaimsRegistry(
@@ -106,6 +128,8 @@ class TokenVerifier:
         audiences = audience if isinstance(audience, list) else [audience]
         if self.settings.oidc_audience not in audiences:
             raise AuthError(401, "The access token is not meant for this portal.")
+        if not _is_access_token(header, claims):
+            raise AuthError(401, "The token is not an access token (an ID token is not).")
         patient = claims.get("patient")
         if not isinstance(patient, str) or not patient:
             raise AuthError(403, "The access token is not a patient's token.")
@@ -113,3 +137,12 @@ class TokenVerifier:
         return PatientToken(
             subject=str(claims.get("sub", "")), patient_fhir_id=patient, scopes=scopes
         )
+
+
+def _is_access_token(header: dict[str, Any], claims: dict[str, Any]) -> bool:
+    """RFC 9068 `typ: at+jwt`, or the issuer's `token_use: access` claim; an ID token has
+    neither (and carries `nonce`/`at_hash`/`auth_time` an access token does not need)."""
+    typ = str(header.get("typ", "")).lower()
+    if typ in ACCESS_TOKEN_TYPES:
+        return True
+    return claims.get("token_use") == "access"

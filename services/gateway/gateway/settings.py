@@ -21,6 +21,14 @@ class Settings(ServiceSettings):
     )
     oidc_client_id: str = Field(default="portal", description="The portal page's OIDC client")
     jwks_refresh_s: float = Field(default=300.0, description="Re-fetch keys at most this often")
+    jwks_min_refresh_s: float = Field(
+        default=60.0, ge=0, description="Cool-down between re-fetches for an unknown kid"
+    )
+    ehr_fhir_url: str = Field(
+        default="",
+        description="FHIR base of the EHR that asserts a patient exists before linking; "
+        "empty = `<oidc_issuer>/fhir` (the sandbox's layout)",
+    )
     records_url: str = "http://127.0.0.1:8001"
     scheduling_url: str = "http://127.0.0.1:8002"
     messaging_url: str = "http://127.0.0.1:8003"
@@ -30,3 +38,17 @@ class Settings(ServiceSettings):
         default=100, ge=1, description="Concurrent calls to the owning services (one pool)"
     )
     sse_keepalive_s: float = Field(default=15.0, description="Comment line every N seconds")
+    rate_limit_ip_per_s: float = Field(
+        default=50.0, ge=0, description="Requests per second per client IP on /v1 (0 = off)"
+    )
+    rate_limit_ip_burst: int = Field(default=500, ge=1, description="Burst per client IP")
+    rate_limit_token_per_s: float = Field(
+        default=10.0, ge=0, description="Requests per second per bearer token on /v1 (0 = off)"
+    )
+    rate_limit_token_burst: int = Field(default=100, ge=1, description="Burst per token")
+    forwarded_for_hops: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description="Trusted proxies in front (X-Forwarded-For is read only when > 0)",
+    )

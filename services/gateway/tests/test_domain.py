@@ -67,6 +67,18 @@ def test_smart_scopes_v1_and_v2() -> None:
     assert not token("patient/Observation.rs").allows_read("MedicationRequest")
     assert not token("patient/*.c").allows_read("Observation")
     assert not token("user/*.rs", "openid").allows_read("Observation")
+    # Exact permissions: v1 `write` is `cud`, so it grants no read; no substring matches.
+    assert not token("patient/*.write").allows_read("Observation")
+    assert token("patient/*.write").allows("patient/Appointment.c")
+    assert not token("patient/Appointment.rs").allows("patient/Appointment.c")
+    assert not token("patient/AppointmentX.c").allows("patient/Appointment.c")
+    assert token("patient/*.cruds").allows("patient/Appointment.cu")
+    assert not token("patient/Observation.s").allows("patient/Observation.r")
+    assert token("patient/Observation.s").allows_read("Observation")
+    # Malformed v2 letters (out of order, repeated) and narrowed scopes grant nothing.
+    assert not token("patient/Observation.sr").allows_read("Observation")
+    assert not token("patient/Observation.rrs").allows_read("Observation")
+    assert not token("patient/Observation.rs?category=laboratory").allows_read("Observation")
 
 
 def test_a_change_to_a_visit_that_is_over_is_not_news() -> None:

@@ -198,7 +198,8 @@ async def test_topics_attachments_limits_and_unread_through_the_gateway(stack: S
 @pytest.mark.parametrize(
     ("scopes", "allowed"),
     [
-        ("patient/*.rs", True),  # the dev issuer's patient sign-in token
+        ("patient/*.rs", False),  # read/search grant no create (exact permissions)
+        ("patient/*.rs patient/Communication.cu", True),  # the dev issuer's sign-in token
         ("patient/Communication.c", True),
         ("patient/*.cruds", True),
         ("patient/Communication.write", True),

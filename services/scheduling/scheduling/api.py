@@ -25,7 +25,7 @@ from scheduling.questionnaires import QuestionnaireSource
 from scheduling.service import Context, SchedulingError
 from servicekit import problems
 from servicekit.app import Service
-from servicekit.http import PatientId, ReadSession
+from servicekit.http import PatientId, ReadSession, ResourceId
 from servicekit.idempotency import IdempotencyKey, idempotent
 
 router = APIRouter(tags=["scheduling"])
@@ -118,7 +118,10 @@ async def list_free_slots(
 ) -> SlotPage:
     """Free slots starting in [start, end), earliest first, filtered and paged."""
     since = start or datetime.now(UTC)
-    until = end or since + timedelta(days=14)
+    try:
+        until = end or since + timedelta(days=14)
+    except OverflowError as exc:  # start near year 9999: a clear 422, not a 500
+        raise HTTPException(422, "`start` is out of range.") from exc
     if until <= since:
         raise HTTPException(422, "`end` must be after `start`.")
     query = store.SlotQuery(
@@ -217,7 +220,7 @@ async def list_appointments(
 
 @router.get("/patients/{patient_id}/appointments/{appointment_id}", response_model=AppointmentOut)
 async def get_appointment(
-    patient_id: PatientId, appointment_id: str, request: Request, session: ReadSession
+    patient_id: PatientId, appointment_id: ResourceId, request: Request, session: ReadSession
 ) -> AppointmentOut:
     """One appointment of the patient (404 if it is not theirs)."""
     row = await store.get_appointment(session, appointment_id)
@@ -312,7 +315,7 @@ async def book_appointment(
 )
 async def cancel_appointment(
     patient_id: PatientId,
-    appointment_id: str,
+    appointment_id: ResourceId,
     body: CancelIn,
     request: Request,
     key: IdempotencyKey = None,
@@ -335,7 +338,7 @@ async def cancel_appointment(
 )
 async def reschedule_appointment(
     patient_id: PatientId,
-    appointment_id: str,
+    appointment_id: ResourceId,
     body: RescheduleIn,
     request: Request,
     key: IdempotencyKey = None,
@@ -365,7 +368,7 @@ async def _questionnaire(
 @router.get(
     "/patients/{patient_id}/appointments/{appointment_id}/intake", response_model=IntakeFormOut
 )
-async def get_intake(patient_id: PatientId, appointment_id: str, request: Request) -> JSONResponse:
+async def get_intake(patient_id: PatientId, appointment_id: ResourceId, request: Request) -> JSONResponse:
     """The intake form (the EHR's Questionnaire) and the draft or submitted answers."""
     try:
         canonical, form = await _questionnaire(request, patient_id, appointment_id)
@@ -381,7 +384,7 @@ async def get_intake(patient_id: PatientId, appointment_id: str, request: Reques
     response_model=IntakeOut,
 )
 async def save_intake_draft(
-    patient_id: PatientId, appointment_id: str, body: IntakeIn, request: Request
+    patient_id: PatientId, appointment_id: ResourceId, body: IntakeIn, request: Request
 ) -> JSONResponse:
     """Save the answers so far, to resume later (required ones may still be missing)."""
     try:
@@ -402,7 +405,7 @@ async def save_intake_draft(
 )
 async def submit_intake(
     patient_id: PatientId,
-    appointment_id: str,
+    appointment_id: ResourceId,
     body: IntakeIn,
     request: Request,
     key: IdempotencyKey = None,
@@ -432,7 +435,7 @@ async def submit_intake(
 )
 async def amend_intake(
     patient_id: PatientId,
-    appointment_id: str,
+    appointment_id: ResourceId,
     body: IntakeIn,
     request: Request,
     key: IdempotencyKey = None,

@@ -32,6 +32,7 @@ __all__ = [
     "Principal",
     "authorize",
     "bearer_token",
+    "mint_patient_id_token",
     "mint_patient_token",
     "router",
 ]
@@ -124,7 +125,9 @@ async def authorize(request: Request, resource_type: str, interaction: str) -> P
     return principal
 
 
-def mint_patient_token(patient_id: str, *, app: FastAPI | None = None) -> str:
+def mint_patient_token(
+    patient_id: str, *, app: FastAPI | None = None, scope: str | None = None
+) -> str:
     """A patient access token for `patient_id`, as the dev issuer's code flow issues.
 
     Test and dev helper behind `POST /dev/patient-token`. Without `app` it uses the most
@@ -133,4 +136,14 @@ def mint_patient_token(patient_id: str, *, app: FastAPI | None = None) -> str:
     service = get_auth_service(app) if app is not None else active_service()
     if service is None:
         raise RuntimeError("No sandbox app is running to sign the token")
-    return service.patient_access_token(patient_id)
+    if scope is None:
+        return service.patient_access_token(patient_id)
+    return service.patient_access_token(patient_id, scope=scope)
+
+
+def mint_patient_id_token(patient_id: str, *, app: FastAPI) -> str:
+    """The OIDC ID token the code flow would issue with the access token (dev helper)."""
+    service = get_auth_service(app)
+    if service is None:
+        raise RuntimeError("No sandbox app is running to sign the token")
+    return service.patient_id_token(patient_id)

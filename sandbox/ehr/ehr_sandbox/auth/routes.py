@@ -27,7 +27,12 @@ from ehr_sandbox.auth.clients import ClientRegistrationError, validate_registrat
 from ehr_sandbox.auth.pages import choose_patient_page, error_page
 from ehr_sandbox.auth.patients import demo_patients
 from ehr_sandbox.auth.scopes import NON_RESOURCE_SCOPES, ScopeError, parse_scope
-from ehr_sandbox.auth.service import PATIENT_SCOPES, AuthService, OAuthError
+from ehr_sandbox.auth.service import (
+    PATIENT_SCOPES,
+    PATIENT_WRITE_SCOPES,
+    AuthService,
+    OAuthError,
+)
 from ehr_sandbox.auth.state import activate, deactivate, get_auth_service
 from servicekit.logging import get_logger
 
@@ -324,9 +329,15 @@ def _validate_scope(scope: str) -> str:
             parsed = parse_scope(token)
         except ScopeError as exc:
             raise _AuthorizeError("invalid_scope", str(exc), True) from exc
-        if parsed.context != "patient" or parsed.permissions - {"r", "s"}:
+        writes = [parse_scope(w) for w in PATIENT_WRITE_SCOPES]
+        if parsed.context != "patient" or (
+            parsed.permissions - {"r", "s"} and not any(w.covers(parsed) for w in writes)
+        ):
             raise _AuthorizeError(
-                "invalid_scope", "Patients may only be granted patient/<type>.rs scopes", True
+                "invalid_scope",
+                "Patients may only be granted patient/<type>.rs scopes and "
+                + " ".join(PATIENT_WRITE_SCOPES),
+                True,
             )
     if "openid" not in tokens:
         raise _AuthorizeError("invalid_scope", "scope must include openid", True)

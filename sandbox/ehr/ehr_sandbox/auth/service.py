@@ -42,7 +42,15 @@ from ehr_sandbox.auth.settings import AuthSettings
 from servicekit.logging import get_logger
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-PATIENT_SCOPES = "openid fhirUser launch/patient patient/*.rs"
+# What a patient's sign-in grants: read/search of their record, and the portal's own
+# writes (book/cancel appointments, send/mark-read messages, intake and symptom checks).
+# The sandbox's FHIR API still lets patient tokens only read (auth.require_principal).
+PATIENT_WRITE_SCOPES = (
+    "patient/Appointment.cu",
+    "patient/Communication.cu",
+    "patient/QuestionnaireResponse.cu",
+)
+PATIENT_SCOPES = "openid fhirUser launch/patient patient/*.rs " + " ".join(PATIENT_WRITE_SCOPES)
 _MAX_ASSERTION_LENGTH = 16_384
 
 log = get_logger(__name__)
@@ -324,6 +332,11 @@ class AuthService:
                 "client_id": self.settings.patient_audience,
             },
         )
+
+    def patient_id_token(self, patient_id: str) -> str:
+        """The OIDC ID token the code flow issues alongside (tests show it is refused as an
+        access token)."""
+        return self._sign_id_token(patient_id, self.settings.patient_audience, None)
 
     def _sign_id_token(self, patient_id: str, client_id: str, nonce: str | None) -> str:
         now = int(time.time())
