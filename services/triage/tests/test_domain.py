@@ -75,6 +75,14 @@ def test_complaints_get_the_expected_urgency(
         ("I had chest pain years ago; today I need a repeat prescription", R),  # history
         ("I no longer have a fever, just a runny nose", S),
         ("Chest pain this morning that went away after 20 minutes", E),  # settled: still seen
+        # A comma ends a patient's negation unless the list says "or": "no X, <emergency>"
+        # must not deny the emergency.
+        ("no fever, crushing chest pain spreading to my left arm", E),
+        ("I don't have a headache, my face is drooping and my speech is slurred", E),
+        ("I have no appetite, vomiting blood since this morning", E),
+        ("denies fever, severe headache worst of my life", E),
+        ("no chest pain, no shortness of breath, mild cough", S),
+        ("fever, no rash, stiff neck", E),
     ],
 )
 def test_negation_and_context(engine: Engine, text: str, urgency: Urgency) -> None:

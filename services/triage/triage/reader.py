@@ -245,8 +245,32 @@ def _categories(span: Span) -> set[str]:
         start, end = modifier.modifier_span
         if span.start <= start and end <= span.end:
             continue
-        out.add(str(modifier.category))
+        category = str(modifier.category)
+        if category == "NEGATED_EXISTENCE" and not _negates_across_commas(span, end):
+            continue
+        out.add(category)
     return out
+
+
+_LIST_OR = frozenset({"or", "nor"})
+
+
+def _negates_across_commas(span: Span, trigger_end: int) -> bool:
+    """Whether a negation before a comma still reaches `span` after it.
+
+    Patients write clauses, not lists: in "no fever, crushing chest pain" or "I have no
+    appetite, vomiting blood" the comma ends the negation, and reading it as a denied list
+    would under-triage an emergency. A negated list says so with "or"/"nor" ("denies chest
+    pain, shortness of breath or fever"): then the negation spans the list. When unsure the
+    finding counts as present, which can only raise the urgency."""
+    doc = span.doc
+    if trigger_end > span.start or not any(t.text == "," for t in doc[trigger_end : span.start]):
+        return True
+    sentence_end = span.sent.end
+    end = span.end
+    while end < sentence_end and doc[end].text != ",":
+        end += 1
+    return any(t.lower_ in _LIST_OR for t in doc[trigger_end:end])
 
 
 _PERIODS = ("hour", "day", "week", "month", "year")
