@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contracts.base import Payload
 from contracts.envelope import Envelope, build_headers
 from contracts.registry import for_model
+from servicekit import idempotency
 from servicekit.broker_loss import BrokerIdentity, requeue_lost
 from servicekit.db import Database
 from servicekit.logging import get_logger
@@ -507,6 +508,11 @@ class OutboxRelay:
             forgotten = await self.purge_inbox(now)
             if forgotten:
                 log.info("inbox.purged", rows=forgotten)
+            answers = await idempotency.purge(
+                self.db, timedelta(hours=self.settings.idempotency_retention_hours), now
+            )
+            if answers:
+                log.info("idempotency.purged", rows=answers)
 
     async def _wait_for_work(self) -> None:
         self.wakeup.clear()

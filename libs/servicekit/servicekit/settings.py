@@ -50,6 +50,13 @@ class ServiceSettings(BaseSettings):
             "OUTBOX_RETENTION_HOURS, since a replay may bring an event that old again"
         ),
     )
+    idempotency_retention_hours: float = Field(
+        default=48.0,
+        description=(
+            "How long the answers of idempotent commands are kept for retries with the same "
+            "Idempotency-Key (clients retry within minutes)"
+        ),
+    )
     outbox_loss_check_interval_s: float = Field(
         default=5.0,
         description=(

@@ -129,6 +129,29 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+async def until_count(
+    count: Callable[[], Awaitable[int]],
+    target: int,
+    stall: float = 60.0,
+    interval: float = 0.1,
+) -> None:
+    """Wait until `await count()` reaches `target`, for as long as it keeps growing: fails
+    when it stands still for `stall` seconds. For bulk work, whose duration depends on the
+    machine's speed, while a real stall (lost messages, a wedged consumer) still fails."""
+    last = -1
+    moved = time.monotonic()
+    while True:
+        value = await count()
+        if value >= target:
+            return
+        now = time.monotonic()
+        if value != last:
+            last, moved = value, now
+        elif now - moved > stall:
+            raise AssertionError(f"stuck at {value} of {target} for {stall}s")
+        await asyncio.sleep(interval)
+
+
 def isolated_settings(database_url: str, bootstrap: str, prefix: str) -> dict[str, Any]:
     """Settings values that give a service under test its own database, topics and groups
     on the session's broker (`KAFKA=apache` turns idempotent producing on, as in CI)."""

@@ -21,7 +21,7 @@ from servicekit.db import Database
 from servicekit.outbox import Outbox, OutboxRelay
 from servicekit.settings import ServiceSettings
 from servicekit.tables import OutboxRow
-from servicekit.testing import Seen, eventually, read_topic
+from servicekit.testing import Seen, eventually, read_topic, until_count
 
 from . import fakeservice
 from .fakeservice import effects
@@ -185,7 +185,7 @@ async def test_relay_killed_mid_batch_loses_nothing_and_inbox_makes_effects_exac
         at_kill = await sent()
         assert 0 < at_kill < total, "the relay must die part-way through"
         relay = spawn()
-        await eventually(lambda: _more_than(sent, total - 1), timeout=120)
+        await until_count(sent, total)
     finally:
         relay.send_signal(signal.SIGTERM)
         relay.wait(timeout=30)
@@ -201,11 +201,11 @@ async def test_relay_killed_mid_batch_loses_nothing_and_inbox_makes_effects_exac
 
     async with LifespanManager(svc.app):
 
-        async def handled() -> bool:
+        async def handled() -> int:
             async with svc.db.sessions() as s:
-                return len(await effects(s)) >= total
+                return len(await effects(s))
 
-        await eventually(handled, timeout=120)
+        await until_count(handled, total)
         async with svc.db.sessions() as s:
             done = await effects(s)
     assert sorted(e.event_id for e in done) == sorted(ids)

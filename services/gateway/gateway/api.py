@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Security
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from opentelemetry import trace
 from pydantic import BaseModel
@@ -30,6 +30,7 @@ from gateway.scopes import ScopeError, parse_scope
 from gateway.settings import Settings
 from gateway.upstream import UpstreamError, Upstreams
 from servicekit.app import Service
+from servicekit.idempotency import KEY_HEADER
 from servicekit.logging import get_logger
 
 router = APIRouter(prefix="/v1", tags=["patient"])
@@ -240,6 +241,37 @@ async def _read(
         service_of(request).db, caller.patient_id, caller.actor, "read", resource_type
     )
     return data
+
+
+async def command(
+    request: Request,
+    caller: Caller,
+    service: str,
+    method: str,
+    path: str,
+    *,
+    action: str,
+    resource: str,
+    json: Any = None,
+    params: Any = None,
+    key: str | None = None,
+) -> JSONResponse:
+    """A patient's command, passed to the owning service with the client's
+    `Idempotency-Key`; the service's answer comes back as it is (its status, a replay's
+    `Idempotent-Replayed`, its problem details) and a success is recorded in the access
+    log."""
+    headers = {KEY_HEADER: key} if key else None
+    try:
+        answer = await upstreams_of(request).forward(
+            service, method, path, json=json, params=params, headers=headers
+        )
+    except UpstreamError as exc:
+        raise HTTPException(exc.status, f"The {service} service {exc.detail}.") from exc
+    if answer.status < 400:
+        await audit.record_access(
+            service_of(request).db, caller.patient_id, caller.actor, action, resource
+        )
+    return answer.response()
 
 
 class MeOut(BaseModel):

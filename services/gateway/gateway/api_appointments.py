@@ -17,15 +17,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, Field
 
 from contracts.intake import IntakeAnswer
-from gateway import audit
-from gateway.api import Caller, Id, Me, requires, service_of, upstreams_of
-from gateway.upstream import UpstreamError
-from servicekit.idempotency import KEY_HEADER, IdempotencyKey
+from gateway.api import Caller, Id, Me, command, requires
+from servicekit.idempotency import IdempotencyKey
 
 router = APIRouter(prefix="/v1", tags=["appointments"])
 Code = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
@@ -68,18 +66,18 @@ async def _forward(
     params: Any = None,
     key: str | None = None,
 ) -> JSONResponse:
-    headers = {KEY_HEADER: key} if key else None
-    try:
-        answer = await upstreams_of(request).forward(
-            "scheduling", method, path, json=json, params=params, headers=headers
-        )
-    except UpstreamError as exc:
-        raise HTTPException(exc.status, f"The scheduling service {exc.detail}.") from exc
-    if answer.status < 400:
-        await audit.record_access(
-            service_of(request).db, caller.patient_id, caller.actor, action, resource
-        )
-    return answer.response()
+    return await command(
+        request,
+        caller,
+        "scheduling",
+        method,
+        path,
+        action=action,
+        resource=resource,
+        json=json,
+        params=params,
+        key=key,
+    )
 
 
 def _mine(caller: Caller, appointment_id: str = "", tail: str = "") -> str:

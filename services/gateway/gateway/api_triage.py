@@ -7,17 +7,22 @@ body (`POST /v1/me/triage/sessions`), returns the outcome so far with the questi
 asking, takes answers (`POST .../sessions/{id}/answers`: `{"answers": {"<question id>":
 true | 38.5 | "<choice>"}, "finish": false}`) and ends with the disposition. Reading a past
 session needs a QuestionnaireResponse read scope and is recorded in the access log.
+
+Starting, assessing and answering pass the client's `Idempotency-Key` on: a retry gets the
+original answer (`Idempotent-Replayed: true`) instead of a second check, a second
+`triage.completed` and a second Task in the EHR. Each is recorded in the access log.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints
 
-from gateway.api import Id, Me, _read, requires, upstreams_of
-from gateway.upstream import UpstreamError
+from gateway.api import Caller, Id, Me, _read, command, requires
+from servicekit.idempotency import IdempotencyKey
 
 router = APIRouter(prefix="/v1", tags=["triage"])
 RESOURCE = "QuestionnaireResponse"
@@ -46,13 +51,20 @@ class AnswersIn(BaseModel):
     finish: bool = False
 
 
-async def _call(request: Request, method: str, path: str, body: BaseModel) -> Any:
-    try:
-        return await upstreams_of(request).request(
-            "triage", method, path, json=body.model_dump(exclude_none=True)
-        )
-    except UpstreamError as exc:
-        raise HTTPException(exc.status, f"The triage service {exc.detail}.") from exc
+async def _call(
+    request: Request, caller: Caller, path: str, body: BaseModel, key: str | None
+) -> JSONResponse:
+    return await command(
+        request,
+        caller,
+        "triage",
+        "POST",
+        f"/patients/{caller.patient_id}{path}",
+        action="write",
+        resource=RESOURCE,
+        json=body.model_dump(exclude_none=True),
+        key=key,
+    )
 
 
 @router.get("/me/triage", dependencies=[requires("patient/QuestionnaireResponse.s")])
@@ -68,9 +80,11 @@ async def triage_sessions(caller: Me, request: Request) -> Any:
     status_code=201,
     dependencies=[requires("patient/QuestionnaireResponse.c")],
 )
-async def triage_assess(caller: Me, request: Request, body: AssessIn) -> Any:
+async def triage_assess(
+    caller: Me, request: Request, body: AssessIn, key: IdempotencyKey = None
+) -> JSONResponse:
     """Assess symptoms now: `{"urgency": "emergency|urgent|routine|self-care", ...}`."""
-    return await _call(request, "POST", f"/patients/{caller.patient_id}/assess", body)
+    return await _call(request, caller, "/assess", body, key)
 
 
 @router.post(
@@ -78,9 +92,11 @@ async def triage_assess(caller: Me, request: Request, body: AssessIn) -> Any:
     status_code=201,
     dependencies=[requires("patient/QuestionnaireResponse.c")],
 )
-async def start_triage_session(caller: Me, request: Request, body: SessionIn) -> Any:
+async def start_triage_session(
+    caller: Me, request: Request, body: SessionIn, key: IdempotencyKey = None
+) -> JSONResponse:
     """Start a symptom check that asks follow-up questions."""
-    return await _call(request, "POST", f"/patients/{caller.patient_id}/sessions", body)
+    return await _call(request, caller, "/sessions", body, key)
 
 
 @router.get(
@@ -98,8 +114,7 @@ async def triage_session(caller: Me, request: Request, session_id: Id) -> Any:
     dependencies=[requires("patient/QuestionnaireResponse.u")],
 )
 async def answer_triage_session(
-    caller: Me, request: Request, session_id: Id, body: AnswersIn
-) -> Any:
+    caller: Me, request: Request, session_id: Id, body: AnswersIn, key: IdempotencyKey = None
+) -> JSONResponse:
     """Answer follow-up questions; the reply carries the updated outcome."""
-    path = f"/patients/{caller.patient_id}/sessions/{session_id}/answers"
-    return await _call(request, "POST", path, body)
+    return await _call(request, caller, f"/sessions/{session_id}/answers", body, key)

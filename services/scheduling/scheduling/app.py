@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -13,7 +13,6 @@ from fastapi import FastAPI
 from scheduling import api, handlers, service, store
 from scheduling.questionnaires import QuestionnaireSource
 from scheduling.settings import Settings
-from servicekit import idempotency
 from servicekit.app import Service, ServiceDefinition, create_service
 from servicekit.logging import get_logger
 
@@ -22,7 +21,8 @@ log = get_logger(__name__)
 
 
 async def _housekeeping(running: Service) -> None:
-    """Remind about missing intake before visits; forget old idempotency answers."""
+    """Remind about missing intake before visits (the kit's relay forgets old idempotency
+    answers)."""
     settings: Settings = running.settings  # type: ignore[assignment]
     ctx = service.Context.of(running)
     while True:
@@ -31,9 +31,6 @@ async def _housekeeping(running: Service) -> None:
                 reminded = await service.remind_missing_intake(ctx, session, datetime.now(UTC))
             if reminded:
                 log.info("scheduling.intake_reminders", count=reminded)
-            await idempotency.purge(
-                running.db, timedelta(hours=settings.idempotency_retention_hours)
-            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the next round tries again

@@ -42,7 +42,6 @@ class Settings(ServiceSettings):
     intake_reminder_interval_s: float = Field(
         default=60.0, description="How often to look for visits that need a reminder"
     )
-    idempotency_retention_hours: float = 48.0
     slot_page_max: int = 200
 
     def clinic_rules(self) -> ClinicRules:

@@ -239,3 +239,46 @@ async def test_emergency_check_for_messages(client: httpx.AsyncClient) -> None:
     assert calm.json()["emergency"] is False
     assert calm.json()["advice"] is None
     assert negated.json()["emergency"] is False
+
+
+async def test_a_retried_command_with_its_key_has_one_effect(
+    client: httpx.AsyncClient, kafka_bootstrap: str, unique_prefix: str
+) -> None:
+    """A client that lost the answer retries with the same Idempotency-Key: the same result
+    comes back, and only one `triage.completed` (one EHR Task) is published."""
+    body = {"age": 52, "sex": "male", "text": "chest pain and sweating"}
+    key = {"Idempotency-Key": "assess-try-1"}
+    first = await client.post("/patients/pat-9/assess", json=body, headers=key)
+    again = await client.post("/patients/pat-9/assess", json=body, headers=key)
+    assert first.status_code == again.status_code == 201, again.text
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json()["session_id"] == first.json()["session_id"]
+    other = await client.post(
+        "/patients/pat-9/assess", json=body | {"text": "a cough"}, headers=key
+    )
+    assert other.status_code == 422  # the key belongs to another request
+    # Another patient's request with the same key is its own.
+    theirs = await client.post("/patients/pat-10/assess", json=body, headers=key)
+    assert theirs.status_code == 201
+    assert theirs.json()["session_id"] != first.json()["session_id"]
+
+    started = await client.post(
+        "/patients/pat-9/sessions",
+        json={"age": 34, "sex": "female", "text": "I have a headache and feel hot"},
+        headers={"Idempotency-Key": "start-1"},
+    )
+    sid = started.json()["session_id"]
+    path = f"/patients/pat-9/sessions/{sid}/answers"
+    answer = {"answers": {"ha-neck": True}}
+    done = await client.post(path, json=answer, headers={"Idempotency-Key": "answer-1"})
+    retried = await client.post(path, json=answer, headers={"Idempotency-Key": "answer-1"})
+    assert done.status_code == retried.status_code == 200, retried.text
+    assert retried.json() == done.json()  # not 409: the retry gets the original answer
+
+    seen = await read_topic(
+        kafka_bootstrap, f"{unique_prefix}triage.completed", until=lambda s: len(s) >= 3
+    )
+    sessions = [json.loads(m.value)["session_id"] for m in seen]
+    assert sorted(sessions) == sorted(
+        [first.json()["session_id"], theirs.json()["session_id"], sid]
+    )

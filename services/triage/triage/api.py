@@ -3,15 +3,19 @@ for `/emergency-check`, for other services (messaging checks patients' messages)
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.base import Coding
 from contracts.triage import Urgency
 from servicekit.http import PatientId
+from servicekit.idempotency import IdempotencyKey, idempotent
 from triage.domain import Sex
 from triage.ruleset import Question
 from triage.service import (
@@ -174,25 +178,50 @@ def _complaint(body: AssessRequest) -> Complaint:
     return Complaint(body.age, body.sex, body.text, body.age_months, body.answers)
 
 
+# Commands take an `Idempotency-Key` (servicekit.idempotency): a retried request answers
+# the original result instead of a second session and a second `triage.completed` (which
+# would file a second Task in the EHR). The decision runs inside that transaction; with the
+# optional model reviewer on, that holds it for the model's answer.
+
+
 @router.post("/patients/{patient_id}/assess", response_model=AssessResponse, status_code=201)
-async def assess(patient_id: PatientId, body: AssessRequest, request: Request) -> AssessResponse:
+async def assess(
+    patient_id: PatientId, body: AssessRequest, request: Request, key: IdempotencyKey = None
+) -> JSONResponse:
     """Assess the complaint at once, store it and publish `triage.completed`; the result
     lists the follow-up questions still worth asking."""
-    try:
-        view = await triage_of(request).assess(patient_id, _complaint(body))
-    except InvalidAnswer as exc:
-        raise HTTPException(422, str(exc)) from exc
-    state = _state(view)
-    return AssessResponse.model_validate(state.model_dump(include=set(AssessResponse.model_fields)))
+
+    async def action(session: AsyncSession) -> AssessResponse:
+        view = await triage_of(request).assess(patient_id, _complaint(body), session)
+        state = _state(view)
+        return AssessResponse.model_validate(
+            state.model_dump(include=set(AssessResponse.model_fields))
+        )
+
+    return await _answer(idempotent(request, f"{patient_id}:assess", key, body, action, status=201))
 
 
 @router.post("/patients/{patient_id}/sessions", response_model=SessionStateOut, status_code=201)
 async def start_session(
-    patient_id: PatientId, body: AssessRequest, request: Request
-) -> SessionStateOut:
+    patient_id: PatientId, body: AssessRequest, request: Request, key: IdempotencyKey = None
+) -> JSONResponse:
     """Start an interactive session: the first outcome and the questions worth asking."""
+
+    async def action(session: AsyncSession) -> SessionStateOut:
+        return _state(await triage_of(request).start_session(patient_id, _complaint(body), session))
+
+    scope = f"{patient_id}:start-session"
+    return await _answer(idempotent(request, scope, key, body, action, status=201))
+
+
+async def _answer(call: Awaitable[JSONResponse]) -> JSONResponse:
+    """The command's response, its refusals as problem details."""
     try:
-        return _state(await triage_of(request).start_session(patient_id, _complaint(body)))
+        return await call
+    except SessionNotFound as exc:
+        raise HTTPException(404, "No such triage session.") from exc
+    except SessionClosed as exc:
+        raise HTTPException(409, "The session is already completed.") from exc
     except InvalidAnswer as exc:
         raise HTTPException(422, str(exc)) from exc
 
@@ -210,21 +239,23 @@ async def get_session(
 
 @router.post("/patients/{patient_id}/sessions/{session_id}/answers", response_model=SessionStateOut)
 async def answer(
-    patient_id: PatientId, session_id: SessionId, body: AnswersRequest, request: Request
-) -> SessionStateOut:
+    patient_id: PatientId,
+    session_id: SessionId,
+    body: AnswersRequest,
+    request: Request,
+    key: IdempotencyKey = None,
+) -> JSONResponse:
     """Answer pending questions; the session completes when nothing is left worth asking
     (or `finish` is true) and is then published."""
-    try:
+
+    async def action(session: AsyncSession) -> SessionStateOut:
         view = await triage_of(request).answer(
-            patient_id, session_id, body.answers, finish=body.finish
+            patient_id, session_id, body.answers, finish=body.finish, session=session
         )
-    except SessionNotFound as exc:
-        raise HTTPException(404, "No such triage session.") from exc
-    except SessionClosed as exc:
-        raise HTTPException(409, "The session is already completed.") from exc
-    except InvalidAnswer as exc:
-        raise HTTPException(422, str(exc)) from exc
-    return _state(view)
+        return _state(view)
+
+    scope = f"{patient_id}:answer:{session_id}"
+    return await _answer(idempotent(request, scope, key, body, action))
 
 
 @router.get("/patients/{patient_id}/sessions", response_model=list[SessionOut])

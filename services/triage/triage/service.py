@@ -9,11 +9,14 @@ asking is answered or the patient finishes.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.base import Coding
 from contracts.triage import TriageAnswer, TriageCompletedV1, TriageFlag, Urgency
@@ -138,25 +141,30 @@ class TriageService:
 
     # -- use cases ------------------------------------------------------------------------
 
-    async def assess(self, patient_id: str, complaint: Complaint) -> SessionView:
-        """One-shot assessment: decide, store it completed and publish it."""
+    async def assess(
+        self, patient_id: str, complaint: Complaint, session: AsyncSession | None = None
+    ) -> SessionView:
+        """One-shot assessment: decide, store it completed and publish it (in `session`'s
+        transaction when given, e.g. with the request's idempotency row)."""
         result = await self._decide(complaint)
         now = datetime.now(UTC)
         row = self._new_row(patient_id, complaint, result, now)
-        async with self.db.transaction() as session:
-            self._complete(session, row, complaint, result, now)
-            session.add(row)
+        async with self._transaction(session) as tx:
+            self._complete(tx, row, complaint, result, now)
+            tx.add(row)
         return self._view(row, result.questions)
 
-    async def start_session(self, patient_id: str, complaint: Complaint) -> SessionView:
+    async def start_session(
+        self, patient_id: str, complaint: Complaint, session: AsyncSession | None = None
+    ) -> SessionView:
         """Start an interactive session; it completes at once if nothing is worth asking."""
         result = await self._decide(complaint)
         now = datetime.now(UTC)
         row = self._new_row(patient_id, complaint, result, now)
-        async with self.db.transaction() as session:
+        async with self._transaction(session) as tx:
             if not result.questions:
-                self._complete(session, row, complaint, result, now)
-            session.add(row)
+                self._complete(tx, row, complaint, result, now)
+            tx.add(row)
         return self._view(row, result.questions)
 
     async def answer(
@@ -166,10 +174,11 @@ class TriageService:
         answers: Mapping[str, Answer],
         *,
         finish: bool = False,
+        session: AsyncSession | None = None,
     ) -> SessionView:
         """Add answers to an open session; complete it when nothing is left worth asking."""
-        async with self.db.sessions() as session:
-            row = await store.session_of(session, patient_id, session_id)
+        async with self.db.sessions() as reading:
+            row = await store.session_of(reading, patient_id, session_id)
         if row is None:
             raise SessionNotFound(session_id)
         if row.status != store.OPEN:
@@ -179,8 +188,8 @@ class TriageService:
         complaint = Complaint(row.age, Sex(row.sex), row.text, row.age_months, merged)
         result = await self._decide(complaint)
         now = datetime.now(UTC)
-        async with self.db.transaction() as session:
-            locked = await store.session_of(session, patient_id, session_id, for_update=True)
+        async with self._transaction(session) as tx:
+            locked = await store.session_of(tx, patient_id, session_id, for_update=True)
             if (
                 locked is None
                 or locked.status != store.OPEN
@@ -189,9 +198,18 @@ class TriageService:
                 raise SessionClosed(session_id)
             self._record(locked, result, merged)
             if finish or not result.questions:
-                self._complete(session, locked, complaint, result, now)
+                self._complete(tx, locked, complaint, result, now)
             row = locked
         return self._view(row, result.questions)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, session: AsyncSession | None) -> AsyncIterator[AsyncSession]:
+        """The caller's transaction when it has one, else a new one."""
+        if session is not None:
+            yield session
+            return
+        async with self.db.transaction() as tx:
+            yield tx
 
     async def get(self, patient_id: str, session_id: str) -> SessionView:
         """One of the patient's sessions."""
