@@ -430,6 +430,15 @@ async def test_journey_3_a_conversation_stays_one_thread_on_both_sides(
 ) -> None:
     checker = Checker("3 conversation")
     alice = patients["demo-alice"]
+
+    # Her history in the EHR comes in with the back-fill, as a thread of its own.
+    async def history() -> bool:
+        return any(
+            t.get("origin") == "imported" and t["subject"] == "Question about metformin"
+            for t in await alice.get("/v1/me/threads")
+        )
+
+    await _until(history, 120, "the patient's earlier EHR messages imported as a thread")
     subject = f"Question about metformin {random.randrange(10**6)}"
     started = await alice.http.post(
         "/v1/me/threads", json={"subject": subject, "body": "Can I take it with food?"}
@@ -471,6 +480,25 @@ async def test_journey_3_a_conversation_stays_one_thread_on_both_sides(
 
     try:
         await _until(threaded, 120, "the patient's second message in the same EHR thread")
+    except AssertionError as exc:
+        checker.problem(str(exc))
+
+    # Emergency language is answered at once, and the message is still filed.
+    urgent_text = f"I have crushing chest pain and I cannot breathe ({random.randrange(10**6)})"
+    emergency = await alice.http.post(
+        f"/v1/me/threads/{thread_id}/messages", json={"body": urgent_text}
+    )
+    assert emergency.status_code == 201, emergency.text
+    check = emergency.json()["emergency_check"]
+    if not (check["checked"] and check["emergency"] and check["advice"]):
+        checker.problem(f"an emergency message got no emergency advice: {check}")
+
+    async def emergency_filed() -> bool:
+        recent = await clinic.search("Communication", patient="demo-alice", _sort="-_lastUpdated")
+        return any(urgent_text in str(c.get("payload", "")) for c in recent[:10])
+
+    try:
+        await _until(emergency_filed, 120, "the emergency message filed in the EHR")
     except AssertionError as exc:
         checker.problem(str(exc))
     verdict = _finish(checker, {"demo-alice": alice.stream})
