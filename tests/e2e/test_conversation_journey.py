@@ -88,7 +88,9 @@ async def portal(
             triage_transport=httpx.ASGITransport(app=triage.app),
         )
         for service in (records, triage, messaging):
-            await stack.enter_async_context(LifespanManager(service.app))
+            await stack.enter_async_context(
+                LifespanManager(service.app, startup_timeout=60, shutdown_timeout=60)
+            )
         gateway = build_gateway(
             GatewaySettings(
                 **isolated_settings(db["gateway"], kafka_bootstrap, unique_prefix),

@@ -94,7 +94,9 @@ async def portal(
             )
         )
         for service in (records, messaging, triage, scheduling):
-            await stack.enter_async_context(LifespanManager(service.app))
+            await stack.enter_async_context(
+                LifespanManager(service.app, startup_timeout=60, shutdown_timeout=60)
+            )
         gateway = build_gateway(
             GatewaySettings(
                 **isolated_settings(db["gateway"], kafka_bootstrap, unique_prefix),

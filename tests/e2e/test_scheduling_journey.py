@@ -83,7 +83,9 @@ async def portal(
                 ehr_connector_url=connector_url,
             )
         )
-        await stack.enter_async_context(LifespanManager(scheduling.app))
+        await stack.enter_async_context(
+            LifespanManager(scheduling.app, startup_timeout=60, shutdown_timeout=60)
+        )
         gateway = build_gateway(
             GatewaySettings(
                 **isolated_settings(db["gateway"], kafka_bootstrap, unique_prefix),

@@ -97,7 +97,7 @@ async def test_event_delivered_twice_through_kafka_has_one_effect(
     later_value, later_headers = _message("p1", "later")
     await _produce(kafka_bootstrap, topic, [("p1", later_value, later_headers)])
     svc = fakeservice.build(settings)
-    async with LifespanManager(svc.app):
+    async with LifespanManager(svc.app, startup_timeout=60, shutdown_timeout=60):
         await eventually(lambda: _has(svc, "later"), timeout=60)
         assert await _markers(svc) == ["once", "later"]
 
@@ -127,7 +127,7 @@ async def test_poison_message_goes_to_dlq_and_the_partition_moves_on(
         ],
     )
     svc = fakeservice.build(settings)
-    async with LifespanManager(svc.app):
+    async with LifespanManager(svc.app, startup_timeout=60, shutdown_timeout=60):
         await eventually(lambda: _has(svc, "behind-2"), timeout=60)
         assert await _markers(svc) == ["behind-1", "behind-2"]
         dead = await read_topic(kafka_bootstrap, topic + ".dlq", until=lambda seen: len(seen) >= 1)
@@ -146,7 +146,7 @@ async def test_one_trace_spans_the_business_span_publish_and_consume(
     settings = _settings(database_url, kafka_bootstrap, unique_prefix)
     await ensure_topics(kafka_bootstrap, unique_prefix)
     svc = fakeservice.build(settings)
-    async with LifespanManager(svc.app):
+    async with LifespanManager(svc.app, startup_timeout=60, shutdown_timeout=60):
         with tracer("test").start_as_current_span("link patient") as root:
             async with svc.db.transaction() as session:
                 svc.outbox.add(

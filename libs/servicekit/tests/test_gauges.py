@@ -82,7 +82,7 @@ async def test_dead_letter_and_parked_gauges_move_as_messages_are_dead_lettered_
     await ensure_topics(kafka_bootstrap, unique_prefix)
     labels = {"service": settings.service_name, "consumer": CONSUMER}
     svc = fakeservice.build(settings)
-    async with LifespanManager(svc.app):
+    async with LifespanManager(svc.app, startup_timeout=60, shutdown_timeout=60):
         assert _gauge("dead_letters_open", **labels) == 0
         assert _gauge("parked_messages", **labels) == 0
         topic = settings.topic("patient.linked")
@@ -172,7 +172,7 @@ async def test_consumer_lag_is_reported_per_partition_and_falls_as_the_consumer_
     labels = {"service": settings.service_name, "consumer": CONSUMER, "topic": topic}
     await _produce(kafka_bootstrap, topic, [("p1", "down-60"), ("p1", "second"), ("p1", "third")])
     svc = fakeservice.build(settings)
-    async with LifespanManager(svc.app):
+    async with LifespanManager(svc.app, startup_timeout=60, shutdown_timeout=60):
 
         async def behind() -> bool:
             return (_gauge("consumer_lag", partition="0", **labels) or 0) >= 2

@@ -107,7 +107,7 @@ async def test_a_consumed_message_logs_no_received_or_processed_line_at_info(
     )
     await ensure_topics(kafka_bootstrap, unique_prefix)
     svc = fakeservice.build(settings)
-    async with LifespanManager(svc.app):
+    async with LifespanManager(svc.app, startup_timeout=60, shutdown_timeout=60):
         linked = PatientLinkedV1(patient_id="p1", patient_fhir_id="m", linked_at=datetime.now(UTC))
         await produce_events(kafka_bootstrap, [("p1", linked)], topic_prefix=unique_prefix)
 

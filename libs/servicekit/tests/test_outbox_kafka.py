@@ -199,7 +199,7 @@ async def test_relay_killed_mid_batch_loses_nothing_and_inbox_makes_effects_exac
     # ...and a consumer with an inbox applies each exactly once.
     from asgi_lifespan import LifespanManager
 
-    async with LifespanManager(svc.app):
+    async with LifespanManager(svc.app, startup_timeout=60, shutdown_timeout=60):
 
         async def handled() -> int:
             async with svc.db.sessions() as s:

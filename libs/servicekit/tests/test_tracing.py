@@ -47,7 +47,7 @@ async def running(database_url: str) -> AsyncIterator[tuple[Service, httpx.Async
     )
     svc = fakeservice.build(settings)
     async with (
-        LifespanManager(svc.app),
+        LifespanManager(svc.app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=svc.app), base_url="http://f") as c,
     ):
         yield svc, c

@@ -39,7 +39,7 @@ def _app(tmp_path: Path) -> FastAPI:
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     app = _app(tmp_path)
-    async with LifespanManager(app) as manager:
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
             yield http
@@ -278,7 +278,7 @@ async def test_clients_file_registers_clients(tmp_path: Path, rs_key: RSAKey) ->
     clients_file.write_text(json.dumps(document))
     app = _app(tmp_path)
     app.state.auth_settings = AuthSettings(data_dir=tmp_path / "data", clients_file=clients_file)
-    async with LifespanManager(app) as manager:
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
             response = await http.post(

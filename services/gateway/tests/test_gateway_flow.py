@@ -88,8 +88,8 @@ async def stack(
             },
         )
         async with (
-            LifespanManager(records.app),
-            LifespanManager(triage.app),
+            LifespanManager(records.app, startup_timeout=60, shutdown_timeout=60),
+            LifespanManager(triage.app, startup_timeout=60, shutdown_timeout=60),
             serve(gateway.app, free_port(PORTS)) as url,
         ):
             yield Stack(gateway, url, sandbox.url, sandbox.admin, unique_prefix)

@@ -67,7 +67,7 @@ async def stack(
             mounts={"http://messaging": httpx.ASGITransport(app=messaging.app)},
         )
         async with (
-            LifespanManager(messaging.app),
+            LifespanManager(messaging.app, startup_timeout=60, shutdown_timeout=60),
             httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=messaging.app), base_url="http://messaging"
             ) as messaging_client,
