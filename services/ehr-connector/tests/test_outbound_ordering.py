@@ -14,6 +14,7 @@ import pytest
 
 from contracts.appointment import AppointmentCancelledV1, AppointmentStatus
 from contracts.intake import IntakeAnswer, IntakeSubmittedV1
+from ehr_connector.ehr.errors import EhrRejected
 from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import FhirJson, SearchPage, WriteResult
 from ehr_connector.outbound.identifiers import APPOINTMENT_ID, INTAKE_ID
@@ -156,3 +157,61 @@ async def test_an_intake_whose_booking_never_comes_is_dead_lettered_saying_so(
         "not handled within 0.5 s"
     ) in letter["error"]
     assert await harness.with_identifier("QuestionnaireResponse", INTAKE_ID, intake.intake_id) == []
+
+
+class RefusesAppointment:
+    """An EhrPort whose EHR refuses to create one appointment (a 422, as an EHR answers a
+    booking it will never take): that booking is dead-lettered."""
+
+    def __init__(self, inner: FhirClient, appointment_id: str) -> None:
+        self._inner = inner
+        self._refused = appointment_id
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def create(self, resource: FhirJson, *, if_none_exist: str | None = None) -> WriteResult:
+        if resource["resourceType"] == "Appointment" and any(
+            i.get("value") == self._refused for i in resource.get("identifier", [])
+        ):
+            raise EhrRejected(
+                "refused", status=422, interaction="create", resource_type="Appointment"
+            )
+        return await self._inner.create(resource, if_none_exist=if_none_exist)
+
+
+async def test_an_intake_stops_waiting_when_its_booking_is_dead_lettered(
+    harness: Harness,
+) -> None:
+    booking = harness.booking("pat-carol", "demo-carol", harness.next_slot())
+    intake = IntakeSubmittedV1(
+        intake_id=f"intake-{uuid.uuid4().hex[:12]}",
+        appointment_id=booking.appointment_id,
+        patient_id="pat-carol",
+        questionnaire_canonical=INTAKE,
+        answers=[IntakeAnswer(link_id="reason", value_string="Knee pain")],
+        submitted_at=T0,
+    )
+    # A wait far longer than the test's own deadline: only the dead letter can end it.
+    async with harness.connector(
+        wrap_ehr=lambda client: RefusesAppointment(client, booking.appointment_id),
+        outbound_booking_wait_s=3600,
+    ) as (_, ops):
+        await harness.produce([("pat-carol", booking), ("pat-carol", intake)])
+
+        async def dead_letters() -> list[dict[str, Any]]:
+            listed: list[dict[str, Any]] = (await ops.get("/ops/dead-letters", headers=OPS)).json()
+            return listed
+
+        await eventually(lambda: _two(dead_letters), timeout=60)
+        letters = {d["consumer"].rsplit(".", 1)[-1]: d for d in await dead_letters()}
+
+    assert letters["book_appointment"]["error_kind"] == "permanent"
+    assert (
+        f"appointment {booking.appointment_id} is not in the EHR and its booking cannot be "
+        "handled: the patient's bookings have an open dead letter"
+    ) in letters["file_intake"]["error"]
+
+
+async def _two(listing: Any) -> bool:
+    return len(await listing()) == 2
