@@ -1,40 +1,38 @@
-"""The topology, from the services' own definitions: every event a service consumes has a
-producer, and every event a service publishes has a consumer (or is declared as leaving
-the system). The definitions are what the services run with, so this cannot drift."""
+"""The topology, from the services' own definitions (`devstack.topology`): every event a
+service consumes has a producer, every event a service publishes has a consumer (or is
+declared as leaving the system), and the README's and docs/design.md's topology tables are
+the ones generated from those definitions. The definitions are what the services run
+with, so the tables cannot drift unnoticed."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from pathlib import Path
 
-from devstack.asyncapi import built_services
+import pytest
 
-# Published for parties outside these six services (none today).
-EXTERNAL_CONSUMERS: frozenset[str] = frozenset()
-
-
-def _topology() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    publishers: dict[str, set[str]] = defaultdict(set)
-    consumers: dict[str, set[str]] = defaultdict(set)
-    for service in built_services():
-        name = service.settings.service_name
-        for event_type in service.definition.publishes:
-            publishers[event_type].add(name)
-        for subscription in service.runtime.router.subscriptions:
-            consumers[subscription.event_type].add(name)
-    return publishers, consumers
+from devstack import topology
 
 
 def test_every_consumed_event_has_a_producer() -> None:
-    publishers, consumers = _topology()
-    orphans = {event: sorted(by) for event, by in consumers.items() if not publishers.get(event)}
+    orphans = topology.topology().unpublished()
     assert orphans == {}, f"consumed but never published: {orphans}"
 
 
 def test_every_published_event_has_a_consumer() -> None:
-    publishers, consumers = _topology()
-    unheard = {
-        event: sorted(by)
-        for event, by in publishers.items()
-        if not consumers.get(event) and event not in EXTERNAL_CONSUMERS
-    }
+    unheard = topology.topology().unheard()
     assert unheard == {}, f"published but never consumed: {unheard}"
+
+
+@pytest.mark.parametrize("doc", topology.DOCS, ids=lambda p: p.name)
+def test_the_topology_table_is_the_generated_one(doc: Path) -> None:
+    committed = doc.read_text(encoding="utf-8")
+    generated = topology.rewrite(committed, topology.table(topology.topology()), doc)
+    assert committed == generated, "run: python -m devstack.topology"
+
+
+def test_a_consumer_without_a_producer_is_found() -> None:
+    found = topology.Topology()
+    found.consumers["appointment.rescheduled"].add(("ehr-connector", "reschedule_appointment"))
+    found.publishers["appointment.updated"].add("ehr-connector")
+    assert found.unpublished() == {"appointment.rescheduled": ["ehr-connector"]}
+    assert found.unheard() == {"appointment.updated": ["ehr-connector"]}

@@ -1,4 +1,5 @@
-"""Operator commands: `python -m servicekit relay|replay|migrate`.
+"""Operator commands: `python -m servicekit relay|replay` (migrations run at a
+service's start-up, `AUTO_MIGRATE`).
 
 Settings come from the environment like the service's own (`DATABASE_URL`,
 `KAFKA_BOOTSTRAP_SERVERS`, ...). Both commands act on one service's outbox, so the service

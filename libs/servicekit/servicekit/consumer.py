@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -90,14 +90,34 @@ Handler = Callable[[UnitOfWork, Event[Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
+class BeforeCommit:
+    """What an effect-first handler gets while it calls another system: no transaction,
+    short read-only sessions, and the service's outbox (which identifies the service)."""
+
+    db: Database
+    outbox: Outbox
+    event: Event[Any]
+
+    def reading(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
+        """A short session for reads; close it before calling out (no locks across I/O)."""
+        return self.db.sessions()
+
+
+Record = Callable[[UnitOfWork], Awaitable[None]]
+EffectHandler = Callable[[BeforeCommit, Event[Any]], Awaitable[Record]]
+
+
+@dataclass(frozen=True)
 class Subscription:
     """One consumer: a handler of one event type, with its own consumer group."""
 
     name: str
     event_type: str
-    handler: Handler
+    handler: Handler | EffectHandler
     model: type[Payload]
     description: str = ""
+    # An effect-first handler calls out before its transaction and returns what to record.
+    effect_first: bool = False
 
 
 @dataclass
@@ -107,25 +127,50 @@ class EventRouter:
     subscriptions: list[Subscription] = field(default_factory=list)
 
     def handles(self, event_type: str, *, name: str | None = None) -> Callable[[Handler], Handler]:
-        """Register `handler` for the newest version of `event_type`."""
-        entry = latest(event_type)
+        """Register `handler` for the newest version of `event_type`: it runs inside the
+        transaction that records the event in the inbox."""
 
         def register(handler: Handler) -> Handler:
-            consumer = name or handler.__name__
-            if any(s.event_type == event_type for s in self.subscriptions):
-                raise ValueError(f"{event_type} already has a handler in this service")
-            self.subscriptions.append(
-                Subscription(
-                    name=consumer,
-                    event_type=event_type,
-                    handler=handler,
-                    model=entry.model,
-                    description=(handler.__doc__ or "").strip(),
-                )
-            )
+            self._add(event_type, name or handler.__name__, handler, handler.__doc__, False)
             return handler
 
         return register
+
+    def effect_first(
+        self, event_type: str, *, name: str | None = None
+    ) -> Callable[[EffectHandler], EffectHandler]:
+        """Register a handler that calls another system (an EHR) for `event_type`: it runs
+        with no transaction open and returns a `Record`, which the kit runs in one short
+        transaction together with the inbox row. Its external effect must be idempotent (a
+        duplicate found only at commit time has made the call again)."""
+
+        def register(handler: EffectHandler) -> EffectHandler:
+            self._add(event_type, name or handler.__name__, handler, handler.__doc__, True)
+            return handler
+
+        return register
+
+    def _add(
+        self,
+        event_type: str,
+        consumer: str,
+        handler: Handler | EffectHandler,
+        doc: str | None,
+        effect_first: bool,
+    ) -> None:
+        entry = latest(event_type)
+        if any(s.event_type == event_type for s in self.subscriptions):
+            raise ValueError(f"{event_type} already has a handler in this service")
+        self.subscriptions.append(
+            Subscription(
+                name=consumer,
+                event_type=event_type,
+                handler=handler,
+                model=entry.model,
+                description=(doc or "").strip(),
+                effect_first=effect_first,
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -349,22 +394,7 @@ class ConsumerRuntime:
                 await asyncio.sleep(self._backoff(attempts - 1))
 
     async def _handle_once(self, sub: Subscription, consumer: str, event: Event[Any]) -> str:
-        async with self.db.transaction() as session:
-            seen = await session.get(InboxRow, (consumer, event.envelope.id))
-            if seen is not None:
-                return Outcome.DUPLICATE
-            await sub.handler(UnitOfWork(session=session, outbox=self.outbox, event=event), event)
-            session.add(
-                InboxRow(
-                    consumer=consumer, event_id=event.envelope.id, handled_at=datetime.now(UTC)
-                )
-            )
-            try:
-                await session.flush()
-            except IntegrityError as exc:
-                # Another replica handled it concurrently (rebalance): retry sees the row.
-                raise RuntimeError("inbox race") from exc
-        return Outcome.HANDLED
+        return await handle_event(self.db, self.outbox, sub, consumer, event)
 
     # -- parking and dead letters -------------------------------------------------------
 
@@ -617,6 +647,40 @@ class ConsumerRuntime:
                 )
                 DLQ_OPEN.labels(self.settings.service_name, sub.name).set(open_count or 0)
                 PARKED.labels(self.settings.service_name, sub.name).set(parked_count or 0)
+
+
+async def handle_event(
+    db: Database, outbox: Outbox, sub: Subscription, consumer: str, event: Event[Any]
+) -> str:
+    """One attempt at one event: the handler's effect and its inbox row in one transaction
+    (an effect-first handler calls out before it); `Outcome.DUPLICATE` when the inbox has
+    it. Raises what the handler raised. The consumer loop and `servicekit.testing.deliver`
+    both come here, so a test without a broker runs exactly what production runs."""
+    key = (consumer, event.envelope.id)
+    record: Record | None = None
+    if sub.effect_first:
+        async with db.sessions() as session:
+            if await session.get(InboxRow, key) is not None:
+                return Outcome.DUPLICATE
+        effect = cast(EffectHandler, sub.handler)
+        record = await effect(BeforeCommit(db=db, outbox=outbox, event=event), event)
+    async with db.transaction() as session:
+        if await session.get(InboxRow, key) is not None:
+            return Outcome.DUPLICATE
+        uow = UnitOfWork(session=session, outbox=outbox, event=event)
+        if record is not None:
+            await record(uow)
+        else:
+            await cast(Handler, sub.handler)(uow, event)
+        session.add(
+            InboxRow(consumer=consumer, event_id=event.envelope.id, handled_at=datetime.now(UTC))
+        )
+        try:
+            await session.flush()
+        except IntegrityError as exc:
+            # Another replica handled it concurrently (rebalance): retry sees the row.
+            raise RuntimeError("inbox race") from exc
+    return Outcome.HANDLED
 
 
 def _raw_from(

@@ -219,12 +219,6 @@ def context_from_headers(
     return propagate.extract(carrier)
 
 
-def trace_id_hex(span: trace.Span | None = None) -> str:
-    """The trace id of a span (default: the current one) as 32 hex digits."""
-    ctx = (span or trace.get_current_span()).get_span_context()
-    return format(ctx.trace_id, "032x")
-
-
 _FHIR_TYPE = re.compile(r"^[A-Z][A-Za-z]+$")
 _WORD = re.compile(r"^(?:[a-z]+(?:-[a-z]+)*|v[0-9]+)$")
 _URL_ATTRIBUTES = ("http.url", "url.full")

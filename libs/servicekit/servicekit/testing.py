@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -18,6 +19,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from contracts.base import Payload
 from contracts.envelope import build_headers
 from contracts.registry import for_model
+from servicekit.consumer import RawMessage
+
+if TYPE_CHECKING:
+    from servicekit.app import Service
+
+# Offsets of delivered messages: unique within the process, as the dead-letter rows want.
+_delivered_offsets = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -181,3 +189,55 @@ async def serving_in_process(app: Any, base_url: str) -> AsyncIterator[httpx.Asy
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as client,
     ):
         yield client
+
+
+def broker_less_settings(database_url: str) -> dict[str, Any]:
+    """Settings values for a service whose handlers are driven by `deliver`: its own
+    database, no consumers, no relay, and a broker address nothing listens on (the service
+    keeps trying to connect in the background, which changes nothing here)."""
+    return {
+        "database_url": database_url,
+        "kafka_bootstrap_servers": "127.0.0.1:9",
+        "consumers_enabled": False,
+        "relay_enabled": False,
+        "consumer_retry_base_s": 0.001,
+        "consumer_retry_max_s": 0.002,
+        "log_level": "WARNING",
+    }
+
+
+async def deliver(
+    service: Service,
+    payload: Payload,
+    *,
+    subject: str,
+    event_id: str | None = None,
+    source: str = "tests",
+) -> str:
+    """Hand one event to the service's handler as its Kafka subscriber would, without a
+    broker: the same envelope parsing, inbox, unit of work (or effect-first handler),
+    outbox, retries, dead letters and parking (`ConsumerRuntime.consume`), on the service's
+    own database. Returns the outcome (`handled`, `duplicate`, `dead_lettered`, `parked`).
+
+    The service must have its database prepared (its lifespan ran, or `prepare_database`);
+    what the handler publishes stays in its outbox unless its relay runs."""
+    entry = for_model(type(payload))
+    topic = service.settings.topic(entry.topic)
+    headers = build_headers(
+        event_type=entry.topic,
+        subject=subject,
+        source_service=source,
+        dataschema=entry.dataschema,
+        event_id=event_id,
+        time=datetime.now(UTC),
+    )
+    message = RawMessage(
+        topic=topic,
+        partition=0,
+        offset=next(_delivered_offsets),
+        key=subject,
+        headers=headers,
+        value=payload.model_dump_json().encode(),
+    )
+    runtime = service.runtime
+    return await runtime.consume(runtime.subscription_for_topic(topic), message)

@@ -2,8 +2,10 @@
 
 `router` is the service's one EventRouter: the outbound subscribers live here, and the
 inbound side registers its `patient.linked` handler on the same router from
-`ehr_connector.backfill` (imported by the composition root). Each subscriber only hands
-the event to its use case with the running connector (EHR client, settings).
+`ehr_connector.inbound.handlers` (imported by the composition root). Each subscriber only
+hands the event to its use case with the running connector (EHR client, settings). They
+are effect-first: the EHR is called with no transaction open, and the use case returns
+what to record with the inbox row.
 """
 
 from __future__ import annotations
@@ -18,43 +20,45 @@ from contracts.message import MessageSentV1
 from contracts.triage import TriageCompletedV1
 from ehr_connector.context import connector_for
 from ehr_connector.outbound import booking, filing
-from servicekit.consumer import Event, EventRouter, UnitOfWork
+from servicekit.consumer import BeforeCommit, Event, EventRouter, Record
 
 router = EventRouter()
 
 
-@router.handles("appointment.booked")
-async def book_appointment(uow: UnitOfWork, event: Event[AppointmentBookedV1]) -> None:
+@router.effect_first("appointment.booked")
+async def book_appointment(reads: BeforeCommit, event: Event[AppointmentBookedV1]) -> Record:
     """Write the booking to the EHR (Appointment + busy Slot); publish its confirmation
     or rejection as appointment.updated."""
-    await booking.book(connector_for(uow), uow, event)
+    return await booking.book(connector_for(reads.outbox), event)
 
 
-@router.handles("appointment.cancelled")
-async def cancel_appointment(uow: UnitOfWork, event: Event[AppointmentCancelledV1]) -> None:
+@router.effect_first("appointment.cancelled")
+async def cancel_appointment(reads: BeforeCommit, event: Event[AppointmentCancelledV1]) -> Record:
     """Cancel the appointment in the EHR and free its slot."""
-    await booking.cancel(connector_for(uow), uow, event)
+    return await booking.cancel(connector_for(reads.outbox), reads, event)
 
 
-@router.handles("appointment.rescheduled")
-async def reschedule_appointment(uow: UnitOfWork, event: Event[AppointmentRescheduledV1]) -> None:
+@router.effect_first("appointment.rescheduled")
+async def reschedule_appointment(
+    reads: BeforeCommit, event: Event[AppointmentRescheduledV1]
+) -> Record:
     """Move the appointment to its new slot in the EHR."""
-    await booking.reschedule(connector_for(uow), uow, event)
+    return await booking.reschedule(connector_for(reads.outbox), reads, event)
 
 
-@router.handles("intake.submitted")
-async def file_intake(uow: UnitOfWork, event: Event[IntakeSubmittedV1]) -> None:
+@router.effect_first("intake.submitted")
+async def file_intake(reads: BeforeCommit, event: Event[IntakeSubmittedV1]) -> Record:
     """File the intake answers as a QuestionnaireResponse."""
-    await filing.file_intake(connector_for(uow), uow, event)
+    return await filing.file_intake(connector_for(reads.outbox), reads, event)
 
 
-@router.handles("message.sent")
-async def send_message_to_care_team(uow: UnitOfWork, event: Event[MessageSentV1]) -> None:
+@router.effect_first("message.sent")
+async def send_message_to_care_team(reads: BeforeCommit, event: Event[MessageSentV1]) -> Record:
     """File the patient's message as a Communication to the care team."""
-    await filing.send_message(connector_for(uow), uow, event)
+    return await filing.send_message(connector_for(reads.outbox), reads, event)
 
 
-@router.handles("triage.completed")
-async def file_triage(uow: UnitOfWork, event: Event[TriageCompletedV1]) -> None:
+@router.effect_first("triage.completed")
+async def file_triage(reads: BeforeCommit, event: Event[TriageCompletedV1]) -> Record:
     """File the triage outcome and a review Task for the care team."""
-    await filing.file_triage(connector_for(uow), uow, event)
+    return await filing.file_triage(connector_for(reads.outbox), reads, event)

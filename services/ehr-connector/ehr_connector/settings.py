@@ -157,6 +157,12 @@ class Settings(ServiceSettings):
         default="http://portal.example.org/fhir/Questionnaire/triage",
         description="Canonical of the questionnaire a triage outcome is filed against",
     )
+    outbound_booking_wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long an intake, cancel or reschedule waits for its appointment's "
+        "booking (another topic) before it is dead-lettered saying so",
+    )
 
     # -- inbound: Subscriptions and notifications -----------------------------------------
     inbound_enabled: bool = Field(

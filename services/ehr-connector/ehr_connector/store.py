@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, String, select
+from sqlalchemy import BigInteger, DateTime, Index, String, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from servicekit.db import new_metadata
+from servicekit.tables import DeadLetterRow, ParkedRow
 
 
 class Base(DeclarativeBase):
@@ -220,6 +221,28 @@ async def booking_was_rejected(session: AsyncSession, appointment_id: str) -> bo
         OutboundWrite.interaction == Interaction.REJECTED,
     )
     return (await session.execute(stmt.limit(1))).first() is not None
+
+
+async def booking_blocked(session: AsyncSession, consumer: str, patient_id: str) -> str | None:
+    """Why the booking consumer `consumer` cannot handle this patient's bookings now: an
+    open dead letter or a parked message of the patient's, else None."""
+    dead = await session.scalar(
+        select(func.count())
+        .select_from(DeadLetterRow)
+        .where(
+            DeadLetterRow.consumer == consumer,
+            DeadLetterRow.key == patient_id,
+            DeadLetterRow.status == "open",
+        )
+    )
+    if dead:
+        return "the patient's bookings have an open dead letter"
+    parked = await session.scalar(
+        select(func.count())
+        .select_from(ParkedRow)
+        .where(ParkedRow.consumer == consumer, ParkedRow.key == patient_id)
+    )
+    return "the patient's bookings are parked behind a dead letter" if parked else None
 
 
 async def writes_for(session: AsyncSession, event_type: str, our_id: str) -> list[OutboundWrite]:

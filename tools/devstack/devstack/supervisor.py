@@ -43,8 +43,6 @@ from devstack.topics import ensure_topics
 _COLOURS = ("36", "33", "32", "35", "34", "31", "96", "93", "92", "95", "94", "91")
 _RESET = "\033[0m"
 LAST_LINES = 40
-# Paths where a service may publish its AsyncAPI document; shown at start-up when they answer.
-ASYNCAPI_PATHS = ("/asyncapi", "/asyncapi.json", "/asyncapi.yaml", "/docs/asyncapi")
 
 
 @dataclass(frozen=True)
@@ -716,21 +714,11 @@ class Stack:
         if self.broker is not None:
             await self.broker.kill()
 
-    async def asyncapi_urls(self) -> list[str]:
-        """The AsyncAPI documents: the repository's file and any a process serves."""
-        found = []
+    def asyncapi_document(self) -> str | None:
+        """The repository's AsyncAPI document (generated from the code; no service serves
+        one over HTTP)."""
         document = self.config.root / "docs" / "asyncapi.yaml"
-        if document.is_file():
-            found.append(str(document.relative_to(self.config.root)))
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            for process in self.supervisor.processes:
-                for path in ASYNCAPI_PATHS:
-                    url = process.spec.url(path)
-                    with contextlib.suppress(httpx.HTTPError):
-                        if (await client.get(url)).status_code == 200:
-                            found.append(url)
-                            break
-        return found
+        return str(document.relative_to(self.config.root)) if document.is_file() else None
 
     async def summary(self) -> str:
         """Where everything is, for the end of start-up."""
@@ -747,8 +735,7 @@ class Stack:
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(url)).status_code == 200:
                         lines.append(f"    {process.name:<14} {url}")
-        asyncapi = await self.asyncapi_urls()
-        lines.append("  AsyncAPI:     " + (", ".join(asyncapi) if asyncapi else "none published"))
+        lines.append("  AsyncAPI:     " + (self.asyncapi_document() or "none published"))
         if EHR_SANDBOX in self.services:
             lines.append(
                 f"  EHR sandbox:  http://{config.host}:{EHR_SANDBOX.port}/ "

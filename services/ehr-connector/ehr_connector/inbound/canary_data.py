@@ -9,7 +9,6 @@ nothing would be published, which is the very path the canary measures).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from ehr_connector.inbound.fhir_values import Resource, as_list
 
@@ -101,8 +100,3 @@ def canary_run_id(resource: Resource) -> str | None:
             value = identifier.get("value")
             return value if isinstance(value, str) else None
     return None
-
-
-def is_canary(resource: dict[str, Any]) -> bool:
-    """Whether a resource was written by the canary."""
-    return canary_run_id(resource) is not None

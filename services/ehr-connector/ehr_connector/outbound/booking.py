@@ -5,6 +5,10 @@ state: the Appointment is created on the condition of our identifier, Slots and 
 Appointment change with `If-Match` (a 412 re-reads and re-applies), and a change the EHR
 already has is skipped. Each use case ends by publishing `appointment.updated` with the
 version the EHR now holds, so scheduling learns the EHR id and version for its next change.
+
+The EHR is called with no database transaction open: each use case reads what it needs in
+short sessions, calls the EHR, and returns its `Journal`, which the kit commits with the
+inbox row in one short transaction.
 """
 
 from __future__ import annotations
@@ -12,24 +16,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from contracts.appointment import (
     AppointmentBookedV1,
     AppointmentCancelledV1,
     AppointmentRescheduledV1,
 )
-from ehr_connector import store
 from ehr_connector.context import Connector
 from ehr_connector.ehr.errors import EhrConflict, EhrGone, EhrNotFound, EhrStateForbids
 from ehr_connector.ehr.port import EhrPort, FhirJson, Versioned
 from ehr_connector.outbound import appointments
 from ehr_connector.outbound.identifiers import APPOINTMENT_ID, if_none_exist
 from ehr_connector.outbound.journal import Journal
-from ehr_connector.outbound.lookups import NotInEhrYet, find_by_identifier, locate_appointment
+from ehr_connector.outbound.lookups import (
+    find_by_identifier,
+    known_patient,
+    locate_appointment,
+    wait_for_booking,
+)
 from ehr_connector.outbound.r4 import validate
 from ehr_connector.store import Interaction
-from servicekit.consumer import Event, UnitOfWork
+from servicekit.consumer import BeforeCommit, Event, Record
 from servicekit.errors import PermanentError
 from servicekit.logging import get_logger
 
@@ -106,7 +112,7 @@ async def occupy(
         except EhrConflict:
             slot = await ehr.read("Slot", slot.id)
             continue
-        await journal.record(our_id, "Slot", Interaction.UPDATE, written)
+        journal.record(our_id, "Slot", Interaction.UPDATE, written)
         return True
     raise EhrConflict(f"Slot/{slot.id} kept changing", interaction="update", resource_type="Slot")
 
@@ -132,29 +138,21 @@ async def release(
         except EhrConflict:
             slot = await ehr.read("Slot", slot_id)
             continue
-        await journal.record(our_id, "Slot", Interaction.UPDATE, written)
+        journal.record(our_id, "Slot", Interaction.UPDATE, written)
         return
     raise EhrConflict(f"Slot/{slot_id} kept changing", interaction="update", resource_type="Slot")
 
 
-async def _confirm(
-    uow: UnitOfWork,
+def _confirm(
+    journal: Journal,
     *,
     appointment_id: str,
     patient_id: str,
     appointment: Versioned,
     reason: str | None = None,
 ) -> None:
-    await store.save_link(
-        uow.session,
-        kind="appointment",
-        our_id=appointment_id,
-        resource_type="Appointment",
-        fhir_id=appointment.id,
-        version_id=appointment.version_id,
-        patient_id=patient_id,
-    )
-    uow.publish(
+    journal.link("appointment", appointment_id, appointment, patient_id=patient_id)
+    journal.publish(
         appointments.updated_event(
             appointment.resource,
             appointment_id=appointment_id,
@@ -165,15 +163,14 @@ async def _confirm(
     )
 
 
-async def _reject(
-    uow: UnitOfWork,
+def _reject(
     journal: Journal,
     data: AppointmentBookedV1,
     reason: str,
     withdrawn: Versioned | None = None,
 ) -> None:
-    await journal.record(data.appointment_id, "Appointment", Interaction.REJECTED, withdrawn)
-    uow.publish(
+    journal.record(data.appointment_id, "Appointment", Interaction.REJECTED, withdrawn)
+    journal.publish(
         appointments.rejected_event(
             data, reason, withdrawn.resource if withdrawn is not None else None
         ),
@@ -182,27 +179,35 @@ async def _reject(
     log.info("outbound.booking_rejected", appointment_id=data.appointment_id)
 
 
-async def book(connector: Connector, uow: UnitOfWork, event: Event[AppointmentBookedV1]) -> None:
+async def book(connector: Connector, event: Event[AppointmentBookedV1]) -> Record:
     """Write a booking: check the Slot, create the Appointment (conditional on our
     identifier), mark the Slot busy; publish the EHR's confirmation or the rejection."""
-    ehr, data, journal = connector.ehr, event.data, Journal.of(uow, event)
-    await store.remember_patient(uow.session, data.patient_id, data.patient_fhir_id)
+    journal = Journal.of(event)
+    await _book(connector.ehr, journal, event.data)
+    return journal.commit
+
+
+async def _book(ehr: EhrPort, journal: Journal, data: AppointmentBookedV1) -> None:
+    journal.remember_patient(data.patient_id, data.patient_fhir_id)
     appointment = validate(appointments.booking(data))
     try:
         slot = await ehr.read("Slot", data.slot_fhir_id)
     except (EhrNotFound, EhrGone):
-        await _reject(uow, journal, data, "The slot does not exist in the EHR")
+        _reject(journal, data, "The slot does not exist in the EHR")
         return
     if slot.resource.get("status") != "free":
         # Taken, unless by this very booking written before (a replay).
         ours = await find_by_identifier(ehr, "Appointment", APPOINTMENT_ID, data.appointment_id)
         if ours is None or not appointments.holds_slot(ours.resource, slot.id):
             status = slot.resource.get("status")
-            await _reject(uow, journal, data, f"The slot is {status} in the EHR")
+            _reject(journal, data, f"The slot is {status} in the EHR")
             return
-        await journal.record(data.appointment_id, "Appointment", Interaction.MATCH, ours)
-        await _confirm(
-            uow, appointment_id=data.appointment_id, patient_id=data.patient_id, appointment=ours
+        journal.record(data.appointment_id, "Appointment", Interaction.MATCH, ours)
+        _confirm(
+            journal,
+            appointment_id=data.appointment_id,
+            patient_id=data.patient_id,
+            appointment=ours,
         )
         return
     try:
@@ -210,34 +215,66 @@ async def book(connector: Connector, uow: UnitOfWork, event: Event[AppointmentBo
             appointment, if_none_exist=if_none_exist(APPOINTMENT_ID, data.appointment_id)
         )
     except EhrConflict as exc:
-        await _reject(uow, journal, data, exc.outcome_text or "The EHR refused the booking")
+        _reject(journal, data, exc.outcome_text or "The EHR refused the booking")
         return
     interaction = Interaction.CREATE if result.created else Interaction.MATCH
-    await journal.record(data.appointment_id, "Appointment", interaction, result)
+    journal.record(data.appointment_id, "Appointment", interaction, result)
     if appointments.holds_slot(result.resource, slot.id) and not await occupy(
         ehr, journal, data.appointment_id, slot, result.id
     ):
         # Another booking won the slot between our read and our write: take ours back.
         withdrawn, _ = await apply_change(ehr, result, appointments.withdrawn)
-        await journal.record(data.appointment_id, "Appointment", Interaction.COMPENSATE, withdrawn)
-        await _reject(uow, journal, data, "Another booking took the slot", withdrawn)
+        journal.record(data.appointment_id, "Appointment", Interaction.COMPENSATE, withdrawn)
+        _reject(journal, data, "Another booking took the slot", withdrawn)
         return
-    await _confirm(
-        uow, appointment_id=data.appointment_id, patient_id=data.patient_id, appointment=result
+    _confirm(
+        journal, appointment_id=data.appointment_id, patient_id=data.patient_id, appointment=result
     )
 
 
-async def _patients_appointment(
-    ehr: EhrPort,
-    session: AsyncSession,
+async def booked_appointment(
+    connector: Connector,
+    reads: BeforeCommit,
+    *,
     patient_id: str,
     appointment_id: str,
     appointment_fhir_id: str | None,
 ) -> Versioned | None:
-    current = await locate_appointment(ehr, session, appointment_id, appointment_fhir_id)
+    """The EHR's current version of the patient's appointment, waiting (bounded) for its
+    booking when it is not in the EHR yet; None when the EHR rejected the booking."""
+    ehr = connector.ehr
+    current = await locate_appointment(ehr, reads, appointment_id, appointment_fhir_id)
+    if current is None:
+        fhir_id = await wait_for_booking(
+            reads,
+            appointment_id,
+            patient_id=patient_id,
+            booking_consumer=connector.booking_consumer,
+            timeout_s=connector.settings.outbound_booking_wait_s,
+        )
+        if fhir_id is None:
+            return None
+        current = await ehr.read("Appointment", fhir_id)
+    return current
+
+
+async def _patients_appointment(
+    connector: Connector,
+    reads: BeforeCommit,
+    patient_id: str,
+    appointment_id: str,
+    appointment_fhir_id: str | None,
+) -> Versioned | None:
+    current = await booked_appointment(
+        connector,
+        reads,
+        patient_id=patient_id,
+        appointment_id=appointment_id,
+        appointment_fhir_id=appointment_fhir_id,
+    )
     if current is None:
         return None
-    known = await store.patient_fhir_id_of(session, patient_id)
+    known = await known_patient(reads, patient_id)
     owner = appointments.patient_of(current.resource)
     if known is not None and owner is not None and owner != known:
         raise PermanentError(f"{current.reference} is not an appointment of this patient")
@@ -257,47 +294,54 @@ def _log_stale_base(current: Versioned, based_on_version: str | None) -> None:
 
 
 async def cancel(
-    connector: Connector, uow: UnitOfWork, event: Event[AppointmentCancelledV1]
-) -> None:
+    connector: Connector, reads: BeforeCommit, event: Event[AppointmentCancelledV1]
+) -> Record:
     """Cancel the appointment in the EHR (If-Match, re-applied on conflict) and free its
     slots; a state that forbids it (fulfilled, arrived, ...) is a permanent failure."""
-    ehr, data, journal = connector.ehr, event.data, Journal.of(uow, event)
+    ehr, data, journal = connector.ehr, event.data, Journal.of(event)
     current = await _patients_appointment(
-        ehr, uow.session, data.patient_id, data.appointment_id, data.appointment_fhir_id
+        connector, reads, data.patient_id, data.appointment_id, data.appointment_fhir_id
     )
     if current is None:
-        if await store.booking_was_rejected(uow.session, data.appointment_id):
-            await journal.record(data.appointment_id, "Appointment", Interaction.NOOP)
-            return
-        raise NotInEhrYet(f"appointment {data.appointment_id} is not in the EHR yet")
+        # The booking was rejected: nothing to cancel.
+        journal.record(data.appointment_id, "Appointment", Interaction.NOOP)
+        return journal.commit
     _log_stale_base(current, data.based_on_version)
     result, changed = await apply_change(
         ehr, current, lambda r: appointments.cancelled(r, reason_code=data.reason_code)
     )
     interaction = Interaction.UPDATE if changed else Interaction.NOOP
-    await journal.record(data.appointment_id, "Appointment", interaction, result)
+    journal.record(data.appointment_id, "Appointment", interaction, result)
     for slot_id in appointments.slot_ids(result.resource):
         await release(ehr, journal, data.appointment_id, slot_id, result.id)
-    await _confirm(
-        uow, appointment_id=data.appointment_id, patient_id=data.patient_id, appointment=result
+    _confirm(
+        journal, appointment_id=data.appointment_id, patient_id=data.patient_id, appointment=result
     )
+    return journal.commit
 
 
 async def reschedule(
-    connector: Connector, uow: UnitOfWork, event: Event[AppointmentRescheduledV1]
-) -> None:
+    connector: Connector, reads: BeforeCommit, event: Event[AppointmentRescheduledV1]
+) -> Record:
     """Move the appointment to its new slot: occupy the new Slot first (so a taken slot
     leaves the appointment untouched), update the Appointment, then free the old Slot."""
-    ehr, data, journal = connector.ehr, event.data, Journal.of(uow, event)
+    journal = Journal.of(event)
+    data = event.data
     current = await _patients_appointment(
-        ehr, uow.session, data.patient_id, data.appointment_id, data.appointment_fhir_id
+        connector, reads, data.patient_id, data.appointment_id, data.appointment_fhir_id
     )
     if current is None:
-        if await store.booking_was_rejected(uow.session, data.appointment_id):
-            await journal.record(data.appointment_id, "Appointment", Interaction.NOOP)
-            return
-        raise NotInEhrYet(f"appointment {data.appointment_id} is not in the EHR yet")
+        # The booking was rejected: nothing to move.
+        journal.record(data.appointment_id, "Appointment", Interaction.NOOP)
+        return journal.commit
     _log_stale_base(current, data.based_on_version)
+    await _move(connector.ehr, journal, data, current)
+    return journal.commit
+
+
+async def _move(
+    ehr: EhrPort, journal: Journal, data: AppointmentRescheduledV1, current: Versioned
+) -> None:
     new_slot_id = data.new_slot_fhir_id
     result, changed = current, False
     if not appointments.is_rescheduled_to(current.resource, new_slot_id, data.start, data.end):
@@ -305,9 +349,9 @@ async def reschedule(
             appointments.check_changeable(current.resource, "rescheduled")
         except EhrStateForbids as exc:
             # Nothing to retry: the patient learns why and the appointment stays as it is.
-            await journal.record(data.appointment_id, "Appointment", Interaction.REJECTED, current)
-            await _confirm(
-                uow,
+            journal.record(data.appointment_id, "Appointment", Interaction.REJECTED, current)
+            _confirm(
+                journal,
                 appointment_id=data.appointment_id,
                 patient_id=data.patient_id,
                 appointment=current,
@@ -321,9 +365,9 @@ async def reschedule(
         if new_slot is None or not await occupy(
             ehr, journal, data.appointment_id, new_slot, current.id
         ):
-            await journal.record(data.appointment_id, "Appointment", Interaction.REJECTED, current)
-            await _confirm(
-                uow,
+            journal.record(data.appointment_id, "Appointment", Interaction.REJECTED, current)
+            _confirm(
+                journal,
                 appointment_id=data.appointment_id,
                 patient_id=data.patient_id,
                 appointment=current,
@@ -342,10 +386,10 @@ async def reschedule(
             await release(ehr, journal, data.appointment_id, new_slot_id, current.id)
             raise
     interaction = Interaction.UPDATE if changed else Interaction.NOOP
-    await journal.record(data.appointment_id, "Appointment", interaction, result)
+    journal.record(data.appointment_id, "Appointment", interaction, result)
     old_slots = {data.old_slot_fhir_id, *appointments.slot_ids(current.resource)} - {new_slot_id}
     for slot_id in sorted(old_slots):
         await release(ehr, journal, data.appointment_id, slot_id, result.id)
-    await _confirm(
-        uow, appointment_id=data.appointment_id, patient_id=data.patient_id, appointment=result
+    _confirm(
+        journal, appointment_id=data.appointment_id, patient_id=data.patient_id, appointment=result
     )

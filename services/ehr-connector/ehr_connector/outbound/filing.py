@@ -2,7 +2,8 @@
 
 Each resource is created on the condition of a business identifier derived from our id
 (intake, message, triage session), so a replayed event finds what the first delivery
-created instead of filing it twice.
+created instead of filing it twice. The EHR is called with no transaction open; what was
+filed is recorded afterwards with the inbox row (`Journal`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from contracts.base import SourceVersion, utc_now
 from contracts.intake import IntakeSubmittedV1
 from contracts.message import MessageSentV1, MessageSyncedV1
 from contracts.triage import TriageCompletedV1
-from ehr_connector import store
 from ehr_connector.context import Connector
 from ehr_connector.ehr.port import WriteResult
 from ehr_connector.outbound import appointments, intake, messages, triage
-from ehr_connector.outbound.booking import apply_change
+from ehr_connector.outbound.booking import apply_change, booked_appointment
 from ehr_connector.outbound.identifiers import (
     INTAKE_ID,
     MESSAGE_ID,
@@ -25,52 +25,42 @@ from ehr_connector.outbound.identifiers import (
 from ehr_connector.outbound.journal import Journal
 from ehr_connector.outbound.lookups import (
     NotInEhrYet,
-    locate_appointment,
+    known_patient,
+    linked_fhir_id,
     patient_fhir_id,
 )
 from ehr_connector.outbound.r4 import validate
 from ehr_connector.store import Interaction
-from servicekit.consumer import Event, UnitOfWork
+from servicekit.consumer import BeforeCommit, Event, Record
 
 
-async def _record(
-    uow: UnitOfWork,
-    journal: Journal,
-    *,
-    kind: str,
-    our_id: str,
-    result: WriteResult,
-) -> None:
+def _record(journal: Journal, *, kind: str, our_id: str, result: WriteResult) -> None:
     interaction = Interaction.CREATE if result.created else Interaction.MATCH
-    await journal.record(our_id, result.resource_type, interaction, result)
-    await store.save_link(
-        uow.session,
-        kind=kind,
-        our_id=our_id,
-        resource_type=result.resource_type,
-        fhir_id=result.id,
-        version_id=result.version_id,
-        patient_id=journal.patient_id,
-    )
+    journal.record(our_id, result.resource_type, interaction, result)
+    journal.link(kind, our_id, result, patient_id=journal.patient_id)
 
 
 async def file_intake(
-    connector: Connector, uow: UnitOfWork, event: Event[IntakeSubmittedV1]
-) -> None:
-    """File intake answers as a QuestionnaireResponse linked to the appointment."""
-    ehr, data, session = connector.ehr, event.data, uow.session
-    patient = await store.patient_fhir_id_of(session, data.patient_id)
-    appointment_fhir_id = data.appointment_fhir_id
-    if appointment_fhir_id is None:
-        link = await store.get_link(session, "appointment", data.appointment_id)
-        appointment_fhir_id = link.fhir_id if link is not None else None
+    connector: Connector, reads: BeforeCommit, event: Event[IntakeSubmittedV1]
+) -> Record:
+    """File intake answers as a QuestionnaireResponse linked to the appointment (waiting,
+    bounded, for the appointment's booking when it is not in the EHR yet)."""
+    ehr, data = connector.ehr, event.data
+    patient = await known_patient(reads, data.patient_id)
+    appointment_fhir_id = data.appointment_fhir_id or await linked_fhir_id(
+        reads, "appointment", data.appointment_id
+    )
     if appointment_fhir_id is None or patient is None:
-        found = await locate_appointment(ehr, session, data.appointment_id, appointment_fhir_id)
+        found = await booked_appointment(
+            connector,
+            reads,
+            patient_id=data.patient_id,
+            appointment_id=data.appointment_id,
+            appointment_fhir_id=appointment_fhir_id,
+        )
         if found is not None:
             appointment_fhir_id = found.id
             patient = patient or appointments.patient_of(found.resource)
-        elif not await store.booking_was_rejected(session, data.appointment_id):
-            raise NotInEhrYet(f"appointment {data.appointment_id} is not in the EHR yet")
     if patient is None:
         raise NotInEhrYet(f"no EHR Patient is known for portal patient {data.patient_id}")
     response = validate(
@@ -79,24 +69,26 @@ async def file_intake(
         )
     )
     result = await ehr.create(response, if_none_exist=if_none_exist(INTAKE_ID, data.intake_id))
-    journal = Journal.of(uow, event)
-    await _record(uow, journal, kind="intake", our_id=data.intake_id, result=result)
+    journal = Journal.of(event)
+    _record(journal, kind="intake", our_id=data.intake_id, result=result)
     if data.revision > 1 and not result.created:
         # An amendment: the filed answers are replaced (If-Match, re-applied on conflict).
         current = await ehr.read("QuestionnaireResponse", result.id)
         written, changed = await apply_change(ehr, current, lambda r: intake.amended(r, data))
         interaction = Interaction.UPDATE if changed else Interaction.NOOP
-        await journal.record(data.intake_id, "QuestionnaireResponse", interaction, written)
+        journal.record(data.intake_id, "QuestionnaireResponse", interaction, written)
+    return journal.commit
 
 
-async def send_message(connector: Connector, uow: UnitOfWork, event: Event[MessageSentV1]) -> None:
+async def send_message(
+    connector: Connector, reads: BeforeCommit, event: Event[MessageSentV1]
+) -> Record:
     """File the patient's message as a Communication to the care team, threaded."""
-    ehr, data, session = connector.ehr, event.data, uow.session
-    patient = await patient_fhir_id(session, data.patient_id)
-    thread = await store.get_link(session, "thread", data.thread_id)
+    ehr, data = connector.ehr, event.data
+    patient = await patient_fhir_id(reads, data.patient_id)
     thread_root = (
         data.thread_fhir_id
-        or (thread.fhir_id if thread is not None else None)
+        or await linked_fhir_id(reads, "thread", data.thread_id)
         or data.in_reply_to_fhir_id
     )
     communication = validate(
@@ -115,22 +107,14 @@ async def send_message(connector: Connector, uow: UnitOfWork, event: Event[Messa
     result = await ehr.create(
         communication, if_none_exist=if_none_exist(MESSAGE_ID, data.message_id)
     )
-    journal = Journal.of(uow, event)
-    await _record(uow, journal, kind="message", our_id=data.message_id, result=result)
+    journal = Journal.of(event)
+    _record(journal, kind="message", our_id=data.message_id, result=result)
     if thread_root is None:
         # The first message of a thread: later ones are `partOf` it.
-        await store.save_link(
-            session,
-            kind="thread",
-            our_id=data.thread_id,
-            resource_type="Communication",
-            fhir_id=result.id,
-            version_id=result.version_id,
-            patient_id=data.patient_id,
-        )
+        journal.link("thread", data.thread_id, result, patient_id=data.patient_id)
     # Messaging learns the EHR identity of its message and thread, so the care team's
     # answers (`partOf`/`inResponseTo` these ids) land in the patient's thread.
-    uow.publish(
+    journal.publish(
         MessageSyncedV1(
             patient_id=data.patient_id,
             communication_fhir_id=result.id,
@@ -150,16 +134,17 @@ async def send_message(connector: Connector, uow: UnitOfWork, event: Event[Messa
         ),
         subject=data.patient_id,
     )
+    return journal.commit
 
 
 async def file_triage(
-    connector: Connector, uow: UnitOfWork, event: Event[TriageCompletedV1]
-) -> None:
+    connector: Connector, reads: BeforeCommit, event: Event[TriageCompletedV1]
+) -> Record:
     """File the triage outcome as a QuestionnaireResponse and give the care team a Task
     to review it, prioritised by the urgency."""
     ehr, data, settings = connector.ehr, event.data, connector.settings
-    patient = await patient_fhir_id(uow.session, data.patient_id)
-    journal = Journal.of(uow, event)
+    patient = await patient_fhir_id(reads, data.patient_id)
+    journal = Journal.of(event)
     response = validate(
         triage.triage_response(
             data, patient_fhir_id=patient, questionnaire=settings.ehr_triage_questionnaire
@@ -167,7 +152,7 @@ async def file_triage(
     )
     condition = if_none_exist(TRIAGE_SESSION_ID, data.session_id)
     filed = await ehr.create(response, if_none_exist=condition)
-    await _record(uow, journal, kind="triage-response", our_id=data.session_id, result=filed)
+    _record(journal, kind="triage-response", our_id=data.session_id, result=filed)
     task = validate(
         triage.review_task(
             data,
@@ -177,4 +162,5 @@ async def file_triage(
         )
     )
     created = await ehr.create(task, if_none_exist=condition)
-    await _record(uow, journal, kind="triage-task", our_id=data.session_id, result=created)
+    _record(journal, kind="triage-task", our_id=data.session_id, result=created)
+    return journal.commit

@@ -84,8 +84,6 @@ def create_app() -> App:
             status, body = 200, b"fake_up 1\n"
         elif path == "/docs":
             status, body = 200, b"<html><body>API docs</body></html>"
-        elif path == "/asyncapi":
-            status, body = 200, b"asyncapi: 3.0.0\n"
         else:
             status, body = 404, b"not found"
         await send(

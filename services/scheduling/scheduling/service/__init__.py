@@ -497,3 +497,10 @@ def parse_questionnaire(text: str) -> dict[str, Any]:
     """A stored Questionnaire resource."""
     resource: dict[str, Any] = json.loads(text)
     return resource
+
+
+# The EHR-driven use cases (the handlers' side), in their own module.
+from scheduling.service.ehr_changes import (  # noqa: E402
+    apply_ehr_appointment_change as apply_ehr_appointment_change,
+)
+from scheduling.service.ehr_changes import cache_slot as cache_slot  # noqa: E402

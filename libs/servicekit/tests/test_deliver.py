@@ -1,0 +1,145 @@
+"""`servicekit.testing.deliver`: a handler run without a broker, through the consumer's own
+path (envelope, inbox, unit of work, outbox, dead letters) on a real PostgreSQL; and the
+effect-first handlers, which call out with no database connection held."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select
+
+from contracts.base import SourceVersion
+from contracts.message import MessageSyncedV1
+from contracts.patient import PatientLinkedV1
+from servicekit.app import Service, ServiceDefinition, create_service
+from servicekit.consumer import BeforeCommit, Event, EventRouter, Outcome, Record, UnitOfWork
+from servicekit.settings import ServiceSettings
+from servicekit.tables import DeadLetterRow, InboxRow, OutboxRow
+from servicekit.testing import deliver
+
+from . import fakeservice
+from .fakeservice import Effect, effects
+
+NOW = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+
+
+def _settings(database_url: str) -> ServiceSettings:
+    return ServiceSettings(
+        service_name="fake",
+        database_url=database_url,
+        consumer_retry_base_s=0.001,
+        consumer_retry_max_s=0.002,
+        consumer_max_attempts=2,
+    )
+
+
+def _linked(marker: str) -> PatientLinkedV1:
+    return PatientLinkedV1(patient_id="p1", patient_fhir_id=marker, linked_at=NOW)
+
+
+@pytest.fixture
+async def service(database_url: str) -> AsyncIterator[Service]:
+    svc = fakeservice.build(_settings(database_url))
+    await svc.prepare_database()
+    yield svc
+    await svc.db.dispose()
+
+
+async def test_a_delivered_event_is_handled_once_with_its_inbox_row(service: Service) -> None:
+    event_id = str(uuid.uuid4())
+    assert await deliver(service, _linked("a"), subject="p1", event_id=event_id) == "handled"
+    assert await deliver(service, _linked("a"), subject="p1", event_id=event_id) == "duplicate"
+    async with service.db.sessions() as session:
+        assert [e.marker for e in await effects(session)] == ["a"]
+        inbox = (await session.execute(select(InboxRow))).scalars().all()
+    assert [(row.consumer, row.event_id) for row in inbox] == [("fake.record_link", event_id)]
+
+
+async def test_a_delivered_poison_event_is_dead_lettered_as_in_kafka(service: Service) -> None:
+    assert await deliver(service, _linked("poison"), subject="p1") == Outcome.DEAD_LETTERED
+    async with service.db.sessions() as session:
+        dead = (await session.execute(select(DeadLetterRow))).scalar_one()
+        dlq = (await session.execute(select(OutboxRow))).scalar_one()
+    assert (dead.error_kind, dead.key, dead.status) == ("permanent", "p1", "open")
+    assert dlq.topic == "patient.linked.dlq"
+
+
+class _Calls:
+    """An external system that records what it was asked, and how many database
+    connections the caller held at that moment."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.held_connections: list[int] = []
+
+    def call(self) -> None:
+        pool = self.service.db.engine.sync_engine.pool
+        self.held_connections.append(pool.checkedout())  # type: ignore[attr-defined]
+
+
+async def test_an_effect_first_handler_calls_out_holding_no_connection_then_records(
+    database_url: str,
+) -> None:
+    router = EventRouter()
+    calls: list[_Calls] = []
+
+    @router.effect_first("message.synced")
+    async def file_message(reads: BeforeCommit, event: Event[MessageSyncedV1]) -> Record:
+        """Call out, then record the result with the inbox row."""
+        async with reads.reading() as session:
+            await session.execute(select(Effect.id).limit(1))
+        calls[0].call()
+
+        async def record(uow: UnitOfWork) -> None:
+            uow.session.add(
+                Effect(
+                    event_id=event.envelope.id, patient_id=event.patient_id, marker="filed", at=NOW
+                )
+            )
+            uow.publish(fakeservice_linked(event.patient_id), subject=event.patient_id)
+
+        return record
+
+    svc: Service = create_service(
+        ServiceDefinition(
+            settings=_settings(database_url),
+            title="fake",
+            handlers=router,
+            metadata=fakeservice.Base.metadata,
+        )
+    )
+    await svc.prepare_database()
+    calls.append(_Calls(svc))
+    synced = MessageSyncedV1(
+        patient_id="p1",
+        communication_fhir_id="c1",
+        message_id="m1",
+        thread_id="t1",
+        thread_fhir_id="c1",
+        from_patient=True,
+        status="completed",
+        sent_at=NOW,
+        source=SourceVersion(
+            resource_type="Communication", fhir_id="c1", version_id="1", last_updated=NOW
+        ),
+    )
+    try:
+        event_id = str(uuid.uuid4())
+        assert await deliver(svc, synced, subject="p1", event_id=event_id) == "handled"
+        # Seen in the inbox before calling out: a redelivery makes no second call.
+        assert await deliver(svc, synced, subject="p1", event_id=event_id) == "duplicate"
+        async with svc.db.sessions() as session:
+            assert [e.marker for e in await effects(session)] == ["filed"]
+            outbox = (await session.execute(select(OutboxRow))).scalars().all()
+    finally:
+        await svc.db.dispose()
+    assert calls[0].held_connections == [0]
+    assert [row.topic for row in outbox] == ["patient.linked"]
+
+
+def fakeservice_linked(patient_id: str) -> PatientLinkedV1:
+    """What the effect-first test handler publishes."""
+    return PatientLinkedV1(patient_id=patient_id, patient_fhir_id="x", linked_at=NOW)
