@@ -285,7 +285,7 @@ async def test_a_booking_is_one_trace_from_the_patient_to_the_ehr(stack: TracedS
 
         async def slots_offered() -> bool:
             nonlocal slots
-            slots = (await client.get("/v1/slots", params={"start": start})).json()
+            slots = (await client.get("/v1/slots", params={"start": start})).json()["items"]
             return bool(slots)
 
         await eventually(slots_offered, timeout=120, interval=0.5)
