@@ -7,6 +7,8 @@ stack and the tests create every topic explicitly first.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -64,7 +66,23 @@ async def ensure_topics(
             )
         if failures:
             raise RuntimeError("could not create topics: " + "; ".join(failures))
-        described = await admin.describe_topics(list(named))
+        counts = await _described(admin, list(named))
     finally:
         await admin.close()
-    return {entry["topic"]: len(entry["partitions"]) for entry in described}
+    return counts
+
+
+async def _described(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """Partition counts as the broker describes them. Right after a create, Apache Kafka may
+    still describe a topic as unknown or without partitions until its metadata has spread:
+    asked again until every topic has some (bounded; then as described)."""
+    deadline = time.monotonic() + 30.0
+    while True:
+        described = await admin.describe_topics(names)
+        counts = {entry["topic"]: len(entry["partitions"]) for entry in described}
+        settled = all(
+            entry["error_code"] == 0 and entry["partitions"] for entry in described
+        ) and set(counts) >= set(names)
+        if settled or time.monotonic() > deadline:
+            return counts
+        await asyncio.sleep(0.1)
