@@ -157,6 +157,12 @@ class Settings(ServiceSettings):
         default="http://portal.example.org/fhir/Questionnaire/triage",
         description="Canonical of the questionnaire a triage outcome is filed against",
     )
+    outbound_link_wait_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a patient's message or symptom check waits for the patient's "
+        "patient.linked (another topic) before it is retried and, at last, dead-lettered",
+    )
     outbound_booking_wait_s: float = Field(
         default=60.0,
         gt=0,

@@ -14,10 +14,12 @@ import pytest
 
 from contracts.appointment import AppointmentCancelledV1, AppointmentStatus
 from contracts.intake import IntakeAnswer, IntakeSubmittedV1
+from contracts.message import MessageSentV1
+from ehr_connector import store
 from ehr_connector.ehr.errors import EhrRejected
 from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import FhirJson, SearchPage, WriteResult
-from ehr_connector.outbound.identifiers import APPOINTMENT_ID, INTAKE_ID
+from ehr_connector.outbound.identifiers import APPOINTMENT_ID, INTAKE_ID, MESSAGE_ID
 from ehr_connector.outbound.intake import INTAKE_APPOINTMENT
 from servicekit.testing import eventually
 
@@ -215,3 +217,43 @@ async def test_an_intake_stops_waiting_when_its_booking_is_dead_lettered(
 
 async def _two(listing: Any) -> bool:
     return len(await listing()) == 2
+
+
+async def test_a_first_message_handled_before_the_patients_link_waits_for_it(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after a first sign-in, `message.sent` may be handled before `patient.linked`
+    (another topic): the message waits for the link instead of being dead-lettered."""
+    message = MessageSentV1(
+        message_id=f"msg-{uuid.uuid4().hex[:12]}",
+        thread_id=f"thread-{uuid.uuid4().hex[:12]}",
+        patient_id="pat-new",
+        recipient_pool="primary",
+        subject="First question",
+        body="Is my referral through?",
+        sent_at=T0,
+    )
+    # The link is made only once the handler has looked for the patient and not found it.
+    looked = asyncio.Event()
+    lookup = store.patient_fhir_id_of
+
+    async def watched(session: Any, patient_id: str) -> str | None:
+        found = await lookup(session, patient_id)
+        if patient_id == "pat-new" and found is None:
+            looked.set()
+        return found
+
+    monkeypatch.setattr(store, "patient_fhir_id_of", watched)
+    async with harness.connector(consumer_max_attempts=1) as (service, ops):
+        await harness.produce([("pat-new", message)])
+        await asyncio.wait_for(looked.wait(), timeout=60)
+        await harness.remember_patient(service, "pat-new", "demo-alice")
+
+        async def filed() -> list[dict[str, Any]]:
+            return await harness.with_identifier("Communication", MESSAGE_ID, message.message_id)
+
+        await eventually(filed, timeout=60)
+        letters = (await ops.get("/ops/dead-letters", headers=OPS)).json()
+    assert letters == []
+    (communication,) = await filed()
+    assert communication["subject"] == {"reference": "Patient/demo-alice"}

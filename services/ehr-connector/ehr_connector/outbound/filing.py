@@ -85,7 +85,9 @@ async def send_message(
 ) -> Record:
     """File the patient's message as a Communication to the care team, threaded."""
     ehr, data = connector.ehr, event.data
-    patient = await patient_fhir_id(reads, data.patient_id)
+    patient = await patient_fhir_id(
+        reads, data.patient_id, wait_s=connector.settings.outbound_link_wait_s
+    )
     thread_root = (
         data.thread_fhir_id
         or await linked_fhir_id(reads, "thread", data.thread_id)
@@ -143,7 +145,9 @@ async def file_triage(
     """File the triage outcome as a QuestionnaireResponse and give the care team a Task
     to review it, prioritised by the urgency."""
     ehr, data, settings = connector.ehr, event.data, connector.settings
-    patient = await patient_fhir_id(reads, data.patient_id)
+    patient = await patient_fhir_id(
+        reads, data.patient_id, wait_s=connector.settings.outbound_link_wait_s
+    )
     journal = Journal.of(event)
     response = validate(
         triage.triage_response(

@@ -49,12 +49,25 @@ async def known_patient(reads: BeforeCommit, patient_id: str) -> str | None:
         return await store.patient_fhir_id_of(session, patient_id)
 
 
-async def patient_fhir_id(reads: BeforeCommit, patient_id: str) -> str:
-    """The EHR Patient id of a portal patient; `NotInEhrYet` when none is known."""
-    found = await known_patient(reads, patient_id)
-    if found is None:
-        raise NotInEhrYet(f"no EHR Patient is known for portal patient {patient_id}")
-    return found
+async def patient_fhir_id(reads: BeforeCommit, patient_id: str, *, wait_s: float = 0.0) -> str:
+    """The EHR Patient id of a portal patient, waiting up to `wait_s` for it: a patient's
+    first message or symptom check may be handled before their `patient.linked` (another
+    topic) right after the first sign-in. `NotInEhrYet` when it stays unknown."""
+    deadline = time.monotonic() + wait_s
+    pause = _FIRST_POLL_S
+    while True:
+        found = await known_patient(reads, patient_id)
+        if found is not None:
+            return found
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise NotInEhrYet(
+                f"no EHR Patient is known for portal patient {patient_id}: its patient.linked "
+                f"was not handled within {wait_s:g} s"
+            )
+        # Outside any session: the link's consumer commits in the meantime.
+        await asyncio.sleep(min(pause, left))
+        pause = min(pause * 2, _MAX_POLL_S)
 
 
 async def linked_fhir_id(reads: BeforeCommit, kind: str, our_id: str) -> str | None:
