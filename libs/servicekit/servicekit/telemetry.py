@@ -30,9 +30,10 @@ from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
 _configured = False
-# The HTTP paths never traced: probes and scrapes arrive every few seconds and say nothing
-# about a patient's request (a regex list, as the FastAPI instrumentation takes it).
-EXCLUDED_URLS = "healthz,readyz,metrics"
+# The HTTP paths never traced: probes and scrapes arrive every few seconds, and the API
+# documentation pages are read by people and by `make up`'s start-up summary; none says
+# anything about a patient's request (a regex list, as the FastAPI instrumentation takes it).
+EXCLUDED_URLS = "healthz,readyz,metrics,/docs,/redoc,/openapi.json"
 
 
 class BackgroundRootSampler(Sampler):
