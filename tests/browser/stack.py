@@ -16,6 +16,7 @@ from asgi_lifespan import LifespanManager
 from devstack.topics import ensure_topics
 from ehr_connector.app import build as build_connector
 from ehr_connector.settings import Settings as ConnectorSettings
+from ehr_sandbox.auth.settings import AuthSettings
 from ehr_sandbox.httptest import RunningSandbox, free_port, running_sandbox, serve
 from ehr_sandbox.subscriptions.settings import SubscriptionSettings
 from gateway.app import build as build_gateway
@@ -61,7 +62,12 @@ async def running_stack(
     async with AsyncExitStack() as stack:
         sandbox = await stack.enter_async_context(
             running_sandbox(
-                data_dir, port=free_port(port_range), seed=True, subscriptions=subscriptions
+                data_dir,
+                port=free_port(port_range),
+                seed=True,
+                subscriptions=subscriptions,
+                # A sign-in lasts longer than one journey on a loaded machine.
+                auth=AuthSettings(data_dir=data_dir / "auth", access_token_ttl_s=1800),
             )
         )
         connector_port = free_port(port_range)

@@ -1,5 +1,5 @@
 // Pieces several screens share: result values and flags in words, headings, errors.
-import { h } from "../dom.js";
+import { fill, h } from "../dom.js";
 import { number } from "../format.js";
 
 export function flagBadge(flag) {
@@ -38,7 +38,7 @@ export function isAbnormal(observation) {
 }
 
 export function page(main, title, ...children) {
-  main.replaceChildren(h("h1", { tabindex: "-1" }, title), ...children.flat());
+  fill(main, h("h1", { tabindex: "-1" }, title), children);
 }
 
 export function problem(message) {

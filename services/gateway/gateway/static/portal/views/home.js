@@ -36,22 +36,25 @@ async function build(main, ctx) {
       summary.unread_messages === 1 ? "1 new message from your care team"
         : `${summary.unread_messages} new messages from your care team`)));
   }
-  const upcoming = (summary.appointments || [])
-    .filter((a) => ["booked", "pending", "proposed"].includes(a.status) && Date.parse(a.start) > Date.now())
+  const upcoming = (a) => ["booked", "pending", "proposed"].includes(a.status) && Date.parse(a.start) > Date.now();
+  const coming = (summary.appointments || []).filter(upcoming)
     .sort((a, b) => Date.parse(a.start) - Date.parse(b.start));
-  for (const appt of upcoming) {
+  for (const appt of coming) {
     if (appt.intake === "missing" || appt.intake === "draft") {
       attention.push(h("li", {}, h("a", { href: `#/appointments/${appt.id}/intake` },
         `Answer the questions before your visit on ${day(appt.start)}`)));
     }
   }
-  for (const check of triage || []) {
-    if (check.status === "open") {
-      attention.push(h("li", {}, h("a", { href: "#/symptoms" },
-        `Finish the symptom check you started on ${day(check.started_at)}`)));
-    }
+  // The latest symptom check of the past week, when it said "book" or "be seen today".
+  const week = Date.now() - 7 * 86_400_000;
+  const latest = (triage || []).filter((c) => Date.parse(c.completed_at) > week)
+    .sort((a, b) => Date.parse(b.completed_at) - Date.parse(a.completed_at))[0];
+  const followUp = latest && ["urgent", "routine"].includes(latest.urgency) ? latest : null;
+  if (followUp) {
+    attention.push(h("li", {}, h("a", { href: followUp.urgency === "urgent" ? "#/appointments/book?date=today" : "#/appointments/book" },
+      `Your symptom check on ${day(followUp.completed_at)} said to ${followUp.urgency === "urgent" ? "be seen today" : "book an appointment"}`)));
   }
-  const next = upcoming[0];
+  const next = coming[0];
   page(main, name ? `${greeting()}, ${name}` : greeting(),
     (summary.warnings || []).map((w) => h("p", { class: "callout warning" },
       `Some of your information cannot be shown right now (${w.part.replace(/_/g, " ")}). Please try again later.`)),

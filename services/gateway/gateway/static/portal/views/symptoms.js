@@ -176,5 +176,5 @@ export async function render(main, ctx) {
     past.length ? h("section", { "aria-labelledby": "past-h" },
       h("h2", { id: "past-h" }, "Your earlier checks"),
       h("ul", { class: "list" }, past.slice(0, 5).map((s) => h("li", {},
-        `${day(s.started_at)}: ${URGENCY[s.urgency] || s.urgency}`)))) : null);
+        `${day(s.completed_at)}: ${URGENCY[s.urgency] || s.urgency}`)))) : null);
 }
