@@ -66,7 +66,7 @@ async def stack(postgres_url: str, kafka_bootstrap: str) -> AsyncIterator[Stack]
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def browser() -> AsyncIterator[Browser]:
     """Debian's Chromium, headless."""
-    if not Path(CHROMIUM).exists():
+    if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - once, before anything starts
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium", pytrace=False)
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(

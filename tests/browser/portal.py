@@ -23,7 +23,9 @@ AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practi
 
 
 @asynccontextmanager
-async def patient_page(browser: Browser, *, viewport: dict[str, int] = DESKTOP) -> AsyncIterator[Page]:
+async def patient_page(
+    browser: Browser, *, viewport: dict[str, int] = DESKTOP
+) -> AsyncIterator[Page]:
     """A fresh browser profile in the patient's time zone; page errors fail the test."""
     context: BrowserContext = await browser.new_context(
         viewport=viewport,  # type: ignore[arg-type]
@@ -52,13 +54,14 @@ async def sign_in(page: Page, stack: Stack, patient: str) -> None:
     await page.locator(f"input[name=patient][value='{patient}']").check()
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.get_by_text("Signed in as")).to_be_visible()
+    await expect(page.locator("main .view h1")).to_be_visible()
 
 
 async def open_screen(page: Page, stack: Stack, route: str) -> None:
     """Go to a screen by its address and wait until it has loaded."""
     await page.goto(f"{stack.gateway_url}/{route}")
     await expect(page.locator("main .loading")).to_have_count(0)
-    await expect(page.locator("main h1")).to_be_visible()
+    await expect(page.locator("main .view h1")).to_be_visible()
 
 
 async def serious_violations(page: Page, axe_source: str) -> list[dict[str, Any]]:
@@ -81,9 +84,7 @@ async def serious_violations(page: Page, axe_source: str) -> list[dict[str, Any]
 async def fits_width(page: Page) -> bool:
     """Nothing scrolls sideways (WCAG 1.4.10 reflow) at the page's width."""
     return bool(
-        await page.evaluate(
-            "document.documentElement.scrollWidth <= window.innerWidth + 1"
-        )
+        await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
     )
 
 

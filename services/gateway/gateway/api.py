@@ -9,7 +9,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -265,9 +265,7 @@ class ProfileOut(BaseModel):
     sex: str
 
 
-@router.get(
-    "/me/profile", response_model=ProfileOut, dependencies=[requires("patient/Patient.r")]
-)
+@router.get("/me/profile", response_model=ProfileOut, dependencies=[requires("patient/Patient.r")])
 async def profile(
     caller: Me, request: Request, authorization: Annotated[str, Header()]
 ) -> ProfileOut:

@@ -153,9 +153,7 @@ async def message_topics(request: Request) -> Any:
         raise HTTPException(exc.status, f"The {exc.service} service {exc.detail}.") from exc
 
 
-@router.get(
-    "/me/attachments/{attachment_id}", dependencies=[requires("patient/Communication.r")]
-)
+@router.get("/me/attachments/{attachment_id}", dependencies=[requires("patient/Communication.r")])
 async def attachment(caller: Me, request: Request, attachment_id: Id) -> Response:
     """A file attached to one of the patient's messages (404 if it is not theirs)."""
     if not caller.token.allows_read(RESOURCE):

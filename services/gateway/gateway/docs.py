@@ -13,7 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, HTTPException, Path as PathParam
+from fastapi import APIRouter, FastAPI, HTTPException
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse
 from swagger_ui_bundle import swagger_ui_path
 

@@ -108,13 +108,17 @@ class Profile:
 _SEXES = {"female", "male", "other", "unknown"}
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
 def profile_of(patient: dict[str, Any], today: date) -> Profile:
     """The profile of a FHIR Patient (official name first; age in whole years on `today`)."""
     names = [n for n in patient.get("name") or [] if isinstance(n, dict)]
     chosen = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
     given = [g for g in chosen.get("given") or [] if isinstance(g, str)]
-    family = chosen.get("family") if isinstance(chosen.get("family"), str) else ""
-    text = chosen.get("text") if isinstance(chosen.get("text"), str) else ""
+    family = _text(chosen.get("family"))
+    text = _text(chosen.get("text"))
     full = text.strip() or " ".join([*given, family]).strip()
     birth: date | None = None
     raw_birth = patient.get("birthDate")

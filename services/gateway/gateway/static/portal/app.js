@@ -98,8 +98,15 @@ function markCurrent(path) {
   }
 }
 
-async function route() {
+let routing = 0;
+
+/** Show the screen of the current address. A screen renders into its own container, put
+ * on the page only if the patient has not moved on meanwhile (a slow screen never
+ * replaces a newer one). Focus goes to the heading when the patient navigated. */
+async function route(event) {
   if (!token()) { showSignIn(); return; }
+  routing += 1;
+  const mine = routing;
   const [path, queryText] = (location.hash || "#/").split("?");
   const query = new URLSearchParams(queryText || "");
   const match = ROUTES.map(([re, name, title]) => [path.match(re), name, title])
@@ -108,20 +115,24 @@ async function route() {
   markCurrent(path);
   document.title = `${title} - My health portal`;
   fill(main, h("p", { class: "loading" }, "Loading..."));
+  const container = h("div", { class: "view" });
+  let view = null;
   try {
     const module = await import(`./views/${name}.js`);
-    const view = await module.render(main, {
+    view = await module.render(container, {
       params: found.slice(1), query, profile: state.profile, announce, path,
     });
-    state.view = view || null;
   } catch (error) {
     if (error instanceof SignedOut) { showSignIn(); return; }
-    fill(main, h("h1", { tabindex: "-1" }, title),
+    fill(container, h("h1", { tabindex: "-1" }, title),
       h("p", { class: "callout error" }, error.message || "This page could not be shown."),
       h("p", {}, h("a", { href: "#/" }, "Go to the home page")));
   }
+  if (mine !== routing) return;
+  state.view = view || null;
+  fill(main, container);
   const heading = main.querySelector("h1");
-  if (heading) { heading.setAttribute("tabindex", "-1"); heading.focus(); }
+  if (heading && event) { heading.setAttribute("tabindex", "-1"); heading.focus(); }
 }
 
 // -- live notices from the gateway's Server-Sent Events stream ---------------------------
