@@ -94,7 +94,9 @@ async def screenshot(page: Page, folder: Path, name: str) -> None:
     await page.screenshot(path=str(folder / f"{name}-{width}px.png"), full_page=True)
 
 
-async def patient_ready(stack: Stack, patient: str, path: str, check: Any) -> None:
+async def patient_ready(
+    stack: Stack, patient: str, path: str, check: Any, timeout: float = 120
+) -> None:
     """Link the patient's account and wait until their imported history has arrived (the
     connector back-fills it after the first sign-in), through the gateway's API."""
     token = (
@@ -109,4 +111,4 @@ async def patient_ready(stack: Stack, patient: str, path: str, check: Any) -> No
             response = await client.get(path)
             return response.status_code == 200 and bool(check(response.json()))
 
-        await eventually(arrived, timeout=120, interval=0.5)
+        await eventually(arrived, timeout=timeout, interval=0.5)

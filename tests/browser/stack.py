@@ -78,6 +78,7 @@ async def running_stack(
                 ehr_base_url=sandbox.fhir,
                 inbound_webhook_url=f"http://127.0.0.1:{connector_port}/fhir/notifications",
                 canary_enabled=False,
+                slot_sync_days=10,  # fewer slots to cache: the journeys look days ahead
             )
         )
         connector_url = await stack.enter_async_context(serve(connector.app, connector_port))

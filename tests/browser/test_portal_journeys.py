@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import re
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.async_api import Browser, Page, expect
@@ -30,6 +33,7 @@ from .portal import (
 from .stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+CLINIC = ZoneInfo("America/Chicago")
 LIVE = 90_000  # ms: events cross the EHR, the connector, Kafka and a service first
 
 # A 1x1 PNG: the smallest real image messaging accepts (it checks the file's magic bytes).
@@ -152,40 +156,51 @@ async def test_a_patient_reads_a_result_with_its_explanation_and_trend(
 
 
 async def test_a_patient_books_reschedules_and_cancels(stack: Stack, browser: Browser) -> None:
-    await patient_ready(stack, "demo-bob", "/v1/slots?limit=5", lambda body: body["items"])
+    # The clinic's free times reach scheduling's cache from the EHR (the connector's slot
+    # sync), earliest first: wait for the day after tomorrow, clear of the 24-hour rule.
+    day = (datetime.now(CLINIC) + timedelta(days=2)).date()
+    start = datetime.combine(day, time(0), CLINIC).isoformat()
+    await patient_ready(
+        stack,
+        "demo-bob",
+        f"/v1/slots?limit=20&start={quote(start)}",
+        lambda body: len(body["items"]) >= 20,
+        timeout=300,
+    )
     async with patient_page(browser) as page:
         await sign_in(page, stack, "demo-bob")
         await page.get_by_role("link", name="Appointments", exact=True).click()
         await page.get_by_role("link", name="Book an appointment").click()
-        # Search by clinician and a date a week ahead (the 24-hour rule allows changes).
-        await page.get_by_label("Clinician").select_option("np-chen")
-        week = await page.evaluate(
-            "new Date(Date.now() + 7 * 86400000).toLocaleDateString('en-CA')"
-        )
-        await page.get_by_label("From which day?").fill(week)
+        # Search by clinician and date.
+        clinician = page.get_by_label("Clinician")
+        value = await clinician.locator("option").nth(1).get_attribute("value")
+        assert value
+        await clinician.select_option(value)
+        await page.get_by_label("From which day?").fill(day.isoformat())
         await page.get_by_role("button", name="Find free times").click()
         slots = page.locator("button.slot")
         await expect(slots.first).to_be_visible()
         first_slot = await slots.first.get_attribute("data-slot")
-        assert first_slot and first_slot.startswith("slot-np-chen-")
+        assert first_slot and first_slot.startswith(f"slot-{value}-")
         await slots.first.click()
         await page.get_by_label(re.compile("Why do you want to come")).fill("Asthma check")
         await page.get_by_role("button", name="Book this appointment").click()
         await expect(page.locator("#booked")).to_contain_text("is requested")
         # The clinic (the EHR) confirms it; a notice says so, the list shows it confirmed.
-        await page.get_by_role("link", name="See your appointments").click()
+        await page.locator("#booked").get_by_role("link", name="See your appointments").click()
         item = page.locator("#upcoming li").filter(has=page.get_by_text("Status: Confirmed")).first
         await expect(item).to_be_visible(timeout=LIVE)
         appointment_id = await item.get_attribute("data-appointment")
         # Move it to a later time.
         await item.get_by_role("link", name=re.compile("Change the time")).click()
+        await page.get_by_label("From which day?").fill(day.isoformat())
         await page.get_by_role("button", name="Find free times").click()
         later = page.locator("button.slot").nth(3)
         new_slot = await later.get_attribute("data-slot")
         await later.click()
         await page.get_by_role("button", name="Yes, move it").click()
         await expect(page.locator("#booked")).to_contain_text("move your appointment")
-        await page.get_by_role("link", name="See your appointments").click()
+        await page.locator("#booked").get_by_role("link", name="See your appointments").click()
         moved = page.locator(f"#upcoming li[data-appointment='{appointment_id}']")
 
         async def settled() -> None:
@@ -396,3 +411,18 @@ async def _wait_filed_in_ehr(stack: Stack, page: Page) -> None:
         return "Should I also take it at lunch?" in bodies
 
     await eventually(filed, timeout=90, interval=0.5)
+
+
+async def test_an_ended_session_says_so_and_signs_in_again(stack: Stack, browser: Browser) -> None:
+    await _alice_ready(stack)
+    async with patient_page(browser) as page:
+        await sign_in(page, stack, "demo-alice")
+        # The token's lifetime is over (as if the page had been left open).
+        await page.evaluate("sessionStorage.setItem('expires_at', String(Date.now() - 1000))")
+        await page.get_by_role("link", name="Test results", exact=True).click()
+        await expect(page.locator("#signed-out-reason")).to_contain_text(
+            "signed out because your session ended"
+        )
+        await expect(page.get_by_role("navigation", name="Main")).to_be_hidden()
+        await sign_in(page, stack, "demo-alice")
+        await expect(page.locator("main h1")).to_contain_text("Alice")
