@@ -32,7 +32,8 @@ from .portal import (
 )
 from .stack import Stack
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+# Starting the stack and the clinic's first slot sync take minutes on a loaded 2-core machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(900)]
 CLINIC = ZoneInfo("America/Chicago")
 LIVE = 90_000  # ms: events cross the EHR, the connector, Kafka and a service first
 

@@ -152,7 +152,7 @@ async def test_a_message_sent_through_the_gateway_is_the_tokens_patients(
 async def test_topics_attachments_limits_and_unread_through_the_gateway(stack: Stack) -> None:
     client = stack.client
     ann = await _token(stack, "p-ann")
-    topics = (await client.get("/v1/message-topics")).json()
+    topics = (await client.get("/v1/message-topics", headers=ann)).json()
     assert {"code": "billing", "label": "Billing and insurance", "sent_to": "billing office"} in (
         topics
     )

@@ -62,14 +62,11 @@ async def demo_patients(app: FastAPI) -> list[tuple[str, str, str]]:
     store = getattr(app.state, "store", None)
     if store is None:
         return []
-    demo = await store.read_many([("Patient", p.id) for p in DEMO_PATIENTS])
+    stored = await store.read_many([("Patient", p.id) for p in DEMO_PATIENTS])
+    demo = [m for m in stored if not is_synthetic(m.content)]
     if demo:
         history = {p.id: p.has_history for p in DEMO_PATIENTS}
-        return [
-            (m.id, display_name(m.content), _hint(m.content, history.get(m.id)))
-            for m in demo
-            if not is_synthetic(m.content)
-        ]
+        return [(m.id, display_name(m.content), _hint(m.content, history.get(m.id))) for m in demo]
     result = await store.search(SearchRequest("Patient", count=MAX_LISTED))
     patients = [
         (m.id, display_name(m.content), _hint(m.content, None))

@@ -56,7 +56,7 @@ function trendTable(trend, name) {
       h("th", { scope: "row" }, day(p.at)),
       h("td", {}, p.value !== null && p.value !== undefined ? `${number(p.value)} ${p.unit || ""}` : (p.text || "")),
       h("td", {}, typeof p.low === "number" && typeof p.high === "number"
-        ? `${number(p.low)} to ${number(p.high)}` : "Not given"),
+        ? `${number(p.low)} to ${number(p.high)} ${p.unit || ""}`.trim() : "Not given"),
       h("td", {}, p.flag ? sentence(p.flag.replace("-", " ")) : "Not given"))))));
 }
 
