@@ -37,7 +37,7 @@ async def patient_page(
     )
     errors: list[str] = []
     page = await context.new_page()
-    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("pageerror", lambda error: errors.append(f"{error}: {error.stack}"))
     page.set_default_timeout(30_000)
     try:
         yield page

@@ -427,3 +427,27 @@ async def test_an_ended_session_says_so_and_signs_in_again(stack: Stack, browser
         await expect(page.get_by_role("navigation", name="Main")).to_be_hidden()
         await sign_in(page, stack, "demo-alice")
         await expect(page.locator("main h1")).to_contain_text("Alice")
+
+
+async def test_the_health_summary_lists_medicines_and_downloads_a_document(
+    stack: Stack, browser: Browser, tmp_path: Path
+) -> None:
+    await _alice_ready(stack)
+    await patient_ready(stack, "demo-alice", "/v1/me/documents", lambda body: body["items"])
+    async with patient_page(browser) as page:
+        await sign_in(page, stack, "demo-alice")
+        await page.get_by_role("link", name="Health summary").click()
+        medicines = page.locator("section[aria-labelledby='meds-h']")
+        await expect(medicines).to_contain_text("Metformin hydrochloride 500 MG Oral Tablet")
+        await expect(medicines).to_contain_text("Take 1 tablet by mouth twice daily with meals")
+        await expect(medicines).to_contain_text("Taking now")
+        await expect(page.locator("section[aria-labelledby='allergies-h']")).to_contain_text(
+            "Penicillin"
+        )
+        async with page.expect_download() as download:
+            await page.get_by_role(
+                "button", name=re.compile("Download After-visit summary")
+            ).click()
+        saved = tmp_path / "summary.txt"
+        await (await download.value).save_as(saved)
+        assert saved.stat().st_size > 0

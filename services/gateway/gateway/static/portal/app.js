@@ -219,6 +219,14 @@ async function start() {
     return;
   }
   window.addEventListener("hashchange", route);
+  // Any call that finds the session over leads to the sign-in screen, wherever it was made.
+  window.addEventListener("unhandledrejection", (event) => {
+    if (event.reason instanceof SignedOut) {
+      event.preventDefault();
+      clearNotices();
+      showSignIn();
+    }
+  });
   window.addEventListener("portal:signed-out", () => { clearNotices(); showSignIn(); });
   await route();
   updateUnread();
