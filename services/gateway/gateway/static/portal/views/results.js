@@ -1,22 +1,24 @@
 // Test results: each value with its unit, the usual range and a marker in words; filters
 // by test and by date.
 import { api } from "../api.js";
-import { fill, h, tableBox, uid } from "../dom.js";
+import { fill, h, uid } from "../dom.js";
 import { day, startOfLocalDay } from "../format.js";
 import { flagBadge, page, rangeText, testName, valueText } from "./common.js";
 
+const COLUMNS = ["Test", "Your result", "Usual range", "Compared with usual"];
+
+// On a phone each row shows as a block with its column names (CSS), so the marker is never
+// scrolled out of view; explicit roles keep it a table for screen readers either way.
 function reportTable(report) {
   const caption = `Results from ${day(report.effective)}`;
-  return tableBox(caption, h("table", {},
-    h("caption", { class: "visually-hidden" }, caption),
-    h("thead", {}, h("tr", {},
-      h("th", { scope: "col" }, "Test"), h("th", { scope: "col" }, "Your result"),
-      h("th", { scope: "col" }, "Usual range"), h("th", { scope: "col" }, "Compared with usual"))),
-    h("tbody", {}, (report.observations || []).map((obs) => h("tr", {},
-      h("th", { scope: "row" }, testName(obs)),
-      h("td", {}, valueText(obs)),
-      h("td", {}, rangeText(obs)),
-      h("td", {}, flagBadge(obs.flag) || "Not given"))))));
+  return h("div", { class: "table-box stack-box" }, h("table", { class: "stack", role: "table", "aria-label": caption },
+    h("thead", { role: "rowgroup" }, h("tr", { role: "row" },
+      COLUMNS.map((c) => h("th", { scope: "col", role: "columnheader" }, c)))),
+    h("tbody", { role: "rowgroup" }, (report.observations || []).map((obs) => h("tr", { role: "row" },
+      h("th", { scope: "row", role: "rowheader" }, testName(obs)),
+      h("td", { role: "cell", "data-label": COLUMNS[1] }, valueText(obs)),
+      h("td", { role: "cell", "data-label": COLUMNS[2] }, rangeText(obs)),
+      h("td", { role: "cell", "data-label": COLUMNS[3] }, flagBadge(obs.flag) || "Not given"))))));
 }
 
 function reportItem(report) {
