@@ -106,7 +106,7 @@ async def test_every_screen_is_accessible_and_fits_a_phone(
 
 
 async def test_the_sign_in_page_offers_only_the_demo_patients(
-    stack: Stack, browser: Browser
+    stack: Stack, browser: Browser, axe_source: str, screenshots: Path
 ) -> None:
     async with patient_page(browser) as page:
         await page.goto(stack.gateway_url + "/")
@@ -117,6 +117,9 @@ async def test_the_sign_in_page_offers_only_the_demo_patients(
         )
         assert "demo-alice" in offered
         assert "canary" not in offered
+        # The EHR's sign-in page is part of the journey: accessible too.
+        assert await serious_violations(page, axe_source) == []
+        await screenshot(page, screenshots, "ehr-sign-in")
 
 
 async def test_a_patient_reads_a_result_with_its_explanation_and_trend(
