@@ -35,6 +35,9 @@ KAFKA_HOME := deploy/local/kafka
 KAFKA_STAMP := $(KAFKA_HOME)/lib/.fetched
 HAPI_HOME := deploy/local/hapi
 HAPI_STAMP := $(HAPI_HOME)/lib/.fetched
+AXE_VERSION := 4.14.1
+AXE_DIR := tests/browser/.node
+AXE_JS := $(AXE_DIR)/node_modules/axe-core/axe.min.js
 
 .PHONY: help install up check test test-interop acceptance reliability-report \
 	security-report lint bench bench-quick bench-triage kafka-jars hapi-jars deploy-check traces clean
@@ -44,7 +47,14 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-19s %s\n", $$1, $$2}' \
 		$(MAKEFILE_LIST)
 
-install: $(STAMP) ## create .venv (Python 3.11) and install every package editable + dev tools
+install: $(STAMP) $(AXE_JS) ## create .venv (Python 3.11) and install every package editable + dev tools
+
+# axe-core (npm) for the portal's browser tests, injected into the page by the tests; the
+# version is pinned here, installed into a git-ignored folder, no lock file written.
+$(AXE_JS):
+	npm install --no-save --no-package-lock --no-audit --no-fund --loglevel=error \
+		--prefix $(AXE_DIR) axe-core@$(AXE_VERSION)
+	@test -f $@
 
 # Re-runs only when a pyproject.toml, the constraints or the dev tools list changed.
 $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGE_DIRS))
@@ -134,7 +144,7 @@ security-report: install ## attacks of tests/security on real local servers: a t
 	$(PY) tests/security/report.py $(PYTEST_ARGS)
 
 clean: ## remove generated files: .data/ (PostgreSQL too), caches, jars, install stamp
-	rm -rf .data $(KAFKA_HOME)/lib $(KAFKA_HOME)/target $(HAPI_HOME)/lib $(HAPI_HOME)/target \
+	rm -rf .data $(AXE_DIR) .artifacts $(KAFKA_HOME)/lib $(KAFKA_HOME)/target $(HAPI_HOME)/lib $(HAPI_HOME)/target \
 		.mypy_cache .ruff_cache \
 		.pytest_cache .hypothesis $(STAMP)
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +

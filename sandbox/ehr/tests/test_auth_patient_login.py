@@ -183,3 +183,26 @@ async def test_dev_issuer_is_absent_outside_dev_mode(tmp_path: Path) -> None:
         assert (await http.get("/auth/jwks.json")).status_code == 200
         smart = (await http.get("/.well-known/smart-configuration")).json()
         assert smart["grant_types_supported"] == ["client_credentials"]
+
+
+async def test_the_synthetic_monitoring_patient_is_not_offered_at_sign_in(
+    sandbox: RunningSandbox,
+) -> None:
+    canary = {
+        "resourceType": "Patient",
+        "id": "canary",
+        "active": True,
+        "meta": {"tag": [{"system": "urn:ehr-sandbox:tags", "code": "synthetic-monitoring"}]},
+        "name": [{"given": ["Synthetic"], "family": "Canary"}],
+    }
+    response = await sandbox.admin.put("/fhir/Patient/canary", json=canary, headers=FHIR_JSON)
+    assert response.status_code == 201
+    async with httpx.AsyncClient(base_url=sandbox.url) as http:
+        _verifier, challenge = _pkce()
+        page = await http.get("/auth/authorize", params=_authorize_params(challenge))
+        assert 'value="alice"' in page.text
+        assert 'value="canary"' not in page.text
+        assert "Canary" not in page.text
+        # Nor can the form be posted for it.
+        form = _hidden_fields(page.text) | {"patient": "canary", "decision": "allow"}
+        assert (await http.post("/auth/authorize", data=form)).status_code == 400

@@ -9,7 +9,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from contracts.patient import PatientLinkedV1
 from gateway import audit, observability, security_events, store
 from gateway.auth import AuthError, PatientToken, TokenVerifier
-from gateway.domain import Notification, NotificationKind
+from gateway.domain import Notification, NotificationKind, profile_of
 from gateway.handlers import hub
 from gateway.scopes import ScopeError, parse_scope
 from gateway.settings import Settings
@@ -285,6 +285,52 @@ class MeOut(BaseModel):
 async def me(caller: Me) -> MeOut:
     """The caller's internal patient id and granted scopes (links the account on first use)."""
     return MeOut(patient_id=caller.patient_id, scopes=sorted(caller.token.scopes))
+
+
+class ProfileOut(BaseModel):
+    """How the portal greets the patient, and what the symptom check pre-fills."""
+
+    name: str
+    given_name: str
+    birth_date: date | None
+    age: int | None
+    sex: str
+
+
+@router.get("/me/profile", response_model=ProfileOut, dependencies=[requires("patient/Patient.r")])
+async def profile(
+    caller: Me, request: Request, authorization: Annotated[str, Header()]
+) -> ProfileOut:
+    """The patient's name, birth date, age and sex, read from the EHR with their own token."""
+    service = service_of(request)
+    settings: Settings = service.settings  # type: ignore[assignment]
+    base = (settings.ehr_fhir_url or settings.oidc_issuer.rstrip("/") + "/fhir").rstrip("/")
+    http: httpx.AsyncClient = service.state["http"]
+    fhir_id = quote(caller.token.patient_fhir_id, safe="")
+    try:
+        response = await http.get(
+            f"{base}/Patient/{fhir_id}",
+            headers={"Authorization": authorization, "Accept": "application/fhir+json"},
+        )
+    except httpx.HTTPError as exc:
+        raise HTTPException(503, "The EHR is unavailable; try again.") from exc
+    if response.status_code != 200:
+        raise HTTPException(502, f"The EHR answered {response.status_code}.")
+    try:
+        patient = response.json()
+    except ValueError as exc:
+        raise HTTPException(502, "The EHR's answer was not JSON.") from exc
+    if not isinstance(patient, dict) or patient.get("resourceType") != "Patient":
+        raise HTTPException(502, "The EHR did not return a Patient.")
+    found = profile_of(patient, datetime.now(UTC).date())
+    await audit.record_access(service.db, caller.patient_id, caller.actor, "read", "Patient")
+    return ProfileOut(
+        name=found.name,
+        given_name=found.given_name,
+        birth_date=found.birth_date,
+        age=found.age,
+        sex=found.sex,
+    )
 
 
 @router.get("/me/threads", dependencies=[requires("patient/Communication.s")])

@@ -13,6 +13,7 @@ from gateway import (
     api_messages,
     api_records,
     api_triage,
+    docs,
     handlers,
     ops,
     portal,
@@ -73,6 +74,8 @@ def build(
     )
     if mounts is not None:
         service.state["upstream_mounts"] = mounts
+    docs.replace_default_docs(service.app)
+    portal.mount_static(service.app)
     gw: Settings = service.settings  # type: ignore[assignment]
     # Outermost: a client over its limit costs no body read, token check or JWKS fetch.
     service.app.add_middleware(

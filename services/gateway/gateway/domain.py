@@ -11,8 +11,9 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
+from typing import Any
 
 GENESIS = "0" * 64
 
@@ -90,3 +91,50 @@ def first_broken_link(records: Iterable[AccessRecord]) -> int | None:
             return i
         expected_prev = r.hash
     return None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the portal shows of the patient: how to greet them, and what the symptom
+    check pre-fills (age and sex from the record)."""
+
+    name: str
+    given_name: str
+    birth_date: date | None
+    age: int | None
+    sex: str
+
+
+_SEXES = {"female", "male", "other", "unknown"}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def profile_of(patient: dict[str, Any], today: date) -> Profile:
+    """The profile of a FHIR Patient (official name first; age in whole years on `today`)."""
+    names = [n for n in patient.get("name") or [] if isinstance(n, dict)]
+    chosen = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
+    given = [g for g in chosen.get("given") or [] if isinstance(g, str)]
+    family = _text(chosen.get("family"))
+    text = _text(chosen.get("text"))
+    full = text.strip() or " ".join([*given, family]).strip()
+    birth: date | None = None
+    raw_birth = patient.get("birthDate")
+    if isinstance(raw_birth, str) and len(raw_birth) == 10:
+        try:
+            birth = date.fromisoformat(raw_birth)
+        except ValueError:
+            birth = None
+    age = None
+    if birth is not None:
+        age = today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+    gender = patient.get("gender")
+    return Profile(
+        name=full,
+        given_name=given[0] if given else full,
+        birth_date=birth,
+        age=age,
+        sex=gender if gender in _SEXES else "unknown",
+    )

@@ -1,7 +1,11 @@
-"""The portal page and its sign-in exchange (the page itself is `static/index.html`).
+"""The portal page and its sign-in exchange.
 
-The page signs the patient in with the issuer's authorization-code flow (PKCE); the code
-is exchanged here, server-side, so the page never needs cross-origin access to the issuer.
+The page is a shell (`static/index.html`) and plain ES modules with a stylesheet
+(`static/portal/`), served as they are: no build step, nothing generated to commit. Every
+screen reads and writes through the public `/v1` API with the patient's token, as any other
+patient app would. The page signs the patient in with the issuer's authorization-code flow
+(PKCE); the code is exchanged here, server-side, so the page never needs cross-origin
+access to the issuer.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from importlib import resources
 from typing import Annotated
 
 import httpx
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from gateway.settings import Settings
@@ -37,13 +42,21 @@ async def portal_page(request: Request) -> HTMLResponse:
     return HTMLResponse(
         html,
         headers={
+            # No inline script or style: the modules and the stylesheet are files.
             "Content-Security-Policy": (
-                "default-src 'self'; script-src 'self' 'unsafe-inline'; "
-                "style-src 'self' 'unsafe-inline'; form-action 'self' " + config["issuer"]
+                "default-src 'self'; script-src 'self'; style-src 'self'; "
+                "img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; "
+                "form-action 'self' " + config["issuer"]
             ),
             "Cache-Control": "no-store",
         },
     )
+
+
+def mount_static(app: FastAPI) -> None:
+    """Serve the portal's modules and stylesheet under `/portal/`."""
+    folder = resources.files("gateway").joinpath("static/portal")
+    app.mount("/portal", StaticFiles(directory=str(folder)), name="portal-static")
 
 
 class CodeExchange(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from gateway.auth import PatientToken
 from gateway.domain import (
@@ -14,6 +14,7 @@ from gateway.domain import (
     access_hash,
     appointment_news,
     first_broken_link,
+    profile_of,
 )
 
 
@@ -86,3 +87,26 @@ def test_a_change_to_a_visit_that_is_over_is_not_news() -> None:
     assert not appointment_news(now - timedelta(days=30), now)
     assert appointment_news(now + timedelta(days=2), now)
     assert appointment_news(None, now)
+
+
+def test_profile_of_a_patient_prefers_the_official_name_and_counts_whole_years() -> None:
+    patient = {
+        "resourceType": "Patient",
+        "name": [
+            {"use": "nickname", "given": ["Al"]},
+            {"use": "official", "family": "Nakamura", "given": ["Alice", "May"]},
+        ],
+        "gender": "female",
+        "birthDate": "1968-04-12",
+    }
+    before_birthday = profile_of(patient, date(2026, 4, 11))
+    assert (before_birthday.name, before_birthday.given_name) == ("Alice May Nakamura", "Alice")
+    assert (before_birthday.age, before_birthday.sex) == (57, "female")
+    assert profile_of(patient, date(2026, 4, 12)).age == 58
+
+
+def test_profile_of_a_sparse_patient_says_what_it_does_not_know() -> None:
+    found = profile_of(
+        {"resourceType": "Patient", "gender": "x", "birthDate": "1968"}, date(2026, 1, 1)
+    )
+    assert (found.name, found.birth_date, found.age, found.sex) == ("", None, None, "unknown")

@@ -340,6 +340,80 @@ async def test_portal_page_is_served(stack: Stack) -> None:
     assert '<html lang="en">' in page.text
     assert stack.issuer in page.text
     assert "__PORTAL_CONFIG__" not in page.text
+    csp = page.headers["content-security-policy"]
+    assert "unsafe-inline" not in csp
+    assert "script-src 'self';" in csp
+
+
+async def test_the_portals_modules_and_stylesheet_are_served_as_they_are(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+        app = await client.get("/portal/app.js")
+        view = await client.get("/portal/views/results.js")
+        css = await client.get("/portal/portal.css")
+        missing = await client.get("/portal/../settings.py")
+    assert app.status_code == 200
+    assert "javascript" in app.headers["content-type"]
+    assert 'from "./api.js"' in app.text
+    assert view.status_code == 200
+    assert css.status_code == 200
+    assert "text/css" in css.headers["content-type"]
+    assert missing.status_code == 404
+
+
+async def test_api_docs_work_offline_with_an_authorize_button(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+        docs = await client.get("/docs")
+        bundle = await client.get("/docs/assets/swagger-ui-bundle.js")
+        css = await client.get("/docs/assets/swagger-ui.css")
+        init = await client.get("/docs/assets/init.js")
+        unknown = await client.get("/docs/assets/index.html")
+        redoc = await client.get("/redoc")
+        openapi = (await client.get("/openapi.json")).json()
+    assert docs.status_code == 200
+    # Every script and stylesheet is the gateway's own: nothing from a CDN.
+    assert "http://" not in docs.text and "https://" not in docs.text
+    assert 'src="/docs/assets/swagger-ui-bundle.js"' in docs.text
+    assert bundle.status_code == 200 and "SwaggerUIBundle" in bundle.text
+    assert css.status_code == 200
+    assert init.status_code == 200 and "/openapi.json" in init.text
+    assert unknown.status_code == 404
+    assert redoc.status_code == 404
+    scheme = openapi["components"]["securitySchemes"]["smart"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert {"smart": ["patient/Patient.r"]} in openapi["paths"]["/v1/me/profile"]["get"]["security"]
+
+
+async def test_the_profile_comes_from_the_ehr_with_the_patients_own_token(stack: Stack) -> None:
+    put = await stack.sandbox_admin.put(
+        "/fhir/Patient/p-rosa",
+        json={
+            "resourceType": "Patient",
+            "id": "p-rosa",
+            "name": [{"use": "official", "family": "Diaz", "given": ["Rosa", "Maria"]}],
+            "gender": "female",
+            "birthDate": "1950-02-28",
+        },
+        headers={"Content-Type": "application/fhir+json"},
+    )
+    assert put.status_code in (200, 201), put.text
+    token = (
+        await stack.sandbox_admin.post("/dev/patient-token", json={"patient": "p-rosa"})
+    ).json()["access_token"]
+    async with httpx.AsyncClient(
+        base_url=stack.url, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
+        profile = (await client.get("/v1/me/profile")).json()
+        log = (await client.get("/v1/me/access-log")).json()
+    today = datetime.now(UTC).date()
+    age = today.year - 1950 - ((today.month, today.day) < (2, 28))
+    assert profile == {
+        "name": "Rosa Maria Diaz",
+        "given_name": "Rosa",
+        "birth_date": "1950-02-28",
+        "age": age,
+        "sex": "female",
+    }
+    assert any(row["resource"] == "Patient" for row in log)
 
 
 async def test_no_phi_reaches_a_span_attribute(stack: Stack, kafka_bootstrap: str) -> None:

@@ -1,7 +1,9 @@
 """The patients the dev sign-in page offers.
 
 The demo patients of the seed (the same list as `GET /dev/patients`), in their order;
-when the sandbox runs without the seed, the Patient resources it holds instead.
+when the sandbox runs without the seed, the Patient resources it holds instead. Synthetic
+patients (the monitoring canary, tagged `synthetic-monitoring`) are never offered: a person
+signing in must not pick, or write as, the patient the probes watch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ from ehr_sandbox.seed import DEMO_PATIENTS
 
 # Without the seed the page lists at most this many patients.
 MAX_LISTED = 50
+SYNTHETIC_TAG = ("urn:ehr-sandbox:tags", "synthetic-monitoring")
+
+
+def is_synthetic(patient: dict[str, Any]) -> bool:
+    """Whether the Patient is a synthetic one (tagged for monitoring), not a person."""
+    tags = (patient.get("meta") or {}).get("tag") or []
+    return any(
+        isinstance(t, dict) and (t.get("system"), t.get("code")) == SYNTHETIC_TAG for t in tags
+    )
 
 
 def display_name(patient: dict[str, Any]) -> str:
@@ -51,7 +62,8 @@ async def demo_patients(app: FastAPI) -> list[tuple[str, str, str]]:
     store = getattr(app.state, "store", None)
     if store is None:
         return []
-    demo = await store.read_many([("Patient", p.id) for p in DEMO_PATIENTS])
+    stored = await store.read_many([("Patient", p.id) for p in DEMO_PATIENTS])
+    demo = [m for m in stored if not is_synthetic(m.content)]
     if demo:
         history = {p.id: p.has_history for p in DEMO_PATIENTS}
         return [(m.id, display_name(m.content), _hint(m.content, history.get(m.id))) for m in demo]
@@ -59,6 +71,6 @@ async def demo_patients(app: FastAPI) -> list[tuple[str, str, str]]:
     patients = [
         (m.id, display_name(m.content), _hint(m.content, None))
         for m in result.matches
-        if m.content.get("active", True) is not False
+        if m.content.get("active", True) is not False and not is_synthetic(m.content)
     ]
     return sorted(patients, key=lambda p: p[1].lower())

@@ -376,6 +376,16 @@ def _intake_questionnaire(now: datetime) -> dict[str, Any]:
                 "type": "boolean",
             },
             {
+                # Asked only after a "yes" above, and then required (forms use enableWhen).
+                "linkId": "medications-which",
+                "text": "Which medicines changed, and how?",
+                "type": "text",
+                "required": True,
+                "enableWhen": [
+                    {"question": "medications-changed", "operator": "=", "answerBoolean": True}
+                ],
+            },
+            {
                 "linkId": "allergies-changed",
                 "text": "Do you have any new allergies?",
                 "type": "boolean",
