@@ -6,7 +6,7 @@ DATABASE_URL the service uses), the ops token, the connector's webhook token and
 Backend Services key pair (EC P-384, ES384), and for dev the EHR sandbox's database login
 (`ehr-sandbox-db`, its SANDBOX_DATABASE_URL), admin token and the clients file that
 registers the connector's public key with the sandbox, and messaging's encryption key
-(`messaging-encryption`; rotating it is in docs/operations.md).
+(`messaging-encryption`, `triage-encryption`; rotating them is in docs/operations.md).
 
     python deploy/k8s/tools/dev_secrets.py --namespace portal-dev | kubectl apply -f -
     python deploy/k8s/tools/dev_secrets.py --env prod --namespace portal \
@@ -14,8 +14,8 @@ registers the connector's public key with the sandbox, and messaging's encryptio
 
 Re-running makes new values: apply it again only to rotate everything (the services pick
 the new values up on their next restart; CloudNativePG updates the role passwords). Except
-`messaging-encryption`: a new key alone makes stored messages unreadable; rotate it by
-adding a key to the existing Secret (docs/operations.md), never by replacing it.
+`messaging-encryption` / `triage-encryption`: a new key alone makes stored text unreadable;
+rotate it by adding a key to the existing Secret (docs/operations.md), never by replacing it.
 """
 
 from __future__ import annotations
@@ -107,12 +107,12 @@ def secrets_for(env: str, postgres_host: str = POSTGRES_HOST) -> tuple[list[dict
     jwks = {"keys": [jwk]}
     docs.append(_secret("ehr-connector-ehr-client", {"private-key.pem": pem, "key-id": kid}))
     docs.append(_secret("ehr-connector-webhook", {"token": secrets.token_urlsafe(32)}))
-    # Messaging's encryption at rest: one key id, dated, so a later rotation adds another.
+    # Messaging's and triage's encryption at rest: one key id each, dated, so a later
+    # rotation adds another.
     key_id = f"{datetime.now(UTC):%Y-%m}"
-    key = base64.b64encode(secrets.token_bytes(32)).decode()
-    docs.append(
-        _secret("messaging-encryption", {"keys": json.dumps({key_id: key}), "active": key_id})
-    )
+    for name in ("messaging-encryption", "triage-encryption"):
+        key = base64.b64encode(secrets.token_bytes(32)).decode()
+        docs.append(_secret(name, {"keys": json.dumps({key_id: key}), "active": key_id}))
     if env == "dev":
         docs.append(database_secret(*SANDBOX_DATABASE, postgres_host))
         clients = {

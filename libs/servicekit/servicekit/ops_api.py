@@ -4,14 +4,16 @@ outbox (backlog, replay). Guarded by the ops bearer token from settings."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
 from sqlalchemy import func, select
 
 from servicekit.consumer import ConsumerRuntime
+from servicekit.crypto import Cipher
 from servicekit.db import Database
 from servicekit.outbox import replay
 from servicekit.settings import ServiceSettings
@@ -163,3 +165,56 @@ async def replay_outbox(_: Ops, request: Request, body: ReplayRequest) -> dict[s
     count = await replay(_db(request), body.since, body.topic)
     request.app.state.service.outbox.wakeup.set()
     return {"replayed": count}
+
+
+# -- encryption at rest: the same two routes for every service that encrypts ---------------
+
+
+class EncryptionOut(BaseModel):
+    """Rows per table not on the active key (and, after a run, how many were changed)."""
+
+    active_key_id: str
+    not_on_active_key: dict[str, int]
+    reencrypted: dict[str, int] = Field(default_factory=dict)
+
+
+class Reencryptable(Protocol):
+    """Use cases that keep values encrypted (`servicekit.crypto`) and can re-wrap them."""
+
+    cipher: Cipher
+
+    async def reencrypt(self) -> dict[str, int]:
+        """Bring every stored value to the active key; rows changed per table."""
+        ...
+
+    async def encryption_status(self) -> dict[str, int]:
+        """Rows per table not yet on the active key."""
+        ...
+
+
+def encryption_routes(use_cases: Callable[[Request], Reencryptable]) -> APIRouter:
+    """`GET /ops/encryption` and `POST /ops/encryption/reencrypt` for a service's use cases
+    (docs/operations.md, "Encryption keys")."""
+    routes = APIRouter(prefix="/ops/encryption", tags=["ops"])
+
+    @routes.get("", response_model=EncryptionOut)
+    async def encryption_status(_ops: Ops, request: Request) -> EncryptionOut:
+        """How far the stored values are from the active encryption key."""
+        target = use_cases(request)
+        return EncryptionOut(
+            active_key_id=target.cipher.active_key_id,
+            not_on_active_key=await target.encryption_status(),
+        )
+
+    @routes.post("/reencrypt", response_model=EncryptionOut)
+    async def reencrypt(_ops: Ops, request: Request) -> EncryptionOut:
+        """Re-wrap every stored value with the active key (after a rotation); idempotent."""
+        target = use_cases(request)
+        changed = await target.reencrypt()
+        return EncryptionOut(
+            active_key_id=target.cipher.active_key_id,
+            not_on_active_key=await target.encryption_status(),
+            reencrypted=changed,
+        )
+
+    return routes

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -241,3 +244,57 @@ async def deliver(
     )
     runtime = service.runtime
     return await runtime.consume(runtime.subscription_for_topic(topic), message)
+
+
+async def table_file_bytes(database_url: str, tables: Sequence[str]) -> dict[str, bytes]:
+    """Each table's heap file (and its TOAST table's) as PostgreSQL wrote them to disk:
+    `VACUUM FULL` rewrites a table into a new file straight to disk (not left in shared
+    buffers), so searching these bytes for a plaintext proves whether it is stored. Skips
+    the test when this process cannot read the server's data directory."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        data_dir = await _data_directory(conn, database_url, tables[0])
+        out: dict[str, bytes] = {}
+        for table in tables:
+            await conn.execute(f"VACUUM FULL {table}")
+            row = await conn.fetchrow(
+                "SELECT pg_relation_filepath(oid) AS heap, "
+                "CASE WHEN reltoastrelid <> 0 THEN pg_relation_filepath(reltoastrelid) END AS toast"
+                " FROM pg_class WHERE oid = $1::regclass",
+                table,
+            )
+            paths = [data_dir / p for p in (row["heap"], row["toast"]) if p]
+            out[table] = await asyncio.to_thread(_read_relation_files, paths)
+        return out
+    finally:
+        await conn.close()
+
+
+async def _data_directory(conn: Any, database_url: str, table: str) -> Path:
+    """The server's data directory: asked (superuser), else where this machine keeps it."""
+    import asyncpg
+    import pytest
+
+    try:
+        return Path(await conn.fetchval("SELECT current_setting('data_directory')"))
+    except asyncpg.InsufficientPrivilegeError:
+        pass
+    host = parse_qs(urlsplit(database_url).query).get("host", [])
+    candidates = [*host, os.environ.get("PGDATA", ""), *glob.glob("/var/lib/postgresql/*/main")]
+    relation = await conn.fetchval("SELECT pg_relation_filepath($1::regclass)", table)
+    for candidate in candidates:
+        if candidate and (Path(candidate) / relation).exists():
+            return Path(candidate)
+    pytest.skip("the PostgreSQL data directory is not readable from this process")
+
+
+def _read_relation_files(paths: list[Path]) -> bytes:
+    """The bytes of relation files and their extra segments (not the free-space maps)."""
+    return b"".join(
+        Path(p).read_bytes()
+        for path in paths
+        for p in glob.glob(f"{path}*")
+        if not p.endswith(("_fsm", "_vm"))
+    )

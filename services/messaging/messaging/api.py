@@ -31,7 +31,7 @@ from messaging.service import (
     UnknownTopic,
 )
 from servicekit.http import PatientId
-from servicekit.ops_api import Ops
+from servicekit.ops_api import encryption_routes
 
 router = APIRouter(tags=["messaging"])
 ThreadId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
@@ -394,31 +394,4 @@ async def list_pool_items(
     ]
 
 
-class EncryptionOut(BaseModel):
-    """Rows per table not on the active key (and, after a run, how many were changed)."""
-
-    active_key_id: str
-    not_on_active_key: dict[str, int]
-    reencrypted: dict[str, int] = Field(default_factory=dict)
-
-
-@router.get("/ops/encryption", response_model=EncryptionOut, tags=["ops"])
-async def encryption_status(_ops: Ops, request: Request) -> EncryptionOut:
-    """How far the stored text is from the active encryption key."""
-    messaging = _messaging(request)
-    return EncryptionOut(
-        active_key_id=messaging.cipher.active_key_id,
-        not_on_active_key=await messaging.encryption_status(),
-    )
-
-
-@router.post("/ops/encryption/reencrypt", response_model=EncryptionOut, tags=["ops"])
-async def reencrypt(_ops: Ops, request: Request) -> EncryptionOut:
-    """Re-wrap every stored value with the active key (after a rotation); idempotent."""
-    messaging = _messaging(request)
-    changed = await messaging.reencrypt()
-    return EncryptionOut(
-        active_key_id=messaging.cipher.active_key_id,
-        not_on_active_key=await messaging.encryption_status(),
-        reencrypted=changed,
-    )
+router.include_router(encryption_routes(_messaging))

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import glob
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
@@ -25,7 +22,7 @@ from devstack.topics import ensure_topics
 from messaging.app import build
 from messaging.settings import Settings
 from servicekit.crypto import new_key
-from servicekit.testing import isolated_settings, serving_in_process
+from servicekit.testing import isolated_settings, serving_in_process, table_file_bytes
 
 pytestmark = [pytest.mark.integration]
 OPS = {"Authorization": "Bearer dev-ops-token"}
@@ -34,56 +31,6 @@ BODY = "Quokka-body-91c2: the rash on my arm is spreading"
 PNG = b"\x89PNG\r\n\x1a\n" + b"Narwhal-image-5d0e" * 4
 LEGACY = "Legacy-plaintext-c4b8 written before encryption"
 TABLES = ("threads", "messages", "attachments", "pool_items")
-
-
-def _dsn(database_url: str) -> str:
-    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
-async def _data_directory(conn: asyncpg.Connection, database_url: str) -> Path:
-    """The server's data directory: asked (superuser), else where this machine keeps it."""
-    try:
-        return Path(await conn.fetchval("SELECT current_setting('data_directory')"))
-    except asyncpg.InsufficientPrivilegeError:
-        pass
-    host = parse_qs(urlsplit(database_url).query).get("host", [])
-    candidates = [*host, os.environ.get("PGDATA", ""), *glob.glob("/var/lib/postgresql/*/main")]
-    relation = await conn.fetchval("SELECT pg_relation_filepath('messages')")
-    for candidate in candidates:
-        if candidate and (Path(candidate) / relation).exists():
-            return Path(candidate)
-    pytest.skip("the PostgreSQL data directory is not readable from this process")
-
-
-async def _table_bytes(database_url: str) -> dict[str, bytes]:
-    """Each table's heap file (and its TOAST table's), freshly rewritten to disk."""
-    conn = await asyncpg.connect(_dsn(database_url))
-    try:
-        data_dir = await _data_directory(conn, database_url)
-        out: dict[str, bytes] = {}
-        for table in TABLES:
-            await conn.execute(f"VACUUM FULL {table}")
-            row = await conn.fetchrow(
-                "SELECT pg_relation_filepath(oid) AS heap, "
-                "CASE WHEN reltoastrelid <> 0 THEN pg_relation_filepath(reltoastrelid) END AS toast"
-                " FROM pg_class WHERE oid = $1::regclass",
-                table,
-            )
-            paths = [data_dir / p for p in (row["heap"], row["toast"]) if p]
-            out[table] = await asyncio.to_thread(_read_files, paths)
-        return out
-    finally:
-        await conn.close()
-
-
-def _read_files(paths: list[Path]) -> bytes:
-    """The bytes of relation files and their extra segments (not the free-space maps)."""
-    return b"".join(
-        Path(p).read_bytes()
-        for path in paths
-        for p in glob.glob(f"{path}*")
-        if not p.endswith(("_fsm", "_vm"))
-    )
 
 
 def _settings(
@@ -124,7 +71,7 @@ async def test_text_is_not_in_the_database_files_and_rotation_reencrypts_every_r
         assert sent.status_code == 201, sent.text
         thread_id = sent.json()["thread"]["id"]
     # A row from before encryption existed: plaintext in the legacy column, no key id.
-    conn = await asyncpg.connect(_dsn(database_url))
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
     try:
         await conn.execute(
             "INSERT INTO messages (id, thread_id, patient_id, direction, body, sent_at) "
@@ -135,7 +82,7 @@ async def test_text_is_not_in_the_database_files_and_rotation_reencrypts_every_r
     finally:
         await conn.close()
 
-    files = await _table_bytes(database_url)
+    files = await table_file_bytes(database_url, TABLES)
     everything = b"".join(files.values())
     for secret in (SUBJECT, BODY, "Okapi-title-22aa", "Narwhal-image-5d0e", "Quokka", "Zebra"):
         assert secret.encode() not in everything, secret
@@ -178,7 +125,7 @@ async def test_text_is_not_in_the_database_files_and_rotation_reencrypts_every_r
         content = await client.get(f"/patients/pat-1/attachments/{attachment['id']}")
         assert content.content == PNG
         assert content.headers["content-type"] == "image/png"
-    files = await _table_bytes(database_url)
+    files = await table_file_bytes(database_url, TABLES)
     assert LEGACY.encode() not in b"".join(files.values())
 
     # The same report from the operator command, with the keys from the environment.

@@ -16,6 +16,7 @@ from contracts.base import Coding
 from contracts.triage import Urgency
 from servicekit.http import PatientId
 from servicekit.idempotency import IdempotencyKey, idempotent
+from servicekit.ops_api import encryption_routes
 from triage.domain import Sex
 from triage.ruleset import Question
 from triage.service import (
@@ -286,3 +287,6 @@ async def emergency_check(body: EmergencyCheckRequest, request: Request) -> Emer
         advice=check.advice,
         rule_set_version=check.rule_set_version,
     )
+
+
+router.include_router(encryption_routes(triage_of))

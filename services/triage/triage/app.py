@@ -10,6 +10,7 @@ import httpx
 from fastapi import FastAPI
 
 from servicekit.app import Service, ServiceDefinition, create_service
+from servicekit.crypto import Cipher, Keyring
 from triage import api, handlers, ruleset, store
 from triage.engine import Engine
 from triage.llm import ModelReviewer
@@ -42,8 +43,9 @@ async def _open(service: Service) -> None:
             timeout_s=settings.triage_llm_timeout_s,
             concept_ids=engine.rules.concepts,
         )
+    cipher = Cipher(Keyring.from_settings(settings, settings.environment))
     service.state["triage"] = TriageService(
-        service.db, service.outbox, service.state["engine"], reviewer
+        service.db, service.outbox, service.state["engine"], reviewer, cipher
     )
 
 

@@ -10,6 +10,7 @@ asking is answered or the patient finishes.
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.base import Coding
 from contracts.triage import TriageAnswer, TriageCompletedV1, TriageFlag, Urgency
+from servicekit.crypto import Cipher
 from servicekit.db import Database
 from servicekit.metrics import inc_after_commit
 from servicekit.outbox import Outbox
@@ -108,14 +110,34 @@ def flag_json(flag: FiredFlag) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Private:
+    """What a session holds of the patient's own words: kept encrypted at rest."""
+
+    text: str
+    flags: list[dict[str, Any]]
+    answers: dict[str, Any]
+
+
+def _aad(session_id: str) -> str:
+    # Binds the envelope to its row: copied into another row, it does not decrypt.
+    return f"triage.triage_sessions.private:{session_id}"
+
+
 class TriageService:
     """The use cases, wired by the composition root."""
 
     def __init__(
-        self, db: Database, outbox: Outbox, engine: Engine, reviewer: ModelReviewer | None
+        self,
+        db: Database,
+        outbox: Outbox,
+        engine: Engine,
+        reviewer: ModelReviewer | None,
+        cipher: Cipher,
     ) -> None:
         self.db = db
         self.outbox = outbox
+        self.cipher = cipher
         self.engine = engine
         self.reviewer = reviewer
 
@@ -183,9 +205,10 @@ class TriageService:
             raise SessionNotFound(session_id)
         if row.status != store.OPEN:
             raise SessionClosed(session_id)
-        before = dict(row.answers or {})
+        private = self._open(row)
+        before = dict(private.answers)
         merged = {**before, **answers}
-        complaint = Complaint(row.age, Sex(row.sex), row.text, row.age_months, merged)
+        complaint = Complaint(row.age, Sex(row.sex), private.text, row.age_months, merged)
         result = await self._decide(complaint)
         now = datetime.now(UTC)
         async with self._transaction(session) as tx:
@@ -193,10 +216,10 @@ class TriageService:
             if (
                 locked is None
                 or locked.status != store.OPEN
-                or dict(locked.answers or {}) != before
+                or dict(self._open(locked).answers) != before
             ):
                 raise SessionClosed(session_id)
-            self._record(locked, result, merged)
+            self._record(locked, result, merged, complaint.text)
             if finish or not result.questions:
                 self._complete(tx, locked, complaint, result, now)
             row = locked
@@ -249,25 +272,66 @@ class TriageService:
             age=complaint.age,
             age_months=complaint.age_months,
             sex=complaint.sex.value,
-            text=complaint.text,
             status=store.OPEN,
             started_at=now,
             completed_at=None,
         )
-        self._record(row, result, dict(complaint.answers))
+        self._record(row, result, dict(complaint.answers), complaint.text)
         return row
 
-    @staticmethod
-    def _record(row: store.TriageSession, result: Assessment, answers: dict[str, Any]) -> None:
+    def _record(
+        self, row: store.TriageSession, result: Assessment, answers: dict[str, Any], text: str
+    ) -> None:
         row.urgency = result.urgency.value
         row.findings = [f.model_dump(mode="json") for f in result.findings]
         row.matched_rules = list(result.matched_rules)
         row.recommended_pool = result.recommended_pool
         row.rule_set_version = result.rule_set_version
-        row.flags = [flag_json(f) for f in result.flags]
         row.questions = [q.id for q in result.questions]
         row.advice = result.advice
-        row.answers = answers
+        self._seal(row, Private(text, [flag_json(f) for f in result.flags], answers))
+
+    # -- encryption at rest ---------------------------------------------------------------
+
+    def _seal(self, row: store.TriageSession, private: Private) -> None:
+        """Encrypt the patient's words, the flags (their evidence quotes the words) and the
+        answers into the row; the plain columns are emptied."""
+        plain = json.dumps(
+            {"text": private.text, "flags": private.flags, "answers": private.answers}
+        )
+        row.private_enc = self.cipher.encrypt_text(plain, _aad(row.id))
+        row.key_id = self.cipher.active_key_id
+        row.text, row.flags, row.answers = None, None, None
+
+    def _open(self, row: store.TriageSession) -> Private:
+        """The row's private parts (rows from before encryption: the plain columns)."""
+        if row.private_enc is None:
+            return Private(row.text or "", list(row.flags or []), dict(row.answers or {}))
+        values = json.loads(self.cipher.decrypt_text(row.private_enc, _aad(row.id)))
+        return Private(values["text"], values["flags"], values["answers"])
+
+    async def reencrypt(self, batch_size: int = 200) -> dict[str, int]:
+        """Bring every session to the active key (and encrypt rows written before
+        encryption), in short batches; returns the rows changed per table."""
+        changed = 0
+        while True:
+            async with self.db.transaction() as session:
+                rows = await store.rows_to_reencrypt(session, self.cipher.active_key_id, batch_size)
+                for row in rows:
+                    if row.private_enc is not None:
+                        row.private_enc = self.cipher.rewrap(row.private_enc)
+                        row.key_id = self.cipher.active_key_id
+                    else:
+                        self._seal(row, self._open(row))
+            changed += len(rows)
+            if len(rows) < batch_size:
+                return {"triage_sessions": changed}
+
+    async def encryption_status(self) -> dict[str, int]:
+        """Rows per table not yet under the active key."""
+        async with self.db.sessions() as session:
+            count = await store.count_not_on_key(session, self.cipher.active_key_id)
+        return {"triage_sessions": count}
 
     def _complete(
         self,
@@ -319,19 +383,19 @@ class TriageService:
             session, ASSESSMENTS.labels(result.urgency.value, result.recommended_pool or "default")
         )
 
-    @staticmethod
-    def _view(row: store.TriageSession, questions: tuple[Question, ...]) -> SessionView:
+    def _view(self, row: store.TriageSession, questions: tuple[Question, ...]) -> SessionView:
+        private = self._open(row)
         return SessionView(
             id=row.id,
             status=row.status,
             urgency=Urgency(row.urgency),
             advice=row.advice or "",
-            flags=list(row.flags or []),
+            flags=private.flags,
             findings=[Coding.model_validate(f) for f in row.findings],
             recommended_pool=row.recommended_pool,
             rule_set_version=row.rule_set_version,
             questions=list(questions),
-            answers=dict(row.answers or {}),
+            answers=private.answers,
             started_at=row.started_at,
             completed_at=row.completed_at,
         )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from servicekit.crypto import EncryptionSettings
 from servicekit.settings import ServiceSettings
 
 
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, EncryptionSettings):
     """Symptom triage before a visit: a rule engine, optionally reviewed by a language model."""
 
     service_name: str = "triage"

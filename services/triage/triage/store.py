@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, select
+from sqlalchemy import JSON, DateTime, Integer, LargeBinary, String, Text, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -37,7 +37,10 @@ class TriageSession(Base):
     patient_id: Mapped[str] = mapped_column(String(64), index=True)
     age: Mapped[int] = mapped_column(Integer)
     sex: Mapped[str] = mapped_column(String(16))
-    text: Mapped[str] = mapped_column(Text)
+    # The patient's words, the flags' evidence (excerpts of them) and the answers are kept
+    # in `private_enc` (AES-GCM envelope, servicekit.crypto) under key `key_id`; the plain
+    # columns hold them only for rows written before encryption, until re-encrypted.
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
     urgency: Mapped[str] = mapped_column(String(16))
     findings: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     matched_rules: Mapped[list[str]] = mapped_column(JSON)
@@ -51,6 +54,8 @@ class TriageSession(Base):
     questions: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     advice: Mapped[str | None] = mapped_column(Text, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    private_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 async def sessions_of(session: AsyncSession, patient_id: str) -> list[TriageSession]:
@@ -73,3 +78,31 @@ async def session_of(
     if for_update:
         stmt = stmt.with_for_update()
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+def _not_on_key(active_key_id: str) -> Any:
+    return or_(
+        TriageSession.key_id.is_(None),
+        TriageSession.key_id != active_key_id,
+        TriageSession.private_enc.is_(None),
+    )
+
+
+async def rows_to_reencrypt(
+    session: AsyncSession, active_key_id: str, limit: int
+) -> list[TriageSession]:
+    """Sessions not yet under the active key (or written before encryption), locked."""
+    stmt = (
+        select(TriageSession)
+        .where(_not_on_key(active_key_id))
+        .order_by(TriageSession.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def count_not_on_key(session: AsyncSession, active_key_id: str) -> int:
+    """How many sessions are not yet under the active key."""
+    stmt = select(func.count()).select_from(TriageSession).where(_not_on_key(active_key_id))
+    return int((await session.execute(stmt)).scalar_one())
