@@ -25,6 +25,8 @@ from typing import Any
 
 import httpx
 
+from servicekit.crypto import new_key
+
 GATEWAY = "http://127.0.0.1:8000"
 SANDBOX = "http://127.0.0.1:8090"
 ADMIN_TOKEN = "dev-admin-token"  # the sandbox's documented development admin token
@@ -67,6 +69,21 @@ class LocalStack:
         """The supervisor's `stack.json`."""
         return self.data_dir / "stack.json"
 
+    @property
+    def keys_path(self) -> Path:
+        """The encryption keys of messaging and triage, as a mounted Secret would hold them
+        (`ENCRYPTION_KEYS_FILE`): a rotation rewrites it and restarts the services."""
+        return self.data_dir / "encryption-keys.json"
+
+    def rotate_encryption_key(self) -> str:
+        """Add a new key to the keys file and make it the active one; returns its id."""
+        content = json.loads(self.keys_path.read_text(encoding="utf-8"))
+        key_id = f"acceptance-{len(content['keys']) + 1}"
+        content["keys"][key_id] = new_key()
+        content["active"] = key_id
+        self.keys_path.write_text(json.dumps(content), encoding="utf-8")
+        return key_id
+
     def status(self) -> dict[str, Any]:
         """What the supervisor says runs where (pids, states, restarts)."""
         try:
@@ -90,7 +107,11 @@ class LocalStack:
                 f"ports of the stack are in use ({', '.join(busy)}): stop `make up` first"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.keys_path.exists():
+            first = {"keys": {"acceptance-1": new_key()}, "active": "acceptance-1"}
+            self.keys_path.write_text(json.dumps(first), encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA")}
+        env["ENCRYPTION_KEYS_FILE"] = str(self.keys_path)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [

@@ -31,6 +31,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -66,6 +67,12 @@ class EncryptionSettings(BaseSettings):
     encryption_active_key: str = Field(
         default="", description="Key id new values are encrypted with; empty = the only key"
     )
+    encryption_keys_file: str = Field(
+        default="",
+        description='A mounted file holding {"keys": {id: base64}, "active": id}, read at '
+        "start instead of ENCRYPTION_KEYS/ENCRYPTION_ACTIVE_KEY (a rotation changes the file "
+        "and restarts the service)",
+    )
 
 
 @dataclass(frozen=True)
@@ -89,17 +96,36 @@ class Keyring:
     @classmethod
     def from_settings(cls, settings: EncryptionSettings, environment: str) -> Keyring:
         """The keyring the settings describe (the development key outside prod if none)."""
+        if settings.encryption_keys_file:
+            return cls._from_file(Path(settings.encryption_keys_file))
         if not settings.encryption_keys:
             if environment == "prod":
                 raise KeyringError("ENCRYPTION_KEYS must be set in production")
             return cls({DEV_KEY_ID: _DEV_KEY}, DEV_KEY_ID)
+        return cls._of(settings.encryption_keys, settings.encryption_active_key)
+
+    @classmethod
+    def _from_file(cls, path: Path) -> Keyring:
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+            keys, active = content["keys"], content.get("active", "")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise KeyringError(
+                f"ENCRYPTION_KEYS_FILE {path} is not readable as "
+                '{"keys": {id: base64}, "active": id}'
+            ) from exc
+        if not isinstance(keys, dict) or not keys or not isinstance(active, str):
+            raise KeyringError(f"ENCRYPTION_KEYS_FILE {path} names no keys")
+        return cls._of({str(k): str(v) for k, v in keys.items()}, active)
+
+    @classmethod
+    def _of(cls, configured: Mapping[str, str], active: str) -> Keyring:
         keys: dict[str, bytes] = {}
-        for key_id, text in settings.encryption_keys.items():
+        for key_id, text in configured.items():
             try:
                 keys[key_id] = base64.b64decode(text, validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise KeyringError(f"key {key_id!r} is not valid base64") from exc
-        active = settings.encryption_active_key
         if not active:
             if len(keys) != 1:
                 raise KeyringError("ENCRYPTION_ACTIVE_KEY must name one of several keys")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +86,27 @@ def test_keyring_configuration_errors_are_clear_and_prod_has_no_default_key() ->
         Keyring.from_settings(
             EncryptionSettings(encryption_keys={"a": new_key(), "b": new_key()}), "prod"
         )
+
+
+def test_keys_from_a_mounted_file_replace_the_environment(tmp_path: Path) -> None:
+    old, new = new_key(), new_key()
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(
+        json.dumps({"keys": {"2026-11": old, "2026-12": new}, "active": "2026-12"})
+    )
+    settings = EncryptionSettings(
+        encryption_keys_file=str(keys_file), encryption_keys={"ignored": new_key()}
+    )
+    ring = Keyring.from_settings(settings, "prod")
+    assert ring.active == "2026-12"
+    before = Cipher(
+        Keyring.from_settings(EncryptionSettings(encryption_keys={"2026-11": old}), "prod")
+    )
+    sealed = before.encrypt_text("text", "aad")
+    assert Cipher(ring).decrypt_text(sealed, "aad") == "text"
+    keys_file.write_text("{not json")
+    with pytest.raises(KeyringError, match="ENCRYPTION_KEYS_FILE"):
+        Keyring.from_settings(settings, "prod")
+    missing = EncryptionSettings(encryption_keys_file=str(tmp_path / "absent.json"))
+    with pytest.raises(KeyringError, match="ENCRYPTION_KEYS_FILE"):
+        Keyring.from_settings(missing, "dev")
