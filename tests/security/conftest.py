@@ -123,6 +123,7 @@ async def stack(_data_dir: Path, postgres_url: str, kafka_bootstrap: str) -> Asy
                         scheduling_url=scheduling_url,
                         scheduling=scheduling,
                         limited_url=limited_url,
+                        triage_url=triage_url,
                     )
     finally:
         for name in names.values():

@@ -10,10 +10,14 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from servicekit.testing import service_headers
+
 from .harness import Attack, Stack
 
 pytestmark = [pytest.mark.integration]
 MiB = 1024 * 1024
+# What the gateway presents when it calls scheduling (the stack runs with the dev key).
+SERVICE = service_headers("scheduling", caller="gateway")
 
 
 async def _raw(url: str, head: str, chunks: list[bytes]) -> tuple[int, int]:
@@ -89,7 +93,7 @@ async def test_deep_json_is_a_400_not_a_500(stack: Stack, attack: Attack, target
             response = await client.post(
                 f"{stack.scheduling_url}/patients/p1/appointments",
                 content=deep,
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", **SERVICE},
             )
     attack(f"{target}: 100k-deep JSON", "400 problem+json", str(response.status_code))
     assert response.status_code == 400
@@ -102,7 +106,7 @@ async def test_large_json_is_a_413(stack: Stack, attack: Attack) -> None:
         response = await client.post(
             f"{stack.scheduling_url}/patients/p1/appointments",
             content=body,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **SERVICE},
         )
     attack("scheduling: 2 MB JSON body", "413 problem+json", str(response.status_code))
     assert response.status_code == 413
@@ -141,7 +145,7 @@ async def test_slots_far_in_the_future(stack: Stack, attack: Attack) -> None:
             params=params,
             headers={"Authorization": f"Bearer {token}"},
         )
-        direct = await client.get(f"{stack.scheduling_url}/slots", params=params)
+        direct = await client.get(f"{stack.scheduling_url}/slots", params=params, headers=SERVICE)
     attack(
         "slots from 9999-12-31 (gateway / scheduling)",
         "422 / 422",
@@ -178,7 +182,9 @@ async def test_huge_path_ids(stack: Stack, attack: Attack) -> None:
             f"{stack.gateway_url}/v1/me/appointments/{huge}",
             headers={"Authorization": f"Bearer {token}"},
         )
-        direct = await client.get(f"{stack.scheduling_url}/patients/p1/appointments/{huge}")
+        direct = await client.get(
+            f"{stack.scheduling_url}/patients/p1/appointments/{huge}", headers=SERVICE
+        )
     attack(
         "5000-digit appointment id (gateway / scheduling)",
         "422 / 422",

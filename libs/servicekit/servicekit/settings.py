@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Self
 
 from pydantic import Field, model_validator
@@ -68,6 +69,20 @@ class ServiceSettings(BaseSettings):
         description="Bearer token for /ops (refused outside dev/test: servicekit.secrets)",
         json_schema_extra={"secret": True},
     )
+    service_token_key: str = Field(
+        default="dev-service-token-key-not-for-production",
+        description="Key that signs and verifies the tokens services present to each other "
+        "(one per environment, the same for every service; refused outside dev/test when it is "
+        "the development default)",
+        json_schema_extra={"secret": True},
+    )
+    service_token_key_file: str = Field(
+        default="",
+        description="File holding SERVICE_TOKEN_KEY (a mounted Secret); wins over the variable",
+    )
+    service_token_ttl_s: float = Field(
+        default=60.0, ge=5, le=3600, description="Lifetime of a service token"
+    )
     max_body_bytes: int = Field(
         default=1_048_576, ge=1, description="Largest request body (413 beyond, while streaming)"
     )
@@ -96,6 +111,15 @@ class ServiceSettings(BaseSettings):
         # Outside dev/test a service must not start with a shipped development secret.
         from servicekit.secrets import refuse_development_secrets
 
+        if self.service_token_key_file:
+            # A mounted Secret; read once here so a missing file fails start-up.
+            try:
+                self.service_token_key = Path(self.service_token_key_file).read_text().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"SERVICE_TOKEN_KEY_FILE {self.service_token_key_file} cannot be read: "
+                    f"{exc.strerror}"
+                ) from exc
         refuse_development_secrets(self, self.environment, self.service_name)
         return self
 

@@ -133,9 +133,7 @@ async def appointment(caller: Me, request: Request, appointment_id: Id) -> JSONR
     return await _forward(request, caller, "GET", _mine(caller, appointment_id), action="read")
 
 
-@router.post(
-    "/me/appointments", status_code=201, dependencies=[requires("patient/Appointment.c")]
-)
+@router.post("/me/appointments", status_code=201, dependencies=[requires("patient/Appointment.c")])
 async def book(
     caller: Me, request: Request, body: BookIn, key: IdempotencyKey = None
 ) -> JSONResponse:

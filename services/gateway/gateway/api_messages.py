@@ -153,9 +153,7 @@ async def message_topics(request: Request) -> Any:
         raise HTTPException(exc.status, f"The {exc.service} service {exc.detail}.") from exc
 
 
-@router.get(
-    "/me/attachments/{attachment_id}", dependencies=[requires("patient/Communication.r")]
-)
+@router.get("/me/attachments/{attachment_id}", dependencies=[requires("patient/Communication.r")])
 async def attachment(caller: Me, request: Request, attachment_id: Id) -> Response:
     """A file attached to one of the patient's messages (404 if it is not theirs)."""
     if not caller.token.allows_read(RESOURCE):
@@ -163,7 +161,9 @@ async def attachment(caller: Me, request: Request, attachment_id: Id) -> Respons
     upstreams = upstreams_of(request)
     url = f"{upstreams.urls['messaging']}/patients/{caller.patient_id}/attachments/{attachment_id}"
     try:
-        upstream = await upstreams.client.get(url, timeout=upstreams.timeout)
+        upstream = await upstreams.client.get(
+            url, headers=upstreams.tokens.headers("messaging"), timeout=upstreams.timeout
+        )
     except httpx.HTTPError as exc:
         raise HTTPException(503, "The messaging service is unavailable.") from exc
     if upstream.status_code == 404:

@@ -33,7 +33,7 @@ async def _open_clients(service: Service) -> None:
     http = pooled_client(settings, mounts)
     service.state["http"] = http
     service.state["verifier"] = TokenVerifier(settings, http)
-    service.state["upstreams"] = Upstreams(settings, http)
+    service.state["upstreams"] = Upstreams(settings, http, service.service_tokens)
 
 
 async def _close_clients(service: Service) -> None:
@@ -62,7 +62,9 @@ def build(
             settings=settings or Settings(),
             title="gateway",
             description="Patient API (BFF), real-time events (SSE) and the portal page.",
-            api=routes,
+            # The public door: patients' tokens (and the ops token for /ops), not service
+            # tokens.
+            public_api=routes,
             handlers=handlers.router,
             publishes=("patient.linked",),
             metadata=store.metadata,

@@ -25,7 +25,12 @@ from gateway.settings import Settings as GatewaySettings
 from messaging.app import build as build_messaging
 from messaging.settings import Settings as MessagingSettings
 from servicekit.app import Service
-from servicekit.testing import isolated_settings, read_topic, serving_in_process
+from servicekit.testing import (
+    isolated_settings,
+    read_topic,
+    service_auth_for,
+    serving_in_process,
+)
 
 pytestmark = [pytest.mark.integration]
 PORTS = range(18340, 18360)
@@ -69,7 +74,9 @@ async def stack(
         async with (
             LifespanManager(messaging.app),
             httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=messaging.app), base_url="http://messaging"
+                transport=httpx.ASGITransport(app=messaging.app),
+                base_url="http://messaging",
+                auth=service_auth_for(messaging.app),
             ) as messaging_client,
             serving_in_process(gateway.app, "http://gateway") as client,
         ):

@@ -34,6 +34,8 @@ from servicekit.http import PatientId
 from servicekit.ops_api import Ops
 
 router = APIRouter(tags=["messaging"])
+# Operators' routes: the ops token, not a service token (`ServiceDefinition.public_api`).
+ops_router = APIRouter(tags=["ops"])
 ThreadId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 IdempotencyKey = Annotated[
     str | None,
@@ -402,7 +404,7 @@ class EncryptionOut(BaseModel):
     reencrypted: dict[str, int] = Field(default_factory=dict)
 
 
-@router.get("/ops/encryption", response_model=EncryptionOut, tags=["ops"])
+@ops_router.get("/ops/encryption", response_model=EncryptionOut)
 async def encryption_status(_ops: Ops, request: Request) -> EncryptionOut:
     """How far the stored text is from the active encryption key."""
     messaging = _messaging(request)
@@ -412,7 +414,7 @@ async def encryption_status(_ops: Ops, request: Request) -> EncryptionOut:
     )
 
 
-@router.post("/ops/encryption/reencrypt", response_model=EncryptionOut, tags=["ops"])
+@ops_router.post("/ops/encryption/reencrypt", response_model=EncryptionOut)
 async def reencrypt(_ops: Ops, request: Request) -> EncryptionOut:
     """Re-wrap every stored value with the active key (after a rotation); idempotent."""
     messaging = _messaging(request)

@@ -368,7 +368,9 @@ async def _questionnaire(
 @router.get(
     "/patients/{patient_id}/appointments/{appointment_id}/intake", response_model=IntakeFormOut
 )
-async def get_intake(patient_id: PatientId, appointment_id: ResourceId, request: Request) -> JSONResponse:
+async def get_intake(
+    patient_id: PatientId, appointment_id: ResourceId, request: Request
+) -> JSONResponse:
     """The intake form (the EHR's Questionnaire) and the draft or submitted answers."""
     try:
         canonical, form = await _questionnaire(request, patient_id, appointment_id)
