@@ -248,7 +248,19 @@ async def test_a_patient_books_races_reschedules_and_fills_in_intake(portal: Por
                 ]
             },
         )
+        # An empty answer is refused here, at the API: accepted, it would dead-letter in
+        # the connector and park the patient's later, valid intake (issue 13).
+        empty = await client.post(
+            f"{path}/intake",
+            json={
+                "answers": [
+                    {"link_id": "reason", "value_string": "   "},
+                    {"link_id": "pain", "value_integer": 3},
+                ]
+            },
+        )
         for answer, item in (
+            (empty, "reason"),
             (missing, "reason"),
             (wrong_type, "pain"),
             (unknown, "smoker"),

@@ -103,12 +103,18 @@ async def stack(_data_dir: Path, postgres_url: str, kafka_bootstrap: str) -> Asy
                         )
                     )
 
-                main = gateway(rate_limit_ip_per_s=0.0, rate_limit_token_per_s=0.0)
+                main = gateway(
+                    rate_limit_ip_per_s=0.0,
+                    rate_limit_token_per_s=0.0,
+                    rate_limit_patient_writes_per_min=0.0,
+                )
                 limited = gateway(
                     rate_limit_ip_per_s=0.5,
                     rate_limit_ip_burst=8,
                     rate_limit_token_per_s=0.5,
                     rate_limit_token_burst=4,
+                    rate_limit_patient_writes_per_min=0.5,
+                    rate_limit_patient_write_burst=3,
                     forwarded_for_hops=1,  # each test is its own client address
                 )
                 # Entered one after the other: each port is taken before the next is chosen.

@@ -26,6 +26,7 @@ from gateway import audit, observability, security_events, store
 from gateway.auth import AuthError, PatientToken, TokenVerifier
 from gateway.domain import Notification, NotificationKind
 from gateway.handlers import hub
+from gateway.ratelimit import PatientWrites
 from gateway.scopes import ScopeError, parse_scope
 from gateway.settings import Settings
 from gateway.upstream import UpstreamError, Upstreams
@@ -201,6 +202,31 @@ async def _check_scopes(
             403,
             f"The token's scopes do not include {' '.join(missing)}.",
             {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{" ".join(missing)}"'},
+        )
+    if request.method not in READ_METHODS:
+        _limit_writes(request, caller)
+
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _limit_writes(request: Request, caller: Caller) -> None:
+    """429 with Retry-After once the patient is over their write limit."""
+    service = service_of(request)
+    writes: PatientWrites | None = service.state.get("patient_writes")
+    if writes is None:
+        settings: Settings = service.settings  # type: ignore[assignment]
+        writes = PatientWrites(
+            settings.rate_limit_patient_writes_per_min, settings.rate_limit_patient_write_burst
+        )
+        service.state["patient_writes"] = writes
+    wait = writes.wait(caller.patient_id)
+    if wait:
+        security_events.count(service, "rate_limited_patient")
+        raise HTTPException(
+            429,
+            f"Too many changes for this patient; retry after {wait} s.",
+            {"Retry-After": str(wait)},
         )
 
 

@@ -46,6 +46,15 @@ class Settings(ServiceSettings):
         default=10.0, ge=0, description="Requests per second per bearer token on /v1 (0 = off)"
     )
     rate_limit_token_burst: int = Field(default=100, ge=1, description="Burst per token")
+    rate_limit_patient_writes_per_min: float = Field(
+        default=30.0,
+        ge=0,
+        description="Writes (bookings, intake, messages, triage) per minute per patient, "
+        "whatever their tokens or addresses (0 = off)",
+    )
+    rate_limit_patient_write_burst: int = Field(
+        default=30, ge=1, description="Burst of writes per patient"
+    )
     forwarded_for_hops: int = Field(
         default=0,
         ge=0,
