@@ -116,8 +116,10 @@ class ServiceAuth(httpx.Auth):
         self.audience = audience
 
     def auth_flow(self, request: httpx.Request) -> Any:
-        audience = self.audience if isinstance(self.audience, str) else self.audience(request.url)
-        request.headers["Authorization"] = f"Bearer {self.tokens.token(audience)}"
+        # An Authorization the caller set on purpose (the ops token of an /ops call) wins.
+        if "authorization" not in request.headers:
+            target = self.audience if isinstance(self.audience, str) else self.audience(request.url)
+            request.headers["Authorization"] = f"Bearer {self.tokens.token(target)}"
         yield request
 
 

@@ -111,17 +111,27 @@ class ServiceSettings(BaseSettings):
         # Outside dev/test a service must not start with a shipped development secret.
         from servicekit.secrets import refuse_development_secrets
 
-        if self.service_token_key_file:
-            # A mounted Secret; read once here so a missing file fails start-up.
-            try:
-                self.service_token_key = Path(self.service_token_key_file).read_text().strip()
-            except OSError as exc:
-                raise ValueError(
-                    f"SERVICE_TOKEN_KEY_FILE {self.service_token_key_file} cannot be read: "
-                    f"{exc.strerror}"
-                ) from exc
+        self._read_secret_files()
         refuse_development_secrets(self, self.environment, self.service_name)
         return self
+
+    def _read_secret_files(self) -> None:
+        """A secret `<name>` with a non-empty `<name>_file` setting is read from that file (a
+        mounted Secret), once, here: a missing file fails start-up."""
+        fields = type(self).model_fields
+        for name, field in fields.items():
+            extra = field.json_schema_extra
+            if not (isinstance(extra, dict) and extra.get("secret") is True):
+                continue
+            path = getattr(self, f"{name}_file", "") if f"{name}_file" in fields else ""
+            if not path:
+                continue
+            try:
+                setattr(self, name, Path(path).read_text().strip())
+            except OSError as exc:
+                raise ValueError(
+                    f"{name.upper()}_FILE {path} cannot be read: {exc.strerror}"
+                ) from exc
 
     def resolved_database_url(self) -> str:
         """The database URL; a clear error when none is configured."""

@@ -163,12 +163,17 @@ async def serving_in_process(
     app: Any, base_url: str, *, service_token: bool = True
 ) -> AsyncIterator[httpx.AsyncClient]:
     """Run an app's lifespan (relay, consumers) and give an HTTP client on it, in-process,
-    which presents a service token as another service would (`service_token=False`: none).
+    which presents a service token as another service would (`service_token=False`: none;
+    an Authorization header set on a request wins).
     Start-up runs migrations: on a loaded 2-core machine that can exceed asgi-lifespan's
     default 5 s, so the bound is generous (it only matters when something hangs)."""
     from asgi_lifespan import LifespanManager
 
-    auth = service_auth_for(app) if service_token and hasattr(app.state, "service") else None
+    service = getattr(app.state, "service", None)
+    # Only a service with routes for other services wants a service token (the gateway's
+    # public API takes patients' tokens).
+    internal = service is not None and service.definition.api is not None
+    auth = service_auth_for(app) if service_token and internal else None
 
     # Stopping a consumer that is still joining its group waits for the join to finish,
     # and the embedded broker delays a group's first join by ~5 s (ecosystem notes): the

@@ -23,7 +23,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from contracts.intake import IntakeAnswer
 from gateway import audit
-from gateway.api import Caller, Id, Me, requires, service_of, upstreams_of
+from gateway.api import Caller, Id, Me, requires, upstreams_of
 from gateway.upstream import UpstreamError
 from servicekit.idempotency import KEY_HEADER, IdempotencyKey
 
@@ -76,9 +76,8 @@ async def _forward(
     except UpstreamError as exc:
         raise HTTPException(exc.status, f"The scheduling service {exc.detail}.") from exc
     if answer.status < 400:
-        await audit.record_access(
-            service_of(request).db, caller.patient_id, caller.actor, action, resource
-        )
+        created = answer.body.get("id") if isinstance(answer.body, dict) else None
+        await audit.record(request, action, resource, resource_id=created)
     return answer.response()
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field, StringConstraints
 
+from gateway import audit
 from gateway.api import Id, Me, _read, requires, upstreams_of
 from gateway.upstream import UpstreamError
 
@@ -48,11 +49,15 @@ class AnswersIn(BaseModel):
 
 async def _call(request: Request, method: str, path: str, body: BaseModel) -> Any:
     try:
-        return await upstreams_of(request).request(
+        data = await upstreams_of(request).request(
             "triage", method, path, json=body.model_dump(exclude_none=True)
         )
     except UpstreamError as exc:
         raise HTTPException(exc.status, f"The triage service {exc.detail}.") from exc
+    # A symptom check is health data the patient wrote: recorded like any other write.
+    made = data.get("session_id") or data.get("id") if isinstance(data, dict) else None
+    await audit.record(request, "write", RESOURCE, resource_id=str(made) if made else None)
+    return data
 
 
 @router.get("/me/triage", dependencies=[requires("patient/QuestionnaireResponse.s")])

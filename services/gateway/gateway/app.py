@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import httpx
@@ -13,6 +15,7 @@ from gateway import (
     api_messages,
     api_records,
     api_triage,
+    audit,
     handlers,
     ops,
     portal,
@@ -34,9 +37,18 @@ async def _open_clients(service: Service) -> None:
     service.state["http"] = http
     service.state["verifier"] = TokenVerifier(settings, http)
     service.state["upstreams"] = Upstreams(settings, http, service.service_tokens)
+    # Anchors and verifies the access log now and every AUDIT_VERIFY_INTERVAL_S.
+    service.state["audit_task"] = asyncio.create_task(
+        audit.scheduled_verification(service), name="audit-verification"
+    )
 
 
 async def _close_clients(service: Service) -> None:
+    task: asyncio.Task[None] | None = service.state.get("audit_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     http: httpx.AsyncClient | None = service.state.get("http")
     if http is not None:
         await http.aclose()
