@@ -78,6 +78,9 @@ async def _forward(
     if answer.status < 400:
         created = answer.body.get("id") if isinstance(answer.body, dict) else None
         await audit.record(request, action, resource, resource_id=created)
+    elif answer.status == 404 and request.path_params:
+        # Another patient's (or no) appointment: a refused attempt on that id.
+        await audit.record(request, action, resource, outcome="denied")
     return answer.response()
 
 
