@@ -99,7 +99,7 @@ async def stack(_data_dir: Path, postgres_url: str, kafka_bootstrap: str) -> Asy
                             messaging_url="http://127.0.0.1:1",
                             sse_keepalive_s=0.5,
                             jwks_min_refresh_s=3600.0,
-                            audit_checkpoint_file=str(_data_dir / "audit-anchors.jsonl"),
+                            audit_checkpoint_dir=str(_data_dir / "audit-anchors"),
                             audit_verify_interval_s=0.5,
                             **limits,
                         )
@@ -132,7 +132,7 @@ async def stack(_data_dir: Path, postgres_url: str, kafka_bootstrap: str) -> Asy
                         scheduling=scheduling,
                         limited_url=limited_url,
                         triage_url=triage_url,
-                        anchors=str(_data_dir / "audit-anchors.jsonl"),
+                        anchors=str(_data_dir / "audit-anchors"),
                     )
     finally:
         for name in names.values():

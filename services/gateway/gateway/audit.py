@@ -9,7 +9,7 @@ trace (`trace_id`) and when (HIPAA 164.312(b)).
 Rows form a hash chain keyed with HMAC-SHA-256 (`AUDIT_KEY`): deleting a patient's rows
 and re-hashing the rest needs the key. Periodically the gateway appends a signed checkpoint
 (row count, last row id and its hash) to a file apart from the database
-(`AUDIT_CHECKPOINT_FILE`), then verifies the whole chain against the key and every
+(`AUDIT_CHECKPOINT_DIR`), then verifies the whole chain against the key and every
 checkpoint: cutting the tail or rewriting the chain before an anchor is detected. The
 outcome is on `/ops/audit/verify`, `portalctl audit verify` and the metrics
 `audit_chain_intact` / `audit_verifications_total`.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,30 +158,31 @@ def _records(rows: list[store.AccessLogEntry]) -> list[AccessRecord]:
     ]
 
 
-def read_checkpoints(path: str) -> list[Checkpoint]:
-    """The checkpoints in the anchor file (none when there is no file yet)."""
-    if not path or not os.path.exists(path):
+def read_checkpoints(directory: str) -> list[Checkpoint]:
+    """The checkpoints of every gateway in the anchor directory, oldest row first."""
+    if not directory or not os.path.isdir(directory):
         return []
     out: list[Checkpoint] = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            data: dict[str, Any] = json.loads(line)
-            out.append(Checkpoint(**data))
-    return out
+    for path in sorted(Path(directory).glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                data: dict[str, Any] = json.loads(line)
+                out.append(Checkpoint(**data))
+    return sorted(out, key=lambda c: c.last_id)
 
 
-async def checkpoint(db: Database, key: bytes, path: str) -> Checkpoint | None:
-    """Append a signed checkpoint of the log's present end to `path` (when rows were added
-    since the last one)."""
-    if not path:
+async def checkpoint(db: Database, key: bytes, directory: str) -> Checkpoint | None:
+    """Append a signed checkpoint of the log's present end to this gateway's file in
+    `directory` (when rows were added since the newest checkpoint of any gateway)."""
+    if not directory:
         return None
     async with db.sessions() as session:
         rows = await store.whole_access_log(session)
     if not rows:
         return None
     last = rows[-1]
-    anchors = read_checkpoints(path)
-    if anchors and anchors[-1].last_id == last.id:
+    anchors = read_checkpoints(directory)
+    if anchors and anchors[-1].last_id >= last.id:
         return None
     signed = Checkpoint(
         last_id=last.id,
@@ -188,19 +190,21 @@ async def checkpoint(db: Database, key: bytes, path: str) -> Checkpoint | None:
         head_hash=last.hash,
         at=datetime.now(UTC).isoformat(timespec="seconds"),
     ).signed(key)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    # One file per gateway: replicas never append to the same file.
+    path = Path(directory) / f"{socket.gethostname()}.jsonl"
     descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(descriptor, "a") as out:
         out.write(json.dumps(asdict(signed)) + "\n")
     return signed
 
 
-async def verify_all(db: Database, key: bytes, checkpoint_file: str = "") -> AuditVerdict:
+async def verify_all(db: Database, key: bytes, checkpoint_dir: str = "") -> AuditVerdict:
     """Verify the whole chain against the key and every checkpoint (reads every row)."""
     async with db.sessions() as session:
         rows = await store.whole_access_log(session)
     try:
-        anchors = read_checkpoints(checkpoint_file)
+        anchors = read_checkpoints(checkpoint_dir)
     except (ValueError, TypeError) as exc:
         return AuditVerdict(False, len(rows), 0, None, f"checkpoint file unreadable: {exc}")
     return verify_log(_records(rows), anchors, key)
@@ -208,11 +212,11 @@ async def verify_all(db: Database, key: bytes, checkpoint_file: str = "") -> Aud
 
 async def verify(service: Service) -> AuditVerdict:
     """Verify the running gateway's log against its key and its checkpoint file."""
-    return await verify_all(service.db, key_of(service), _checkpoint_file(service))
+    return await verify_all(service.db, key_of(service), _checkpoint_dir(service))
 
 
-def _checkpoint_file(service: Service) -> str:
-    return str(getattr(service.settings, "audit_checkpoint_file", ""))
+def _checkpoint_dir(service: Service) -> str:
+    return str(getattr(service.settings, "audit_checkpoint_dir", ""))
 
 
 def report(service_name: str, verdict: AuditVerdict) -> None:
@@ -230,7 +234,7 @@ async def anchor_and_verify(service: Service) -> AuditVerdict:
     verdict = await verify(service)
     if verdict.intact:
         # Only an intact log is anchored: a checkpoint must never bless a tampered one.
-        await checkpoint(service.db, key_of(service), _checkpoint_file(service))
+        await checkpoint(service.db, key_of(service), _checkpoint_dir(service))
     report(service.settings.service_name, verdict)
     return verdict
 

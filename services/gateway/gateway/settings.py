@@ -53,11 +53,11 @@ class Settings(ServiceSettings):
         json_schema_extra={"secret": True},
     )
     audit_key_file: str = Field(default="", description="File holding AUDIT_KEY (wins)")
-    audit_checkpoint_file: str = Field(
+    audit_checkpoint_dir: str = Field(
         default="",
-        description="Where signed checkpoints of the access log are appended (JSON lines), "
-        "apart from the database: a volume the database's operators cannot rewrite; empty = "
-        "no anchors (the chain alone is verified)",
+        description="Directory of the access log's signed checkpoints, apart from the "
+        "database (a volume its operators cannot rewrite): each gateway appends to "
+        "`<hostname>.jsonl` and verifies against every file; empty = no anchors",
     )
     audit_verify_interval_s: float = Field(
         default=300.0,

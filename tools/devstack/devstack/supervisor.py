@@ -570,6 +570,8 @@ class Stack:
             service.database_env: database,
             "LOG_FORMAT": "json",
             **self._identity_env(),
+            # The gateway's signed audit checkpoints, apart from the database.
+            "AUDIT_CHECKPOINT_DIR": str(self.data_dir / "audit-anchors"),
             **observability.service_env(config.host, tracing=config.tracing),
             **config.extra_env,
         }
