@@ -181,7 +181,7 @@ async def checkpoint(db: Database, key: bytes, directory: str) -> Checkpoint | N
     if not rows:
         return None
     last = rows[-1]
-    anchors = read_checkpoints(directory)
+    anchors = await asyncio.to_thread(read_checkpoints, directory)
     if anchors and anchors[-1].last_id >= last.id:
         return None
     signed = Checkpoint(
@@ -190,13 +190,17 @@ async def checkpoint(db: Database, key: bytes, directory: str) -> Checkpoint | N
         head_hash=last.hash,
         at=datetime.now(UTC).isoformat(timespec="seconds"),
     ).signed(key)
+    await asyncio.to_thread(_append, directory, json.dumps(asdict(signed)) + "\n")
+    return signed
+
+
+def _append(directory: str, line: str) -> None:
     Path(directory).mkdir(parents=True, exist_ok=True)
     # One file per gateway: replicas never append to the same file.
     path = Path(directory) / f"{socket.gethostname()}.jsonl"
     descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(descriptor, "a") as out:
-        out.write(json.dumps(asdict(signed)) + "\n")
-    return signed
+        out.write(line)
 
 
 async def verify_all(db: Database, key: bytes, checkpoint_dir: str = "") -> AuditVerdict:
@@ -204,7 +208,7 @@ async def verify_all(db: Database, key: bytes, checkpoint_dir: str = "") -> Audi
     async with db.sessions() as session:
         rows = await store.whole_access_log(session)
     try:
-        anchors = read_checkpoints(checkpoint_dir)
+        anchors = await asyncio.to_thread(read_checkpoints, checkpoint_dir)
     except (ValueError, TypeError) as exc:
         return AuditVerdict(False, len(rows), 0, None, f"checkpoint file unreadable: {exc}")
     return verify_log(_records(rows), anchors, key)
