@@ -80,18 +80,35 @@ async def test_the_sandbox_statement_is_read_as_a_full_backport_server(
     assert profile.sends_heartbeats and profile.sends_handshake
 
 
+# What production insists on (servicekit.secrets) besides the setting under test.
+PROD_SECRETS = {
+    "ops_token": "an-ops-token-for-this-test",
+    "service_token_key": "a-service-token-key-for-this-test",
+    "inbound_webhook_token": "a-webhook-token-for-this-test",
+    "ehr_private_key_file": "/run/secrets/not-read-in-this-test.pem",
+}
+
+
 async def test_auth_modes() -> None:
     async with httpx.AsyncClient() as http:
         assert isinstance(make_auth(Settings(environment="test"), http), SmartBackendAuth)
         none = make_auth(Settings(environment="dev", ehr_auth_mode="none"), http)
         assert isinstance(none, NoAuth) and await none.token() == ""
         static = make_auth(
-            Settings(environment="prod", ehr_auth_mode="static-bearer", ehr_static_token="t0k"),
+            Settings(
+                environment="prod",
+                ehr_auth_mode="static-bearer",
+                ehr_static_token="t0k",
+                **PROD_SECRETS,  # type: ignore[arg-type]
+            ),
             http,
         )
         assert isinstance(static, StaticBearerAuth) and await static.token() == "t0k"
         with pytest.raises(EhrAuthFailed):
-            make_auth(Settings(environment="prod", ehr_auth_mode="none"), http)
+            make_auth(
+                Settings(environment="prod", ehr_auth_mode="none", **PROD_SECRETS),  # type: ignore[arg-type]
+                http,
+            )
         with pytest.raises(EhrAuthFailed):
             make_auth(Settings(environment="test", ehr_auth_mode="static-bearer"), http)
 

@@ -159,7 +159,9 @@ async def test_a_message_sent_through_the_gateway_is_the_tokens_patients(
 async def test_topics_attachments_limits_and_unread_through_the_gateway(stack: Stack) -> None:
     client = stack.client
     ann = await _token(stack, "p-ann")
-    topics = (await client.get("/v1/message-topics")).json()
+    # The topics route declares its scope like every /v1 route: a token is needed.
+    assert (await client.get("/v1/message-topics")).status_code == 401
+    topics = (await client.get("/v1/message-topics", headers=ann)).json()
     assert {"code": "billing", "label": "Billing and insurance", "sent_to": "billing office"} in (
         topics
     )
