@@ -16,8 +16,11 @@ from .harness import Attack, Stack
 
 pytestmark = [pytest.mark.integration]
 MiB = 1024 * 1024
-# What the gateway presents when it calls scheduling (the stack runs with the dev key).
-SERVICE = service_headers("scheduling", caller="gateway")
+
+
+def _service() -> dict[str, str]:
+    """What the gateway presents when it calls scheduling (a fresh token: they live 60 s)."""
+    return service_headers("scheduling", caller="gateway")
 
 
 async def _raw(url: str, head: str, chunks: list[bytes]) -> tuple[int, int]:
@@ -93,7 +96,7 @@ async def test_deep_json_is_a_400_not_a_500(stack: Stack, attack: Attack, target
             response = await client.post(
                 f"{stack.scheduling_url}/patients/p1/appointments",
                 content=deep,
-                headers={"Content-Type": "application/json", **SERVICE},
+                headers={"Content-Type": "application/json", **_service()},
             )
     attack(f"{target}: 100k-deep JSON", "400 problem+json", str(response.status_code))
     assert response.status_code == 400
@@ -106,7 +109,7 @@ async def test_large_json_is_a_413(stack: Stack, attack: Attack) -> None:
         response = await client.post(
             f"{stack.scheduling_url}/patients/p1/appointments",
             content=body,
-            headers={"Content-Type": "application/json", **SERVICE},
+            headers={"Content-Type": "application/json", **_service()},
         )
     attack("scheduling: 2 MB JSON body", "413 problem+json", str(response.status_code))
     assert response.status_code == 413
@@ -145,7 +148,9 @@ async def test_slots_far_in_the_future(stack: Stack, attack: Attack) -> None:
             params=params,
             headers={"Authorization": f"Bearer {token}"},
         )
-        direct = await client.get(f"{stack.scheduling_url}/slots", params=params, headers=SERVICE)
+        direct = await client.get(
+            f"{stack.scheduling_url}/slots", params=params, headers=_service()
+        )
     attack(
         "slots from 9999-12-31 (gateway / scheduling)",
         "422 / 422",
@@ -183,7 +188,7 @@ async def test_huge_path_ids(stack: Stack, attack: Attack) -> None:
             headers={"Authorization": f"Bearer {token}"},
         )
         direct = await client.get(
-            f"{stack.scheduling_url}/patients/p1/appointments/{huge}", headers=SERVICE
+            f"{stack.scheduling_url}/patients/p1/appointments/{huge}", headers=_service()
         )
     attack(
         "5000-digit appointment id (gateway / scheduling)",
