@@ -197,3 +197,27 @@ async def test_huge_path_ids(stack: Stack, attack: Attack) -> None:
     )
     assert via_gateway.status_code == 422
     assert direct.status_code == 422
+
+
+async def test_nul_characters_in_text_are_refused_not_a_500(stack: Stack, attack: Attack) -> None:
+    token = await stack.linked_token("sec-nul")
+    body = {"age": 40, "sex": "male", "text": "sore\u0000throat"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        via_gateway = await client.post(
+            f"{stack.gateway_url}/v1/me/triage/assess",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        direct = await client.post(
+            f"{stack.triage_url}/patients/p1/sessions",
+            json=body,
+            headers=service_headers("triage", caller="gateway"),
+        )
+    attack(
+        "NUL character in symptom text (gateway / triage)",
+        "422 / 422",
+        f"{via_gateway.status_code} / {direct.status_code}",
+    )
+    assert via_gateway.status_code == 422
+    assert direct.status_code == 422
+    assert direct.headers["content-type"] == "application/problem+json"
