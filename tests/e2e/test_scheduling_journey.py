@@ -91,6 +91,9 @@ async def portal(
                 **isolated_settings(db["gateway"], kafka_bootstrap, unique_prefix),
                 oidc_issuer=sandbox.url,
                 scheduling_url="http://scheduling",
+                # One patient fires 30 bookings at once to race for a slot: the per-patient
+                # write limit (tests/security) would answer some of them 429 instead.
+                rate_limit_patient_writes_per_min=0.0,
             ),
             mounts={"http://scheduling": httpx.ASGITransport(app=scheduling.app)},
         )
@@ -250,7 +253,19 @@ async def test_a_patient_books_races_reschedules_and_fills_in_intake(portal: Por
                 ]
             },
         )
+        # An empty answer is refused here, at the API: accepted, it would dead-letter in
+        # the connector and park the patient's later, valid intake (issue 13).
+        empty = await client.post(
+            f"{path}/intake",
+            json={
+                "answers": [
+                    {"link_id": "reason", "value_string": "   "},
+                    {"link_id": "pain", "value_integer": 3},
+                ]
+            },
+        )
         for answer, item in (
+            (empty, "reason"),
             (missing, "reason"),
             (wrong_type, "pain"),
             (unknown, "smoker"),

@@ -99,16 +99,24 @@ async def stack(_data_dir: Path, postgres_url: str, kafka_bootstrap: str) -> Asy
                             messaging_url="http://127.0.0.1:1",
                             sse_keepalive_s=0.5,
                             jwks_min_refresh_s=3600.0,
+                            audit_checkpoint_dir=str(_data_dir / "audit-anchors"),
+                            audit_verify_interval_s=0.5,
                             **limits,
                         )
                     )
 
-                main = gateway(rate_limit_ip_per_s=0.0, rate_limit_token_per_s=0.0)
+                main = gateway(
+                    rate_limit_ip_per_s=0.0,
+                    rate_limit_token_per_s=0.0,
+                    rate_limit_patient_writes_per_min=0.0,
+                )
                 limited = gateway(
                     rate_limit_ip_per_s=0.5,
                     rate_limit_ip_burst=8,
                     rate_limit_token_per_s=0.5,
                     rate_limit_token_burst=4,
+                    rate_limit_patient_writes_per_min=0.5,
+                    rate_limit_patient_write_burst=3,
                     forwarded_for_hops=1,  # each test is its own client address
                 )
                 # Entered one after the other: each port is taken before the next is chosen.
@@ -123,6 +131,8 @@ async def stack(_data_dir: Path, postgres_url: str, kafka_bootstrap: str) -> Asy
                         scheduling_url=scheduling_url,
                         scheduling=scheduling,
                         limited_url=limited_url,
+                        triage_url=triage_url,
+                        anchors=str(_data_dir / "audit-anchors"),
                     )
     finally:
         for name in names.values():

@@ -25,6 +25,8 @@ class Stack:
     scheduling_url: str
     scheduling: Service
     limited_url: str  # a second gateway replica with small rate limits
+    triage_url: str = ""
+    anchors: str = ""  # the gateways' audit checkpoint directory
 
     async def create_patient(self, patient: str) -> None:
         put = await self.sandbox.admin.put(

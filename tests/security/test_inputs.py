@@ -10,10 +10,17 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from servicekit.testing import service_headers
+
 from .harness import Attack, Stack
 
 pytestmark = [pytest.mark.integration]
 MiB = 1024 * 1024
+
+
+def _service() -> dict[str, str]:
+    """What the gateway presents when it calls scheduling (a fresh token: they live 60 s)."""
+    return service_headers("scheduling", caller="gateway")
 
 
 async def _raw(url: str, head: str, chunks: list[bytes]) -> tuple[int, int]:
@@ -89,7 +96,7 @@ async def test_deep_json_is_a_400_not_a_500(stack: Stack, attack: Attack, target
             response = await client.post(
                 f"{stack.scheduling_url}/patients/p1/appointments",
                 content=deep,
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", **_service()},
             )
     attack(f"{target}: 100k-deep JSON", "400 problem+json", str(response.status_code))
     assert response.status_code == 400
@@ -102,7 +109,7 @@ async def test_large_json_is_a_413(stack: Stack, attack: Attack) -> None:
         response = await client.post(
             f"{stack.scheduling_url}/patients/p1/appointments",
             content=body,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **_service()},
         )
     attack("scheduling: 2 MB JSON body", "413 problem+json", str(response.status_code))
     assert response.status_code == 413
@@ -141,7 +148,9 @@ async def test_slots_far_in_the_future(stack: Stack, attack: Attack) -> None:
             params=params,
             headers={"Authorization": f"Bearer {token}"},
         )
-        direct = await client.get(f"{stack.scheduling_url}/slots", params=params)
+        direct = await client.get(
+            f"{stack.scheduling_url}/slots", params=params, headers=_service()
+        )
     attack(
         "slots from 9999-12-31 (gateway / scheduling)",
         "422 / 422",
@@ -178,7 +187,9 @@ async def test_huge_path_ids(stack: Stack, attack: Attack) -> None:
             f"{stack.gateway_url}/v1/me/appointments/{huge}",
             headers={"Authorization": f"Bearer {token}"},
         )
-        direct = await client.get(f"{stack.scheduling_url}/patients/p1/appointments/{huge}")
+        direct = await client.get(
+            f"{stack.scheduling_url}/patients/p1/appointments/{huge}", headers=_service()
+        )
     attack(
         "5000-digit appointment id (gateway / scheduling)",
         "422 / 422",
@@ -186,3 +197,27 @@ async def test_huge_path_ids(stack: Stack, attack: Attack) -> None:
     )
     assert via_gateway.status_code == 422
     assert direct.status_code == 422
+
+
+async def test_nul_characters_in_text_are_refused_not_a_500(stack: Stack, attack: Attack) -> None:
+    token = await stack.linked_token("sec-nul")
+    body = {"age": 40, "sex": "male", "text": "sore\u0000throat"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        via_gateway = await client.post(
+            f"{stack.gateway_url}/v1/me/triage/assess",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        direct = await client.post(
+            f"{stack.triage_url}/patients/p1/sessions",
+            json=body,
+            headers=service_headers("triage", caller="gateway"),
+        )
+    attack(
+        "NUL character in symptom text (gateway / triage)",
+        "422 / 422",
+        f"{via_gateway.status_code} / {direct.status_code}",
+    )
+    assert via_gateway.status_code == 422
+    assert direct.status_code == 422
+    assert direct.headers["content-type"] == "application/problem+json"

@@ -56,3 +56,39 @@ async def test_flood_with_one_token_gets_429(stack: Stack, attack: Attack) -> No
     assert last.status_code == 429
     assert "token" in last.json()["detail"]
     assert int(last.headers["retry-after"]) >= 1
+
+
+async def test_a_patient_writing_with_many_tokens_and_addresses_gets_429(
+    stack: Stack, attack: Attack
+) -> None:
+    await stack.linked_token("sec-writes")
+    scopes = ("patient/*.cruds", "patient/QuestionnaireResponse.c", "patient/*.c launch/patient")
+    tokens = [(await stack.tokens("sec-writes", scope))["access_token"] for scope in scopes]
+    assert len(set(tokens)) == 3
+    symptoms = {"age": 48, "sex": "female", "text": "A mild sore throat since yesterday"}
+    async with httpx.AsyncClient(base_url=stack.limited_url, timeout=30) as client:
+        before = _counter((await client.get("/metrics")).text, "rate_limited_patient")
+        writes = []
+        for n in range(5):
+            headers = {
+                "Authorization": f"Bearer {tokens[n % 3]}",
+                "X-Forwarded-For": f"192.0.2.{n + 10}",
+            }
+            writes.append(await client.post("/v1/me/triage/assess", json=symptoms, headers=headers))
+        read = await client.get(
+            "/v1/me",
+            headers={"Authorization": f"Bearer {tokens[0]}", "X-Forwarded-For": "192.0.2.9"},
+        )
+        after = _counter((await client.get("/metrics")).text, "rate_limited_patient")
+    codes = [r.status_code for r in writes]
+    attack(
+        "5 triage writes of one patient with 3 tokens from 5 addresses (burst 3)",
+        "3x 201 then 429 + Retry-After; reads still 200",
+        f"{codes}, read {read.status_code}",
+    )
+    assert codes == [201, 201, 201, 429, 429]
+    assert int(writes[-1].headers["retry-after"]) >= 1
+    assert writes[-1].headers["content-type"] == "application/problem+json"
+    assert "patient" in writes[-1].json()["detail"]
+    assert read.status_code == 200
+    assert after - before == 2

@@ -12,17 +12,21 @@ import pytest
 from .harness import Attack
 
 SERVICES = {
-    "gateway": ("gateway.app:create_app", {}, ["OPS_TOKEN"]),
+    "gateway": ("gateway.app:create_app", {}, ["OPS_TOKEN", "SERVICE_TOKEN_KEY"]),
     "ehr-connector": (
         "ehr_connector.app:create_app",
         {"OPS_TOKEN": "a-long-production-ops-token-0123456789"},
-        ["INBOUND_WEBHOOK_TOKEN", "EHR_PRIVATE_KEY_FILE"],
+        ["INBOUND_WEBHOOK_TOKEN", "EHR_PRIVATE_KEY_FILE", "SERVICE_TOKEN_KEY"],
     ),
 }
 
 
 def _start(app: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k not in ("OPS_TOKEN", "ENVIRONMENT")}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPS_TOKEN", "ENVIRONMENT", "SERVICE_TOKEN_KEY")
+    }
     return subprocess.run(
         [sys.executable, "-m", "uvicorn", "--factory", app, "--port", "0"],
         env={**base, "DATABASE_URL": "postgresql+asyncpg://u@127.0.0.1:1/x", **env},

@@ -99,7 +99,13 @@ def database_secret(name: str, role: str, postgres_host: str) -> dict[str, Any]:
 
 def secrets_for(env: str, postgres_host: str = POSTGRES_HOST) -> tuple[list[dict[str, Any]], dict]:
     """The Secrets of an environment, and the connector's public JWKS."""
-    docs = [_secret("portal-ops", {"token": secrets.token_urlsafe(32)})]
+    docs = [
+        _secret("portal-ops", {"token": secrets.token_urlsafe(32)}),
+        # SERVICE_TOKEN_KEY of every service: signs and verifies calls between services.
+        _secret("portal-service-identity", {"key": secrets.token_urlsafe(48)}),
+        # AUDIT_KEY of the gateway: keys the access log's hash chain and its checkpoints.
+        _secret("gateway-audit", {"key": secrets.token_urlsafe(48)}),
+    ]
     for service, role in DATABASES.items():
         docs.append(database_secret(service, role, postgres_host))
     kid = f"{EHR_CLIENT_ID}-{datetime.now(UTC):%Y%m%d}"

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.telemetry import TelemetryConfig
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import MetaData
 
-from servicekit import flow_metrics, limits, ops_api, problems, telemetry
+from servicekit import flow_metrics, identity, limits, ops_api, problems, telemetry
 from servicekit.consumer import ConsumerRuntime, EventRouter
 from servicekit.db import Database
 from servicekit.logging import configure_logging, get_logger
@@ -49,7 +49,11 @@ class ServiceDefinition:
     settings: ServiceSettings
     title: str
     description: str = ""
+    # Routes other services call: every one requires a service token (servicekit.identity).
     api: APIRouter | None = None
+    # Routes with their own authentication (the gateway's patient API, the connector's
+    # webhook): the app factory adds no service-token check to them.
+    public_api: APIRouter | None = None
     handlers: EventRouter = field(default_factory=EventRouter)
     publishes: tuple[str, ...] = ()
     metadata: MetaData | None = None
@@ -79,6 +83,9 @@ class Service:
         # Set once every subscriber has joined its group (readiness reports it).
         self.consumers_started = asyncio.Event()
         self.state: dict[str, Any] = {}
+        self.service_token_verifier = identity.ServiceTokenVerifier.of(self.settings)
+        # Mints this service's tokens for the services it calls.
+        self.service_tokens = identity.ServiceTokens.of(self.settings)
         self._tasks: list[asyncio.Task[None]] = []
         self.app = self._build_app()
 
@@ -252,7 +259,11 @@ class Service:
         app.include_router(_health_router())
         app.include_router(ops_api.router)
         if self.definition.api is not None:
-            app.include_router(self.definition.api)
+            app.include_router(
+                self.definition.api, dependencies=[Depends(identity.require_service_token)]
+            )
+        if self.definition.public_api is not None:
+            app.include_router(self.definition.public_api)
         return app
 
 

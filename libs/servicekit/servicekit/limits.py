@@ -37,6 +37,16 @@ _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(rb"[\[\]{}]")
 
 
+# A JSON `\u0000` escape, not preceded by an escaped backslash (`\\u0000` is the text
+# "\u0000", which is fine).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def has_nul_escape(body: bytes) -> bool:
+    """Whether a JSON body has a string with a NUL character in it."""
+    return b"\\u0000" in body and _NUL_ESCAPE.search(body) is not None
+
+
 def json_depth(body: bytes) -> int:
     """The deepest nesting of arrays/objects in a JSON text (strings ignored); linear."""
     depth = deepest = 0
@@ -153,6 +163,15 @@ class BodyLimitMiddleware:
                 400,
                 "Bad Request",
                 f"The JSON body is nested deeper than {self.max_json_depth} levels.",
+            )
+            return
+        if has_nul_escape(body):
+            # PostgreSQL text cannot hold U+0000: refused here, not a 500 at the insert.
+            await _problem(
+                send,
+                422,
+                "Unprocessable Content",
+                "Text in the request must not contain NUL (U+0000) characters.",
             )
             return
         replayed = False

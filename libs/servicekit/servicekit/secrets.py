@@ -16,7 +16,16 @@ from pydantic import BaseModel
 
 DEVELOPMENT_ENVIRONMENTS = frozenset({"dev", "development", "test", "local"})
 # Shipped development values, refused wherever they appear in a secret setting.
-KNOWN_DEV_SECRETS = frozenset({"dev-ops-token", "dev-webhook-token", "changeme", "secret"})
+KNOWN_DEV_SECRETS = frozenset(
+    {
+        "dev-ops-token",
+        "dev-webhook-token",
+        "dev-service-token-key-not-for-production",
+        "dev-audit-key-not-for-production",
+        "changeme",
+        "secret",
+    }
+)
 MIN_SECRET_LENGTH = 16
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Self
 
 from pydantic import Field, model_validator
@@ -75,6 +76,20 @@ class ServiceSettings(BaseSettings):
         description="Bearer token for /ops (refused outside dev/test: servicekit.secrets)",
         json_schema_extra={"secret": True},
     )
+    service_token_key: str = Field(
+        default="dev-service-token-key-not-for-production",
+        description="Key that signs and verifies the tokens services present to each other "
+        "(one per environment, the same for every service; refused outside dev/test when it is "
+        "the development default)",
+        json_schema_extra={"secret": True},
+    )
+    service_token_key_file: str = Field(
+        default="",
+        description="File holding SERVICE_TOKEN_KEY (a mounted Secret); wins over the variable",
+    )
+    service_token_ttl_s: float = Field(
+        default=60.0, ge=5, le=3600, description="Lifetime of a service token"
+    )
     max_body_bytes: int = Field(
         default=1_048_576, ge=1, description="Largest request body (413 beyond, while streaming)"
     )
@@ -103,8 +118,27 @@ class ServiceSettings(BaseSettings):
         # Outside dev/test a service must not start with a shipped development secret.
         from servicekit.secrets import refuse_development_secrets
 
+        self._read_secret_files()
         refuse_development_secrets(self, self.environment, self.service_name)
         return self
+
+    def _read_secret_files(self) -> None:
+        """A secret `<name>` with a non-empty `<name>_file` setting is read from that file (a
+        mounted Secret), once, here: a missing file fails start-up."""
+        fields = type(self).model_fields
+        for name, field in fields.items():
+            extra = field.json_schema_extra
+            if not (isinstance(extra, dict) and extra.get("secret") is True):
+                continue
+            path = getattr(self, f"{name}_file", "") if f"{name}_file" in fields else ""
+            if not path:
+                continue
+            try:
+                setattr(self, name, Path(path).read_text().strip())
+            except OSError as exc:
+                raise ValueError(
+                    f"{name.upper()}_FILE {path} cannot be read: {exc.strerror}"
+                ) from exc
 
     def resolved_database_url(self) -> str:
         """The database URL; a clear error when none is configured."""

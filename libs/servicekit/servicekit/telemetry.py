@@ -226,6 +226,13 @@ _URL_ATTRIBUTES = ("http.url", "url.full")
 _PATH_ATTRIBUTES = ("http.target", "url.path")
 
 
+def trace_id_hex(span: trace.Span | None = None) -> str:
+    """The trace id of a span (default: the current one) as 32 hex digits (the audit log
+    names the trace of each access)."""
+    ctx = (span or trace.get_current_span()).get_span_context()
+    return format(ctx.trace_id, "032x")
+
+
 def redact_path(path: str) -> str:
     """A URL path with every id-like segment replaced by `{id}`.
 

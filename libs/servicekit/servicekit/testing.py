@@ -23,6 +23,7 @@ from contracts.base import Payload
 from contracts.envelope import build_headers
 from contracts.registry import for_model
 from servicekit.consumer import RawMessage
+from servicekit.identity import DEV_SERVICE_TOKEN_KEY, ServiceTokens
 
 if TYPE_CHECKING:
     from servicekit.app import Service
@@ -177,19 +178,45 @@ def isolated_settings(database_url: str, bootstrap: str, prefix: str) -> dict[st
     }
 
 
+def service_headers(
+    audience: str, *, caller: str = "tests", key: str = DEV_SERVICE_TOKEN_KEY
+) -> dict[str, str]:
+    """`Authorization` with a service token from `caller` for calling `audience` directly
+    (one line in a test: `headers=service_headers("records")`)."""
+    return ServiceTokens(caller, key).headers(audience)
+
+
+def service_auth_for(app: Any, *, caller: str = "tests") -> httpx.Auth:
+    """An httpx auth signing every request for the service `app` is (its own key)."""
+    settings = app.state.service.settings
+    return ServiceTokens(caller, settings.service_token_key).auth(settings.service_name)
+
+
 @contextlib.asynccontextmanager
-async def serving_in_process(app: Any, base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """Run an app's lifespan (relay, consumers) and give an HTTP client on it, in-process.
+async def serving_in_process(
+    app: Any, base_url: str, *, service_token: bool = True
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Run an app's lifespan (relay, consumers) and give an HTTP client on it, in-process,
+    which presents a service token as another service would (`service_token=False`: none;
+    an Authorization header set on a request wins).
     Start-up runs migrations: on a loaded 2-core machine that can exceed asgi-lifespan's
     default 5 s, so the bound is generous (it only matters when something hangs)."""
     from asgi_lifespan import LifespanManager
+
+    service = getattr(app.state, "service", None)
+    # Only a service with routes for other services wants a service token (the gateway's
+    # public API takes patients' tokens).
+    internal = service is not None and service.definition.api is not None
+    auth = service_auth_for(app) if service_token and internal else None
 
     # Stopping a consumer that is still joining its group waits for the join to finish,
     # and the embedded broker delays a group's first join by ~5 s (ecosystem notes): the
     # default 5-s lifespan limits made quick tests fail in teardown, now and then.
     async with (
         LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as client,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url=base_url, auth=auth
+        ) as client,
     ):
         yield client
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
 from ehr_connector import context, handlers, questionnaires, store
 from ehr_connector.ehr.fhir_client import FhirClient
@@ -75,15 +75,15 @@ def build(
             return "unavailable: EHR client not started"
         return await client.probe()
 
-    routes = APIRouter()
-    routes.include_router(inbound_api.router)
-    routes.include_router(questionnaires.router)
     return create_service(
         ServiceDefinition(
             settings=settings,
             title="ehr-connector",
             description="The only service that speaks FHIR to the EHR.",
-            api=routes,
+            # Services call /ehr/...: a service token. The EHR's webhook and /ops carry
+            # their own authentication.
+            api=questionnaires.router,
+            public_api=inbound_api.router,
             handlers=handlers.router,
             publishes=PUBLISHES,
             metadata=store.metadata,

@@ -19,7 +19,7 @@ import pytest
 from contracts.appointment import AppointmentUpdatedV1
 from devstack.topics import ensure_topics
 from ehr_sandbox.httptest import RunningSandbox
-from servicekit.testing import eventually
+from servicekit.testing import eventually, service_headers
 
 from .inbound_support import (
     OPS,
@@ -140,7 +140,10 @@ async def test_the_intake_form_is_read_from_the_ehr_by_canonical_url_and_version
     )
     async with (
         running_connector(settings),
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}") as client,
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{settings.http_port}",
+            headers=service_headers("ehr-connector", caller="scheduling"),
+        ) as client,
     ):
         form = await client.get("/ehr/questionnaires", params={"url": INTAKE, "version": "1"})
         assert form.status_code == 200

@@ -80,12 +80,12 @@ async def test_the_sandbox_statement_is_read_as_a_full_backport_server(
     assert profile.sends_heartbeats and profile.sends_handshake
 
 
-# What production refuses to start without (none of it is used by these auth modes).
+# What production insists on (servicekit.secrets) besides the setting under test.
 PROD_SECRETS = {
-    "environment": "prod",
-    "ops_token": "an-operator-token-of-prod",
-    "inbound_webhook_token": "a-webhook-token-of-prod",
-    "ehr_private_key_file": "/run/secrets/ehr-key.pem",
+    "ops_token": "an-ops-token-for-this-test",
+    "service_token_key": "a-service-token-key-for-this-test",
+    "inbound_webhook_token": "a-webhook-token-for-this-test",
+    "ehr_private_key_file": "/run/secrets/not-read-in-this-test.pem",
 }
 
 
@@ -95,12 +95,20 @@ async def test_auth_modes() -> None:
         none = make_auth(Settings(environment="dev", ehr_auth_mode="none"), http)
         assert isinstance(none, NoAuth) and await none.token() == ""
         static = make_auth(
-            Settings(**PROD_SECRETS, ehr_auth_mode="static-bearer", ehr_static_token="t0k"),
+            Settings(
+                environment="prod",
+                ehr_auth_mode="static-bearer",
+                ehr_static_token="t0k",
+                **PROD_SECRETS,  # type: ignore[arg-type]
+            ),
             http,
         )
         assert isinstance(static, StaticBearerAuth) and await static.token() == "t0k"
         with pytest.raises(EhrAuthFailed):
-            make_auth(Settings(**PROD_SECRETS, ehr_auth_mode="none"), http)
+            make_auth(
+                Settings(environment="prod", ehr_auth_mode="none", **PROD_SECRETS),  # type: ignore[arg-type]
+                http,
+            )
         with pytest.raises(EhrAuthFailed):
             make_auth(Settings(environment="test", ehr_auth_mode="static-bearer"), http)
 

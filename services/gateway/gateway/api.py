@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Se
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from opentelemetry import trace
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
 from contracts.patient import PatientLinkedV1
@@ -26,6 +26,7 @@ from gateway import audit, observability, security_events, store
 from gateway.auth import AuthError, PatientToken, TokenVerifier
 from gateway.domain import Notification, NotificationKind, profile_of
 from gateway.handlers import hub
+from gateway.ratelimit import PatientWrites
 from gateway.scopes import ScopeError, parse_scope
 from gateway.settings import Settings
 from gateway.upstream import UpstreamError, Upstreams
@@ -198,10 +199,42 @@ async def _check_scopes(
         security_events.count(service_of(request), "insufficient_scope")
         for scope in missing:
             observability.SCOPE_DENIALS.labels(parse_scope(scope).resource_type).inc()
+        await audit.record(
+            request,
+            "read" if request.method in READ_METHODS else "write",
+            parse_scope(missing[0]).resource_type,
+            outcome="denied",
+        )
         raise HTTPException(
             403,
             f"The token's scopes do not include {' '.join(missing)}.",
             {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{" ".join(missing)}"'},
+        )
+    if request.method not in READ_METHODS:
+        await _limit_writes(request, caller)
+
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def _limit_writes(request: Request, caller: Caller) -> None:
+    """429 with Retry-After once the patient is over their write limit."""
+    service = service_of(request)
+    writes: PatientWrites | None = service.state.get("patient_writes")
+    if writes is None:
+        settings: Settings = service.settings  # type: ignore[assignment]
+        writes = PatientWrites(
+            settings.rate_limit_patient_writes_per_min, settings.rate_limit_patient_write_burst
+        )
+        service.state["patient_writes"] = writes
+    wait = writes.wait(caller.patient_id)
+    if wait:
+        security_events.count(service, "rate_limited_patient")
+        await audit.record(request, "write", _resource_of(request), outcome="denied")
+        raise HTTPException(
+            429,
+            f"Too many changes for this patient; retry after {wait} s.",
+            {"Retry-After": str(wait)},
         )
 
 
@@ -215,10 +248,20 @@ def requires(scope: str) -> Any:
     return Security(_check_scopes, scopes=[scope])
 
 
-def _require(caller: Caller, resource_type: str) -> None:
+async def _require(request: Request, caller: Caller, resource_type: str) -> None:
     if not caller.token.allows_read(resource_type):
         observability.SCOPE_DENIALS.labels(resource_type).inc()
+        await audit.record(request, "read", resource_type, outcome="denied")
         raise HTTPException(403, f"The token's scopes do not allow reading {resource_type}.")
+
+
+def _resource_of(request: Request) -> str:
+    """The resource type a route's scope names (its `security` in the OpenAPI document)."""
+    route = request.scope.get("route")
+    for dependency in getattr(route, "dependencies", []) or []:
+        for scope in getattr(dependency, "scopes", None) or []:
+            return parse_scope(scope).resource_type
+    return "unknown"
 
 
 async def _read(
@@ -229,17 +272,17 @@ async def _read(
     path: str,
     params: Any = None,
 ) -> Any:
-    _require(caller, resource_type)
+    await _require(request, caller, resource_type)
     try:
         data = await upstreams_of(request).get(service, path, params)
     except UpstreamError as exc:
         # By-id paths (`/patients/{me}/<things>/{id}...`); a list answering 404 is not a probe.
         if exc.status == 404 and params is None and path.rstrip("/").count("/") >= 4:
             observability.FOREIGN_ID_READS.labels(resource_type).inc()
+            # Someone else's (or no) record: a refused attempt on that id.
+            await audit.record(request, "read", resource_type, outcome="denied")
         raise HTTPException(exc.status, f"The {exc.service} service {exc.detail}.") from exc
-    await audit.record_access(
-        service_of(request).db, caller.patient_id, caller.actor, "read", resource_type
-    )
+    await audit.record(request, "read", resource_type)
     return data
 
 
@@ -259,7 +302,7 @@ async def command(
     """A patient's command, passed to the owning service with the client's
     `Idempotency-Key`; the service's answer comes back as it is (its status, a replay's
     `Idempotent-Replayed`, its problem details) and a success is recorded in the access
-    log."""
+    log (a refused attempt on another patient's id, too)."""
     headers = {KEY_HEADER: key} if key else None
     try:
         answer = await upstreams_of(request).forward(
@@ -268,9 +311,12 @@ async def command(
     except UpstreamError as exc:
         raise HTTPException(exc.status, f"The {service} service {exc.detail}.") from exc
     if answer.status < 400:
-        await audit.record_access(
-            service_of(request).db, caller.patient_id, caller.actor, action, resource
-        )
+        body = answer.body if isinstance(answer.body, dict) else {}
+        made = body.get("id") or body.get("session_id")
+        await audit.record(request, action, resource, resource_id=str(made) if made else None)
+    elif answer.status == 404 and request.path_params:
+        # Another patient's (or no) record by id: a refused attempt on that id.
+        await audit.record(request, action, resource, outcome="denied")
     return answer.response()
 
 
@@ -323,7 +369,7 @@ async def profile(
     if not isinstance(patient, dict) or patient.get("resourceType") != "Patient":
         raise HTTPException(502, "The EHR did not return a Patient.")
     found = profile_of(patient, datetime.now(UTC).date())
-    await audit.record_access(service.db, caller.patient_id, caller.actor, "read", "Patient")
+    await audit.record(request, "read", "Patient")
     return ProfileOut(
         name=found.name,
         given_name=found.given_name,
@@ -375,7 +421,7 @@ async def summary(caller: Me, request: Request) -> dict[str, Any]:
     if isinstance(out.get("threads"), list):
         # Unread messages from the care team, over every thread (messaging counts them).
         out["unread_messages"] = sum(int(t.get("unread", 0)) for t in out["threads"])
-    await audit.record_access(service_of(request).db, pid, caller.actor, "read", "summary")
+    await audit.record(request, "read", "summary")
     return out
 
 
@@ -386,6 +432,9 @@ class AccessLogOut(BaseModel):
     actor: str
     action: str
     resource: str
+    resource_id: str | None = None
+    outcome: str = Field(default="allowed", description="allowed, or denied (a refused attempt)")
+    client_id: str | None = Field(default=None, description="The app the token was issued to")
 
 
 @router.get(
@@ -397,8 +446,19 @@ async def access_log(caller: Me, request: Request) -> list[AccessLogOut]:
     """Who read the patient's health data through the portal, newest first."""
     async with service_of(request).db.sessions() as session:
         rows = await store.access_log_of(session, caller.patient_id)
+    # Reading the log is itself recorded (after the read: it is not in its own answer).
+    await audit.record(request, "read", "AuditEvent")
     return [
-        AccessLogOut(at=r.at, actor=r.actor, action=r.action, resource=r.resource) for r in rows
+        AccessLogOut(
+            at=r.at,
+            actor=r.actor,
+            action=r.action,
+            resource=r.resource,
+            resource_id=r.resource_id,
+            outcome=r.outcome,
+            client_id=r.client_id,
+        )
+        for r in rows
     ]
 
 

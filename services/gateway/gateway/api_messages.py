@@ -28,7 +28,7 @@ from fastapi import APIRouter, Header, HTTPException, Request, Response
 from pydantic import BaseModel, Field, StringConstraints
 
 from gateway import audit
-from gateway.api import Caller, Id, Me, requires, service_of, upstreams_of
+from gateway.api import Caller, Id, Me, requires, upstreams_of
 from gateway.upstream import UpstreamError
 
 router = APIRouter(prefix="/v1", tags=["messages"])
@@ -91,9 +91,8 @@ async def _write(
         raise HTTPException(
             exc.status, f"The {exc.service} service: {exc.detail}", exc.headers or None
         ) from exc
-    await audit.record_access(
-        service_of(request).db, caller.patient_id, caller.actor, "write", RESOURCE
-    )
+    created = data.get("id") if isinstance(data, dict) else None
+    await audit.record(request, "write", RESOURCE, resource_id=created)
     return data
 
 
@@ -161,16 +160,16 @@ async def attachment(caller: Me, request: Request, attachment_id: Id) -> Respons
     upstreams = upstreams_of(request)
     url = f"{upstreams.urls['messaging']}/patients/{caller.patient_id}/attachments/{attachment_id}"
     try:
-        upstream = await upstreams.client.get(url, timeout=upstreams.timeout)
+        upstream = await upstreams.client.get(
+            url, headers=upstreams.tokens.headers("messaging"), timeout=upstreams.timeout
+        )
     except httpx.HTTPError as exc:
         raise HTTPException(503, "The messaging service is unavailable.") from exc
     if upstream.status_code == 404:
         raise HTTPException(404, "No such attachment.")
     if upstream.status_code != 200:
         raise HTTPException(502, f"The messaging service answered {upstream.status_code}.")
-    await audit.record_access(
-        service_of(request).db, caller.patient_id, caller.actor, "read", RESOURCE
-    )
+    await audit.record(request, "read", RESOURCE)
     return Response(
         content=upstream.content,
         media_type=upstream.headers.get("content-type", "application/octet-stream"),

@@ -21,7 +21,6 @@ from gateway.api import (
     _read,
     _require,
     requires,
-    service_of,
     upstreams_of,
 )
 from gateway.upstream import UpstreamError
@@ -146,7 +145,7 @@ async def document_attachment(
     position: Annotated[int, Path(ge=0, le=99)],
 ) -> Response:
     """Download one attachment of a document, with the content type the EHR gave it."""
-    _require(caller, "DocumentReference")
+    await _require(request, caller, "DocumentReference")
     path = f"/patients/{caller.patient_id}/documents/{document_id}/attachments/{position}"
     try:
         content, content_type = await upstreams_of(request).get_bytes("records", path)
@@ -165,9 +164,7 @@ async def document_attachment(
 
 
 async def _audit(request: Request, caller: Caller, resource_type: str) -> None:
-    await audit.record_access(
-        service_of(request).db, caller.patient_id, caller.actor, "read", resource_type
-    )
+    await audit.record(request, "read", resource_type)
 
 
 @router.get("/medications", dependencies=[requires("patient/MedicationRequest.s")])

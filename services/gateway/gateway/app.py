@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import httpx
@@ -13,6 +15,7 @@ from gateway import (
     api_messages,
     api_records,
     api_triage,
+    audit,
     docs,
     handlers,
     ops,
@@ -34,10 +37,19 @@ async def _open_clients(service: Service) -> None:
     http = pooled_client(settings, mounts)
     service.state["http"] = http
     service.state["verifier"] = TokenVerifier(settings, http)
-    service.state["upstreams"] = Upstreams(settings, http)
+    service.state["upstreams"] = Upstreams(settings, http, service.service_tokens)
+    # Anchors and verifies the access log now and every AUDIT_VERIFY_INTERVAL_S.
+    service.state["audit_task"] = asyncio.create_task(
+        audit.scheduled_verification(service), name="audit-verification"
+    )
 
 
 async def _close_clients(service: Service) -> None:
+    task: asyncio.Task[None] | None = service.state.get("audit_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     http: httpx.AsyncClient | None = service.state.get("http")
     if http is not None:
         await http.aclose()
@@ -63,7 +75,9 @@ def build(
             settings=settings or Settings(),
             title="gateway",
             description="Patient API (BFF), real-time events (SSE) and the portal page.",
-            api=routes,
+            # The public door: patients' tokens (and the ops token for /ops), not service
+            # tokens.
+            public_api=routes,
             handlers=handlers.router,
             publishes=("patient.linked",),
             metadata=store.metadata,

@@ -1,51 +1,256 @@
-"""The tamper-evident log of who read a patient's health data.
+"""The tamper-evident log of who saw or changed what of a patient's health data.
 
-Rows form a hash chain; appends are serialised (an in-process lock, and a
-transaction-scoped PostgreSQL advisory lock for several replicas) so the chain never forks.
+Each row says who acted (`actor_id`, the token's subject, and `actor`: the patient themself
+or someone for them), on whose behalf (`on_behalf_of`, the patient's FHIR id), on which
+record (`resource` type and `resource_id`), how (`action`), with what `outcome` (`allowed`
+or `denied`: refused attempts are recorded too), through which app (`client_id`), in which
+trace (`trace_id`) and when (HIPAA 164.312(b)).
+
+Rows form a hash chain keyed with HMAC-SHA-256 (`AUDIT_KEY`): deleting a patient's rows
+and re-hashing the rest needs the key. Periodically the gateway appends a signed checkpoint
+(row count, last row id and its hash) to a file apart from the database
+(`AUDIT_CHECKPOINT_DIR`), then verifies the whole chain against the key and every
+checkpoint: cutting the tail or rewriting the chain before an anchor is detected. The
+outcome is on `/ops/audit/verify`, `portalctl audit verify` and the metrics
+`audit_chain_intact` / `audit_verifications_total`.
+
+Appends are serialised (an in-process lock, and a transaction-scoped PostgreSQL advisory
+lock for several replicas) so the chain never forks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import socket
+from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+from fastapi import Request
+from prometheus_client import Counter, Gauge
 from sqlalchemy import text
 
 from gateway import store
-from gateway.domain import AccessRecord, access_hash, first_broken_link
+from gateway.domain import AccessRecord, AuditVerdict, Checkpoint, keyed_access_hash, verify_log
+from servicekit.app import Service
 from servicekit.db import Database
+from servicekit.limits import SECURITY_EVENTS
+from servicekit.logging import get_logger
+from servicekit.telemetry import trace_id_hex
 
+log = get_logger(__name__)
 _lock = asyncio.Lock()
 _ADVISORY_KEY = 0x5041_4C4F  # "PALO": patient access log
 
+CHAIN_INTACT = Gauge(
+    "audit_chain_intact", "1 when the last verification of the access log held, else 0"
+)
+VERIFIED_AT = Gauge(
+    "audit_last_verification_timestamp_seconds", "When the access log was last verified"
+)
+VERIFICATIONS = Counter(
+    "audit_verifications_total", "Verifications of the access log by result", ["result"]
+)
+
+
+def key_of(service: Service) -> bytes:
+    """The audit key of the running gateway."""
+    return str(getattr(service.settings, "audit_key", "")).encode()
+
 
 async def record_access(
-    db: Database, patient_id: str, actor: str, action: str, resource: str
+    db: Database,
+    key: bytes,
+    patient_id: str,
+    actor: str,
+    action: str,
+    resource: str,
+    *,
+    actor_id: str | None = None,
+    on_behalf_of: str | None = None,
+    resource_id: str | None = None,
+    outcome: str = "allowed",
+    client_id: str | None = None,
+    trace_id: str | None = None,
 ) -> None:
-    """Append one read to the chain."""
+    """Append one access (or refused attempt) to the keyed chain."""
     async with _lock, db.transaction() as session:
         await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
         prev = await store.last_access_hash(session)
-        at = datetime.now(UTC).replace(microsecond=0)
-        session.add(
-            store.AccessLogEntry(
-                patient_id=patient_id,
-                actor=actor,
-                action=action,
-                resource=resource,
-                at=at,
-                prev_hash=prev,
-                hash=access_hash(prev, patient_id, actor, action, resource, at),
-            )
+        record = AccessRecord(
+            patient_id=patient_id,
+            actor=actor,
+            action=action,
+            resource=resource,
+            at=datetime.now(UTC).replace(microsecond=0),
+            prev_hash=prev,
+            hash="",
+            chain=2,
+            actor_id=_short(actor_id),
+            on_behalf_of=_short(on_behalf_of),
+            resource_id=_short(resource_id),
+            outcome=outcome,
+            client_id=_short(client_id),
+            trace_id=trace_id,
         )
+        fields = {k: v for k, v in asdict(record).items() if k not in ("hash", "id")}
+        session.add(store.AccessLogEntry(**fields, hash=keyed_access_hash(key, record)))
 
 
-async def verify(db: Database) -> int | None:
-    """Id of the first tampered row of the whole chain (None: intact)."""
+def _short(value: str | None) -> str | None:
+    return value[:200] if value else value
+
+
+async def record(
+    request: Request,
+    action: str,
+    resource: str,
+    *,
+    resource_id: str | None = None,
+    outcome: str = "allowed",
+) -> None:
+    """Record what the request's authenticated caller did (or was refused)."""
+    caller = request.state.caller
+    service = request.app.state.service
+    if resource_id is None and request.path_params:
+        # The record the route names (`/me/appointments/{appointment_id}` ...).
+        resource_id = str(next(iter(request.path_params.values())))
+    trace = trace_id_hex()
+    await record_access(
+        service.db,
+        key_of(service),
+        caller.patient_id,
+        caller.actor,
+        action,
+        resource,
+        actor_id=caller.token.subject,
+        on_behalf_of=caller.token.patient_fhir_id,
+        resource_id=resource_id,
+        outcome=outcome,
+        client_id=caller.token.client_id,
+        trace_id=trace if trace and set(trace) != {"0"} else None,
+    )
+
+
+def _records(rows: list[store.AccessLogEntry]) -> list[AccessRecord]:
+    return [
+        AccessRecord(
+            r.patient_id,
+            r.actor,
+            r.action,
+            r.resource,
+            r.at,
+            r.prev_hash,
+            r.hash,
+            r.chain,
+            r.actor_id,
+            r.on_behalf_of,
+            r.resource_id,
+            r.outcome,
+            r.client_id,
+            r.trace_id,
+            r.id,
+        )
+        for r in rows
+    ]
+
+
+def read_checkpoints(directory: str) -> list[Checkpoint]:
+    """The checkpoints of every gateway in the anchor directory, oldest row first."""
+    if not directory or not os.path.isdir(directory):
+        return []
+    out: list[Checkpoint] = []
+    for path in sorted(Path(directory).glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                data: dict[str, Any] = json.loads(line)
+                out.append(Checkpoint(**data))
+    return sorted(out, key=lambda c: c.last_id)
+
+
+async def checkpoint(db: Database, key: bytes, directory: str) -> Checkpoint | None:
+    """Append a signed checkpoint of the log's present end to this gateway's file in
+    `directory` (when rows were added since the newest checkpoint of any gateway)."""
+    if not directory:
+        return None
     async with db.sessions() as session:
         rows = await store.whole_access_log(session)
-    broken = first_broken_link(
-        AccessRecord(r.patient_id, r.actor, r.action, r.resource, r.at, r.prev_hash, r.hash)
-        for r in rows
-    )
-    return rows[broken].id if broken is not None else None
+    if not rows:
+        return None
+    last = rows[-1]
+    anchors = await asyncio.to_thread(read_checkpoints, directory)
+    if anchors and anchors[-1].last_id >= last.id:
+        return None
+    signed = Checkpoint(
+        last_id=last.id,
+        count=len(rows),
+        head_hash=last.hash,
+        at=datetime.now(UTC).isoformat(timespec="seconds"),
+    ).signed(key)
+    await asyncio.to_thread(_append, directory, json.dumps(asdict(signed)) + "\n")
+    return signed
+
+
+def _append(directory: str, line: str) -> None:
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    # One file per gateway: replicas never append to the same file.
+    path = Path(directory) / f"{socket.gethostname()}.jsonl"
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(descriptor, "a") as out:
+        out.write(line)
+
+
+async def verify_all(db: Database, key: bytes, checkpoint_dir: str = "") -> AuditVerdict:
+    """Verify the whole chain against the key and every checkpoint (reads every row)."""
+    async with db.sessions() as session:
+        rows = await store.whole_access_log(session)
+    try:
+        anchors = await asyncio.to_thread(read_checkpoints, checkpoint_dir)
+    except (ValueError, TypeError) as exc:
+        return AuditVerdict(False, len(rows), 0, None, f"checkpoint file unreadable: {exc}")
+    return verify_log(_records(rows), anchors, key)
+
+
+async def verify(service: Service) -> AuditVerdict:
+    """Verify the running gateway's log against its key and its checkpoint file."""
+    return await verify_all(service.db, key_of(service), _checkpoint_dir(service))
+
+
+def _checkpoint_dir(service: Service) -> str:
+    return str(getattr(service.settings, "audit_checkpoint_dir", ""))
+
+
+def report(service_name: str, verdict: AuditVerdict) -> None:
+    """Publish a verification's outcome as metrics (and a security event when it failed)."""
+    CHAIN_INTACT.set(1 if verdict.intact else 0)
+    VERIFIED_AT.set(datetime.now(UTC).timestamp())
+    VERIFICATIONS.labels("intact" if verdict.intact else "broken").inc()
+    if not verdict.intact:
+        SECURITY_EVENTS.labels(service_name, "audit_verification_failed").inc()
+        log.error("gateway.audit_broken", first_broken_id=verdict.first_broken_id)
+
+
+async def anchor_and_verify(service: Service) -> AuditVerdict:
+    """One scheduled round: verify what is there, then anchor the present end."""
+    verdict = await verify(service)
+    if verdict.intact:
+        # Only an intact log is anchored: a checkpoint must never bless a tampered one.
+        await checkpoint(service.db, key_of(service), _checkpoint_dir(service))
+    report(service.settings.service_name, verdict)
+    return verdict
+
+
+async def scheduled_verification(service: Service) -> None:
+    """Anchor and verify every AUDIT_VERIFY_INTERVAL_S (the first round at start-up)."""
+    interval = float(getattr(service.settings, "audit_verify_interval_s", 0.0))
+    while interval > 0:
+        try:
+            await anchor_and_verify(service)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the database is away: the next round tries again
+            log.warning("gateway.audit_verification_failed", error=type(exc).__name__)
+        await asyncio.sleep(interval)

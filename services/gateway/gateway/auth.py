@@ -45,6 +45,7 @@ class PatientToken:
     subject: str
     patient_fhir_id: str
     scopes: frozenset[str]
+    client_id: str = ""  # the app the token was issued to (`client_id`, else `azp`)
 
     def allows(self, required: SmartScope | str) -> bool:
         """Whether a patient scope of the token grants every permission of `required`."""
@@ -135,7 +136,10 @@ class TokenVerifier:
             raise AuthError(403, "The access token is not a patient's token.")
         scopes = frozenset(str(claims.get("scope", "")).split())
         return PatientToken(
-            subject=str(claims.get("sub", "")), patient_fhir_id=patient, scopes=scopes
+            subject=str(claims.get("sub", "")),
+            patient_fhir_id=patient,
+            scopes=scopes,
+            client_id=str(claims.get("client_id") or claims.get("azp") or "")[:200],
         )
 
 

@@ -8,6 +8,7 @@ wrong screen reveals nothing.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ _TEXT = {
 
 @dataclass(frozen=True)
 class AccessRecord:
-    """The hashed fields of one access-log row."""
+    """The hashed fields of one access-log row (chain 1 rows hash only the first five)."""
 
     patient_id: str
     actor: str
@@ -71,23 +72,66 @@ class AccessRecord:
     at: datetime
     prev_hash: str
     hash: str
+    chain: int = 1
+    actor_id: str | None = None
+    on_behalf_of: str | None = None
+    resource_id: str | None = None
+    outcome: str = "allowed"
+    client_id: str | None = None
+    trace_id: str | None = None
+    id: int = 0
 
 
 def access_hash(
     prev_hash: str, patient_id: str, actor: str, action: str, resource: str, at: datetime
 ) -> str:
-    """The chained hash of one access-log row: any edit, insertion or deletion breaks it."""
+    """The unkeyed hash of a chain-1 row (written before the chain was keyed)."""
     body = json.dumps([prev_hash, patient_id, actor, action, resource, at.isoformat()])
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def first_broken_link(records: Iterable[AccessRecord]) -> int | None:
-    """Index of the first row whose hash or link does not match (None: chain intact)."""
+def keyed_access_hash(key: bytes, r: AccessRecord) -> str:
+    """The HMAC-SHA-256 of a chain-2 row over every field and its predecessor's hash:
+    without the key nobody can re-hash the chain after deleting or editing rows."""
+    body = json.dumps(
+        [
+            r.prev_hash,
+            r.patient_id,
+            r.actor,
+            r.actor_id,
+            r.on_behalf_of,
+            r.action,
+            r.resource,
+            r.resource_id,
+            r.outcome,
+            r.client_id,
+            r.trace_id,
+            r.at.isoformat(),
+        ]
+    )
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+
+
+def expected_hash(key: bytes, r: AccessRecord) -> str:
+    """What the row's hash must be, by its chain version."""
+    if r.chain == 1:
+        return access_hash(r.prev_hash, r.patient_id, r.actor, r.action, r.resource, r.at)
+    return keyed_access_hash(key, r)
+
+
+def first_broken_link(records: Iterable[AccessRecord], key: bytes = b"") -> int | None:
+    """Index of the first row whose hash or link does not match (None: chain intact).
+    Unkeyed rows may only come before the first keyed one: an unkeyed row after it is
+    someone re-hashing without the key."""
     expected_prev = GENESIS
+    keyed_seen = False
     for i, r in enumerate(records):
         if r.prev_hash != expected_prev:
             return i
-        if access_hash(r.prev_hash, r.patient_id, r.actor, r.action, r.resource, r.at) != r.hash:
+        if r.chain == 1 and keyed_seen:
+            return i
+        keyed_seen = keyed_seen or r.chain != 1
+        if not hmac.compare_digest(expected_hash(key, r), r.hash):
             return i
         expected_prev = r.hash
     return None
@@ -138,3 +182,85 @@ def profile_of(patient: dict[str, Any], today: date) -> Profile:
         age=age,
         sex=gender if gender in _SEXES else "unknown",
     )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed statement that the log had `count` rows ending with row `last_id` whose
+    hash was `head_hash` at `at`; kept apart from the log (an anchor)."""
+
+    last_id: int
+    count: int
+    head_hash: str
+    at: str
+    signature: str = ""
+
+    def payload(self) -> bytes:
+        """The signed bytes."""
+        return json.dumps([self.last_id, self.count, self.head_hash, self.at]).encode()
+
+    def signed(self, key: bytes) -> Checkpoint:
+        """This checkpoint with its HMAC signature."""
+        digest = hmac.new(key, b"checkpoint:" + self.payload(), hashlib.sha256).hexdigest()
+        return Checkpoint(self.last_id, self.count, self.head_hash, self.at, digest)
+
+    def valid(self, key: bytes) -> bool:
+        """Whether the signature was made with `key` over these fields."""
+        return hmac.compare_digest(self.signed(key).signature, self.signature)
+
+
+@dataclass(frozen=True)
+class AuditVerdict:
+    """The outcome of verifying the access log against its key and its anchors."""
+
+    intact: bool
+    rows: int
+    checkpoints: int
+    first_broken_id: int | None = None
+    problem: str | None = None
+
+
+def verify_log(
+    records: list[AccessRecord], checkpoints: list[Checkpoint], key: bytes
+) -> AuditVerdict:
+    """Verify the chain (links, keyed hashes) and every anchor: a checkpoint whose row is
+    gone, whose hash changed or whose count no longer matches shows truncation or
+    re-hashing even when the remaining chain is self-consistent."""
+    broken = first_broken_link(records, key)
+    if broken is not None:
+        return AuditVerdict(
+            False,
+            len(records),
+            len(checkpoints),
+            records[broken].id,
+            f"row {records[broken].id} does not match its hash or its predecessor",
+        )
+    position = {r.id: (i, r) for i, r in enumerate(records)}
+    for checkpoint in checkpoints:
+        if not checkpoint.valid(key):
+            return AuditVerdict(
+                False,
+                len(records),
+                len(checkpoints),
+                None,
+                f"checkpoint at row {checkpoint.last_id} is not signed with the audit key",
+            )
+        found = position.get(checkpoint.last_id)
+        if found is None or found[1].hash != checkpoint.head_hash:
+            return AuditVerdict(
+                False,
+                len(records),
+                len(checkpoints),
+                checkpoint.last_id,
+                f"row {checkpoint.last_id} anchored at {checkpoint.at} is missing or changed",
+            )
+        if found[0] + 1 != checkpoint.count:
+            return AuditVerdict(
+                False,
+                len(records),
+                len(checkpoints),
+                checkpoint.last_id,
+                f"{checkpoint.count} rows were anchored up to row {checkpoint.last_id}, "
+                f"{found[0] + 1} are left",
+            )
+    return AuditVerdict(True, len(records), len(checkpoints))

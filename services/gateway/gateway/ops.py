@@ -13,15 +13,25 @@ router = APIRouter(prefix="/ops", tags=["ops"])
 
 
 class AuditVerification(BaseModel):
-    """Whether the PHI access log's hash chain is intact."""
+    """Whether the PHI access log's keyed hash chain and its anchors are intact."""
 
     intact: bool
-    first_broken_id: int | None = Field(description="The first row whose hash does not match")
+    first_broken_id: int | None = Field(description="The first row that does not match")
+    rows: int = Field(description="Rows verified")
+    checkpoints: int = Field(description="Signed checkpoints the log was checked against")
+    problem: str | None = Field(default=None, description="What is wrong, when not intact")
 
 
 @router.get("/audit/verify", response_model=AuditVerification)
 async def verify_audit_chain(_: Ops, request: Request) -> AuditVerification:
-    """Recompute the whole access log's hash chain (reads every row: not for hot paths)."""
+    """Verify the whole access log against the audit key and every signed checkpoint, then
+    anchor its present end (reads every row: not for hot paths)."""
     service: Service = request.app.state.service
-    broken = await audit.verify(service.db)
-    return AuditVerification(intact=broken is None, first_broken_id=broken)
+    verdict = await audit.anchor_and_verify(service)
+    return AuditVerification(
+        intact=verdict.intact,
+        first_broken_id=verdict.first_broken_id,
+        rows=verdict.rows,
+        checkpoints=verdict.checkpoints,
+        problem=verdict.problem,
+    )

@@ -63,6 +63,22 @@ class TokenBuckets:
         return (1.0 - bucket.tokens) / self.rate
 
 
+class PatientWrites:
+    """Per-patient limit on writes, checked once the token says who the patient is: a
+    patient (or whoever holds their tokens) cannot flood the clinic's systems with
+    bookings, messages or triage sessions from many tokens or addresses at once."""
+
+    def __init__(self, per_minute: float, burst: int) -> None:
+        self.buckets = TokenBuckets(per_minute / 60.0, burst) if per_minute > 0 else None
+
+    def wait(self, patient_id: str) -> int:
+        """0 when a write of `patient_id` may go ahead, else the seconds to wait."""
+        if self.buckets is None:
+            return 0
+        wait = self.buckets.take(patient_id)
+        return max(1, math.ceil(wait)) if wait else 0
+
+
 @dataclass(frozen=True)
 class RateLimits:
     """Configured limits; a rate of 0 switches that limit off."""

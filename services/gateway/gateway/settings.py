@@ -46,6 +46,33 @@ class Settings(ServiceSettings):
         default=10.0, ge=0, description="Requests per second per bearer token on /v1 (0 = off)"
     )
     rate_limit_token_burst: int = Field(default=100, ge=1, description="Burst per token")
+    audit_key: str = Field(
+        default="dev-audit-key-not-for-production",
+        description="HMAC key of the access log's hash chain and of its checkpoints "
+        "(refused outside dev/test when it is the development default)",
+        json_schema_extra={"secret": True},
+    )
+    audit_key_file: str = Field(default="", description="File holding AUDIT_KEY (wins)")
+    audit_checkpoint_dir: str = Field(
+        default="",
+        description="Directory of the access log's signed checkpoints, apart from the "
+        "database (a volume its operators cannot rewrite): each gateway appends to "
+        "`<hostname>.jsonl` and verifies against every file; empty = no anchors",
+    )
+    audit_verify_interval_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="How often the gateway anchors and verifies the access log (0 = never)",
+    )
+    rate_limit_patient_writes_per_min: float = Field(
+        default=30.0,
+        ge=0,
+        description="Writes (bookings, intake, messages, triage) per minute per patient, "
+        "whatever their tokens or addresses (0 = off)",
+    )
+    rate_limit_patient_write_burst: int = Field(
+        default=30, ge=1, description="Burst of writes per patient"
+    )
     forwarded_for_hops: int = Field(
         default=0,
         ge=0,

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, String, UniqueConstraint, select
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Index,
+    SmallInteger,
+    String,
+    UniqueConstraint,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -69,6 +77,14 @@ class AccessLogEntry(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # 1: unkeyed SHA-256 (rows from before the keyed chain), 2: HMAC-SHA-256 with the key.
+    chain: Mapped[int] = mapped_column(SmallInteger, default=2, server_default="1")
+    actor_id: Mapped[str | None] = mapped_column(String(200))
+    on_behalf_of: Mapped[str | None] = mapped_column(String(200))
+    resource_id: Mapped[str | None] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(16), default="allowed", server_default="allowed")
+    client_id: Mapped[str | None] = mapped_column(String(200))
+    trace_id: Mapped[str | None] = mapped_column(String(32))
 
 
 async def link_for_identity(

@@ -21,6 +21,7 @@ import httpx
 from fastapi.responses import JSONResponse
 
 from gateway.settings import Settings
+from servicekit.identity import ServiceTokens
 
 
 class GuardedTransport(httpx.AsyncBaseTransport):
@@ -149,10 +150,14 @@ class Forwarded:
 
 
 class Upstreams:
-    """One pooled HTTP client for every owning service."""
+    """One pooled HTTP client for every owning service; each call carries a service token
+    for the service it calls (`servicekit.identity`)."""
 
-    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, settings: Settings, client: httpx.AsyncClient, tokens: ServiceTokens
+    ) -> None:
         self.client = client
+        self.tokens = tokens
         self.timeout = settings.upstream_timeout_s
         self.urls = {
             "records": settings.records_url.rstrip("/"),
@@ -176,7 +181,12 @@ class Upstreams:
         url = self.urls[service] + path
         try:
             response = await self.client.request(
-                method, url, json=json, params=params, headers=headers, timeout=self.timeout
+                method,
+                url,
+                json=json,
+                params=params,
+                headers={**(headers or {}), **self.tokens.headers(service)},
+                timeout=self.timeout,
             )
         except httpx.TimeoutException as exc:
             raise UpstreamError(service, 504, "did not answer in time") from exc
@@ -210,7 +220,12 @@ class Upstreams:
         url = self.urls[service] + path
         try:
             response = await self.client.request(
-                method, url, json=json, params=params, headers=headers, timeout=self.timeout
+                method,
+                url,
+                json=json,
+                params=params,
+                headers={**(headers or {}), **self.tokens.headers(service)},
+                timeout=self.timeout,
             )
         except httpx.TimeoutException as exc:
             raise UpstreamError(service, 504, "did not answer in time") from exc
@@ -233,7 +248,9 @@ class Upstreams:
         """GET a document's content and its content type (errors as `request` maps them)."""
         url = self.urls[service] + path
         try:
-            response = await self.client.get(url, timeout=self.timeout)
+            response = await self.client.get(
+                url, headers=self.tokens.headers(service), timeout=self.timeout
+            )
         except httpx.TimeoutException as exc:
             raise UpstreamError(service, 504, "did not answer in time") from exc
         except httpx.HTTPError as exc:

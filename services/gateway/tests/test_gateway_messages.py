@@ -25,7 +25,12 @@ from gateway.settings import Settings as GatewaySettings
 from messaging.app import build as build_messaging
 from messaging.settings import Settings as MessagingSettings
 from servicekit.app import Service
-from servicekit.testing import isolated_settings, read_topic, serving_in_process
+from servicekit.testing import (
+    isolated_settings,
+    read_topic,
+    service_auth_for,
+    serving_in_process,
+)
 
 pytestmark = [pytest.mark.integration]
 PORTS = range(18340, 18360)
@@ -69,7 +74,9 @@ async def stack(
         async with (
             LifespanManager(messaging.app, startup_timeout=60, shutdown_timeout=60),
             httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=messaging.app), base_url="http://messaging"
+                transport=httpx.ASGITransport(app=messaging.app),
+                base_url="http://messaging",
+                auth=service_auth_for(messaging.app),
             ) as messaging_client,
             serving_in_process(gateway.app, "http://gateway") as client,
         ):
@@ -146,12 +153,14 @@ async def test_a_message_sent_through_the_gateway_is_the_tokens_patients(
     writes = [e for e in log if e["action"] == "write"]
     assert len(writes) == 4  # start, its retry, reply, mark read
     assert {e["resource"] for e in writes} == {"Communication"}
-    assert await audit.verify(stack.gateway.db) is None
+    assert (await audit.verify(stack.gateway)).intact
 
 
 async def test_topics_attachments_limits_and_unread_through_the_gateway(stack: Stack) -> None:
     client = stack.client
     ann = await _token(stack, "p-ann")
+    # The topics route declares its scope like every /v1 route: a token is needed.
+    assert (await client.get("/v1/message-topics")).status_code == 401
     topics = (await client.get("/v1/message-topics", headers=ann)).json()
     assert {"code": "billing", "label": "Billing and insurance", "sent_to": "billing office"} in (
         topics

@@ -17,6 +17,7 @@ import pytest
 
 from gateway.settings import Settings
 from gateway.upstream import Upstreams, pooled_client
+from servicekit.identity import ServiceTokens
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ async def test_a_caller_cancelled_as_its_connection_is_assigned_does_not_lose_th
     url, release, _received = server
     settings = Settings(records_url=url, upstream_max_connections=1, upstream_timeout_s=2.0)
     async with pooled_client(settings) as http:
-        upstreams = Upstreams(settings, http)
+        upstreams = Upstreams(settings, http, ServiceTokens.of(settings))
         waiting: list[asyncio.Task[object]] = []
 
         async def first_then_cancel_the_waiter() -> object:
@@ -85,7 +86,7 @@ async def test_a_caller_that_gives_up_while_waiting_for_a_slot_sends_nothing(
     url, release, received = server
     settings = Settings(records_url=url, upstream_max_connections=1, upstream_timeout_s=2.0)
     async with pooled_client(settings) as http:
-        upstreams = Upstreams(settings, http)
+        upstreams = Upstreams(settings, http, ServiceTokens.of(settings))
         first = asyncio.create_task(upstreams.get("records", "/slow"))
         await asyncio.sleep(0.2)  # the first call holds the only slot
         waiter = asyncio.create_task(upstreams.get("records", "/gave-up"))

@@ -34,6 +34,8 @@ from servicekit.http import PatientId
 from servicekit.ops_api import encryption_routes
 
 router = APIRouter(tags=["messaging"])
+# Operators' routes: the ops token, not a service token (`ServiceDefinition.public_api`).
+ops_router = APIRouter(tags=["ops"])
 ThreadId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 IdempotencyKey = Annotated[
     str | None,
@@ -394,4 +396,4 @@ async def list_pool_items(
     ]
 
 
-router.include_router(encryption_routes(_messaging))
+ops_router.include_router(encryption_routes(_messaging))

@@ -42,6 +42,7 @@ def build(
             base_url=settings.triage_url,
             timeout=settings.emergency_check_timeout_s,
             transport=triage_transport,
+            auth=running.service_tokens.auth("triage"),
         )
         use_cases = service.Messaging(
             settings, running.db, running.outbox, rules, cipher, EmergencyCheck(client)
@@ -61,6 +62,7 @@ def build(
             title="messaging",
             description="Secure message threads and care-team routing.",
             api=api.router,
+            public_api=api.ops_router,
             handlers=handlers.router,
             publishes=("message.sent",),
             metadata=store.metadata,

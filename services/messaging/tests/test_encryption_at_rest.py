@@ -136,7 +136,8 @@ async def test_text_is_not_in_the_database_files_and_rotation_reencrypts_every_r
         "ENCRYPTION_ACTIVE_KEY": "2026-12",
         "ENVIRONMENT": "prod",
         # Production refuses development secrets (servicekit.secrets).
-        "OPS_TOKEN": "an-operator-token-of-production",
+        "OPS_TOKEN": "an-ops-token-for-this-test-only",
+        "SERVICE_TOKEN_KEY": "a-service-token-key-for-this-test-only",
         "LOG_LEVEL": "WARNING",
     }
     done = await asyncio.to_thread(

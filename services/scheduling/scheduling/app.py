@@ -41,7 +41,9 @@ async def _housekeeping(running: Service) -> None:
 async def _start(running: Service) -> None:
     settings: Settings = running.settings  # type: ignore[assignment]
     http = httpx.AsyncClient(
-        timeout=settings.ehr_connector_timeout_s, mounts=running.state.get("connector_mounts")
+        timeout=settings.ehr_connector_timeout_s,
+        mounts=running.state.get("connector_mounts"),
+        auth=running.service_tokens.auth("ehr-connector"),
     )
     running.state["http"] = http
     running.state["questionnaires"] = QuestionnaireSource(

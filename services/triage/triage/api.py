@@ -289,4 +289,6 @@ async def emergency_check(body: EmergencyCheckRequest, request: Request) -> Emer
     )
 
 
-router.include_router(encryption_routes(triage_of))
+# Operators' routes: the ops token, not a service token (`ServiceDefinition.public_api`).
+ops_router = APIRouter(tags=["ops"])
+ops_router.include_router(encryption_routes(triage_of))

@@ -64,6 +64,7 @@ def build(settings: Settings | None = None) -> Service:
             title="triage",
             description="Symptom assessment before a visit; publishes triage.completed.",
             api=api.router,
+            public_api=api.ops_router,
             handlers=handlers.router,
             publishes=("triage.completed",),
             metadata=store.metadata,

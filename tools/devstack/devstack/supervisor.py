@@ -567,6 +567,9 @@ class Stack:
             "KAFKA_ENABLE_IDEMPOTENCE": "true" if self.enable_idempotence else "false",
             service.database_env: database,
             "LOG_FORMAT": "json",
+            **self._identity_env(),
+            # The gateway's signed audit checkpoints, apart from the database.
+            "AUDIT_CHECKPOINT_DIR": str(self.data_dir / "audit-anchors"),
             **observability.service_env(config.host, tracing=config.tracing),
             **config.extra_env,
         }
@@ -578,6 +581,22 @@ class Stack:
             host=config.host,
             cwd=config.root,
         )
+
+    def _identity_env(self) -> dict[str, str]:
+        """The stack's one service-token key, shared by every service: a random key kept in
+        the data directory (owner-only), unless SERVICE_TOKEN_KEY is set. A developer can
+        call a service directly with a token signed by it (`servicekit.testing`)."""
+        if os.environ.get("SERVICE_TOKEN_KEY") or os.environ.get("SERVICE_TOKEN_KEY_FILE"):
+            return {}
+        path = self.data_dir / "service-token-key"
+        if not path.exists():
+            import secrets
+
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                out.write(secrets.token_urlsafe(48))
+        return {"SERVICE_TOKEN_KEY_FILE": str(path)}
 
     async def wait_broker_exit(self) -> None:
         """Return when the broker this stack started is no longer running (never otherwise)."""

@@ -218,12 +218,15 @@ async def backfill_status(ops: Ops, args: argparse.Namespace) -> Result:
 
 
 async def audit_verify(ops: Ops, _args: argparse.Namespace) -> Result:
-    """Verify the gateway's PHI access log hash chain; exit 1 when it is broken."""
+    """Verify the gateway's PHI access log (keyed hash chain and signed checkpoints);
+    exit 1 when it was tampered with."""
     answer = await ops.call("gateway", "GET", "/ops/audit/verify")
     note = (
-        "the access log's hash chain is intact"
+        f"the access log is intact ({answer.get('rows', '?')} rows, "
+        f"{answer.get('checkpoints', 0)} signed checkpoints)"
         if answer["intact"]
-        else f"TAMPERED: the chain breaks at row {answer['first_broken_id']}"
+        else f"TAMPERED: {answer.get('problem') or 'the chain breaks'} "
+        f"(row {answer['first_broken_id']})"
     )
     return Result(answer, single=True, code=0 if answer["intact"] else 1, note=note)
 

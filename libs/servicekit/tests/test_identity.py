@@ -1,0 +1,69 @@
+"""Service tokens: minted by the caller, verified by the callee, keyed per environment."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from servicekit.identity import ServiceTokenError, ServiceTokens, ServiceTokenVerifier
+from servicekit.settings import ServiceSettings
+
+KEY = "k" * 48
+
+
+def test_a_token_for_me_names_its_caller() -> None:
+    token = ServiceTokens("gateway", KEY).token("records")
+    caller = ServiceTokenVerifier("records", KEY).verify(f"Bearer {token}")
+    assert caller.service == "gateway"
+    assert caller.token_id
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status", "reason"),
+    [
+        (None, 401, "service_token_missing"),
+        ("Bearer ", 401, "service_token_invalid"),
+        ("Bearer not.a.jwt", 401, "service_token_invalid"),
+        (
+            f"Bearer {ServiceTokens('gateway', 'o' * 48).token('records')}",
+            401,
+            "service_token_invalid",
+        ),
+        (
+            f"Bearer {ServiceTokens('gateway', KEY).token('triage')}",
+            403,
+            "service_token_wrong_audience",
+        ),
+    ],
+)
+def test_refusals(authorization: str | None, status: int, reason: str) -> None:
+    with pytest.raises(ServiceTokenError) as refused:
+        ServiceTokenVerifier("records", KEY).verify(authorization)
+    assert (refused.value.status, refused.value.reason) == (status, reason)
+
+
+def test_an_expired_token_is_refused_after_the_clock_skew() -> None:
+    old = time.time() - 600
+    token = ServiceTokens("gateway", KEY, ttl_s=60).token("records", now=old)
+    with pytest.raises(ServiceTokenError) as refused:
+        ServiceTokenVerifier("records", KEY).verify(f"Bearer {token}")
+    assert refused.value.reason == "service_token_expired"
+
+
+def test_the_development_key_is_refused_outside_development() -> None:
+    with pytest.raises(ValidationError, match="SERVICE_TOKEN_KEY is the development default"):
+        ServiceSettings(environment="prod", ops_token="o" * 32)
+
+
+def test_the_key_comes_from_a_mounted_file(tmp_path: Path) -> None:
+    mounted = tmp_path / "service-token-key"
+    mounted.write_text(KEY + "\n")
+    settings = ServiceSettings(
+        environment="prod", ops_token="o" * 32, service_token_key_file=str(mounted)
+    )
+    assert settings.service_token_key == KEY
+    with pytest.raises(ValidationError, match="cannot be read"):
+        ServiceSettings(service_token_key_file=str(tmp_path / "missing"))
