@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from contracts.base import SourceVersion
 from contracts.message import MessageReceivedV1
@@ -16,7 +15,7 @@ from contracts.triage import TriageCompletedV1, Urgency
 from messaging.app import build
 from messaging.settings import Settings
 from servicekit.app import Service
-from servicekit.testing import broker_less_settings, deliver
+from servicekit.testing import broker_less_settings, deliver, serving_in_process
 
 T = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
@@ -39,12 +38,7 @@ def _reply(comm: str) -> MessageReceivedV1:
 @pytest.fixture
 async def messaging(database_url: str) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
     service = build(Settings(**broker_less_settings(database_url)))
-    async with (
-        LifespanManager(service.app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=service.app), base_url="http://messaging"
-        ) as client,
-    ):
+    async with serving_in_process(service.app, "http://messaging") as client:
         yield service, client
 
 

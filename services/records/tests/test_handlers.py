@@ -8,14 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from contracts.base import Coding, Quantity, SourceVersion
 from contracts.lab import LabObservation, LabResultedV1, ReportStatus
 from records.app import build
 from records.settings import Settings
 from servicekit.app import Service
-from servicekit.testing import broker_less_settings, deliver
+from servicekit.testing import broker_less_settings, deliver, serving_in_process
 
 T = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 
@@ -47,12 +46,7 @@ def _lab(version: str, value: float, status: ReportStatus = ReportStatus.FINAL) 
 @pytest.fixture
 async def records(database_url: str) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
     service = build(Settings(**broker_less_settings(database_url)))
-    async with (
-        LifespanManager(service.app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=service.app), base_url="http://records"
-        ) as client,
-    ):
+    async with serving_in_process(service.app, "http://records") as client:
         yield service, client
 
 

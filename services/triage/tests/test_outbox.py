@@ -9,12 +9,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import select
 
 from servicekit.app import Service
 from servicekit.tables import OutboxRow
-from servicekit.testing import broker_less_settings
+from servicekit.testing import broker_less_settings, serving_in_process
 from triage.app import build
 from triage.settings import Settings
 
@@ -22,12 +21,7 @@ from triage.settings import Settings
 @pytest.fixture
 async def triage(database_url: str) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
     service = build(Settings(**broker_less_settings(database_url)))
-    async with (
-        LifespanManager(service.app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=service.app), base_url="http://triage"
-        ) as client,
-    ):
+    async with serving_in_process(service.app, "http://triage") as client:
         yield service, client
 
 
