@@ -393,7 +393,10 @@ async def _intake(checker: Checker, patient: Patient, appointment: dict[str, Any
     path = f"/v1/me/appointments/{appointment['id']}/intake"
     form = await patient.get(path)
     items = {i["linkId"]: i for i in form["form"]["item"]}
-    required = [link for link, item in items.items() if item.get("required")]
+    # Items asked only given other answers (`enableWhen`) are left out with those answers.
+    required = [
+        link for link, item in items.items() if item.get("required") and not item.get("enableWhen")
+    ]
     if not required:
         checker.problem("the intake form has no required item to validate")
         return

@@ -50,7 +50,7 @@ class Stack:
         """An access token of a patient whose account is linked (the first visit done)."""
         await self.create_patient(patient)
         full = (await self.tokens(patient))["access_token"]
-        async with httpx.AsyncClient(base_url=self.gateway_url) as client:
+        async with httpx.AsyncClient(base_url=self.gateway_url, timeout=30) as client:
             me = await client.get("/v1/me", headers={"Authorization": f"Bearer {full}"})
             assert me.status_code == 200, me.text
         if scope is None:
