@@ -81,6 +81,7 @@ async def _confirm_patient_in_ehr(service: Service, raw_token: str, patient_fhir
         response = await http.get(
             f"{base}/Patient/{quote(patient_fhir_id, safe='')}",
             headers={"Authorization": f"Bearer {raw_token}", "Accept": "application/fhir+json"},
+            timeout=settings.ehr_timeout_s,
         )
     except httpx.HTTPError as exc:
         raise HTTPException(503, "The EHR could not confirm the patient; try again.") from exc
@@ -357,6 +358,7 @@ async def profile(
         response = await http.get(
             f"{base}/Patient/{fhir_id}",
             headers={"Authorization": authorization, "Accept": "application/fhir+json"},
+            timeout=settings.ehr_timeout_s,
         )
     except httpx.HTTPError as exc:
         raise HTTPException(503, "The EHR is unavailable; try again.") from exc

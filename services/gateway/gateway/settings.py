@@ -29,6 +29,12 @@ class Settings(ServiceSettings):
         description="FHIR base of the EHR that asserts a patient exists before linking; "
         "empty = `<oidc_issuer>/fhir` (the sandbox's layout)",
     )
+    ehr_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Per-call timeout when the gateway asks the EHR itself (the patient at a "
+        "first visit, the profile): an EHR is slower than our own services",
+    )
     records_url: str = "http://127.0.0.1:8001"
     scheduling_url: str = "http://127.0.0.1:8002"
     messaging_url: str = "http://127.0.0.1:8003"
