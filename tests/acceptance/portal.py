@@ -134,6 +134,15 @@ class Patient:
 
     async def get(self, path: str, **params: Any) -> Any:
         """GET a gateway path; asserts 200 and returns the JSON body."""
-        response = await self.http.get(path, params=params or None)
+        response = await self.fetch(path, **params)
         assert response.status_code == 200, f"GET {path}: {response.status_code} {response.text}"
         return response.json()
+
+    async def fetch(self, path: str, **params: Any) -> httpx.Response:
+        """GET a gateway path as a well-behaved client: a 429 (this token or address was
+        rate-limited, e.g. right after a burst) is retried once after its `Retry-After`."""
+        response = await self.http.get(path, params=params or None)
+        if response.status_code == 429:
+            await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+            response = await self.http.get(path, params=params or None)
+        return response

@@ -647,7 +647,7 @@ async def test_journey_6_a_burst_of_readers_leaves_the_gateway_healthy(
     alice = patients["demo-alice"]
     # After the burst, everything answers again, promptly and completely.
     for path in ("/v1/me", "/v1/me/lab-results", "/v1/me/summary", "/v1/me/medications"):
-        response = await alice.http.get(path, timeout=10)
+        response = await alice.fetch(path)
         assert response.status_code == 200, f"{path} after the burst: {response.status_code}"
     verdict = await _volume(
         clinic,
