@@ -243,7 +243,11 @@ async def _trace_with(
         for span in await store.all_spans():
             by_trace.setdefault(span.trace_id, []).append(span)
         for spans in by_trace.values():
-            if predicate(spans):
+            # Spans arrive in export batches: a trace that has what we look for may still
+            # miss a span in between, so wait until it is also whole (one root).
+            index = _by_id(spans)
+            whole = sum(1 for s in spans if s.parent_span_id not in index) == 1
+            if predicate(spans) and whole:
                 found = spans
                 return True
         return False
