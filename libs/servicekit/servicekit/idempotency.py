@@ -150,12 +150,32 @@ async def idempotent(
             service.db, scope=scope, key=key, request=body, action=action, status=status
         )
     except KeyReused as exc:
-        raise HTTPException(
-            422,
-            f"This {KEY_HEADER} was already used for a different request; "
-            "send a new key for a new request.",
-        ) from exc
+        raise _reused() from exc
     return stored.response()
+
+
+async def replay(request: Request, scope: str, key: str | None, body: Any) -> JSONResponse | None:
+    """The stored answer to an earlier request with this key (None: there is none), for a
+    route that must do work outside the transaction first (an HTTP call to another
+    service) and should not do it again for a retry; 422 for a key reused with another
+    body. `idempotent` checks again inside, so a request racing this one is still settled."""
+    if key is None:
+        return None
+    service: Service = request.app.state.service
+    try:
+        async with service.db.sessions() as session:
+            earlier = await _earlier(session, scope, key, request_hash(body))
+    except KeyReused as exc:
+        raise _reused() from exc
+    return earlier.response() if earlier is not None else None
+
+
+def _reused() -> HTTPException:
+    return HTTPException(
+        422,
+        f"This {KEY_HEADER} was already used for a different request; "
+        "send a new key for a new request.",
+    )
 
 
 async def purge(db: Database, older_than: timedelta, now: datetime | None = None) -> int:

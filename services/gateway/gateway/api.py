@@ -313,7 +313,12 @@ async def command(
         raise HTTPException(exc.status, f"The {service} service {exc.detail}.") from exc
     if answer.status < 400:
         body = answer.body if isinstance(answer.body, dict) else {}
-        made = body.get("id") or body.get("session_id")
+        message = body.get("message")
+        made = (
+            body.get("id")
+            or body.get("session_id")
+            or (message.get("id") if isinstance(message, dict) else None)
+        )
         await audit.record(request, action, resource, resource_id=str(made) if made else None)
     elif answer.status == 404 and request.path_params:
         # Another patient's (or no) record by id: a refused attempt on that id.

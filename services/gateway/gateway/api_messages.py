@@ -9,8 +9,9 @@ Scopes (route dependencies, checked exactly): sending is a create of a `Communic
 recorded in the access log with the action "write".
 
 A client may send an `Idempotency-Key` header (generated once per message it composes);
-it is passed through, so a retried POST stores and publishes the message once and returns
-the message the first attempt stored.
+it is passed through, so a retried POST stores and publishes the message once and gets the
+first attempt's answer again (201, `Idempotent-Replayed: true`); the same key with another
+message is 422.
 
 A new conversation names a topic (`GET /v1/message-topics`: prescriptions, test results,
 appointments, billing, clinical question, other); the answer says who it went to
@@ -24,20 +25,17 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Header, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field, StringConstraints
 
 from gateway import audit
-from gateway.api import Caller, Id, Me, requires, upstreams_of
+from gateway.api import Caller, Id, Me, command, requires, upstreams_of
 from gateway.upstream import UpstreamError
+from servicekit.idempotency import IdempotencyKey
 
 router = APIRouter(prefix="/v1", tags=["messages"])
 RESOURCE = "Communication"
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[!-~]+$"),
-]
 Subject = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Body = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=10_000)]
 
@@ -74,28 +72,6 @@ def may_send(caller: Caller) -> bool:
     return caller.token.allows(f"patient/{RESOURCE}.c")
 
 
-async def _write(
-    request: Request,
-    caller: Caller,
-    path: str,
-    *,
-    json: Any,
-    idempotency_key: str | None = None,
-) -> Any:
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-    try:
-        data = await upstreams_of(request).request(
-            "messaging", "POST", path, json=json, headers=headers
-        )
-    except UpstreamError as exc:
-        raise HTTPException(
-            exc.status, f"The {exc.service} service: {exc.detail}", exc.headers or None
-        ) from exc
-    created = data.get("id") if isinstance(data, dict) else None
-    await audit.record(request, "write", RESOURCE, resource_id=created)
-    return data
-
-
 @router.post("/me/threads", status_code=201, dependencies=[requires("patient/Communication.c")])
 async def start_thread(
     caller: Me,
@@ -104,12 +80,16 @@ async def start_thread(
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Start a conversation with the care team: `{"thread": ..., "message": ...}`."""
-    return await _write(
+    return await command(
         request,
         caller,
+        "messaging",
+        "POST",
         f"/patients/{caller.patient_id}/threads",
+        action="write",
+        resource=RESOURCE,
         json=body.model_dump(exclude_none=True),
-        idempotency_key=idempotency_key,
+        key=idempotency_key,
     )
 
 
@@ -126,20 +106,30 @@ async def reply(
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Reply in one of the patient's conversations (404 if it is not theirs)."""
-    return await _write(
+    return await command(
         request,
         caller,
+        "messaging",
+        "POST",
         f"/patients/{caller.patient_id}/threads/{thread_id}/messages",
+        action="write",
+        resource=RESOURCE,
         json=body.model_dump(),
-        idempotency_key=idempotency_key,
+        key=idempotency_key,
     )
 
 
 @router.post("/me/threads/{thread_id}/read", dependencies=[requires("patient/Communication.u")])
 async def mark_read(caller: Me, request: Request, thread_id: Id) -> Any:
     """Mark the care team's messages in one of the patient's conversations read."""
-    return await _write(
-        request, caller, f"/patients/{caller.patient_id}/threads/{thread_id}/read", json=None
+    return await command(
+        request,
+        caller,
+        "messaging",
+        "POST",
+        f"/patients/{caller.patient_id}/threads/{thread_id}/read",
+        action="write",
+        resource=RESOURCE,
     )
 
 

@@ -114,7 +114,11 @@ async def test_a_message_sent_through_the_gateway_is_the_tokens_patients(
     assert sent.status_code == 201, sent.text
     retried = await client.post("/v1/me/threads", json=new, headers=headers)
     assert retried.status_code == 201
+    assert retried.headers["Idempotent-Replayed"] == "true"
     assert retried.json()["message"]["id"] == sent.json()["message"]["id"]
+    # The same key for another message is refused (422), and nothing is sent.
+    other = {"subject": "Knee pain", "body": "Something else."}
+    assert (await client.post("/v1/me/threads", json=other, headers=headers)).status_code == 422
     thread_id = sent.json()["thread"]["id"]
 
     assert [t["id"] for t in (await stack.messaging.get(f"/patients/{ann_id}/threads")).json()] == [

@@ -1,8 +1,11 @@
 """HTTP API of the messaging service, for the gateway (patient-scoped) and care-team tools.
 
 Only translation lives here: requests into `messaging.service` calls, their results and
-errors into responses. A client may send an `Idempotency-Key` header: a retry with the same
-key returns the message the first attempt stored (200) instead of sending it twice.
+errors into responses. A client may send an `Idempotency-Key` header (the kit's
+`servicekit.idempotency`): a retry with the same key gets the first attempt's answer again
+(201, `Idempotent-Replayed: true`) instead of sending twice; the same key with another
+message is 422. The emergency check (an HTTP call to triage) runs once, before the
+transaction, and not again for a retry.
 
 Limits: a patient sends at most `RATE_LIMIT_MESSAGES` per `RATE_LIMIT_WINDOW_S` (429 with
 Retry-After), bodies up to `BODY_MAX_CHARS`, attachments (PNG, JPEG, GIF, PDF) up to
@@ -11,15 +14,16 @@ Retry-After), bodies up to `BODY_MAX_CHARS`, attachments (PNG, JPEG, GIF, PDF) u
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints
 
 from messaging import domain
 from messaging.service import (
-    IdempotencyConflict,
     MessageView,
     Messaging,
     NewAttachment,
@@ -31,16 +35,13 @@ from messaging.service import (
     UnknownTopic,
 )
 from servicekit.http import PatientId
+from servicekit.idempotency import IdempotencyKey, idempotent, replay
 from servicekit.ops_api import encryption_routes
 
 router = APIRouter(tags=["messaging"])
 # Operators' routes: the ops token, not a service token (`ServiceDefinition.public_api`).
 ops_router = APIRouter(tags=["ops"])
 ThreadId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
-IdempotencyKey = Annotated[
-    str | None,
-    Header(alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[!-~]+$"),
-]
 Subject = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=domain.SUBJECT_MAX)
 ]
@@ -202,9 +203,7 @@ def _message_out(message: MessageView) -> MessageOut:
     )
 
 
-def _sent_out(sent: Sent, response: Response) -> SentOut:
-    if sent.replayed:
-        response.status_code = 200
+def _sent_out(sent: Sent) -> SentOut:
     verdict = sent.verdict
     advice = None
     if verdict.emergency:
@@ -231,8 +230,6 @@ def _refused(exc: Exception) -> HTTPException:
     """Map a send's refusal to its HTTP status."""
     if isinstance(exc, NotFound):
         return HTTPException(404, "No such thread for this patient.")
-    if isinstance(exc, IdempotencyConflict):
-        return HTTPException(409, "This Idempotency-Key was already used for another message.")
     if isinstance(exc, UnknownTopic):
         return HTTPException(422, f"Unknown topic {exc.args[0]!r}; see GET /topics.")
     if isinstance(exc, RateLimited):
@@ -255,7 +252,6 @@ def _refused(exc: Exception) -> HTTPException:
 
 _REFUSALS = (
     NotFound,
-    IdempotencyConflict,
     UnknownTopic,
     RateLimited,
     TooLong,
@@ -317,27 +313,42 @@ async def get_attachment(
     )
 
 
+def _send_scope(patient_id: str) -> str:
+    # One scope for new threads and replies: a key reused across the two is a reused key.
+    return f"{patient_id}:send-message"
+
+
 @router.post("/patients/{patient_id}/threads", response_model=SentOut, status_code=201)
 async def start_thread(
     patient_id: PatientId,
     body: NewThreadIn,
     request: Request,
-    response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> SentOut:
+) -> JSONResponse:
     """Start a thread with the care team; the routing rules choose its pool."""
+    request_body = {"new_thread": body.model_dump(mode="json")}
+    scope = _send_scope(patient_id)
+    earlier = await replay(request, scope, idempotency_key, request_body)
+    if earlier is not None:
+        return earlier
+    messaging = _messaging(request)
     try:
-        sent = await _messaging(request).start_thread(
-            patient_id,
+        prepared = await messaging.prepare_thread(
             subject=body.subject,
             body=body.body,
             topic=body.topic,
             attachments=_attachments(body.attachments),
-            idempotency_key=idempotency_key,
+        )
+        return await idempotent(
+            request,
+            scope,
+            idempotency_key,
+            request_body,
+            lambda session: _sending(messaging.start_thread(session, patient_id, prepared)),
+            status=201,
         )
     except _REFUSALS as exc:
         raise _refused(exc) from exc
-    return _sent_out(sent, response)
 
 
 @router.post(
@@ -348,21 +359,33 @@ async def reply(
     thread_id: ThreadId,
     body: ReplyIn,
     request: Request,
-    response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> SentOut:
+) -> JSONResponse:
     """Send a message in one of the patient's threads, in reply to the care team's latest."""
+    request_body = {"thread_id": thread_id, "reply": body.model_dump(mode="json")}
+    scope = _send_scope(patient_id)
+    earlier = await replay(request, scope, idempotency_key, request_body)
+    if earlier is not None:
+        return earlier
+    messaging = _messaging(request)
     try:
-        sent = await _messaging(request).reply(
-            patient_id,
-            thread_id,
-            body=body.body,
-            attachments=_attachments(body.attachments),
-            idempotency_key=idempotency_key,
+        prepared = await messaging.prepare_reply(
+            patient_id, thread_id, body=body.body, attachments=_attachments(body.attachments)
+        )
+        return await idempotent(
+            request,
+            scope,
+            idempotency_key,
+            request_body,
+            lambda session: _sending(messaging.reply(session, patient_id, thread_id, prepared)),
+            status=201,
         )
     except _REFUSALS as exc:
         raise _refused(exc) from exc
-    return _sent_out(sent, response)
+
+
+async def _sending(sent: Awaitable[Sent]) -> SentOut:
+    return _sent_out(await sent)
 
 
 @router.post("/patients/{patient_id}/threads/{thread_id}/read", response_model=ReadOut)

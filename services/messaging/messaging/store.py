@@ -18,7 +18,6 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
-    UniqueConstraint,
     func,
     or_,
     select,
@@ -77,7 +76,6 @@ class Message(Base):
     key_id: Mapped[str | None] = mapped_column(String(64), index=True)
     sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    idempotency_key: Mapped[str | None] = mapped_column(String(128))
     ehr_status: Mapped[str | None] = mapped_column(String(32))
     care_team_read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     source_version: Mapped[str | None] = mapped_column(String(64))
@@ -85,9 +83,7 @@ class Message(Base):
     emergency: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     needs_review: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
 
-    # A client's retry of the same send (same key) finds the first message.
     __table_args__ = (
-        UniqueConstraint("patient_id", "idempotency_key", name="uq_messages_idempotency_key"),
         Index("ix_messages_patient_direction_sent", "patient_id", "direction", "sent_at"),
     )
 
@@ -191,14 +187,6 @@ async def pool_items(session: AsyncSession, pool: str) -> list[PoolItem]:
     """A pool's work items, oldest first."""
     stmt = select(PoolItem).where(PoolItem.pool == pool).order_by(PoolItem.created_at)
     return list((await session.execute(stmt)).scalars())
-
-
-async def message_by_idempotency_key(
-    session: AsyncSession, patient_id: str, key: str
-) -> Message | None:
-    """The patient's message sent with this client-generated idempotency key."""
-    stmt = select(Message).where(Message.patient_id == patient_id, Message.idempotency_key == key)
-    return (await session.execute(stmt)).scalar_one_or_none()
 
 
 async def latest_inbound_fhir_id(session: AsyncSession, thread_id: str) -> str | None:

@@ -133,8 +133,11 @@ async def test_a_retried_send_with_the_same_idempotency_key_sends_once(
     headers = {"Idempotency-Key": "b1f4c0de-0001"}
     first = await client.post("/patients/pat-1/threads", json=new, headers=headers)
     retry = await client.post("/patients/pat-1/threads", json=new, headers=headers)
-    assert (first.status_code, retry.status_code) == (201, 200)
+    # The retry gets the first answer again, status included, marked as a replay.
+    assert (first.status_code, retry.status_code) == (201, 201)
     assert retry.json() == first.json()
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
     thread_id = first.json()["thread"]["id"]
     assert first.json()["thread"]["pool"] == "care-team"
 
@@ -142,12 +145,15 @@ async def test_a_retried_send_with_the_same_idempotency_key_sends_once(
     path = f"/patients/pat-1/threads/{thread_id}/messages"
     one = await client.post(path, json={"body": "With food?"}, headers=reply_headers)
     two = await client.post(path, json={"body": "With food?"}, headers=reply_headers)
-    assert (one.status_code, two.status_code) == (201, 200)
+    assert (one.status_code, two.status_code) == (201, 201)
     assert one.json()["message"]["id"] == two.json()["message"]["id"]
-    # The same key for a different message is a conflict, not a silent replay.
+    # The same key for a different message is a client's mistake, not a silent replay;
+    # so is a key of a new thread reused for a reply.
     other = await client.post(path, json={"body": "Something else"}, headers=reply_headers)
-    assert other.status_code == 409
+    assert other.status_code == 422
     assert other.headers["content-type"].startswith("application/problem+json")
+    reused = await client.post(path, json={"body": "With food?"}, headers=headers)
+    assert reused.status_code == 422
 
     assert len((await client.get("/patients/pat-1/threads")).json()) == 1
     assert len((await client.get(path)).json()) == 2
@@ -183,6 +189,6 @@ async def test_another_patients_thread_is_not_found_and_bad_input_is_a_problem(
     bad_key = await client.post(
         "/patients/pat-1/threads",
         json={"subject": "ok", "body": "ok"},
-        headers={"Idempotency-Key": "k" * 129},
+        headers={"Idempotency-Key": "k" * 201},
     )
     assert bad_key.status_code == 422

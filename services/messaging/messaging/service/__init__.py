@@ -15,11 +15,11 @@ from weakref import WeakKeyDictionary
 
 from messaging.service.base import (
     AttachmentView,
-    IdempotencyConflict,
     MessageView,
     NewAttachment,
     NotFound,
     PoolItemView,
+    Prepared,
     RateLimited,
     Sent,
     ThreadView,
@@ -35,12 +35,12 @@ from servicekit.outbox import Outbox
 
 __all__ = [
     "AttachmentView",
-    "IdempotencyConflict",
     "MessageView",
     "Messaging",
     "NewAttachment",
     "NotFound",
     "PoolItemView",
+    "Prepared",
     "RateLimited",
     "Sent",
     "ThreadView",

@@ -27,10 +27,6 @@ class NotFound(LookupError):
     """No such thread/attachment for this patient."""
 
 
-class IdempotencyConflict(Exception):
-    """The Idempotency-Key was used for another message."""
-
-
 class UnknownTopic(ValueError):
     """The topic code is not one of the routing rules' topics."""
 
@@ -107,7 +103,18 @@ class Sent:
     thread: ThreadView
     message: MessageView
     verdict: Verdict
-    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A message checked before its transaction: its text, attachments and the emergency
+    check's verdict (`subject` and `topic` only for a new conversation)."""
+
+    subject: str | None
+    body: str
+    topic: str | None
+    attachments: list[NewAttachment]
+    verdict: Verdict
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import base64
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.message import (
@@ -21,10 +20,10 @@ from messaging import domain, store
 from messaging.emergency import Verdict
 from messaging.metrics import count_message_after_commit
 from messaging.service.base import (
-    IdempotencyConflict,
     MessagingBase,
     NewAttachment,
     NotFound,
+    Prepared,
     RateLimited,
     Sent,
     TooLong,
@@ -54,40 +53,6 @@ class Sending(MessagingBase):
             )
         return list(attachments)
 
-    async def _replay(
-        self,
-        patient_id: str,
-        key: str | None,
-        *,
-        body: str,
-        thread_id: str | None = None,
-        subject: str | None = None,
-    ) -> Sent | None:
-        """What an earlier request with this idempotency key sent (None: no such request).
-        The same key for a different message is a conflict, not a replay."""
-        if key is None:
-            return None
-        async with self.db.sessions() as session:
-            message = await store.message_by_idempotency_key(session, patient_id, key)
-            if message is None:
-                return None
-            thread = await store.get_thread(session, message.thread_id)
-            attachments = await store.attachments_of(session, [message.id])
-        if (
-            thread is None
-            or self._body(message) != body
-            or (thread_id is not None and thread.id != thread_id)
-            or (subject is not None and self._subject(thread) != subject)
-        ):
-            raise IdempotencyConflict(key)
-        verdict = Verdict(checked=not message.needs_review, emergency=message.emergency)
-        return Sent(
-            thread=self._thread_view(thread),
-            message=self._message_view(message, attachments),
-            verdict=verdict,
-            replayed=True,
-        )
-
     async def _enforce_rate_limit(
         self, session: AsyncSession, patient_id: str, now: datetime, verdict: Verdict
     ) -> None:
@@ -105,7 +70,6 @@ class Sending(MessagingBase):
         body: str,
         attachments: Sequence[NewAttachment],
         *,
-        key: str | None,
         now: datetime,
         verdict: Verdict,
     ) -> tuple[store.Message, list[store.Attachment], list[MessageAttachment]]:
@@ -119,7 +83,6 @@ class Sending(MessagingBase):
             sender_display=None,
             sent_at=now,
             read_at=now,
-            idempotency_key=key,
             emergency=verdict.emergency,
             needs_review=not verdict.checked,
         )
@@ -181,96 +144,84 @@ class Sending(MessagingBase):
         self._seal_item(item, f"{subject}{flags}")
         session.add(item)
 
-    async def start_thread(
+    async def prepare_thread(
         self,
-        patient_id: str,
         *,
         subject: str,
         body: str,
         topic: str | None,
         attachments: Sequence[NewAttachment] = (),
-        idempotency_key: str | None = None,
-    ) -> Sent:
-        """Start a conversation with the care team; the routing rules choose its pool."""
+    ) -> Prepared:
+        """Check a new conversation and ask triage whether it is an emergency: the work
+        done before the transaction opens (an HTTP call), once per new request."""
         if topic is not None and self.rules.topic(topic) is None:
             raise UnknownTopic(topic)
         self._check_body(body)
         checked = self._checked_attachments(attachments)
-        replayed = await self._replay(patient_id, idempotency_key, body=body, subject=subject)
-        if replayed is not None:
-            return replayed
         verdict = await self.emergency.check(f"{subject}\n{body}")
-        route = self.rules.route_message(topic, subject, body)
-        now = datetime.now(UTC)
-        try:
-            async with self.db.transaction() as session:
-                await self._enforce_rate_limit(session, patient_id, now, verdict)
-                thread = store.Thread(
-                    id=new_id("th"),
-                    patient_id=patient_id,
-                    thread_fhir_id=None,
-                    pool=route.pool,
-                    topic=topic,
-                    rules_version=route.rules_version,
-                    origin="patient",
-                    updated_at=now,
-                )
-                self._seal_thread(thread, subject)
-                session.add(thread)
-                message, rows, wire = self._store_message(
-                    session, thread, body, checked, key=idempotency_key, now=now, verdict=verdict
-                )
-                self._pool_item(session, thread, message, verdict, subject, now)
-                self._publish(session, thread, message, subject, body, None, wire)
-        except IntegrityError:
-            # A concurrent request with the same key stored its message first.
-            replayed = await self._replay(patient_id, idempotency_key, body=body, subject=subject)
-            if replayed is None:
-                raise
-            return replayed
-        return Sent(self._thread_view(thread), self._message_view(message, rows), verdict)
+        return Prepared(subject, body, topic, checked, verdict)
 
-    async def reply(
+    async def start_thread(self, session: AsyncSession, patient_id: str, new: Prepared) -> Sent:
+        """Start a conversation with the care team in the caller's transaction (one
+        commit with the idempotency record); the routing rules choose its pool."""
+        assert new.subject is not None
+        route = self.rules.route_message(new.topic, new.subject, new.body)
+        now = datetime.now(UTC)
+        await self._enforce_rate_limit(session, patient_id, now, new.verdict)
+        thread = store.Thread(
+            id=new_id("th"),
+            patient_id=patient_id,
+            thread_fhir_id=None,
+            pool=route.pool,
+            topic=new.topic,
+            rules_version=route.rules_version,
+            origin="patient",
+            updated_at=now,
+        )
+        self._seal_thread(thread, new.subject)
+        session.add(thread)
+        message, rows, wire = self._store_message(
+            session, thread, new.body, new.attachments, now=now, verdict=new.verdict
+        )
+        self._pool_item(session, thread, message, new.verdict, new.subject, now)
+        self._publish(session, thread, message, new.subject, new.body, None, wire)
+        return Sent(self._thread_view(thread), self._message_view(message, rows), new.verdict)
+
+    async def prepare_reply(
         self,
         patient_id: str,
         thread_id: str,
         *,
         body: str,
         attachments: Sequence[NewAttachment] = (),
-        idempotency_key: str | None = None,
-    ) -> Sent:
-        """Send a message in one of the patient's threads, in reply to the care team's
-        latest message there."""
+    ) -> Prepared:
+        """Check a reply (the thread must be the patient's) and ask triage whether it is an
+        emergency, before the transaction opens."""
         async with self.db.sessions() as session:
             found = await store.get_thread(session, thread_id)
         if found is None or found.patient_id != patient_id:
             raise NotFound(thread_id)
         self._check_body(body)
         checked = self._checked_attachments(attachments)
-        replayed = await self._replay(patient_id, idempotency_key, body=body, thread_id=thread_id)
-        if replayed is not None:
-            return replayed
         verdict = await self.emergency.check(body)
+        return Prepared(None, body, None, checked, verdict)
+
+    async def reply(
+        self, session: AsyncSession, patient_id: str, thread_id: str, new: Prepared
+    ) -> Sent:
+        """Send a message in one of the patient's threads, in reply to the care team's
+        latest message there, in the caller's transaction."""
         now = datetime.now(UTC)
-        try:
-            async with self.db.transaction() as session:
-                await self._enforce_rate_limit(session, patient_id, now, verdict)
-                thread = await store.get_thread(session, thread_id)
-                if thread is None:  # pragma: no cover - threads are never deleted
-                    raise NotFound(thread_id)
-                in_reply_to = await store.latest_inbound_fhir_id(session, thread_id)
-                thread.updated_at = now
-                subject = domain.reply_subject(self._subject(thread))
-                message, rows, wire = self._store_message(
-                    session, thread, body, checked, key=idempotency_key, now=now, verdict=verdict
-                )
-                self._pool_item(session, thread, message, verdict, subject, now)
-                self._publish(session, thread, message, subject, body, in_reply_to, wire)
-        except IntegrityError:
-            replayed = await self._replay(
-                patient_id, idempotency_key, body=body, thread_id=thread_id
-            )
-            if replayed is None:
-                raise
-            return replayed
-        return Sent(self._thread_view(thread), self._message_view(message, rows), verdict)
+        await self._enforce_rate_limit(session, patient_id, now, new.verdict)
+        thread = await store.get_thread(session, thread_id)
+        if thread is None or thread.patient_id != patient_id:  # pragma: no cover - never deleted
+            raise NotFound(thread_id)
+        in_reply_to = await store.latest_inbound_fhir_id(session, thread_id)
+        thread.updated_at = now
+        subject = domain.reply_subject(self._subject(thread))
+        message, rows, wire = self._store_message(
+            session, thread, new.body, new.attachments, now=now, verdict=new.verdict
+        )
+        self._pool_item(session, thread, message, new.verdict, subject, now)
+        self._publish(session, thread, message, subject, new.body, in_reply_to, wire)
+        return Sent(self._thread_view(thread), self._message_view(message, rows), new.verdict)
