@@ -38,7 +38,6 @@ CHROMIUM_ARGS = [
 ROOT = Path(__file__).resolve().parents[2]
 AXE_JS = ROOT / "tests/browser/.node/node_modules/axe-core/axe.min.js"
 SCREENSHOTS = Path(os.environ.get("PORTAL_SCREENSHOTS", ROOT / ".artifacts/portal-screenshots"))
-PORTS = range(18500, 18540)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -55,7 +54,7 @@ async def stack(postgres_url: str, kafka_bootstrap: str) -> AsyncIterator[Stack]
     data_dir = Path(tempfile.mkdtemp(prefix="portal-browser-"))
     prefix = f"t{uuid.uuid4().hex[:8]}."
     try:
-        async with running_stack(data_dir, make_database, kafka_bootstrap, prefix, PORTS) as s:
+        async with running_stack(data_dir, make_database, kafka_bootstrap, prefix) as s:
             yield s
     finally:
         for name in names:

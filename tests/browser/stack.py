@@ -5,7 +5,7 @@ database and the session's Kafka broker, as the e2e journeys start them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +48,8 @@ async def running_stack(
     make_database: Callable[[], Awaitable[str]],
     kafka_bootstrap: str,
     prefix: str,
-    ports: Iterable[int],
 ) -> AsyncIterator[Stack]:
     """Start everything; yields once the gateway answers on its port."""
-    port_range = list(ports)
     await ensure_topics(kafka_bootstrap, prefix)
     db = {name: await make_database() for name in SERVICES}
 
@@ -63,14 +61,14 @@ async def running_stack(
         sandbox = await stack.enter_async_context(
             running_sandbox(
                 data_dir,
-                port=free_port(port_range),
+                port=free_port(),
                 seed=True,
                 subscriptions=subscriptions,
                 # A sign-in lasts longer than one journey on a loaded machine.
                 auth=AuthSettings(data_dir=data_dir / "auth", access_token_ttl_s=1800),
             )
         )
-        connector_port = free_port(port_range)
+        connector_port = free_port()
         connector = build_connector(
             ConnectorSettings(
                 **isolated("connector"),  # type: ignore[arg-type]
@@ -101,7 +99,7 @@ async def running_stack(
             await stack.enter_async_context(
                 LifespanManager(service.app, startup_timeout=60, shutdown_timeout=60)
             )
-        gateway_port = free_port(port_range)
+        gateway_port = free_port()
         gateway = build_gateway(
             GatewaySettings(
                 **isolated("gateway"),  # type: ignore[arg-type]

@@ -5,7 +5,6 @@ she answers back and her answer is filed in the same EHR thread.
 
 sandbox (uvicorn) --rest-hook--> ehr-connector (uvicorn) --Kafka--> messaging, gateway
 (uvicorn) <--HTTP-- patient;  messaging --message.sent--> connector --> EHR.
-Ports 18440-18459.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from triage.app import build as build_triage
 from triage.settings import Settings as TriageSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-PORTS = range(18440, 18460)
 
 
 @dataclass
@@ -59,9 +57,9 @@ async def portal(
     subscriptions = SubscriptionSettings(delivery_retry_base_s=0.2, delivery_retry_max_s=2.0)
     async with AsyncExitStack() as stack:
         sandbox = await stack.enter_async_context(
-            running_sandbox(tmp_path, port=free_port(PORTS), seed=True, subscriptions=subscriptions)
+            running_sandbox(tmp_path, port=free_port(), seed=True, subscriptions=subscriptions)
         )
-        connector_port = free_port(PORTS)
+        connector_port = free_port()
         connector = build_connector(
             ConnectorSettings(
                 **isolated_settings(db["connector"], kafka_bootstrap, unique_prefix),
@@ -105,7 +103,7 @@ async def portal(
                 "http://triage": httpx.ASGITransport(app=triage.app),
             },
         )
-        gateway_url = await stack.enter_async_context(serve(gateway.app, free_port(PORTS)))
+        gateway_url = await stack.enter_async_context(serve(gateway.app, free_port()))
         yield Portal(sandbox=sandbox, gateway_url=gateway_url)
 
 

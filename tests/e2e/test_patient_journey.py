@@ -5,7 +5,6 @@ as a Task for the care team.
 
 sandbox (uvicorn) --rest-hook--> ehr-connector (uvicorn) --Kafka--> records, messaging,
 gateway (uvicorn, SSE) <--HTTP-- patient;  gateway -> triage --Kafka--> connector -> EHR.
-Ports 18400-18419.
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ from triage.app import build as build_triage
 from triage.settings import Settings as TriageSettings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-PORTS = range(18400, 18420)
 
 
 @dataclass
@@ -66,9 +64,9 @@ async def portal(
     subscriptions = SubscriptionSettings(delivery_retry_base_s=0.2, delivery_retry_max_s=2.0)
     async with AsyncExitStack() as stack:
         sandbox = await stack.enter_async_context(
-            running_sandbox(tmp_path, port=free_port(PORTS), seed=True, subscriptions=subscriptions)
+            running_sandbox(tmp_path, port=free_port(), seed=True, subscriptions=subscriptions)
         )
-        connector_port = free_port(PORTS)
+        connector_port = free_port()
         connector = build_connector(
             ConnectorSettings(
                 **isolated_settings(db["connector"], kafka_bootstrap, unique_prefix),
@@ -114,7 +112,7 @@ async def portal(
                 "http://scheduling": httpx.ASGITransport(app=scheduling.app),
             },
         )
-        gateway_url = await stack.enter_async_context(serve(gateway.app, free_port(PORTS)))
+        gateway_url = await stack.enter_async_context(serve(gateway.app, free_port()))
         yield Portal(sandbox=sandbox, gateway_url=gateway_url)
 
 

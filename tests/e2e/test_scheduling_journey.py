@@ -12,7 +12,6 @@ question, accepted once).
 The connector subscribes to Appointment changes but not to Slot changes here, so
 scheduling's slot cache does not learn of the clinic's block before the patient asks:
 that is how a refusal by the EHR happens for real (a stale cache), made deterministic.
-Ports 18420-18439.
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ from scheduling.settings import Settings as SchedulingSettings
 from servicekit.testing import eventually, isolated_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-PORTS = range(18420, 18440)
 
 
 @dataclass
@@ -63,9 +61,9 @@ async def portal(
     subscriptions = SubscriptionSettings(delivery_retry_base_s=0.2, delivery_retry_max_s=2.0)
     async with AsyncExitStack() as stack:
         sandbox = await stack.enter_async_context(
-            running_sandbox(tmp_path, port=free_port(PORTS), seed=True, subscriptions=subscriptions)
+            running_sandbox(tmp_path, port=free_port(), seed=True, subscriptions=subscriptions)
         )
-        connector_port = free_port(PORTS)
+        connector_port = free_port()
         connector = build_connector(
             ConnectorSettings(
                 **isolated_settings(db["connector"], kafka_bootstrap, unique_prefix),
@@ -97,7 +95,7 @@ async def portal(
             ),
             mounts={"http://scheduling": httpx.ASGITransport(app=scheduling.app)},
         )
-        gateway_url = await stack.enter_async_context(serve(gateway.app, free_port(PORTS)))
+        gateway_url = await stack.enter_async_context(serve(gateway.app, free_port()))
         yield Portal(sandbox=sandbox, gateway_url=gateway_url)
 
 

@@ -6,7 +6,6 @@ sandbox and the broker are real too. A booking must form one trace from the pati
 request through gateway -> scheduling -> outbox -> Kafka -> connector -> EHR, and a lab
 result one trace from the EHR's notification through connector -> Kafka -> records and
 gateway -> the SSE push, every span's parent present in the same trace.
-Ports 18440-18459.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ from ehr_sandbox.subscriptions.settings import SubscriptionSettings
 from servicekit.testing import eventually, isolated_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-PORTS = range(18440, 18460)
 
 
 @dataclass
@@ -108,16 +106,13 @@ async def stack(
     async with AsyncExitStack() as stack:
         stack.push_async_callback(traces.close)
         sink_url = await stack.enter_async_context(
-            serve(build_app(traces, manage_store=False), free_port(PORTS))
+            serve(build_app(traces, manage_store=False), free_port())
         )
         sandbox = await stack.enter_async_context(
-            running_sandbox(tmp_path, port=free_port(PORTS), seed=True, subscriptions=subscriptions)
+            running_sandbox(tmp_path, port=free_port(), seed=True, subscriptions=subscriptions)
         )
-        # Chosen before any of them listens: each from what the previous ones left.
-        ports: dict[str, int] = {}
-        for name in ("gateway", "scheduling", "records", "conn"):
-            taken = set(ports.values())
-            ports[name] = free_port(p for p in PORTS if p not in taken)
+        # Chosen before any of them listens (free_port never hands out one port twice).
+        ports = {name: free_port() for name in ("gateway", "scheduling", "records", "conn")}
 
         async def settings(name: str) -> dict[str, Any]:
             return {

@@ -31,7 +31,7 @@ from servicekit.testing import isolated_settings
 from triage.app import build as build_triage
 from triage.settings import Settings as TriageSettings
 
-from .harness import PORTS, Attack, Stack
+from .harness import Attack, Stack
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ async def stack(_data_dir: Path, postgres_url: str, kafka_bootstrap: str) -> Asy
     names = {n: f"test_{uuid.uuid4().hex[:12]}" for n in ("gateway", "scheduling", "triage")}
     urls = {n: await create_database(name, postgres_url) for n, name in names.items()}
     try:
-        async with running_sandbox(_data_dir, port=free_port(PORTS)) as sandbox:
+        async with running_sandbox(_data_dir, port=free_port()) as sandbox:
             scheduling = build_scheduling(
                 SchedulingSettings(**isolated_settings(urls["scheduling"], kafka_bootstrap, prefix))  # type: ignore[arg-type]
             )
@@ -84,8 +84,8 @@ async def stack(_data_dir: Path, postgres_url: str, kafka_bootstrap: str) -> Asy
                 TriageSettings(**isolated_settings(urls["triage"], kafka_bootstrap, prefix))  # type: ignore[arg-type]
             )
             async with (
-                serve(scheduling.app, free_port(PORTS)) as scheduling_url,
-                serve(triage.app, free_port(PORTS)) as triage_url,
+                serve(scheduling.app, free_port()) as scheduling_url,
+                serve(triage.app, free_port()) as triage_url,
             ):
 
                 def gateway(**limits: Any) -> Service:
@@ -121,8 +121,8 @@ async def stack(_data_dir: Path, postgres_url: str, kafka_bootstrap: str) -> Asy
                 )
                 # Entered one after the other: each port is taken before the next is chosen.
                 async with (
-                    serve(main.app, free_port(PORTS)) as gateway_url,
-                    serve(limited.app, free_port(PORTS)) as limited_url,
+                    serve(main.app, free_port()) as gateway_url,
+                    serve(limited.app, free_port()) as limited_url,
                 ):
                     yield Stack(
                         sandbox=sandbox,

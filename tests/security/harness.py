@@ -11,7 +11,6 @@ import httpx
 from ehr_sandbox.httptest import RunningSandbox
 from servicekit.app import Service
 
-PORTS = range(18700, 18760)
 Attack = Callable[[str, str, str], None]
 
 

@@ -3,16 +3,15 @@
 Tests of subscriptions must cross TCP the way a vendor EHR's webhooks do, so they run the
 sandbox under uvicorn on a local port and point Subscriptions at a `NotificationReceiver`,
 a small `asyncio.start_server` HTTP/1.1 server that records every request and answers with
-a status the test chooses. Ports come from a range the caller gives (tests use
-18100-18119).
+a status the test chooses. Ports are chosen by the kernel (`free_port`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
-import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -22,27 +21,29 @@ from typing import Any
 
 import uvicorn
 
-DEFAULT_PORTS = range(18100, 18120)
+# Ports this process handed out lately: a test that picks several ports before it starts
+# its servers must get distinct ones.
+_handed_out: collections.deque[int] = collections.deque(maxlen=512)
 
 
-def free_port(ports: Iterable[int] = DEFAULT_PORTS, host: str = "127.0.0.1") -> int:
-    """A port in `ports` nothing is listening on, picked at random.
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing is listening on, chosen by the kernel from its ephemeral range.
 
-    Not the first free one: two test processes on one machine (several engineers, or CI
-    jobs) probing the same range at the same moment both got its first port, and one of
-    them failed to bind ("address already in use") between this probe and its server.
+    Not from a small fixed range: there, one test's port was soon another's, and a server
+    or background task of an earlier test still finishing (more of them on a slow machine)
+    met the next test's server on the same port; other processes on the machine (a second
+    checkout's tests, CI jobs) probed the same range too. The kernel hands out a bound
+    port to no one else and cycles through thousands before it repeats one. The port is
+    free when this returns and is bound by the caller's server right after.
     """
-    candidates = list(ports)
-    random.shuffle(candidates)
-    for port in candidates:
+    for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.append(port)
             return port
-    raise RuntimeError("No free port in the range")
+    raise RuntimeError("the kernel offered no port this process had not handed out lately")
 
 
 @contextlib.asynccontextmanager

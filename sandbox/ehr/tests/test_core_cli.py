@@ -21,7 +21,7 @@ TOKEN = "cli-admin-token"
 async def test_cli_simulates_and_sets_faults(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    port = free_port(range(18090, 18100))
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = SandboxSettings(
         database_url=await database_for(tmp_path),
@@ -75,6 +75,6 @@ async def test_cli_simulates_and_sets_faults(
 
 
 def test_cli_reports_an_unreachable_sandbox(capsys: pytest.CaptureFixture[str]) -> None:
-    port = free_port(range(18090, 18100))
+    port = free_port()
     assert main(["--url", f"http://127.0.0.1:{port}", "--timeout", "2", "patients"]) == 1
     assert "cannot reach" in capsys.readouterr().err

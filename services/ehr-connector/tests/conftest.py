@@ -1,6 +1,6 @@
 """Fixtures of the ehr-connector's tests: the EHR sandbox over real HTTP, the connector.
 
-`sandbox` is a seeded sandbox served by uvicorn on a port of 18200-18219, one per test
+`sandbox` is a seeded sandbox served by uvicorn on a port the kernel chooses, one per test
 module; `ehr` is the same sandbox with fault injection reset after the test. `harness`
 runs a connector (real broker, fresh PostgreSQL database) against it and offers what the
 integration tests do repeatedly: produce events, read FHIR resources back over HTTP, read
@@ -35,7 +35,6 @@ from ehr_sandbox.httptest import RunningSandbox, free_port, running_sandbox
 from servicekit.app import Service
 from servicekit.testing import Seen, produce_events, read_topic
 
-PORTS = range(18200, 18220)
 T0 = datetime.fromisoformat("2026-11-20T08:00:00+00:00")
 
 
@@ -43,7 +42,7 @@ T0 = datetime.fromisoformat("2026-11-20T08:00:00+00:00")
 async def sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSandbox]:
     """A seeded EHR sandbox over HTTP, shared by one test module."""
     data_dir: Path = tmp_path_factory.mktemp("ehr-sandbox")
-    async with running_sandbox(data_dir, port=free_port(PORTS), seed=True) as running:
+    async with running_sandbox(data_dir, port=free_port(), seed=True) as running:
         yield running
 
 

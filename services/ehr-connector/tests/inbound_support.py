@@ -4,7 +4,7 @@ this process or as a child process that can be SIGKILLed), linking patients, rea
 Everything crosses real boundaries: the sandbox runs under uvicorn and POSTs its
 notifications over TCP to the connector's webhook; the connector reaches the sandbox only
 over HTTP; events go through the session's Kafka broker and a fresh PostgreSQL database.
-HTTP servers use ports 18220-18239.
+HTTP servers listen on ports the kernel chooses (`free_port`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from ehr_sandbox.subscriptions.settings import SubscriptionSettings
 from servicekit.app import Service
 from servicekit.testing import Seen, eventually, produce_events, read_topic
 
-PORTS = range(18220, 18240)
 OPS = {"Authorization": "Bearer dev-ops-token"}
 TOPICS = ("lab.resulted", "medication.changed", "message.received", "appointment.updated",
           "slot.updated")  # fmt: skip
@@ -53,7 +52,7 @@ async def ehr_sandbox(
     }
     subscriptions = SubscriptionSettings(**(values | subscription_settings))
     async with running_sandbox(
-        data_dir, port=free_port(PORTS), seed=True, subscriptions=subscriptions
+        data_dir, port=free_port(), seed=True, subscriptions=subscriptions
     ) as box:
         yield box
 
@@ -69,7 +68,7 @@ def connector_settings(
     **overrides: Any,
 ) -> Settings:
     """Connector settings: this sandbox, broker, database; its webhook on `port`."""
-    port = port or free_port(PORTS)
+    port = port or free_port()
     values: dict[str, Any] = {
         "environment": "test",
         "database_url": database_url,

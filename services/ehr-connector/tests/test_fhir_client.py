@@ -36,7 +36,7 @@ from ehr_sandbox.auth.settings import AuthSettings
 from ehr_sandbox.httptest import RunningSandbox, free_port, running_sandbox
 from servicekit.errors import DependencyUnavailable
 
-from .conftest import PORTS, ehr_settings
+from .conftest import ehr_settings
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ async def test_a_401_drops_the_token_and_retries_once_with_a_fresh_one(tmp_path:
     # The EHR rotates its signing key with no grace: every token issued before is now
     # refused (401) although it has not expired.
     auth = AuthSettings(data_dir=tmp_path / "auth", key_grace_s=0)
-    async with running_sandbox(tmp_path, port=free_port(PORTS), auth=auth) as sandbox:
+    async with running_sandbox(tmp_path, port=free_port(), auth=auth) as sandbox:
         fhir = FhirClient(ehr_settings(sandbox))
         try:
             await fhir.search("Patient", [])

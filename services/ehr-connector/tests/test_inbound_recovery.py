@@ -25,7 +25,6 @@ from ehr_sandbox.httptest import RunningSandbox, free_port, serve
 from servicekit.testing import eventually
 
 from .inbound_support import (
-    PORTS,
     Published,
     by_source,
     connector_settings,
@@ -102,7 +101,7 @@ async def test_silence_is_a_readiness_warning_that_keeps_the_service_ready(
     target: list[str] = [""]
     swallow = [False]
     async with ehr_sandbox(tmp_path / "ehr") as box:
-        proxy_port = free_port(PORTS)
+        proxy_port = free_port()
         async with serve(swallowing_proxy(target, swallow), proxy_port) as proxy_url:
             settings = _settings(
                 box,
@@ -110,7 +109,7 @@ async def test_silence_is_a_readiness_warning_that_keeps_the_service_ready(
                 kafka_bootstrap,
                 unique_prefix,
                 kafka_enable_idempotence,
-                port=free_port(p for p in PORTS if p != proxy_port),
+                port=free_port(),
                 inbound_webhook_url=f"{proxy_url}/hook",
                 inbound_heartbeat_period_s=1,
                 inbound_heartbeat_missed_factor=3.0,

@@ -34,7 +34,6 @@ from servicekit.app import Service
 from servicekit.tables import OutboxRow
 
 from .inbound_support import (
-    PORTS,
     connector_settings,
     ehr_sandbox,
     last_of,
@@ -116,7 +115,7 @@ async def setup(
     await ensure_topics(kafka_bootstrap, unique_prefix)
     async with ehr_sandbox(tmp_path / "ehr") as box:
         proxy = Proxy(box)
-        proxy_port = free_port(PORTS)
+        proxy_port = free_port()
         async with serve(proxy.app(), proxy_port) as proxy_url:
             proxy.url = proxy_url
             settings = connector_settings(
@@ -125,7 +124,7 @@ async def setup(
                 bootstrap=kafka_bootstrap,
                 prefix=unique_prefix,
                 idempotence=kafka_enable_idempotence,
-                port=free_port(p for p in PORTS if p != proxy_port),
+                port=free_port(),
                 inbound_webhook_url=f"{proxy_url}/hook",
                 inbound_jwks_url=f"{proxy_url}/jwks.json",
             )

@@ -35,7 +35,6 @@ from triage.app import build as build_triage
 from triage.settings import Settings as TriageSettings
 
 pytestmark = [pytest.mark.integration]
-PORTS = range(18300, 18320)
 _spans = InMemorySpanExporter()
 
 
@@ -66,7 +65,7 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     await ensure_topics(kafka_bootstrap, unique_prefix)
     dbs = {name: await database_factory() for name in ("gateway", "records", "triage")}
-    async with running_sandbox(tmp_path, port=free_port(PORTS)) as sandbox:
+    async with running_sandbox(tmp_path, port=free_port()) as sandbox:
         records = build_records(
             RecordsSettings(**isolated_settings(dbs["records"], kafka_bootstrap, unique_prefix))
         )  # type: ignore[arg-type]
@@ -90,7 +89,7 @@ async def stack(
         async with (
             LifespanManager(records.app, startup_timeout=60, shutdown_timeout=60),
             LifespanManager(triage.app, startup_timeout=60, shutdown_timeout=60),
-            serve(gateway.app, free_port(PORTS)) as url,
+            serve(gateway.app, free_port()) as url,
         ):
             yield Stack(gateway, url, sandbox.url, sandbox.admin, unique_prefix)
 

@@ -33,7 +33,6 @@ from servicekit.testing import (
 )
 
 pytestmark = [pytest.mark.integration]
-PORTS = range(18340, 18360)
 
 
 @dataclass
@@ -54,7 +53,7 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     await ensure_topics(kafka_bootstrap, unique_prefix)
     dbs = {name: await database_factory() for name in ("gateway", "messaging")}
-    async with running_sandbox(tmp_path, port=free_port(PORTS)) as sandbox:
+    async with running_sandbox(tmp_path, port=free_port()) as sandbox:
         messaging = build_messaging(
             MessagingSettings(
                 **isolated_settings(dbs["messaging"], kafka_bootstrap, unique_prefix),

@@ -33,7 +33,6 @@ from records.settings import Settings as RecordsSettings
 from servicekit.testing import eventually, isolated_settings, produce_events
 
 pytestmark = [pytest.mark.integration]
-PORTS = range(18320, 18340)
 CLIENTS = 100
 BURST_S = 10.0
 
@@ -53,11 +52,11 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     await ensure_topics(kafka_bootstrap, unique_prefix)
     dbs = {name: await database_factory() for name in ("gateway", "records")}
-    async with running_sandbox(tmp_path, port=free_port(PORTS)) as sandbox:
+    async with running_sandbox(tmp_path, port=free_port()) as sandbox:
         records = build_records(
             RecordsSettings(**isolated_settings(dbs["records"], kafka_bootstrap, unique_prefix))
         )  # type: ignore[arg-type]
-        async with serve(records.app, free_port(PORTS)) as records_url:
+        async with serve(records.app, free_port()) as records_url:
             # Every part of the summary is served by the one real records server (the other
             # parts answer 404): the gateway's pool is shared by all origins anyway.
             gateway = build_gateway(
@@ -70,7 +69,7 @@ async def stack(
                     triage_url=records_url,
                 )
             )
-            async with serve(gateway.app, free_port(PORTS)) as url:
+            async with serve(gateway.app, free_port()) as url:
                 token = await _token(sandbox.admin)
                 yield Stack(url, token)
 

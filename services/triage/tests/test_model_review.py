@@ -23,7 +23,6 @@ from triage.app import build
 from triage.settings import Settings
 
 pytestmark = [pytest.mark.integration]
-PORTS = range(18340, 18360)
 
 
 @dataclass
@@ -59,7 +58,7 @@ async def stack(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, FakeModel]]:
     await ensure_topics(kafka_bootstrap, unique_prefix)
     fake = FakeModel()
-    async with serve(_fake_app(fake), free_port(PORTS)) as model_url:
+    async with serve(_fake_app(fake), free_port()) as model_url:
         settings = Settings(
             **isolated_settings(database_url, kafka_bootstrap, unique_prefix),
             triage_llm_url=f"{model_url}/v1",

@@ -2,7 +2,6 @@
 under uvicorn on local ports, a real broker and PostgreSQL. portalctl runs as its console
 script, with the ops token and service URLs from the environment, exactly as on call.
 Services not started here point at a closed port: listing across all of them must say so.
-Ports 18460-18479.
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ from servicekit.db import Database
 from servicekit.testing import eventually, isolated_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-PORTS = range(18460, 18480)
 PORTALCTL = Path(sys.executable).with_name("portalctl")
 # The gateway under test runs with the development audit key.
 DEV_AUDIT_KEY = str(GatewaySettings.model_fields["audit_key"].default).encode()
@@ -76,9 +74,9 @@ async def stack(
     connector_db, gateway_db = await database_factory(), await database_factory()
     async with AsyncExitStack() as stack:
         sandbox = await stack.enter_async_context(
-            running_sandbox(tmp_path, port=free_port(PORTS), seed=True)
+            running_sandbox(tmp_path, port=free_port(), seed=True)
         )
-        connector_port = free_port(PORTS)
+        connector_port = free_port()
         connector = build_connector(
             ConnectorSettings(
                 **isolated_settings(connector_db, kafka_bootstrap, unique_prefix),
@@ -97,7 +95,7 @@ async def stack(
                 ops_token=OPS_TOKEN,
             )
         )
-        gateway_url = await stack.enter_async_context(serve(gateway.app, free_port(PORTS)))
+        gateway_url = await stack.enter_async_context(serve(gateway.app, free_port()))
         token = (
             await sandbox.admin.post("/dev/patient-token", json={"patient": "demo-alice"})
         ).json()["access_token"]
