@@ -21,6 +21,7 @@ import signal
 import sys
 from datetime import datetime
 
+from servicekit.crypto import Cipher, EncryptionSettings, Keyring
 from servicekit.db import Database
 from servicekit.logging import configure_logging
 from servicekit.outbox import OutboxRelay, replay
@@ -28,9 +29,19 @@ from servicekit.settings import ServiceSettings
 from servicekit.telemetry import setup_tracing
 
 
+def _cipher(environment: str) -> Cipher | None:
+    """The service's keys, to open sealed payloads (servicekit.sealing): from the same
+    ENCRYPTION_KEYS / ENCRYPTION_KEYS_FILE as the service; outside prod the development key.
+    In prod a service that seals nothing has no keys, and its relay needs none."""
+    keys = EncryptionSettings()
+    if environment == "prod" and not keys.encryption_keys and not keys.encryption_keys_file:
+        return None
+    return Cipher(Keyring.from_settings(keys, environment))
+
+
 async def _relay(settings: ServiceSettings) -> None:
     db = Database(settings.resolved_database_url())
-    relay = OutboxRelay(db, settings)
+    relay = OutboxRelay(db, settings, cipher=_cipher(settings.environment))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, relay.stop)

@@ -23,6 +23,7 @@ from sqlalchemy import MetaData
 
 from servicekit import flow_metrics, identity, limits, ops_api, problems, telemetry
 from servicekit.consumer import ConsumerRuntime, EventRouter
+from servicekit.crypto import Cipher
 from servicekit.db import Database
 from servicekit.logging import configure_logging, get_logger
 from servicekit.messaging import build_broker, sample_lag
@@ -61,6 +62,9 @@ class ServiceDefinition:
     readiness_checks: dict[str, Check] = field(default_factory=dict)
     on_startup: list[Hook] = field(default_factory=list)
     on_shutdown: list[Hook] = field(default_factory=list)
+    # A service holding patients' free text seals its outbox payloads and stored answers
+    # with its cipher too (servicekit.sealing).
+    cipher: Cipher | None = None
 
 
 class Service:
@@ -75,7 +79,7 @@ class Service:
             self.settings.service_name, self.settings.log_level, self.settings.log_format
         )
         self.db = Database(self.settings.resolved_database_url(), echo=self.settings.database_echo)
-        self.outbox = Outbox(self.settings)
+        self.outbox = Outbox(self.settings, definition.cipher)
         self.relay = OutboxRelay(self.db, self.settings, self.outbox)
         self.runtime = ConsumerRuntime(self.settings, self.db, self.outbox, definition.handlers)
         self.broker: KafkaBroker = build_broker(self.settings, self.runtime, definition.publishes)

@@ -37,6 +37,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from servicekit import sealing
+from servicekit.crypto import Cipher
 from servicekit.db import Database
 from servicekit.tables import IdempotencyRow
 
@@ -80,29 +82,40 @@ class Stored:
         return JSONResponse(self.body, status_code=self.status, headers=headers)
 
 
-async def _earlier(session: AsyncSession, scope: str, key: str, digest: str) -> Stored | None:
+async def _earlier(
+    session: AsyncSession, scope: str, key: str, digest: str, cipher: Cipher | None
+) -> Stored | None:
     row = await session.get(IdempotencyRow, (scope, key))
     if row is None:
         return None
     if row.request_hash != digest:
         raise KeyReused(key)
-    return Stored(row.status_code, json.loads(row.response_body), replayed=True)
+    body = sealing.unseal(cipher, row.response_body, sealing.answer_aad(scope, key))
+    return Stored(row.status_code, json.loads(body), replayed=True)
 
 
 async def execute(
-    db: Database, *, scope: str, key: str | None, request: Any, action: Action, status: int = 200
+    db: Database,
+    *,
+    scope: str,
+    key: str | None,
+    request: Any,
+    action: Action,
+    status: int = 200,
+    cipher: Cipher | None = None,
 ) -> Stored:
     """Run `action(session)` in one transaction, at most once per (scope, key).
 
     `action` returns the JSON-ready body of a successful answer (or a pydantic model);
-    anything it raises rolls the whole transaction back and stores nothing."""
+    anything it raises rolls the whole transaction back and stores nothing. With `cipher`
+    the stored answer is sealed (servicekit.sealing)."""
     if key is None:
         async with db.transaction() as session:
             body = jsonable_encoder(await action(session))
         return Stored(status, body, replayed=False)
     digest = request_hash(request)
     async with db.sessions() as session:
-        earlier = await _earlier(session, scope, key, digest)
+        earlier = await _earlier(session, scope, key, digest, cipher)
     if earlier is not None:
         return earlier
     try:
@@ -122,12 +135,14 @@ async def execute(
             body = jsonable_encoder(await action(session))
             row = await session.get(IdempotencyRow, (scope, key))
             assert row is not None
-            row.response_body = json.dumps(body)
+            row.response_body, row.key_id = sealing.seal(
+                cipher, json.dumps(body), sealing.answer_aad(scope, key)
+            )
         return Stored(status, body, replayed=False)
     except IntegrityError:
         # The concurrent request with this key committed first: answer what it answered.
         async with db.sessions() as session:
-            earlier = await _earlier(session, scope, key, digest)
+            earlier = await _earlier(session, scope, key, digest, cipher)
         if earlier is None:
             raise
         return earlier
@@ -147,7 +162,13 @@ async def idempotent(
     service: Service = request.app.state.service
     try:
         stored = await execute(
-            service.db, scope=scope, key=key, request=body, action=action, status=status
+            service.db,
+            scope=scope,
+            key=key,
+            request=body,
+            action=action,
+            status=status,
+            cipher=service.outbox.cipher,
         )
     except KeyReused as exc:
         raise _reused() from exc
@@ -164,7 +185,7 @@ async def replay(request: Request, scope: str, key: str | None, body: Any) -> JS
     service: Service = request.app.state.service
     try:
         async with service.db.sessions() as session:
-            earlier = await _earlier(session, scope, key, request_hash(body))
+            earlier = await _earlier(session, scope, key, request_hash(body), service.outbox.cipher)
     except KeyReused as exc:
         raise _reused() from exc
     return earlier.response() if earlier is not None else None

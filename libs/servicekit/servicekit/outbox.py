@@ -26,8 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contracts.base import Payload
 from contracts.envelope import Envelope, build_headers
 from contracts.registry import for_model
-from servicekit import idempotency
+from servicekit import idempotency, sealing
 from servicekit.broker_loss import BrokerIdentity, requeue_lost
+from servicekit.crypto import Cipher
 from servicekit.db import Database
 from servicekit.logging import get_logger
 from servicekit.metrics import (
@@ -78,8 +79,10 @@ def new_event_id() -> str:
 class Outbox:
     """Writes events into the outbox table of one service's database."""
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, cipher: Cipher | None = None) -> None:
         self.settings = settings
+        # Seals payloads at rest (servicekit.sealing) for services that hold free text.
+        self.cipher = cipher
         self.wakeup = asyncio.Event()
 
     def _wake_after_commit(self, session: AsyncSession) -> None:
@@ -154,13 +157,16 @@ class Outbox:
         priority: int = 0,
     ) -> None:
         """Add an already-built message (dead letters, re-drives) in the caller's transaction."""
+        event_id = event_id or new_event_id()
+        stored, key_id = sealing.seal(self.cipher, payload, sealing.outbox_aad(event_id))
         session.add(
             OutboxRow(
-                event_id=event_id or new_event_id(),
+                event_id=event_id,
                 topic=topic,
                 key=key,
                 headers=headers_to_json(headers),
-                payload=payload,
+                payload=stored,
+                key_id=key_id,
                 created_at=datetime.now(UTC),
                 status="pending",
                 attempts=0,
@@ -212,10 +218,13 @@ class OutboxRelay:
         settings: ServiceSettings,
         outbox: Outbox | None = None,
         producer: AIOKafkaProducer | None = None,
+        cipher: Cipher | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.wakeup = outbox.wakeup if outbox else asyncio.Event()
+        # Opens sealed payloads (the service's cipher; a separate relay process builds it).
+        self.cipher = outbox.cipher if outbox else cipher
         self._producer = producer
         self._producer_started = False
         self._stopping = asyncio.Event()
@@ -280,7 +289,9 @@ class OutboxRelay:
                 futures.append(
                     await producer.send(
                         row.topic,
-                        value=row.payload.encode(),
+                        value=sealing.unseal(
+                            self.cipher, row.payload, sealing.outbox_aad(row.event_id)
+                        ).encode(),
                         key=row.key.encode(),
                         headers=out_headers,
                     )

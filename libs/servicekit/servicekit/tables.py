@@ -22,7 +22,9 @@ class OutboxRow(KitBase):
     topic: Mapped[str] = mapped_column(String(200))
     key: Mapped[str] = mapped_column(String(200))
     headers: Mapped[list[list[str]]] = mapped_column(JSON)
+    # Sealed (servicekit.sealing) when the service has a cipher; key_id names its key.
     payload: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -105,7 +107,9 @@ class IdempotencyRow(KitBase):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int] = mapped_column(Integer)
+    # Sealed (servicekit.sealing) when the service has a cipher; key_id names its key.
     response_body: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)

@@ -69,6 +69,7 @@ def build(
             migrations=MIGRATIONS,
             on_startup=[start],
             on_shutdown=[stop],
+            cipher=cipher,
         )
     )
 

@@ -22,7 +22,12 @@ from devstack.topics import ensure_topics
 from messaging.app import build
 from messaging.settings import Settings
 from servicekit.crypto import new_key
-from servicekit.testing import isolated_settings, serving_in_process, table_file_bytes
+from servicekit.testing import (
+    isolated_settings,
+    read_topic,
+    serving_in_process,
+    table_file_bytes,
+)
 
 pytestmark = [pytest.mark.integration]
 OPS = {"Authorization": "Bearer dev-ops-token"}
@@ -30,7 +35,9 @@ SUBJECT = "Zebra-subject-7f3a about my rash"
 BODY = "Quokka-body-91c2: the rash on my arm is spreading"
 PNG = b"\x89PNG\r\n\x1a\n" + b"Narwhal-image-5d0e" * 4
 LEGACY = "Legacy-plaintext-c4b8 written before encryption"
-TABLES = ("threads", "messages", "attachments", "pool_items")
+# The kit's tables too: the outbox keeps the published event (with the body) for replay,
+# the idempotency table the answer to the send (which echoes it).
+TABLES = ("threads", "messages", "attachments", "pool_items", "outbox", "idempotency_keys")
 
 
 def _settings(
@@ -52,24 +59,29 @@ async def test_text_is_not_in_the_database_files_and_rotation_reencrypts_every_r
     await ensure_topics(kafka_bootstrap, unique_prefix)
     keys = {"2026-11": new_key()}
     first = build(_settings(database_url, kafka_bootstrap, unique_prefix, keys, "2026-11"))
+    first_send = {
+        "subject": SUBJECT,
+        "body": BODY,
+        "topic": "clinical-question",
+        "attachments": [
+            {
+                "content_type": "image/png",
+                "title": "Okapi-title-22aa.png",
+                "data_base64": base64.b64encode(PNG).decode(),
+            }
+        ],
+    }
     async with serving_in_process(first.app, "http://messaging") as client:
         sent = await client.post(
-            "/patients/pat-1/threads",
-            json={
-                "subject": SUBJECT,
-                "body": BODY,
-                "topic": "clinical-question",
-                "attachments": [
-                    {
-                        "content_type": "image/png",
-                        "title": "Okapi-title-22aa.png",
-                        "data_base64": base64.b64encode(PNG).decode(),
-                    }
-                ],
-            },
+            "/patients/pat-1/threads", headers={"Idempotency-Key": "send-1"}, json=first_send
         )
         assert sent.status_code == 201, sent.text
         thread_id = sent.json()["thread"]["id"]
+        # The relay opens the sealed payload: the care team's systems get the text.
+        (published,) = await read_topic(
+            kafka_bootstrap, f"{unique_prefix}message.sent", until=lambda seen: len(seen) >= 1
+        )
+        assert json.loads(published.value)["body"] == BODY
     # A row from before encryption existed: plaintext in the legacy column, no key id.
     conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
     try:
@@ -102,6 +114,8 @@ async def test_text_is_not_in_the_database_files_and_rotation_reencrypts_every_r
             "messages": 2,
             "attachments": 1,
             "pool_items": 1,
+            "outbox": 1,
+            "idempotency_keys": 1,
         }
         assert (await client.post("/ops/encryption/reencrypt")).status_code == 401
         run = (await client.post("/ops/encryption/reencrypt", headers=OPS)).json()
@@ -109,6 +123,12 @@ async def test_text_is_not_in_the_database_files_and_rotation_reencrypts_every_r
         assert set(run["not_on_active_key"].values()) == {0}
         again = (await client.post("/ops/encryption/reencrypt", headers=OPS)).json()
         assert set(again["reencrypted"].values()) == {0}
+        # A retry of the first send is still answered (its stored answer re-wrapped).
+        retry = await client.post(
+            "/patients/pat-1/threads", headers={"Idempotency-Key": "send-1"}, json=first_send
+        )
+        assert retry.headers["Idempotent-Replayed"] == "true"
+        assert retry.json()["message"]["body"] == BODY
         # New rows use the new key.
         await client.post(path, json={"body": "after rotation"})
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from servicekit import sealing
 from servicekit.app import Service
 from servicekit.tables import OutboxRow
 from servicekit.testing import broker_less_settings, serving_in_process
@@ -52,5 +53,9 @@ async def test_a_completed_session_is_published_once_through_the_outbox(
     (row,) = await _outbox(service)
     assert row.topic == "triage.completed"
     assert row.key == "pat-7"
-    event = json.loads(row.payload)
+    # Sealed at rest (the symptoms are the patient's words); the relay opens it.
+    assert row.payload.startswith(sealing.PREFIX)
+    event = json.loads(
+        sealing.unseal(service.outbox.cipher, row.payload, sealing.outbox_aad(row.event_id))
+    )
     assert (event["session_id"], event["urgency"]) == (sid, "emergency")

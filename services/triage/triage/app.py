@@ -43,7 +43,8 @@ async def _open(service: Service) -> None:
             timeout_s=settings.triage_llm_timeout_s,
             concept_ids=engine.rules.concepts,
         )
-    cipher = Cipher(Keyring.from_settings(settings, settings.environment))
+    cipher = service.outbox.cipher
+    assert cipher is not None  # built with the service (below)
     service.state["triage"] = TriageService(
         service.db, service.outbox, service.state["engine"], reviewer, cipher
     )
@@ -58,6 +59,8 @@ async def _close(service: Service) -> None:
 def build(settings: Settings | None = None) -> Service:
     """The triage service with the given (default: environment) settings."""
     settings = settings or Settings()
+    # At build time, not at start-up: bad keys fail the build (and `make up`).
+    cipher = Cipher(Keyring.from_settings(settings, settings.environment))
     service = create_service(
         ServiceDefinition(
             settings=settings,
@@ -71,6 +74,7 @@ def build(settings: Settings | None = None) -> Service:
             migrations=MIGRATIONS,
             on_startup=[_open],
             on_shutdown=[_close],
+            cipher=cipher,
         )
     )
     # Built here, not at start-up, so a broken rule file fails the build (and `make up`).

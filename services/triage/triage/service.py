@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.base import Coding
 from contracts.triage import TriageAnswer, TriageCompletedV1, TriageFlag, Urgency
+from servicekit import sealing
 from servicekit.crypto import Cipher
 from servicekit.db import Database
 from servicekit.metrics import inc_after_commit
@@ -325,13 +326,16 @@ class TriageService:
                         self._seal(row, self._open(row))
             changed += len(rows)
             if len(rows) < batch_size:
-                return {"triage_sessions": changed}
+                break
+        # The kit's outbox payloads and stored answers carry the patient's words too.
+        return {"triage_sessions": changed} | await sealing.rewrap(self.db, self.cipher, batch_size)
 
     async def encryption_status(self) -> dict[str, int]:
         """Rows per table not yet under the active key."""
         async with self.db.sessions() as session:
             count = await store.count_not_on_key(session, self.cipher.active_key_id)
-        return {"triage_sessions": count}
+        kit = await sealing.count_not_on_key(self.db, self.cipher.active_key_id)
+        return {"triage_sessions": count} | kit
 
     def _complete(
         self,

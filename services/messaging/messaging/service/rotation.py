@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from messaging import store
 from messaging.service.base import MessagingBase
+from servicekit import sealing
 
 
 class Rotation(MessagingBase):
@@ -51,9 +52,13 @@ class Rotation(MessagingBase):
                 changed[name] += len(rows)
                 if len(rows) < self.settings.rotation_batch_size:
                     break
-        return changed
+        # The kit's outbox payloads and stored answers carry message bodies too.
+        return changed | await sealing.rewrap(
+            self.db, self.cipher, self.settings.rotation_batch_size
+        )
 
     async def encryption_status(self) -> dict[str, int]:
         """Rows per table not yet on the active key."""
         async with self.db.sessions() as session:
-            return await store.count_not_on_key(session, self.cipher.active_key_id)
+            own = await store.count_not_on_key(session, self.cipher.active_key_id)
+        return own | await sealing.count_not_on_key(self.db, self.cipher.active_key_id)

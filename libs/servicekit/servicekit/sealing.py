@@ -1,0 +1,123 @@
+"""Event payloads and stored answers encrypted at rest, in the kit's own tables.
+
+A service that encrypts its patients' text (messaging, triage: `ServiceDefinition.cipher`)
+would leak that text through the kit's tables otherwise: the outbox keeps every event it
+published for replay (a message body, a symptom description) and the idempotency table
+keeps the answer to every command (which echoes the message). With a cipher the kit seals
+those two columns with it, the relay opens a payload just before publishing, and a replay
+opens its stored answer; without one they stay plain text, as for services that hold no
+free text.
+
+A sealed value is `sealed:` + base64 of a `servicekit.crypto` envelope bound to its table,
+column and row (associated data), so a value copied into another row fails to open. The
+key id sits in a plain `key_id` column beside it, so a rotation finds what to re-wrap in
+one query (`count_not_on_key`, `rewrap`). Rows written before sealing existed stay readable
+and are sealed by the next rotation's re-wrap.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute
+
+from servicekit.crypto import Cipher
+from servicekit.db import Database
+from servicekit.tables import IdempotencyRow, OutboxRow
+
+PREFIX = "sealed:"
+
+
+def outbox_aad(event_id: str) -> str:
+    """Associated data of an outbox payload."""
+    return f"outbox:payload:{event_id}"
+
+
+def answer_aad(scope: str, key: str) -> str:
+    """Associated data of a stored idempotent answer."""
+    return f"idempotency_keys:response_body:{scope}:{key}"
+
+
+def seal(cipher: Cipher | None, text: str, aad: str) -> tuple[str, str | None]:
+    """`text` as stored (sealed when there is a cipher) and the key id it is under."""
+    if cipher is None:
+        return text, None
+    envelope = cipher.encrypt_text(text, aad)
+    return PREFIX + base64.b64encode(envelope).decode("ascii"), cipher.active_key_id
+
+
+def unseal(cipher: Cipher | None, stored: str, aad: str) -> str:
+    """The text of a stored value; plain text (from before sealing) passes through.
+
+    A sealed value without a cipher is a configuration error (the service lost its keys),
+    raised as `servicekit.crypto.DecryptionError` by the cipher or here."""
+    if not stored.startswith(PREFIX):
+        return stored
+    if cipher is None:
+        from servicekit.crypto import DecryptionError
+
+        raise DecryptionError("a sealed value, and this service has no encryption keys")
+    return cipher.decrypt_text(base64.b64decode(stored[len(PREFIX) :]), aad)
+
+
+def _rewrapped(cipher: Cipher, stored: str, aad: str) -> str:
+    if stored.startswith(PREFIX):
+        envelope = base64.b64decode(stored[len(PREFIX) :])
+        return PREFIX + base64.b64encode(cipher.rewrap(envelope)).decode("ascii")
+    return seal(cipher, stored, aad)[0]
+
+
+_SEALED: tuple[tuple[type[Any], InstrumentedAttribute[Any]], ...] = (
+    (OutboxRow, OutboxRow.payload),
+    (IdempotencyRow, IdempotencyRow.response_body),
+)
+
+
+def _not_on(model: type[Any], active_key_id: str) -> Any:
+    return or_(model.key_id.is_(None), model.key_id != active_key_id)
+
+
+async def count_not_on_key(db: Database, active_key_id: str) -> dict[str, int]:
+    """Rows per kit table not yet sealed under the active key."""
+    counts: dict[str, int] = {}
+    async with db.sessions() as session:
+        for model, _column in _SEALED:
+            stmt = select(func.count()).select_from(model).where(_not_on(model, active_key_id))
+            counts[str(model.__tablename__)] = int((await session.execute(stmt)).scalar_one())
+    return counts
+
+
+def _aad_of(row: Any) -> str:
+    if isinstance(row, OutboxRow):
+        return outbox_aad(row.event_id)
+    return answer_aad(row.scope, row.key)
+
+
+async def rewrap(db: Database, cipher: Cipher, batch: int) -> dict[str, int]:
+    """Seal every kit row under the active key, in short transactions; rows changed per
+    table. Rows already under it are left alone, so running it again changes nothing."""
+    changed: dict[str, int] = {}
+    active = cipher.active_key_id
+    for model, column in _SEALED:
+        name = str(model.__tablename__)
+        changed[name] = 0
+        while True:
+            async with db.transaction() as session:
+                stmt = (
+                    select(model)
+                    .where(_not_on(model, active))
+                    .limit(batch)
+                    .with_for_update(skip_locked=True)
+                )
+                rows = list((await session.execute(stmt)).scalars())
+                for row in rows:
+                    setattr(
+                        row, column.key, _rewrapped(cipher, getattr(row, column.key), _aad_of(row))
+                    )
+                    row.key_id = active
+            changed[name] += len(rows)
+            if len(rows) < batch:
+                break
+    return changed
