@@ -43,7 +43,8 @@ async def _load(
 
         async def client(n: int) -> None:
             patient = patients[n % len(patients)]
-            headers = {"Authorization": f"Bearer {patient.token}"} if authorised else {}
+            token = await patient.auth.token()  # signed in earlier: maybe near its expiry
+            headers = {"Authorization": f"Bearer {token}"} if authorised else {}
             i = n
             while time.monotonic() < stop_at:
                 path = paths[i % len(paths)]

@@ -36,10 +36,11 @@ class Delivered:
 class PatientStream:
     """A patient's open `/v1/me/events` stream, reconnecting with `Last-Event-ID`."""
 
-    def __init__(self, gateway: str, patient: str, token: str) -> None:
+    def __init__(self, gateway: str, patient: str, auth: httpx.Auth) -> None:
         self.gateway = gateway
         self.patient = patient
-        self.token = token
+        # Renews the token before it expires (a reconnect presents a valid one).
+        self.auth = auth
         self.delivered: list[Delivered] = []
         self.connected = asyncio.Event()
         self._last_id = ""
@@ -59,13 +60,11 @@ class PatientStream:
 
     async def _run(self) -> None:
         while True:
-            headers = {"Authorization": f"Bearer {self.token}"}
-            if self._last_id:
-                headers["Last-Event-ID"] = self._last_id
+            headers = {"Last-Event-ID": self._last_id} if self._last_id else {}
             try:
                 async with (
                     httpx.AsyncClient(
-                        base_url=self.gateway, timeout=httpx.Timeout(30, read=60)
+                        base_url=self.gateway, auth=self.auth, timeout=httpx.Timeout(30, read=60)
                     ) as client,
                     client.stream("GET", "/v1/me/events", headers=headers) as response,
                 ):

@@ -5,8 +5,11 @@ event stream). Nothing here reaches into a service: only public interfaces."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 import uuid
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Any
 
@@ -103,21 +106,57 @@ class Clinic:
             await asyncio.sleep(0.5)
 
 
+def _expires_at(token: str) -> float:
+    """The `exp` of a JWT (read, not verified: the client only plans its renewal)."""
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return float(claims["exp"])
+
+
+class PatientAuth(httpx.Auth):
+    """A patient app's sign-in: its access token, renewed a minute before it expires, as an
+    app does with its refresh token. The suite runs for longer than a token lives (five
+    minutes): a stream reconnecting after a restart must not present an expired one."""
+
+    def __init__(self, clinic: Clinic, patient_id: str, token: str) -> None:
+        self.clinic = clinic
+        self.patient_id = patient_id
+        self.current = token
+        self._lock = asyncio.Lock()
+
+    async def token(self) -> str:
+        """A token valid for at least another minute."""
+        async with self._lock:
+            if _expires_at(self.current) - time.time() < 60:
+                self.current = await self.clinic.token(self.patient_id)
+        return self.current
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        request.headers["Authorization"] = f"Bearer {await self.token()}"
+        yield request
+
+
 class Patient:
     """A signed-in patient: the gateway's API with their token, and their open stream."""
 
-    def __init__(self, patient_id: str, token: str) -> None:
+    def __init__(self, patient_id: str, auth: PatientAuth) -> None:
         self.id = patient_id
-        self.token = token
-        self.http = httpx.AsyncClient(
-            base_url=GATEWAY, headers={"Authorization": f"Bearer {token}"}, timeout=60
-        )
-        self.stream = PatientStream(GATEWAY, patient_id, token)
+        self.auth = auth
+        self.http = httpx.AsyncClient(base_url=GATEWAY, auth=auth, timeout=60)
+        self.stream = PatientStream(GATEWAY, patient_id, auth)
+
+    @property
+    def token(self) -> str:
+        """The access token in use now."""
+        return self.auth.current
 
     @classmethod
     async def sign_in(cls, clinic: Clinic, patient_id: str) -> Patient:
         """Get a token and open the portal: the first call links the account."""
-        patient = cls(patient_id, await clinic.token(patient_id))
+        token = await clinic.token(patient_id)
+        patient = cls(patient_id, PatientAuth(clinic, patient_id, token))
         me = await patient.http.get("/v1/me")
         assert me.status_code == 200, me.text
         return patient

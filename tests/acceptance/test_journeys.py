@@ -629,7 +629,7 @@ async def test_journey_5_every_process_killed_once_loses_and_doubles_nothing(
 async def test_journey_6_a_burst_of_readers_leaves_the_gateway_healthy(
     clinic: Clinic, patients: dict[str, Patient]
 ) -> None:
-    tokens = [p.token for p in patients.values()]
+    tokens = [await p.auth.token() for p in patients.values()]
     statuses: Counter[int | str] = Counter()
     stop_at = time.monotonic() + 15
 
