@@ -46,6 +46,8 @@ class PatientStream:
         self._last_id = ""
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
+        # Why the stream ended each time (a lost notification's verdict names them).
+        self.interruptions: Counter[str] = Counter()
 
     def start(self) -> None:
         """Open the stream in the background."""
@@ -69,9 +71,11 @@ class PatientStream:
                     client.stream("GET", "/v1/me/events", headers=headers) as response,
                 ):
                     if response.status_code != 200:
-                        raise httpx.HTTPStatusError(
-                            "stream refused", request=response.request, response=response
-                        )
+                        # Rate-limited after a burst (429), or the gateway restarting.
+                        self.interruptions[f"refused {response.status_code}"] += 1
+                        self.reconnects += 1
+                        await asyncio.sleep(0.5)
+                        continue
                     self.connected.set()
                     event_id = ""
                     async for line in response.aiter_lines():
@@ -87,10 +91,14 @@ class PatientStream:
                                 )
                             )
                             self._last_id = event_id
-            except (httpx.HTTPError, OSError):
+                self.interruptions["ended by the gateway"] += 1
+            except Exception as exc:
                 # The gateway restarting (journey 5) ends the stream: reconnect and replay.
-                self.reconnects += 1
-                await asyncio.sleep(0.5)
+                # Whatever ended it, the stream reconnects (a patient's app does): a task
+                # that died here silently would lose every later notification.
+                self.interruptions[type(exc).__name__] += 1
+            self.reconnects += 1
+            await asyncio.sleep(0.5)
 
 
 @dataclass
@@ -233,6 +241,12 @@ class Checker:
                     # arrives after the last version was written.
                     what = next(e.what for e in wanted if e.key == key)
                     verdict.lost.append(f"{patient}: {what} {key}")
+            stream = streams[patient]
+            if verdict.lost and stream.interruptions:
+                verdict.problems.append(
+                    f"{patient}'s stream reconnected {stream.reconnects} times: "
+                    f"{dict(stream.interruptions)}"
+                )
             # Order per kind: each kind travels on its own topic, ordered per patient, and
             # one patient's inputs were acknowledged in sequence.
             for kind in {e.key[0] for e in wanted}:

@@ -5,8 +5,9 @@ makes each service's database login (`<service>-db`: the role CloudNativePG crea
 DATABASE_URL the service uses), the ops token, the connector's webhook token and its SMART
 Backend Services key pair (EC P-384, ES384), and for dev the EHR sandbox's database login
 (`ehr-sandbox-db`, its SANDBOX_DATABASE_URL), admin token and the clients file that
-registers the connector's public key with the sandbox, and messaging's encryption key
-(`messaging-encryption`, `triage-encryption`; rotating them is in docs/operations.md).
+registers the connector's public key with the sandbox, and the encryption keys at rest
+(`messaging-encryption`, `triage-encryption`, `ehr-connector-encryption`; rotating them is
+in docs/operations.md).
 
     python deploy/k8s/tools/dev_secrets.py --namespace portal-dev | kubectl apply -f -
     python deploy/k8s/tools/dev_secrets.py --env prod --namespace portal \
@@ -14,7 +15,7 @@ registers the connector's public key with the sandbox, and messaging's encryptio
 
 Re-running makes new values: apply it again only to rotate everything (the services pick
 the new values up on their next restart; CloudNativePG updates the role passwords). Except
-`messaging-encryption` / `triage-encryption`: a new key alone makes stored text unreadable;
+the `*-encryption` Secrets: a new key alone makes stored text unreadable;
 rotate it by adding a key to the existing Secret (docs/operations.md), never by replacing it.
 """
 
@@ -113,10 +114,10 @@ def secrets_for(env: str, postgres_host: str = POSTGRES_HOST) -> tuple[list[dict
     jwks = {"keys": [jwk]}
     docs.append(_secret("ehr-connector-ehr-client", {"private-key.pem": pem, "key-id": kid}))
     docs.append(_secret("ehr-connector-webhook", {"token": secrets.token_urlsafe(32)}))
-    # Messaging's and triage's encryption at rest: one key id each, dated, so a later
-    # rotation adds another.
+    # Encryption at rest (messaging, triage, the connector's outbox): one key id each,
+    # dated, so a later rotation adds another.
     key_id = f"{datetime.now(UTC):%Y-%m}"
-    for name in ("messaging-encryption", "triage-encryption"):
+    for name in ("messaging-encryption", "triage-encryption", "ehr-connector-encryption"):
         key = base64.b64encode(secrets.token_bytes(32)).decode()
         docs.append(_secret(name, {"keys": json.dumps({key_id: key}), "active": key_id}))
     if env == "dev":

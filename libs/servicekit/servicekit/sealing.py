@@ -121,3 +121,21 @@ async def rewrap(db: Database, cipher: Cipher, batch: int) -> dict[str, int]:
             if len(rows) < batch:
                 break
     return changed
+
+
+class KitSealing:
+    """The rotation use cases of a service whose only sealed rows are the kit's (the
+    ehr-connector): `servicekit.ops_api.encryption_routes` serves them."""
+
+    def __init__(self, db: Database, cipher: Cipher, batch: int = 200) -> None:
+        self.db = db
+        self.cipher = cipher
+        self.batch = batch
+
+    async def reencrypt(self) -> dict[str, int]:
+        """Seal every kit row under the active key; rows changed per table."""
+        return await rewrap(self.db, self.cipher, self.batch)
+
+    async def encryption_status(self) -> dict[str, int]:
+        """Rows per kit table not yet under the active key."""
+        return await count_not_on_key(self.db, self.cipher.active_key_id)

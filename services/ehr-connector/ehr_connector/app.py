@@ -22,6 +22,7 @@ from ehr_connector.inbound import lifecycle as inbound
 from ehr_connector.outbound import recipients as pool_recipients
 from ehr_connector.settings import Settings
 from servicekit.app import Service, ServiceDefinition, create_service
+from servicekit.crypto import Cipher, Keyring
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Everything the connector publishes through its outbox (declared for the AsyncAPI doc).
@@ -46,6 +47,9 @@ def build(
     settings = settings or Settings()
     # A malformed recipients file fails here, before anything starts.
     recipients = pool_recipients.load(settings.ehr_recipients_file, settings.ehr_care_teams_by_pool)
+    # Its outbox carries what the EHR says about patients (messages from clinicians, lab
+    # values): sealed at rest (servicekit.sealing). Bad keys fail here too.
+    cipher = Cipher(Keyring.from_settings(settings, settings.environment))
 
     async def start_ehr(service: Service) -> None:
         client = FhirClient(settings)
@@ -91,6 +95,7 @@ def build(
             readiness_checks={"ehr": ehr_ready, "inbound": inbound.readiness},
             on_startup=[start_ehr, inbound.start],
             on_shutdown=[stop_ehr, inbound.stop],
+            cipher=cipher,
         )
     )
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from servicekit.crypto import EncryptionSettings
 from servicekit.settings import ServiceSettings
 
 DEFAULT_RECIPIENTS_FILE = Path(__file__).resolve().parent / "outbound" / "recipients.yaml"
@@ -47,7 +48,7 @@ DEFAULT_INBOUND_CRITERIA = {
 }
 
 
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, EncryptionSettings):
     """The only service that speaks FHIR to the EHR."""
 
     service_name: str = "ehr-connector"

@@ -19,10 +19,22 @@ from ehr_connector.ehr.errors import EhrError, EhrUnavailable
 from ehr_connector.inbound import store
 from ehr_connector.inbound.backfill import BackfillConflict, Progress, progress_of
 from ehr_connector.inbound.runtime import INSTANCE_HEADER, Inbound
+from servicekit.app import Service
 from servicekit.http import PatientId, ReadSession
-from servicekit.ops_api import Ops
+from servicekit.ops_api import Ops, encryption_routes
+from servicekit.sealing import KitSealing
 
 router = APIRouter()
+
+
+def _sealing(request: Request) -> KitSealing:
+    service: Service = request.app.state.service
+    assert service.outbox.cipher is not None  # the connector is built with one (app.py)
+    return KitSealing(service.db, service.outbox.cipher)
+
+
+# `GET /ops/encryption`, `POST /ops/encryption/reencrypt`: the sealed outbox after a rotation.
+router.include_router(encryption_routes(_sealing))
 FHIR_JSON = "application/fhir+json"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
