@@ -23,6 +23,7 @@ from sqlalchemy import (
     delete,
     exists,
     func,
+    insert,
     literal,
     or_,
     select,
@@ -457,6 +458,33 @@ async def set_report_results(
             )
         )
     await session.flush()
+
+
+async def set_results_of_reports(session: AsyncSession, groupings: dict[str, list[str]]) -> None:
+    """`set_report_results` for several reports at once (one delete, one insert)."""
+    if not groupings:
+        return
+    await session.execute(
+        delete(LabReportResult).where(LabReportResult.report_fhir_id.in_(sorted(groupings)))
+    )
+    rows = [
+        {"report_fhir_id": report, "observation_fhir_id": observation, "position": position}
+        for report, observations in groupings.items()
+        for position, observation in _first_positions(observations)
+    ]
+    if rows:
+        await session.execute(insert(LabReportResult), rows)
+
+
+def _first_positions(observation_ids: list[str]) -> list[tuple[int, str]]:
+    """Each id with the position of its first occurrence (a repeated id is listed once)."""
+    seen: set[str] = set()
+    out: list[tuple[int, str]] = []
+    for position, observation_id in enumerate(observation_ids):
+        if observation_id not in seen:
+            seen.add(observation_id)
+            out.append((position, observation_id))
+    return out
 
 
 def _document_sort() -> ColumnElement[datetime]:

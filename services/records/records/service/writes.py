@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -51,12 +52,26 @@ async def _store_result(
 ) -> None:
     """Store one result; an amendment or correction keeps the replaced version as history."""
     row = await store.get_result(session, result.observation_fhir_id)
+    _apply_result(session, row, patient_id, kind, result, now)
+    await session.flush()
+
+
+def _apply_result(
+    session: AsyncSession,
+    row: store.LabResult | None,
+    patient_id: str,
+    kind: str,
+    result: LabObservation,
+    now: datetime,
+) -> store.LabResult | None:
+    """`result` applied to its stored row (`None`: none yet); returns the row it is stored
+    in, or `None` when it is stale or belongs to another patient's chart. Not flushed."""
     data = result.model_dump(mode="json")
     if row is not None:
         if row.patient_id != patient_id:
-            return  # an id never moves between patients' charts
+            return None  # an id never moves between patients' charts
         if not _newer(result.version_id, result.last_updated, row.version_id, row.source_updated):
-            return
+            return None
         if shown_differently(row.data, data):
             session.add(
                 store.LabResultVersion(
@@ -79,7 +94,7 @@ async def _store_result(
     row.version_id = result.version_id
     row.source_updated = result.last_updated
     row.category_codes = _category_codes(data.get("category") or [])
-    await session.flush()
+    return row
 
 
 def _category_codes(category: list[dict[str, Any]]) -> str:
@@ -111,11 +126,55 @@ async def record_lab_result(
     session: AsyncSession, patient_id: str, data: LabResultedV1, now: datetime
 ) -> None:
     """Store a final, amended or corrected report with its results (stale versions ignored)."""
-    row = await store.get_lab_report(session, data.report_fhir_id)
+    await record_lab_results(session, [(patient_id, data)], now)
+
+
+async def record_lab_results(
+    session: AsyncSession, reports: Sequence[tuple[str, LabResultedV1]], now: datetime
+) -> None:
+    """Store `(patient_id, report)`s in order, as `record_lab_result` on each in turn: the
+    stored reports and results they name are read with one query each, every report is
+    applied in memory to what the earlier ones left, and all is written in one flush (a
+    consumer's batch of hundreds takes a handful of statements, not several per report)."""
+    report_rows = {
+        r.report_fhir_id: r
+        for r in await store.lab_reports_by_id(
+            session, sorted({data.report_fhir_id for _, data in reports})
+        )
+    }
+    result_rows = {
+        r.observation_fhir_id: r
+        for r in await store.results_by_id(
+            session,
+            sorted({o.observation_fhir_id for _, data in reports for o in data.observations}),
+        )
+    }
+    groupings: dict[str, list[str]] = {}
+    for patient_id, data in reports:
+        row = _apply_report(session, report_rows.get(data.report_fhir_id), patient_id, data)
+        if row is None:
+            continue
+        report_rows[data.report_fhir_id] = row
+        for result in data.observations:
+            stored = _apply_result(
+                session, result_rows.get(result.observation_fhir_id), patient_id, LAB, result, now
+            )
+            if stored is not None:
+                result_rows[result.observation_fhir_id] = stored
+        groupings[data.report_fhir_id] = [o.observation_fhir_id for o in data.observations]
+    await session.flush()
+    await store.set_results_of_reports(session, groupings)
+
+
+def _apply_report(
+    session: AsyncSession, row: store.LabReport | None, patient_id: str, data: LabResultedV1
+) -> store.LabReport | None:
+    """`data` applied to its stored report (`None`: none yet); returns the row, or `None`
+    when the report is stale or another patient's. Not flushed."""
     if row is not None and not is_newer(data.source, row.source_version, row.source_updated):
-        return
+        return None
     if row is not None and row.patient_id != patient_id:
-        return
+        return None
     if row is None:
         row = store.LabReport(report_fhir_id=data.report_fhir_id)
         session.add(row)
@@ -131,12 +190,7 @@ async def record_lab_result(
     row.source_version = data.source.version_id
     row.source_updated = data.source.last_updated
     row.sort_at = sort_time(data.effective, data.issued, data.source.last_updated)
-    await session.flush()
-    for result in data.observations:
-        await _store_result(session, patient_id, LAB, result, now)
-    await store.set_report_results(
-        session, data.report_fhir_id, [o.observation_fhir_id for o in data.observations]
-    )
+    return row
 
 
 async def _imported_report(
