@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast
@@ -40,7 +40,7 @@ from typing import Any, Generic, TypeVar, cast
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
-from sqlalchemy import func, insert, select
+from sqlalchemy import ARRAY, BindParameter, String, any_, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -59,6 +59,9 @@ from servicekit.telemetry import context_from_headers, tracer
 
 log = get_logger(__name__)
 P = TypeVar("P", bound=Payload)
+# Made once: a tracer per message cost as much as the span (a proxy until the service
+# installs its provider, then that provider's).
+_TRACER = tracer("servicekit.consumer")
 
 
 @dataclass(frozen=True)
@@ -337,7 +340,7 @@ class ConsumerRuntime:
 
     def _process_span(self, consumer: str, msg: RawMessage) -> trace.Span:
         """The span of one message's processing, in the trace of the event it carries."""
-        return tracer("servicekit.consumer").start_span(
+        return _TRACER.start_span(
             f"{msg.topic} process",
             context=context_from_headers(msg.headers),
             kind=SpanKind.CONSUMER,
@@ -380,7 +383,7 @@ class ConsumerRuntime:
             observe_event_age(self.settings.service_name, sub.name, msg.headers)
         # The batch's own statements (inbox, dead-letter check, commit) in a span linked to
         # every event's; each event's handler runs in that event's span.
-        batch_span = tracer("servicekit.consumer").start_span(
+        batch_span = _TRACER.start_span(
             f"{msgs[0].topic} process batch",
             kind=SpanKind.CONSUMER,
             links=[trace.Link(span.get_span_context()) for span in spans],
@@ -477,7 +480,7 @@ class ConsumerRuntime:
                         select(DeadLetterRow.key)
                         .where(
                             DeadLetterRow.consumer == consumer,
-                            DeadLetterRow.key.in_({msg.key for msg in msgs}),
+                            DeadLetterRow.key == any_(_texts(msg.key for msg in msgs)),
                             DeadLetterRow.status.in_(("open", "releasing")),
                         )
                         .with_for_update()
@@ -489,7 +492,7 @@ class ConsumerRuntime:
                     await session.scalars(
                         select(InboxRow.event_id).where(
                             InboxRow.consumer == consumer,
-                            InboxRow.event_id.in_({event.envelope.id for event in events}),
+                            InboxRow.event_id == any_(_texts(e.envelope.id for e in events)),
                         )
                     )
                 ).all()
@@ -904,6 +907,13 @@ async def handle_event(
             # Another replica handled it concurrently (rebalance): retry sees the row.
             raise RuntimeError("inbox race") from exc
     return Outcome.HANDLED
+
+
+def _texts(values: Iterable[str]) -> BindParameter[Any]:
+    """Distinct values as ONE array parameter (`= ANY(...)`): the statement's text is the
+    same for any batch size, so it is prepared once, where `IN` renders a parameter each."""
+    distinct: Any = sorted(set(values))
+    return bindparam(None, distinct, type_=ARRAY(String()))
 
 
 def _parked_row(consumer: str, msg: RawMessage, at: datetime) -> ParkedRow:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     BigInteger,
     ColumnElement,
@@ -20,6 +21,8 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    any_,
+    bindparam,
     delete,
     exists,
     func,
@@ -461,6 +464,12 @@ async def set_report_results(
     await session.flush()
 
 
+def _any(values: list[str]) -> Any:
+    """`= ANY(<one array parameter>)`: the same statement text for any number of values
+    (prepared once), where `IN` renders a parameter per value."""
+    return any_(bindparam(None, values, type_=ARRAY(String())))
+
+
 async def lab_report_states(
     session: AsyncSession, report_ids: list[str]
 ) -> dict[str, dict[str, Any]]:
@@ -468,7 +477,7 @@ async def lab_report_states(
     if not report_ids:
         return {}
     table = LabReport.__table__
-    rows = await session.execute(select(table).where(table.c.report_fhir_id.in_(report_ids)))
+    rows = await session.execute(select(table).where(table.c.report_fhir_id == _any(report_ids)))
     return {row["report_fhir_id"]: dict(row) for row in rows.mappings()}
 
 
@@ -480,7 +489,7 @@ async def lab_result_states(
         return {}
     table = LabResult.__table__
     rows = await session.execute(
-        select(table).where(table.c.observation_fhir_id.in_(observation_ids))
+        select(table).where(table.c.observation_fhir_id == _any(observation_ids))
     )
     return {row["observation_fhir_id"]: dict(row) for row in rows.mappings()}
 
@@ -518,7 +527,7 @@ async def set_results_of_reports(session: AsyncSession, groupings: dict[str, lis
     if not groupings:
         return
     await session.execute(
-        delete(LabReportResult).where(LabReportResult.report_fhir_id.in_(sorted(groupings)))
+        delete(LabReportResult).where(LabReportResult.report_fhir_id == _any(sorted(groupings)))
     )
     rows = [
         {"report_fhir_id": report, "observation_fhir_id": observation, "position": position}
