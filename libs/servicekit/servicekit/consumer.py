@@ -358,7 +358,10 @@ class ConsumerRuntime:
         """Handle messages as fetched (several partitions, each in offset order) to stored
         outcomes, returned in the same order. Each partition's messages are one batch: one
         transaction, or one per message when the batch fails. Partitions run concurrently
-        (their keys are distinct, so order per key is unaffected)."""
+        (their keys are distinct, so order per key is unaffected); an effect-first
+        subscription's messages go one after another, as fetched (one call out at a time)."""
+        if sub.effect_first:
+            return [await self.consume(sub, msg) for msg in msgs]
         groups: dict[tuple[str, int], list[int]] = {}
         for index, msg in enumerate(msgs):
             groups.setdefault((msg.topic, msg.partition), []).append(index)
@@ -373,9 +376,8 @@ class ConsumerRuntime:
         return outcomes
 
     async def _consume_partition(self, sub: Subscription, msgs: list[RawMessage]) -> list[str]:
-        if len(msgs) == 1 or sub.effect_first:
-            # An effect-first handler calls another system per event: nothing to batch.
-            return [await self.consume(sub, msg) for msg in msgs]
+        if len(msgs) == 1:
+            return [await self.consume(sub, msgs[0])]
         consumer = self.consumer_id(sub)
         started = time.perf_counter()
         spans = [self._process_span(consumer, msg) for msg in msgs]
