@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,7 @@ class Service:
         if self.settings.consumers_enabled and self.runtime.router.subscriptions:
             self._tasks.append(asyncio.create_task(self._lag_loop(), name="consumer-lag"))
         await self.runtime.refresh_gauges()
+        _freeze_start_up_objects()
         log.info("service.started", port=self.settings.http_port)
 
     async def prepare_database(self) -> None:
@@ -269,6 +271,23 @@ class Service:
         if self.definition.public_api is not None:
             app.include_router(self.definition.public_api)
         return app
+
+
+_frozen = False
+
+
+def _freeze_start_up_objects() -> None:
+    """Move what start-up made (modules, app, engine, metadata: alive as long as the
+    process) out of the garbage collector's way, so its full collections stop walking it
+    again and again: a consumer's batch allocates enough to trigger them often, and they
+    were ~30% of its time per event. Once per process (a test process starts many services;
+    frozen objects are never freed)."""
+    global _frozen
+    if _frozen:
+        return
+    _frozen = True
+    gc.collect()
+    gc.freeze()
 
 
 def _health_router() -> APIRouter:

@@ -1,7 +1,10 @@
 """The FastStream Kafka broker of a service, with its subscriptions registered.
 
-Subscribers use manual acks: `ConsumerRuntime.consume` stores an outcome, then the
-offset is committed. Subscriber signatures carry the payload model, so the AsyncAPI
+Subscribers use manual acks: `ConsumerRuntime.consume_batch` stores the outcomes, then
+the offsets are committed. FastStream hands over one record (its `getone` waits without
+polling, so an idle consumer adds no latency); the handler takes with it what the consumer
+has already fetched, up to `consumer_batch_max_records`, and the runtime handles each
+partition's share as one batch. Subscriber signatures carry the payload model, so the AsyncAPI
 document generated from this broker shows every consumed schema; a message that fails
 FastStream's own decoding is caught by `_UndecodableMiddleware` and dead-lettered by the
 same runtime (with a reason), so it never stalls or silently skips a partition.
@@ -14,8 +17,13 @@ import inspect
 import logging
 from typing import Any
 
-from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalGenerationError, UnknownMemberIdError
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    UnknownMemberIdError,
+)
 from faststream import AckPolicy, BaseMiddleware
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -80,6 +88,25 @@ async def sample_lag(settings: ServiceSettings, runtime: ConsumerRuntime, broker
             )
 
 
+async def _with_fetched(settings: ServiceSettings, msg: Any, record: Any) -> list[RawMessage]:
+    """`record` and the records the consumer has already fetched after it (no wait), up to
+    the batch bound: what the broker had when the consumer got to it."""
+    batch = [_raw(record)]
+    consumer = getattr(msg, "consumer", None)
+    limit = settings.consumer_batch_max_records - 1
+    if limit < 1 or not isinstance(consumer, AIOKafkaConsumer):
+        return batch
+    try:
+        fetched = await consumer.getmany(timeout_ms=0, max_records=limit)
+    except KafkaError as exc:
+        # The fetch error is raised again to FastStream's loop on its next read (and the
+        # records already taken are handled below, then committed).
+        log.warning("consumer.fetch_failed", error=type(exc).__name__)
+        return batch
+    batch.extend(_raw(r) for records in fetched.values() for r in records)
+    return batch
+
+
 async def _commit(msg: Any, sub: Subscription) -> None:
     """Commit the message's offset; a group that moved on meanwhile is not an error.
 
@@ -101,7 +128,7 @@ def _middleware_for(runtime: ConsumerRuntime) -> type[BaseMiddleware]:
             except Exception:
                 record = msg.raw_message
                 sub = runtime.subscription_for_topic(record.topic)
-                await runtime.consume(sub, _raw(record))
+                await runtime.consume_batch(sub, await _with_fetched(runtime.settings, msg, record))
                 await _commit(msg, sub)
                 return None
 
@@ -110,10 +137,12 @@ def _middleware_for(runtime: ConsumerRuntime) -> type[BaseMiddleware]:
 
 def _handler_for(runtime: ConsumerRuntime, sub: Subscription) -> Any:
     async def handle(body: Any, msg: KafkaMessage) -> None:
-        record = msg.raw_message
-        await runtime.consume(sub, _raw(record))
+        batch = await _with_fetched(runtime.settings, msg, msg.raw_message)
+        await runtime.consume_batch(sub, batch)
         await _commit(msg, sub)
-        _record_lag(runtime.settings, sub, msg, record)
+        last = {(m.topic, m.partition): m for m in batch}
+        for record in last.values():
+            _record_lag(runtime.settings, sub, msg, record)
 
     # The declared payload type is what the AsyncAPI document shows for this channel.
     handle.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

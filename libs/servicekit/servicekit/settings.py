@@ -71,6 +71,12 @@ class ServiceSettings(BaseSettings):
     consumer_max_attempts: int = 5
     consumer_retry_base_s: float = 0.1
     consumer_retry_max_s: float = 5.0
+    consumer_batch_max_records: int = Field(
+        default=500,
+        ge=1,
+        description="Most records a consumer handles in one go: each partition's share is "
+        "one database transaction (1: a transaction per message)",
+    )
     ops_token: str = Field(
         default="dev-ops-token",
         description="Bearer token for /ops (refused outside dev/test: servicekit.secrets)",

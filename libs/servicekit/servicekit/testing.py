@@ -273,6 +273,41 @@ async def deliver(
     return await runtime.consume(runtime.subscription_for_topic(topic), message)
 
 
+async def deliver_batch(
+    service: Service,
+    events: list[tuple[str, Payload]],
+    *,
+    source: str = "tests",
+) -> list[str]:
+    """Hand `(subject, payload)` events of one event type to the service's consumer as one
+    fetched batch of one partition, in this order (`ConsumerRuntime.consume_batch`: one
+    transaction for all, or one each when that fails). Returns the outcomes in order."""
+    messages: list[RawMessage] = []
+    topic = ""
+    for subject, payload in events:
+        entry = for_model(type(payload))
+        topic = service.settings.topic(entry.topic)
+        headers = build_headers(
+            event_type=entry.topic,
+            subject=subject,
+            source_service=source,
+            dataschema=entry.dataschema,
+            time=datetime.now(UTC),
+        )
+        messages.append(
+            RawMessage(
+                topic=topic,
+                partition=0,
+                offset=next(_delivered_offsets),
+                key=subject,
+                headers=headers,
+                value=payload.model_dump_json().encode(),
+            )
+        )
+    runtime = service.runtime
+    return await runtime.consume_batch(runtime.subscription_for_topic(topic), messages)
+
+
 async def table_file_bytes(database_url: str, tables: Sequence[str]) -> dict[str, bytes]:
     """Each table's heap file (and its TOAST table's) as PostgreSQL wrote them to disk:
     `VACUUM FULL` rewrites a table into a new file straight to disk (not left in shared

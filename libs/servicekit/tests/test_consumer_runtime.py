@@ -236,3 +236,117 @@ async def test_the_inbox_forgets_events_older_than_its_retention(service: Servic
     assert kept == [parse_headers(recent.headers).id]
     # Within the retention a redelivery is still recognised.
     assert await consume(service, recent) == Outcome.DUPLICATE
+
+
+# -- batches (a partition's fetched messages in one transaction) -----------------------
+
+
+async def consume_batch(svc: Service, msgs: list[RawMessage]) -> list[str]:
+    sub = svc.runtime.router.subscriptions[0]
+    return await svc.runtime.consume_batch(sub, msgs)
+
+
+async def inbox_size(svc: Service) -> int:
+    async with svc.db.sessions() as s:
+        return len((await s.execute(select(InboxRow))).scalars().all())
+
+
+async def test_a_batch_is_handled_in_order_with_one_inbox_row_per_event(service: Service) -> None:
+    batch = [message(f"p{n % 3}", f"m{n}") for n in range(8)]
+    assert await consume_batch(service, batch) == [Outcome.HANDLED] * 8
+    assert await markers(service) == [f"m{n}" for n in range(8)]
+    assert await inbox_size(service) == 8
+    # The same batch again (offsets not committed before a crash): no second effect.
+    assert await consume_batch(service, batch) == [Outcome.DUPLICATE] * 8
+    assert await markers(service) == [f"m{n}" for n in range(8)]
+
+
+async def test_an_event_twice_in_one_batch_has_one_effect(service: Service) -> None:
+    first = message("p1", "a")
+    assert await consume_batch(service, [first, message("p2", "b"), first]) == [
+        Outcome.HANDLED,
+        Outcome.HANDLED,
+        Outcome.DUPLICATE,
+    ]
+    assert await markers(service) == ["a", "b"]
+
+
+async def test_a_poison_event_in_a_batch_is_the_only_one_dead_lettered(service: Service) -> None:
+    batch = [
+        message("p1", "before"),
+        message("p2", "poison"),
+        message("p3", "after"),
+        message("p2", "behind-poison"),
+        message("p1", "last"),
+    ]
+    assert await consume_batch(service, batch) == [
+        Outcome.HANDLED,
+        Outcome.DEAD_LETTERED,
+        Outcome.HANDLED,
+        Outcome.PARKED,
+        Outcome.HANDLED,
+    ]
+    assert await markers(service) == ["before", "after", "last"]
+    async with service.db.sessions() as s:
+        dead = (await s.execute(select(DeadLetterRow))).scalar_one()
+        parked = (await s.execute(select(ParkedRow))).scalar_one()
+    assert (dead.key, dead.error_kind) == ("p2", "permanent")
+    assert parked.key == "p2"
+
+
+async def test_an_unparseable_message_in_a_batch_is_the_only_one_dead_lettered(
+    service: Service,
+) -> None:
+    batch = [message("p1", "a"), message("p2", "x", raw=b"{oops"), message("p3", "b")]
+    assert await consume_batch(service, batch) == [
+        Outcome.HANDLED,
+        Outcome.DEAD_LETTERED,
+        Outcome.HANDLED,
+    ]
+    assert await markers(service) == ["a", "b"]
+
+
+async def test_a_batch_whose_dependency_is_down_waits_and_keeps_every_event(
+    service: Service,
+) -> None:
+    batch = [message("p1", "a"), message("p2", "down-4"), message("p3", "b")]
+    assert await consume_batch(service, batch) == [Outcome.HANDLED] * 3
+    assert await markers(service) == ["a", "down-4", "b"]
+    async with service.db.sessions() as s:
+        assert (await s.execute(select(DeadLetterRow))).first() is None
+    # Waited as a batch (4 unavailable answers exceed the 3-attempt budget of one event):
+    # the whole batch was tried again each time, and nothing was stored until it passed.
+    assert fakeservice.attempts[parse_headers(batch[0].headers).id] == 5
+
+
+async def test_a_batch_parks_the_messages_of_a_blocked_key_and_handles_the_rest(
+    service: Service,
+) -> None:
+    assert await consume(service, message("p1", "poison")) == Outcome.DEAD_LETTERED
+    batch = [message("p1", "held-1"), message("p2", "free"), message("p1", "held-2")]
+    assert await consume_batch(service, batch) == [
+        Outcome.PARKED,
+        Outcome.HANDLED,
+        Outcome.PARKED,
+    ]
+    assert await markers(service) == ["free"]
+    async with service.db.sessions() as s:
+        dead = (await s.execute(select(DeadLetterRow))).scalar_one()
+    released = await service.runtime.discard(dead.id)
+    assert released["released"] == 2
+    assert await markers(service) == ["free", "held-1", "held-2"]
+
+
+async def test_batches_of_several_partitions_each_keep_their_order(service: Service) -> None:
+    def on(partition: int, patient: str, marker: str) -> RawMessage:
+        msg = message(patient, marker)
+        return RawMessage(**{**msg.__dict__, "partition": partition})
+
+    batch = [on(n % 2, f"p{n % 2}", f"{n % 2}-{n}") for n in range(10)]
+    outcomes = await consume_batch(service, batch)
+    assert outcomes == [Outcome.HANDLED] * 10
+    async with service.db.sessions() as s:
+        rows = await effects(s)
+    for side in (0, 1):
+        mine = [e.marker for e in rows if e.patient_id == f"p{side}"]
+        assert mine == [f"{side}-{n}" for n in range(10) if n % 2 == side]

@@ -18,6 +18,14 @@ async def record_lab_result(uow: UnitOfWork, event: Event[LabResultedV1]) -> Non
     await service.record_lab_result(uow.session, event.patient_id, event.data, utc_now())
 
 
+@router.handles_batch("lab.resulted")
+async def record_lab_results(uow: UnitOfWork, events: list[Event[LabResultedV1]]) -> None:
+    """A batch of lab reports in one go: the same effect as one after another."""
+    await service.record_lab_results(
+        uow.session, [(event.patient_id, event.data) for event in events], utc_now()
+    )
+
+
 @router.handles("medication.changed")
 async def record_medication_change(uow: UnitOfWork, event: Event[MedicationChangedV1]) -> None:
     """Store a medication order change unless a newer version is already stored."""

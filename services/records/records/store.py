@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     BigInteger,
     ColumnElement,
@@ -20,9 +21,12 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    any_,
+    bindparam,
     delete,
     exists,
     func,
+    insert,
     literal,
     or_,
     select,
@@ -30,6 +34,7 @@ from sqlalchemy import (
     true,
     union_all,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -457,6 +462,91 @@ async def set_report_results(
             )
         )
     await session.flush()
+
+
+def _any(values: list[str]) -> Any:
+    """`= ANY(<one array parameter>)`: the same statement text for any number of values
+    (prepared once), where `IN` renders a parameter per value."""
+    return any_(bindparam(None, values, type_=ARRAY(String())))
+
+
+async def lab_report_states(
+    session: AsyncSession, report_ids: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Stored reports by id as plain column values (for writes computed in memory)."""
+    if not report_ids:
+        return {}
+    table = LabReport.__table__
+    rows = await session.execute(select(table).where(table.c.report_fhir_id == _any(report_ids)))
+    return {row["report_fhir_id"]: dict(row) for row in rows.mappings()}
+
+
+async def lab_result_states(
+    session: AsyncSession, observation_ids: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Stored results by id as plain column values (for writes computed in memory)."""
+    if not observation_ids:
+        return {}
+    table = LabResult.__table__
+    rows = await session.execute(
+        select(table).where(table.c.observation_fhir_id == _any(observation_ids))
+    )
+    return {row["observation_fhir_id"]: dict(row) for row in rows.mappings()}
+
+
+async def _upsert(session: AsyncSession, table: Any, key: str, rows: list[dict[str, Any]]) -> None:
+    """Insert `rows` (each with every column), replacing the stored row of the same key."""
+    if not rows:
+        return
+    stmt = pg_insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[key],
+        set_={c.name: stmt.excluded[c.name] for c in table.c if c.name != key},
+    )
+    await session.execute(stmt, rows)
+
+
+async def upsert_lab_reports(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Write reports computed in memory (every column), one statement."""
+    await _upsert(session, LabReport.__table__, "report_fhir_id", rows)
+
+
+async def upsert_lab_results(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Write results computed in memory (every column), one statement."""
+    await _upsert(session, LabResult.__table__, "observation_fhir_id", rows)
+
+
+async def add_result_versions(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Keep replaced versions of results as history."""
+    if rows:
+        await session.execute(insert(LabResultVersion), rows)
+
+
+async def set_results_of_reports(session: AsyncSession, groupings: dict[str, list[str]]) -> None:
+    """`set_report_results` for several reports at once (one delete, one insert)."""
+    if not groupings:
+        return
+    await session.execute(
+        delete(LabReportResult).where(LabReportResult.report_fhir_id == _any(sorted(groupings)))
+    )
+    rows = [
+        {"report_fhir_id": report, "observation_fhir_id": observation, "position": position}
+        for report, observations in groupings.items()
+        for position, observation in _first_positions(observations)
+    ]
+    if rows:
+        await session.execute(insert(LabReportResult), rows)
+
+
+def _first_positions(observation_ids: list[str]) -> list[tuple[int, str]]:
+    """Each id with the position of its first occurrence (a repeated id is listed once)."""
+    seen: set[str] = set()
+    out: list[tuple[int, str]] = []
+    for position, observation_id in enumerate(observation_ids):
+        if observation_id not in seen:
+            seen.add(observation_id)
+            out.append((position, observation_id))
+    return out
 
 
 def _document_sort() -> ColumnElement[datetime]:

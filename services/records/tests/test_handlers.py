@@ -3,8 +3,9 @@ path, on a real PostgreSQL); `test_read_model_kafka.py` runs the same through Ka
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +15,12 @@ from contracts.lab import LabObservation, LabResultedV1, ReportStatus
 from records.app import build
 from records.settings import Settings
 from servicekit.app import Service
-from servicekit.testing import broker_less_settings, deliver, serving_in_process
+from servicekit.testing import (
+    broker_less_settings,
+    deliver,
+    deliver_batch,
+    serving_in_process,
+)
 
 T = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 
@@ -77,3 +83,71 @@ async def test_a_redelivered_event_is_absorbed_by_the_inbox(
     )
     assert (first, again) == ("handled", "duplicate")
     assert len((await client.get("/patients/pat-1/lab-results")).json()["items"]) == 1
+
+
+def _other_report(n: int) -> LabResultedV1:
+    return LabResultedV1(
+        patient_id="pat-2",
+        report_fhir_id=f"dr-2{n}",
+        status=ReportStatus.FINAL,
+        code=Coding(system="http://loinc.org", code="4548-4", display="Hemoglobin A1c"),
+        effective=T + timedelta(days=n),
+        observations=[
+            LabObservation(
+                observation_fhir_id=f"obs-2{n}",
+                code=Coding(system="http://loinc.org", code="4548-4", display="Hemoglobin A1c"),
+                status="final",
+                value_quantity=Quantity(value=5.0 + n / 10, unit="%"),
+            )
+        ],
+        source=SourceVersion(
+            resource_type="DiagnosticReport", fhir_id=f"dr-2{n}", version_id="1", last_updated=T
+        ),
+    )
+
+
+async def test_a_batch_of_reports_stores_what_one_at_a_time_stores(
+    database_factory: Callable[[], Awaitable[str]],
+) -> None:
+    # Amendment, stale version and other reports in one batch (records' batch handler, a
+    # few statements) against the same events one transaction each (the per-event one).
+    events: list[tuple[str, LabResultedV1]] = [
+        ("pat-1", _lab("1", 6.3)),
+        ("pat-2", _other_report(1)),
+        ("pat-1", _lab("3", 5.9, ReportStatus.AMENDED)),
+        ("pat-2", _other_report(2)),
+        ("pat-1", _lab("2", 7.0)),
+        ("pat-9", _lab("4", 1.0)),  # dr-1 is pat-1's: another patient's event is ignored
+    ]
+    seen: list[dict[str, Any]] = []
+    for batched in (True, False):
+        service = build(Settings(**broker_less_settings(await database_factory())))
+        async with serving_in_process(service.app, "http://records") as client:
+            if batched:
+                assert await deliver_batch(service, events) == ["handled"] * len(events)
+            else:
+                for subject, payload in events:
+                    assert await deliver(service, payload, subject=subject) == "handled"
+            views = {
+                patient: (await client.get(f"/patients/{patient}/lab-results")).json()
+                for patient in ("pat-1", "pat-2", "pat-9")
+            }
+        seen.append(_without_times(views))
+    batched_view, one_by_one_view = seen
+    assert batched_view == one_by_one_view
+    report = batched_view["pat-1"]["items"][0]
+    assert (report["version"], report["status"]) == ("3", "amended")
+    result = report["observations"][0]
+    assert result["value_quantity"]["value"] == 5.9
+    assert [v["value_quantity"]["value"] for v in result["history"]] == [6.3]
+    assert len(batched_view["pat-2"]["items"]) == 2
+    assert batched_view["pat-9"]["items"] == []
+
+
+def _without_times(value: Any) -> Any:
+    """The view without the moments of storing (they differ between two runs)."""
+    if isinstance(value, dict):
+        return {k: _without_times(v) for k, v in value.items() if k != "replaced_at"}
+    if isinstance(value, list):
+        return [_without_times(v) for v in value]
+    return value

@@ -21,7 +21,12 @@ from records.service.reads import (
     results,
     trend,
 )
-from records.service.writes import record_imported, record_lab_result, record_medication_change
+from records.service.writes import (
+    record_imported,
+    record_lab_result,
+    record_lab_results,
+    record_medication_change,
+)
 
 __all__ = [
     "LAB",
@@ -36,6 +41,7 @@ __all__ = [
     "medications",
     "record_imported",
     "record_lab_result",
+    "record_lab_results",
     "record_medication_change",
     "result_json",
     "results",

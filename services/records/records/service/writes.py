@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -51,35 +52,70 @@ async def _store_result(
 ) -> None:
     """Store one result; an amendment or correction keeps the replaced version as history."""
     row = await store.get_result(session, result.observation_fhir_id)
-    data = result.model_dump(mode="json")
-    if row is not None:
-        if row.patient_id != patient_id:
-            return  # an id never moves between patients' charts
-        if not _newer(result.version_id, result.last_updated, row.version_id, row.source_updated):
-            return
-        if shown_differently(row.data, data):
-            session.add(
-                store.LabResultVersion(
-                    observation_fhir_id=row.observation_fhir_id,
-                    version_id=row.version_id,
-                    status=row.status,
-                    data=row.data,
-                    replaced_at=now,
-                )
-            )
-    else:
+    stored = None if row is None else {c: getattr(row, c) for c in _RESULT_STATE}
+    fields, replaced = _next_result(stored, patient_id, kind, result, now)
+    if fields is None:
+        return
+    if replaced is not None:
+        session.add(store.LabResultVersion(**replaced))
+    if row is None:
         row = store.LabResult(observation_fhir_id=result.observation_fhir_id)
         session.add(row)
-    row.patient_id = patient_id
-    row.kind = kind
-    row.code = result.code.code[:64]
-    row.status = result.status[:32]
-    row.data = data
-    row.sort_at = sort_time(result.effective, result.issued, result.last_updated, now)
-    row.version_id = result.version_id
-    row.source_updated = result.last_updated
-    row.category_codes = _category_codes(data.get("category") or [])
+    for column, value in fields.items():
+        setattr(row, column, value)
     await session.flush()
+
+
+_RESULT_STATE = (
+    "observation_fhir_id",
+    "patient_id",
+    "version_id",
+    "source_updated",
+    "status",
+    "data",
+)
+
+
+def _next_result(
+    stored: Mapping[str, Any] | None,
+    patient_id: str,
+    kind: str,
+    result: LabObservation,
+    now: datetime,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """What storing `result` over its stored row (`None`: none yet) writes: the row's new
+    columns (`None` when the result is stale or belongs to another patient's chart), and
+    the replaced version to keep as history when the patient would see a change."""
+    data = result.model_dump(mode="json")
+    replaced = None
+    if stored is not None:
+        if stored["patient_id"] != patient_id:
+            return None, None  # an id never moves between patients' charts
+        if not _newer(
+            result.version_id, result.last_updated, stored["version_id"], stored["source_updated"]
+        ):
+            return None, None
+        if shown_differently(stored["data"], data):
+            replaced = {
+                "observation_fhir_id": stored["observation_fhir_id"],
+                "version_id": stored["version_id"],
+                "status": stored["status"],
+                "data": stored["data"],
+                "replaced_at": now,
+            }
+    fields = {
+        "observation_fhir_id": result.observation_fhir_id,
+        "patient_id": patient_id,
+        "kind": kind,
+        "code": result.code.code[:64],
+        "status": result.status[:32],
+        "data": data,
+        "sort_at": sort_time(result.effective, result.issued, result.last_updated, now),
+        "version_id": result.version_id,
+        "source_updated": result.last_updated,
+        "category_codes": _category_codes(data.get("category") or []),
+    }
+    return fields, replaced
 
 
 def _category_codes(category: list[dict[str, Any]]) -> str:
@@ -111,32 +147,75 @@ async def record_lab_result(
     session: AsyncSession, patient_id: str, data: LabResultedV1, now: datetime
 ) -> None:
     """Store a final, amended or corrected report with its results (stale versions ignored)."""
-    row = await store.get_lab_report(session, data.report_fhir_id)
-    if row is not None and not is_newer(data.source, row.source_version, row.source_updated):
-        return
-    if row is not None and row.patient_id != patient_id:
-        return
-    if row is None:
-        row = store.LabReport(report_fhir_id=data.report_fhir_id)
-        session.add(row)
-    row.patient_id = patient_id
-    row.status = data.status.value
-    row.code = data.code.model_dump(mode="json")
-    row.category = [c.model_dump(mode="json") for c in data.category]
-    row.category_codes = _category_codes(row.category)
-    row.effective = data.effective
-    row.issued = data.issued
-    row.performer = list(data.performer)
-    row.observations = []
-    row.source_version = data.source.version_id
-    row.source_updated = data.source.last_updated
-    row.sort_at = sort_time(data.effective, data.issued, data.source.last_updated)
-    await session.flush()
-    for result in data.observations:
-        await _store_result(session, patient_id, LAB, result, now)
-    await store.set_report_results(
-        session, data.report_fhir_id, [o.observation_fhir_id for o in data.observations]
+    await record_lab_results(session, [(patient_id, data)], now)
+
+
+async def record_lab_results(
+    session: AsyncSession, reports: Sequence[tuple[str, LabResultedV1]], now: datetime
+) -> None:
+    """Store `(patient_id, report)`s in order, with the effect of `record_lab_result` on
+    each in turn: the stored reports and results they name are read with one query each,
+    each report is applied in memory to what the earlier ones left, and the outcome is
+    written with one statement per table (a consumer's batch of hundreds of reports takes
+    a handful of statements, not several per report)."""
+    report_state = await store.lab_report_states(
+        session, sorted({data.report_fhir_id for _, data in reports})
     )
+    result_state = await store.lab_result_states(
+        session, sorted({o.observation_fhir_id for _, data in reports for o in data.observations})
+    )
+    reports_out: dict[str, dict[str, Any]] = {}
+    results_out: dict[str, dict[str, Any]] = {}
+    replaced: list[dict[str, Any]] = []
+    groupings: dict[str, list[str]] = {}
+    for patient_id, data in reports:
+        report = _next_report(report_state.get(data.report_fhir_id), patient_id, data)
+        if report is None:
+            continue
+        report_state[data.report_fhir_id] = reports_out[data.report_fhir_id] = report
+        for result in data.observations:
+            fields, old = _next_result(
+                result_state.get(result.observation_fhir_id), patient_id, LAB, result, now
+            )
+            if old is not None:
+                replaced.append(old)
+            if fields is not None:
+                result_state[result.observation_fhir_id] = fields
+                results_out[result.observation_fhir_id] = fields
+        groupings[data.report_fhir_id] = [o.observation_fhir_id for o in data.observations]
+    await store.upsert_lab_reports(session, list(reports_out.values()))
+    await store.upsert_lab_results(session, list(results_out.values()))
+    await store.add_result_versions(session, replaced)
+    await store.set_results_of_reports(session, groupings)
+
+
+def _next_report(
+    stored: Mapping[str, Any] | None, patient_id: str, data: LabResultedV1
+) -> dict[str, Any] | None:
+    """The report's new columns over its stored row (`None`: none yet), or `None` when the
+    report is stale or another patient's."""
+    if stored is not None and not is_newer(
+        data.source, stored["source_version"], stored["source_updated"]
+    ):
+        return None
+    if stored is not None and stored["patient_id"] != patient_id:
+        return None
+    category = [c.model_dump(mode="json") for c in data.category]
+    return {
+        "report_fhir_id": data.report_fhir_id,
+        "patient_id": patient_id,
+        "status": data.status.value,
+        "code": data.code.model_dump(mode="json"),
+        "category": category,
+        "category_codes": _category_codes(category),
+        "effective": data.effective,
+        "issued": data.issued,
+        "performer": list(data.performer),
+        "observations": [],
+        "source_version": data.source.version_id,
+        "source_updated": data.source.last_updated,
+        "sort_at": sort_time(data.effective, data.issued, data.source.last_updated),
+    }
 
 
 async def _imported_report(
