@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,27 +22,31 @@ def test_a_token_for_me_names_its_caller() -> None:
     assert caller.token_id
 
 
+# Tokens are minted when the test runs, not when it is collected: a token minted at
+# collection had expired by the time a long run reached this test (service tokens live a
+# minute), and the test failed for the wrong reason.
 @pytest.mark.parametrize(
     ("authorization", "status", "reason"),
     [
-        (None, 401, "service_token_missing"),
-        ("Bearer ", 401, "service_token_invalid"),
-        ("Bearer not.a.jwt", 401, "service_token_invalid"),
+        (lambda: None, 401, "service_token_missing"),
+        (lambda: "Bearer ", 401, "service_token_invalid"),
+        (lambda: "Bearer not.a.jwt", 401, "service_token_invalid"),
         (
-            f"Bearer {ServiceTokens('gateway', 'o' * 48).token('records')}",
+            lambda: f"Bearer {ServiceTokens('gateway', 'o' * 48).token('records')}",
             401,
             "service_token_invalid",
         ),
         (
-            f"Bearer {ServiceTokens('gateway', KEY).token('triage')}",
+            lambda: f"Bearer {ServiceTokens('gateway', KEY).token('triage')}",
             403,
             "service_token_wrong_audience",
         ),
     ],
+    ids=["missing", "empty", "malformed", "other-key", "wrong-audience"],
 )
-def test_refusals(authorization: str | None, status: int, reason: str) -> None:
+def test_refusals(authorization: Callable[[], str | None], status: int, reason: str) -> None:
     with pytest.raises(ServiceTokenError) as refused:
-        ServiceTokenVerifier("records", KEY).verify(authorization)
+        ServiceTokenVerifier("records", KEY).verify(authorization())
     assert (refused.value.status, refused.value.reason) == (status, reason)
 
 
