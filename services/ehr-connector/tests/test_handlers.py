@@ -20,6 +20,7 @@ from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import FhirJson, SearchPage, Versioned, WriteResult
 from ehr_connector.settings import Settings
 from ehr_sandbox.httptest import RunningSandbox
+from servicekit import sealing
 from servicekit.app import Service
 from servicekit.tables import OutboxRow
 from servicekit.testing import broker_less_settings, deliver
@@ -109,7 +110,11 @@ async def test_a_delivered_booking_is_written_once_and_confirmed_through_the_out
     assert [w.resource_type for w in log] == ["Appointment", "Slot"]
     assert link is not None and link.fhir_id == log[0].fhir_id
     (confirmation,) = [row for row in outbox if row.topic.endswith("appointment.updated")]
-    updated = AppointmentUpdatedV1.model_validate_json(confirmation.payload)
+    # Sealed at rest (servicekit.sealing): opened as the relay opens it.
+    opened = sealing.unseal(
+        service.outbox.cipher, confirmation.payload, sealing.outbox_aad(confirmation.event_id)
+    )
+    updated = AppointmentUpdatedV1.model_validate_json(opened)
     assert (updated.appointment_id, updated.status.value) == (booking.appointment_id, "booked")
     assert calls > 0 and set(wrappers[0].held) == {0}
     appointment = await ehr.admin.get(f"/fhir/Appointment/{link.fhir_id}")

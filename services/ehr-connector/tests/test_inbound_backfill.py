@@ -271,7 +271,11 @@ async def test_live_events_are_published_before_waiting_backfill_batches(
             return state is not None and state["state"] == "done"
 
         await eventually(done, timeout=120, interval=0.2)
-        relay = OutboxRelay(service.db, settings.model_copy(update={"outbox_batch_size": 1}))
+        relay = OutboxRelay(
+            service.db,
+            settings.model_copy(update={"outbox_batch_size": 1}),
+            cipher=service.outbox.cipher,  # the connector seals its outbox
+        )
         while await relay.publish_batch():
             pass
         await relay._reset_producer()
