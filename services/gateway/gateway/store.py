@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -11,6 +12,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     UniqueConstraint,
+    insert,
     select,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -134,3 +136,10 @@ async def whole_access_log(session: AsyncSession) -> list[AccessLogEntry]:
     return list(
         (await session.execute(select(AccessLogEntry).order_by(AccessLogEntry.id))).scalars()
     )
+
+
+async def append_access_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Insert chained access-log rows in one round trip; ids are drawn in list order, so
+    the chain's order by id is the order its hashes were computed in."""
+    if rows:
+        await session.execute(insert(AccessLogEntry), rows)
