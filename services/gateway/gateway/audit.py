@@ -28,6 +28,7 @@ data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -40,6 +41,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import store
 from gateway.domain import AccessRecord, AuditVerdict, Checkpoint, keyed_access_hash, verify_log
@@ -128,18 +130,18 @@ def access(
     }
 
 
-async def _append_rows(db: Database, key: bytes, accesses: list[dict[str, Any]]) -> None:
+async def _append_rows(conn: AsyncConnection, key: bytes, accesses: list[dict[str, Any]]) -> None:
     """Append accesses to the keyed chain, in order, in one transaction."""
-    async with db.transaction() as session:
+    async with conn.begin():
         # Held until commit: another gateway's writer waits, so the chain never forks.
-        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
-        prev = await store.last_access_hash(session)
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
+        prev = await store.last_access_hash(conn)
         rows: list[dict[str, Any]] = []
         for fields in accesses:
             record = AccessRecord(**fields, prev_hash=prev, hash="", chain=2)
             prev = keyed_access_hash(key, record)
             rows.append({**fields, "prev_hash": record.prev_hash, "hash": prev, "chain": 2})
-        await store.append_access_rows(session, rows)
+        await store.append_access_rows(conn, rows)
 
 
 async def record_access(
@@ -171,7 +173,8 @@ async def record_access(
         client_id=client_id,
         trace_id=trace_id,
     )
-    await _append_rows(db, key, [fields])
+    async with db.engine.connect() as conn:
+        await _append_rows(conn, key, [fields])
 
 
 @dataclass
@@ -187,6 +190,9 @@ class AuditWriter:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _closing: bool = False
+    # The writer's own connection, kept between commits: a pooled checkout would ping the
+    # server first (three more round trips per commit).
+    _conn: AsyncConnection | None = None
 
     def start(self) -> None:
         """Start the writer task."""
@@ -200,6 +206,13 @@ class AuditWriter:
         if self._task is not None:
             await self._task
             self._task = None
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # already broken: nothing left to close
+                await conn.close()
 
     async def append(self, fields: dict[str, Any]) -> None:
         """Queue one access and wait for the commit that holds it."""
@@ -237,10 +250,22 @@ class AuditWriter:
                 return
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        accesses = [p.fields for p in batch]
         try:
-            await _append_rows(self.db, self.key, [p.fields for p in batch])
+            try:
+                if self._conn is None:
+                    self._conn = await self.db.engine.connect()
+                await _append_rows(self._conn, self.key, accesses)
+            except Exception:
+                # The kept connection may have died while idle (a database restart): once
+                # more on a fresh one. Were the first commit applied after all, its rows
+                # are there twice, and the chain is still whole (read again under the lock).
+                await self._disconnect()
+                self._conn = await self.db.engine.connect()
+                await _append_rows(self._conn, self.key, accesses)
         except Exception as exc:  # the database is away: these reads are not answered
             log.warning("gateway.audit_append_failed", error=type(exc).__name__, n=len(batch))
+            await self._disconnect()
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_exception(AuditUnavailable("commit_failed"))
@@ -304,29 +329,6 @@ async def record(
         ) from exc
 
 
-def _records(rows: list[store.AccessLogEntry]) -> list[AccessRecord]:
-    return [
-        AccessRecord(
-            r.patient_id,
-            r.actor,
-            r.action,
-            r.resource,
-            r.at,
-            r.prev_hash,
-            r.hash,
-            r.chain,
-            r.actor_id,
-            r.on_behalf_of,
-            r.resource_id,
-            r.outcome,
-            r.client_id,
-            r.trace_id,
-            r.id,
-        )
-        for r in rows
-    ]
-
-
 def read_checkpoints(directory: str) -> list[Checkpoint]:
     """The checkpoints of every gateway in the anchor directory, oldest row first."""
     if not directory or not os.path.isdir(directory):
@@ -340,22 +342,19 @@ def read_checkpoints(directory: str) -> list[Checkpoint]:
     return sorted(out, key=lambda c: c.last_id)
 
 
-async def checkpoint(db: Database, key: bytes, directory: str) -> Checkpoint | None:
-    """Append a signed checkpoint of the log's present end to this gateway's file in
-    `directory` (when rows were added since the newest checkpoint of any gateway)."""
-    if not directory:
+async def checkpoint(key: bytes, directory: str, verified: list[AccessRecord]) -> Checkpoint | None:
+    """Append a signed checkpoint of the end of `verified` (the log as it was verified) to
+    this gateway's file in `directory` (when rows were added since the newest checkpoint of
+    any gateway). Rows appended since the verification are anchored by the next round."""
+    if not directory or not verified:
         return None
-    async with db.sessions() as session:
-        rows = await store.whole_access_log(session)
-    if not rows:
-        return None
-    last = rows[-1]
+    last = verified[-1]
     anchors = await asyncio.to_thread(read_checkpoints, directory)
     if anchors and anchors[-1].last_id >= last.id:
         return None
     signed = Checkpoint(
         last_id=last.id,
-        count=len(rows),
+        count=len(verified),
         head_hash=last.hash,
         at=datetime.now(UTC).isoformat(timespec="seconds"),
     ).signed(key)
@@ -372,15 +371,25 @@ def _append(directory: str, line: str) -> None:
         out.write(line)
 
 
-async def verify_all(db: Database, key: bytes, checkpoint_dir: str = "") -> AuditVerdict:
-    """Verify the whole chain against the key and every checkpoint (reads every row)."""
+async def _verified(
+    db: Database, key: bytes, checkpoint_dir: str
+) -> tuple[AuditVerdict, list[AccessRecord]]:
+    """The verdict on the whole chain and the rows it was reached on."""
     async with db.sessions() as session:
         rows = await store.whole_access_log(session)
     try:
         anchors = await asyncio.to_thread(read_checkpoints, checkpoint_dir)
     except (ValueError, TypeError) as exc:
-        return AuditVerdict(False, len(rows), 0, None, f"checkpoint file unreadable: {exc}")
-    return verify_log(_records(rows), anchors, key)
+        return AuditVerdict(False, len(rows), 0, None, f"checkpoint file unreadable: {exc}"), []
+    # Hashing every row is seconds of CPU on a long log: in a thread, so the event loop
+    # (patients' requests, the audit writer, notifications) keeps its turns meanwhile.
+    verdict = await asyncio.to_thread(verify_log, rows, anchors, key)
+    return verdict, rows
+
+
+async def verify_all(db: Database, key: bytes, checkpoint_dir: str = "") -> AuditVerdict:
+    """Verify the whole chain against the key and every checkpoint (reads every row)."""
+    return (await _verified(db, key, checkpoint_dir))[0]
 
 
 async def verify(service: Service) -> AuditVerdict:
@@ -403,11 +412,13 @@ def report(service_name: str, verdict: AuditVerdict) -> None:
 
 
 async def anchor_and_verify(service: Service) -> AuditVerdict:
-    """One scheduled round: verify what is there, then anchor the present end."""
-    verdict = await verify(service)
+    """One scheduled round: verify what is there, then anchor what was verified."""
+    directory = _checkpoint_dir(service)
+    verdict, rows = await _verified(service.db, key_of(service), directory)
     if verdict.intact:
-        # Only an intact log is anchored: a checkpoint must never bless a tampered one.
-        await checkpoint(service.db, key_of(service), _checkpoint_dir(service))
+        # Only an intact log is anchored (the very rows verified, not rows appended since):
+        # a checkpoint must never bless a tampered one.
+        await checkpoint(key_of(service), directory, rows)
     report(service.settings.service_name, verdict)
     return verdict
 

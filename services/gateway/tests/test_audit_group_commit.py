@@ -47,6 +47,7 @@ class Stack:
 
 @pytest.fixture
 async def stack(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     database_factory: Callable[[], Awaitable[str]],
     kafka_bootstrap: str,
@@ -65,7 +66,10 @@ async def stack(
                 records_url="http://records",
                 scheduling_url="http://records",
                 messaging_url="http://records",
-                audit_commit_timeout_s=1.0,
+                # Everything runs in this one process: bounds far above what any call
+                # takes here, unless a test asks for a short one (`indirect` parameter).
+                upstream_timeout_s=30.0,
+                audit_commit_timeout_s=getattr(request, "param", 30.0),
                 # Many readers with one token, from one address: not what is tested here.
                 rate_limit_ip_per_s=0,
                 rate_limit_token_per_s=0,
@@ -196,6 +200,7 @@ async def test_a_read_whose_record_cannot_be_committed_is_503_and_never_answered
     assert (await audit.verify(stack.gateway)).intact
 
 
+@pytest.mark.parametrize("stack", [1.0], indirect=True)  # AUDIT_COMMIT_TIMEOUT_S
 async def test_a_chain_held_by_another_writer_answers_503_in_bounded_time(stack: Stack) -> None:
     # Another gateway holds the chain's lock (stuck mid-commit): a read waits at most
     # AUDIT_COMMIT_TIMEOUT_S for its record's commit, then answers 503, not the data.
@@ -213,4 +218,22 @@ async def test_a_chain_held_by_another_writer_answers_503_in_bounded_time(stack:
             assert "items" in answered.json()
     finally:
         await holder.dispose()
+    assert (await audit.verify(stack.gateway)).intact
+
+
+async def test_the_writer_carries_on_after_its_connection_was_cut(stack: Stack) -> None:
+    # The writer keeps one connection between commits; the database dropping it (a
+    # restart, an idle timeout) must cost no read its answer.
+    async with _client(stack) as client:
+        assert (await client.get("/v1/me/lab-results")).status_code == 200
+        async with stack.gateway.db.transaction() as session:
+            cut = await session.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+            assert cut.scalar_one() >= 1
+        assert (await client.get("/v1/me/lab-results")).status_code == 200
+    assert [r["resource"] for r in await _rows(stack, "p-ann")] == ["DiagnosticReport"] * 2
     assert (await audit.verify(stack.gateway)).intact
