@@ -22,6 +22,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import httpx
@@ -61,10 +62,16 @@ class PatientToken:
     scopes: frozenset[str]
     client_id: str = ""  # the app the token was issued to (`client_id`, else `azp`)
 
+    @cached_property
+    def granted(self) -> tuple[SmartScope, ...]:
+        """The token's well-formed resource scopes (parsed once: a remembered token serves
+        many requests, each checking several scopes)."""
+        return parse_granted(self.scopes)
+
     def allows(self, required: SmartScope | str) -> bool:
         """Whether a patient scope of the token grants every permission of `required`."""
         wanted = parse_scope(required) if isinstance(required, str) else required
-        return scopes_grant(parse_granted(self.scopes), wanted)
+        return scopes_grant(self.granted, wanted)
 
     def allows_read(self, resource_type: str) -> bool:
         """Read (`r`) or search (`s`) on the type: the routes' own dependencies say which."""
