@@ -66,12 +66,6 @@ VERIFICATIONS = Counter(
     "audit_verifications_total", "Verifications of the access log by result", ["result"]
 )
 
-
-def key_of(service: Service) -> bytes:
-    """The audit key of the running gateway."""
-    return str(getattr(service.settings, "audit_key", "")).encode()
-
-
 APPEND_BATCH = Histogram(
     "audit_append_batch_size",
     "Access-log records appended per commit (group commit)",
@@ -82,6 +76,11 @@ APPEND_FAILURES = Counter(
     "Reads answered 503 because their access-log record was not committed, by reason",
     ["reason"],
 )
+
+
+def key_of(service: Service) -> bytes:
+    """The audit key of the running gateway."""
+    return str(getattr(service.settings, "audit_key", "")).encode()
 
 
 class AuditUnavailable(Exception):
@@ -200,12 +199,23 @@ class AuditWriter:
             self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     async def stop(self) -> None:
-        """Append what is queued, then stop (nothing queued is dropped)."""
+        """Append what is queued, then stop; bounded by the commit timeout (a database that
+        hangs must not hang the shutdown): what is left then is refused, not answered."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.timeout_s)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.done.done():
+                pending.done.set_exception(AuditUnavailable("writer_stopped"))
+                pending.done.exception()
         await self._disconnect()
 
     async def _disconnect(self) -> None:

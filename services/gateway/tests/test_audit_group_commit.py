@@ -30,7 +30,7 @@ from gateway.settings import Settings as GatewaySettings
 from records.app import build as build_records
 from records.settings import Settings as RecordsSettings
 from servicekit.app import Service
-from servicekit.testing import isolated_settings
+from servicekit.testing import eventually, isolated_settings
 
 pytestmark = [pytest.mark.integration]
 PORTS = range(18360, 18380)
@@ -236,4 +236,37 @@ async def test_the_writer_carries_on_after_its_connection_was_cut(stack: Stack) 
             assert cut.scalar_one() >= 1
         assert (await client.get("/v1/me/lab-results")).status_code == 200
     assert [r["resource"] for r in await _rows(stack, "p-ann")] == ["DiagnosticReport"] * 2
+    assert (await audit.verify(stack.gateway)).intact
+
+
+async def test_stopping_while_the_chain_is_held_ends_and_answers_nothing(stack: Stack) -> None:
+    # Shutting down while a commit hangs (another writer holds the chain) ends within the
+    # commit timeout; the waiting record's request is refused, not answered.
+    holder = create_async_engine(stack.database_url)
+    writer = audit.AuditWriter(stack.gateway.db, audit.key_of(stack.gateway), timeout_s=0.5)
+    writer.start()
+    try:
+        async with holder.connect() as conn:
+            await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": audit.CHAIN_LOCK_KEY})
+            waiting = asyncio.create_task(
+                writer.append(audit.access("pat-s", "self", "read", "held", on_behalf_of="p-s"))
+            )
+
+            async def writer_waits_for_the_chain() -> bool:
+                async with stack.gateway.db.sessions() as session:
+                    blocked = await session.execute(
+                        text(
+                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                        )
+                    )
+                    return blocked.scalar_one() > 0
+
+            await eventually(writer_waits_for_the_chain, timeout=30)
+            await writer.stop()
+            with pytest.raises(audit.AuditUnavailable):
+                await waiting
+            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": audit.CHAIN_LOCK_KEY})
+    finally:
+        await holder.dispose()
+    assert await _rows(stack, "p-s") == []
     assert (await audit.verify(stack.gateway)).intact
