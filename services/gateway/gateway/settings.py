@@ -41,7 +41,7 @@ class Settings(ServiceSettings):
     triage_url: str = "http://127.0.0.1:8004"
     upstream_timeout_s: float = Field(default=2.0, description="Per-call timeout to services")
     upstream_max_connections: int = Field(
-        default=32,
+        default=16,
         ge=1,
         description="Concurrent calls to each owning service (and to the EHR): a pool of "
         "connections per origin; more calls wait for a free one up to UPSTREAM_TIMEOUT_S",
