@@ -112,7 +112,9 @@ async def _ensure_link(
     publishes `patient.linked`, so the connector back-fills the history) once the EHR has
     confirmed the patient exists. A link never changes once made, so the ones seen are
     kept in memory (bounded) instead of read on every request."""
-    links: Lru[tuple[str, str], str] = service.state.setdefault("links", Lru(LINKS_CACHED))
+    links: Lru[tuple[str, str], str] | None = service.state.get("links")
+    if links is None:
+        links = service.state["links"] = Lru(LINKS_CACHED)
     known = links.get((issuer, patient_fhir_id))
     if known is not None:
         return known
