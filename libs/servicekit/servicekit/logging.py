@@ -200,9 +200,11 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
         _take_over(logging.getLogger(name))
     # aiokafka logs whole records at DEBUG and chatty reconnects at INFO.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
-    # One line per HTTP request (probes included) only when debugging.
+    # One line per HTTP request (probes included) only when debugging: served (uvicorn)
+    # and sent (httpx logs every call at INFO; the gateway makes several per request).
     access = logging.INFO if root.level <= logging.DEBUG else logging.WARNING
     logging.getLogger("uvicorn.access").setLevel(access)
+    logging.getLogger("httpx").setLevel(access)
 
 
 def _take_over(logger: logging.Logger) -> None:

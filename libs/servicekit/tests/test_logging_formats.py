@@ -10,7 +10,9 @@ import logging
 import logging.config
 import os
 from datetime import UTC, datetime
+from typing import Any
 
+import httpx
 import pytest
 import uvicorn.config
 from asgi_lifespan import LifespanManager
@@ -87,6 +89,25 @@ def test_uvicorn_and_faststream_lines_come_out_json(
     assert '127.0.0.1:5000 - "GET /v1/me HTTP/1.1" 404' in events
     assert "faststream says hello" in events
     assert all(r["service"] == "test" for r in records)
+
+
+async def test_an_outgoing_http_call_is_logged_only_at_debug(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # httpx logs every call at INFO; a gateway under load made one line per upstream call.
+    async def app(scope: dict[str, object], receive: object, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    for level, expected in (("INFO", False), ("DEBUG", True)):
+        configure_logging("test", level, "json")
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            assert (await client.get("/ping")).status_code == 204
+        events = [r["event"] for r in _lines(capsys.readouterr().out)]
+        logged = any("http://svc/ping" in str(e) for e in events)
+        assert logged is expected, (level, events)
+    configure_logging("test", "INFO", "json")
 
 
 @pytest.mark.integration

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from contracts.patient import PatientLinkedV1
 from gateway import audit, observability, security_events, store
 from gateway.auth import AuthError, PatientToken, TokenVerifier
+from gateway.caching import Lru
 from gateway.domain import Notification, NotificationKind, profile_of
 from gateway.handlers import hub
 from gateway.ratelimit import PatientWrites
@@ -65,6 +66,8 @@ def upstreams_of(request: Request) -> Upstreams:
 
 
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+# Patients' links kept in memory (a link never changes once made).
+LINKS_CACHED = 100_000
 
 
 async def _confirm_patient_in_ehr(service: Service, raw_token: str, patient_fhir_id: str) -> None:
@@ -107,10 +110,18 @@ async def _ensure_link(
 ) -> str:
     """The internal id of a token's patient; the first visit links the account (and
     publishes `patient.linked`, so the connector back-fills the history) once the EHR has
-    confirmed the patient exists."""
+    confirmed the patient exists. A link never changes once made, so the ones seen are
+    kept in memory (bounded) instead of read on every request."""
+    links: Lru[tuple[str, str], str] | None = service.state.get("links")
+    if links is None:
+        links = service.state["links"] = Lru(LINKS_CACHED)
+    known = links.get((issuer, patient_fhir_id))
+    if known is not None:
+        return known
     async with service.db.sessions() as session:
         link = await store.link_for_identity(session, issuer, patient_fhir_id)
     if link is not None:
+        links.put((issuer, patient_fhir_id), link.patient_id)
         return link.patient_id
     await _confirm_patient_in_ehr(service, raw_token, patient_fhir_id)
     patient_id = f"pat-{uuid.uuid4().hex[:20]}"
@@ -137,7 +148,9 @@ async def _ensure_link(
         async with service.db.sessions() as session:
             link = await store.link_for_identity(session, issuer, patient_fhir_id)
         assert link is not None
+        links.put((issuer, patient_fhir_id), link.patient_id)
         return link.patient_id
+    links.put((issuer, patient_fhir_id), patient_id)
     log.info("gateway.patient_linked", patient_id=patient_id)
     return patient_id
 
@@ -415,7 +428,12 @@ async def summary(caller: Me, request: Request) -> dict[str, Any]:
     }
     allowed = {k: v for k, v in parts.items() if caller.token.allows_read(v[0])}
     calls: list[Awaitable[Any]] = [upstreams.get(svc, path) for _, svc, path in allowed.values()]
-    results = await asyncio.gather(*calls, return_exceptions=True)
+    # The summary is recorded whatever its parts bring, so its record is committed while
+    # the parts are fetched (the answer still waits for that commit; a failed one is 503).
+    results, _ = await asyncio.gather(
+        asyncio.gather(*calls, return_exceptions=True),
+        audit.record(request, "read", "summary"),
+    )
     out: dict[str, Any] = {"patient_id": pid, "warnings": []}
     for name, result in zip(allowed, results, strict=True):
         if isinstance(result, BaseException):
@@ -428,7 +446,6 @@ async def summary(caller: Me, request: Request) -> dict[str, Any]:
     if isinstance(out.get("threads"), list):
         # Unread messages from the care team, over every thread (messaging counts them).
         out["unread_messages"] = sum(int(t.get("unread", 0)) for t in out["threads"])
-    await audit.record(request, "read", "summary")
     return out
 
 

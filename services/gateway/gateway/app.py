@@ -38,6 +38,16 @@ async def _open_clients(service: Service) -> None:
     service.state["http"] = http
     service.state["verifier"] = TokenVerifier(settings, http)
     service.state["upstreams"] = Upstreams(settings, http, service.service_tokens)
+    # Group commit of the access log: every audited request waits for its record's commit.
+    writer = audit.AuditWriter(
+        service.db,
+        audit.key_of(service),
+        max_queue=settings.audit_queue_max,
+        max_batch=settings.audit_batch_max,
+        timeout_s=settings.audit_commit_timeout_s,
+    )
+    writer.start()
+    service.state["audit_writer"] = writer
     # Anchors and verifies the access log now and every AUDIT_VERIFY_INTERVAL_S.
     service.state["audit_task"] = asyncio.create_task(
         audit.scheduled_verification(service), name="audit-verification"
@@ -50,6 +60,9 @@ async def _close_clients(service: Service) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    writer: audit.AuditWriter | None = service.state.pop("audit_writer", None)
+    if writer is not None:
+        await writer.stop()
     http: httpx.AsyncClient | None = service.state.get("http")
     if http is not None:
         await http.aclose()

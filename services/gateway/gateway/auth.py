@@ -7,12 +7,22 @@ carries the same audience (the portal's client id), so signature and `aud` alone
 an ID token act as an access token. An access token says what it is either in its header
 (`typ: at+jwt`, RFC 9068) or with the `token_use: access` claim; anything else is refused.
 Unknown key ids re-fetch the issuer's JWKS at most once per cool-down, so anonymous
-traffic with invented `kid`s cannot hammer the identity provider."""
+traffic with invented `kid`s cannot hammer the identity provider; concurrent requests that
+find the keys stale share one fetch.
+
+A verified token is remembered (bounded, by its SHA-256) until it expires, so a patient's
+app calling many times checks the signature once: the same bytes verified against the same
+key set give the same answer, and the entry is dropped once the token expires (same leeway)
+or the key set is fetched again (a rotated or withdrawn key)."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import httpx
@@ -20,6 +30,7 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from gateway.caching import Lru
 from gateway.scopes import SmartScope, parse_granted, parse_scope, scopes_grant
 from gateway.settings import Settings
 
@@ -27,6 +38,10 @@ ALGORITHMS = ["ES256", "ES384", "RS256", "RS384"]
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 # Tokens longer than this are refused before any parsing (a real one is ~1 kB).
 MAX_TOKEN_LENGTH = 8192
+# Seconds a token is still accepted after its `exp` (clock skew between us and the issuer).
+LEEWAY_S = 30
+# Verified tokens remembered at once (each entry ~300 bytes).
+VERIFIED_CACHED = 10_000
 
 
 class AuthError(Exception):
@@ -47,10 +62,16 @@ class PatientToken:
     scopes: frozenset[str]
     client_id: str = ""  # the app the token was issued to (`client_id`, else `azp`)
 
+    @cached_property
+    def granted(self) -> tuple[SmartScope, ...]:
+        """The token's well-formed resource scopes (parsed once: a remembered token serves
+        many requests, each checking several scopes)."""
+        return parse_granted(self.scopes)
+
     def allows(self, required: SmartScope | str) -> bool:
         """Whether a patient scope of the token grants every permission of `required`."""
         wanted = parse_scope(required) if isinstance(required, str) else required
-        return scopes_grant(parse_granted(self.scopes), wanted)
+        return scopes_grant(self.granted, wanted)
 
     def allows_read(self, resource_type: str) -> bool:
         """Read (`r`) or search (`s`) on the type: the routes' own dependencies say which."""
@@ -62,13 +83,22 @@ class PatientToken:
 class TokenVerifier:
     """Verifies patient access tokens; keys are cached and re-fetched for an unknown kid."""
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        http: httpx.AsyncClient,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.http = http
+        self.clock = clock  # wall-clock seconds, for `exp` (tests pass their own)
         self._keys: KeySet | None = None
         self._fetched_at = 0.0
         self._last_attempt = float("-inf")
         self.fetches = 0  # JWKS fetches made (tests and the security report read it)
+        self._fetching = asyncio.Lock()
+        # sha256(token) -> (what it says, its exp, the key set it was verified with)
+        self._verified: Lru[bytes, tuple[PatientToken, float, KeySet]] = Lru(VERIFIED_CACHED)
 
     async def _jwks_url(self) -> str:
         if self.settings.oidc_jwks_url:
@@ -78,12 +108,25 @@ class TokenVerifier:
         response.raise_for_status()
         return str(response.json()["jwks_uri"])
 
-    async def _keyset(self, *, refresh: bool = False) -> KeySet:
+    def _fresh(self, refresh: bool) -> bool:
         now = time.monotonic()
         stale = now - self._fetched_at > self.settings.jwks_refresh_s
         if refresh and now - self._last_attempt < self.settings.jwks_min_refresh_s:
             refresh = False  # cool-down: an unknown kid re-fetches at most this often
-        if self._keys is None or stale or refresh:
+        return not (self._keys is None or stale or refresh)
+
+    async def _keyset(self, *, refresh: bool = False) -> KeySet:
+        if self._keys is not None and self._fresh(refresh):
+            return self._keys
+        async with self._fetching:
+            # Whoever waited here while another request fetched uses that fetch.
+            await self._fetch(refresh)
+        assert self._keys is not None
+        return self._keys
+
+    async def _fetch(self, refresh: bool) -> None:
+        if not self._fresh(refresh):
+            now = time.monotonic()
             self._last_attempt = now
             self.fetches += 1
             try:
@@ -91,16 +134,27 @@ class TokenVerifier:
                 response.raise_for_status()
                 self._keys = KeySet.import_key_set(response.json())
                 self._fetched_at = time.monotonic()
+                self._verified.clear()  # verified with keys that may be gone now
             except (httpx.HTTPError, ValueError, KeyError) as exc:
                 if self._keys is None:
                     raise AuthError(503, "The identity provider's keys are unavailable.") from exc
-        assert self._keys is not None
-        return self._keys
 
     async def verify(self, token: str) -> PatientToken:
         """Verify signature, issuer, audience and lifetime; return the patient context."""
         if len(token) > MAX_TOKEN_LENGTH:
             raise AuthError(401, "The access token is malformed.")
+        digest = hashlib.sha256(token.encode()).digest()
+        known = self._verified.get(digest)
+        if known is not None:
+            found, expires, keys = known
+            if self.clock() <= expires + LEEWAY_S and keys is self._keys and self._fresh(False):
+                return found
+            self._verified.pop(digest)
+        found, expires, keys = await self._verify(token)
+        self._verified.put(digest, (found, expires, keys))
+        return found
+
+    async def _verify(self, token: str) -> tuple[PatientToken, float, KeySet]:
         try:
             header = jws.extract_compact(token.encode()).headers()
         except (JoseError, ValueError, TypeError) as exc:
@@ -117,7 +171,8 @@ class TokenVerifier:
             raise AuthError(401, "The access token's signature is not valid.") from exc
         claims: dict[str, Any] = decoded.claims
         registry = jwt.JWTClaimsRegistry(
-            leeway=30,
+            now=lambda: int(self.clock()),
+            leeway=LEEWAY_S,
             iss={"essential": True, "value": self.settings.oidc_issuer},
             exp={"essential": True},
         )
@@ -135,12 +190,13 @@ class TokenVerifier:
         if not isinstance(patient, str) or not patient:
             raise AuthError(403, "The access token is not a patient's token.")
         scopes = frozenset(str(claims.get("scope", "")).split())
-        return PatientToken(
+        found = PatientToken(
             subject=str(claims.get("sub", "")),
             patient_fhir_id=patient,
             scopes=scopes,
             client_id=str(claims.get("client_id") or claims.get("azp") or "")[:200],
         )
+        return found, float(claims["exp"]), keys
 
 
 def _is_access_token(header: dict[str, Any], claims: dict[str, Any]) -> bool:

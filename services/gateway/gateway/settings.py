@@ -41,7 +41,10 @@ class Settings(ServiceSettings):
     triage_url: str = "http://127.0.0.1:8004"
     upstream_timeout_s: float = Field(default=2.0, description="Per-call timeout to services")
     upstream_max_connections: int = Field(
-        default=100, ge=1, description="Concurrent calls to the owning services (one pool)"
+        default=16,
+        ge=1,
+        description="Concurrent calls to each owning service (and to the EHR): a pool of "
+        "connections per origin; more calls wait for a free one up to UPSTREAM_TIMEOUT_S",
     )
     sse_keepalive_s: float = Field(default=15.0, description="Comment line every N seconds")
     rate_limit_ip_per_s: float = Field(
@@ -69,6 +72,21 @@ class Settings(ServiceSettings):
         default=300.0,
         ge=0,
         description="How often the gateway anchors and verifies the access log (0 = never)",
+    )
+    audit_queue_max: int = Field(
+        default=1000,
+        ge=1,
+        description="Access-log records waiting for their commit; a request beyond it is "
+        "answered 503 with Retry-After (its data is never sent unrecorded)",
+    )
+    audit_batch_max: int = Field(
+        default=200, ge=1, description="Access-log records appended per commit at most"
+    )
+    audit_commit_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a request waits for the commit of its access-log record "
+        "before answering 503 with Retry-After",
     )
     rate_limit_patient_writes_per_min: float = Field(
         default=30.0,

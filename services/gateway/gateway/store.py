@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -11,12 +12,13 @@ from sqlalchemy import (
     SmallInteger,
     String,
     UniqueConstraint,
+    insert,
     select,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from gateway.domain import GENESIS
+from gateway.domain import GENESIS, AccessRecord
 from servicekit.db import new_metadata
 
 
@@ -110,10 +112,10 @@ async def notifications_since(
     return list((await session.execute(stmt)).scalars())
 
 
-async def last_access_hash(session: AsyncSession) -> str:
+async def last_access_hash(conn: AsyncConnection) -> str:
     """The hash at the head of the access-log chain."""
     stmt = select(AccessLogEntry.hash).order_by(AccessLogEntry.id.desc()).limit(1)
-    return (await session.execute(stmt)).scalar_one_or_none() or GENESIS
+    return (await conn.execute(stmt)).scalar_one_or_none() or GENESIS
 
 
 async def access_log_of(
@@ -129,8 +131,32 @@ async def access_log_of(
     return list((await session.execute(stmt)).scalars())
 
 
-async def whole_access_log(session: AsyncSession) -> list[AccessLogEntry]:
-    """The whole chain, oldest first (for verification)."""
-    return list(
-        (await session.execute(select(AccessLogEntry).order_by(AccessLogEntry.id))).scalars()
-    )
+async def whole_access_log(session: AsyncSession) -> list[AccessRecord]:
+    """The whole chain, oldest first (for verification): plain rows, not ORM objects, as
+    the log is long."""
+    t = AccessLogEntry.__table__
+    stmt = select(
+        t.c.patient_id,
+        t.c.actor,
+        t.c.action,
+        t.c.resource,
+        t.c.at,
+        t.c.prev_hash,
+        t.c.hash,
+        t.c.chain,
+        t.c.actor_id,
+        t.c.on_behalf_of,
+        t.c.resource_id,
+        t.c.outcome,
+        t.c.client_id,
+        t.c.trace_id,
+        t.c.id,
+    ).order_by(t.c.id)
+    return [AccessRecord(*row) for row in (await session.execute(stmt)).tuples()]
+
+
+async def append_access_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Insert chained access-log rows in one round trip; ids are drawn in list order, so
+    the chain's order by id is the order its hashes were computed in."""
+    if rows:
+        await conn.execute(insert(AccessLogEntry), rows)

@@ -8,6 +8,13 @@ later call while the services were idle. So a request only enters httpcore's poo
 connection is free for it at once (our own semaphore of the pool's size, which a
 cancelled waiter cannot leak), and a caller's cancellation never reaches httpcore: the
 call runs to its end (bounded by the client's timeouts) in a task of its own.
+
+Each origin (a service, the EHR) has a pool of its own, `UPSTREAM_MAX_CONNECTIONS`
+connections: httpcore 1.0.9 walks every connection of a pool, and for each idle one every
+connection again, each time a request enters or leaves it (quadratic; encode/httpcore#1035,
+unreleased). One shared pool of 100 connections made that walk most of the gateway's CPU
+under load; small pools per origin keep it cheap, and a call waits for a free connection in
+our semaphore instead.
 """
 
 from __future__ import annotations
@@ -24,13 +31,29 @@ from gateway.settings import Settings
 from servicekit.identity import ServiceTokens
 
 
-class GuardedTransport(httpx.AsyncBaseTransport):
-    """An HTTP transport whose pool slots survive cancellation and pool timeouts."""
+class _OriginPool:
+    """The connections to one origin and the slots admitting calls to them."""
 
     def __init__(self, limits: httpx.Limits) -> None:
-        self._inner = httpx.AsyncHTTPTransport(limits=limits)
-        self._slots = asyncio.Semaphore(limits.max_connections or 100)
+        self.transport = httpx.AsyncHTTPTransport(limits=limits)
+        self.slots = asyncio.Semaphore(limits.max_connections or 100)
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """An HTTP transport whose pool slots survive cancellation and pool timeouts, with a
+    pool per origin."""
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        self._limits = limits
+        self._pools: dict[tuple[bytes, bytes, int | None], _OriginPool] = {}
         self._abandoned: set[asyncio.Task[None]] = set()
+
+    def _pool(self, url: httpx.URL) -> _OriginPool:
+        origin = (url.raw_scheme, url.raw_host, url.port)
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = self._pools[origin] = _OriginPool(self._limits)
+        return pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request` once a slot is free; a cancelled caller leaves the call to finish
@@ -50,28 +73,30 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             raise
 
     async def _send(self, request: httpx.Request, admitted: asyncio.Event) -> httpx.Response:
+        pool = self._pool(request.url)
         timeout = request.extensions.get("timeout", {}).get("pool")
         try:
             # wait_for gives a slot acquired at the moment of the timeout back.
-            await asyncio.wait_for(self._slots.acquire(), timeout)
+            await asyncio.wait_for(pool.slots.acquire(), timeout)
         except TimeoutError as exc:
             raise httpx.PoolTimeout("no connection slot free in time", request=request) from exc
         admitted.set()
         try:
-            response = await self._inner.handle_async_request(request)
+            response = await pool.transport.handle_async_request(request)
         except BaseException:
-            self._slots.release()
+            pool.slots.release()
             raise
         return httpx.Response(
             status_code=response.status_code,
             headers=response.headers,
-            stream=_Releasing(response.stream, self._slots),
+            stream=_Releasing(response.stream, pool.slots),
             extensions=response.extensions,
         )
 
     async def aclose(self) -> None:
-        """Close the pool (abandoned calls end with it)."""
-        await self._inner.aclose()
+        """Close every pool (abandoned calls end with them)."""
+        for pool in list(self._pools.values()):
+            await pool.transport.aclose()
 
 
 class _Releasing(httpx.AsyncByteStream):

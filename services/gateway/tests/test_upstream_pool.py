@@ -18,6 +18,7 @@ import pytest
 from gateway.settings import Settings
 from gateway.upstream import Upstreams, pooled_client
 from servicekit.identity import ServiceTokens
+from servicekit.testing import eventually
 
 
 @pytest.fixture
@@ -98,3 +99,47 @@ async def test_a_caller_that_gives_up_while_waiting_for_a_slot_sends_nothing(
         assert await first == []
         assert await upstreams.get("records", "/later") == []
     assert not any(b"/gave-up" in line for line in received)
+
+
+async def test_a_service_holding_every_connection_of_its_pool_does_not_hold_up_another(
+    server: tuple[str, asyncio.Event, list[bytes]],
+) -> None:
+    # Each origin has its own pool: the records service hanging on to its one connection
+    # leaves the scheduling service's calls free (with one shared pool they waited for
+    # the slot and failed with 504).
+    records_url, release, received = server
+    other = await asyncio.start_server(_answer_empty_list, "127.0.0.1", 0)
+    scheduling_url = f"http://127.0.0.1:{other.sockets[0].getsockname()[1]}"
+    settings = Settings(
+        records_url=records_url,
+        scheduling_url=scheduling_url,
+        upstream_max_connections=1,
+        upstream_timeout_s=2.0,
+    )
+    try:
+        async with pooled_client(settings) as http:
+            upstreams = Upstreams(settings, http, ServiceTokens.of(settings))
+            held = asyncio.create_task(upstreams.get("records", "/slow"))
+
+            async def records_holds_its_only_connection() -> bool:
+                return any(b" /slow " in line for line in received)
+
+            await eventually(records_holds_its_only_connection, timeout=10)
+            assert await upstreams.get("scheduling", "/patients/p/appointments") == []
+            assert not held.done()
+            release.set()
+            assert await held == []
+    finally:
+        other.close()
+        await other.wait_closed()
+
+
+async def _answer_empty_list(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while (await reader.readline()) not in (b"\r\n", b""):
+        pass
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+        b"Connection: close\r\n\r\n[]"
+    )
+    await writer.drain()
+    writer.close()
