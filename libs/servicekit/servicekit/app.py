@@ -179,6 +179,14 @@ class Service:
         for hook in reversed(self.definition.on_shutdown):
             with contextlib.suppress(Exception):
                 await hook(self)
+        # The broker's start (in the background) is cancelled before the broker stops: a
+        # start still running would otherwise go on after it and leave a consumer behind
+        # (FastStream restarted its loop without a consumer for ever, in a tight loop).
+        for task in self._tasks:
+            if task.get_name() in ("broker-connect", "consumer-lag") and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         with contextlib.suppress(Exception):
             await self.broker.stop()
         self.relay.stop()
