@@ -26,7 +26,7 @@ import uvicorn
 _handed_out: collections.deque[int] = collections.deque(maxlen=512)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(*, host: str = "127.0.0.1") -> int:
     """A port nothing is listening on, chosen by the kernel from its ephemeral range.
 
     Not from a small fixed range: there, one test's port was soon another's, and a server

@@ -33,7 +33,6 @@ from servicekit.app import Service
 from servicekit.testing import eventually, isolated_settings
 
 pytestmark = [pytest.mark.integration]
-PORTS = range(18360, 18380)
 READERS = 40
 
 
@@ -55,7 +54,7 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     await ensure_topics(kafka_bootstrap, unique_prefix)
     dbs = {name: await database_factory() for name in ("gateway", "records")}
-    async with running_sandbox(tmp_path, port=free_port(PORTS)) as sandbox:
+    async with running_sandbox(tmp_path, port=free_port()) as sandbox:
         records = build_records(
             RecordsSettings(**isolated_settings(dbs["records"], kafka_bootstrap, unique_prefix))
         )  # type: ignore[arg-type]
@@ -78,7 +77,7 @@ async def stack(
         )
         async with (
             LifespanManager(records.app, startup_timeout=60, shutdown_timeout=60),
-            serve(gateway.app, free_port(PORTS)) as url,
+            serve(gateway.app, free_port()) as url,
         ):
             yield Stack(gateway, url, dbs["gateway"], sandbox.admin)
 
