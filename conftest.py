@@ -10,7 +10,8 @@ PostgreSQL
   database_url             (function) a fresh, empty database for one test, dropped after it.
   database_factory         (function) makes more fresh databases, all dropped after the test.
 Isolation
-  unique_prefix            (function) a short unique prefix for topic and group names.
+  unique_prefix            (function) a short unique prefix for topic and group names
+                           (the test's topics are deleted after it).
 
 Environment
   KAFKA=tansu|apache       which broker the session starts (default tansu; CI uses apache).
@@ -244,7 +245,7 @@ async def unique_prefix(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     The test's topics are deleted after it (when it used the session's broker): every
     Kafka client of every later test reads the metadata of all topics, so a thousand
     leftover topics made each metadata refresh cost tens of milliseconds of CPU and the
-    whole run slower with every test (two thirds of the CPU in the end).
+    whole run slower with every test (two thirds of the test process's CPU in one profile).
     """
     prefix = f"t{uuid.uuid4().hex[:8]}."
     yield prefix
