@@ -40,6 +40,7 @@ PANELS = ("bmp", "cbc", "lipid", "a1c")
 # Patients of the volume journey: the demo patients of the sandbox's seed.
 VOLUME_PATIENTS = ("demo-alice", "demo-bob", "demo-carol")
 DELIVERY_TIMEOUT_S = 180.0
+LIST_CATCH_UP_S = 60.0
 # RFC 3339 with an offset: every time the APIs give out says which zone it is in.
 OFFSET = re.compile(r"(Z|[+-]\d{2}:\d{2})$")
 
@@ -251,7 +252,15 @@ async def _lists_agree(patients: dict[str, Patient], checker: Checker) -> None:
             e.key[1] for e in checker.expected if e.patient == patient.id and e.what == "amend"
         }
         if reports:
-            results = await _all_lab_results(patient)
+            # Records and the gateway read `lab.resulted` each on their own (read models are
+            # eventually consistent): the notification may come first, so the list gets a
+            # bounded while to catch up (records served the burst of journey 6 meanwhile).
+            deadline = time.monotonic() + LIST_CATCH_UP_S
+            while True:
+                results = await _all_lab_results(patient)
+                if reports <= {r["id"] for r in results} or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
             listed = Counter(r["id"] for r in results)
             for result in results:
                 for field in ("effective", "issued"):
