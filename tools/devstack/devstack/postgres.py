@@ -345,8 +345,10 @@ async def set_connections_allowed(name: str, base_url: str, *, allowed: bool) ->
         flag = "true" if allowed else "false"
         await conn.execute(f'ALTER DATABASE "{_checked(name)}" WITH ALLOW_CONNECTIONS {flag}')
         if not allowed:
+            # With a timeout the call waits until each backend has ended (without, it only
+            # signals them: a connection could still answer once right after this returned).
             await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
                 "WHERE datname = $1 AND pid <> pg_backend_pid()",
                 name,
             )
