@@ -1,6 +1,7 @@
 """The Kubernetes manifests (deploy/k8s) match the code and the design.
 
-Always: the committed KafkaTopics match contracts.registry, every service folder has a base
+Always: the committed KafkaTopics match contracts.registry, the KafkaUsers (one per service,
+ACLs for exactly its topics and groups) match the services' definitions, every service folder has a base
 named like it, ports are docs/design.md's fixed ports, one name per service everywhere, pods
 are locked down, env var names are fields of the service's settings, database Secrets match
 the CloudNativePG roles (the services' and the sandbox's), and the NetworkPolicies follow the
@@ -21,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -50,6 +52,8 @@ def _tool(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # Registered first: dataclasses look their module up while the class is made.
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -128,6 +132,49 @@ def test_topic_manifests_match_the_registry() -> None:
     }
     found = {d["spec"]["topicName"]: d["spec"]["partitions"] for d in _load(gen_topics.TOPICS_FILE)}
     assert found == expected
+
+
+def test_kafka_users_match_the_services_definitions() -> None:
+    gen_users = _tool("gen_kafka_users")
+    for path, expected in gen_users.render().items():
+        assert path.read_text(encoding="utf-8") == expected, (
+            "run: python deploy/k8s/tools/gen_kafka_users.py"
+        )
+    users = {d["metadata"]["name"]: d["spec"] for d in _load(gen_users.USERS_FILE)}
+    assert set(users) == {f"{s}-kafka" for s in SERVICES}
+    topics_file = _load(_tool("gen_topics").TOPICS_FILE)
+    known = {d["spec"]["topicName"] for d in topics_file}
+    for name, spec in users.items():
+        assert spec["authentication"] == {"type": "scram-sha-512"}
+        service = name.removesuffix("-kafka")
+        for acl in spec["authorization"]["acls"]:
+            resource = acl["resource"]
+            # Literal names only: a prefix or "*" would let a service reach others' topics.
+            assert resource["patternType"] == "literal" and "*" not in resource["name"]
+            assert set(acl["operations"]) <= {"Read", "Write", "Describe"}
+            if resource["type"] == "topic":
+                assert resource["name"] in known, resource["name"]
+            else:
+                assert resource["type"] == "group"
+                assert resource["name"].startswith(f"{service}."), resource["name"]
+    # What only the triage service publishes, only triage may write.
+    writers = {
+        n
+        for n, spec in users.items()
+        for acl in spec["authorization"]["acls"]
+        if acl["resource"]["name"] == "triage.completed" and "Write" in acl["operations"]
+    }
+    assert writers == {"triage-kafka"}
+
+
+def test_the_kafka_listener_authenticates_and_authorizes() -> None:
+    kafka = _one(_load(K8S / "components" / "kafka-strimzi" / "kafka.yaml"), "Kafka")
+    spec = kafka["spec"]
+    assert spec["kafka"]["authorization"] == {"type": "simple"}
+    for listener in spec["kafka"]["listeners"]:
+        assert listener["tls"] is True
+        assert listener["authentication"] == {"type": "scram-sha-512"}
+    assert "userOperator" in spec["entityOperator"]
 
 
 # -- one base per service, one name per service -------------------------------------------------
@@ -467,10 +514,15 @@ def test_generated_secrets_cover_every_reference(rendered: dict[str, list[Doc]],
         d["metadata"]["name"]: set(d["stringData"])
         for d in _tool("dev_secrets").secrets_for(env)[0]
     }
+    # Strimzi writes these: a KafkaUser's password (User Operator) and the cluster CA.
+    strimzi = {d["metadata"]["name"] for d in rendered[env] if d["kind"] == "KafkaUser"}
+    strimzi |= {
+        f"{d['metadata']['name']}-cluster-ca-cert" for d in rendered[env] if d["kind"] == "Kafka"
+    }
     missing = {
         (n, k)
         for n, k in _secret_refs(rendered[env])
-        if n not in generated or (k != "*" and k not in generated[n])
+        if n not in strimzi and (n not in generated or (k != "*" and k not in generated[n]))
     }
     assert missing == set()
     tls = {
