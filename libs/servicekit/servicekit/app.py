@@ -22,7 +22,15 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import MetaData
 
-from servicekit import flow_metrics, identity, limits, ops_api, problems, telemetry
+from servicekit import (
+    flow_metrics,
+    identity,
+    kafka_security,
+    limits,
+    ops_api,
+    problems,
+    telemetry,
+)
 from servicekit.consumer import ConsumerRuntime, EventRouter
 from servicekit.crypto import Cipher
 from servicekit.db import Database
@@ -85,6 +93,8 @@ class Service:
         self.runtime = ConsumerRuntime(self.settings, self.db, self.outbox, definition.handlers)
         self.broker: KafkaBroker = build_broker(self.settings, self.runtime, definition.publishes)
         self.broker_connected = asyncio.Event()
+        # Why the broker refuses this service (its login), while it does; None otherwise.
+        self.broker_problem: str | None = None
         # Set once every subscriber has joined its group (readiness reports it).
         self.consumers_started = asyncio.Event()
         self.state: dict[str, Any] = {}
@@ -133,6 +143,7 @@ class Service:
                 # Connected is what readiness reports; starting the subscribers can take a
                 # consumer-group rebalance longer and must not hold readiness back.
                 await self.broker.connect()
+                self.broker_problem = None
                 self.broker_connected.set()
                 if self.settings.consumers_enabled:
                     await self._start_subscribers()
@@ -143,7 +154,19 @@ class Service:
             except Exception as exc:  # every failure to reach Kafka is retried
                 self.broker_connected.clear()
                 attempt += 1
-                log.warning("service.broker_unavailable", error=type(exc).__name__, attempt=attempt)
+                # A refused login (wrong password, user or mechanism) is not an outage: say
+                # so at start-up and in readiness, naming the settings to check.
+                self.broker_problem = kafka_security.start_up_problem(
+                    self.settings, exc
+                ) or await kafka_security.refused_login(self.settings)
+                if self.broker_problem:
+                    log.error(
+                        "service.kafka_login_refused", problem=self.broker_problem, attempt=attempt
+                    )
+                else:
+                    log.warning(
+                        "service.broker_unavailable", error=type(exc).__name__, attempt=attempt
+                    )
                 with contextlib.suppress(Exception):
                     await self.broker.stop()
                 await asyncio.sleep(min(5.0, 0.5 * attempt))
@@ -220,7 +243,7 @@ class Service:
         except Exception as exc:
             checks["database"] = f"unavailable: {type(exc).__name__}"
         if not self.broker_connected.is_set():
-            checks["broker"] = "connecting"
+            checks["broker"] = self.broker_problem or "connecting"
         else:
             try:
                 alive = await self.broker.ping(timeout=2)

@@ -11,9 +11,17 @@ system's CAs); there is no setting to turn that off.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    IllegalSaslStateError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 from faststream.kafka.security import parse_security
 from faststream.security import (
     BaseSecurity,
@@ -61,3 +69,57 @@ def client_options(settings: ServiceSettings) -> dict[str, Any]:
     """Keyword arguments for an aiokafka producer, consumer or admin client (the same ones
     FastStream derives for its own clients)."""
     return parse_security(security(settings))
+
+
+_REFUSED_LOGIN = (
+    AuthenticationFailedError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+    IllegalSaslStateError,
+)
+
+
+def start_up_problem(settings: ServiceSettings, exc: BaseException) -> str | None:
+    """What to tell the operator when the broker refused this service's login (wrong user
+    or password, a mechanism the listener does not offer), or None for any other failure
+    (the broker is away: retried quietly). Names the settings to check, never the password."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, _REFUSED_LOGIN):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    return (
+        f"Kafka at {settings.kafka_bootstrap_servers} refused the login of user "
+        f"{settings.kafka_sasl_username!r} ({settings.kafka_sasl_mechanism} over "
+        f"{settings.kafka_security_protocol}): {type(seen).__name__}. Check "
+        "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE) and "
+        "KAFKA_SASL_MECHANISM against the service's KafkaUser"
+    )
+
+
+async def refused_login(settings: ServiceSettings) -> str | None:
+    """Ask the first bootstrap server directly whether it refuses this service's login.
+
+    aiokafka's clients only log why a bootstrap failed and raise "Unable to bootstrap": a
+    wrong password would look like a broker that is away. One connection of our own gets the
+    broker's answer, so start-up can say what is wrong. None when the login is accepted, the
+    protocol has no login, or the broker cannot be reached at all."""
+    if not settings.kafka_security_protocol.startswith("SASL_"):
+        return None
+    first = settings.kafka_bootstrap_servers.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    try:
+        conn = await asyncio.wait_for(
+            create_conn(
+                host,
+                int(port),
+                client_id=f"{settings.service_name}-login-check",
+                request_timeout_ms=10_000,
+                **client_options(settings),
+            ),
+            timeout=15,
+        )
+    except Exception as exc:  # what the broker said, or that it is away
+        return start_up_problem(settings, exc)
+    conn.close()
+    return None
