@@ -36,6 +36,7 @@ from servicekit.crypto import Cipher
 from servicekit.db import Database
 from servicekit.logging import configure_logging, get_logger
 from servicekit.messaging import build_broker, sample_lag
+from servicekit.metrics_server import MetricsServer
 from servicekit.migrations import upgrade
 from servicekit.outbox import Outbox, OutboxRelay
 from servicekit.settings import ServiceSettings
@@ -102,6 +103,17 @@ class Service:
         # Mints this service's tokens for the services it calls.
         self.service_tokens = identity.ServiceTokens.of(self.settings)
         self._tasks: list[asyncio.Task[None]] = []
+        # /metrics on a port of its own (METRICS_PORT), else on the API port.
+        self.metrics_server = (
+            MetricsServer(
+                self.settings.service_name,
+                self.db,
+                self.settings.http_host,
+                self.settings.metrics_port,
+            )
+            if self.settings.metrics_port
+            else None
+        )
         self.app = self._build_app()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -123,6 +135,8 @@ class Service:
         if self.settings.consumers_enabled and self.runtime.router.subscriptions:
             self._tasks.append(asyncio.create_task(self._lag_loop(), name="consumer-lag"))
         await self.runtime.refresh_gauges()
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
         _freeze_start_up_objects()
         log.info("service.started", port=self.settings.http_port)
 
@@ -202,6 +216,8 @@ class Service:
         for hook in reversed(self.definition.on_shutdown):
             with contextlib.suppress(Exception):
                 await hook(self)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         # The broker's start (in the background) is cancelled before the broker stops: a
         # start still running would otherwise go on after it and leave a consumer behind
         # (FastStream restarted its loop without a consumer for ever, in a tight loop).
@@ -293,7 +309,7 @@ class Service:
             max_json_depth=self.settings.max_json_depth,
             service=self.settings.service_name,
         )
-        app.include_router(_health_router())
+        app.include_router(_health_router(serve_metrics=self.metrics_server is None))
         app.include_router(ops_api.router)
         if self.definition.api is not None:
             app.include_router(
@@ -321,7 +337,7 @@ def _freeze_start_up_objects() -> None:
     gc.freeze()
 
 
-def _health_router() -> APIRouter:
+def _health_router(*, serve_metrics: bool) -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get("/healthz")
@@ -339,6 +355,9 @@ def _health_router() -> APIRouter:
                 content=_json({"status": "ready", "checks": checks}), media_type="application/json"
             )
         return problems.problem(503, "Not ready", "A dependency is unavailable.", checks=checks)
+
+    if not serve_metrics:
+        return router  # served on METRICS_PORT instead (servicekit.metrics_server)
 
     @router.get("/metrics")
     async def metrics(request: Request) -> Response:

@@ -142,6 +142,13 @@ class ServiceSettings(BaseSettings):
     kafka_heartbeat_interval_ms: int = Field(
         default=1000, ge=50, description="Consumer heartbeats (well under the session timeout)"
     )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Serve /metrics on this port only, and no longer on HTTP_PORT "
+        "(servicekit.metrics_server); 0: /metrics on HTTP_PORT (the local stack)",
+    )
     metrics_interval_s: float = Field(
         default=5.0, gt=0, description="How often gauges read from the database/broker refresh"
     )
