@@ -91,6 +91,14 @@ def _fixed_ports() -> dict[str, int]:
     return ports
 
 
+def _metrics_port() -> int:
+    """METRICS_PORT of portal-config: /metrics only (servicekit.metrics_server)."""
+    config = _one(_load(BASE / "portal-config.yaml"), "ConfigMap")["data"]
+    port = int(config["METRICS_PORT"])
+    assert port not in _fixed_ports().values()
+    return port
+
+
 def _settings_env_names(service: str) -> set[str]:
     module = importlib.import_module(f"{service.replace('-', '_')}.settings")
     return {field.upper() for field in module.Settings.model_fields}
@@ -229,9 +237,13 @@ def test_ports_match_the_fixed_ports(service: str) -> None:
     docs = _folder_docs(BASE / service)
     deployment = _one(docs, "Deployment")
     container = _pod_spec(deployment)["containers"][0]
-    assert container["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    metrics = _metrics_port()
+    assert container["ports"] == [
+        {"name": "http", "containerPort": port, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": metrics, "protocol": "TCP"},
+    ]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(port)
+    assert annotations["prometheus.io/port"] == str(metrics)
     assert annotations["prometheus.io/path"] == "/metrics"
     assert annotations["prometheus.io/scrape"] == "true"
     assert _one(docs, "Service")["spec"]["ports"][0]["port"] == port
@@ -449,6 +461,26 @@ def test_network_policies_follow_the_design() -> None:
             assert ingress == readers, service
         expected = READS_FROM if service == "gateway" else SERVICE_READS.get(service, set())
         assert egress == expected, service
+    # The monitoring namespace reaches the metrics port and nothing else; the API port is
+    # reached only by the peers above (and the ingress controller for the public doors).
+    metrics = _metrics_port()
+    public = {"gateway", "ehr-connector"}
+    for service, spec in policies.items():
+        api = _fixed_ports()[service]
+        for rule in spec["ingress"]:
+            namespaces = {
+                p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                for p in rule["from"]
+                if "namespaceSelector" in p
+            }
+            ports = {p["port"] for p in rule["ports"]}
+            if "observability" in namespaces:
+                assert ports == {metrics}, service
+            elif namespaces:
+                assert namespaces == {"ingress-nginx"} and service in public, service
+                assert ports == {api}, service
+            else:
+                assert ports == {api}, service
     https = [
         r
         for r in policies["ehr-connector"]["egress"]
