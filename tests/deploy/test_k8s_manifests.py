@@ -16,6 +16,7 @@ there every service and the sandbox has its role, Database and a way to PostgreS
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -608,6 +609,47 @@ def test_prod_runs_replicated_without_the_sandbox(rendered: dict[str, list[Doc]]
     assert _env_values(docs)["INBOUND_WEBHOOK_URL"] == f"https://{host}{path['path']}"
     assert _one(docs, "KafkaNodePool")["spec"]["replicas"] >= 3
     assert _one(docs, "Cluster")["spec"]["instances"] >= 3
+
+
+def _routed(paths: list[Doc], url: str) -> bool:
+    """Whether an Ingress with these paths routes `url` (Exact, or Prefix by path element)."""
+    for path in paths:
+        if path["pathType"] == "Exact" and url == path["path"]:
+            return True
+        prefix = path["path"].rstrip("/")
+        if path["pathType"] == "Prefix" and (url == prefix or url.startswith(f"{prefix}/")):
+            return True
+    return False
+
+
+@functools.cache
+def _route_paths(name: str) -> set[str]:
+    """Every path of a service's real app (OpenAPI document and unlisted routes), with each
+    `{parameter}` filled in."""
+    from devstack.asyncapi import built_services
+
+    service = next(s for s in built_services() if s.settings.service_name == name)
+    paths = set(service.app.openapi()["paths"])
+    # Routes outside the document: the portal page, its assets, the API docs.
+    paths |= {"/", "/portal/app.js", "/docs", "/redoc", "/openapi.json"}
+    return {re.sub(r"\{[^}]+\}", "x", p) for p in paths}
+
+
+PRIVATE = ("/ops", "/metrics", "/docs", "/redoc", "/openapi.json", "/healthz", "/readyz")
+
+
+def test_prod_ingress_exposes_only_public_routes(rendered: dict[str, list[Doc]]) -> None:
+    ingresses = {d["metadata"]["name"]: d for d in rendered["prod"] if d["kind"] == "Ingress"}
+    gateway = [p for r in ingresses["gateway"]["spec"]["rules"] for p in r["http"]["paths"]]
+    routes = _route_paths("gateway")
+    assert any(r.startswith("/ops/") for r in routes) and "/v1/me" in routes
+    for route in sorted(routes | set(PRIVATE)):
+        public = route == "/" or route.startswith(("/v1/", "/portal/"))
+        assert _routed(gateway, route) == public, route
+    connector = [p for r in ingresses["ehr-connector"]["spec"]["rules"] for p in r["http"]["paths"]]
+    exposed = {r for r in _route_paths("ehr-connector") | set(PRIVATE) if _routed(connector, r)}
+    # The EHR's webhook (topic-based) and the criteria Subscriptions' endpoints, nothing else.
+    assert exposed == {"/fhir/notifications", "/fhir/notifications/criteria/x"}
 
 
 def test_dev_runs_one_replica_against_the_sandbox(rendered: dict[str, list[Doc]]) -> None:
