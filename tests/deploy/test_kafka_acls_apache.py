@@ -1,15 +1,18 @@
 """The Kafka logins and ACLs of deploy/k8s hold on a real Apache Kafka 4 broker.
 
-The broker here has a SASL_PLAINTEXT listener with SCRAM-SHA-512 and the StandardAuthorizer,
-as the Strimzi listener of components/kafka-strimzi has (there over TLS). One service,
-messaging, gets the SCRAM user and exactly the ACLs `gen_kafka_users.py` generates for it
-from its definition. Then the kit's own clients, configured only through the settings a
+The broker here has SASL_PLAINTEXT and SASL_SSL listeners with SCRAM-SHA-512 and the
+StandardAuthorizer, as the Strimzi listener of components/kafka-strimzi has (TLS there).
+One service, messaging, gets the SCRAM user and exactly the ACLs `gen_kafka_users.py`
+generates for it from its definition. Then the kit's own clients, configured only through the settings a
 Deployment sets (KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*):
 
 - publish what messaging publishes (the outbox relay's producer and its admin client) and
   consume what it consumes (FastStream's broker, as `build_broker` makes it);
 - fail to start with a clear error when the password is wrong;
-- are refused when writing a topic messaging does not publish (`triage.completed`).
+- log in over TLS (SASL_SSL) verifying the broker against KAFKA_SSL_CA_FILE, and refuse a
+  broker whose certificate another CA signed;
+- are refused when writing a topic messaging does not publish (`triage.completed`), or
+  reading a topic and group that are another service's.
 
 Runs with KAFKA=apache, as in CI (`make test KAFKA=apache`); the broker is its own, started
 by this module (Java 17 and the jars of `make kafka-jars`).
@@ -19,14 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import shutil
 import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -36,6 +42,10 @@ from aiokafka.errors import (
     KafkaError,
     TopicAuthorizationFailedError,
 )
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from faststream.kafka import KafkaBroker
 
 from devstack.brokers import ApacheKafkaBroker
@@ -64,34 +74,54 @@ GRANT_ACLS = Path(__file__).with_name("kafka_acls") / "GrantAcls.java"
 
 
 class ScramKafka(ApacheKafkaBroker):
-    """Apache Kafka with a second listener for the services: SASL_PLAINTEXT, SCRAM-SHA-512,
-    every request authorized by the StandardAuthorizer. The first (PLAINTEXT) listener is the
-    operator's door, as Strimzi's own replication listener is: its anonymous principal is the
-    super user that creates topics and ACLs."""
+    """Apache Kafka with two more listeners for the services, both SCRAM-SHA-512 with every
+    request authorized by the StandardAuthorizer: SASL_PLAINTEXT, and SASL_SSL with a
+    certificate from a CA of the test's own (as Strimzi's listener has its cluster CA's).
+    The first (PLAINTEXT) listener is the operator's door, as Strimzi's own replication
+    listener is: its anonymous principal is the super user that creates topics and ACLs."""
 
     def __init__(self, *, data_dir: Path, users: dict[str, str]) -> None:
         super().__init__(data_dir=data_dir)
         self.users = users
         self.sasl_port = _free_port()
+        self.tls_port = _free_port()
+        self.ca_file = data_dir / "ca.crt"
+        self.keystore = data_dir / "broker.pem"
 
     @property
     def sasl_bootstrap(self) -> str:
-        """Where the services connect."""
+        """Where the services connect without TLS."""
         return f"{self.host}:{self.sasl_port}"
+
+    @property
+    def tls_bootstrap(self) -> str:
+        """Where the services connect over TLS."""
+        return f"{self.host}:{self.tls_port}"
+
+    async def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ca_pem, keystore_pem = _broker_certificate(self.host)
+        self.ca_file.write_bytes(ca_pem)
+        self.keystore.write_bytes(keystore_pem)
+        await super().prepare()
 
     def server_properties(self) -> str:
         lines = super().server_properties().splitlines()
         props = dict(line.split("=", 1) for line in lines)
-        services = f"SERVICES://{self.host}:{self.sasl_port}"
+        services = f"SERVICES://{self.host}:{self.sasl_port},SECURE://{self.host}:{self.tls_port}"
         props["listeners"] += f",{services}"
         props["advertised.listeners"] += f",{services}"
-        props["listener.security.protocol.map"] += ",SERVICES:SASL_PLAINTEXT"
+        props["listener.security.protocol.map"] += ",SERVICES:SASL_PLAINTEXT,SECURE:SASL_SSL"
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         props |= {
             "sasl.enabled.mechanisms": "SCRAM-SHA-512",
             "listener.name.services.sasl.enabled.mechanisms": "SCRAM-SHA-512",
-            "listener.name.services.scram-sha-512.sasl.jaas.config": (
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-            ),
+            "listener.name.services.scram-sha-512.sasl.jaas.config": scram,
+            "listener.name.secure.sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.secure.scram-sha-512.sasl.jaas.config": scram,
+            # A PEM keystore: the unencrypted key and the certificate, in one file.
+            "listener.name.secure.ssl.keystore.type": "PEM",
+            "listener.name.secure.ssl.keystore.location": str(self.keystore),
             "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
             "super.users": "User:ANONYMOUS",
             "allow.everyone.if.no.acl.found": "false",
@@ -129,6 +159,64 @@ class ScramKafka(ApacheKafkaBroker):
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def _certificate(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: Any, **extra: Any
+) -> x509.Certificate:
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+    )
+    for extension, critical in extra.values():
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(signer, hashes.SHA256())
+
+
+def _new_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test cluster CA")])
+    cert = _certificate(
+        "test cluster CA",
+        key,
+        name,
+        key,
+        ca=(x509.BasicConstraints(ca=True, path_length=None), True),
+        usage=(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            True,
+        ),
+    )
+    return key, cert
+
+
+def _broker_certificate(host: str) -> tuple[bytes, bytes]:
+    """A new CA (PEM) and the broker's keystore (PEM: its key and certificate, for `host`)."""
+    ca_key, ca_cert = _new_ca()
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _certificate(
+        "broker",
+        key,
+        ca_cert.subject,
+        ca_key,
+        san=(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(host))]
+            ),
+            False,
+        ),
+    )
+    pem = serialization.Encoding.PEM
+    keystore = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ) + cert.public_bytes(pem)
+    return ca_cert.public_bytes(pem), keystore
 
 
 def _free_port() -> int:
@@ -259,6 +347,37 @@ async def test_a_wrong_password_fails_start_up_clearly(secured: Secured) -> None
         with contextlib.suppress(asyncio.CancelledError):
             await connecting
         await service.db.dispose()
+
+
+async def test_sasl_ssl_verifies_the_broker_against_the_ca_file(
+    secured: Secured, tmp_path: Path
+) -> None:
+    tls = secured.settings().model_copy(
+        update={
+            "kafka_bootstrap_servers": secured.broker.tls_bootstrap,
+            "kafka_security_protocol": "SASL_SSL",
+            "kafka_ssl_ca_file": str(secured.broker.ca_file),
+        }
+    )
+    producer = make_producer(tls)
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait("message.sent", b"over tls", key=b"p1")
+        assert sent.topic == "message.sent"
+    finally:
+        await producer.stop()
+    # A broker whose certificate another CA signed is not talked to (no way to turn the
+    # verification off), and start-up says why.
+    other = tmp_path / "other-ca.crt"
+    other.write_bytes(_new_ca()[1].public_bytes(serialization.Encoding.PEM))
+    untrusted = tls.model_copy(update={"kafka_ssl_ca_file": str(other)})
+    producer = make_producer(untrusted)
+    with pytest.raises(KafkaError):
+        await producer.start()
+    with contextlib.suppress(Exception):
+        await producer.stop()
+    problem = await kafka_security.refused_login(untrusted)
+    assert problem is not None and "KAFKA_SSL_CA_FILE" in problem, problem
 
 
 async def test_writing_a_topic_the_service_does_not_publish_is_refused(secured: Secured) -> None:

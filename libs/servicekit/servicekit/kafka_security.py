@@ -81,13 +81,21 @@ _REFUSED_LOGIN = (
 
 def start_up_problem(settings: ServiceSettings, exc: BaseException) -> str | None:
     """What to tell the operator when the broker refused this service's login (wrong user
-    or password, a mechanism the listener does not offer), or None for any other failure
-    (the broker is away: retried quietly). Names the settings to check, never the password."""
+    or password, a mechanism the listener does not offer) or TLS failed (a certificate the
+    CA file does not vouch for), or None for any other failure (the broker is away: retried
+    quietly). Names the settings to check, never the password."""
     seen: BaseException | None = exc
-    while seen is not None and not isinstance(seen, _REFUSED_LOGIN):
+    while seen is not None and not isinstance(seen, (*_REFUSED_LOGIN, ssl.SSLError)):
         seen = seen.__cause__ or seen.__context__
     if seen is None:
         return None
+    if isinstance(seen, ssl.SSLError):
+        return (
+            f"Kafka at {settings.kafka_bootstrap_servers}: TLS failed ({seen.reason or seen}). "
+            "Check KAFKA_SSL_CA_FILE "
+            f"({settings.kafka_ssl_ca_file or 'empty: the system CAs'}) against the "
+            "brokers' certificates, and KAFKA_SECURITY_PROTOCOL"
+        )
     return (
         f"Kafka at {settings.kafka_bootstrap_servers} refused the login of user "
         f"{settings.kafka_sasl_username!r} ({settings.kafka_sasl_mechanism} over "
@@ -98,13 +106,14 @@ def start_up_problem(settings: ServiceSettings, exc: BaseException) -> str | Non
 
 
 async def refused_login(settings: ServiceSettings) -> str | None:
-    """Ask the first bootstrap server directly whether it refuses this service's login.
+    """Ask the first bootstrap server directly whether it refuses this service's login (or
+    its TLS handshake).
 
     aiokafka's clients only log why a bootstrap failed and raise "Unable to bootstrap": a
     wrong password would look like a broker that is away. One connection of our own gets the
     broker's answer, so start-up can say what is wrong. None when the login is accepted, the
     protocol has no login, or the broker cannot be reached at all."""
-    if not settings.kafka_security_protocol.startswith("SASL_"):
+    if settings.kafka_security_protocol == "PLAINTEXT":
         return None
     first = settings.kafka_bootstrap_servers.split(",")[0].strip()
     host, _, port = first.rpartition(":")
