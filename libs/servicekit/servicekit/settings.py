@@ -17,7 +17,11 @@ class ServiceSettings(BaseSettings):
     every process its own values.
     """
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a validation error would otherwise print every input value
+    # (passwords, keys) into the start-up log.
+    model_config = SettingsConfigDict(
+        env_prefix="", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     service_name: str = "service"
     http_host: str = "127.0.0.1"

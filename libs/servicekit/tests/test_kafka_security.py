@@ -102,3 +102,11 @@ def test_a_missing_ca_file_fails_when_the_context_is_made(tmp_path: Path) -> Non
     )
     with pytest.raises(FileNotFoundError):
         kafka_security.ssl_context(settings)
+
+
+def test_a_settings_error_does_not_echo_the_password() -> None:
+    # Pydantic prints the inputs of a failed model (shortened only when long).
+    with pytest.raises(ValidationError) as raised:
+        ServiceSettings(kafka_security_protocol="SASL_SSL", kafka_sasl_password="pw-12345")
+    assert "needs KAFKA_SASL_USERNAME" in str(raised.value)
+    assert "pw-12345" not in str(raised.value)
