@@ -24,8 +24,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PACKAGE_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard \
 	libs/*/pyproject.toml tools/*/pyproject.toml sandbox/*/pyproject.toml \
 	services/*/pyproject.toml))
-# Import packages type-checked by `make lint`: those of libs/, services/ and tools/.
-TYPED_DIRS := $(filter libs/% services/% tools/%,$(PACKAGE_DIRS))
+# Import packages type-checked by `make lint`: every package's (the sandbox's too).
+TYPED_DIRS := $(filter libs/% services/% tools/% sandbox/%,$(PACKAGE_DIRS))
 TYPED_PACKAGES := $(filter-out tests,$(notdir $(patsubst %/__init__.py,%,$(wildcard \
 	$(addsuffix /*/__init__.py,$(TYPED_DIRS))))))
 EMPTY :=

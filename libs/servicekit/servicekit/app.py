@@ -1,9 +1,14 @@
 """The app factory: builds a service's engine, outbox relay, consumers, broker and HTTP app.
 
 A service's `app.py` describes itself with a `ServiceDefinition` (its settings, routes,
-handlers, published events, tables) and calls `create_service`; tests build the same
-service with other settings. `Service` holds the running parts and is on
+handlers, published events, tables, dependencies) and calls `create_service`; tests build
+the same service with other settings. `Service` holds the running parts and is on
 `app.state.service` for routes.
+
+Dependencies are injected, never module-level (cosmicpython's bootstrap is the model): the
+definition's `deps` builds them from the running service at start-up (clients, use cases)
+and closes them at stop; handlers get them as `uow.deps` / `reads.deps`, routes as
+`service.deps`. Two services in one process (tests) therefore never share them.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ NO_NATIVE_TELEMETRY: TelemetryConfig = {
 }
 Hook = Callable[["Service"], Awaitable[None]]
 Check = Callable[["Service"], Awaitable[str | None]]
+# Builds a running service's dependencies on entry and closes them on exit.
+DepsFactory = Callable[["Service"], contextlib.AbstractAsyncContextManager[Any]]
 
 
 @dataclass
@@ -75,6 +82,9 @@ class ServiceDefinition:
     # A service holding patients' free text seals its outbox payloads and stored answers
     # with its cipher too (servicekit.sealing).
     cipher: Cipher | None = None
+    # The composition root's dependencies (module docstring): entered at start-up after the
+    # migrations and before `on_startup`, exited at stop after `on_shutdown`.
+    deps: DepsFactory | None = None
 
 
 class Service:
@@ -99,6 +109,9 @@ class Service:
         # Set once every subscriber has joined its group (readiness reports it).
         self.consumers_started = asyncio.Event()
         self.state: dict[str, Any] = {}
+        # What `definition.deps` built: None before start-up and after stop.
+        self.deps: Any = None
+        self._deps_scope = contextlib.AsyncExitStack()
         self.service_token_verifier = identity.ServiceTokenVerifier.of(self.settings)
         # Mints this service's tokens for the services it calls.
         self.service_tokens = identity.ServiceTokens.of(self.settings)
@@ -127,6 +140,9 @@ class Service:
         self._instrument()
         if self.settings.auto_migrate:
             await self.prepare_database()
+        if self.definition.deps is not None:
+            self.deps = await self._deps_scope.enter_async_context(self.definition.deps(self))
+            self.runtime.deps = self.deps
         for hook in self.definition.on_startup:
             await hook(self)
         if self.settings.relay_enabled:
@@ -218,6 +234,11 @@ class Service:
                 await hook(self)
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+        # Handlers from now on find no dependencies (DependencyUnavailable: the event waits
+        # in Kafka) rather than closed ones.
+        self.deps = self.runtime.deps = None
+        with contextlib.suppress(Exception):
+            await self._deps_scope.aclose()
         # The broker's start (in the background) is cancelled before the broker stops: a
         # start still running would otherwise go on after it and leave a consumer behind
         # (FastStream restarted its loop without a consumer for ever, in a tight loop).

@@ -82,11 +82,13 @@ class Event(Generic[P]):
 
 @dataclass
 class UnitOfWork:
-    """What a handler gets: the transaction's session and a way to publish events in it."""
+    """What a handler gets: the transaction's session, a way to publish events in it, and
+    the service's dependencies (`ServiceDefinition.deps`: None until the service started)."""
 
     session: AsyncSession
     outbox: Outbox
     event: Event[Any] | None = None
+    deps: Any = None
 
     def publish(
         self,
@@ -108,6 +110,18 @@ class UnitOfWork:
         )
 
 
+D = TypeVar("D")
+
+
+def running_deps(deps: object, kind: type[D]) -> D:
+    """`deps` (a handler's `uow.deps` or `reads.deps`, a route's `service.deps`) as the
+    `kind` its service's composition root builds. While the service starts or stops there
+    is none: `DependencyUnavailable`, so the event waits in Kafka."""
+    if not isinstance(deps, kind):
+        raise DependencyUnavailable(f"{kind.__name__} is not running")
+    return deps
+
+
 Handler = Callable[[UnitOfWork, Event[Any]], Awaitable[None]]
 BatchHandler = Callable[[UnitOfWork, list[Event[Any]]], Awaitable[None]]
 
@@ -115,11 +129,13 @@ BatchHandler = Callable[[UnitOfWork, list[Event[Any]]], Awaitable[None]]
 @dataclass(frozen=True)
 class BeforeCommit:
     """What an effect-first handler gets while it calls another system: no transaction,
-    short read-only sessions, and the service's outbox (which identifies the service)."""
+    short read-only sessions, the service's outbox (which identifies the service) and its
+    dependencies (`ServiceDefinition.deps`)."""
 
     db: Database
     outbox: Outbox
     event: Event[Any]
+    deps: Any = None
 
     def reading(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
         """A short session for reads; close it before calling out (no locks across I/O)."""
@@ -267,6 +283,8 @@ class ConsumerRuntime:
         self.db = db
         self.outbox = outbox
         self.router = router
+        # What the service's composition root built for its handlers (`Service.deps`).
+        self.deps: Any = None
         self._locks: dict[tuple[str, str], _KeyLock] = {}
         self._by_topic = {settings.topic(s.event_type): s for s in router.subscriptions}
         self._by_name = {s.name: s for s in router.subscriptions}
@@ -512,14 +530,19 @@ class ConsumerRuntime:
                     handled.append(event)
                     outcomes.append(Outcome.HANDLED)
             if sub.batch_handler is not None and handled:
-                await sub.batch_handler(UnitOfWork(session=session, outbox=self.outbox), handled)
+                await sub.batch_handler(
+                    UnitOfWork(session=session, outbox=self.outbox, deps=self.deps), handled
+                )
             else:
                 span_of = {msg.offset: span for msg, span in zip(msgs, spans, strict=True)}
                 handler = cast(Handler, sub.handler)
                 for event in handled:
                     with trace.use_span(span_of[event.offset], end_on_exit=False):
                         await handler(
-                            UnitOfWork(session=session, outbox=self.outbox, event=event), event
+                            UnitOfWork(
+                                session=session, outbox=self.outbox, event=event, deps=self.deps
+                            ),
+                            event,
                         )
             if handled:
                 # One multi-row statement, no ORM objects (building those cost more than
@@ -633,7 +656,7 @@ class ConsumerRuntime:
                 await asyncio.sleep(self._backoff(attempts - 1))
 
     async def _handle_once(self, sub: Subscription, consumer: str, event: Event[Any]) -> str:
-        return await handle_event(self.db, self.outbox, sub, consumer, event)
+        return await handle_event(self.db, self.outbox, sub, consumer, event, deps=self.deps)
 
     # -- parking and dead letters -------------------------------------------------------
 
@@ -878,7 +901,13 @@ class ConsumerRuntime:
 
 
 async def handle_event(
-    db: Database, outbox: Outbox, sub: Subscription, consumer: str, event: Event[Any]
+    db: Database,
+    outbox: Outbox,
+    sub: Subscription,
+    consumer: str,
+    event: Event[Any],
+    *,
+    deps: Any = None,
 ) -> str:
     """One attempt at one event: the handler's effect and its inbox row in one transaction
     (an effect-first handler calls out before it); `Outcome.DUPLICATE` when the inbox has
@@ -891,11 +920,11 @@ async def handle_event(
             if await session.get(InboxRow, key) is not None:
                 return Outcome.DUPLICATE
         effect = cast(EffectHandler, sub.handler)
-        record = await effect(BeforeCommit(db=db, outbox=outbox, event=event), event)
+        record = await effect(BeforeCommit(db=db, outbox=outbox, event=event, deps=deps), event)
     async with db.transaction() as session:
         if await session.get(InboxRow, key) is not None:
             return Outcome.DUPLICATE
-        uow = UnitOfWork(session=session, outbox=outbox, event=event)
+        uow = UnitOfWork(session=session, outbox=outbox, event=event, deps=deps)
         if record is not None:
             await record(uow)
         else:

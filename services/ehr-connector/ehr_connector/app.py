@@ -1,15 +1,16 @@
 """Composition root of the ehr-connector: the FHIR client, the handlers, the HTTP app.
 
-The EHR client is built at start-up (it owns a connection pool) and attached to the
-service for the handlers (`ehr_connector.context`); `/readyz` asks it whether the EHR
-answers and its circuit is closed. Tests build the same service with other settings, and
-may wrap the real client (`wrap_ehr`) to interfere between calls the way a clinician
-editing the chart at the same moment would.
+The EHR client is built at start-up (it owns a connection pool) into the service's
+`deps` (`ehr_connector.context.Connector`), which the kit hands to the handlers and routes;
+`/readyz` asks it whether the EHR answers and its circuit is closed. Tests build the same
+service with other settings, and may wrap the real client (`wrap_ehr`) to interfere
+between calls the way a clinician editing the chart at the same moment would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -35,7 +36,6 @@ PUBLISHES = (
     "message.synced",
     "record.imported",
 )
-FHIR_CLIENT = "fhir_client"
 
 
 def build(
@@ -51,33 +51,25 @@ def build(
     # values): sealed at rest (servicekit.sealing). Bad keys fail here too.
     cipher = Cipher(Keyring.from_settings(settings, settings.environment))
 
-    async def start_ehr(service: Service) -> None:
+    @contextlib.asynccontextmanager
+    async def running_connector(service: Service) -> AsyncIterator[context.Connector]:
+        # The service's `deps`: what its handlers and routes use, built per running service.
         client = FhirClient(settings)
-        service.state[FHIR_CLIENT] = client
-        ehr: EhrPort = wrap_ehr(client) if wrap_ehr is not None else client
         try:
+            ehr: EhrPort = wrap_ehr(client) if wrap_ehr is not None else client
             # An unknown recipient fails start-up with a message naming it.
             if settings.ehr_verify_recipients:
                 await pool_recipients.verify(ehr, recipients)
-        except pool_recipients.RecipientsError:
-            await client.aclose()
-            raise
-        context.attach(
-            service.outbox, context.Connector(settings=settings, ehr=ehr, recipients=recipients)
-        )
-        service.state[inbound.EHR_STATE_KEY] = ehr
-
-    async def stop_ehr(service: Service) -> None:
-        context.detach(service.outbox)
-        client: FhirClient | None = service.state.pop(FHIR_CLIENT, None)
-        if client is not None:
+            yield context.Connector(
+                settings=settings, ehr=ehr, recipients=recipients, probe=client.probe
+            )
+        finally:
             await client.aclose()
 
     async def ehr_ready(service: Service) -> str | None:
-        client: FhirClient | None = service.state.get(FHIR_CLIENT)
-        if client is None:
+        if not isinstance(service.deps, context.Connector):
             return "unavailable: EHR client not started"
-        return await client.probe()
+        return await service.deps.probe()
 
     return create_service(
         ServiceDefinition(
@@ -93,8 +85,9 @@ def build(
             metadata=store.metadata,
             migrations=MIGRATIONS,
             readiness_checks={"ehr": ehr_ready, "inbound": inbound.readiness},
-            on_startup=[start_ehr, inbound.start],
-            on_shutdown=[stop_ehr, inbound.stop],
+            deps=running_connector,
+            on_startup=[inbound.start],
+            on_shutdown=[inbound.stop],
             cipher=cipher,
         )
     )

@@ -1,24 +1,21 @@
-"""What the event handlers need at run time, per running service.
+"""What the handlers and routes need at run time, per running service.
 
-Handlers are module-level functions registered on `handlers.router` (the inbound side adds
-its own), and the kit calls them with the event and a unit of work (or, outside the transaction,
-what the kit gives before it) only. The composition root attaches a
-`Connector` to the service at start-up, keyed by the service's outbox (the one per-service
-object every unit of work carries), so two services in one process (tests) never share an
-EHR client and nothing is a global singleton.
+The composition root (`ehr_connector.app`) builds a `Connector` at start-up as the
+service's `deps` (servicekit.app), and the kit hands it to every handler with its unit of
+work (`reads.deps`, `uow.deps`) and to routes as `service.deps`: two services in one
+process (tests) never share an EHR client, and nothing is module-level state.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from weakref import WeakKeyDictionary
 
 from ehr_connector.ehr.port import EhrPort
 from ehr_connector.outbound.lookups import BOOKING_CONSUMER
 from ehr_connector.outbound.recipients import Recipients
 from ehr_connector.settings import Settings
-from servicekit.errors import DependencyUnavailable
-from servicekit.outbox import Outbox
+from servicekit.consumer import running_deps
 
 
 @dataclass(frozen=True)
@@ -28,6 +25,9 @@ class Connector:
     settings: Settings
     ehr: EhrPort
     recipients: Recipients
+    # Readiness: whether the EHR answers and the real client's circuit is closed (tests may
+    # wrap the client as `ehr`; the probe is the client's own).
+    probe: Callable[[], Awaitable[str | None]]
 
     @property
     def booking_consumer(self) -> str:
@@ -36,23 +36,7 @@ class Connector:
         return self.settings.group_id(BOOKING_CONSUMER)
 
 
-_connectors: WeakKeyDictionary[Outbox, Connector] = WeakKeyDictionary()
-
-
-def attach(outbox: Outbox, connector: Connector) -> None:
-    """Make `connector` what handlers of the service owning `outbox` use."""
-    _connectors[outbox] = connector
-
-
-def detach(outbox: Outbox) -> None:
-    """Forget the connector of a stopped service."""
-    _connectors.pop(outbox, None)
-
-
-def connector_for(outbox: Outbox) -> Connector:
-    """The connector of the service owning `outbox` (the one a handler is given)."""
-    connector = _connectors.get(outbox)
-    if connector is None:
-        # Only while starting or stopping: the event waits in Kafka.
-        raise DependencyUnavailable("the EHR client is not running")
-    return connector
+def connector_for(deps: object) -> Connector:
+    """The running connector a handler or route was given (`reads.deps`, `uow.deps`,
+    `service.deps`); none while the service starts or stops: the event waits in Kafka."""
+    return running_deps(deps, Connector)

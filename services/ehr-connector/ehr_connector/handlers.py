@@ -3,9 +3,9 @@
 `router` is the service's one EventRouter: the outbound subscribers live here, and the
 inbound side registers its `patient.linked` handler on the same router from
 `ehr_connector.inbound.handlers` (imported by the composition root). Each subscriber only
-hands the event to its use case with the running connector (EHR client, settings). They
-are effect-first: the EHR is called with no transaction open, and the use case returns
-what to record with the inbox row.
+hands the event to its use case with the running connector (EHR client, settings: the
+service's `deps`, built by the composition root). They are effect-first: the EHR is called
+with no transaction open, and the use case returns what to record with the inbox row.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ router = EventRouter()
 async def book_appointment(reads: BeforeCommit, event: Event[AppointmentBookedV1]) -> Record:
     """Write the booking to the EHR (Appointment + busy Slot); publish its confirmation
     or rejection as appointment.updated."""
-    return await booking.book(connector_for(reads.outbox), event)
+    return await booking.book(connector_for(reads.deps), event)
 
 
 @router.effect_first("appointment.cancelled")
 async def cancel_appointment(reads: BeforeCommit, event: Event[AppointmentCancelledV1]) -> Record:
     """Cancel the appointment in the EHR and free its slot."""
-    return await booking.cancel(connector_for(reads.outbox), reads, event)
+    return await booking.cancel(connector_for(reads.deps), reads, event)
 
 
 @router.effect_first("appointment.rescheduled")
@@ -43,22 +43,22 @@ async def reschedule_appointment(
     reads: BeforeCommit, event: Event[AppointmentRescheduledV1]
 ) -> Record:
     """Move the appointment to its new slot in the EHR."""
-    return await booking.reschedule(connector_for(reads.outbox), reads, event)
+    return await booking.reschedule(connector_for(reads.deps), reads, event)
 
 
 @router.effect_first("intake.submitted")
 async def file_intake(reads: BeforeCommit, event: Event[IntakeSubmittedV1]) -> Record:
     """File the intake answers as a QuestionnaireResponse."""
-    return await filing.file_intake(connector_for(reads.outbox), reads, event)
+    return await filing.file_intake(connector_for(reads.deps), reads, event)
 
 
 @router.effect_first("message.sent")
 async def send_message_to_care_team(reads: BeforeCommit, event: Event[MessageSentV1]) -> Record:
     """File the patient's message as a Communication to the care team."""
-    return await filing.send_message(connector_for(reads.outbox), reads, event)
+    return await filing.send_message(connector_for(reads.deps), reads, event)
 
 
 @router.effect_first("triage.completed")
 async def file_triage(reads: BeforeCommit, event: Event[TriageCompletedV1]) -> Record:
     """File the triage outcome and a review Task for the care team."""
-    return await filing.file_triage(connector_for(reads.outbox), reads, event)
+    return await filing.file_triage(connector_for(reads.deps), reads, event)

@@ -12,9 +12,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
+from ehr_connector.context import Connector
 from ehr_connector.ehr.errors import EhrError, EhrUnavailable
-from ehr_connector.ehr.port import EhrPort
-from ehr_connector.inbound.lifecycle import EHR_STATE_KEY
 
 router = APIRouter(tags=["intake"])
 
@@ -26,9 +25,10 @@ async def questionnaire(
     version: Annotated[str | None, Query(max_length=64, pattern=r"^\S+$")] = None,
 ) -> JSONResponse:
     """The EHR's Questionnaire with this canonical URL (and version, when given)."""
-    ehr: EhrPort | None = request.app.state.service.state.get(EHR_STATE_KEY)
-    if ehr is None:
+    running = request.app.state.service.deps
+    if not isinstance(running, Connector):
         raise HTTPException(503, "The EHR client is not started.")
+    ehr = running.ehr
     try:
         page = await ehr.search("Questionnaire", [("url", url)], count=50)
     except EhrUnavailable as exc:

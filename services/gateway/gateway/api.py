@@ -26,12 +26,13 @@ from gateway import audit, observability, security_events, store
 from gateway.auth import AuthError, PatientToken, TokenVerifier
 from gateway.caching import Lru
 from gateway.domain import Notification, NotificationKind, profile_of
-from gateway.handlers import hub
+from gateway.hub import NotificationHub
 from gateway.ratelimit import PatientWrites
 from gateway.scopes import ScopeError, parse_scope
 from gateway.settings import Settings
 from gateway.upstream import UpstreamError, Upstreams
 from servicekit.app import Service
+from servicekit.consumer import running_deps
 from servicekit.idempotency import KEY_HEADER
 from servicekit.logging import get_logger
 
@@ -529,6 +530,8 @@ async def events(
     service = service_of(request)
     settings: Settings = service.settings  # type: ignore[assignment]
     after = _last_event_id(last_event_id)
+    # The running service's hub (its `deps`), which its handlers wake.
+    hub = running_deps(service.deps, NotificationHub)
 
     stream_span = trace.get_current_span()
     opened_at = datetime.now(UTC)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,7 @@ from gateway import (
     store,
 )
 from gateway.auth import TokenVerifier
+from gateway.hub import NotificationHub
 from gateway.ratelimit import RateLimitMiddleware, RateLimits
 from gateway.settings import Settings
 from gateway.upstream import Upstreams, pooled_client
@@ -68,6 +70,12 @@ async def _close_clients(service: Service) -> None:
         await http.aclose()
 
 
+@contextlib.asynccontextmanager
+async def _notification_hub(_service: Service) -> AsyncIterator[NotificationHub]:
+    # The service's `deps`: its handlers wake the streams its routes hold, per service.
+    yield NotificationHub()
+
+
 def build(
     settings: Settings | None = None, mounts: dict[str, httpx.AsyncBaseTransport] | None = None
 ) -> Service:
@@ -95,6 +103,7 @@ def build(
             publishes=("patient.linked",),
             metadata=store.metadata,
             migrations=MIGRATIONS,
+            deps=_notification_hub,
             on_startup=[_open_clients],
             on_shutdown=[_close_clients],
         )

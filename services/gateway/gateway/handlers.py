@@ -1,5 +1,6 @@
 """Event handlers: each change that concerns a patient becomes a notification for their
-open sessions (stored, then the patient's streams are woken after commit)."""
+open sessions (stored, then the patient's streams are woken after commit by the running
+service's hub, its `deps`)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,9 @@ from contracts.triage import TriageCompletedV1
 from gateway import observability, store
 from gateway.domain import Notification, NotificationKind, appointment_news
 from gateway.hub import NotificationHub
-from servicekit.consumer import Event, EventRouter, UnitOfWork
+from servicekit.consumer import Event, EventRouter, UnitOfWork, running_deps
 
 router = EventRouter()
-hub = NotificationHub()
 
 
 def _notify(uow: UnitOfWork, event: Event[Any], note: Notification) -> None:
@@ -37,6 +37,7 @@ def _notify(uow: UnitOfWork, event: Event[Any], note: Notification) -> None:
         )
     )
     patient = event.patient_id
+    hub = running_deps(uow.deps, NotificationHub)
     sa_event.listen(
         uow.session.sync_session, "after_commit", lambda _s: hub.wake(patient), once=True
     )

@@ -12,8 +12,7 @@ import asyncio
 import json
 import sys
 
-from messaging.app import MESSAGING, build
-from messaging.service import Messaging
+from messaging.app import build
 from messaging.settings import Settings
 
 
@@ -21,18 +20,16 @@ async def _run(command: str) -> dict[str, object]:
     settings = Settings(relay_enabled=False, consumers_enabled=False)
     service = build(settings)
     await service.prepare_database()
-    for hook in service.definition.on_startup:
-        await hook(service)
+    assert service.definition.deps is not None
     try:
-        use_cases: Messaging = service.state[MESSAGING]
-        result: dict[str, object] = {"active_key_id": use_cases.cipher.active_key_id}
-        if command == "reencrypt":
-            result["reencrypted"] = await use_cases.reencrypt()
-        result["not_on_active_key"] = await use_cases.encryption_status()
-        return result
+        # The use cases as the running service has them (its composition root's `deps`).
+        async with service.definition.deps(service) as use_cases:
+            result: dict[str, object] = {"active_key_id": use_cases.cipher.active_key_id}
+            if command == "reencrypt":
+                result["reencrypted"] = await use_cases.reencrypt()
+            result["not_on_active_key"] = await use_cases.encryption_status()
+            return result
     finally:
-        for hook in service.definition.on_shutdown:
-            await hook(service)
         await service.db.dispose()
 
 

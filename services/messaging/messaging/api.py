@@ -34,6 +34,7 @@ from messaging.service import (
     TooLong,
     UnknownTopic,
 )
+from servicekit.consumer import running_deps
 from servicekit.http import PatientId
 from servicekit.idempotency import IdempotencyKey, idempotent, replay
 from servicekit.ops_api import encryption_routes
@@ -168,8 +169,7 @@ class ReplyIn(BaseModel):
 
 
 def _messaging(request: Request) -> Messaging:
-    found: Messaging = request.app.state.service.state["messaging"]
-    return found
+    return running_deps(request.app.state.service.deps, Messaging)
 
 
 def _thread_out(thread: ThreadView) -> ThreadOut:

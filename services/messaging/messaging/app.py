@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -15,7 +17,6 @@ from servicekit.app import Service, ServiceDefinition, create_service
 from servicekit.crypto import Cipher, Keyring
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-MESSAGING = "messaging"
 
 
 def load_rules(path: Path) -> domain.RoutingRules:
@@ -37,24 +38,21 @@ def build(
     rules = load_rules(settings.routing_file)
     cipher = Cipher(Keyring.from_settings(settings, settings.environment))
 
-    async def start(running: Service) -> None:
+    @contextlib.asynccontextmanager
+    async def use_cases(running: Service) -> AsyncIterator[service.Messaging]:
+        # The use cases of the running service, for its routes and handlers (`deps`).
         client = httpx.AsyncClient(
             base_url=settings.triage_url,
             timeout=settings.emergency_check_timeout_s,
             transport=triage_transport,
             auth=running.service_tokens.auth("triage"),
         )
-        use_cases = service.Messaging(
-            settings, running.db, running.outbox, rules, cipher, EmergencyCheck(client)
-        )
-        running.state[MESSAGING] = use_cases
-        service.attach(running.outbox, use_cases)
-
-    async def stop(running: Service) -> None:
-        service.detach(running.outbox)
-        use_cases: service.Messaging | None = running.state.pop(MESSAGING, None)
-        if use_cases is not None:
-            await use_cases.emergency.client.aclose()
+        try:
+            yield service.Messaging(
+                settings, running.db, running.outbox, rules, cipher, EmergencyCheck(client)
+            )
+        finally:
+            await client.aclose()
 
     return create_service(
         ServiceDefinition(
@@ -67,8 +65,7 @@ def build(
             publishes=("message.sent",),
             metadata=store.metadata,
             migrations=MIGRATIONS,
-            on_startup=[start],
-            on_shutdown=[stop],
+            deps=use_cases,
             cipher=cipher,
         )
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from ehr_sandbox.outcomes import FhirError
 from ehr_sandbox.registry import SearchParam, params_for
@@ -18,7 +18,8 @@ from ehr_sandbox.search.dates import date_range
 from ehr_sandbox.search.index import normalise_text, parse_reference
 
 DatePrefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
-_PREFIXES: frozenset[str] = frozenset({"eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"})
+# The same prefixes by name, typed: a prefix read from a query is looked up here.
+_PREFIXES: dict[str, DatePrefix] = {p: p for p in get_args(DatePrefix)}
 
 
 @dataclass(frozen=True)
@@ -147,15 +148,15 @@ def _parse_token(value: str) -> TokenValue:
 
 
 def _parse_date(name: str, value: str) -> DateValue:
-    prefix = "eq"
+    prefix: DatePrefix = "eq"
     body = value
     if len(value) > 2 and value[:2] in _PREFIXES and not value[:2].isdigit():
-        prefix, body = value[:2], value[2:]
+        prefix, body = _PREFIXES[value[:2]], value[2:]
     try:
         lo, hi = date_range(body)
     except ValueError as exc:
         raise FhirError(400, f"Invalid date value for {name}: {value}", expression=[name]) from exc
-    return DateValue(prefix, lo, hi)  # type: ignore[arg-type]
+    return DateValue(prefix, lo, hi)
 
 
 def _parse_reference(

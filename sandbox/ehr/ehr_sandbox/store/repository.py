@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -52,6 +52,9 @@ from ehr_sandbox.store.tables import resource_heads as heads
 from servicekit.logging import get_logger
 
 log = get_logger(__name__)
+
+# What a write operation answers: a result (none for a delete of nothing) and its change.
+_Result = TypeVar("_Result", WriteResult, WriteResult | None)
 
 _WRITE_ATTEMPTS = 4
 _INDEX_BATCH = 500
@@ -158,10 +161,8 @@ class Store:
 
     async def _write(
         self,
-        operation: Callable[
-            [AsyncConnection], Awaitable[tuple[WriteResult, ResourceChange | None]]
-        ],
-    ) -> WriteResult:
+        operation: Callable[[AsyncConnection], Awaitable[tuple[_Result, ResourceChange | None]]],
+    ) -> _Result:
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 async with self._lock:
@@ -385,7 +386,7 @@ class Store:
             )
             return WriteResult(stored, created=False), self._change(stored, "delete", previous)
 
-        return await self._write(operation)  # type: ignore[arg-type]
+        return await self._write(operation)
 
     async def load(self, items: Iterable[dict[str, Any]]) -> int:
         """Insert resources that do not exist yet, in one transaction, without change events.

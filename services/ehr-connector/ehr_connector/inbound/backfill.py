@@ -300,6 +300,9 @@ class BackfillWorker:
         seen: int,
         messages: list[MessageSyncedV1] | None = None,
     ) -> bool:
+        """Publish a page's new entries (one batch) and messages and move the cursor, in
+        one transaction under the job's lease; True when the job is done (or no longer
+        ours), False when its cursor moved under us."""
         now = datetime.now(UTC)
         async with self.db.transaction() as session:
             row = await store.lock_backfill(session, job.backfill_id, self.owner)
@@ -310,72 +313,80 @@ class BackfillWorker:
             keys = [(e.resource_type, e.fhir_id) for e in entries]
             keys += [(MESSAGES, m.communication_fhir_id) for m in messages or []]
             already = await store.items_published(session, row.backfill_id, keys)
-            fresh: dict[tuple[str, str], ImportedEntry] = {}
-            for entry in entries:
-                key = (entry.resource_type, entry.fhir_id)
-                if key not in already and key not in fresh:
-                    fresh[key] = entry
-            new_messages: dict[tuple[str, str], MessageSyncedV1] = {}
-            for message in messages or []:
-                key = (MESSAGES, message.communication_fhir_id)
-                if key not in already and key not in new_messages:
-                    new_messages[key] = message
-                    self.outbox.add(
-                        session,
-                        message,
-                        subject=row.patient_id,
-                        priority=self.settings.backfill_priority,
-                    )
-            if new_messages:
-                await store.add_items(session, row.backfill_id, new_messages.keys())
-            next_url = page.next_url if page is not None else None
-            if next_url is not None and next_url == row.next_url:
-                # A server whose next link points at the page itself would loop forever.
-                log.warning("inbound.backfill_paging_loop", backfill_id=row.backfill_id)
-                next_url = None
-            type_index = row.type_index if next_url else row.type_index + 1
-            last = type_index >= len(BACKFILL_TYPES) and next_url is None
+            fresh = _fresh_entries(entries, already)
+            await self._publish_messages(session, row, messages or [], already)
+            next_url, type_index, last = _next_cursor(row, page)
             if fresh or last:
-                batch = RecordImportedV1(
-                    patient_id=row.patient_id,
-                    backfill_id=row.backfill_id,
-                    batch_number=row.batches_published + 1,
-                    last_batch=last,
-                    entries=list(fresh.values()),
-                    imported_at=now,
-                )
+                await self._publish_batch(session, row, fresh, last=last, now=now)
+            row.resources_seen += seen
+            self._advance(row, next_url, type_index, last=last, now=now)
+        _report_page(job, row, len(fresh), last=last)
+        return last
+
+    async def _publish_messages(
+        self,
+        session: AsyncSession,
+        row: Backfill,
+        messages: list[MessageSyncedV1],
+        already: set[tuple[str, str]],
+    ) -> None:
+        """Publish the page's messages not published yet, each on its own, and remember them."""
+        new_messages: dict[tuple[str, str], MessageSyncedV1] = {}
+        for message in messages:
+            key = (MESSAGES, message.communication_fhir_id)
+            if key not in already and key not in new_messages:
+                new_messages[key] = message
                 self.outbox.add(
                     session,
-                    batch,
+                    message,
                     subject=row.patient_id,
                     priority=self.settings.backfill_priority,
                 )
-                await store.add_items(session, row.backfill_id, fresh.keys())
-                row.batches_published += 1
-                row.entries_published += len(fresh)
-            row.resources_seen += seen
-            row.type_index = min(type_index, len(BACKFILL_TYPES))
-            row.next_url = next_url
-            row.updated_at = now
-            row.last_error = None
-            row.lease_until = now + self._lease()
-            if last:
-                row.state = "done"
-                row.finished_at = now
-                row.lease_owner = None
-                row.lease_until = None
-        if fresh or last:
-            BACKFILL_BATCHES.inc()
-            BACKFILL_ENTRIES.inc(len(fresh))
+        if new_messages:
+            await store.add_items(session, row.backfill_id, new_messages.keys())
+
+    async def _publish_batch(
+        self,
+        session: AsyncSession,
+        row: Backfill,
+        fresh: dict[tuple[str, str], ImportedEntry],
+        *,
+        last: bool,
+        now: datetime,
+    ) -> None:
+        """Publish the page's new entries as the job's next `record.imported` batch."""
+        batch = RecordImportedV1(
+            patient_id=row.patient_id,
+            backfill_id=row.backfill_id,
+            batch_number=row.batches_published + 1,
+            last_batch=last,
+            entries=list(fresh.values()),
+            imported_at=now,
+        )
+        self.outbox.add(
+            session,
+            batch,
+            subject=row.patient_id,
+            priority=self.settings.backfill_priority,
+        )
+        await store.add_items(session, row.backfill_id, fresh.keys())
+        row.batches_published += 1
+        row.entries_published += len(fresh)
+
+    def _advance(
+        self, row: Backfill, next_url: str | None, type_index: int, *, last: bool, now: datetime
+    ) -> None:
+        """Move the job's cursor and renew its lease; the last page ends the job."""
+        row.type_index = min(type_index, len(BACKFILL_TYPES))
+        row.next_url = next_url
+        row.updated_at = now
+        row.last_error = None
+        row.lease_until = now + self._lease()
         if last:
-            log.info(
-                "inbound.backfill_done",
-                backfill_id=job.backfill_id,
-                patient_id=job.patient_id,
-                entries=row.entries_published,
-                batches=row.batches_published,
-            )
-        return last
+            row.state = "done"
+            row.finished_at = now
+            row.lease_owner = None
+            row.lease_until = None
 
     async def _note_error(self, backfill_id: str, error: str) -> None:
         async with self.db.transaction() as session:
@@ -396,3 +407,43 @@ class BackfillWorker:
                 row.lease_owner = None
                 row.lease_until = None
         log.error("inbound.backfill_failed", backfill_id=backfill_id, error=error)
+
+
+def _fresh_entries(
+    entries: list[ImportedEntry], already: set[tuple[str, str]]
+) -> dict[tuple[str, str], ImportedEntry]:
+    """The page's entries not published yet, the first of each resource."""
+    fresh: dict[tuple[str, str], ImportedEntry] = {}
+    for entry in entries:
+        key = (entry.resource_type, entry.fhir_id)
+        if key not in already and key not in fresh:
+            fresh[key] = entry
+    return fresh
+
+
+def _next_cursor(row: Backfill, page: SearchPage | None) -> tuple[str | None, int, bool]:
+    """Where the job goes after this page: (next page URL, type index, whether this page
+    was the last of the last type)."""
+    next_url = page.next_url if page is not None else None
+    if next_url is not None and next_url == row.next_url:
+        # A server whose next link points at the page itself would loop forever.
+        log.warning("inbound.backfill_paging_loop", backfill_id=row.backfill_id)
+        next_url = None
+    type_index = row.type_index if next_url else row.type_index + 1
+    last = type_index >= len(BACKFILL_TYPES) and next_url is None
+    return next_url, type_index, last
+
+
+def _report_page(job: Backfill, row: Backfill, fresh: int, *, last: bool) -> None:
+    """Count a committed page's batch and entries; log the job's end (ids and counts)."""
+    if fresh or last:
+        BACKFILL_BATCHES.inc()
+        BACKFILL_ENTRIES.inc(fresh)
+    if last:
+        log.info(
+            "inbound.backfill_done",
+            backfill_id=job.backfill_id,
+            patient_id=job.patient_id,
+            entries=row.entries_published,
+            batches=row.batches_published,
+        )

@@ -1,6 +1,6 @@
 """Start and stop the inbound side with the service (hooks of the composition root).
 
-`start` runs after the EHR client is up (the outbound side's start hook attaches it): it
+`start` runs after the EHR client is up (the service's `deps`, entered before hooks): it
 builds the `Inbound` runtime on `service.state["inbound"]` and starts its background
 tasks; `stop` ends them before the EHR client closes. Importing this module registers the
 `patient.linked` handler on the service's router.
@@ -8,14 +8,13 @@ tasks; `stop` ends them before the EHR client closes. Importing this module regi
 
 from __future__ import annotations
 
-from ehr_connector.ehr.port import EhrPort
+from ehr_connector.context import Connector
 from ehr_connector.inbound import handlers as _handlers  # noqa: F401 - registers patient.linked
 from ehr_connector.inbound.runtime import Inbound
 from ehr_connector.settings import Settings
 from servicekit.app import Service
 
 STATE_KEY = "inbound"
-EHR_STATE_KEY = "ehr"
 
 
 def inbound_of(service: Service) -> Inbound | None:
@@ -28,10 +27,9 @@ async def start(service: Service) -> None:
     """Build the inbound runtime and start its background tasks."""
     settings = service.settings
     assert isinstance(settings, Settings)
-    ehr: EhrPort | None = service.state.get(EHR_STATE_KEY)
-    if ehr is None:
+    if not isinstance(service.deps, Connector):
         raise RuntimeError("the EHR client must start before the inbound side")
-    inbound = Inbound(settings, service.db, service.outbox, ehr)
+    inbound = Inbound(settings, service.db, service.outbox, service.deps.ehr)
     service.state[STATE_KEY] = inbound
     await inbound.start()
 

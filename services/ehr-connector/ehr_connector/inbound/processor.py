@@ -52,6 +52,7 @@ from ehr_connector.inbound.notifications import (
     NotificationEvent,
     parse_notification,
 )
+from ehr_connector.inbound.tables import InboundSubscription
 from ehr_connector.outbound.identifiers import APPOINTMENT_ID
 from ehr_connector.outbound.tags import ORIGIN_TAG_CODE, ORIGIN_TAG_SYSTEM
 from ehr_connector.settings import Settings
@@ -109,6 +110,21 @@ class Summary:
     def count(self, outcome: Outcome) -> None:
         """Count one change with this outcome."""
         self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
+
+
+@dataclass
+class _Recorded:
+    """What one commit found recorded already, updated as it records more."""
+
+    numbers: set[int]
+    versions: set[tuple[str, str, str]]
+
+
+def _version_key(decision: Decision) -> tuple[str, str, str] | None:
+    """(type, id, version) of the decided resource version, when it has one."""
+    if decision.version is None:
+        return None
+    return (decision.resource_type, decision.change.focus.id, decision.version)
 
 
 class Processor:
@@ -409,25 +425,7 @@ class Processor:
                 summary.outcomes[key] = summary.outcomes.get(key, 0) + value
             summary.published_event_ids += attempt_summary.published_event_ids
             break
-        for decision in decisions:
-            EVENTS.labels(decision.resource_type, decision.outcome.value).inc()
-            if decision.outcome is Outcome.REJECTED:
-                MAPPING_REJECTED.labels(decision.resource_type).inc()
-            elif decision.outcome is Outcome.UNLINKED:
-                UNLINKED.labels(decision.resource_type).inc()
-            elif decision.outcome is Outcome.DUPLICATE:
-                DUPLICATES.labels("resource_version").inc()
-        for decision in decisions:
-            if decision.outcome in RECORDED_AS_REJECTION:
-                log.warning(
-                    "inbound.change_rejected",
-                    subscription_id=subscription_id,
-                    event_number=decision.change.number,
-                    resource_ref=decision.ref,
-                    version=decision.version,
-                    outcome=decision.outcome.value,
-                    why=decision.reason,
-                )
+        _report(subscription_id, decisions)
 
     async def _commit_once(
         self,
@@ -437,82 +435,116 @@ class Processor:
         *,
         close_through: int | None,
     ) -> None:
+        """One transaction under the Subscription row's lock: each decision recorded (or
+        found a duplicate), the gap up to `close_through` closed, the watermark advanced."""
         now = datetime.now(UTC)
         async with self.db.transaction() as session:
             row = await store.subscription_by_id(session, subscription_id, lock=True)
             if row is None:
                 raise LookupError(subscription_id)
-            numbers = [d.change.number for d in decisions if d.change.number is not None]
-            done = await store.processed_numbers(session, row, numbers)
-            keys = [
-                (d.resource_type, d.change.focus.id, d.version)
-                for d in decisions
-                if d.version is not None
-            ]
-            seen = await store.versions_seen(session, [(t, i, v) for t, i, v in keys if v])
+            recorded = await self._recorded(session, row, decisions)
             for decision in decisions:
-                number = decision.change.number
-                if number is not None and number in done:
-                    decision.outcome = Outcome.DUPLICATE
-                    summary.count(Outcome.DUPLICATE)
-                    continue
-                key = (
-                    (decision.resource_type, decision.change.focus.id, decision.version)
-                    if decision.version is not None
-                    else None
-                )
-                if key is not None and key in seen and decision.outcome in SETTLING:
-                    decision.outcome = Outcome.DUPLICATE
-                if decision.outcome is Outcome.PUBLISHED:
-                    for payload, subject in decision.payloads:
-                        event_id = self.outbox.add(
-                            session,
-                            payload,
-                            subject=subject,
-                            priority=self.settings.inbound_live_priority,
-                        )
-                        summary.published_event_ids.append(event_id)
-                        await self._note_canary(session, decision, event_id)
-                if key is not None and decision.outcome in SETTLING:
-                    await store.add_version(session, *key, decision.outcome.value, now)
-                    seen.add(key)
-                if decision.outcome in RECORDED_AS_REJECTION:
-                    await store.add_rejection(
-                        session,
-                        subscription_id=subscription_id,
-                        event_number=number,
-                        resource_ref=decision.ref,
-                        version_id=decision.version,
-                        reason=decision.reason or decision.outcome.value,
-                        now=now,
-                    )
-                if number is not None:
-                    await store.add_processed(
-                        session, subscription_id, number, decision.outcome.value, decision.ref, now
-                    )
-                    done.add(number)
-                    row.highest_event_number = max(row.highest_event_number, number)
-                stamp = decision.change.timestamp
-                if stamp is not None and (row.last_event_at is None or stamp > row.last_event_at):
-                    row.last_event_at = stamp
-                summary.count(decision.outcome)
+                await self._record(session, row, decision, recorded, summary, now)
             if close_through is not None:
-                for number in await store.missing_numbers(
-                    session, row, close_through, limit=close_through - row.last_event_number
-                ):
-                    await store.add_processed(
-                        session,
-                        subscription_id,
-                        number,
-                        Outcome.RECOVERED_BY_SEARCH.value,
-                        None,
-                        now,
-                    )
-                row.highest_event_number = max(row.highest_event_number, close_through)
+                await self._close_through(session, row, close_through, now)
             await session.flush()
             await store.advance_watermark(session, row)
             row.updated_at = now
             SUBSCRIPTION_LAST_EVENT.labels(row.topic).set(row.last_event_number)
+
+    async def _recorded(
+        self, session: AsyncSession, row: InboundSubscription, decisions: list[Decision]
+    ) -> _Recorded:
+        """Which of the decisions' event numbers and resource versions are recorded already
+        (read under the row's lock, so a concurrent delivery's are seen or conflict)."""
+        numbers = [d.change.number for d in decisions if d.change.number is not None]
+        # An empty version id is never looked up (it is still recorded below).
+        keys = [key for d in decisions if (key := _version_key(d)) is not None and key[2]]
+        return _Recorded(
+            numbers=await store.processed_numbers(session, row, numbers),
+            versions=await store.versions_seen(session, keys),
+        )
+
+    async def _record(
+        self,
+        session: AsyncSession,
+        row: InboundSubscription,
+        decision: Decision,
+        recorded: _Recorded,
+        summary: Summary,
+        now: datetime,
+    ) -> None:
+        """Record one decision: a duplicate by number or settled version changes nothing;
+        otherwise its events go to the outbox and its version, rejection and number are
+        recorded."""
+        number = decision.change.number
+        if number is not None and number in recorded.numbers:
+            decision.outcome = Outcome.DUPLICATE
+            summary.count(Outcome.DUPLICATE)
+            return
+        await self._settle_version(session, decision, recorded, summary, now)
+        if decision.outcome in RECORDED_AS_REJECTION:
+            await store.add_rejection(
+                session,
+                subscription_id=row.subscription_id,
+                event_number=number,
+                resource_ref=decision.ref,
+                version_id=decision.version,
+                reason=decision.reason or decision.outcome.value,
+                now=now,
+            )
+        if number is not None:
+            await store.add_processed(
+                session, row.subscription_id, number, decision.outcome.value, decision.ref, now
+            )
+            recorded.numbers.add(number)
+            row.highest_event_number = max(row.highest_event_number, number)
+        stamp = decision.change.timestamp
+        if stamp is not None and (row.last_event_at is None or stamp > row.last_event_at):
+            row.last_event_at = stamp
+        summary.count(decision.outcome)
+
+    async def _settle_version(
+        self,
+        session: AsyncSession,
+        decision: Decision,
+        recorded: _Recorded,
+        summary: Summary,
+        now: datetime,
+    ) -> None:
+        """A resource version already settled makes the decision a duplicate; otherwise a
+        published decision's events go to the outbox and a settling outcome is recorded
+        for its version."""
+        key = _version_key(decision)
+        if key is not None and key in recorded.versions and decision.outcome in SETTLING:
+            decision.outcome = Outcome.DUPLICATE
+        if decision.outcome is Outcome.PUBLISHED:
+            await self._publish(session, decision, summary)
+        if key is not None and decision.outcome in SETTLING:
+            await store.add_version(session, *key, decision.outcome.value, now)
+            recorded.versions.add(key)
+
+    async def _publish(self, session: AsyncSession, decision: Decision, summary: Summary) -> None:
+        """Add the decision's events to the outbox (a canary report's tied to its run)."""
+        for payload, subject in decision.payloads:
+            event_id = self.outbox.add(
+                session, payload, subject=subject, priority=self.settings.inbound_live_priority
+            )
+            summary.published_event_ids.append(event_id)
+            await self._note_canary(session, decision, event_id)
+
+    async def _close_through(
+        self, session: AsyncSession, row: InboundSubscription, close_through: int, now: datetime
+    ) -> None:
+        """Mark the numbers still missing up to `close_through` as recovered by a search
+        (the recovery read the resources themselves)."""
+        for number in await store.missing_numbers(
+            session, row, close_through, limit=close_through - row.last_event_number
+        ):
+            await store.add_processed(
+                session, row.subscription_id, number, Outcome.RECOVERED_BY_SEARCH.value, None, now
+            )
+        row.highest_event_number = max(row.highest_event_number, close_through)
 
     async def _note_canary(self, session: AsyncSession, decision: Decision, event_id: str) -> None:
         """Tie a canary report's event to its run, so the canary can time its publication."""
@@ -527,3 +559,26 @@ class Processor:
             run.event_id = event_id
             run.report_fhir_id = decision.change.focus.id
             run.state = "queued"
+
+
+def _report(subscription_id: str, decisions: list[Decision]) -> None:
+    """Count the committed decisions' outcomes and log the rejected ones (no PHI: ids)."""
+    for decision in decisions:
+        EVENTS.labels(decision.resource_type, decision.outcome.value).inc()
+        if decision.outcome is Outcome.REJECTED:
+            MAPPING_REJECTED.labels(decision.resource_type).inc()
+        elif decision.outcome is Outcome.UNLINKED:
+            UNLINKED.labels(decision.resource_type).inc()
+        elif decision.outcome is Outcome.DUPLICATE:
+            DUPLICATES.labels("resource_version").inc()
+    for decision in decisions:
+        if decision.outcome in RECORDED_AS_REJECTION:
+            log.warning(
+                "inbound.change_rejected",
+                subscription_id=subscription_id,
+                event_number=decision.change.number,
+                resource_ref=decision.ref,
+                version=decision.version,
+                outcome=decision.outcome.value,
+                why=decision.reason,
+            )

@@ -11,8 +11,6 @@ data binds each envelope to its table, column and row id.
 
 from __future__ import annotations
 
-from weakref import WeakKeyDictionary
-
 from messaging.service.base import (
     AttachmentView,
     MessageView,
@@ -29,9 +27,7 @@ from messaging.service.base import (
 from messaging.service.ehr_side import EhrSide
 from messaging.service.rotation import Rotation
 from messaging.service.sending import Sending
-from servicekit.consumer import UnitOfWork
-from servicekit.errors import DependencyUnavailable
-from servicekit.outbox import Outbox
+from servicekit.consumer import UnitOfWork, running_deps
 
 __all__ = [
     "AttachmentView",
@@ -46,8 +42,6 @@ __all__ = [
     "ThreadView",
     "TooLong",
     "UnknownTopic",
-    "attach",
-    "detach",
     "messaging_for",
 ]
 
@@ -56,25 +50,7 @@ class Messaging(Sending, EhrSide, Rotation):
     """The messaging use cases of one running service."""
 
 
-# -- the running service's use cases, for the handlers ----------------------------------
-
-_running: WeakKeyDictionary[Outbox, Messaging] = WeakKeyDictionary()
-
-
-def attach(outbox: Outbox, messaging: Messaging) -> None:
-    """Make `messaging` what the handlers of the service owning `outbox` use."""
-    _running[outbox] = messaging
-
-
-def detach(outbox: Outbox) -> None:
-    """Forget the use cases of a stopped service."""
-    _running.pop(outbox, None)
-
-
 def messaging_for(uow: UnitOfWork) -> Messaging:
-    """The use cases of the service handling this unit of work."""
-    found = _running.get(uow.outbox)
-    if found is None:
-        # Only while starting or stopping: the event waits in Kafka.
-        raise DependencyUnavailable("the messaging service is not running")
-    return found
+    """The use cases of the service handling this unit of work (its composition root's
+    `deps`); none while it starts or stops: the event waits in Kafka."""
+    return running_deps(uow.deps, Messaging)
