@@ -218,3 +218,19 @@ def encryption_routes(use_cases: Callable[[Request], Reencryptable]) -> APIRoute
         )
 
     return routes
+
+
+def kit_encryption_routes() -> APIRouter:
+    """The same two routes for a service whose only sealed rows are the kit's (records,
+    scheduling, the gateway, the ehr-connector): outbox, stored answers, dead letters and
+    parked messages (`servicekit.sealing.KitSealing`)."""
+    from servicekit.sealing import KitSealing
+
+    def use_cases(request: Request) -> Reencryptable:
+        service = request.app.state.service
+        cipher: Cipher | None = service.outbox.cipher
+        if cipher is None:
+            raise RuntimeError("kit_encryption_routes on a service without a cipher")
+        return KitSealing(service.db, cipher)
+
+    return encryption_routes(use_cases)
