@@ -16,6 +16,7 @@ from servicekit.consumer import ConsumerRuntime
 from servicekit.crypto import Cipher
 from servicekit.db import Database
 from servicekit.outbox import replay
+from servicekit.sealing import KitSealing
 from servicekit.settings import ServiceSettings
 from servicekit.tables import DeadLetterRow, OutboxRow, ParkedRow
 
@@ -224,7 +225,6 @@ def kit_encryption_routes() -> APIRouter:
     """The same two routes for a service whose only sealed rows are the kit's (records,
     scheduling, the gateway, the ehr-connector): outbox, stored answers, dead letters and
     parked messages (`servicekit.sealing.KitSealing`)."""
-    from servicekit.sealing import KitSealing
 
     def use_cases(request: Request) -> Reencryptable:
         service = request.app.state.service
