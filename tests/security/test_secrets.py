@@ -25,7 +25,14 @@ def _start(app: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("OPS_TOKEN", "ENVIRONMENT", "SERVICE_TOKEN_KEY")
+        if k
+        not in (
+            "OPS_TOKEN",
+            "ENVIRONMENT",
+            "SERVICE_TOKEN_KEY",
+            "ENCRYPTION_KEYS",
+            "ENCRYPTION_KEYS_FILE",
+        )
     }
     return subprocess.run(
         [sys.executable, "-m", "uvicorn", "--factory", app, "--port", "0"],
@@ -50,3 +57,25 @@ def test_prod_refuses_development_secrets(attack: Attack, service: str) -> None:
     assert result.returncode != 0
     assert said == named
     assert "refuses to start" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "app", ["records.app:create_app", "scheduling.app:create_app", "gateway.app:create_app"]
+)
+def test_prod_refuses_to_start_without_encryption_keys(attack: Attack, app: str) -> None:
+    """Every secret set but the keys that seal the kit's tables (dead letters, parked
+    events, outbox): the service refuses rather than sealing with the development key."""
+    env = {
+        "ENVIRONMENT": "prod",
+        "OPS_TOKEN": "a-long-production-ops-token-0123456789",
+        "SERVICE_TOKEN_KEY": "a-long-production-service-token-key-0123456789",
+        "AUDIT_KEY": "a-long-production-audit-key-0123456789",
+    }
+    result = _start(app, env)
+    attack(
+        f"{app.split('.')[0]} started with ENVIRONMENT=prod and no encryption keys",
+        "refuses, names ENCRYPTION_KEYS",
+        f"exit {result.returncode}",
+    )
+    assert result.returncode != 0
+    assert "ENCRYPTION_KEYS must be set in production" in result.stderr

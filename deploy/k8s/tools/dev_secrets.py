@@ -6,8 +6,8 @@ DATABASE_URL the service uses), the ops token, the connector's webhook token and
 Backend Services key pair (EC P-384, ES384), and for dev the EHR sandbox's database login
 (`ehr-sandbox-db`, its SANDBOX_DATABASE_URL), admin token and the clients file that
 registers the connector's public key with the sandbox, and the encryption keys at rest
-(`messaging-encryption`, `triage-encryption`, `ehr-connector-encryption`; rotating them is
-in docs/operations.md).
+(`<service>-encryption` for every service: messaging, triage, ehr-connector, records,
+scheduling, gateway; rotating them is in docs/operations.md).
 
     python deploy/k8s/tools/dev_secrets.py --namespace portal-dev | kubectl apply -f -
     python deploy/k8s/tools/dev_secrets.py --env prod --namespace portal \
@@ -114,10 +114,12 @@ def secrets_for(env: str, postgres_host: str = POSTGRES_HOST) -> tuple[list[dict
     jwks = {"keys": [jwk]}
     docs.append(_secret("ehr-connector-ehr-client", {"private-key.pem": pem, "key-id": kid}))
     docs.append(_secret("ehr-connector-webhook", {"token": secrets.token_urlsafe(32)}))
-    # Encryption at rest (messaging, triage, the connector's outbox): one key id each,
-    # dated, so a later rotation adds another.
+    # Encryption at rest (messaging's and triage's text, every service's kit tables:
+    # outbox, stored answers, dead letters, parked events): one key id each, dated, so a
+    # later rotation adds another.
     key_id = f"{datetime.now(UTC):%Y-%m}"
-    for name in ("messaging-encryption", "triage-encryption", "ehr-connector-encryption"):
+    for service in ("messaging", "triage", "ehr-connector", "records", "scheduling", "gateway"):
+        name = f"{service}-encryption"
         key = base64.b64encode(secrets.token_bytes(32)).decode()
         docs.append(_secret(name, {"keys": json.dumps({key_id: key}), "active": key_id}))
     if env == "dev":

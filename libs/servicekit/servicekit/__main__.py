@@ -29,14 +29,12 @@ from servicekit.settings import ServiceSettings
 from servicekit.telemetry import setup_tracing
 
 
-def _cipher(environment: str) -> Cipher | None:
+def _cipher(environment: str) -> Cipher:
     """The service's keys, to open sealed payloads (servicekit.sealing): from the same
     ENCRYPTION_KEYS / ENCRYPTION_KEYS_FILE as the service; outside prod the development key.
-    In prod a service that seals nothing has no keys, and its relay needs none."""
-    keys = EncryptionSettings()
-    if environment == "prod" and not keys.encryption_keys and not keys.encryption_keys_file:
-        return None
-    return Cipher(Keyring.from_settings(keys, environment))
+    Every service seals its outbox, so in prod a relay without keys refuses to start (as
+    the service does) rather than fail on its first sealed row."""
+    return Cipher(Keyring.from_settings(EncryptionSettings(), environment))
 
 
 async def _relay(settings: ServiceSettings) -> None:

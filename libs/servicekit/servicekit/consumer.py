@@ -47,6 +47,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contracts.base import Payload
 from contracts.envelope import Envelope, EnvelopeError, parse_headers
 from contracts.registry import UnknownEventType, by_dataschema, dlq_topic, latest
+from servicekit import sealing
+from servicekit.crypto import Cipher
 from servicekit.db import Database
 from servicekit.errors import DependencyUnavailable, PermanentError, describe
 from servicekit.flow_metrics import observe_event_age
@@ -520,7 +522,7 @@ class ConsumerRuntime:
             now = datetime.now(UTC)
             for msg, event in zip(msgs, events, strict=True):
                 if msg.key in blocked:
-                    session.add(_parked_row(consumer, msg, now))
+                    session.add(_parked_row(consumer, msg, now, self.outbox.cipher))
                     parked.append(msg)
                     outcomes.append(Outcome.PARKED)
                 elif event.envelope.id in seen:
@@ -680,7 +682,7 @@ class ConsumerRuntime:
         async with self.db.transaction() as session:
             if await self._open_dead_letter(session, consumer, msg.key) is None:
                 return False
-            session.add(_parked_row(consumer, msg, datetime.now(UTC)))
+            session.add(_parked_row(consumer, msg, datetime.now(UTC), self.outbox.cipher))
         log.info("consumer.parked", consumer=consumer, key=msg.key, offset=msg.offset)
         return True
 
@@ -707,6 +709,12 @@ class ConsumerRuntime:
         event_id = next(
             (v.decode("utf-8", "replace") for k, v in msg.headers if k == "ce_id"), None
         )
+        # Sealed at rest with the service's cipher (servicekit.sealing): it is a whole event.
+        payload, key_id = sealing.seal(
+            self.outbox.cipher,
+            msg.value.decode("utf-8", errors="replace"),
+            sealing.dead_letter_aad(consumer, msg.topic, msg.partition, msg.offset),
+        )
         session.add(
             DeadLetterRow(
                 consumer=consumer,
@@ -716,7 +724,8 @@ class ConsumerRuntime:
                 offset=msg.offset,
                 event_id=event_id,
                 headers=headers_to_json(msg.headers),
-                payload=msg.value.decode("utf-8", errors="replace"),
+                payload=payload,
+                key_id=key_id,
                 error=failure.error,
                 error_kind=failure.kind,
                 attempts=failure.attempts,
@@ -772,9 +781,12 @@ class ConsumerRuntime:
                 raise ValueError(f"dead letter {dead_letter_id} is already {row.status}")
             if row.status == "open":
                 if rerun:
-                    msg = _raw_from(
-                        row.topic, row.partition, row.offset, key, row.headers, row.payload
+                    payload = sealing.unseal(
+                        self.outbox.cipher,
+                        row.payload,
+                        sealing.dead_letter_aad(consumer, row.topic, row.partition, row.offset),
                     )
+                    msg = _raw_from(row.topic, row.partition, row.offset, key, row.headers, payload)
                     try:
                         await self._handle_with_retries(sub, consumer, msg)
                     except _Failed as failure:
@@ -847,8 +859,13 @@ class ConsumerRuntime:
                 ).scalar_one_or_none()
             if parked is None:
                 return released, None
+            payload = sealing.unseal(
+                self.outbox.cipher,
+                parked.payload,
+                sealing.parked_aad(consumer, parked.topic, parked.partition, parked.offset),
+            )
             msg = _raw_from(
-                parked.topic, parked.partition, parked.offset, key, parked.headers, parked.payload
+                parked.topic, parked.partition, parked.offset, key, parked.headers, payload
             )
             try:
                 await self._handle_with_retries(sub, consumer, msg)
@@ -947,7 +964,13 @@ def _texts(values: Iterable[str]) -> BindParameter[Any]:
     return bindparam(None, distinct, type_=ARRAY(String()))
 
 
-def _parked_row(consumer: str, msg: RawMessage, at: datetime) -> ParkedRow:
+def _parked_row(consumer: str, msg: RawMessage, at: datetime, cipher: Cipher | None) -> ParkedRow:
+    # Sealed at rest like a dead letter (servicekit.sealing): it is a whole event.
+    payload, key_id = sealing.seal(
+        cipher,
+        msg.value.decode("utf-8", errors="replace"),
+        sealing.parked_aad(consumer, msg.topic, msg.partition, msg.offset),
+    )
     return ParkedRow(
         consumer=consumer,
         key=msg.key,
@@ -955,7 +978,8 @@ def _parked_row(consumer: str, msg: RawMessage, at: datetime) -> ParkedRow:
         partition=msg.partition,
         offset=msg.offset,
         headers=headers_to_json(msg.headers),
-        payload=msg.value.decode("utf-8", errors="replace"),
+        payload=payload,
+        key_id=key_id,
         parked_at=at,
     )
 

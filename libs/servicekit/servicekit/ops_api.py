@@ -16,6 +16,7 @@ from servicekit.consumer import ConsumerRuntime
 from servicekit.crypto import Cipher
 from servicekit.db import Database
 from servicekit.outbox import replay
+from servicekit.sealing import KitSealing
 from servicekit.settings import ServiceSettings
 from servicekit.tables import DeadLetterRow, OutboxRow, ParkedRow
 
@@ -218,3 +219,18 @@ def encryption_routes(use_cases: Callable[[Request], Reencryptable]) -> APIRoute
         )
 
     return routes
+
+
+def kit_encryption_routes() -> APIRouter:
+    """The same two routes for a service whose only sealed rows are the kit's (records,
+    scheduling, the gateway, the ehr-connector): outbox, stored answers, dead letters and
+    parked messages (`servicekit.sealing.KitSealing`)."""
+
+    def use_cases(request: Request) -> Reencryptable:
+        service = request.app.state.service
+        cipher: Cipher | None = service.outbox.cipher
+        if cipher is None:
+            raise RuntimeError("kit_encryption_routes on a service without a cipher")
+        return KitSealing(service.db, cipher)
+
+    return encryption_routes(use_cases)

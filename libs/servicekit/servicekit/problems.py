@@ -59,6 +59,31 @@ def install(app: FastAPI) -> None:
         return problem(500, "Internal error", "The service failed; the error was logged.")
 
 
+# The shape of every error answer (RFC 9457), for the OpenAPI documents.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses` for the error answers it gives (problem+json), so its OpenAPI
+    document says every status a caller can get."""
+    return {
+        status: {
+            "description": _title(status),
+            "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}},
+        }
+        for status in statuses
+    }
+
+
 def title_of(status: int) -> str:
     """The standard reason phrase of an HTTP status, as a problem's title."""
     return _title(status)

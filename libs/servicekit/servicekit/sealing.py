@@ -1,12 +1,13 @@
 """Event payloads and stored answers encrypted at rest, in the kit's own tables.
 
-A service that encrypts its patients' text (messaging, triage: `ServiceDefinition.cipher`)
-would leak that text through the kit's tables otherwise: the outbox keeps every event it
-published for replay (a message body, a symptom description) and the idempotency table
-keeps the answer to every command (which echoes the message). With a cipher the kit seals
-those two columns with it, the relay opens a payload just before publishing, and a replay
-opens its stored answer; without one they stay plain text, as for services that hold no
-free text.
+A service that holds patients' data (every service with a `ServiceDefinition.cipher`)
+would leak it through the kit's tables otherwise: the outbox keeps every event it
+published for replay (a message body, a symptom description, a lab value), the
+idempotency table keeps the answer to every command (which echoes the message), and the
+dead-letter and parked-message tables keep whole payloads of events a consumer gave up on
+or held back. With a cipher the kit seals those four columns with it: the relay opens a
+payload just before publishing, a replay opens its stored answer, a re-drive or release
+opens the event it handles again; without one they stay plain text.
 
 A sealed value is `sealed:` + base64 of a `servicekit.crypto` envelope bound to its table,
 column and row (associated data), so a value copied into another row fails to open. The
@@ -25,7 +26,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from servicekit.crypto import Cipher
 from servicekit.db import Database
-from servicekit.tables import IdempotencyRow, OutboxRow
+from servicekit.tables import DeadLetterRow, IdempotencyRow, OutboxRow, ParkedRow
 
 PREFIX = "sealed:"
 
@@ -38,6 +39,16 @@ def outbox_aad(event_id: str) -> str:
 def answer_aad(scope: str, key: str) -> str:
     """Associated data of a stored idempotent answer."""
     return f"idempotency_keys:response_body:{scope}:{key}"
+
+
+def dead_letter_aad(consumer: str, topic: str, partition: int, offset: int) -> str:
+    """Associated data of a dead letter's payload: the message it was, where it came from."""
+    return f"dead_letters:payload:{consumer}:{topic}:{partition}:{offset}"
+
+
+def parked_aad(consumer: str, topic: str, partition: int, offset: int) -> str:
+    """Associated data of a parked message's payload."""
+    return f"parked_messages:payload:{consumer}:{topic}:{partition}:{offset}"
 
 
 def seal(cipher: Cipher | None, text: str, aad: str) -> tuple[str, str | None]:
@@ -72,6 +83,8 @@ def _rewrapped(cipher: Cipher, stored: str, aad: str) -> str:
 _SEALED: tuple[tuple[type[Any], InstrumentedAttribute[Any]], ...] = (
     (OutboxRow, OutboxRow.payload),
     (IdempotencyRow, IdempotencyRow.response_body),
+    (DeadLetterRow, DeadLetterRow.payload),
+    (ParkedRow, ParkedRow.payload),
 )
 
 
@@ -92,6 +105,10 @@ async def count_not_on_key(db: Database, active_key_id: str) -> dict[str, int]:
 def _aad_of(row: Any) -> str:
     if isinstance(row, OutboxRow):
         return outbox_aad(row.event_id)
+    if isinstance(row, DeadLetterRow):
+        return dead_letter_aad(row.consumer, row.topic, row.partition, row.offset)
+    if isinstance(row, ParkedRow):
+        return parked_aad(row.consumer, row.topic, row.partition, row.offset)
     return answer_aad(row.scope, row.key)
 
 
@@ -124,8 +141,9 @@ async def rewrap(db: Database, cipher: Cipher, batch: int) -> dict[str, int]:
 
 
 class KitSealing:
-    """The rotation use cases of a service whose only sealed rows are the kit's (the
-    ehr-connector): `servicekit.ops_api.encryption_routes` serves them."""
+    """The rotation use cases of a service whose only sealed rows are the kit's (records,
+    scheduling, the gateway, the ehr-connector): `servicekit.ops_api.encryption_routes`
+    serves them."""
 
     def __init__(self, db: Database, cipher: Cipher, batch: int = 200) -> None:
         self.db = db

@@ -69,7 +69,9 @@ class DeadLetterRow(KitBase):
     offset: Mapped[int] = mapped_column(BigInteger)
     event_id: Mapped[str | None] = mapped_column(String(200), default=None)
     headers: Mapped[list[list[str]]] = mapped_column(JSON)
+    # Sealed (servicekit.sealing) when the service has a cipher; key_id names its key.
     payload: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[str | None] = mapped_column(String(64), default=None)
     error: Mapped[str] = mapped_column(Text)
     error_kind: Mapped[str] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(Integer)
@@ -92,7 +94,9 @@ class ParkedRow(KitBase):
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)
     headers: Mapped[list[list[str]]] = mapped_column(JSON)
+    # Sealed (servicekit.sealing) when the service has a cipher; key_id names its key.
     payload: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[str | None] = mapped_column(String(64), default=None)
     parked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_parked_consumer_key", "consumer", "key", "id"),)

@@ -2,7 +2,9 @@
 
 It consumes `patient.linked` and records one `Effect` row per handled event; payloads
 steer failures: `patient_fhir_id="poison"` raises a permanent error, `"flaky-N"` fails the
-first N attempts, `"down-N"` reports its dependency unavailable N times.
+first N attempts, `"down-N"` reports its dependency unavailable N times, `"poison-..."`
+raises a permanent error until the test adds it to `healed` (the fix an operator re-drives
+after).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from contracts.patient import PatientLinkedV1
 from servicekit.app import Service, ServiceDefinition, create_service
 from servicekit.consumer import Event, EventRouter, UnitOfWork
+from servicekit.crypto import Cipher
 from servicekit.db import new_metadata
 from servicekit.errors import DependencyUnavailable, PermanentError
+from servicekit.ops_api import kit_encryption_routes
 from servicekit.settings import ServiceSettings
 
 
@@ -37,6 +41,7 @@ class Effect(Base):
 
 
 attempts: Counter[str] = Counter()
+healed: set[str] = set()
 router = EventRouter()
 
 
@@ -45,7 +50,7 @@ async def record_link(uow: UnitOfWork, event: Event[PatientLinkedV1]) -> None:
     """Record the link (the test's observable effect)."""
     marker = event.data.patient_fhir_id
     attempts[event.envelope.id] += 1
-    if marker == "poison":
+    if marker == "poison" or (marker.startswith("poison-") and marker not in healed):
         raise PermanentError("this patient cannot be linked")
     for prefix, exc in (
         ("flaky-", RuntimeError("flaky")),
@@ -63,17 +68,22 @@ async def record_link(uow: UnitOfWork, event: Event[PatientLinkedV1]) -> None:
     )
 
 
-def build(settings: ServiceSettings) -> Service:
-    """The fake service with the given settings."""
-    return create_service(
+def build(settings: ServiceSettings, cipher: Cipher | None = None) -> Service:
+    """The fake service with the given settings; with `cipher` its kit tables are sealed
+    and it has the `/ops/encryption` routes."""
+    service = create_service(
         ServiceDefinition(
             settings=settings,
             title="fake",
             handlers=router,
             publishes=("patient.linked",),
             metadata=Base.metadata,
+            cipher=cipher,
         )
     )
+    if cipher is not None:
+        service.app.include_router(kit_encryption_routes())
+    return service
 
 
 async def effects(session: AsyncSession) -> list[Effect]:

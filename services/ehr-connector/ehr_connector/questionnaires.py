@@ -14,15 +14,24 @@ from fastapi.responses import JSONResponse
 
 from ehr_connector.context import Connector
 from ehr_connector.ehr.errors import EhrError, EhrUnavailable
+from servicekit.problems import documented
 
 router = APIRouter(tags=["intake"])
+# A canonical URL and a version are printable ASCII without spaces (FHIR `uri`/`string`
+# as the EHR searches them): anything else is refused here, not passed on for the EHR to
+# refuse (which looked like the EHR failing: 502).
+_PRINTABLE = r"^[!-~]+$"
 
 
-@router.get("/ehr/questionnaires", response_class=JSONResponse)
+@router.get(
+    "/ehr/questionnaires",
+    response_class=JSONResponse,
+    responses=documented(404, 422, 502, 503),
+)
 async def questionnaire(
     request: Request,
-    url: Annotated[str, Query(min_length=1, max_length=300, pattern=r"^\S+$")],
-    version: Annotated[str | None, Query(max_length=64, pattern=r"^\S+$")] = None,
+    url: Annotated[str, Query(min_length=1, max_length=300, pattern=_PRINTABLE)],
+    version: Annotated[str | None, Query(max_length=64, pattern=_PRINTABLE)] = None,
 ) -> JSONResponse:
     """The EHR's Questionnaire with this canonical URL (and version, when given)."""
     running = request.app.state.service.deps
@@ -34,6 +43,8 @@ async def questionnaire(
     except EhrUnavailable as exc:
         raise HTTPException(503, "The EHR is unavailable.") from exc
     except EhrError as exc:
+        if exc.status == 400:  # the EHR cannot search by this value: the caller's input
+            raise HTTPException(422, "The EHR cannot search by this url or version.") from exc
         raise HTTPException(502, f"The EHR refused the search (HTTP {exc.status}).") from exc
     found = [
         q

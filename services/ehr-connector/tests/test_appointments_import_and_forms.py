@@ -159,3 +159,11 @@ async def test_the_intake_form_is_read_from_the_ehr_by_canonical_url_and_version
         missing = await client.get("/ehr/questionnaires", params={"url": INTAKE, "version": "9"})
         assert missing.status_code == 404
         assert missing.headers["content-type"] == "application/problem+json"
+        # A url the EHR cannot search by (a control character: its 400) is the caller's
+        # mistake, refused as such; never a 502 as though the EHR had failed.
+        for bad in ("\x11", "http://x/\x7f", "http://x/é"):
+            refused = await client.get("/ehr/questionnaires", params={"url": bad})
+            assert refused.status_code == 422, (bad, refused.text)
+        documented = (await client.get("/openapi.json")).json()
+        answers = documented["paths"]["/ehr/questionnaires"]["get"]["responses"]
+        assert {"404", "422", "503"} <= set(answers)

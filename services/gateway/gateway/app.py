@@ -29,6 +29,8 @@ from gateway.ratelimit import RateLimitMiddleware, RateLimits
 from gateway.settings import Settings
 from gateway.upstream import Upstreams, pooled_client
 from servicekit.app import Service, ServiceDefinition, create_service
+from servicekit.crypto import Cipher, Keyring
+from servicekit.ops_api import kit_encryption_routes
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -91,9 +93,16 @@ def build(
     routes.include_router(api_messages.router)
     routes.include_router(api_triage.router)
     routes.include_router(ops.router)
+    # `GET /ops/encryption`, `POST /ops/encryption/reencrypt` (ops token): after a rotation.
+    routes.include_router(kit_encryption_routes())
+    settings = settings or Settings()
+    # Events it consumes (lab values, messages, appointments for the patients' streams) sit
+    # whole in the kit's dead-letter and parked tables, and its outbox links patients to
+    # their EHR ids: sealed at rest (servicekit.sealing). Bad keys, or none in prod, fail here.
+    cipher = Cipher(Keyring.from_settings(settings, settings.environment))
     service = create_service(
         ServiceDefinition(
-            settings=settings or Settings(),
+            settings=settings,
             title="gateway",
             description="Patient API (BFF), real-time events (SSE) and the portal page.",
             # The public door: patients' tokens (and the ops token for /ops), not service
@@ -106,6 +115,7 @@ def build(
             deps=_notification_hub,
             on_startup=[_open_clients],
             on_shutdown=[_close_clients],
+            cipher=cipher,
         )
     )
     if mounts is not None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from servicekit.crypto import EncryptionSettings
 from servicekit.settings import ServiceSettings
 
 
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, EncryptionSettings):
     """Patient API, real-time stream and portal page."""
 
     service_name: str = "gateway"
@@ -72,6 +73,11 @@ class Settings(ServiceSettings):
         default=300.0,
         ge=0,
         description="How often the gateway anchors and verifies the access log (0 = never)",
+    )
+    audit_source_id: str = Field(
+        default="urn:patient-portal:gateway",
+        description="The gateway's URI in exported AuditEvents (source.observer and the "
+        "server agent; GET /ops/audit/export)",
     )
     audit_queue_max: int = Field(
         default=1000,

@@ -38,6 +38,7 @@ from servicekit.consumer import running_deps
 from servicekit.http import PatientId
 from servicekit.idempotency import IdempotencyKey, idempotent, replay
 from servicekit.ops_api import encryption_routes
+from servicekit.problems import documented
 
 router = APIRouter(tags=["messaging"])
 # Operators' routes: the ops token, not a service token (`ServiceDefinition.public_api`).
@@ -284,7 +285,11 @@ async def inbox(patient_id: PatientId, request: Request) -> InboxOut:
     )
 
 
-@router.get("/patients/{patient_id}/threads/{thread_id}/messages", response_model=list[MessageOut])
+@router.get(
+    "/patients/{patient_id}/threads/{thread_id}/messages",
+    response_model=list[MessageOut],
+    responses=documented(404),
+)
 async def list_messages(
     patient_id: PatientId, thread_id: ThreadId, request: Request
 ) -> list[MessageOut]:
@@ -296,7 +301,7 @@ async def list_messages(
     return [_message_out(m) for m in messages]
 
 
-@router.get("/patients/{patient_id}/attachments/{attachment_id}")
+@router.get("/patients/{patient_id}/attachments/{attachment_id}", responses=documented(404))
 async def get_attachment(
     patient_id: PatientId, attachment_id: ThreadId, request: Request
 ) -> Response:
@@ -318,7 +323,12 @@ def _send_scope(patient_id: str) -> str:
     return f"{patient_id}:send-message"
 
 
-@router.post("/patients/{patient_id}/threads", response_model=SentOut, status_code=201)
+@router.post(
+    "/patients/{patient_id}/threads",
+    response_model=SentOut,
+    status_code=201,
+    responses=documented(413, 415, 422, 429),
+)
 async def start_thread(
     patient_id: PatientId,
     body: NewThreadIn,
@@ -352,7 +362,10 @@ async def start_thread(
 
 
 @router.post(
-    "/patients/{patient_id}/threads/{thread_id}/messages", response_model=SentOut, status_code=201
+    "/patients/{patient_id}/threads/{thread_id}/messages",
+    response_model=SentOut,
+    status_code=201,
+    responses=documented(404, 413, 415, 422, 429),
 )
 async def reply(
     patient_id: PatientId,
@@ -388,7 +401,11 @@ async def _sending(sent: Awaitable[Sent]) -> SentOut:
     return _sent_out(await sent)
 
 
-@router.post("/patients/{patient_id}/threads/{thread_id}/read", response_model=ReadOut)
+@router.post(
+    "/patients/{patient_id}/threads/{thread_id}/read",
+    response_model=ReadOut,
+    responses=documented(404),
+)
 async def mark_read(patient_id: PatientId, thread_id: ThreadId, request: Request) -> ReadOut:
     """Mark the care team's messages in one of the patient's threads read."""
     try:

@@ -116,6 +116,8 @@ async def test_text_is_not_in_the_database_files_and_rotation_reencrypts_every_r
             "pool_items": 1,
             "outbox": 1,
             "idempotency_keys": 1,
+            "dead_letters": 0,
+            "parked_messages": 0,
         }
         assert (await client.post("/ops/encryption/reencrypt")).status_code == 401
         run = (await client.post("/ops/encryption/reencrypt", headers=OPS)).json()

@@ -13,6 +13,7 @@ from records import service, store
 from records.domain import BadCursor
 from records.explanations import Catalogue
 from servicekit.http import PatientId, ReadSession
+from servicekit.problems import documented
 
 router = APIRouter(prefix="/patients/{patient_id}", tags=["records"])
 DEFAULT_PAGE = 20
@@ -76,7 +77,7 @@ def _bad_cursor(exc: BadCursor) -> HTTPException:
     return HTTPException(400, "The cursor is not valid: start again without one.")
 
 
-@router.get("/lab-results", response_model=PageOut)
+@router.get("/lab-results", response_model=PageOut, responses=documented(400))
 async def list_lab_results(
     patient_id: PatientId,
     session: ReadSession,
@@ -115,7 +116,7 @@ async def lab_result_trend(
     return await service.trend(session, patient_id, code, wanted, catalogue)
 
 
-@router.get("/lab-results/{report_id}")
+@router.get("/lab-results/{report_id}", responses=documented(404))
 async def get_lab_result(
     patient_id: PatientId, report_id: FhirId, session: ReadSession, catalogue: Explanations
 ) -> dict[str, Any]:
@@ -126,7 +127,7 @@ async def get_lab_result(
     return report
 
 
-@router.get("/vital-signs", response_model=PageOut)
+@router.get("/vital-signs", response_model=PageOut, responses=documented(400))
 async def list_vital_signs(
     patient_id: PatientId,
     session: ReadSession,
@@ -149,7 +150,7 @@ async def list_vital_signs(
     return _page(page)
 
 
-@router.get("/documents", response_model=PageOut)
+@router.get("/documents", response_model=PageOut, responses=documented(400))
 async def list_documents(
     patient_id: PatientId,
     session: ReadSession,
@@ -164,7 +165,7 @@ async def list_documents(
     return _page(page)
 
 
-@router.get("/documents/{document_id}")
+@router.get("/documents/{document_id}", responses=documented(404))
 async def get_document(
     patient_id: PatientId, document_id: FhirId, session: ReadSession
 ) -> dict[str, Any]:
@@ -178,7 +179,7 @@ async def get_document(
 @router.get(
     "/documents/{document_id}/attachments/{position}",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={**documented(404), 200: {"content": {"application/octet-stream": {}}}},
 )
 async def get_document_attachment(
     patient_id: PatientId,

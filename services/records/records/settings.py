@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from servicekit.crypto import EncryptionSettings
 from servicekit.settings import ServiceSettings
 
 
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, EncryptionSettings):
     """Read model of the patient's chart."""
 
     service_name: str = "records"

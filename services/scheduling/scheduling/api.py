@@ -218,7 +218,11 @@ async def list_appointments(
     return [_appointment(r, intakes.get(r.id), hours) for r in rows]
 
 
-@router.get("/patients/{patient_id}/appointments/{appointment_id}", response_model=AppointmentOut)
+@router.get(
+    "/patients/{patient_id}/appointments/{appointment_id}",
+    response_model=AppointmentOut,
+    responses=problems.documented(404),
+)
 async def get_appointment(
     patient_id: PatientId, appointment_id: ResourceId, request: Request, session: ReadSession
 ) -> AppointmentOut:
@@ -293,7 +297,12 @@ def _scope(patient_id: str, command: str) -> str:
     return f"scheduling:{patient_id}:{command}"
 
 
-@router.post("/patients/{patient_id}/appointments", status_code=201, response_model=AppointmentOut)
+@router.post(
+    "/patients/{patient_id}/appointments",
+    status_code=201,
+    response_model=AppointmentOut,
+    responses=problems.documented(404, 409, 422, 503),
+)
 async def book_appointment(
     patient_id: PatientId, body: BookIn, request: Request, key: IdempotencyKey = None
 ) -> JSONResponse:
@@ -311,7 +320,9 @@ async def book_appointment(
 
 
 @router.post(
-    "/patients/{patient_id}/appointments/{appointment_id}/cancel", response_model=AppointmentOut
+    "/patients/{patient_id}/appointments/{appointment_id}/cancel",
+    response_model=AppointmentOut,
+    responses=problems.documented(404, 409, 422, 503),
 )
 async def cancel_appointment(
     patient_id: PatientId,
@@ -335,6 +346,7 @@ async def cancel_appointment(
     "/patients/{patient_id}/appointments/{appointment_id}/reschedule",
     status_code=202,
     response_model=AppointmentOut,
+    responses=problems.documented(404, 409, 422, 503),
 )
 async def reschedule_appointment(
     patient_id: PatientId,
@@ -366,7 +378,9 @@ async def _questionnaire(
 
 
 @router.get(
-    "/patients/{patient_id}/appointments/{appointment_id}/intake", response_model=IntakeFormOut
+    "/patients/{patient_id}/appointments/{appointment_id}/intake",
+    response_model=IntakeFormOut,
+    responses=problems.documented(404, 503),
 )
 async def get_intake(
     patient_id: PatientId, appointment_id: ResourceId, request: Request
@@ -384,6 +398,7 @@ async def get_intake(
 @router.put(
     "/patients/{patient_id}/appointments/{appointment_id}/intake/draft",
     response_model=IntakeOut,
+    responses=problems.documented(404, 409, 422, 503),
 )
 async def save_intake_draft(
     patient_id: PatientId, appointment_id: ResourceId, body: IntakeIn, request: Request
@@ -404,6 +419,7 @@ async def save_intake_draft(
     "/patients/{patient_id}/appointments/{appointment_id}/intake",
     status_code=202,
     response_model=IntakeOut,
+    responses=problems.documented(404, 409, 422, 503),
 )
 async def submit_intake(
     patient_id: PatientId,
@@ -434,6 +450,7 @@ async def submit_intake(
     "/patients/{patient_id}/appointments/{appointment_id}/intake/amend",
     status_code=202,
     response_model=IntakeOut,
+    responses=problems.documented(404, 409, 422, 503),
 )
 async def amend_intake(
     patient_id: PatientId,

@@ -14,7 +14,9 @@ from scheduling import api, handlers, service, store
 from scheduling.questionnaires import QuestionnaireSource
 from scheduling.settings import Settings
 from servicekit.app import Service, ServiceDefinition, create_service
+from servicekit.crypto import Cipher, Keyring
 from servicekit.logging import get_logger
+from servicekit.ops_api import kit_encryption_routes
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 log = get_logger(__name__)
@@ -70,9 +72,14 @@ def build(
 ) -> Service:
     """The scheduling service with the given (default: environment) settings; `mounts`
     (httpx URL patterns to transports) let tests reach an in-process connector."""
+    settings = settings or Settings()
+    # Appointments, intake answers and reminders travel through the kit's tables (outbox,
+    # stored answers, dead letters, parked events): sealed at rest (servicekit.sealing).
+    # Bad keys, or none in prod, fail here.
+    cipher = Cipher(Keyring.from_settings(settings, settings.environment))
     running = create_service(
         ServiceDefinition(
-            settings=settings or Settings(),
+            settings=settings,
             title="scheduling",
             description="Slots cached from the EHR, appointments and intake.",
             api=api.router,
@@ -88,8 +95,11 @@ def build(
             migrations=MIGRATIONS,
             on_startup=[_start],
             on_shutdown=[_stop],
+            cipher=cipher,
         )
     )
+    # `GET /ops/encryption`, `POST /ops/encryption/reencrypt` (ops token): after a rotation.
+    running.app.include_router(kit_encryption_routes())
     if mounts is not None:
         running.state["connector_mounts"] = mounts
     return running

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from scheduling.domain import ClinicRules
+from servicekit.crypto import EncryptionSettings
 from servicekit.settings import ServiceSettings
 
 
-class Settings(ServiceSettings):
+class Settings(ServiceSettings, EncryptionSettings):
     """Slots, appointments and digital intake."""
 
     service_name: str = "scheduling"

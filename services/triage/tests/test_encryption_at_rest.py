@@ -102,6 +102,8 @@ async def test_the_patients_words_are_not_in_the_database_files_and_keys_rotate(
             "triage_sessions": 3,
             "outbox": 1,
             "idempotency_keys": 0,
+            "dead_letters": 0,
+            "parked_messages": 0,
         }
         assert (await client.post("/ops/encryption/reencrypt")).status_code == 401
         run = (await client.post("/ops/encryption/reencrypt", headers=OPS)).json()

@@ -17,6 +17,7 @@ from contracts.triage import Urgency
 from servicekit.http import PatientId
 from servicekit.idempotency import IdempotencyKey, idempotent
 from servicekit.ops_api import encryption_routes
+from servicekit.problems import documented
 from triage.domain import Sex
 from triage.ruleset import Question
 from triage.service import (
@@ -227,7 +228,11 @@ async def _answer(call: Awaitable[JSONResponse]) -> JSONResponse:
         raise HTTPException(422, str(exc)) from exc
 
 
-@router.get("/patients/{patient_id}/sessions/{session_id}", response_model=SessionStateOut)
+@router.get(
+    "/patients/{patient_id}/sessions/{session_id}",
+    response_model=SessionStateOut,
+    responses=documented(404),
+)
 async def get_session(
     patient_id: PatientId, session_id: SessionId, request: Request
 ) -> SessionStateOut:
@@ -238,7 +243,11 @@ async def get_session(
         raise HTTPException(404, "No such triage session.") from exc
 
 
-@router.post("/patients/{patient_id}/sessions/{session_id}/answers", response_model=SessionStateOut)
+@router.post(
+    "/patients/{patient_id}/sessions/{session_id}/answers",
+    response_model=SessionStateOut,
+    responses=documented(404, 409, 422),
+)
 async def answer(
     patient_id: PatientId,
     session_id: SessionId,

@@ -8,6 +8,7 @@
     portalctl subscriptions status | ensure | recover SUBSCRIPTION_ID
     portalctl backfill start PATIENT_ID [--fhir-id ID] | status PATIENT_ID
     portalctl audit verify
+    portalctl audit export [--patient ID] [--since TIME] [--until TIME] [--limit N]
     portalctl canary run
 
 Tables by default, `--json` for scripts. Exit codes: 0 done; 1 the check failed (broken
@@ -46,6 +47,7 @@ class Result:
         code: int = 0,
         note: str = "",
         single: bool = False,
+        document: bool = False,
     ) -> None:
         self.data, self.columns, self.code, self.note, self.single = (
             data,
@@ -54,10 +56,12 @@ class Result:
             note,
             single,
         )
+        # A document (a FHIR Bundle) is printed as it is, whatever --json says.
+        self.document = document
 
     def write(self, out: TextIO, as_json: bool) -> None:
         """Print as JSON or as a table (a single record vertically)."""
-        if as_json:
+        if as_json or self.document:
             out.write(json.dumps(self.data, indent=2, default=str) + "\n")
             return
         if self.single:
@@ -231,6 +235,19 @@ async def audit_verify(ops: Ops, _args: argparse.Namespace) -> Result:
     return Result(answer, single=True, code=0 if answer["intact"] else 1, note=note)
 
 
+async def audit_export(ops: Ops, args: argparse.Namespace) -> Result:
+    """The access log (a patient's, or everyone's) as FHIR R4 AuditEvents (IHE BALP) in a
+    Bundle of type collection, oldest first: for an auditor or the EHR's audit repository."""
+    params = {
+        "patient": args.patient,
+        "since": args.since.isoformat() if args.since else None,
+        "until": args.until.isoformat() if args.until else None,
+        "limit": args.limit,
+    }
+    bundle = await ops.call("gateway", "GET", "/ops/audit/export", params=params)
+    return Result(bundle, document=True)
+
+
 async def canary_run(ops: Ops, _args: argparse.Namespace) -> Result:
     """Run the synthetic canary once (EHR write to Kafka); exit 1 when it timed out."""
     answer = await ops.call(CONNECTOR, "POST", "/ops/canary")
@@ -311,6 +328,11 @@ def parser() -> argparse.ArgumentParser:
 
     au = group("audit", "the gateway's tamper-evident access log")
     command(au, "verify", audit_verify, "verify the hash chain")
+    ex = command(au, "export", audit_export, "the access log as FHIR AuditEvents (BALP)")
+    ex.add_argument("--patient", help="the patient's portal id or EHR (FHIR) id")
+    ex.add_argument("--since", type=_aware, help="ISO time with time zone")
+    ex.add_argument("--until", type=_aware, help="ISO time with time zone (exclusive)")
+    ex.add_argument("--limit", type=int, default=10_000, help="rows at most (oldest first)")
     ca = group("canary", "the synthetic inbound canary")
     command(ca, "run", canary_run, "run it once and report its latency")
     return top
