@@ -8,7 +8,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -21,10 +21,12 @@ from opentelemetry import trace
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
+from contracts.consent import CaregiverPart
 from contracts.patient import PatientLinkedV1
 from gateway import audit, observability, security_events, store
 from gateway.auth import AuthError, PatientToken, TokenVerifier
 from gateway.caching import Lru
+from gateway.consent import SUMMARY_PARTS, Access, Grant, related_person_of, route_access
 from gateway.domain import Notification, NotificationKind, profile_of
 from gateway.handlers import hub
 from gateway.ratelimit import PatientWrites
@@ -42,15 +44,31 @@ Id = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]
 
 @dataclass(frozen=True)
 class Caller:
-    """The authenticated patient."""
+    """The authenticated patient (or a caregiver acting for them)."""
 
     patient_id: str
     token: PatientToken
+    # A caregiver's grant from the patient, read for this request (None for the patient).
+    grant: Grant | None = None
+
+    @property
+    def related_person(self) -> str | None:
+        """The caregiver's RelatedPerson id when the token's user is one (SMART `fhirUser`)."""
+        return related_person_of(self.token.fhir_user)
 
     @property
     def actor(self) -> str:
-        """Who is reading: the patient themself or someone acting for them."""
+        """Who is reading: the patient themself, a caregiver, or someone else for them."""
+        if self.related_person is not None:
+            return "caregiver"
         return "self" if self.token.subject == self.token.patient_fhir_id else "delegate"
+
+    @property
+    def actor_id(self) -> str:
+        """Who acted, for the access log: `RelatedPerson/<id>` for a caregiver, else the
+        token's subject."""
+        related = self.related_person
+        return f"RelatedPerson/{related}" if related is not None else self.token.subject
 
 
 def service_of(request: Request) -> Service:
@@ -186,7 +204,67 @@ async def current_patient(
         raise
     caller = Caller(patient_id=patient_id, token=token)
     request.state.caller = caller
+    if caller.related_person is not None:
+        caller = await _caregiver_allowed(request, caller)
+        request.state.caller = caller
     return caller
+
+
+async def current_grant(service: Service, caller: Caller, now: datetime) -> Grant | None:
+    """The caregiver's grant from the patient that is active now, read from the database on
+    every call (no cache: a revocation counts from its commit). Overlapping grants (one
+    starting as another ends) open the union of their parts."""
+    related = caller.related_person
+    if related is None:
+        return None
+    async with service.db.sessions() as session:
+        rows = await store.live_grants(session, caller.patient_id, related, now)
+    active = [g for g in map(grant_of, rows) if g.covers_any(now)]
+    if not active:
+        return None
+    return replace(
+        active[0],
+        parts=frozenset().union(*(g.parts for g in active)),
+        end=max(g.end for g in active),
+    )
+
+
+def grant_of(row: store.CaregiverGrant) -> Grant:
+    """The rules' view of a stored grant."""
+    return Grant(
+        id=row.id,
+        related_person=row.related_person_fhir_id,
+        parts=frozenset(CaregiverPart(p) for p in row.parts),
+        start=row.start,
+        end=row.end,
+        revoked_at=row.revoked_at,
+    )
+
+
+async def _caregiver_allowed(request: Request, caller: Caller) -> Caller:
+    """403 unless the patient's active grant opens this route to the caregiver; the
+    refusal is recorded in the access log as the caregiver's."""
+    service = service_of(request)
+    template = str(getattr(request.scope.get("route"), "path", ""))
+    access, part = route_access(template)
+    now = datetime.now(UTC)
+    grant = await current_grant(service, caller, now) if access is not Access.PATIENT_ONLY else None
+    if access is Access.PATIENT_ONLY:
+        detail = "Only the patient may do this, not a caregiver."
+    elif grant is None:
+        detail = "The patient has not given this caregiver access (or it has ended)."
+    elif part is not None and not grant.covers(part, now):
+        detail = f"The patient has not given this caregiver access to {part.value}."
+    else:
+        return replace(caller, grant=grant)
+    security_events.count(service, "consent_denied")
+    await audit.record(
+        request,
+        "read" if request.method in READ_METHODS else "write",
+        _resource_of(request),
+        outcome="denied",
+    )
+    raise HTTPException(403, detail)
 
 
 Me = Annotated[Caller, Depends(current_patient)]
@@ -426,7 +504,12 @@ async def summary(caller: Me, request: Request) -> dict[str, Any]:
         "appointments": ("Appointment", "scheduling", f"/patients/{pid}/appointments"),
         "threads": ("Communication", "messaging", f"/patients/{pid}/threads"),
     }
-    allowed = {k: v for k, v in parts.items() if caller.token.allows_read(v[0])}
+    allowed = {
+        k: v
+        for k, v in parts.items()
+        if caller.token.allows_read(v[0])
+        and (caller.grant is None or SUMMARY_PARTS[k] in caller.grant.parts)
+    }
     calls: list[Awaitable[Any]] = [upstreams.get(svc, path) for _, svc, path in allowed.values()]
     # The summary is recorded whatever its parts bring, so its record is committed while
     # the parts are fetched (the answer still waits for that commit; a failed one is 503).
@@ -511,6 +594,11 @@ def _sse(note: store.PatientNotification) -> str:
     return f"id: {note.id}\nevent: notification\ndata: {json.dumps(body)}\n\n"
 
 
+def _access_ended() -> str:
+    body = {"reason": "The patient's consent for this caregiver was revoked or has ended."}
+    return f"event: access-ended\ndata: {json.dumps(body)}\n\n"
+
+
 @router.get(
     "/me/events",
     response_class=StreamingResponse,
@@ -533,18 +621,34 @@ async def events(
     stream_span = trace.get_current_span()
     opened_at = datetime.now(UTC)
 
+    async def still_granted() -> Grant | None:
+        # A caregiver's stream is authorised again at every delivery (and every wake-up):
+        # a revoked or ended grant ends the stream at once.
+        return await current_grant(service, caller, datetime.now(UTC))
+
     async def stream() -> AsyncIterator[str]:
         nonlocal after
         waiter = hub.listen(caller.patient_id)
+        caregiver = caller.related_person is not None
         try:
             with observability.stream_open():
                 yield "retry: 3000\n: connected\n\n"
                 while not await request.is_disconnected():
                     waiter.clear()
+                    if caregiver and await still_granted() is None:
+                        yield _access_ended()
+                        return
                     async with service.db.sessions() as session:
                         notes = await store.notifications_since(session, caller.patient_id, after)
                     for note in notes:
                         after = note.id
+                        if caregiver:
+                            grant = await still_granted()
+                            if grant is None:
+                                yield _access_ended()
+                                return
+                            if not grant.covers_notification(note.kind, datetime.now(UTC)):
+                                continue  # a part the patient did not share
                         yield _sse(note)
                         observability.pushed(
                             note.kind,

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from gateway import (
     api,
     api_appointments,
+    api_caregivers,
     api_messages,
     api_records,
     api_triage,
@@ -82,6 +83,7 @@ def build(
     routes.include_router(api_appointments.router)
     routes.include_router(api_messages.router)
     routes.include_router(api_triage.router)
+    routes.include_router(api_caregivers.router)
     routes.include_router(ops.router)
     service = create_service(
         ServiceDefinition(
@@ -92,7 +94,7 @@ def build(
             # tokens.
             public_api=routes,
             handlers=handlers.router,
-            publishes=("patient.linked",),
+            publishes=("patient.linked", "consent.granted", "consent.revoked"),
             metadata=store.metadata,
             migrations=MIGRATIONS,
             on_startup=[_open_clients],

@@ -126,9 +126,14 @@ async def authorize(request: Request, resource_type: str, interaction: str) -> P
 
 
 def mint_patient_token(
-    patient_id: str, *, app: FastAPI | None = None, scope: str | None = None
+    patient_id: str,
+    *,
+    app: FastAPI | None = None,
+    scope: str | None = None,
+    related_person: str | None = None,
 ) -> str:
-    """A patient access token for `patient_id`, as the dev issuer's code flow issues.
+    """A patient access token for `patient_id`, as the dev issuer's code flow issues
+    (with `related_person`: that caregiver's token acting for the patient).
 
     Test and dev helper behind `POST /dev/patient-token`. Without `app` it uses the most
     recently started sandbox app in this process.
@@ -137,8 +142,8 @@ def mint_patient_token(
     if service is None:
         raise RuntimeError("No sandbox app is running to sign the token")
     if scope is None:
-        return service.patient_access_token(patient_id)
-    return service.patient_access_token(patient_id, scope=scope)
+        return service.patient_access_token(patient_id, related_person=related_person)
+    return service.patient_access_token(patient_id, scope=scope, related_person=related_person)
 
 
 def mint_patient_id_token(patient_id: str, *, app: FastAPI) -> str:

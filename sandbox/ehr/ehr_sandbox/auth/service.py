@@ -49,6 +49,7 @@ PATIENT_WRITE_SCOPES = (
     "patient/Appointment.cu",
     "patient/Communication.cu",
     "patient/QuestionnaireResponse.cu",
+    "patient/Consent.cu",  # granting and revoking a caregiver's access
 )
 PATIENT_SCOPES = "openid fhirUser launch/patient patient/*.rs " + " ".join(PATIENT_WRITE_SCOPES)
 _MAX_ASSERTION_LENGTH = 16_384
@@ -320,15 +321,23 @@ class AuthService:
             patient=pending.patient,
         )
 
-    def patient_access_token(self, patient_id: str, scope: str = PATIENT_SCOPES) -> str:
-        """A patient access token: the `patient` claim and SMART v2 patient scopes."""
+    def patient_access_token(
+        self, patient_id: str, scope: str = PATIENT_SCOPES, *, related_person: str | None = None
+    ) -> str:
+        """A patient access token: the `patient` claim and SMART v2 patient scopes.
+
+        With `related_person`, the user is that RelatedPerson (a parent or family member)
+        acting for the patient in context (SMART App Launch: `fhirUser` names the user,
+        `patient` the patient chosen at launch); what they may see is then up to the
+        patient's consent, which the portal's gateway enforces."""
+        user = f"RelatedPerson/{related_person}" if related_person else f"Patient/{patient_id}"
         return self._sign_access_token(
-            subject=patient_id,
+            subject=related_person or patient_id,
             audience=self.settings.patient_audience,
             scope=scope,
             extra={
                 "patient": patient_id,
-                "fhirUser": f"{self.fhir_base}/Patient/{patient_id}",
+                "fhirUser": f"{self.fhir_base}/{user}",
                 "client_id": self.settings.patient_audience,
             },
         )

@@ -1,0 +1,136 @@
+"""Caregivers: a RelatedPerson signs in acting for the patient they are recorded for
+(SMART `fhirUser` = the RelatedPerson, `patient` = the patient), and the sandbox stores
+RelatedPerson and Consent resources like any other."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import httpx
+
+from ehr_sandbox.testing import Sandbox
+
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+
+
+def _claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    decoded: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return decoded
+
+
+async def _put(fhir: httpx.AsyncClient, resource: dict[str, Any]) -> None:
+    response = await fhir.put(
+        f"/fhir/{resource['resourceType']}/{resource['id']}", json=resource, headers=FHIR_JSON
+    )
+    assert response.status_code in (200, 201), response.text
+
+
+def _related(rid: str, patient: str, code: str, *, active: bool = True) -> dict[str, Any]:
+    return {
+        "resourceType": "RelatedPerson",
+        "id": rid,
+        "active": active,
+        "patient": {"reference": f"Patient/{patient}"},
+        "relationship": [
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": code}
+                ]
+            }
+        ],
+        "name": [{"family": "Example", "given": ["Pat"]}],
+    }
+
+
+async def test_a_caregiver_signs_in_for_the_patient_they_are_recorded_for(
+    sandbox: Sandbox, fhir: httpx.AsyncClient
+) -> None:
+    for pid in ("kid", "other"):
+        await _put(fhir, {"resourceType": "Patient", "id": pid, "birthDate": "2016-05-01"})
+    await _put(fhir, _related("mum", "kid", "MTH"))
+    await _put(fhir, _related("gone", "kid", "FTH", active=False))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=sandbox.app), base_url="http://test"
+    ) as anonymous:
+        response = await anonymous.post(
+            "/dev/patient-token", json={"patient": "kid", "related_person": "mum"}
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert "id_token" not in body  # the user is not the patient
+        claims = _claims(body["access_token"])
+        assert claims["patient"] == "kid"
+        assert claims["fhirUser"].endswith("/RelatedPerson/mum")
+        assert claims["sub"] == "mum"
+        # The token reads in the patient's compartment (the gateway applies the consent).
+        headers = {"Authorization": f"Bearer {body['access_token']}"}
+        assert (await anonymous.get("/fhir/Patient/kid", headers=headers)).status_code == 200
+        assert (await anonymous.get("/fhir/Patient/other", headers=headers)).status_code == 403
+        # Someone else's patient, an inactive caregiver, an unknown one: refused.
+        for related, patient, status in (
+            ("mum", "other", 403),
+            ("gone", "kid", 403),
+            ("nobody", "kid", 404),
+        ):
+            refused = await anonymous.post(
+                "/dev/patient-token", json={"patient": patient, "related_person": related}
+            )
+            assert refused.status_code == status, refused.text
+            sandbox.outcome(refused)
+
+
+async def test_consents_are_stored_and_searched_by_patient_and_actor(
+    fhir: httpx.AsyncClient,
+) -> None:
+    await _put(fhir, {"resourceType": "Patient", "id": "ann"})
+    await _put(fhir, _related("sis", "ann", "SIS"))
+    consent = {
+        "resourceType": "Consent",
+        "id": "c1",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": "Patient/ann"},
+        "policyRule": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}
+            ]
+        },
+        "provision": {
+            "type": "permit",
+            "period": {"start": "2026-01-01T00:00:00+00:00", "end": "2027-01-01T00:00:00+00:00"},
+            "actor": [
+                {
+                    "role": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-RoleClass",
+                                "code": "AGNT",
+                            }
+                        ]
+                    },
+                    "reference": {"reference": "RelatedPerson/sis"},
+                }
+            ],
+        },
+    }
+    await _put(fhir, consent)
+    found = await fhir.get(
+        "/fhir/Consent", params={"patient": "Patient/ann", "actor": "RelatedPerson/sis"}
+    )
+    assert found.status_code == 200, found.text
+    assert [e["resource"]["id"] for e in found.json().get("entry", [])] == ["c1"]
+    people = await fhir.get("/fhir/RelatedPerson", params={"patient": "ann"})
+    assert [e["resource"]["id"] for e in people.json().get("entry", [])] == ["sis"]
