@@ -536,7 +536,10 @@ class AccessLogOut(BaseModel):
     """One recorded read of the patient's data."""
 
     at: datetime
-    actor: str
+    actor: str = Field(description="self, caregiver (someone the patient let in) or delegate")
+    actor_id: str | None = Field(
+        default=None, description="Who acted: the token's user (`RelatedPerson/<id>`...)"
+    )
     action: str
     resource: str
     resource_id: str | None = None
@@ -559,6 +562,7 @@ async def access_log(caller: Me, request: Request) -> list[AccessLogOut]:
         AccessLogOut(
             at=r.at,
             actor=r.actor,
+            actor_id=r.actor_id,
             action=r.action,
             resource=r.resource,
             resource_id=r.resource_id,
