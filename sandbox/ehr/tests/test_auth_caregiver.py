@@ -5,14 +5,19 @@ RelatedPerson and Consent resources like any other."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import re
+import secrets
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
 from ehr_sandbox.testing import Sandbox
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
+REDIRECT = "http://127.0.0.1:8000/auth/callback"
 
 
 def _claims(token: str) -> dict[str, Any]:
@@ -134,3 +139,62 @@ async def test_consents_are_stored_and_searched_by_patient_and_actor(
     assert [e["resource"]["id"] for e in found.json().get("entry", [])] == ["c1"]
     people = await fhir.get("/fhir/RelatedPerson", params={"patient": "ann"})
     assert [e["resource"]["id"] for e in people.json().get("entry", [])] == ["sis"]
+
+
+async def test_a_caregiver_signs_in_through_the_code_flow(
+    sandbox: Sandbox, fhir: httpx.AsyncClient
+) -> None:
+    await _put(fhir, {"resourceType": "Patient", "id": "kid", "name": [{"given": ["Kit"]}]})
+    await _put(fhir, _related("mum", "kid", "MTH"))
+    await _put(fhir, _related("gone", "kid", "FTH", active=False))
+    verifier = secrets.token_urlsafe(48)
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    )
+    params = {
+        "response_type": "code",
+        "client_id": "portal",
+        "redirect_uri": REDIRECT,
+        "scope": "openid fhirUser launch/patient patient/*.rs",
+        "state": "st",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=sandbox.app), base_url="http://test"
+    ) as http:
+        page = await http.get("/auth/authorize", params=params)
+        assert page.status_code == 200, page.text
+        assert 'value="RelatedPerson/mum"' in page.text
+        assert "Caregiver of" in page.text
+        assert 'value="RelatedPerson/gone"' not in page.text  # inactive: not offered
+        hidden = dict(
+            re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page.text)
+        )
+        refused = await http.post(
+            "/auth/authorize",
+            data=hidden | {"patient": "RelatedPerson/gone", "decision": "allow"},
+        )
+        assert refused.status_code == 400
+        redirect = await http.post(
+            "/auth/authorize", data=hidden | {"patient": "RelatedPerson/mum", "decision": "allow"}
+        )
+        assert redirect.status_code == 303, redirect.text
+        (code,) = parse_qs(urlsplit(redirect.headers["location"]).query)["code"]
+        token = await http.post(
+            "/auth/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": REDIRECT,
+                "client_id": "portal",
+                "code_verifier": verifier,
+            },
+        )
+        assert token.status_code == 200, token.text
+        body = token.json()
+        assert body["patient"] == "kid"
+        access = _claims(body["access_token"])
+        assert access["patient"] == "kid"
+        assert access["fhirUser"].endswith("/RelatedPerson/mum")
+        assert _claims(body["id_token"])["fhirUser"].endswith("/RelatedPerson/mum")
