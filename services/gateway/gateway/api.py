@@ -422,12 +422,27 @@ class MeOut(BaseModel):
 
     patient_id: str
     scopes: list[str]
+    actor: str = Field(
+        default="self", description="self, or caregiver (a RelatedPerson acting for them)"
+    )
+    parts: list[CaregiverPart] | None = Field(
+        default=None, description="A caregiver's: the parts the patient's grant opens now"
+    )
+    until: datetime | None = Field(default=None, description="A caregiver's: the grant's end")
 
 
 @router.get("/me", response_model=MeOut, dependencies=[requires("patient/Patient.r")])
 async def me(caller: Me) -> MeOut:
-    """The caller's internal patient id and granted scopes (links the account on first use)."""
-    return MeOut(patient_id=caller.patient_id, scopes=sorted(caller.token.scopes))
+    """The caller's internal patient id and granted scopes (links the account on first use);
+    for a caregiver, what the patient's grant opens and until when."""
+    grant = caller.grant
+    return MeOut(
+        patient_id=caller.patient_id,
+        scopes=sorted(caller.token.scopes),
+        actor=caller.actor,
+        parts=sorted(grant.parts) if grant is not None else None,
+        until=grant.end if grant is not None else None,
+    )
 
 
 class ProfileOut(BaseModel):
