@@ -52,6 +52,49 @@ def _related(rid: str, patient: str, code: str, *, active: bool = True) -> dict[
     }
 
 
+def _consent(
+    cid: str, patient: str, related: str, types: list[str], *, end: str = "2999-01-01"
+) -> dict[str, Any]:
+    return {
+        "resourceType": "Consent",
+        "id": cid,
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient}"},
+        "policyRule": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}
+            ]
+        },
+        "provision": {
+            "type": "permit",
+            "period": {"start": "2020-01-01T00:00:00+00:00", "end": f"{end}T00:00:00+00:00"},
+            "actor": [
+                {
+                    "role": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                "code": "PRCP",
+                            }
+                        ]
+                    },
+                    "reference": {"reference": f"RelatedPerson/{related}"},
+                }
+            ],
+            "class": [{"system": "http://hl7.org/fhir/resource-types", "code": t} for t in types],
+        },
+    }
+
+
 async def test_a_caregiver_signs_in_for_the_patient_they_are_recorded_for(
     sandbox: Sandbox, fhir: httpx.AsyncClient
 ) -> None:
@@ -72,10 +115,24 @@ async def test_a_caregiver_signs_in_for_the_patient_they_are_recorded_for(
         assert claims["patient"] == "kid"
         assert claims["fhirUser"].endswith("/RelatedPerson/mum")
         assert claims["sub"] == "mum"
-        # The token reads in the patient's compartment (the gateway applies the consent).
+        # Without the patient's Consent the caregiver reads nothing; with it, what it lists,
+        # in the patient's compartment only, while it is active.
         headers = {"Authorization": f"Bearer {body['access_token']}"}
-        assert (await anonymous.get("/fhir/Patient/kid", headers=headers)).status_code == 200
-        assert (await anonymous.get("/fhir/Patient/other", headers=headers)).status_code == 403
+
+        async def status(path: str, **params: str) -> int:
+            return (await anonymous.get(path, headers=headers, params=params)).status_code
+
+        assert await status("/fhir/Patient/kid") == 403
+        consent = _consent("c-kid", "kid", "mum", ["Communication"])
+        await _put(fhir, consent)
+        assert await status("/fhir/Patient/kid") == 200
+        assert await status("/fhir/Communication", patient="kid") == 200
+        assert await status("/fhir/Observation", patient="kid") == 403
+        assert await status("/fhir/Patient/other") == 403
+        await _put(fhir, {**consent, "status": "inactive"})
+        assert await status("/fhir/Patient/kid") == 403
+        await _put(fhir, _consent("c-old", "kid", "mum", ["Communication"], end="2020-01-01"))
+        assert await status("/fhir/Patient/kid") == 403  # its period is over
         # Someone else's patient, an inactive caregiver, an unknown one: refused.
         for related, patient, status in (
             ("mum", "other", 403),

@@ -70,6 +70,17 @@ async def test_a_grant_is_filed_once_as_a_consent_and_its_revocation_ends_it(
         canary_enabled=False,
         slot_sync_enabled=False,
     )
+    minted = await ehr.admin.post(
+        "/dev/patient-token", json={"patient": "demo-alice", "related_person": "rp-alice-son"}
+    )
+    assert minted.status_code == 200, minted.text
+    son = {"Authorization": f"Bearer {minted.json()['access_token']}"}
+
+    async def son_reads(path: str, **params: str) -> int:
+        return (await ehr.admin.get(path, headers=son, params=params)).status_code
+
+    # The EHR itself lets the caregiver read nothing before the Consent is filed.
+    assert await son_reads("/fhir/Patient/demo-alice") == 403
     service = build(settings)
     async with LifespanManager(service.app, startup_timeout=60, shutdown_timeout=60):
         assert await deliver(service, granted, subject="pat-alice") == "handled"
@@ -91,6 +102,10 @@ async def test_a_grant_is_filed_once_as_a_consent_and_its_revocation_ends_it(
             params={"patient": "demo-alice", "actor": "RelatedPerson/rp-alice-son"},
         )
         assert consent["id"] in {e["resource"]["id"] for e in by_actor.json()["entry"]}
+        # Filed: the EHR lets him read what was granted, and only that.
+        assert await son_reads("/fhir/Patient/demo-alice") == 200
+        assert await son_reads("/fhir/Appointment", patient="demo-alice") == 200
+        assert await son_reads("/fhir/DiagnosticReport", patient="demo-alice") == 403
 
         assert await deliver(service, revoked, subject="pat-alice") == "handled"
         assert await deliver(service, revoked, subject="pat-alice") == "handled"  # no-op
@@ -98,3 +113,4 @@ async def test_a_grant_is_filed_once_as_a_consent_and_its_revocation_ends_it(
         assert ended["status"] == "inactive"
         assert ended["provision"]["period"]["end"] == revoked.revoked_at.isoformat()
         assert ended["meta"]["versionId"] == "2"  # the replayed revocation wrote nothing
+        assert await son_reads("/fhir/Patient/demo-alice") == 403

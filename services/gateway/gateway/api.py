@@ -473,6 +473,9 @@ async def profile(
         )
     except httpx.HTTPError as exc:
         raise HTTPException(503, "The EHR is unavailable; try again.") from exc
+    if response.status_code == 403:
+        # A caregiver before the EHR has the patient's Consent on file (or after it ended).
+        raise HTTPException(403, "The EHR does not let this user read the patient's details.")
     if response.status_code != 200:
         raise HTTPException(502, f"The EHR answered {response.status_code}.")
     try:
