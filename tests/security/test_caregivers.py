@@ -41,7 +41,7 @@ async def test_a_caregiver_stays_inside_the_grant_until_it_is_revoked(
     stack: Stack, attack: Attack
 ) -> None:
     patient = await stack.linked_token("sec-cg-mother")
-    await stack.create_patient("sec-cg-stranger")
+    stranger = {"Authorization": f"Bearer {await stack.linked_token('sec-cg-stranger')}"}
     await _related(stack, "sec-cg-daughter", "sec-cg-mother")
     minted = await _caregiver_token(stack, "sec-cg-mother", "sec-cg-daughter")
     assert minted.status_code == 200, minted.text
@@ -79,6 +79,8 @@ async def test_a_caregiver_stays_inside_the_grant_until_it_is_revoked(
 
         listener = asyncio.create_task(listen())
         await asyncio.wait_for(opened.wait(), timeout=30)  # open before the revocation
+        # Another patient cannot end (or learn of) the mother's grant.
+        foreign = await client.delete(f"/v1/me/caregivers/{granted.json()['id']}", headers=stranger)
         revoked = await client.delete(f"/v1/me/caregivers/{granted.json()['id']}", headers=mother)
         assert revoked.status_code == 200, revoked.text
         await asyncio.wait_for(ended.wait(), timeout=30)
@@ -86,10 +88,11 @@ async def test_a_caregiver_stays_inside_the_grant_until_it_is_revoked(
         after = (await client.get("/v1/me/appointments", headers=daughter)).status_code
     attack(
         "caregiver: before a grant / granted part / other part / grants herself more / "
-        "reads the access log / after revocation; token for a patient she is not related to",
-        "403 / 200 / 403 / 403 / 403 / 403 (stream ended); 403",
+        "reads the access log / after revocation; token for a patient she is not related to; "
+        "another patient revokes the grant",
+        "403 / 200 / 403 / 403 / 403 / 403 (stream ended); 403; 404",
         f"{before} / {inside} / {outside} / {more.status_code} / {log} / {after} "
-        f"(stream ended); {elsewhere.status_code}",
+        f"(stream ended); {elsewhere.status_code}; {foreign.status_code}",
     )
     assert (before, inside, outside, more.status_code, log, after) == (
         403,
@@ -100,3 +103,4 @@ async def test_a_caregiver_stays_inside_the_grant_until_it_is_revoked(
         403,
     )
     assert elsewhere.status_code == 403
+    assert foreign.status_code == 404
