@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from gateway import store
+
 from .harness import Attack, Stack
 
 pytestmark = [pytest.mark.integration]
@@ -48,8 +50,16 @@ async def test_a_caregiver_stays_inside_the_grant_until_it_is_revoked(
     daughter = {"Authorization": f"Bearer {minted.json()['access_token']}"}
     mother = {"Authorization": f"Bearer {patient}"}
     elsewhere = await _caregiver_token(stack, "sec-cg-stranger", "sec-cg-daughter")
+    # A caregiver of a patient who never signed in opens no account for them.
+    await stack.create_patient("sec-cg-never")
+    await _related(stack, "sec-cg-neighbour", "sec-cg-never")
+    early = await _caregiver_token(stack, "sec-cg-never", "sec-cg-neighbour")
+    assert early.status_code == 200, early.text
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
         before = (await client.get("/v1/me/appointments", headers=daughter)).status_code
+        unlinked = await client.get(
+            "/v1/me", headers={"Authorization": f"Bearer {early.json()['access_token']}"}
+        )
         end = (datetime.now(UTC) + timedelta(days=7)).isoformat()
         granted = await client.post(
             "/v1/me/caregivers",
@@ -89,10 +99,11 @@ async def test_a_caregiver_stays_inside_the_grant_until_it_is_revoked(
     attack(
         "caregiver: before a grant / granted part / other part / grants herself more / "
         "reads the access log / after revocation; token for a patient she is not related to; "
-        "another patient revokes the grant",
-        "403 / 200 / 403 / 403 / 403 / 403 (stream ended); 403; 404",
+        "another patient revokes the grant; caregiver of a patient who never signed in",
+        "403 / 200 / 403 / 403 / 403 / 403 (stream ended); 403; 404; 403",
         f"{before} / {inside} / {outside} / {more.status_code} / {log} / {after} "
-        f"(stream ended); {elsewhere.status_code}; {foreign.status_code}",
+        f"(stream ended); {elsewhere.status_code}; {foreign.status_code}; "
+        f"{unlinked.status_code}",
     )
     assert (before, inside, outside, more.status_code, log, after) == (
         403,
@@ -104,3 +115,6 @@ async def test_a_caregiver_stays_inside_the_grant_until_it_is_revoked(
     )
     assert elsewhere.status_code == 403
     assert foreign.status_code == 404
+    assert unlinked.status_code == 403
+    async with stack.gateway.db.sessions() as session:
+        assert await store.link_for_identity(session, stack.sandbox.url, "sec-cg-never") is None

@@ -124,7 +124,7 @@ async def _confirm_patient_in_ehr(service: Service, raw_token: str, patient_fhir
 
 
 async def _ensure_link(
-    service: Service, issuer: str, patient_fhir_id: str, raw_token: str = ""
+    service: Service, issuer: str, patient_fhir_id: str, raw_token: str = "", may_link: bool = True
 ) -> str:
     """The internal id of a token's patient; the first visit links the account (and
     publishes `patient.linked`, so the connector back-fills the history) once the EHR has
@@ -141,6 +141,10 @@ async def _ensure_link(
     if link is not None:
         links.put((issuer, patient_fhir_id), link.patient_id)
         return link.patient_id
+    if not may_link:
+        # Only the patient opens their account: a caregiver of a patient who never signed
+        # in has no grant either.
+        raise HTTPException(403, "The patient has not given this caregiver access.")
     await _confirm_patient_in_ehr(service, raw_token, patient_fhir_id)
     patient_id = f"pat-{uuid.uuid4().hex[:20]}"
     now = datetime.now(UTC)
@@ -196,11 +200,14 @@ async def current_patient(
         )
         raise HTTPException(exc.status, exc.detail, headers) from exc
     settings: Settings = service.settings  # type: ignore[assignment]
+    caregiver = related_person_of(token.fhir_user) is not None
     try:
-        patient_id = await _ensure_link(service, settings.oidc_issuer, token.patient_fhir_id, raw)
+        patient_id = await _ensure_link(
+            service, settings.oidc_issuer, token.patient_fhir_id, raw, may_link=not caregiver
+        )
     except HTTPException as exc:
         if exc.status_code == 403:
-            security_events.count(service, "unknown_patient")
+            security_events.count(service, "consent_denied" if caregiver else "unknown_patient")
         raise
     caller = Caller(patient_id=patient_id, token=token)
     request.state.caller = caller
