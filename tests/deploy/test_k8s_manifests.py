@@ -1,6 +1,7 @@
 """The Kubernetes manifests (deploy/k8s) match the code and the design.
 
-Always: the committed KafkaTopics match contracts.registry, every service folder has a base
+Always: the committed KafkaTopics match contracts.registry, the KafkaUsers (one per service,
+ACLs for exactly its topics and groups) match the services' definitions, every service folder has a base
 named like it, ports are docs/design.md's fixed ports, one name per service everywhere, pods
 are locked down, env var names are fields of the service's settings, database Secrets match
 the CloudNativePG roles (the services' and the sandbox's), and the NetworkPolicies follow the
@@ -15,12 +16,14 @@ there every service and the sandbox has its role, Database and a way to PostgreS
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -50,6 +53,8 @@ def _tool(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # Registered first: dataclasses look their module up while the class is made.
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -85,6 +90,14 @@ def _fixed_ports() -> dict[str, int]:
         name, port = item.strip().rsplit(" ", 1)
         ports[name.lower().replace(" ", "-")] = int(port)
     return ports
+
+
+def _metrics_port() -> int:
+    """METRICS_PORT of portal-config: /metrics only (servicekit.metrics_server)."""
+    config = _one(_load(BASE / "portal-config.yaml"), "ConfigMap")["data"]
+    port = int(config["METRICS_PORT"])
+    assert port not in _fixed_ports().values()
+    return port
 
 
 def _settings_env_names(service: str) -> set[str]:
@@ -128,6 +141,49 @@ def test_topic_manifests_match_the_registry() -> None:
     }
     found = {d["spec"]["topicName"]: d["spec"]["partitions"] for d in _load(gen_topics.TOPICS_FILE)}
     assert found == expected
+
+
+def test_kafka_users_match_the_services_definitions() -> None:
+    gen_users = _tool("gen_kafka_users")
+    for path, expected in gen_users.render().items():
+        assert path.read_text(encoding="utf-8") == expected, (
+            "run: python deploy/k8s/tools/gen_kafka_users.py"
+        )
+    users = {d["metadata"]["name"]: d["spec"] for d in _load(gen_users.USERS_FILE)}
+    assert set(users) == {f"{s}-kafka" for s in SERVICES}
+    topics_file = _load(_tool("gen_topics").TOPICS_FILE)
+    known = {d["spec"]["topicName"] for d in topics_file}
+    for name, spec in users.items():
+        assert spec["authentication"] == {"type": "scram-sha-512"}
+        service = name.removesuffix("-kafka")
+        for acl in spec["authorization"]["acls"]:
+            resource = acl["resource"]
+            # Literal names only: a prefix or "*" would let a service reach others' topics.
+            assert resource["patternType"] == "literal" and "*" not in resource["name"]
+            assert set(acl["operations"]) <= {"Read", "Write", "Describe"}
+            if resource["type"] == "topic":
+                assert resource["name"] in known, resource["name"]
+            else:
+                assert resource["type"] == "group"
+                assert resource["name"].startswith(f"{service}."), resource["name"]
+    # What only the triage service publishes, only triage may write.
+    writers = {
+        n
+        for n, spec in users.items()
+        for acl in spec["authorization"]["acls"]
+        if acl["resource"]["name"] == "triage.completed" and "Write" in acl["operations"]
+    }
+    assert writers == {"triage-kafka"}
+
+
+def test_the_kafka_listener_authenticates_and_authorizes() -> None:
+    kafka = _one(_load(K8S / "components" / "kafka-strimzi" / "kafka.yaml"), "Kafka")
+    spec = kafka["spec"]
+    assert spec["kafka"]["authorization"] == {"type": "simple"}
+    for listener in spec["kafka"]["listeners"]:
+        assert listener["tls"] is True
+        assert listener["authentication"] == {"type": "scram-sha-512"}
+    assert "userOperator" in spec["entityOperator"]
 
 
 # -- one base per service, one name per service -------------------------------------------------
@@ -182,9 +238,13 @@ def test_ports_match_the_fixed_ports(service: str) -> None:
     docs = _folder_docs(BASE / service)
     deployment = _one(docs, "Deployment")
     container = _pod_spec(deployment)["containers"][0]
-    assert container["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    metrics = _metrics_port()
+    assert container["ports"] == [
+        {"name": "http", "containerPort": port, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": metrics, "protocol": "TCP"},
+    ]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(port)
+    assert annotations["prometheus.io/port"] == str(metrics)
     assert annotations["prometheus.io/path"] == "/metrics"
     assert annotations["prometheus.io/scrape"] == "true"
     assert _one(docs, "Service")["spec"]["ports"][0]["port"] == port
@@ -402,6 +462,26 @@ def test_network_policies_follow_the_design() -> None:
             assert ingress == readers, service
         expected = READS_FROM if service == "gateway" else SERVICE_READS.get(service, set())
         assert egress == expected, service
+    # The monitoring namespace reaches the metrics port and nothing else; the API port is
+    # reached only by the peers above (and the ingress controller for the public doors).
+    metrics = _metrics_port()
+    public = {"gateway", "ehr-connector"}
+    for service, spec in policies.items():
+        api = _fixed_ports()[service]
+        for rule in spec["ingress"]:
+            namespaces = {
+                p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                for p in rule["from"]
+                if "namespaceSelector" in p
+            }
+            ports = {p["port"] for p in rule["ports"]}
+            if "observability" in namespaces:
+                assert ports == {metrics}, service
+            elif namespaces:
+                assert namespaces == {"ingress-nginx"} and service in public, service
+                assert ports == {api}, service
+            else:
+                assert ports == {api}, service
     https = [
         r
         for r in policies["ehr-connector"]["egress"]
@@ -467,10 +547,15 @@ def test_generated_secrets_cover_every_reference(rendered: dict[str, list[Doc]],
         d["metadata"]["name"]: set(d["stringData"])
         for d in _tool("dev_secrets").secrets_for(env)[0]
     }
+    # Strimzi writes these: a KafkaUser's password (User Operator) and the cluster CA.
+    strimzi = {d["metadata"]["name"] for d in rendered[env] if d["kind"] == "KafkaUser"}
+    strimzi |= {
+        f"{d['metadata']['name']}-cluster-ca-cert" for d in rendered[env] if d["kind"] == "Kafka"
+    }
     missing = {
         (n, k)
         for n, k in _secret_refs(rendered[env])
-        if n not in generated or (k != "*" and k not in generated[n])
+        if n not in strimzi and (n not in generated or (k != "*" and k not in generated[n]))
     }
     assert missing == set()
     tls = {
@@ -524,6 +609,49 @@ def test_prod_runs_replicated_without_the_sandbox(rendered: dict[str, list[Doc]]
     assert _env_values(docs)["INBOUND_WEBHOOK_URL"] == f"https://{host}{path['path']}"
     assert _one(docs, "KafkaNodePool")["spec"]["replicas"] >= 3
     assert _one(docs, "Cluster")["spec"]["instances"] >= 3
+
+
+def _routed(paths: list[Doc], url: str) -> bool:
+    """Whether an Ingress with these paths routes `url` (Exact, or Prefix by path element)."""
+    for path in paths:
+        if path["pathType"] == "Exact" and url == path["path"]:
+            return True
+        prefix = path["path"].rstrip("/")
+        if path["pathType"] == "Prefix" and (url == prefix or url.startswith(f"{prefix}/")):
+            return True
+    return False
+
+
+@functools.cache
+def _route_paths(name: str) -> set[str]:
+    """Every path of a service's real app (OpenAPI document and unlisted routes), with each
+    `{parameter}` filled in."""
+    from devstack.asyncapi import built_services
+
+    service = next(s for s in built_services() if s.settings.service_name == name)
+    paths = set(service.app.openapi()["paths"])
+    # Routes outside the document: the portal page, its assets, the API docs.
+    paths |= {"/", "/portal/app.js", "/docs", "/redoc", "/openapi.json"}
+    return {re.sub(r"\{[^}]+\}", "x", p) for p in paths}
+
+
+PRIVATE = ("/ops", "/metrics", "/docs", "/redoc", "/openapi.json", "/healthz", "/readyz")
+
+
+def test_prod_ingress_exposes_only_public_routes(rendered: dict[str, list[Doc]]) -> None:
+    ingresses = {d["metadata"]["name"]: d for d in rendered["prod"] if d["kind"] == "Ingress"}
+    gateway = [p for r in ingresses["gateway"]["spec"]["rules"] for p in r["http"]["paths"]]
+    routes = _route_paths("gateway")
+    assert any(r.startswith("/ops/") for r in routes) and "/v1/me" in routes
+    # Every other route of the gateway is for patients: a new one (an auth callback...)
+    # fails here until the Ingress routes it, or it is added to PRIVATE.
+    for route in sorted(routes | set(PRIVATE)):
+        private = route in PRIVATE or route.startswith("/ops/")
+        assert _routed(gateway, route) != private, route
+    connector = [p for r in ingresses["ehr-connector"]["spec"]["rules"] for p in r["http"]["paths"]]
+    exposed = {r for r in _route_paths("ehr-connector") | set(PRIVATE) if _routed(connector, r)}
+    # The EHR's webhook (topic-based) and the criteria Subscriptions' endpoints, nothing else.
+    assert exposed == {"/fhir/notifications", "/fhir/notifications/criteria/x"}
 
 
 def test_dev_runs_one_replica_against_the_sandbox(rendered: dict[str, list[Doc]]) -> None:

@@ -163,8 +163,13 @@ async def test_a_clinicians_answer_lands_in_the_patients_thread_and_her_answer_i
         assert filed["recipient"] == [{"reference": "PractitionerRole/role-np-chen"}]
         path = f"/v1/me/threads/{thread['id']}/messages"
 
+        async def hers() -> dict[str, Any]:
+            listed = (await client.get(path)).json()
+            found: dict[str, Any] = next(m for m in listed if m["id"] == message_id)
+            return found
+
         async def acknowledged() -> bool:
-            return (await client.get(path)).json()[0]["ehr_status"] == "completed"
+            return (await hers())["ehr_status"] == "completed"
 
         await eventually(acknowledged, timeout=60)
 
@@ -190,10 +195,12 @@ async def test_a_clinicians_answer_lands_in_the_patients_thread_and_her_answer_i
         # The care team's read comes with the answer's own event, or with the EHR's next
         # version of her message: either may be handled after the answer shows.
         async def read_by_care_team() -> bool:
-            messages = (await client.get(path)).json()
-            return messages[0]["read_by_care_team_at"] is not None
+            return (await hers())["read_by_care_team_at"] is not None
 
         await eventually(read_by_care_team, timeout=60, interval=0.5)
+        # The answer shows after her message, whatever second the EHR wrote on it.
+        listed = (await client.get(path)).json()
+        assert listed[0]["id"] == message_id
 
         # She answers back: filed in the same EHR thread, answering the clinician.
         answer = await client.post(path, json={"body": "Thank you!"})

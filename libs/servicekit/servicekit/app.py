@@ -22,12 +22,21 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import MetaData
 
-from servicekit import flow_metrics, identity, limits, ops_api, problems, telemetry
+from servicekit import (
+    flow_metrics,
+    identity,
+    kafka_security,
+    limits,
+    ops_api,
+    problems,
+    telemetry,
+)
 from servicekit.consumer import ConsumerRuntime, EventRouter
 from servicekit.crypto import Cipher
 from servicekit.db import Database
 from servicekit.logging import configure_logging, get_logger
 from servicekit.messaging import build_broker, sample_lag
+from servicekit.metrics_server import MetricsServer
 from servicekit.migrations import upgrade
 from servicekit.outbox import Outbox, OutboxRelay
 from servicekit.settings import ServiceSettings
@@ -85,6 +94,8 @@ class Service:
         self.runtime = ConsumerRuntime(self.settings, self.db, self.outbox, definition.handlers)
         self.broker: KafkaBroker = build_broker(self.settings, self.runtime, definition.publishes)
         self.broker_connected = asyncio.Event()
+        # Why the broker refuses this service (its login), while it does; None otherwise.
+        self.broker_problem: str | None = None
         # Set once every subscriber has joined its group (readiness reports it).
         self.consumers_started = asyncio.Event()
         self.state: dict[str, Any] = {}
@@ -92,6 +103,17 @@ class Service:
         # Mints this service's tokens for the services it calls.
         self.service_tokens = identity.ServiceTokens.of(self.settings)
         self._tasks: list[asyncio.Task[None]] = []
+        # /metrics on a port of its own (METRICS_PORT), else on the API port.
+        self.metrics_server = (
+            MetricsServer(
+                self.settings.service_name,
+                self.db,
+                self.settings.http_host,
+                self.settings.metrics_port,
+            )
+            if self.settings.metrics_port
+            else None
+        )
         self.app = self._build_app()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -113,6 +135,8 @@ class Service:
         if self.settings.consumers_enabled and self.runtime.router.subscriptions:
             self._tasks.append(asyncio.create_task(self._lag_loop(), name="consumer-lag"))
         await self.runtime.refresh_gauges()
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
         _freeze_start_up_objects()
         log.info("service.started", port=self.settings.http_port)
 
@@ -133,6 +157,7 @@ class Service:
                 # Connected is what readiness reports; starting the subscribers can take a
                 # consumer-group rebalance longer and must not hold readiness back.
                 await self.broker.connect()
+                self.broker_problem = None
                 self.broker_connected.set()
                 if self.settings.consumers_enabled:
                     await self._start_subscribers()
@@ -143,7 +168,19 @@ class Service:
             except Exception as exc:  # every failure to reach Kafka is retried
                 self.broker_connected.clear()
                 attempt += 1
-                log.warning("service.broker_unavailable", error=type(exc).__name__, attempt=attempt)
+                # A refused login (wrong password, user or mechanism) is not an outage: say
+                # so at start-up and in readiness, naming the settings to check.
+                self.broker_problem = kafka_security.start_up_problem(
+                    self.settings, exc
+                ) or await kafka_security.refused_login(self.settings)
+                if self.broker_problem:
+                    log.error(
+                        "service.kafka_login_refused", problem=self.broker_problem, attempt=attempt
+                    )
+                else:
+                    log.warning(
+                        "service.broker_unavailable", error=type(exc).__name__, attempt=attempt
+                    )
                 with contextlib.suppress(Exception):
                     await self.broker.stop()
                 await asyncio.sleep(min(5.0, 0.5 * attempt))
@@ -179,6 +216,8 @@ class Service:
         for hook in reversed(self.definition.on_shutdown):
             with contextlib.suppress(Exception):
                 await hook(self)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         # The broker's start (in the background) is cancelled before the broker stops: a
         # start still running would otherwise go on after it and leave a consumer behind
         # (FastStream restarted its loop without a consumer for ever, in a tight loop).
@@ -220,7 +259,7 @@ class Service:
         except Exception as exc:
             checks["database"] = f"unavailable: {type(exc).__name__}"
         if not self.broker_connected.is_set():
-            checks["broker"] = "connecting"
+            checks["broker"] = self.broker_problem or "connecting"
         else:
             try:
                 alive = await self.broker.ping(timeout=2)
@@ -270,7 +309,7 @@ class Service:
             max_json_depth=self.settings.max_json_depth,
             service=self.settings.service_name,
         )
-        app.include_router(_health_router())
+        app.include_router(_health_router(serve_metrics=self.metrics_server is None))
         app.include_router(ops_api.router)
         if self.definition.api is not None:
             app.include_router(
@@ -298,7 +337,7 @@ def _freeze_start_up_objects() -> None:
     gc.freeze()
 
 
-def _health_router() -> APIRouter:
+def _health_router(*, serve_metrics: bool) -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get("/healthz")
@@ -316,6 +355,9 @@ def _health_router() -> APIRouter:
                 content=_json({"status": "ready", "checks": checks}), media_type="application/json"
             )
         return problems.problem(503, "Not ready", "A dependency is unavailable.", checks=checks)
+
+    if not serve_metrics:
+        return router  # served on METRICS_PORT instead (servicekit.metrics_server)
 
     @router.get("/metrics")
     async def metrics(request: Request) -> Response:

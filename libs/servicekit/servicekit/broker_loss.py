@@ -21,6 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from servicekit import kafka_security
 from servicekit.logging import get_logger
 from servicekit.metrics import OUTBOX_REPUBLISHED
 from servicekit.settings import ServiceSettings
@@ -43,6 +44,7 @@ class BrokerIdentity:
                 admin = AIOKafkaAdminClient(
                     bootstrap_servers=self.settings.kafka_bootstrap_servers,
                     client_id=f"{self.settings.service_name}-relay-identity",
+                    **kafka_security.client_options(self.settings),
                     request_timeout_ms=10_000,
                 )
                 await admin.start()

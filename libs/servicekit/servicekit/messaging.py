@@ -30,6 +30,7 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.message import StreamMessage
 
 from contracts.registry import latest
+from servicekit import kafka_security
 from servicekit.consumer import ConsumerRuntime, RawMessage, Subscription
 from servicekit.logging import get_logger
 from servicekit.metrics import CONSUMER_LAG
@@ -187,6 +188,9 @@ def build_broker(
     broker = _Broker(
         settings.kafka_bootstrap_servers,
         client_id=settings.service_name,
+        # SASL/TLS of KAFKA_SECURITY_PROTOCOL: the subscribers' consumers and the broker's
+        # own producer use it.
+        security=kafka_security.security(settings),
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
         middlewares=[_middleware_for(runtime)],

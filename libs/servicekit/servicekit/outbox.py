@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contracts.base import Payload
 from contracts.envelope import Envelope, build_headers
 from contracts.registry import for_model
-from servicekit import idempotency, sealing
+from servicekit import idempotency, kafka_security, sealing
 from servicekit.broker_loss import BrokerIdentity, requeue_lost
 from servicekit.crypto import Cipher
 from servicekit.db import Database
@@ -198,6 +198,7 @@ def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id=f"{settings.service_name}-relay",
+        **kafka_security.client_options(settings),
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
         linger_ms=0,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,7 +17,11 @@ class ServiceSettings(BaseSettings):
     every process its own values.
     """
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a validation error would otherwise print every input value
+    # (passwords, keys) into the start-up log.
+    model_config = SettingsConfigDict(
+        env_prefix="", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     service_name: str = "service"
     http_host: str = "127.0.0.1"
@@ -35,6 +39,34 @@ class ServiceSettings(BaseSettings):
     kafka_enable_idempotence: bool = Field(
         default=False,
         description="On for Apache Kafka; Tansu rejects idempotent producers",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How every Kafka client of the kit connects (servicekit.kafka_security): "
+        "SASL_SSL with SCRAM in Kubernetes, PLAINTEXT on the local stack",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism (with SASL_PLAINTEXT or SASL_SSL)"
+    )
+    kafka_sasl_username: str = Field(default="", description="SASL user (the KafkaUser's name)")
+    kafka_sasl_username_file: str = Field(
+        default="", description="File holding KAFKA_SASL_USERNAME; wins over the variable"
+    )
+    kafka_sasl_password: str = Field(default="", description="SASL password")
+    kafka_sasl_password_file: str = Field(
+        default="",
+        description="File holding KAFKA_SASL_PASSWORD (a mounted Secret); wins over the variable",
+    )
+    kafka_ssl_ca_file: str = Field(
+        default="",
+        description="CA bundle (PEM) the brokers' certificates are verified against, with SSL or "
+        "SASL_SSL; empty: the system's CAs. Verification is never off",
+    )
+    kafka_ssl_cert_file: str = Field(
+        default="", description="Client certificate (PEM) for mutual TLS; empty: none"
+    )
+    kafka_ssl_key_file: str = Field(
+        default="", description="Private key (PEM) of KAFKA_SSL_CERT_FILE"
     )
     topic_prefix: str = Field(default="", description="Prefixed to every topic (test isolation)")
     group_prefix: str = Field(default="", description="Prefixed to every consumer group id")
@@ -114,6 +146,13 @@ class ServiceSettings(BaseSettings):
     kafka_heartbeat_interval_ms: int = Field(
         default=1000, ge=50, description="Consumer heartbeats (well under the session timeout)"
     )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Serve /metrics on this port only, and no longer on HTTP_PORT "
+        "(servicekit.metrics_server); 0: /metrics on HTTP_PORT (the local stack)",
+    )
     metrics_interval_s: float = Field(
         default=5.0, gt=0, description="How often gauges read from the database/broker refresh"
     )
@@ -126,6 +165,32 @@ class ServiceSettings(BaseSettings):
 
         self._read_secret_files()
         refuse_development_secrets(self, self.environment, self.service_name)
+        return self
+
+    @model_validator(mode="after")
+    def _kafka_credentials(self) -> Self:
+        # Read the mounted files once, here, and fail start-up with what is missing rather
+        # than on the first connection with an authentication error.
+        for name in ("kafka_sasl_username", "kafka_sasl_password"):
+            path = getattr(self, f"{name}_file")
+            if not path:
+                continue
+            try:
+                setattr(self, name, Path(path).read_text().strip())
+            except OSError as exc:
+                raise ValueError(
+                    f"{name.upper()}_FILE {path} cannot be read: {exc.strerror}"
+                ) from exc
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and "
+                "KAFKA_SASL_PASSWORD (or their _FILE variants)"
+            )
+        if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
+            raise ValueError("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together")
         return self
 
     def _read_secret_files(self) -> None:

@@ -173,6 +173,16 @@ def reply_subject(thread_subject: str | None) -> str:
     return (thread_subject or FALLBACK_SUBJECT)[:SUBJECT_MAX]
 
 
+def answer_time(sent_at: datetime, answered_at: datetime | None) -> datetime:
+    """When an answer shows in its thread: after the message it answers. An EHR may record
+    `sent` to the second only, or run a clock behind ours, so by its own time alone an
+    answer could sort before (or tie with) the message it answers; it is then placed one
+    microsecond after it, the smallest step the database keeps."""
+    if answered_at is None or sent_at > answered_at:
+        return sent_at
+    return answered_at + timedelta(microseconds=1)
+
+
 # -- limits --------------------------------------------------------------------------------
 
 

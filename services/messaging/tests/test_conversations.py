@@ -169,8 +169,10 @@ async def test_clinician_answers_by_ehr_ids_land_in_the_patients_thread_with_rea
         [
             (
                 "pat-1",
-                # An EHR whose clock runs behind ours and records `sent` to the second.
-                _clinician("com-a1", root="com-root", in_reply_to="com-root", at=_behind()),
+                # An EHR whose clock runs behind ours and records `sent` to the second,
+                # and an id that sorts before ours: were the answer given the answered
+                # message's time, a tie would list it first.
+                _clinician("0-a1", root="com-root", in_reply_to="com-root", at=_behind()),
             )
         ],
         topic_prefix=unique_prefix,
@@ -199,7 +201,7 @@ async def test_clinician_answers_by_ehr_ids_land_in_the_patients_thread_with_rea
     two = await client.post(path, json={"body": "And the dose?"})
     assert one.status_code == two.status_code == 201
     sent = await _sent_events(kafka_bootstrap, unique_prefix, lambda es: len(es) >= 3)
-    assert sent[1]["in_reply_to_fhir_id"] == "com-a1"
+    assert sent[1]["in_reply_to_fhir_id"] == "0-a1"
     assert sent[1]["thread_fhir_id"] == "com-root"
     await produce_events(
         kafka_bootstrap,
@@ -240,6 +242,56 @@ async def test_clinician_answers_by_ehr_ids_land_in_the_patients_thread_with_rea
     read = await client.post(f"/patients/pat-1/threads/{thread['id']}/read")
     assert read.json()["marked"] == 2
     assert (await client.get("/patients/pat-1/inbox")).json()["unread"] == 0
+
+
+async def test_an_answer_the_backfill_read_before_its_notification_still_marks_hers_read(
+    running: Callable[..., Any], kafka_bootstrap: str, unique_prefix: str
+) -> None:
+    client = await running()
+    started = await client.post(
+        "/patients/pat-1/threads", json={"subject": "Refill", "body": "More metformin please"}
+    )
+    assert started.status_code == 201, started.text
+    thread = started.json()["thread"]
+    path = f"/patients/pat-1/threads/{thread['id']}/messages"
+    await produce_events(
+        kafka_bootstrap,
+        [("pat-1", _ack(started.json()["message"]["id"], thread["id"], "com-root", "com-root"))],
+        topic_prefix=unique_prefix,
+    )
+
+    async def filed() -> bool:
+        return bool((await client.get(path)).json()[0]["ehr_status"] == "completed")
+
+    await eventually(filed, timeout=60)
+    # A back-fill still paging through her Communications reads the clinician's answer
+    # (within the second of her message) before its notification is handled.
+    at = _behind()
+    answer = MessageSyncedV1(
+        patient_id="pat-1",
+        communication_fhir_id="0-a1",
+        thread_fhir_id="com-root",
+        in_reply_to_fhir_id="com-root",
+        from_patient=False,
+        body="Sent to your pharmacy.",
+        status="completed",
+        sent_at=at,
+        imported=True,
+        source=_source("0-a1", at=at),
+    )
+    await produce_events(kafka_bootstrap, [("pat-1", answer)], topic_prefix=unique_prefix)
+
+    async def listed() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = (await client.get(path)).json()
+        return found
+
+    async def imported() -> bool:
+        return len(await listed()) == 2
+
+    await eventually(imported, timeout=60)
+    messages = await listed()
+    assert [m["direction"] for m in messages] == ["outbound", "inbound"]
+    assert messages[0]["read_by_care_team_at"] is not None
 
 
 async def test_imported_history_forms_threads_and_later_ehr_changes_show(

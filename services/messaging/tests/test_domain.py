@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from contracts.triage import Urgency
+from messaging import domain
 from messaging.app import load_rules
 from messaging.domain import (
     AttachmentRefused,
@@ -91,3 +92,23 @@ def test_attachments_must_be_images_or_pdf_within_the_size_limit() -> None:
         check_attachment("application/pdf", "fake.pdf", data, 1024)
     with pytest.raises(AttachmentRefused, match="base64"):
         check_attachment("image/png", "x.png", "***", 1024)
+
+
+# -- an answer's place in its thread ------------------------------------------------------
+
+
+def test_an_answer_keeps_its_own_time_when_it_is_later() -> None:
+    asked = datetime(2026, 12, 3, 12, 0, 5, 250_000, tzinfo=UTC)
+    answered = asked + timedelta(seconds=40)
+    assert domain.answer_time(answered, asked) == answered
+    assert domain.answer_time(answered, None) == answered
+
+
+def test_an_answer_recorded_to_the_second_is_placed_just_after_what_it_answers() -> None:
+    # The EHR wrote `sent` to the second, within the second the patient's message was sent:
+    # by its own time it would sort before her message, by hers it would tie with it.
+    asked = datetime(2026, 12, 3, 12, 0, 5, 250_000, tzinfo=UTC)
+    placed = domain.answer_time(asked.replace(microsecond=0), asked)
+    assert placed > asked
+    assert placed - asked == timedelta(microseconds=1)
+    assert domain.answer_time(asked, asked) > asked

@@ -425,6 +425,11 @@ class ApacheKafkaBroker(Broker):
         }
         return "".join(f"{key}={value}\n" for key, value in settings.items())
 
+    def format_options(self) -> list[str]:
+        """Extra arguments of the one-time `StorageTool format` (a subclass adds SCRAM users
+        with `--add-scram`, which KRaft stores in its metadata log)."""
+        return []
+
     def _lib_dir(self) -> Path:
         return (self.kafka_home or kafka_dir()) / "lib"
 
@@ -472,6 +477,7 @@ class ApacheKafkaBroker(Broker):
             _kafka_uuid(),
             "--config",
             str(self.properties_path),
+            *self.format_options(),
         )
         result = await asyncio.to_thread(
             subprocess.run, argv, capture_output=True, text=True, check=False

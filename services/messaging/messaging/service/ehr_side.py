@@ -88,6 +88,11 @@ class EhrSide(MessagingBase):
                 existing.sender_display = data.sender_display
                 existing.source_version = data.source.version_id
                 existing.source_updated_at = data.source.last_updated
+            # Filed first by the back-fill (it can read the answer before its notification
+            # is handled): the answer still means the care team read what came before.
+            await store.mark_care_team_read(
+                session, existing.thread_id, existing.sent_at, existing.sent_at
+            )
             return
         thread = await self._thread_for(
             session,
@@ -101,14 +106,8 @@ class EhrSide(MessagingBase):
             at=data.sent_at,
         )
         # An answer shows after the message it answers, and means the care team read that
-        # message and what the patient wrote before it. An EHR may record `sent` to the
-        # second only, or run a clock behind ours: by time alone the answer could show
-        # first and leave the message it answers unread.
-        sent_at = data.sent_at
-        if data.in_reply_to_fhir_id:
-            answered = await store.message_by_fhir_id(session, data.in_reply_to_fhir_id)
-            if answered is not None and answered.thread_id == thread.id:
-                sent_at = max(sent_at, answered.sent_at)
+        # message and what the patient wrote before it.
+        sent_at = await self._answer_time(session, thread, data.sent_at, data.in_reply_to_fhir_id)
         thread.updated_at = max(thread.updated_at, sent_at)
         message = store.Message(
             id=f"msg-{data.communication_fhir_id}",
@@ -126,6 +125,22 @@ class EhrSide(MessagingBase):
         session.add(message)
         count_message_after_commit(session, thread.pool, "inbound")
         await store.mark_care_team_read(session, thread.id, sent_at, sent_at)
+
+    async def _answer_time(
+        self,
+        session: AsyncSession,
+        thread: store.Thread,
+        sent_at: datetime,
+        in_reply_to_fhir_id: str | None,
+    ) -> datetime:
+        """`sent_at` of a care-team message, placed after the message of the thread it
+        answers (`domain.answer_time`)."""
+        if not in_reply_to_fhir_id:
+            return sent_at
+        answered = await store.message_by_fhir_id(session, in_reply_to_fhir_id)
+        if answered is None or answered.thread_id != thread.id:
+            return sent_at
+        return domain.answer_time(sent_at, answered.sent_at)
 
     async def sync_message(self, session: AsyncSession, event: Event[MessageSyncedV1]) -> None:
         """Apply the EHR's copy of a message: our filed message's EHR identity, an imported
@@ -180,6 +195,8 @@ class EhrSide(MessagingBase):
         )
         if thread.subject_enc is None and thread.subject is None and data.subject:
             self._seal_thread(thread, data.subject)
+        if not data.from_patient:
+            sent_at = await self._answer_time(session, thread, sent_at, data.in_reply_to_fhir_id)
         thread.updated_at = max(thread.updated_at, sent_at)
         message = store.Message(
             id=f"msg-{data.communication_fhir_id}",
@@ -194,6 +211,8 @@ class EhrSide(MessagingBase):
         )
         self._seal_message(message, data.body or "")
         session.add(message)
+        if not data.from_patient:
+            await store.mark_care_team_read(session, thread.id, sent_at, sent_at)
         await session.flush()
         return message
 

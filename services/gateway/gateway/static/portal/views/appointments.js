@@ -16,6 +16,14 @@ const INTAKE = {
   amended: "Sent to the clinic (changed)",
 };
 
+// Looking again for the clinic's answer: after 1 s, then doubling, the last after ~1 minute.
+const RECHECK_FIRST_MS = 1000;
+const RECHECK_LAST_MS = 64_000;
+
+function waiting(a) {
+  return upcoming(a) && (a.status === "pending" || a.status === "proposed" || Boolean(a.pending_slot));
+}
+
 function upcoming(a) {
   return ["booked", "pending", "proposed"].includes(a.status) && Date.parse(a.end || a.start) > Date.now();
 }
@@ -84,6 +92,24 @@ export async function render(main) {
   const past = h("ul", { class: "list", id: "past" });
   const done = h("div", { "aria-live": "polite", id: "appointments-status" });
 
+  // While the clinic has yet to answer (a booking or a move), look again now and then: the
+  // live notice of the answer can arrive before the appointment list has it (the gateway
+  // and scheduling each take the clinic's answer from the event stream on their own), and
+  // no second notice would come to refresh the page.
+  let recheck = null;
+  let recheckDelay = RECHECK_FIRST_MS;
+  function recheckWhileWaiting(all) {
+    clearTimeout(recheck);
+    recheck = null;
+    if (!all.some(waiting)) { recheckDelay = RECHECK_FIRST_MS; return; }
+    if (recheckDelay > RECHECK_LAST_MS) return; // the notice will still refresh the page
+    recheck = setTimeout(() => {
+      recheck = null;
+      if (coming.isConnected) load().catch(() => {});
+    }, recheckDelay);
+    recheckDelay *= 2;
+  }
+
   async function load(message) {
     const all = await api("/v1/me/appointments");
     const next = all.filter(upcoming).sort((a, b) => Date.parse(a.start) - Date.parse(b.start));
@@ -91,6 +117,7 @@ export async function render(main) {
     fill(coming, next.length ? next.map((a) => appointmentItem(a, load)) : h("li", {}, "No upcoming appointments."));
     fill(past, before.length ? before.map((a) => appointmentItem(a, load)) : h("li", {}, "None."));
     if (message) fill(done, h("p", { class: "callout success" }, message));
+    recheckWhileWaiting(all);
   }
 
   page(main, "Appointments",
