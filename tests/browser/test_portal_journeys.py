@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 from playwright.async_api import Browser, Page, expect
 
@@ -477,7 +478,9 @@ async def test_a_patient_lets_her_son_help_then_stops_it(
         assert await fits_width(alice)
         await screenshot(alice, screenshots, "caregivers-granted")
 
-        # Her son signs in as himself, for her: he sees what she shared, nothing else.
+        # Her son signs in as himself, for her: he sees what she shared, nothing else, and
+        # the page asks for nothing else (a consent denial means someone probing).
+        denied = await _consent_denials(stack)
         await sign_in(son, stack, "RelatedPerson/demo-alice-son")
         await expect(son.locator(".who")).to_contain_text("caregiver of")
         await expect(son.locator("#nav a[href='#/appointments']")).to_be_visible()
@@ -485,8 +488,11 @@ async def test_a_patient_lets_her_son_help_then_stops_it(
         await expect(son.locator("#nav a[href='#/caregivers']")).to_be_hidden()
         await open_screen(son, stack, "#/appointments")
         await expect(son.locator("main .callout.error")).to_have_count(0)
+        await open_screen(son, stack, "#/")
+        assert await _consent_denials(stack) == denied
         await open_screen(son, stack, "#/results")
         await expect(son.locator("main .callout.error")).to_contain_text("access to results")
+        assert await _consent_denials(stack) > denied  # typing the address is counted
         await screenshot(son, screenshots, "caregiver-refused")
 
         # She stops it: his next step is refused, and her access log names him.
@@ -496,3 +502,13 @@ async def test_a_patient_lets_her_son_help_then_stops_it(
         await expect(son.locator("main .callout.error")).to_contain_text("has not given")
         await open_screen(alice, stack, "#/access-log")
         await expect(alice.locator("#access-log")).to_contain_text("Kenji Nakamura (caregiver)")
+
+
+async def _consent_denials(stack: Stack) -> float:
+    """The gateway's count of caregiver requests its consent check refused."""
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=10) as client:
+        text = (await client.get("/metrics")).text
+    found = re.search(
+        r'^security_events_total\{event="consent_denied",service="gateway"\} (\S+)$', text, re.M
+    )
+    return float(found.group(1)) if found else 0.0

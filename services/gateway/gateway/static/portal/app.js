@@ -99,7 +99,15 @@ async function setUpAccount() {
   nav.hidden = false;
 }
 
+/** Whether the signed-in user may use a part: always the patient; a caregiver, what the
+ * patient shared (the page never calls what the consent refuses). */
+export function mayUse(part) {
+  const me = state.me;
+  return !(me && me.actor === "caregiver") || (me.parts || []).includes(part);
+}
+
 export async function updateUnread() {
+  if (!mayUse("messages")) return null;
   try {
     const threads = await api("/v1/me/threads");
     const unread = threads.reduce((sum, t) => sum + Number(t.unread || 0), 0);
@@ -141,7 +149,7 @@ async function route(event) {
   try {
     const module = await import(`./views/${name}.js`);
     view = await module.render(container, {
-      params: found.slice(1), query, profile: state.profile, announce, path,
+      params: found.slice(1), query, profile: state.profile, announce, path, mayUse,
     });
   } catch (error) {
     if (error instanceof SignedOut) { showSignIn(); return; }
