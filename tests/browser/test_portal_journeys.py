@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 from playwright.async_api import Browser, Page, expect
 
@@ -55,6 +56,7 @@ SCREENS = [
     ("new-message", "#/messages/new"),
     ("symptom-check", "#/symptoms"),
     ("access-log", "#/access-log"),
+    ("caregivers", "#/caregivers"),
 ]
 
 
@@ -456,3 +458,57 @@ async def test_the_health_summary_lists_medicines_and_downloads_a_document(
         saved = tmp_path / "summary.txt"
         await (await download.value).save_as(saved)
         assert saved.stat().st_size > 0
+
+
+async def test_a_patient_lets_her_son_help_then_stops_it(
+    stack: Stack, browser: Browser, axe_source: str, screenshots: Path
+) -> None:
+    async with patient_page(browser) as alice, patient_page(browser) as son:
+        await sign_in(alice, stack, "demo-alice")
+        await open_screen(alice, stack, "#/caregivers")
+        await alice.get_by_label("Kenji Nakamura (son)").check()
+        await alice.locator("#part-appointments").check()
+        await alice.locator("#part-messages").check()
+        await alice.get_by_role("button", name="Give access").click()
+        await expect(alice.locator("#caregiver-status")).to_contain_text("can now help you")
+        row = alice.locator("#caregivers tbody tr").first
+        await expect(row).to_contain_text("Kenji Nakamura")
+        await expect(row).to_contain_text("Appointments, Messages")
+        assert await serious_violations(alice, axe_source) == []
+        assert await fits_width(alice)
+        await screenshot(alice, screenshots, "caregivers-granted")
+
+        # Her son signs in as himself, for her: he sees what she shared, nothing else, and
+        # the page asks for nothing else (a consent denial means someone probing).
+        denied = await _consent_denials(stack)
+        await sign_in(son, stack, "RelatedPerson/demo-alice-son")
+        await expect(son.locator(".who")).to_contain_text("caregiver of")
+        await expect(son.locator("#nav a[href='#/appointments']")).to_be_visible()
+        await expect(son.locator("#nav a[href='#/results']")).to_be_hidden()
+        await expect(son.locator("#nav a[href='#/caregivers']")).to_be_hidden()
+        await open_screen(son, stack, "#/appointments")
+        await expect(son.locator("main .callout.error")).to_have_count(0)
+        await open_screen(son, stack, "#/")
+        assert await _consent_denials(stack) == denied
+        await open_screen(son, stack, "#/results")
+        await expect(son.locator("main .callout.error")).to_contain_text("access to results")
+        assert await _consent_denials(stack) > denied  # typing the address is counted
+        await screenshot(son, screenshots, "caregiver-refused")
+
+        # She stops it: his next step is refused, and her access log names him.
+        await alice.get_by_role("button", name="Stop access").click()
+        await expect(alice.locator("#caregiver-status")).to_contain_text("can no longer see")
+        await open_screen(son, stack, "#/appointments")
+        await expect(son.locator("main .callout.error")).to_contain_text("has not given")
+        await open_screen(alice, stack, "#/access-log")
+        await expect(alice.locator("#access-log")).to_contain_text("Kenji Nakamura (caregiver)")
+
+
+async def _consent_denials(stack: Stack) -> float:
+    """The gateway's count of caregiver requests its consent check refused."""
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=10) as client:
+        text = (await client.get("/metrics")).text
+    found = re.search(
+        r'^security_events_total\{event="consent_denied",service="gateway"\} (\S+)$', text, re.M
+    )
+    return float(found.group(1)) if found else 0.0

@@ -15,6 +15,7 @@ from contracts.appointment import (
     SlotUpdatedV1,
 )
 from contracts.base import Payload
+from contracts.consent import ConsentGrantedV1, ConsentRevokedV1
 from contracts.intake import IntakeRemindedV1, IntakeSubmittedV1
 from contracts.lab import LabResultedV1
 from contracts.medication import MedicationChangedV1
@@ -57,6 +58,8 @@ REGISTRY: tuple[EventType, ...] = (
     EventType("message.synced", 1, MessageSyncedV1),
     EventType("triage.completed", 1, TriageCompletedV1),
     EventType("patient.linked", 1, PatientLinkedV1),
+    EventType("consent.granted", 1, ConsentGrantedV1),
+    EventType("consent.revoked", 1, ConsentRevokedV1),
     EventType("record.imported", 1, RecordImportedV1, partitions=6),
 )
 

@@ -14,6 +14,7 @@ from contracts.appointment import (
     SlotUpdatedV1,
 )
 from contracts.base import Coding, Payload, Quantity, ReferenceRange, SourceVersion
+from contracts.consent import CaregiverPart, ConsentGrantedV1, ConsentRevokedV1
 from contracts.intake import IntakeAnswer, IntakeRemindedV1, IntakeSubmittedV1
 from contracts.lab import LabObservation, LabResultedV1, ReportStatus
 from contracts.medication import MedicationChangedV1, MedicationStatus
@@ -33,6 +34,23 @@ GLUCOSE = Coding(
 )
 
 EXAMPLES: dict[str, Payload] = {
+    "consent.granted": ConsentGrantedV1(
+        consent_id="cg-1",
+        patient_id=PATIENT,
+        patient_fhir_id="example",
+        related_person_fhir_id="rp-1",
+        parts=[CaregiverPart.APPOINTMENTS, CaregiverPart.MESSAGES],
+        start=T0,
+        end=T0 + timedelta(days=90),
+        granted_at=T0,
+    ),
+    "consent.revoked": ConsentRevokedV1(
+        consent_id="cg-1",
+        patient_id=PATIENT,
+        patient_fhir_id="example",
+        related_person_fhir_id="rp-1",
+        revoked_at=T0 + timedelta(days=3),
+    ),
     "appointment.booked": AppointmentBookedV1(
         appointment_id="apt-1",
         patient_id=PATIENT,

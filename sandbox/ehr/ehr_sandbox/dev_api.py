@@ -113,6 +113,13 @@ class PatientTokenRequest(BaseModel):
         max_length=2000,
         description="Scopes to grant instead of the sign-in's (tests of narrower tokens)",
     )
+    related_person: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Sign in as this RelatedPerson (a caregiver of `patient`) acting for "
+        "the patient: `fhirUser` is the RelatedPerson, `patient` the patient",
+    )
 
 
 @router.post("/dev/patient-token")
@@ -124,16 +131,36 @@ async def dev_patient_token(request: Request) -> JSONResponse:
     )
     if not is_valid_id(body.patient) or not await _store(request).exists("Patient", body.patient):
         raise FhirError(404, f"Patient/{body.patient} is not known", code="not-found")
-    token = mint_patient_token(body.patient, app=request.app, scope=body.scope)
-    return JSONResponse(
-        {
-            "access_token": token,
-            "token_type": "Bearer",
-            "patient": body.patient,
-            "scope": body.scope if body.scope is not None else PATIENT_SCOPES,
-            "id_token": mint_patient_id_token(body.patient, app=request.app),
-        }
+    if body.related_person is not None:
+        await _check_caregiver(_store(request), body.related_person, body.patient)
+    token = mint_patient_token(
+        body.patient, app=request.app, scope=body.scope, related_person=body.related_person
     )
+    answer = {
+        "access_token": token,
+        "token_type": "Bearer",
+        "patient": body.patient,
+        "scope": body.scope if body.scope is not None else PATIENT_SCOPES,
+    }
+    if body.related_person is None:
+        # The ID token names the patient as the user; a caregiver's would not.
+        answer["id_token"] = mint_patient_id_token(body.patient, app=request.app)
+    return JSONResponse(answer)
+
+
+async def _check_caregiver(store: Store, related_person: str, patient: str) -> None:
+    """404 unless the RelatedPerson exists, is active and is related to the patient: a
+    caregiver may only launch with the patient they are recorded for."""
+    if not is_valid_id(related_person) or not await store.exists("RelatedPerson", related_person):
+        raise FhirError(404, f"RelatedPerson/{related_person} is not known", code="not-found")
+    person = dict((await store.read("RelatedPerson", related_person)).content)
+    reference = (person.get("patient") or {}).get("reference", "")
+    if person.get("active") is False or reference.rsplit("/", 2)[-2:] != ["Patient", patient]:
+        raise FhirError(
+            403,
+            f"RelatedPerson/{related_person} is not an active caregiver of Patient/{patient}",
+            code="forbidden",
+        )
 
 
 # -- simulation ---------------------------------------------------------------------------

@@ -38,6 +38,8 @@ SUPPORTED_TYPES: tuple[str, ...] = (
     "Task",
     "Subscription",
     "Basic",
+    "RelatedPerson",
+    "Consent",
 )
 
 # Bumped when the shape of index rows changes, so existing databases are re-indexed.
@@ -394,6 +396,26 @@ _BUILTIN: dict[str, tuple[SearchParam, ...]] = {
         *_subject_pair(),
         _p("created", "date", "created"),
         _p("author", "reference", "author"),
+    ),
+    # A patient's caregivers (parents, family) as users who may act for the patient.
+    "RelatedPerson": (
+        _identifier(),
+        _p("patient", "reference", "patient", targets=_PATIENT),
+        _p("relationship", "token", "relationship"),
+        _p("active", "token", "active"),
+        _p("name", "string", "name"),
+    ),
+    # A patient's privacy consents (proxy access granted to a RelatedPerson).
+    "Consent": (
+        _identifier(),
+        _p("patient", "reference", "patient", targets=_PATIENT),
+        _p("status", "token", "status"),
+        _p("scope", "token", "scope"),
+        _p("category", "token", "category"),
+        _p("actor", "reference", "provision.actor.reference"),
+        _p("action", "token", "provision.action"),
+        _p("period", "date", "provision.period"),
+        _p("date", "date", "dateTime"),
     ),
 }
 

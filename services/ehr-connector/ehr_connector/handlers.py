@@ -15,11 +15,12 @@ from contracts.appointment import (
     AppointmentCancelledV1,
     AppointmentRescheduledV1,
 )
+from contracts.consent import ConsentGrantedV1, ConsentRevokedV1
 from contracts.intake import IntakeSubmittedV1
 from contracts.message import MessageSentV1
 from contracts.triage import TriageCompletedV1
 from ehr_connector.context import connector_for
-from ehr_connector.outbound import booking, filing
+from ehr_connector.outbound import booking, consents, filing
 from servicekit.consumer import BeforeCommit, Event, EventRouter, Record
 
 router = EventRouter()
@@ -62,3 +63,15 @@ async def send_message_to_care_team(reads: BeforeCommit, event: Event[MessageSen
 async def file_triage(reads: BeforeCommit, event: Event[TriageCompletedV1]) -> Record:
     """File the triage outcome and a review Task for the care team."""
     return await filing.file_triage(connector_for(reads.deps), reads, event)
+
+
+@router.effect_first("consent.granted")
+async def file_consent(reads: BeforeCommit, event: Event[ConsentGrantedV1]) -> Record:
+    """Record the patient's consent to a caregiver's access as a FHIR Consent."""
+    return await consents.grant(connector_for(reads.deps), event)
+
+
+@router.effect_first("consent.revoked")
+async def revoke_consent(reads: BeforeCommit, event: Event[ConsentRevokedV1]) -> Record:
+    """Make the revoked grant's Consent inactive in the EHR."""
+    return await consents.revoke(connector_for(reads.deps), event)

@@ -21,6 +21,7 @@ DEFAULT_EHR_SCOPE = " ".join(
         "system/QuestionnaireResponse.cu",  # intake amendments update the filed one
         "system/Communication.c",
         "system/Task.c",
+        "system/Consent.cu",  # caregiver grants, made inactive when revoked
         "system/Subscription.cu",
         # The synthetic canary (inbound) files a lab result for the `canary` patient.
         "system/Observation.c",

@@ -8,7 +8,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -21,10 +21,12 @@ from opentelemetry import trace
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
+from contracts.consent import CaregiverPart
 from contracts.patient import PatientLinkedV1
 from gateway import audit, observability, security_events, store
 from gateway.auth import AuthError, PatientToken, TokenVerifier
 from gateway.caching import Lru
+from gateway.consent import SUMMARY_PARTS, Access, Grant, related_person_of, route_access
 from gateway.domain import Notification, NotificationKind, profile_of
 from gateway.hub import NotificationHub
 from gateway.ratelimit import PatientWrites
@@ -43,15 +45,31 @@ Id = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]
 
 @dataclass(frozen=True)
 class Caller:
-    """The authenticated patient."""
+    """The authenticated patient (or a caregiver acting for them)."""
 
     patient_id: str
     token: PatientToken
+    # A caregiver's grant from the patient, read for this request (None for the patient).
+    grant: Grant | None = None
+
+    @property
+    def related_person(self) -> str | None:
+        """The caregiver's RelatedPerson id when the token's user is one (SMART `fhirUser`)."""
+        return related_person_of(self.token.fhir_user)
 
     @property
     def actor(self) -> str:
-        """Who is reading: the patient themself or someone acting for them."""
+        """Who is reading: the patient themself, a caregiver, or someone else for them."""
+        if self.related_person is not None:
+            return "caregiver"
         return "self" if self.token.subject == self.token.patient_fhir_id else "delegate"
+
+    @property
+    def actor_id(self) -> str:
+        """Who acted, for the access log: `RelatedPerson/<id>` for a caregiver, else the
+        token's subject."""
+        related = self.related_person
+        return f"RelatedPerson/{related}" if related is not None else self.token.subject
 
 
 def service_of(request: Request) -> Service:
@@ -107,7 +125,7 @@ async def _confirm_patient_in_ehr(service: Service, raw_token: str, patient_fhir
 
 
 async def _ensure_link(
-    service: Service, issuer: str, patient_fhir_id: str, raw_token: str = ""
+    service: Service, issuer: str, patient_fhir_id: str, raw_token: str = "", may_link: bool = True
 ) -> str:
     """The internal id of a token's patient; the first visit links the account (and
     publishes `patient.linked`, so the connector back-fills the history) once the EHR has
@@ -124,6 +142,10 @@ async def _ensure_link(
     if link is not None:
         links.put((issuer, patient_fhir_id), link.patient_id)
         return link.patient_id
+    if not may_link:
+        # Only the patient opens their account: a caregiver of a patient who never signed
+        # in has no grant either.
+        raise HTTPException(403, "The patient has not given this caregiver access.")
     await _confirm_patient_in_ehr(service, raw_token, patient_fhir_id)
     patient_id = f"pat-{uuid.uuid4().hex[:20]}"
     now = datetime.now(UTC)
@@ -179,15 +201,78 @@ async def current_patient(
         )
         raise HTTPException(exc.status, exc.detail, headers) from exc
     settings: Settings = service.settings  # type: ignore[assignment]
+    caregiver = related_person_of(token.fhir_user) is not None
     try:
-        patient_id = await _ensure_link(service, settings.oidc_issuer, token.patient_fhir_id, raw)
+        patient_id = await _ensure_link(
+            service, settings.oidc_issuer, token.patient_fhir_id, raw, may_link=not caregiver
+        )
     except HTTPException as exc:
         if exc.status_code == 403:
-            security_events.count(service, "unknown_patient")
+            security_events.count(service, "consent_denied" if caregiver else "unknown_patient")
         raise
     caller = Caller(patient_id=patient_id, token=token)
     request.state.caller = caller
+    if caller.related_person is not None:
+        caller = await _caregiver_allowed(request, caller)
+        request.state.caller = caller
     return caller
+
+
+async def current_grant(service: Service, caller: Caller, now: datetime) -> Grant | None:
+    """The caregiver's grant from the patient that is active now, read from the database on
+    every call (no cache: a revocation counts from its commit). Overlapping grants (one
+    starting as another ends) open the union of their parts."""
+    related = caller.related_person
+    if related is None:
+        return None
+    async with service.db.sessions() as session:
+        rows = await store.live_grants(session, caller.patient_id, related, now)
+    active = [g for g in map(grant_of, rows) if g.covers_any(now)]
+    if not active:
+        return None
+    return replace(
+        active[0],
+        parts=frozenset().union(*(g.parts for g in active)),
+        end=max(g.end for g in active),
+    )
+
+
+def grant_of(row: store.CaregiverGrant) -> Grant:
+    """The rules' view of a stored grant."""
+    return Grant(
+        id=row.id,
+        related_person=row.related_person_fhir_id,
+        parts=frozenset(CaregiverPart(p) for p in row.parts),
+        start=row.start,
+        end=row.end,
+        revoked_at=row.revoked_at,
+    )
+
+
+async def _caregiver_allowed(request: Request, caller: Caller) -> Caller:
+    """403 unless the patient's active grant opens this route to the caregiver; the
+    refusal is recorded in the access log as the caregiver's."""
+    service = service_of(request)
+    template = str(getattr(request.scope.get("route"), "path", ""))
+    access, part = route_access(template)
+    now = datetime.now(UTC)
+    grant = await current_grant(service, caller, now) if access is not Access.PATIENT_ONLY else None
+    if access is Access.PATIENT_ONLY:
+        detail = "Only the patient may do this, not a caregiver."
+    elif grant is None:
+        detail = "The patient has not given this caregiver access (or it has ended)."
+    elif part is not None and not grant.covers(part, now):
+        detail = f"The patient has not given this caregiver access to {part.value}."
+    else:
+        return replace(caller, grant=grant)
+    security_events.count(service, "consent_denied")
+    await audit.record(
+        request,
+        "read" if request.method in READ_METHODS else "write",
+        _resource_of(request),
+        outcome="denied",
+    )
+    raise HTTPException(403, detail)
 
 
 Me = Annotated[Caller, Depends(current_patient)]
@@ -345,12 +430,27 @@ class MeOut(BaseModel):
 
     patient_id: str
     scopes: list[str]
+    actor: str = Field(
+        default="self", description="self, or caregiver (a RelatedPerson acting for them)"
+    )
+    parts: list[CaregiverPart] | None = Field(
+        default=None, description="A caregiver's: the parts the patient's grant opens now"
+    )
+    until: datetime | None = Field(default=None, description="A caregiver's: the grant's end")
 
 
 @router.get("/me", response_model=MeOut, dependencies=[requires("patient/Patient.r")])
 async def me(caller: Me) -> MeOut:
-    """The caller's internal patient id and granted scopes (links the account on first use)."""
-    return MeOut(patient_id=caller.patient_id, scopes=sorted(caller.token.scopes))
+    """The caller's internal patient id and granted scopes (links the account on first use);
+    for a caregiver, what the patient's grant opens and until when."""
+    grant = caller.grant
+    return MeOut(
+        patient_id=caller.patient_id,
+        scopes=sorted(caller.token.scopes),
+        actor=caller.actor,
+        parts=sorted(grant.parts) if grant is not None else None,
+        until=grant.end if grant is not None else None,
+    )
 
 
 class ProfileOut(BaseModel):
@@ -381,6 +481,9 @@ async def profile(
         )
     except httpx.HTTPError as exc:
         raise HTTPException(503, "The EHR is unavailable; try again.") from exc
+    if response.status_code == 403:
+        # A caregiver before the EHR has the patient's Consent on file (or after it ended).
+        raise HTTPException(403, "The EHR does not let this user read the patient's details.")
     if response.status_code != 200:
         raise HTTPException(502, f"The EHR answered {response.status_code}.")
     try:
@@ -427,7 +530,12 @@ async def summary(caller: Me, request: Request) -> dict[str, Any]:
         "appointments": ("Appointment", "scheduling", f"/patients/{pid}/appointments"),
         "threads": ("Communication", "messaging", f"/patients/{pid}/threads"),
     }
-    allowed = {k: v for k, v in parts.items() if caller.token.allows_read(v[0])}
+    allowed = {
+        k: v
+        for k, v in parts.items()
+        if caller.token.allows_read(v[0])
+        and (caller.grant is None or SUMMARY_PARTS[k] in caller.grant.parts)
+    }
     calls: list[Awaitable[Any]] = [upstreams.get(svc, path) for _, svc, path in allowed.values()]
     # The summary is recorded whatever its parts bring, so its record is committed while
     # the parts are fetched (the answer still waits for that commit; a failed one is 503).
@@ -454,7 +562,10 @@ class AccessLogOut(BaseModel):
     """One recorded read of the patient's data."""
 
     at: datetime
-    actor: str
+    actor: str = Field(description="self, caregiver (someone the patient let in) or delegate")
+    actor_id: str | None = Field(
+        default=None, description="Who acted: the token's user (`RelatedPerson/<id>`...)"
+    )
     action: str
     resource: str
     resource_id: str | None = None
@@ -477,6 +588,7 @@ async def access_log(caller: Me, request: Request) -> list[AccessLogOut]:
         AccessLogOut(
             at=r.at,
             actor=r.actor,
+            actor_id=r.actor_id,
             action=r.action,
             resource=r.resource,
             resource_id=r.resource_id,
@@ -512,6 +624,11 @@ def _sse(note: store.PatientNotification) -> str:
     return f"id: {note.id}\nevent: notification\ndata: {json.dumps(body)}\n\n"
 
 
+def _access_ended() -> str:
+    body = {"reason": "The patient's consent for this caregiver was revoked or has ended."}
+    return f"event: access-ended\ndata: {json.dumps(body)}\n\n"
+
+
 @router.get(
     "/me/events",
     response_class=StreamingResponse,
@@ -536,18 +653,34 @@ async def events(
     stream_span = trace.get_current_span()
     opened_at = datetime.now(UTC)
 
+    async def still_granted() -> Grant | None:
+        # A caregiver's stream is authorised again at every delivery (and every wake-up):
+        # a revoked or ended grant ends the stream at once.
+        return await current_grant(service, caller, datetime.now(UTC))
+
     async def stream() -> AsyncIterator[str]:
         nonlocal after
         waiter = hub.listen(caller.patient_id)
+        caregiver = caller.related_person is not None
         try:
             with observability.stream_open():
                 yield "retry: 3000\n: connected\n\n"
                 while not await request.is_disconnected():
                     waiter.clear()
+                    if caregiver and await still_granted() is None:
+                        yield _access_ended()
+                        return
                     async with service.db.sessions() as session:
                         notes = await store.notifications_since(session, caller.patient_id, after)
                     for note in notes:
                         after = note.id
+                        if caregiver:
+                            grant = await still_granted()
+                            if grant is None:
+                                yield _access_ended()
+                                return
+                            if not grant.covers_notification(note.kind, datetime.now(UTC)):
+                                continue  # a part the patient did not share
                         yield _sse(note)
                         observability.pushed(
                             note.kind,

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from gateway import (
     api,
     api_appointments,
+    api_caregivers,
     api_messages,
     api_records,
     api_triage,
@@ -92,6 +93,7 @@ def build(
     routes.include_router(api_appointments.router)
     routes.include_router(api_messages.router)
     routes.include_router(api_triage.router)
+    routes.include_router(api_caregivers.router)
     routes.include_router(ops.router)
     # `GET /ops/encryption`, `POST /ops/encryption/reencrypt` (ops token): after a rotation.
     routes.include_router(kit_encryption_routes())
@@ -109,7 +111,7 @@ def build(
             # tokens.
             public_api=routes,
             handlers=handlers.router,
-            publishes=("patient.linked",),
+            publishes=("patient.linked", "consent.granted", "consent.revoked"),
             metadata=store.metadata,
             migrations=MIGRATIONS,
             deps=_notification_hub,

@@ -318,7 +318,7 @@ async def record(
         caller.actor,
         action,
         resource,
-        actor_id=caller.token.subject,
+        actor_id=caller.actor_id,  # `RelatedPerson/<id>` when a caregiver acts
         on_behalf_of=caller.token.patient_fhir_id,
         resource_id=resource_id,
         outcome=outcome,

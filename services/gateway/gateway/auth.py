@@ -61,6 +61,7 @@ class PatientToken:
     patient_fhir_id: str
     scopes: frozenset[str]
     client_id: str = ""  # the app the token was issued to (`client_id`, else `azp`)
+    fhir_user: str = ""  # SMART `fhirUser`: the user's FHIR resource (Patient, RelatedPerson)
 
     @cached_property
     def granted(self) -> tuple[SmartScope, ...]:
@@ -195,6 +196,7 @@ class TokenVerifier:
             patient_fhir_id=patient,
             scopes=scopes,
             client_id=str(claims.get("client_id") or claims.get("azp") or "")[:200],
+            fhir_user=str(claims.get("fhirUser") or "")[:500],
         )
         return found, float(claims["exp"]), keys
 

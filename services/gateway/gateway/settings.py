@@ -103,6 +103,12 @@ class Settings(ServiceSettings, EncryptionSettings):
     rate_limit_patient_write_burst: int = Field(
         default=30, ge=1, description="Burst of writes per patient"
     )
+    caregiver_max_days: int = Field(
+        default=366,
+        ge=1,
+        le=3660,
+        description="Longest caregiver grant a patient may give at once (days)",
+    )
     forwarded_for_hops: int = Field(
         default=0,
         ge=0,

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     DateTime,
     Index,
@@ -87,6 +88,49 @@ class AccessLogEntry(Base):
     outcome: Mapped[str] = mapped_column(String(16), default="allowed", server_default="allowed")
     client_id: Mapped[str | None] = mapped_column(String(200))
     trace_id: Mapped[str | None] = mapped_column(String(32))
+
+
+class CaregiverGrant(Base):
+    """A patient's consent to a caregiver's access (the gateway's authoritative copy: every
+    caregiver request and every push to a caregiver's stream is checked against it; the
+    connector records it in the EHR as a FHIR Consent)."""
+
+    __tablename__ = "caregiver_grants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    patient_fhir_id: Mapped[str] = mapped_column(String(64))
+    related_person_fhir_id: Mapped[str] = mapped_column(String(64))
+    parts: Mapped[list[str]] = mapped_column(ARRAY(String(32)))
+    start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    granted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    __table_args__ = (Index("ix_caregiver_grants_patient", "patient_id", "related_person_fhir_id"),)
+
+
+async def grants_of(session: AsyncSession, patient_id: str) -> list[CaregiverGrant]:
+    """Every grant a patient made, newest first."""
+    stmt = (
+        select(CaregiverGrant)
+        .where(CaregiverGrant.patient_id == patient_id)
+        .order_by(CaregiverGrant.granted_at.desc(), CaregiverGrant.id)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def live_grants(
+    session: AsyncSession, patient_id: str, related_person_fhir_id: str, now: datetime
+) -> list[CaregiverGrant]:
+    """A caregiver's grants from the patient that are neither revoked nor over."""
+    stmt = select(CaregiverGrant).where(
+        CaregiverGrant.patient_id == patient_id,
+        CaregiverGrant.related_person_fhir_id == related_person_fhir_id,
+        CaregiverGrant.revoked_at.is_(None),
+        CaregiverGrant.end > now,
+    )
+    return list((await session.execute(stmt)).scalars())
 
 
 async def link_for_identity(

@@ -8,7 +8,8 @@ interaction. Three kinds of caller:
 - the admin bearer token (`SANDBOX_ADMIN_TOKEN`): full access;
 - SMART Backend Services tokens (`system/...` scopes, v1 `.read`/`.write` or v2 `.cruds`);
 - patient tokens from the dev issuer (`patient/*.rs`, a `patient` claim): reads within
-  their own compartment only.
+  their own compartment only; a caregiver's (`fhirUser` a RelatedPerson) only what an
+  active Consent of the patient permits them (`ehr_sandbox.auth.consent`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Literal
 from fastapi import FastAPI, Request
 
 from ehr_sandbox.auth.compartment import check_patient_access
+from ehr_sandbox.auth.consent import check_caregiver_consent, related_person_of
 from ehr_sandbox.auth.routes import router
 from ehr_sandbox.auth.scopes import parse_scopes, permission_for, scopes_allow, split_scope_string
 from ehr_sandbox.auth.service import InvalidToken
@@ -121,14 +123,23 @@ async def authorize(request: Request, resource_type: str, interaction: str) -> P
         if interaction not in _READ_INTERACTIONS:
             raise _forbidden("Patient tokens may only read")
         await check_patient_access(request, resource_type, interaction, principal.patient)
+        caregiver = related_person_of(claims.get("fhirUser"))
+        if caregiver is not None:
+            # A caregiver reads only what the patient's active Consent lets them.
+            await check_caregiver_consent(request, resource_type, principal.patient, caregiver)
     request.state.principal = principal
     return principal
 
 
 def mint_patient_token(
-    patient_id: str, *, app: FastAPI | None = None, scope: str | None = None
+    patient_id: str,
+    *,
+    app: FastAPI | None = None,
+    scope: str | None = None,
+    related_person: str | None = None,
 ) -> str:
-    """A patient access token for `patient_id`, as the dev issuer's code flow issues.
+    """A patient access token for `patient_id`, as the dev issuer's code flow issues
+    (with `related_person`: that caregiver's token acting for the patient).
 
     Test and dev helper behind `POST /dev/patient-token`. Without `app` it uses the most
     recently started sandbox app in this process.
@@ -137,8 +148,8 @@ def mint_patient_token(
     if service is None:
         raise RuntimeError("No sandbox app is running to sign the token")
     if scope is None:
-        return service.patient_access_token(patient_id)
-    return service.patient_access_token(patient_id, scope=scope)
+        return service.patient_access_token(patient_id, related_person=related_person)
+    return service.patient_access_token(patient_id, scope=scope, related_person=related_person)
 
 
 def mint_patient_id_token(patient_id: str, *, app: FastAPI) -> str:

@@ -50,8 +50,11 @@ def choose_patient_page(
     patients: Sequence[tuple[str, str, str]],
     params: Mapping[str, str],
     action: str,
+    caregivers: Sequence[tuple[str, str, str, str]] = (),
 ) -> str:
-    """The sign-in form: `patients` are (id, display name, hint) triples.
+    """The sign-in form: `patients` are (id, display name, hint) triples; `caregivers`
+    (RelatedPerson id, patient id, display name, hint) sign in as themselves for their
+    patient (the choice's value is `RelatedPerson/<id>`).
 
     `params` are the validated authorization request parameters, carried through the
     form as hidden fields so the POST can re-validate and finish the request.
@@ -67,7 +70,9 @@ def choose_patient_page(
             f"{' checked' if i == 0 else ''} required>"
             f'<span>{escape(name)}<span class="hint">{escape(hint)}</span></span>'
             "</label>"
-            for i, (pid, name, hint) in enumerate(patients)
+            for i, (pid, name, hint) in enumerate(
+                [*patients, *((f"RelatedPerson/{r}", n, h) for r, _p, n, h in caregivers)]
+            )
         )
         form_body = (
             "<fieldset>\n<legend>Who are you signing in as?</legend>\n"

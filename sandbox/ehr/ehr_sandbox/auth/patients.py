@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from ehr_sandbox.search import SearchRequest
+from ehr_sandbox.search import SearchRequest, parse_search
 from ehr_sandbox.seed import DEMO_PATIENTS
 
 # Without the seed the page lists at most this many patients.
@@ -74,3 +74,41 @@ async def demo_patients(app: FastAPI) -> list[tuple[str, str, str]]:
         if m.content.get("active", True) is not False and not is_synthetic(m.content)
     ]
     return sorted(patients, key=lambda p: p[1].lower())
+
+
+CAREGIVER_PREFIX = "RelatedPerson/"
+
+
+async def demo_caregivers(
+    app: FastAPI, patients: list[tuple[str, str, str]]
+) -> list[tuple[str, str, str, str]]:
+    """(RelatedPerson id, patient id, display name, hint) of the active caregivers the EHR
+    records for the offered patients: they sign in as themselves, for that patient."""
+    store = getattr(app.state, "store", None)
+    if store is None or not patients:
+        return []
+    names = {pid: name for pid, name, _hint in patients}
+    found: list[tuple[str, str, str, str]] = []
+    for pid in names:
+        request = parse_search(
+            "RelatedPerson",
+            [("patient", f"Patient/{pid}")],
+            fhir_base=app.state.settings.fhir_base,
+            default_count=20,
+            max_count=20,
+            strict=True,
+        )
+        result = await store.search(request)
+        for match in result.matches:
+            person = match.content
+            if person.get("active", True) is False:
+                continue
+            found.append(
+                (
+                    match.id,
+                    pid,
+                    display_name(person).replace("Patient ", "Caregiver ", 1),
+                    f"Caregiver of {names[pid]}",
+                )
+            )
+    return found

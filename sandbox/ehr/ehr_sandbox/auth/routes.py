@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from ehr_sandbox.auth.clients import ClientRegistrationError, validate_registration
 from ehr_sandbox.auth.pages import choose_patient_page, error_page
-from ehr_sandbox.auth.patients import demo_patients
+from ehr_sandbox.auth.patients import CAREGIVER_PREFIX, demo_caregivers, demo_patients
 from ehr_sandbox.auth.scopes import NON_RESOURCE_SCOPES, ScopeError, parse_scope
 from ehr_sandbox.auth.service import (
     PATIENT_SCOPES,
@@ -392,8 +392,9 @@ async def authorize_page(request: Request) -> Response:
     except _AuthorizeError as exc:
         return _authorize_error_response(exc, params)
     patients = await demo_patients(request.app)
+    caregivers = await demo_caregivers(request.app, patients)
     return HTMLResponse(
-        choose_patient_page(patients, clean, "/auth/authorize"),
+        choose_patient_page(patients, clean, "/auth/authorize", caregivers),
         headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"},
     )
 
@@ -419,7 +420,14 @@ async def authorize_submit(request: Request) -> Response:
             {"error": "access_denied", "error_description": "The user cancelled", **state},
         )
     patient = form.get("patient", "")
-    known = {pid for pid, _name, _hint in await demo_patients(request.app)}
+    patients = await demo_patients(request.app)
+    related_person: str | None = None
+    if patient.startswith(CAREGIVER_PREFIX):
+        # A caregiver signs in as themself, for the patient the EHR relates them to.
+        caregivers = {r: pid for r, pid, _n, _h in await demo_caregivers(request.app, patients)}
+        related_person = patient.removeprefix(CAREGIVER_PREFIX)
+        patient = caregivers.get(related_person, "")
+    known = {pid for pid, _name, _hint in patients}
     if patient not in known:
         return HTMLResponse(error_page("Choose one of the listed patients."), status_code=400)
     code = service.create_code(
@@ -429,5 +437,6 @@ async def authorize_submit(request: Request) -> Response:
         patient=patient,
         scope=clean["scope"],
         nonce=clean.get("nonce"),
+        related_person=related_person,
     )
     return _redirect_with(clean["redirect_uri"], {"code": code, **state})

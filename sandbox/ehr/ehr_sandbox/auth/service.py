@@ -49,6 +49,7 @@ PATIENT_WRITE_SCOPES = (
     "patient/Appointment.cu",
     "patient/Communication.cu",
     "patient/QuestionnaireResponse.cu",
+    "patient/Consent.cu",  # granting and revoking a caregiver's access
 )
 PATIENT_SCOPES = "openid fhirUser launch/patient patient/*.rs " + " ".join(PATIENT_WRITE_SCOPES)
 _MAX_ASSERTION_LENGTH = 16_384
@@ -110,6 +111,7 @@ class AuthorizationCode:
     scope: str
     nonce: str | None
     expires_at: float
+    related_person: str | None = None  # the user, when a caregiver signs in for the patient
 
 
 def pkce_s256(verifier: str) -> str:
@@ -272,8 +274,10 @@ class AuthService:
         patient: str,
         scope: str,
         nonce: str | None,
+        related_person: str | None = None,
     ) -> str:
-        """Issue a single-use authorization code for the patient the user picked."""
+        """Issue a single-use authorization code for the patient the user picked (and,
+        for a caregiver, the RelatedPerson the user is)."""
         code = secrets.token_urlsafe(32)
         now = time.time()
         with self._lock:
@@ -286,6 +290,7 @@ class AuthService:
                 scope=scope,
                 nonce=nonce,
                 expires_at=now + self.settings.auth_code_ttl_s,
+                related_person=related_person,
             )
         return code
 
@@ -309,8 +314,12 @@ class AuthService:
             raise OAuthError("invalid_grant", "client_id does not match the authorization")
         if not hmac.compare_digest(pkce_s256(verifier), pending.code_challenge):
             raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
-        access = self.patient_access_token(pending.patient, scope=pending.scope)
-        id_token = self._sign_id_token(pending.patient, pending.client_id, pending.nonce)
+        access = self.patient_access_token(
+            pending.patient, scope=pending.scope, related_person=pending.related_person
+        )
+        id_token = self._sign_id_token(
+            pending.patient, pending.client_id, pending.nonce, pending.related_person
+        )
         log.info("patient_token_issued")
         return TokenResponse(
             access_token=access,
@@ -320,15 +329,23 @@ class AuthService:
             patient=pending.patient,
         )
 
-    def patient_access_token(self, patient_id: str, scope: str = PATIENT_SCOPES) -> str:
-        """A patient access token: the `patient` claim and SMART v2 patient scopes."""
+    def patient_access_token(
+        self, patient_id: str, scope: str = PATIENT_SCOPES, *, related_person: str | None = None
+    ) -> str:
+        """A patient access token: the `patient` claim and SMART v2 patient scopes.
+
+        With `related_person`, the user is that RelatedPerson (a parent or family member)
+        acting for the patient in context (SMART App Launch: `fhirUser` names the user,
+        `patient` the patient chosen at launch); what they may see is then up to the
+        patient's consent, which the portal's gateway enforces."""
+        user = f"RelatedPerson/{related_person}" if related_person else f"Patient/{patient_id}"
         return self._sign_access_token(
-            subject=patient_id,
+            subject=related_person or patient_id,
             audience=self.settings.patient_audience,
             scope=scope,
             extra={
                 "patient": patient_id,
-                "fhirUser": f"{self.fhir_base}/Patient/{patient_id}",
+                "fhirUser": f"{self.fhir_base}/{user}",
                 "client_id": self.settings.patient_audience,
             },
         )
@@ -338,16 +355,19 @@ class AuthService:
         access token)."""
         return self._sign_id_token(patient_id, self.settings.patient_audience, None)
 
-    def _sign_id_token(self, patient_id: str, client_id: str, nonce: str | None) -> str:
+    def _sign_id_token(
+        self, patient_id: str, client_id: str, nonce: str | None, related_person: str | None = None
+    ) -> str:
         now = int(time.time())
+        user = f"RelatedPerson/{related_person}" if related_person else f"Patient/{patient_id}"
         claims: dict[str, Any] = {
             "iss": self.base_url,
-            "sub": patient_id,
+            "sub": related_person or patient_id,
             "aud": client_id,
             "iat": now,
             "auth_time": now,
             "exp": now + self.settings.access_token_ttl_s,
-            "fhirUser": f"{self.fhir_base}/Patient/{patient_id}",
+            "fhirUser": f"{self.fhir_base}/{user}",
             "patient": patient_id,
         }
         if nonce:

@@ -539,6 +539,24 @@ def _new_patients() -> list[dict[str, Any]]:
     return [carol, canary]
 
 
+def _caregivers() -> list[dict[str, Any]]:
+    """Someone a demo patient may let act for them (the portal's caregiver access): Alice's
+    son, who signs in as himself for Alice once she has granted it."""
+    return [
+        {
+            "resourceType": "RelatedPerson",
+            "id": "demo-alice-son",
+            "active": True,
+            "patient": reference("Patient", "demo-alice", "Alice Nakamura"),
+            "relationship": [
+                concept("http://terminology.hl7.org/CodeSystem/v3-RoleCode", "SONC", "son", "Son")
+            ],
+            "name": [{"use": "official", "family": "Nakamura", "given": ["Kenji"]}],
+            "telecom": [{"system": "phone", "value": "+1 217 555 0181", "use": "mobile"}],
+        }
+    ]
+
+
 def _official_examples(configured: Path | None) -> list[dict[str, Any]]:
     directory = examples_dir(configured)
     if directory is None:
@@ -561,4 +579,5 @@ def patient_resources(
     resources += _alice(now, zone, rng, busy_slot)
     resources += _bob(now, zone, rng)
     resources += _new_patients()
+    resources += _caregivers()
     return resources

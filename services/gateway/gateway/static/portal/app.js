@@ -23,9 +23,15 @@ const ROUTES = [
   [/^#\/messages\/([\w.:-]+)$/, "thread", "Conversation"],
   [/^#\/symptoms$/, "symptoms", "Check your symptoms"],
   [/^#\/access-log$/, "accesslog", "Who saw my record"],
+  [/^#\/caregivers$/, "caregivers", "People who can help me"],
 ];
+// A caregiver sees the links of the parts the patient shared with them, nothing else.
+const NAV_PARTS = {
+  "#/results": "results", "#/health": "records", "#/appointments": "appointments",
+  "#/messages": "messages", "#/symptoms": "triage", "#/access-log": null, "#/caregivers": null,
+};
 
-const state = { profile: null, view: null, started: Date.now() };
+const state = { profile: null, view: null, started: Date.now(), me: null };
 
 /** Show a notice in the live area at the top of the screen; it stays until dismissed. */
 export function announce(text, { action } = {}) {
@@ -68,9 +74,24 @@ async function setUpAccount() {
     if (error instanceof SignedOut) throw error;
     state.profile = null;
   }
-  const name = state.profile ? state.profile.name : "you";
+  try {
+    state.me = await api("/v1/me");
+  } catch (error) {
+    if (error instanceof SignedOut) throw error;
+    state.me = null;
+  }
+  const caregiver = Boolean(state.me && state.me.actor === "caregiver");
+  const name = state.profile ? state.profile.name : caregiver ? "the patient" : "you";
+  for (const link of nav.querySelectorAll("a")) {
+    const href = link.getAttribute("href");
+    const part = NAV_PARTS[href];
+    link.parentElement.hidden = caregiver && part !== undefined
+      && !(part && (state.me.parts || []).includes(part));
+  }
   fill(document.getElementById("account"),
-    h("p", { class: "who" }, "Signed in as ", h("strong", {}, name)),
+    caregiver
+      ? h("p", { class: "who" }, "Signed in as a caregiver of ", h("strong", {}, name))
+      : h("p", { class: "who" }, "Signed in as ", h("strong", {}, name)),
     h("button", {
       type: "button", class: "secondary", id: "sign-out",
       onclick: () => { signOut("chosen"); clearNotices(); showSignIn(); },
@@ -78,7 +99,15 @@ async function setUpAccount() {
   nav.hidden = false;
 }
 
+/** Whether the signed-in user may use a part: always the patient; a caregiver, what the
+ * patient shared (the page never calls what the consent refuses). */
+export function mayUse(part) {
+  const me = state.me;
+  return !(me && me.actor === "caregiver") || (me.parts || []).includes(part);
+}
+
 export async function updateUnread() {
+  if (!mayUse("messages")) return null;
   try {
     const threads = await api("/v1/me/threads");
     const unread = threads.reduce((sum, t) => sum + Number(t.unread || 0), 0);
@@ -120,7 +149,7 @@ async function route(event) {
   try {
     const module = await import(`./views/${name}.js`);
     view = await module.render(container, {
-      params: found.slice(1), query, profile: state.profile, announce, path,
+      params: found.slice(1), query, profile: state.profile, announce, path, mayUse,
     });
   } catch (error) {
     if (error instanceof SignedOut) { showSignIn(); return; }
@@ -144,6 +173,8 @@ async function listen() {
       if (last) headers["Last-Event-ID"] = last;
       const response = await fetch("/v1/me/events", { headers });
       if (response.status === 401) { signOut("expired"); showSignIn(); return; }
+      // A caregiver whose access ended: nothing more will come on this stream.
+      if (response.status === 403) return;
       if (!response.ok || !response.body) throw new Error("stream unavailable");
       const reader = response.body.getReader();
       const decoder = new TextDecoder();
@@ -159,6 +190,10 @@ async function listen() {
           const id = block.match(/^id: (.*)$/m);
           const data = block.match(/^data: (.*)$/m);
           if (id) { last = id[1]; sessionStorage.setItem("last_event", last); }
+          if (/^event: access-ended$/m.test(block)) {
+            announce("The patient has stopped your access, or it has ended.");
+            return;
+          }
           if (data) onNotification(JSON.parse(data[1]));
         }
       }

@@ -4,7 +4,7 @@
 const config = JSON.parse(document.getElementById("config").textContent);
 const redirectUri = `${location.origin}/`;
 const SCOPE = "openid fhirUser launch/patient patient/*.rs patient/Appointment.cu "
-  + "patient/Communication.cu patient/QuestionnaireResponse.cu";
+  + "patient/Communication.cu patient/QuestionnaireResponse.cu patient/Consent.cu";
 
 const b64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
   .replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");

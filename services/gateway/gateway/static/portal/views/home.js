@@ -17,7 +17,7 @@ const RECENT_DAYS = 120;
 async function build(main, ctx) {
   const [summary, triage] = await Promise.all([
     api("/v1/me/summary"),
-    api("/v1/me/triage").catch(() => []),
+    ctx.mayUse && !ctx.mayUse("triage") ? [] : api("/v1/me/triage").catch(() => []),
   ]);
   const name = ctx.profile ? ctx.profile.given_name : "";
   const attention = [];
