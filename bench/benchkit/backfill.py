@@ -245,7 +245,7 @@ async def _lab_results(patient: Any) -> dict[str, int]:
             return seen
         body = response.json()
         for item in _items(body):
-            seen[str(item.get("id"))] = len(item.get("results", []) or [])
+            seen[str(item.get("id"))] = len(item.get("observations", []) or [])
         cursor = body.get("next_cursor") if isinstance(body, dict) else None
         if not cursor:
             return seen

@@ -75,21 +75,35 @@ async def _fill_queue(ctx: Context, patients: list[Any], count: int, marker: str
     for n in range(count):
         queue.put_nowait(n)
 
+    async def send(n: int) -> str | None:
+        """One message, again after a dropped connection or a 503 with the same
+        Idempotency-Key (so it is sent once); None when sent, else why not."""
+        patient = patients[n % len(patients)]
+        body = {"subject": f"Benchmark question {n}", "body": f"{marker} {n}"}
+        headers = {"Idempotency-Key": f"{marker}-{n}"}
+        why = "no try"
+        for attempt in range(3):
+            try:
+                response = await patient.http.post("/v1/me/threads", json=body, headers=headers)
+            except httpx.HTTPError as exc:
+                why = type(exc).__name__
+            else:
+                if response.status_code == 201:
+                    return None
+                why = str(response.status_code)
+                if response.status_code != 503:
+                    return why
+            await asyncio.sleep(attempt + 1)
+        return why
+
     async def sender() -> None:
         nonlocal sent
         while not queue.empty():
-            n = queue.get_nowait()
-            patient = patients[n % len(patients)]
-            body = {"subject": f"Benchmark question {n}", "body": f"{marker} {n}"}
-            try:
-                response = await patient.http.post("/v1/me/threads", json=body)
-            except httpx.HTTPError as exc:
-                failed[type(exc).__name__] += 1
-                continue
-            if response.status_code == 201:
+            why = await send(queue.get_nowait())
+            if why is None:
                 sent += 1
             else:
-                failed[str(response.status_code)] += 1
+                failed[why] += 1
             progress.update(sent, "messages sent")
 
     await asyncio.gather(*(sender() for _ in range(SENDERS)))
