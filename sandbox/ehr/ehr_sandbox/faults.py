@@ -98,6 +98,7 @@ class ClientLedger:
     throttle_sent: bool = False
     first_throttled: float | None = None
     passed_since_first_throttle: int = 0
+    first_passed: float | None = None
     last_passed: float | None = None
 
     def view(self) -> dict[str, Any]:
@@ -109,6 +110,11 @@ class ClientLedger:
             span = self.last_passed - self.first_throttled
             if span > 0:
                 rate = round(self.passed_since_first_throttle / span, 3)
+        overall: float | None = None
+        if self.first_passed is not None and self.last_passed is not None:
+            span = self.last_passed - self.first_passed
+            if span > 0:
+                overall = round((self.passed - 1) / span, 3)
         judged = self.after_throttle - self.in_flight
         compliance = round((judged - self.early) / judged, 4) if judged > 0 else None
         return {
@@ -122,6 +128,7 @@ class ClientLedger:
             "last_passed_at": _rfc3339(self.last_passed),
             "passed_since_first_throttle": self.passed_since_first_throttle,
             "rate_since_first_throttle_per_s": rate,
+            "rate_per_s": overall,
             "retry_after_compliance": compliance,
         }
 
@@ -213,6 +220,8 @@ class FaultState:
                     ledger.early += 1
         if self.take_token(limit):
             ledger.passed += 1
+            if ledger.first_passed is None:
+                ledger.first_passed = now
             ledger.last_passed = now
             if ledger.first_throttled is not None:
                 ledger.passed_since_first_throttle += 1

@@ -106,6 +106,7 @@ async def test_write_limit_keeps_a_retry_after_ledger_per_client(sandbox: Sandbo
     assert ledger["retry_after_compliance"] == 0.5
     assert ledger["passed_since_first_throttle"] == 1
     assert ledger["rate_since_first_throttle_per_s"] is not None
+    assert 0 < ledger["rate_per_s"] < 2  # 3 writes over 2 s and more
     assert _ledger(shown, "patient")["throttled"] == 1
     # A new configuration starts a new ledger. With a grace, a request right after a 429
     # is booked as in flight (its client may have sent it before reading the 429).
