@@ -359,12 +359,9 @@ class ConsumerRuntime:
         outcomes, returned in the same order. Each partition's messages are one batch: one
         transaction, or one per message when the batch fails. Partitions run concurrently
         (their keys are distinct, so order per key is unaffected); an effect-first
-        subscription's messages are handled in order per key, up to
-        `consumer_effect_concurrency` keys at once (each message calls out on its own: one
-        at a time would bound the calls to one round trip each, e.g. ~6 EHR writes a
-        second on a busy 2-core machine where the EHR takes 20)."""
+        subscription's messages go one after another, as fetched (one call out at a time)."""
         if sub.effect_first:
-            return await self._consume_by_key(sub, msgs)
+            return [await self.consume(sub, msg) for msg in msgs]
         groups: dict[tuple[str, int], list[int]] = {}
         for index, msg in enumerate(msgs):
             groups.setdefault((msg.topic, msg.partition), []).append(index)
@@ -376,21 +373,6 @@ class ConsumerRuntime:
                 outcomes[i] = outcome
 
         await asyncio.gather(*(one_partition(indexes) for indexes in groups.values()))
-        return outcomes
-
-    async def _consume_by_key(self, sub: Subscription, msgs: list[RawMessage]) -> list[str]:
-        by_key: dict[tuple[str, int, str], list[int]] = {}
-        for index, msg in enumerate(msgs):
-            by_key.setdefault((msg.topic, msg.partition, msg.key), []).append(index)
-        outcomes: list[str] = [""] * len(msgs)
-        slots = asyncio.Semaphore(max(1, self.settings.consumer_effect_concurrency))
-
-        async def one_key(indexes: list[int]) -> None:
-            async with slots:
-                for i in indexes:  # a key's messages in offset order
-                    outcomes[i] = await self.consume(sub, msgs[i])
-
-        await asyncio.gather(*(one_key(indexes) for indexes in by_key.values()))
         return outcomes
 
     async def _consume_partition(self, sub: Subscription, msgs: list[RawMessage]) -> list[str]:

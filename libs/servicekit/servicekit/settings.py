@@ -77,12 +77,6 @@ class ServiceSettings(BaseSettings):
         description="Most records a consumer handles in one go: each partition's share is "
         "one database transaction (1: a transaction per message)",
     )
-    consumer_effect_concurrency: int = Field(
-        default=8,
-        ge=1,
-        description="Keys whose effect-first messages (calls to another system) are handled "
-        "at once; a key's messages stay in order (1: one call out at a time)",
-    )
     ops_token: str = Field(
         default="dev-ops-token",
         description="Bearer token for /ops (refused outside dev/test: servicekit.secrets)",
