@@ -27,7 +27,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit import booking, consumer_throughput, gateway_load, lab_to_patient, outbox_relay
+from benchkit import (
+    backfill,
+    booking,
+    consumer_throughput,
+    gateway_load,
+    lab_to_patient,
+    outbox_relay,
+    rate_limit,
+)
 from benchkit.acceptance import Clinic, LocalStack, StackFailed
 from benchkit.context import Context, Settings
 from benchkit.report import (
@@ -46,6 +54,8 @@ BENCHMARKS: dict[str, Callable[[Context], Awaitable[Result]]] = {
     "m4": gateway_load.run,
     "m2": booking.run,
     "m3": consumer_throughput.run,
+    "m5": backfill.run,
+    "m6": rate_limit.run,
     "relay": outbox_relay.run,
 }
 
@@ -67,7 +77,13 @@ HEADLINE = {
     "m4_rps": ("m4_gateway_load", "figures", "rps"),
     "m4_rps_ratio": ("m4_gateway_load", "ratios", "rps"),
     "m4_ehr_down_p99_ms": ("m4_gateway_load", "figures", "ehr_down_p99_ms"),
+    "m5_visible_s": ("m5_backfill", "figures", "visible_s"),
+    "m5_live_p99_ms": ("m5_backfill", "figures", "live_p99_ms"),
+    "m5_live_p99_ratio": ("m5_backfill", "ratios", "live_p99_ms"),
     "m6_rate_ratio": ("m6_rate_limit", "figures", "rate_ratio"),
+    "m6_retry_after_compliance": ("m6_rate_limit", "figures", "retry_after_compliance_all"),
+    "m6_tight_rate_ratio": ("m6_rate_limit", "figures", "tight_rate_ratio"),
+    "m6_lost": ("m6_rate_limit", "figures", "lost"),
     "relay_ratio": ("relay_outbox", "ratios", "publish_per_s"),
     "m7_cpu_s_per_1000_events": ("m7_footprint", "figures", "cpu_s_per_1000.total"),
 }
@@ -133,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     # Bookers cycle book/cancel far faster than a patient would: the per-patient write
     # limit (a policy, tested in tests/security) would turn the benchmark into its own.
     os.environ.setdefault("RATE_LIMIT_PATIENT_WRITES_PER_MIN", "0")
+    # Benchmark 6 queues hundreds of messages from a few patients: messaging's per-patient
+    # limit (10 per 5 minutes, tested in services/messaging) would refuse all but a few.
+    os.environ.setdefault("RATE_LIMIT_MESSAGES", "1000000")
     stack = LocalStack(data_dir, kafka=args.kafka)
     _log(f"starting the stack ({args.kafka}) in {data_dir}")
     began = time.monotonic()

@@ -36,6 +36,19 @@ class Settings:
         return dict(self.__dict__)
 
 
+async def sign_in(clinic: Any, fhir_id: str, tries: int = 3) -> Any:
+    """`Patient.sign_in`, again after a 503 (the gateway's EHR check timed out on a busy
+    machine and said "try again"), as a patient's app would."""
+    for attempt in range(1, tries + 1):
+        try:
+            return await Patient.sign_in(clinic, fhir_id)
+        except AssertionError as exc:
+            if '"status":503' not in str(exc) or attempt == tries:
+                raise
+            await asyncio.sleep(attempt)
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class Context:
     """The stack and its clients for one run."""
@@ -56,7 +69,7 @@ class Context:
         async def one(n: int) -> Any:
             async with semaphore:
                 fhir_id = await self.clinic.new_patient(f"Bench{n:04d}")
-                patient = await Patient.sign_in(self.clinic, fhir_id)
+                patient = await sign_in(self.clinic, fhir_id)
                 await patient.open_stream()
                 return patient
 

@@ -185,7 +185,12 @@ async def simulate(request: Request, action: str) -> JSONResponse:
 def _fault_view(request: Request) -> dict[str, Any]:
     config: FaultConfig = request.app.state.faults
     state: FaultState = request.app.state.fault_state
-    return {**config.model_dump(), "down_remaining_s": round(state.down_remaining(), 3)}
+    return {
+        **config.model_dump(),
+        "down_remaining_s": round(state.down_remaining(), 3),
+        # The rate limit's ledger per client since the configuration was set.
+        "rate_limit_clients": {name: ledger.view() for name, ledger in state.clients.items()},
+    }
 
 
 @router.get("/sandbox/faults")

@@ -134,6 +134,14 @@ class Settings(ServiceSettings, EncryptionSettings):
             "(the call gives up as 'EHR unavailable' and the event is retried later)"
         ),
     )
+    ehr_throttle_serial_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        description=(
+            "After a 429, requests go one at a time for this long (beyond its Retry-After), "
+            "so none is in flight when the next 429 comes and every Retry-After is honoured"
+        ),
+    )
     ehr_breaker_failure_threshold: int = Field(
         default=5, description="Consecutive failed calls that open the circuit"
     )

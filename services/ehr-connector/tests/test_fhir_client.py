@@ -248,3 +248,84 @@ async def test_a_closing_client_refuses_new_calls_as_unavailable(ehr: RunningSan
     await fhir.aclose()
     with pytest.raises(EhrUnavailable, match="shutting down"):
         await fhir.read("Patient", "demo-alice")
+
+
+async def _ledger(ehr: RunningSandbox, client_id: str) -> dict[str, Any]:
+    """The sandbox's own record of what this client did under its rate limit."""
+    shown = (await ehr.admin.get("/sandbox/faults")).json()
+    ledger: dict[str, Any] = shown["rate_limit_clients"][client_id]
+    return ledger
+
+
+async def _concurrent_writes(
+    ehr: RunningSandbox, form: str, count: int
+) -> tuple[list[Any], dict[str, Any], list[str]]:
+    fhir = FhirClient(ehr_settings(ehr, ehr_throttle_serial_s=5.0))
+    try:
+        await fhir.read("Patient", "demo-alice")  # the token is fetched before the limit
+        limit = {
+            "rate": 4.0,
+            "burst": 2.0,
+            "retry_after_s": 1,
+            "writes_only": True,
+            "retry_after_form": form,
+        }
+        assert (await ehr.admin.post("/sandbox/faults", json={"rate_limit": limit})).is_success
+        ids = [f"msg-{uuid.uuid4().hex[:8]}" for _ in range(count)]
+        written = await asyncio.gather(
+            *(
+                fhir.create(_communication(i), if_none_exist=if_none_exist(MESSAGE_ID, i))
+                for i in ids
+            )
+        )
+        return written, await _ledger(ehr, fhir.settings.ehr_client_id), ids
+    finally:
+        await fhir.aclose()
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+async def test_concurrent_writes_honour_every_retry_after_and_none_is_lost(
+    ehr: RunningSandbox, form: str
+) -> None:
+    """Eight writes at once against 4 writes/s (burst 2): the EHR answers 429 with a
+    Retry-After (delta-seconds or an HTTP date); the sandbox's ledger shows that no request
+    came before a Retry-After expired, and every write exists once."""
+    written, ledger, ids = await _concurrent_writes(ehr, form, 8)
+    assert all(w.created for w in written)
+    assert ledger["throttled"] >= 1  # the limit did bite
+    assert ledger["after_throttle"] >= 1
+    assert ledger["early"] == 0
+    assert ledger["retry_after_compliance"] == 1.0
+    assert ledger["passed"] == 8
+    await ehr.admin.delete("/sandbox/faults")
+    for message_id in ids:
+        found = await ehr.admin.get(
+            "/fhir/Communication", params={"identifier": f"{MESSAGE_ID}|{message_id}"}
+        )
+        assert found.json().get("total") == 1
+
+
+async def test_a_retry_after_longer_than_a_call_may_wait_sends_nothing_more(
+    ehr: RunningSandbox,
+) -> None:
+    """A Retry-After beyond `ehr_retry_after_max_s` ends the call as unavailable (the event
+    waits in Kafka), and the next call is refused without a request reaching the EHR."""
+    fhir = FhirClient(ehr_settings(ehr, ehr_retry_after_max_s=1.0))
+    try:
+        await fhir.read("Patient", "demo-alice")
+        limit = {"rate": 0.1, "burst": 1.0, "retry_after_s": 30, "writes_only": True}
+        await ehr.admin.post("/sandbox/faults", json={"rate_limit": limit})
+        first = f"msg-{uuid.uuid4().hex[:8]}"
+        await fhir.create(_communication(first), if_none_exist=if_none_exist(MESSAGE_ID, first))
+        for _ in range(2):
+            other = f"msg-{uuid.uuid4().hex[:8]}"
+            with pytest.raises(EhrUnavailable) as waited:
+                await fhir.create(
+                    _communication(other), if_none_exist=if_none_exist(MESSAGE_ID, other)
+                )
+            assert waited.value.status == 429
+        ledger = await _ledger(ehr, fhir.settings.ehr_client_id)
+        assert (ledger["requests"], ledger["throttled"], ledger["early"]) == (2, 1, 0)
+        assert await fhir.probe() is None  # throttled is not down
+    finally:
+        await fhir.aclose()

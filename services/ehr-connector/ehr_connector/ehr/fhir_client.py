@@ -18,6 +18,14 @@ call goes through the circuit breaker, then up to `ehr_retry_attempts` tries:
 
 The breaker counts timeouts, connection errors and 5xx as failures; any other answer (4xx
 and 429 included: the EHR is alive) is a success.
+
+A 429 paces the whole client, not only the call that got it (`RetryAfterGate`): no
+request of this client leaves before the Retry-After it was given has expired, and for
+`ehr_throttle_serial_s` after a 429 requests go one at a time, so that none is already in
+flight when the next 429 arrives (a request sent concurrently with a refused one would
+reach the EHR inside its Retry-After window). A wait longer than `ehr_retry_after_max_s`
+is not spent inside a call: it raises `EhrUnavailable` without sending, and the event
+waits in Kafka.
 """
 
 from __future__ import annotations
@@ -161,6 +169,53 @@ def _check_id(fhir_id: str) -> str:
     return fhir_id
 
 
+class RetryAfterGate:
+    """The client-wide pace a rate-limiting EHR sets with 429 + Retry-After.
+
+    `hold(seconds)` closes the gate until that long from now (a later deadline wins);
+    `passage()` waits until it is open, and while the client is throttled (a 429 within
+    the last `serial_s`) lets one request through at a time."""
+
+    def __init__(self, serial_s: float, max_wait_s: float) -> None:
+        self.serial_s = serial_s
+        self.max_wait_s = max_wait_s
+        self._open_at = 0.0  # monotonic
+        self._serial_until = 0.0  # monotonic
+        self._one_at_a_time = asyncio.Lock()
+
+    def hold(self, seconds: float) -> None:
+        """A 429 said: not before `seconds` from now."""
+        now = time.monotonic()
+        self._open_at = max(self._open_at, now + seconds)
+        self._serial_until = max(self._serial_until, now + seconds + self.serial_s)
+
+    def wait_s(self) -> float:
+        """Seconds until the gate opens (0 when open)."""
+        return max(0.0, self._open_at - time.monotonic())
+
+    @contextlib.asynccontextmanager
+    async def passage(self, interaction: str) -> AsyncIterator[None]:
+        """Hold this while sending one request and reading its status."""
+        if time.monotonic() >= self._serial_until:
+            await self._wait(interaction)
+            yield
+            return
+        async with self._one_at_a_time:
+            await self._wait(interaction)
+            yield
+
+    async def _wait(self, interaction: str) -> None:
+        # A loop: while one request waited, another's 429 may have moved the deadline.
+        while (remaining := self.wait_s()) > 0:
+            if remaining > self.max_wait_s:
+                raise EhrUnavailable(
+                    f"the EHR asked to wait {remaining:.1f}s (Retry-After)",
+                    status=429,
+                    interaction=interaction,
+                )
+            await asyncio.sleep(remaining)
+
+
 class FhirClient:
     """`EhrPort` for a FHIR R4 server, authenticated with SMART Backend Services."""
 
@@ -195,6 +250,7 @@ class FhirClient:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.gate = RetryAfterGate(settings.ehr_throttle_serial_s, settings.ehr_retry_after_max_s)
         self.breaker = breaker or CircuitBreaker(
             failure_threshold=settings.ehr_breaker_failure_threshold,
             reset_after_s=settings.ehr_breaker_reset_s,
@@ -350,6 +406,9 @@ class FhirClient:
             return f"unavailable: circuit open, next trial in {self.breaker.retry_in():.0f}s"
         if state is BreakerState.HALF_OPEN:
             return "unavailable: circuit half-open"
+        if self.gate.wait_s() > 0:
+            # The EHR just answered (429): it is up, and asked for no request until then.
+            return None
         try:
             response = await self._http.get("metadata", timeout=2.0)
         except httpx.HTTPError as exc:
@@ -437,6 +496,10 @@ class FhirClient:
             multiplier=self.settings.ehr_retry_base_s, max=self.settings.ehr_retry_max_s
         )(state)
         exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, TransientFailure) and exc.status == 429:
+            # The gate already holds every request until the Retry-After expires; waiting
+            # longer (back-off on top) would leave the allowed rate unused.
+            return 0.0 if exc.retry_after is not None else float(backoff)
         if isinstance(exc, TransientFailure) and exc.retry_after is not None:
             return min(max(exc.retry_after, backoff), self.settings.ehr_retry_after_max_s)
         return float(backoff)
@@ -519,7 +582,29 @@ class FhirClient:
         request_headers = dict(headers or {})
         if token:
             request_headers["Authorization"] = f"Bearer {token}"
-        started = time.perf_counter()
+        async with self.gate.passage(interaction):
+            started = time.perf_counter()
+            response = await self._send_once(
+                interaction, resource_type, method, url, params, json_body, request_headers, started
+            )
+            if response.status_code == 429:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                # No Retry-After: the call's own back-off decides; the gate stays open.
+                if retry_after is not None:
+                    self.gate.hold(retry_after)
+        return response
+
+    async def _send_once(
+        self,
+        interaction: str,
+        resource_type: str,
+        method: str,
+        url: str,
+        params: list[tuple[str, str]] | None,
+        json_body: FhirJson | None,
+        request_headers: dict[str, str],
+        started: float,
+    ) -> httpx.Response:
         try:
             response = await self._http.request(
                 method,
