@@ -30,7 +30,7 @@ from gateway import audit, store
 from gateway.api import Caller, Id, Me, grant_of, requires, service_of
 from gateway.consent import GrantStatus, grant_end
 from gateway.domain import profile_of
-from gateway.handlers import hub
+from gateway.hub import NotificationHub
 from gateway.settings import Settings
 from servicekit.app import Service
 
@@ -289,7 +289,10 @@ async def revoke(caller: Me, request: Request, grant_id: Id) -> GrantOut:
                 ),
                 subject=caller.patient_id,
             )
-    # The caregiver's open streams re-check their grant now and end.
-    hub.wake(caller.patient_id)
+    # The caregiver's open streams re-check their grant now and end (the running service's
+    # hub, its `deps`: none while it stops, when the streams are ending anyway).
+    hub = service.deps
+    if isinstance(hub, NotificationHub):
+        hub.wake(caller.patient_id)
     await audit.record(request, "write", RESOURCE, resource_id=grant_id)
     return _out(row, now)
