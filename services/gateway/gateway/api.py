@@ -681,6 +681,11 @@ async def events(
                                 return
                             if not grant.covers_notification(note.kind, datetime.now(UTC)):
                                 continue  # a part the patient did not share
+                        # Every delivery is a disclosure (which record changed, to whom):
+                        # recorded before it is sent, as every read is.
+                        await audit.record(
+                            request, "read", "notification", resource_id=f"{note.kind}/{note.ref}"
+                        )
                         yield _sse(note)
                         observability.pushed(
                             note.kind,

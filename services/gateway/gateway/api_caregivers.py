@@ -236,6 +236,7 @@ async def grant(
         granted_at=now,
     )
     async with service.db.transaction() as session:
+        await store.lock_caregiver(session, caller.patient_id, body.related_person)
         live = await store.live_grants(session, caller.patient_id, body.related_person, now)
         if live:
             raise HTTPException(

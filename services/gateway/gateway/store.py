@@ -13,6 +13,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     UniqueConstraint,
+    func,
     insert,
     select,
 )
@@ -118,6 +119,16 @@ async def grants_of(session: AsyncSession, patient_id: str) -> list[CaregiverGra
         .order_by(CaregiverGrant.granted_at.desc(), CaregiverGrant.id)
     )
     return list((await session.execute(stmt)).scalars())
+
+
+async def lock_caregiver(
+    session: AsyncSession, patient_id: str, related_person_fhir_id: str
+) -> None:
+    """Serialise the patient's grants to one caregiver until the transaction ends: "no
+    second live grant" depends on the time, so no unique index can hold it, and two grants
+    sent at once would otherwise both see none."""
+    key = f"caregiver-grant:{patient_id}:{related_person_fhir_id}"
+    await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
 
 
 async def live_grants(

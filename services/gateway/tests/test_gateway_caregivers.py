@@ -212,10 +212,17 @@ async def test_an_adult_grants_a_family_member_appointments_and_messages_not_res
             "/v1/me/caregivers", headers=ann, json={**body, "related_person": "rp-bobs-son"}
         )
         assert stranger.status_code == 422, stranger.text
-        granted = await client.post(
-            "/v1/me/caregivers", headers=ann, json={**body, "related_person": "rp-sis"}
+        # Sent at once (a double tap, two devices): one grant, the others are refused.
+        tries = await asyncio.gather(
+            *(
+                client.post(
+                    "/v1/me/caregivers", headers=ann, json={**body, "related_person": "rp-sis"}
+                )
+                for _ in range(4)
+            )
         )
-        assert granted.status_code == 201, granted.text
+        assert sorted(t.status_code for t in tries) == [201, 409, 409, 409], [t.text for t in tries]
+        granted = next(t for t in tries if t.status_code == 201)
         grant = granted.json()
         assert grant["status"] == "active"
         assert grant["parts"] == ["appointments", "messages"]
@@ -301,6 +308,9 @@ async def test_an_adult_grants_a_family_member_appointments_and_messages_not_res
         ("Communication", "allowed"),
         ("DiagnosticReport", "denied"),
     }
+    # What the stream disclosed is in the log too: the message, never the lab result.
+    pushed = [r.resource_id for r in caregiver_rows if r.resource == "notification"]
+    assert [p.split("/")[0] for p in pushed] == ["message"]
     assert (await audit.verify(stack.gateway)).intact
 
     granted_events = await read_topic(
