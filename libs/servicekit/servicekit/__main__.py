@@ -23,6 +23,7 @@ from datetime import datetime
 
 from servicekit.crypto import Cipher, EncryptionSettings, Keyring
 from servicekit.db import Database
+from servicekit.db_tls import DatabaseTLS
 from servicekit.logging import configure_logging
 from servicekit.outbox import OutboxRelay, replay
 from servicekit.settings import ServiceSettings
@@ -38,7 +39,7 @@ def _cipher(environment: str) -> Cipher:
 
 
 async def _relay(settings: ServiceSettings) -> None:
-    db = Database(settings.resolved_database_url())
+    db = Database(settings.resolved_database_url(), tls=DatabaseTLS.of(settings))
     relay = OutboxRelay(db, settings, cipher=_cipher(settings.environment))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -50,7 +51,7 @@ async def _relay(settings: ServiceSettings) -> None:
 
 
 async def _replay(settings: ServiceSettings, since: datetime, topic: str | None) -> int:
-    db = Database(settings.resolved_database_url())
+    db = Database(settings.resolved_database_url(), tls=DatabaseTLS.of(settings))
     try:
         return await replay(db, since, settings.topic(topic) if topic else None)
     finally:

@@ -39,6 +39,7 @@ from servicekit import (
 from servicekit.consumer import ConsumerRuntime, EventRouter
 from servicekit.crypto import Cipher
 from servicekit.db import Database
+from servicekit.db_tls import DatabaseTLS
 from servicekit.logging import configure_logging, get_logger
 from servicekit.messaging import build_broker, sample_lag
 from servicekit.metrics_server import MetricsServer
@@ -98,7 +99,11 @@ class Service:
         configure_logging(
             self.settings.service_name, self.settings.log_level, self.settings.log_format
         )
-        self.db = Database(self.settings.resolved_database_url(), echo=self.settings.database_echo)
+        self.db = Database(
+            self.settings.resolved_database_url(),
+            echo=self.settings.database_echo,
+            tls=DatabaseTLS.of(self.settings),
+        )
         self.outbox = Outbox(self.settings, definition.cipher)
         self.relay = OutboxRelay(self.db, self.settings, self.outbox)
         self.runtime = ConsumerRuntime(self.settings, self.db, self.outbox, definition.handlers)
@@ -159,7 +164,9 @@ class Service:
     async def prepare_database(self) -> None:
         """Run the kit's and the service's migrations (tables without migrations are created
         directly: only the kit's own test services have none)."""
-        await upgrade(self.db.url, self.definition.migrations, self.definition.metadata)
+        await upgrade(
+            self.db.url, self.definition.migrations, self.definition.metadata, self.db.tls
+        )
         metadata = self.definition.metadata
         if self.definition.migrations is None and metadata is not None:
             async with self.db.engine.begin() as conn:

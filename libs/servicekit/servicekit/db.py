@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
+from servicekit.db_tls import DatabaseTLS, engine_arguments
+
 # Stable constraint names, so Alembic migrations are reproducible.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -42,17 +44,27 @@ class KitBase(DeclarativeBase):
 
 
 class Database:
-    """An engine and its session factory."""
+    """An engine and its session factory.
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    `tls` (servicekit.db_tls, from the settings: `DatabaseTLS.of(settings)`) says how to
+    connect; libpq's `sslmode`/`sslrootcert`/`sslcert`/`sslkey` in the URL are merged in.
+    """
+
+    def __init__(self, url: str, *, echo: bool = False, tls: DatabaseTLS | None = None) -> None:
         self.url = url
         scheme = url.split(":", 1)[0]
         if scheme != "postgresql+asyncpg":
             raise ValueError(
                 f"DATABASE_URL must be a PostgreSQL URL (postgresql+asyncpg://...), not {scheme!r}"
             )
+        engine_url, connect_args, self.tls = engine_arguments(url, tls or DatabaseTLS())
         self.engine: AsyncEngine = create_async_engine(
-            url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True
+            engine_url,
+            echo=echo,
+            pool_size=10,
+            max_overflow=10,
+            pool_pre_ping=True,
+            connect_args=connect_args,
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 

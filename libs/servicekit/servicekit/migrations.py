@@ -17,6 +17,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import MetaData
 
+from servicekit.db_tls import DatabaseTLS, explained
+
 KIT_DIR = Path(__file__).resolve().parent / "alembic"
 
 
@@ -33,27 +35,39 @@ def _config(database_url: str, service_versions: Path | None) -> Config:
     return cfg
 
 
-def set_target_metadata(service_metadata: MetaData | None) -> None:
-    """Tell the Alembic environment which service tables to compare against (autogenerate)."""
+def set_target_metadata(service_metadata: MetaData | None, tls: DatabaseTLS | None = None) -> None:
+    """Tell the Alembic environment which service tables to compare against (autogenerate),
+    and how to connect (the service's database TLS settings)."""
     from servicekit.alembic import env_state
 
     env_state.service_metadata = service_metadata
+    env_state.tls = tls or DatabaseTLS()
 
 
 async def upgrade(
-    database_url: str, service_versions: Path | None, service_metadata: MetaData | None = None
+    database_url: str,
+    service_versions: Path | None,
+    service_metadata: MetaData | None = None,
+    tls: DatabaseTLS | None = None,
 ) -> None:
-    """Bring the database to the newest kit and service revisions."""
-    set_target_metadata(service_metadata)
-    # Alembic's async env runs its own event loop, which needs a thread of its own.
-    await asyncio.to_thread(command.upgrade, _config(database_url, service_versions), "heads")
+    """Bring the database to the newest kit and service revisions. Usually the first
+    connection of a starting service: a TLS failure is told as the setting to fix."""
+    tls = tls or DatabaseTLS()
+    set_target_metadata(service_metadata, tls)
+    with explained(tls):
+        # Alembic's async env runs its own event loop, which needs a thread of its own.
+        await asyncio.to_thread(command.upgrade, _config(database_url, service_versions), "heads")
 
 
 def revision(
-    database_url: str, service_versions: Path, service_metadata: MetaData, message: str
+    database_url: str,
+    service_versions: Path,
+    service_metadata: MetaData,
+    message: str,
+    tls: DatabaseTLS | None = None,
 ) -> None:
     """Autogenerate a new service revision from the difference between models and database."""
-    set_target_metadata(service_metadata)
+    set_target_metadata(service_metadata, tls)
     cfg = _config(database_url, service_versions)
     command.upgrade(cfg, "heads")
     label = service_versions.parent.name
@@ -78,10 +92,11 @@ def main(argv: list[str]) -> int:
     settings = settings_module.Settings()
     versions = Path(module.__file__ or "").parent / "migrations"
     url = settings.resolved_database_url()
+    tls = DatabaseTLS.of(settings)
     if argv[0] == "upgrade":
-        asyncio.run(upgrade(url, versions, module.metadata))
+        asyncio.run(upgrade(url, versions, module.metadata, tls))
     else:
-        revision(url, versions, module.metadata, argv[2] if len(argv) > 2 else "change")
+        revision(url, versions, module.metadata, argv[2] if len(argv) > 2 else "change", tls)
     return 0
 
 

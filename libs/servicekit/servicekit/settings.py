@@ -35,6 +35,22 @@ class ServiceSettings(BaseSettings):
         ),
     )
     database_echo: bool = False
+    database_sslmode: Literal["disable", "require", "verify-ca", "verify-full"] = Field(
+        default="disable",
+        description="TLS to PostgreSQL (servicekit.db_tls): verify-full in Kubernetes (the "
+        "server's certificate signed by DATABASE_SSLROOTCERT and issued for the URL's host), "
+        "require encrypts without checking the certificate; disable: the local stack's unix "
+        "socket. libpq's sslmode= in DATABASE_URL works too",
+    )
+    database_sslrootcert: str = Field(
+        default="",
+        description="CA file (PEM) the database server's certificate is verified against, "
+        "needed by verify-ca and verify-full (`system`: the system's CAs)",
+    )
+    database_sslcert: str = Field(
+        default="", description="Client certificate (PEM) for the database; empty: none"
+    )
+    database_sslkey: str = Field(default="", description="Private key (PEM) of DATABASE_SSLCERT")
     kafka_bootstrap_servers: str = "localhost:9092"
     kafka_enable_idempotence: bool = Field(
         default=False,
@@ -191,6 +207,15 @@ class ServiceSettings(BaseSettings):
             )
         if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
             raise ValueError("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together")
+        return self
+
+    @model_validator(mode="after")
+    def _database_tls(self) -> Self:
+        # A missing or unreadable CA file fails start-up here, naming the setting, rather
+        # than on the first connection.
+        from servicekit.db_tls import DatabaseTLS
+
+        DatabaseTLS.of(self).check()
         return self
 
     def _read_secret_files(self) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from servicekit import tables  # noqa: F401 - registers the kit tables on KitBase
 from servicekit.alembic import env_state
 from servicekit.db import KitBase
+from servicekit.db_tls import engine_arguments
 
 config = context.config
 target = [KitBase.metadata]
@@ -30,9 +31,11 @@ def _run(connection: Connection) -> None:
 
 
 async def _online() -> None:
-    engine = create_async_engine(
-        config.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool
+    # The same TLS as the service's own engine (the URL's sslmode etc. merged in).
+    url, connect_args, _tls = engine_arguments(
+        config.get_main_option("sqlalchemy.url") or "", env_state.tls
     )
+    engine = create_async_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
     async with engine.connect() as connection:
         await connection.run_sync(_run)
     await engine.dispose()
