@@ -552,10 +552,14 @@ def test_generated_secrets_cover_every_reference(rendered: dict[str, list[Doc]],
     strimzi |= {
         f"{d['metadata']['name']}-cluster-ca-cert" for d in rendered[env] if d["kind"] == "Kafka"
     }
+    # CloudNativePG writes its cluster's CA (the services verify the server against it).
+    operators = strimzi | {
+        f"{d['metadata']['name']}-ca" for d in rendered[env] if d["kind"] == "Cluster"
+    }
     missing = {
         (n, k)
         for n, k in _secret_refs(rendered[env])
-        if n not in strimzi and (n not in generated or (k != "*" and k not in generated[n]))
+        if n not in operators and (n not in generated or (k != "*" and k not in generated[n]))
     }
     assert missing == set()
     tls = {
@@ -736,3 +740,30 @@ def test_dev_databases_and_postgres_access(rendered: dict[str, list[Doc]]) -> No
         ]
         if any("Ingress" in p["policyTypes"] for p in guarding):
             assert _allows(ingress, "from", labels, 5432), f"PostgreSQL refuses {name}"
+
+
+@pytest.mark.parametrize("env", ["dev", "prod"])
+def test_services_verify_postgres_against_the_cnpg_ca(
+    rendered: dict[str, list[Doc]], env: str
+) -> None:
+    """Every container with a DATABASE_URL (the service and its `migrate`) connects with
+    verify-full against the CA CloudNativePG keeps in `<cluster>-ca`, mounted where
+    DATABASE_SSLROOTCERT points."""
+    docs = rendered[env]
+    ca_secret = f"{_one(docs, 'Cluster')['metadata']['name']}-ca"
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        if deployment["metadata"]["name"] == SANDBOX:
+            continue
+        volumes = {
+            v["name"]: v["secret"]["secretName"]
+            for v in _pod_spec(deployment)["volumes"]
+            if "secret" in v
+        }
+        for container in _containers(deployment):
+            env_values = {e["name"]: e.get("value") for e in container.get("env", [])}
+            if "DATABASE_URL" not in env_values:
+                continue
+            assert env_values["DATABASE_SSLMODE"] == "verify-full"
+            root = str(env_values["DATABASE_SSLROOTCERT"])
+            mounted = {m["mountPath"]: volumes.get(m["name"]) for m in container["volumeMounts"]}
+            assert mounted.get(root.rsplit("/", 1)[0]) == ca_secret, container["name"]
