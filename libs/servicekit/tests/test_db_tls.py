@@ -18,6 +18,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from . import fakeservice
 
 PASSWORD = "tls-test-pw-7Qx"
 DATABASE = "tls_app"
+RECORDS_DATABASE = "tls_records"
 
 
 @dataclass
@@ -57,9 +59,9 @@ class TLSServer:
     ca_file: Path
     other_ca_file: Path
 
-    def url(self, host: str = "127.0.0.1", query: str = "") -> str:
+    def url(self, host: str = "127.0.0.1", query: str = "", database: str = DATABASE) -> str:
         tail = f"?{query}" if query else ""
-        return f"postgresql+asyncpg://postgres:{PASSWORD}@{host}:{self.port}/{DATABASE}{tail}"
+        return f"postgresql+asyncpg://postgres:{PASSWORD}@{host}:{self.port}/{database}{tail}"
 
 
 def _name(common_name: str) -> x509.Name:
@@ -266,6 +268,7 @@ async def tls_server() -> AsyncIterator[TLSServer]:
             pytest.fail(f"the TLS PostgreSQL did not start: {started.stderr}\n{log[-2000:]}")
         socket_url = f"postgresql+asyncpg://postgres@/?host={data}&port={port}"
         await create_database(DATABASE, socket_url)
+        await create_database(RECORDS_DATABASE, socket_url)
         admin = Database(socket_url.replace("@/", "@/postgres", 1))
         try:
             async with admin.transaction() as session:
@@ -381,6 +384,36 @@ async def test_a_service_runs_its_migrations_over_tls(tls_server: TLSServer) -> 
         assert await _ssl_in_use(service.db) is True
     finally:
         await service.db.dispose()
+
+
+@pytest.mark.integration
+async def test_the_migrate_command_of_a_service_runs_over_tls(tls_server: TLSServer) -> None:
+    # What the k8s `migrate` init container runs, with the settings the deployment gives it.
+    env = os.environ | {
+        "DATABASE_URL": tls_server.url(database=RECORDS_DATABASE),
+        "DATABASE_SSLMODE": "verify-full",
+        "DATABASE_SSLROOTCERT": str(tls_server.ca_file),
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "servicekit.migrations", "upgrade", "records"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    db = Database(
+        tls_server.url(database=RECORDS_DATABASE),
+        tls=DatabaseTLS(mode="verify-full", rootcert=str(tls_server.ca_file)),
+    )
+    try:
+        async with db.transaction() as session:
+            heads = (await session.execute(text("SELECT version_num FROM alembic_version"))).all()
+        assert len(heads) >= 2  # the kit's branch and the records service's
+    finally:
+        await db.dispose()
 
 
 @pytest.mark.integration
