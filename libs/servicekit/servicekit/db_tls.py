@@ -4,12 +4,13 @@ and `DATABASE_SSLKEY` (or libpq's `sslmode`, `sslrootcert`, `sslcert`, `sslkey` 
 of `DATABASE_URL`).
 
 The modes are libpq's, without the ones that may fall back to plaintext (`allow`, `prefer`):
-`disable` (the local stack's unix socket), `require` (encrypted, the server's certificate is
-not checked), `verify-ca` (signed by the CA), `verify-full` (signed by the CA and issued for
-the host name of the URL: what a deployment uses). A mode that verifies needs the CA file
-(`system`: the system's CAs, as in libpq). SQLAlchemy hands every query parameter of the URL
-to `asyncpg.connect`, which knows none of libpq's names: they are taken out of the URL here
-and become the `ssl` context asyncpg is given.
+`disable` (the local stack's unix socket), `require` (encrypted, the server's certificate
+not checked unless a CA file is given, as in libpq), `verify-ca` (signed by the CA),
+`verify-full` (signed by the CA and issued for the host name of the URL: what a deployment
+uses). A mode that verifies needs the CA file (`system`: the system's CAs, as in libpq).
+SQLAlchemy hands every query parameter of the URL to `asyncpg.connect`, which knows none of
+libpq's names: they are taken out of the URL here and become the `ssl` context asyncpg is
+given.
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ class DatabaseTLS:
             raise DatabaseTLSError("DATABASE_SSLCERT and DATABASE_SSLKEY go together")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if self.mode == "require":
-            # libpq's `require`: encrypted, whoever answers (no CA given to check against).
+        if self.mode == "require" and not self.rootcert:
+            # libpq's `require`: encrypted, whoever answers (no CA given to check against;
+            # with one, libpq checks it as verify-ca does, and so does the branch below).
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         else:

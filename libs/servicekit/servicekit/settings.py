@@ -39,7 +39,8 @@ class ServiceSettings(BaseSettings):
         default="disable",
         description="TLS to PostgreSQL (servicekit.db_tls): verify-full in Kubernetes (the "
         "server's certificate signed by DATABASE_SSLROOTCERT and issued for the URL's host), "
-        "require encrypts without checking the certificate; disable: the local stack's unix "
+        "require encrypts (checking the CA only when DATABASE_SSLROOTCERT is set); disable: the "
+        "local stack's unix "
         "socket. libpq's sslmode= in DATABASE_URL works too",
     )
     database_sslrootcert: str = Field(

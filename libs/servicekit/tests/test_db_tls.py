@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -515,3 +516,13 @@ def test_the_default_is_the_local_stacks_plaintext_socket() -> None:
     assert DatabaseTLS.of(_settings("postgresql+asyncpg://postgres@/x?host=/tmp")).mode == (
         "disable"
     )
+
+
+def test_require_with_a_ca_checks_it_as_libpq_does(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(_pem(_ca("unit-ca")[1]))
+    _url, connect_args, _tls = engine_arguments(URL, DatabaseTLS(mode="require", rootcert=str(ca)))
+    context = connect_args["ssl"]
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname is False
+    _url, connect_args, _tls = engine_arguments(URL, DatabaseTLS(mode="require"))
+    assert connect_args["ssl"].verify_mode == ssl.CERT_NONE
