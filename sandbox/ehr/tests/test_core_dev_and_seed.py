@@ -8,6 +8,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
+from sqlalchemy import delete
 
 from ehr_sandbox.seed import (
     DEMO_PATIENTS,
@@ -16,6 +17,7 @@ from ehr_sandbox.seed import (
     examples_dir,
     seed_clinic,
 )
+from ehr_sandbox.store.tables import resource_heads, resources, search_index
 from ehr_sandbox.testing import Sandbox, running
 
 STABLE_IDS = [
@@ -124,6 +126,22 @@ async def test_seed_is_idempotent(tmp_path: Path) -> None:
         after = (await second.search("/fhir/Patient", _summary="count"))["total"]
         assert after == before - 1  # a restart neither duplicates nor resurrects anything
         assert (await second.client.get("/fhir/Patient/demo-carol")).status_code == 410
+
+
+async def test_a_store_seeded_by_an_older_seed_gets_the_new_demo_resources(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path, seed=True) as first:
+        # As a store seeded before the demo caregiver existed: it never had that row.
+        store = first.app.state.store
+        async with store._write_transaction() as conn:
+            for table in (search_index, resources, resource_heads):
+                await conn.execute(delete(table).where(table.c.res_type == "RelatedPerson"))
+        assert (await first.client.get("/fhir/RelatedPerson/demo-alice-son")).status_code == 404
+    async with running(tmp_path, seed=True) as second:
+        son = await second.client.get("/fhir/RelatedPerson/demo-alice-son")
+        assert son.status_code == 200, son.text
+        assert son.json()["patient"]["reference"] == "Patient/demo-alice"
 
 
 async def test_dev_patients(seeded: Sandbox) -> None:

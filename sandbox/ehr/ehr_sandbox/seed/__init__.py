@@ -103,7 +103,9 @@ async def seed_clinic(
     timezone: str = DEFAULT_TIMEZONE,
     examples: Path | None = None,
 ) -> int:
-    """Load the demo clinic on first start, and top up free slots on every start.
+    """Load the demo clinic on first start; on every later start, top up free slots and
+    add what a newer seed has that this store never had (a stack made before the demo
+    caregivers were seeded gets them). Nothing that exists, or was deleted, is touched.
 
     Returns how many resources were written.
     """
@@ -117,4 +119,7 @@ async def seed_clinic(
     written = await store.load(_validated(slots_for_horizon(now, zone)))
     if written:
         log.info("seed_slots_topped_up", slots=written)
-    return written
+    added = await store.load(_validated(clinic_resources(now, zone, examples)))
+    if added:
+        log.info("seed_topped_up", resources=added)
+    return written + added
