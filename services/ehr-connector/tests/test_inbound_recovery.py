@@ -207,7 +207,10 @@ async def test_a_missed_heartbeat_warns_and_the_subscription_is_reactivated(
                 missed = inbound.partition("heartbeat missed: ")[2].split(";")[0]
                 return inbound.startswith("warning") and lab["topic"] in missed.split(", ")
 
-            await eventually(warned, timeout=30, interval=0.2)
+            try:
+                await eventually(warned, timeout=30, interval=0.2)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; readiness seen last: {readiness[-3:]}") from None
             missing = await _metric(settings, "inbound_heartbeat_missing{")
             assert any(lab["topic"] in line and line.endswith(" 1.0") for line in missing)
             episodes = await _metric(settings, "inbound_heartbeats_missed_total{")
@@ -217,14 +220,27 @@ async def test_a_missed_heartbeat_warns_and_the_subscription_is_reactivated(
             up.raise_for_status()
 
             # The EHR is back: $status says off, the connector requests it again.
+            seen: list[tuple[str, str]] = []
+
             async def recovered() -> bool:
                 async with ops_client(settings) as client:
                     rows = (await client.get("/ops/subscriptions")).json()
                     ready = (await client.get("/readyz")).json()
                 row = next(r for r in rows if r["topic"] == lab["topic"])
+                seen.append((row["status"], ready["checks"]["inbound"]))
                 return row["status"] == "active" and "heartbeat" not in ready["checks"]["inbound"]
 
-            await eventually(recovered, timeout=60, interval=0.3)
+            try:
+                await eventually(recovered, timeout=60, interval=0.3)
+            except AssertionError as exc:
+                # Which half never came (our row's status, the heartbeat warning), and what
+                # the EHR says: a failure must say where the recovery stopped.
+                on_ehr = (
+                    await box.admin.get(f"/fhir/Subscription/{lab['subscription_id']}")
+                ).json()
+                raise AssertionError(
+                    f"{exc}; seen last: {seen[-3:]}; EHR status {on_ehr.get('status')}"
+                ) from None
             on_ehr = (await box.admin.get(f"/fhir/Subscription/{lab['subscription_id']}")).json()
             assert on_ehr["status"] == "active"
             assert await _metric(
