@@ -18,6 +18,8 @@ from .inbound_support import connector_settings, ehr_sandbox, running_connector
 
 pytestmark = [pytest.mark.integration]
 
+SYNC_DAYS = 5
+
 
 async def test_upcoming_slots_are_published_once(
     tmp_path: Path,
@@ -29,8 +31,11 @@ async def test_upcoming_slots_are_published_once(
     await ensure_topics(kafka_bootstrap, unique_prefix)
     async with ehr_sandbox(tmp_path / "ehr") as box:
         now = datetime.now(UTC)
+        # The clinic opens on weekdays only, and a window of 3 days from a Friday holds a
+        # weekend and a Monday that starts after the window ends (a run on a Friday found
+        # no slot at all); any 5 days from now hold at least two whole weekdays.
         window = {
-            "start": [f"ge{now.isoformat()}", f"lt{(now + timedelta(days=3)).isoformat()}"],
+            "start": [f"ge{now.isoformat()}", f"lt{(now + timedelta(days=SYNC_DAYS)).isoformat()}"],
             "_summary": "count",
         }
         expected = (await box.admin.get("/fhir/Slot", params=window)).json()["total"]
@@ -43,7 +48,7 @@ async def test_upcoming_slots_are_published_once(
             idempotence=kafka_enable_idempotence,
             inbound_enabled=False,
             slot_sync_enabled=True,
-            slot_sync_days=3,
+            slot_sync_days=SYNC_DAYS,
         )
         async with running_connector(settings) as service:
             records = await read_topic(
