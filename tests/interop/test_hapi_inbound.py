@@ -15,7 +15,7 @@ import pytest
 
 from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
-from ehr_connector.inbound import store as inbound_store
+from ehr_connector import store as connector_store
 from ehr_connector.inbound.subscriptions import OWNER_TAG, SubscriptionManager, filter_criteria
 from ehr_connector.settings import Settings
 from servicekit.app import Service
@@ -49,7 +49,7 @@ async def _linked(service: Service, patient_id: str) -> None:
 
     async def known() -> bool:
         async with service.db.sessions() as session:
-            return await inbound_store.patient_fhir_id(session, patient_id) is not None
+            return await connector_store.patient_fhir_id_of(session, patient_id) is not None
 
     await eventually(known, timeout=60, interval=0.2)
 

@@ -5,8 +5,10 @@ outbound side's tables are declared here, the inbound side declares its own in
 `ehr_connector.inbound.tables` on this same `Base`, so a single Alembic history covers both.
 
 Outbound tables:
-* `patient_links`: our patient id → the patient's EHR Patient id (from `appointment.booked`
-  and `patient.linked`), for events that carry only our id;
+* `patient_links`: which EHR Patient each portal patient is (from `patient.linked` and
+  `appointment.booked`), one row per pair and each side unique: the outbound side reads it
+  from our id (events that carry only ours), the inbound side from the EHR's (whose
+  changes to publish, to whom), so the two directions can never disagree;
 * `fhir_links`: one of our objects (an appointment, an intake, a message, a thread, a
   triage session's response and task) → the EHR resource written for it, with the version
   we last wrote or saw;
@@ -17,9 +19,11 @@ Outbound tables:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, String, func, select
+from sqlalchemy import BigInteger, DateTime, Index, String, delete, func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -37,13 +41,15 @@ metadata = Base.metadata
 
 
 class PatientLink(Base):
-    """Which EHR Patient a portal patient is."""
+    """Which EHR Patient a portal patient is (and so which portal patient an EHR Patient is)."""
 
     __tablename__ = "patient_links"
 
     patient_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     patient_fhir_id: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ux_patient_links_patient_fhir_id", "patient_fhir_id", unique=True),)
 
 
 class FhirLink(Base):
@@ -102,23 +108,45 @@ def _now() -> datetime:
 # -- patients -------------------------------------------------------------------------------
 
 
-async def remember_patient(session: AsyncSession, patient_id: str, patient_fhir_id: str) -> None:
-    """Record (or correct) which EHR Patient the portal patient `patient_id` is."""
-    row = await session.get(PatientLink, patient_id)
-    if row is None:
-        session.add(
-            PatientLink(patient_id=patient_id, patient_fhir_id=patient_fhir_id, updated_at=_now())
+async def remember_patient(
+    session: AsyncSession, patient_id: str, patient_fhir_id: str, now: datetime | None = None
+) -> None:
+    """Record (or correct) which EHR Patient the portal patient `patient_id` is; the latest
+    link wins on both sides: a patient linked anew leaves their old EHR Patient, and an EHR
+    Patient linked to another portal patient leaves the one it had."""
+    at = now or _now()
+    await session.execute(
+        delete(PatientLink).where(
+            PatientLink.patient_fhir_id == patient_fhir_id, PatientLink.patient_id != patient_id
         )
-    elif row.patient_fhir_id != patient_fhir_id:
-        row.patient_fhir_id = patient_fhir_id
-        row.updated_at = _now()
-    await session.flush()
+    )
+    stmt = insert(PatientLink).values(
+        patient_id=patient_id, patient_fhir_id=patient_fhir_id, updated_at=at
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[PatientLink.patient_id],
+            set_={"patient_fhir_id": stmt.excluded.patient_fhir_id, "updated_at": at},
+            where=PatientLink.patient_fhir_id != stmt.excluded.patient_fhir_id,
+        )
+    )
 
 
 async def patient_fhir_id_of(session: AsyncSession, patient_id: str) -> str | None:
     """The EHR Patient id of a portal patient, if known."""
-    row = await session.get(PatientLink, patient_id)
-    return row.patient_fhir_id if row is not None else None
+    stmt = select(PatientLink.patient_fhir_id).where(PatientLink.patient_id == patient_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def patient_ids_of(session: AsyncSession, patient_fhir_ids: Iterable[str]) -> dict[str, str]:
+    """Portal patient ids of the linked EHR Patients among `patient_fhir_ids`."""
+    wanted = sorted(set(patient_fhir_ids))
+    if not wanted:
+        return {}
+    stmt = select(PatientLink.patient_fhir_id, PatientLink.patient_id).where(
+        PatientLink.patient_fhir_id.in_(wanted)
+    )
+    return {str(row[0]): str(row[1]) for row in (await session.execute(stmt)).all()}
 
 
 # -- links ----------------------------------------------------------------------------------

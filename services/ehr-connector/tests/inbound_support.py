@@ -153,7 +153,7 @@ async def link(
 
 async def wait_linked(settings: Settings, patient_id: str, timeout: float = 60) -> None:
     """Wait until the connector has consumed the link (its back-fill state, or its row)."""
-    from ehr_connector.inbound import store
+    from ehr_connector import store
     from servicekit.db import Database
 
     db = Database(settings.database_url)
@@ -161,7 +161,7 @@ async def wait_linked(settings: Settings, patient_id: str, timeout: float = 60) 
 
         async def linked() -> bool:
             async with db.sessions() as session:
-                return await store.patient_fhir_id(session, patient_id) is not None
+                return await store.patient_fhir_id_of(session, patient_id) is not None
 
         await eventually(linked, timeout=timeout, interval=0.2)
     finally:

@@ -7,7 +7,7 @@ token, like the kit's own ops routes.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from contracts.base import FhirId
+from ehr_connector import store as connector_store
 from ehr_connector.ehr.errors import EhrError, EhrUnavailable
 from ehr_connector.inbound import store
 from ehr_connector.inbound.backfill import BackfillConflict, Progress, progress_of
@@ -285,9 +286,9 @@ async def start_backfill(
     inbound = _inbound(request)
     fhir_id = body.patient_fhir_id if body is not None else None
     async with inbound.db.transaction() as session:
-        known = await store.patient_fhir_id(session, patient_id)
+        known = await connector_store.patient_fhir_id_of(session, patient_id)
         if fhir_id is not None and known != fhir_id:
-            await store.link_patient(session, patient_id, fhir_id, datetime.now(UTC))
+            await connector_store.remember_patient(session, patient_id, fhir_id)
     fhir_id = fhir_id or known
     if fhir_id is None:
         raise HTTPException(404, "The patient is not linked to an EHR Patient; name it.")

@@ -20,6 +20,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from ehr_connector import store as connector_store
 from ehr_connector.ehr.port import EhrPort
 from ehr_connector.inbound import store
 from ehr_connector.inbound.canary_data import canary_observation, canary_report
@@ -44,7 +45,7 @@ class Canary:
         """The canary patient must be linked, or its results would not be published (only
         linked while the canary is used: an EHR Patient of that id is otherwise nobody's)."""
         async with self.db.transaction() as session:
-            await store.link_patient(
+            await connector_store.remember_patient(
                 session,
                 self.settings.canary_patient_id,
                 self.settings.canary_patient_fhir_id,

@@ -26,8 +26,7 @@ async def link_patient(uow: UnitOfWork, event: Event[PatientLinkedV1]) -> None:
     """Remember the link and queue the back-fill of the patient's history."""
     data = event.data
     now = datetime.now(UTC)
-    await connector_store.remember_patient(uow.session, data.patient_id, data.patient_fhir_id)
-    await store.link_patient(uow.session, data.patient_id, data.patient_fhir_id, now)
+    await connector_store.remember_patient(uow.session, data.patient_id, data.patient_fhir_id, now)
     if not data.backfill:
         return
     latest = await store.latest_backfill(uow.session, data.patient_id)

@@ -394,7 +394,7 @@ class Processor:
             return [(slot_subject(schedule), slot_subject(schedule))]
         fhir_ids = mapper.patients(resource)
         async with self.db.sessions() as session:
-            linked = await store.patient_ids(session, fhir_ids)
+            linked = await connector_store.patient_ids_of(session, fhir_ids)
         if not linked:
             return None
         return [(linked[f], linked[f]) for f in fhir_ids if f in linked]

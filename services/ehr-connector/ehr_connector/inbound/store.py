@@ -18,7 +18,6 @@ from ehr_connector.inbound.tables import (
     Backfill,
     BackfillItem,
     CanaryRun,
-    InboundPatientLink,
     InboundSubscription,
     ProcessedEvent,
     Rejection,
@@ -274,47 +273,6 @@ async def prune_jti(session: AsyncSession, before: datetime) -> int:
     """Forget signature ids older than the replay window (their `iat` is refused anyway)."""
     result = await session.execute(delete(SeenJti).where(SeenJti.seen_at < before))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
-# -- patients ------------------------------------------------------------------------------
-
-
-async def link_patient(
-    session: AsyncSession, patient_id: str, patient_fhir_id: str, now: datetime
-) -> None:
-    """Remember which portal patient an EHR Patient is (the latest link wins)."""
-    row = await session.get(InboundPatientLink, patient_fhir_id)
-    if row is None:
-        session.add(
-            InboundPatientLink(
-                patient_fhir_id=patient_fhir_id, patient_id=patient_id, linked_at=now
-            )
-        )
-        return
-    row.patient_id = patient_id
-    row.linked_at = now
-
-
-async def patient_ids(session: AsyncSession, patient_fhir_ids: Iterable[str]) -> dict[str, str]:
-    """Internal patient ids of the linked EHR Patients among `patient_fhir_ids`."""
-    wanted = sorted(set(patient_fhir_ids))
-    if not wanted:
-        return {}
-    stmt = select(InboundPatientLink.patient_fhir_id, InboundPatientLink.patient_id).where(
-        InboundPatientLink.patient_fhir_id.in_(wanted)
-    )
-    return {str(row[0]): str(row[1]) for row in (await session.execute(stmt)).all()}
-
-
-async def patient_fhir_id(session: AsyncSession, patient_id: str) -> str | None:
-    """The EHR Patient id of a portal patient, if linked."""
-    stmt = (
-        select(InboundPatientLink.patient_fhir_id)
-        .where(InboundPatientLink.patient_id == patient_id)
-        .order_by(InboundPatientLink.linked_at.desc())
-        .limit(1)
-    )
-    return (await session.execute(stmt)).scalar_one_or_none()
 
 
 # -- back-fills ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The inbound side's tables, declared on the service's one `Base` (`ehr_connector.store`).
+"""The inbound side's tables, declared on the service's one `Base` (`ehr_connector.store`,
+which also has the patient links both sides read).
 
 - `inbound_subscriptions`: one row per subscribed topic: the EHR's Subscription id, its
   last known status, the contiguous watermark of processed event numbers, heartbeat state.
@@ -8,7 +9,6 @@
   same version reached another way (a `_lastUpdated` search, a second event) is skipped.
 - `inbound_rejections`: resources that could not be mapped, with the reason (ops endpoint).
 - `inbound_seen_jti`: notification signature ids accepted within the replay window.
-- `inbound_patient_links`: patient FHIR id → internal patient id (from `patient.linked`).
 - `inbound_backfills` / `inbound_backfill_items`: back-fill jobs with their cursor, counts
   and lease, and the resources each job has already published.
 - `inbound_canary_runs`: synthetic lab results written for latency measurement.
@@ -93,16 +93,6 @@ class SeenJti(Base):
 
     jti: Mapped[str] = mapped_column(String(128), primary_key=True)
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-
-
-class InboundPatientLink(Base):
-    """Which portal patient an EHR Patient is (from `patient.linked`)."""
-
-    __tablename__ = "inbound_patient_links"
-
-    patient_fhir_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    patient_id: Mapped[str] = mapped_column(String(64), index=True)
-    linked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Backfill(Base):
