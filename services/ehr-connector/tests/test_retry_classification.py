@@ -16,7 +16,7 @@ from ehr_connector.ehr.errors import (
     EhrUnavailable,
     outcome_text,
 )
-from ehr_connector.ehr.fhir_client import (
+from ehr_connector.ehr.retry import (
     Disposition,
     TransientFailure,
     classify_status,

@@ -1,14 +1,10 @@
 """The FHIR R4 REST adapter of `EhrPort`: async httpx, SMART auth, retries, circuit breaker.
 
 One pooled `httpx.AsyncClient` per service with connect/read/write/pool timeouts. Every
-call goes through the circuit breaker, then up to `ehr_retry_attempts` tries:
+call goes through the circuit breaker, then through the tries the retry policy allows
+(`ehr_connector.ehr.retry`: which answers are tried again, back-off, Retry-After and the
+client-wide pace after a 429). Here:
 
-* transient failures are retried with full-jitter exponential back-off (tenacity): timeouts,
-  connection errors, 408, 429 and 5xx; a `Retry-After` is honoured when it is short
-  (`ehr_retry_after_max_s`), a longer one ends the call at once as `EhrUnavailable` so the
-  wait happens in Kafka rather than in a held transaction;
-* a create without a condition is not idempotent: it is retried only when the request
-  certainly had no effect (connection refused, 429, 503);
 * a 401 drops the cached token and the request is sent once more with a fresh one;
 * after the retries: 5xx other than 500, 429, timeouts and connection errors raise
   `EhrUnavailable` (a `DependencyUnavailable`: the event waits in Kafka); a persistent 500
@@ -18,14 +14,6 @@ call goes through the circuit breaker, then up to `ehr_retry_attempts` tries:
 
 The breaker counts timeouts, connection errors and 5xx as failures; any other answer (4xx
 and 429 included: the EHR is alive) is a success.
-
-A 429 paces the whole client, not only the call that got it (`RetryAfterGate`): no
-request of this client leaves before the Retry-After it was given has expired, and for
-`ehr_throttle_serial_s` after a 429 requests go one at a time, so that none is already in
-flight when the next 429 arrives (a request sent concurrently with a refused one would
-reach the EHR inside its Retry-After window). A wait longer than `ehr_retry_after_max_s`
-is not spent inside a call: it raises `EhrUnavailable` without sending, and the event
-waits in Kafka.
 """
 
 from __future__ import annotations
@@ -36,18 +24,9 @@ import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from enum import StrEnum
 from urllib.parse import urlencode, urlsplit
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from ehr_connector.ehr.auth import make_auth
 from ehr_connector.ehr.breaker import BreakerState, CircuitBreaker
@@ -61,84 +40,21 @@ from ehr_connector.ehr.errors import (
     EhrServerError,
     EhrUnavailable,
 )
-from ehr_connector.ehr.metrics import EHR_CALL_SECONDS, EHR_RETRIES, record_breaker_change
+from ehr_connector.ehr.metrics import EHR_CALL_SECONDS, record_breaker_change
 from ehr_connector.ehr.port import FhirJson, SearchPage, SearchParams, Versioned, WriteResult
+from ehr_connector.ehr.retry import (
+    Disposition,
+    RetryAfterGate,
+    RetryPolicy,
+    TransientFailure,
+    classify_status,
+    parse_retry_after,
+)
 from ehr_connector.settings import Settings
-from servicekit.logging import get_logger
-
-log = get_logger(__name__)
 
 FHIR_JSON = "application/fhir+json"
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-
-
-class Disposition(StrEnum):
-    """What an HTTP status means for the caller."""
-
-    OK = "ok"
-    TRANSIENT = "transient"
-    CONFLICT = "conflict"
-    NOT_FOUND = "not_found"
-    GONE = "gone"
-    UNAUTHORISED = "unauthorised"
-    PERMANENT = "permanent"
-
-
-def classify_status(status: int) -> Disposition:
-    """Classify an EHR HTTP status: which are retried, which re-read, which are final."""
-    if status < 400:
-        return Disposition.OK
-    if status in (408, 429) or status >= 500:
-        return Disposition.TRANSIENT
-    if status in (409, 412):
-        return Disposition.CONFLICT
-    if status == 404:
-        return Disposition.NOT_FOUND
-    if status == 410:
-        return Disposition.GONE
-    if status == 401:
-        return Disposition.UNAUTHORISED
-    return Disposition.PERMANENT
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), if any."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
-class TransientFailure(Exception):
-    """A retryable HTTP answer (408, 429, 5xx), raised inside the retry loop."""
-
-    def __init__(self, status: int, retry_after: float | None, outcome: FhirJson | None) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.retry_after = retry_after
-        self.outcome = outcome
-
-
-def is_retryable(exc: BaseException, *, idempotent: bool, retry_after_max_s: float) -> bool:
-    """Whether one failed try may be tried again (see the module docstring)."""
-    if isinstance(exc, TransientFailure):
-        if exc.retry_after is not None and exc.retry_after > retry_after_max_s:
-            return False
-        return idempotent or exc.status in (429, 503)
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-        return True  # the request never reached the EHR
-    if isinstance(exc, httpx.TimeoutException | httpx.TransportError):
-        return idempotent
-    return False
 
 
 def _outcome(response: httpx.Response) -> FhirJson | None:
@@ -167,53 +83,6 @@ def _check_id(fhir_id: str) -> str:
     if not _ID.match(fhir_id):
         raise ValueError(f"not a FHIR id: {fhir_id!r}")
     return fhir_id
-
-
-class RetryAfterGate:
-    """The client-wide pace a rate-limiting EHR sets with 429 + Retry-After.
-
-    `hold(seconds)` closes the gate until that long from now (a later deadline wins);
-    `passage()` waits until it is open, and while the client is throttled (a 429 within
-    the last `serial_s`) lets one request through at a time."""
-
-    def __init__(self, serial_s: float, max_wait_s: float) -> None:
-        self.serial_s = serial_s
-        self.max_wait_s = max_wait_s
-        self._open_at = 0.0  # monotonic
-        self._serial_until = 0.0  # monotonic
-        self._one_at_a_time = asyncio.Lock()
-
-    def hold(self, seconds: float) -> None:
-        """A 429 said: not before `seconds` from now."""
-        now = time.monotonic()
-        self._open_at = max(self._open_at, now + seconds)
-        self._serial_until = max(self._serial_until, now + seconds + self.serial_s)
-
-    def wait_s(self) -> float:
-        """Seconds until the gate opens (0 when open)."""
-        return max(0.0, self._open_at - time.monotonic())
-
-    @contextlib.asynccontextmanager
-    async def passage(self, interaction: str) -> AsyncIterator[None]:
-        """Hold this while sending one request and reading its status."""
-        if time.monotonic() >= self._serial_until:
-            await self._wait(interaction)
-            yield
-            return
-        async with self._one_at_a_time:
-            await self._wait(interaction)
-            yield
-
-    async def _wait(self, interaction: str) -> None:
-        # A loop: while one request waited, another's 429 may have moved the deadline.
-        while (remaining := self.wait_s()) > 0:
-            if remaining > self.max_wait_s:
-                raise EhrUnavailable(
-                    f"the EHR asked to wait {remaining:.1f}s (Retry-After)",
-                    status=429,
-                    interaction=interaction,
-                )
-            await asyncio.sleep(remaining)
 
 
 class FhirClient:
@@ -250,6 +119,7 @@ class FhirClient:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.retry = RetryPolicy.of(settings)
         self.gate = RetryAfterGate(settings.ehr_throttle_serial_s, settings.ehr_retry_after_max_s)
         self.breaker = breaker or CircuitBreaker(
             failure_threshold=settings.ehr_breaker_failure_threshold,
@@ -455,20 +325,8 @@ class FhirClient:
         headers: dict[str, str] | None,
         idempotent: bool,
     ) -> httpx.Response:
-        settings = self.settings
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(max(1, settings.ehr_retry_attempts)),
-            wait=self._wait,
-            retry=retry_if_exception(
-                lambda exc: is_retryable(
-                    exc, idempotent=idempotent, retry_after_max_s=settings.ehr_retry_after_max_s
-                )
-            ),
-            before_sleep=lambda state: self._before_sleep(interaction, state),
-            reraise=True,
-        )
         try:
-            async for attempt in retrying:
+            async for attempt in self.retry.attempts(interaction, idempotent=idempotent):
                 with attempt:
                     response = await self._exchange(
                         interaction, resource_type, method, url, params, json_body, headers
@@ -490,32 +348,6 @@ class FhirClient:
             ) from exc
         self._raise_for_status(response, interaction, resource_type)
         return response
-
-    def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_random_exponential(
-            multiplier=self.settings.ehr_retry_base_s, max=self.settings.ehr_retry_max_s
-        )(state)
-        exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, TransientFailure) and exc.status == 429:
-            # The gate already holds every request until the Retry-After expires; waiting
-            # longer (back-off on top) would leave the allowed rate unused.
-            return 0.0 if exc.retry_after is not None else float(backoff)
-        if isinstance(exc, TransientFailure) and exc.retry_after is not None:
-            return min(max(exc.retry_after, backoff), self.settings.ehr_retry_after_max_s)
-        return float(backoff)
-
-    @staticmethod
-    def _before_sleep(interaction: str, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        cause = f"http_{exc.status}" if isinstance(exc, TransientFailure) else type(exc).__name__
-        EHR_RETRIES.labels(interaction, cause).inc()
-        log.info(
-            "ehr.call_retry",
-            interaction=interaction,
-            attempt=state.attempt_number,
-            cause=cause,
-            wait_s=round(state.upcoming_sleep, 3),
-        )
 
     async def _exchange(
         self,
