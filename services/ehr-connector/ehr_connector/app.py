@@ -20,6 +20,7 @@ from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import EhrPort
 from ehr_connector.inbound import api as inbound_api
 from ehr_connector.inbound import lifecycle as inbound
+from ehr_connector.inbound.runtime import Inbound
 from ehr_connector.outbound import recipients as pool_recipients
 from ehr_connector.settings import Settings
 from servicekit.app import Service, ServiceDefinition, create_service
@@ -61,7 +62,11 @@ def build(
             if settings.ehr_verify_recipients:
                 await pool_recipients.verify(ehr, recipients)
             yield context.Connector(
-                settings=settings, ehr=ehr, recipients=recipients, probe=client.probe
+                settings=settings,
+                ehr=ehr,
+                recipients=recipients,
+                probe=client.probe,
+                inbound=Inbound(settings, service.db, service.outbox, ehr),
             )
         finally:
             await client.aclose()

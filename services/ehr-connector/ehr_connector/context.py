@@ -1,4 +1,5 @@
-"""What the handlers and routes need at run time, per running service.
+"""What the handlers and routes need at run time, per running service (the EHR client, the
+pools' recipients and the inbound side).
 
 The composition root (`ehr_connector.app`) builds a `Connector` at start-up as the
 service's `deps` (servicekit.app), and the kit hands it to every handler with its unit of
@@ -12,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ehr_connector.ehr.port import EhrPort
+from ehr_connector.inbound.runtime import Inbound
 from ehr_connector.outbound.lookups import BOOKING_CONSUMER
 from ehr_connector.outbound.recipients import Recipients
 from ehr_connector.settings import Settings
@@ -28,6 +30,9 @@ class Connector:
     # Readiness: whether the EHR answers and the real client's circuit is closed (tests may
     # wrap the client as `ehr`; the probe is the client's own).
     probe: Callable[[], Awaitable[str | None]]
+    # The inbound side (Subscriptions, webhook, back-fill, canary), built here and started
+    # by `inbound.lifecycle.start` once the service is up.
+    inbound: Inbound
 
     @property
     def booking_consumer(self) -> str:

@@ -1,8 +1,8 @@
 """Event subscribers of the ehr-connector.
 
 `router` is the service's one EventRouter: the outbound subscribers live here, and the
-inbound side registers its `patient.linked` handler on the same router from
-`ehr_connector.inbound.handlers` (imported by the composition root). Each subscriber only
+inbound side's `patient.linked` handler (`ehr_connector.inbound.handlers`) is registered
+on it at the end of this module. Each outbound subscriber only
 hands the event to its use case with the running connector (EHR client, settings: the
 service's `deps`, built by the composition root). They are effect-first: the EHR is called
 with no transaction open, and the use case returns what to record with the inbox row.
@@ -20,6 +20,7 @@ from contracts.intake import IntakeSubmittedV1
 from contracts.message import MessageSentV1
 from contracts.triage import TriageCompletedV1
 from ehr_connector.context import connector_for
+from ehr_connector.inbound import handlers as inbound
 from ehr_connector.outbound import booking, consents, filing
 from servicekit.consumer import BeforeCommit, Event, EventRouter, Record
 
@@ -75,3 +76,8 @@ async def file_consent(reads: BeforeCommit, event: Event[ConsentGrantedV1]) -> R
 async def revoke_consent(reads: BeforeCommit, event: Event[ConsentRevokedV1]) -> Record:
     """Make the revoked grant's Consent inactive in the EHR."""
     return await consents.revoke(connector_for(reads.deps), event)
+
+
+# The inbound side's one subscriber: which portal patient an EHR Patient is, and the
+# back-fill of their history.
+router.handles("patient.linked")(inbound.link_patient)

@@ -19,6 +19,7 @@ from ehr_connector import store as connector_store
 from ehr_connector.ehr.errors import EhrError, EhrUnavailable
 from ehr_connector.inbound import store
 from ehr_connector.inbound.backfill import BackfillConflict, Progress, progress_of
+from ehr_connector.inbound.lifecycle import inbound_of
 from ehr_connector.inbound.runtime import INSTANCE_HEADER, Inbound
 from servicekit.app import Service
 from servicekit.http import PatientId, ReadSession
@@ -41,7 +42,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 def _inbound(request: Request) -> Inbound:
-    inbound: Inbound | None = request.app.state.service.state.get("inbound")
+    inbound = inbound_of(request.app.state.service)
     if inbound is None:
         raise HTTPException(503, "The inbound side is not running yet.", {"Retry-After": "2"})
     return inbound
@@ -67,7 +68,7 @@ async def receive_notification(request: Request) -> Response:
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise HTTPException(413, "The notification is too large.")
     body = await request.body()
-    answer = await inbound.accept(request.headers, body)
+    answer = await inbound.webhook.accept(request.headers, body)
     if answer.status < 300:
         return Response(status_code=answer.status, headers=dict(answer.headers))
     return JSONResponse(
@@ -95,7 +96,7 @@ async def receive_criteria_notification(
     """The endpoint of classic (criteria-based) Subscriptions, one per focus type: the EHR's
     empty notification schedules a `_lastUpdated` search of that type."""
     inbound = _inbound(request)
-    answer = await inbound.accept_ping(request.headers, resource_type)
+    answer = await inbound.webhook.accept_ping(request.headers, resource_type)
     if answer.status < 300:
         return Response(status_code=answer.status)
     return JSONResponse(answer.outcome(), status_code=answer.status, media_type=FHIR_JSON)

@@ -1,4 +1,5 @@
-"""The inbound side's event subscriber: `patient.linked` (registered on the service's router).
+"""The inbound side's event subscriber: `patient.linked` (registered on the service's one
+router by `ehr_connector.handlers`, beside the outbound subscribers).
 
 Linking tells the connector which portal patient an EHR Patient is (both directions are
 remembered: the outbound side needs the EHR id of our patient, the inbound side the portal
@@ -12,7 +13,6 @@ from datetime import UTC, datetime
 
 from contracts.patient import PatientLinkedV1
 from ehr_connector import store as connector_store
-from ehr_connector.handlers import router
 from ehr_connector.inbound import store
 from ehr_connector.inbound.backfill import new_backfill
 from servicekit.consumer import Event, UnitOfWork
@@ -21,7 +21,6 @@ from servicekit.logging import get_logger
 log = get_logger(__name__)
 
 
-@router.handles("patient.linked")
 async def link_patient(uow: UnitOfWork, event: Event[PatientLinkedV1]) -> None:
     """Remember the link and queue the back-fill of the patient's history."""
     data = event.data
