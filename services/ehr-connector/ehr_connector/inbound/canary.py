@@ -9,7 +9,9 @@ relay. The latency from the report's `meta.lastUpdated` (the EHR's write) to the
 failure (`canary_failures_total`).
 
 The run is recorded before the write, so the notification (which may arrive before the
-write's answer) finds it and ties the published event to it.
+write's answer) finds it: the processor tells `note_published` of every event it publishes
+(a publish hook, in the transaction that adds the event), and a canary report's event is
+tied to its run there. The processor itself knows nothing of canaries.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from ehr_connector import store as connector_store
 from ehr_connector.ehr.port import EhrPort
 from ehr_connector.inbound import store
-from ehr_connector.inbound.canary_data import canary_observation, canary_report
+from ehr_connector.inbound.canary_data import canary_observation, canary_report, canary_run_id
 from ehr_connector.inbound.metrics import CANARY_FAILURES, CANARY_LAST_SUCCESS, CANARY_LATENCY
+from ehr_connector.inbound.processor import Change
 from ehr_connector.settings import Settings
 from servicekit.db import Database
 from servicekit.logging import get_logger
@@ -74,6 +79,23 @@ class Canary:
     def stop(self) -> None:
         """Stop after the current run."""
         self._stopping.set()
+
+    @staticmethod
+    async def note_published(
+        session: AsyncSession, resource_type: str, change: Change, event_id: str
+    ) -> None:
+        """The processor's publish hook: tie a canary report's event to its run, so that
+        the run can time its publication."""
+        if resource_type != "DiagnosticReport" or change.resource is None:
+            return
+        run_id = canary_run_id(change.resource)
+        if run_id is None:
+            return
+        run = await store.canary_run(session, run_id)
+        if run is not None and run.event_id is None:
+            run.event_id = event_id
+            run.report_fhir_id = change.focus.id
+            run.state = "queued"
 
     async def run_once(self) -> float | None:
         """One canary run; returns the latency in seconds, or None if it timed out."""

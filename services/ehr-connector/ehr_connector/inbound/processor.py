@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -28,7 +28,6 @@ from ehr_connector import store as connector_store
 from ehr_connector.ehr.errors import EhrGone, EhrNotFound, EhrRejected
 from ehr_connector.ehr.port import EhrPort
 from ehr_connector.inbound import store
-from ehr_connector.inbound.canary_data import canary_run_id
 from ehr_connector.inbound.domain import (
     RECORDED_AS_REJECTION,
     SETTLING,
@@ -83,6 +82,10 @@ class Change:
     timestamp: datetime | None = None
 
 
+# (session, resource type, change, outbox event id) of each event published.
+PublishHook = Callable[[AsyncSession, str, Change, str], Awaitable[None]]
+
+
 @dataclass
 class Decision:
     """The outcome of one change and what to write for it."""
@@ -130,11 +133,22 @@ def _version_key(decision: Decision) -> tuple[str, str, str] | None:
 class Processor:
     """Turns changes into outbox events, exactly once per event number and version."""
 
-    def __init__(self, settings: Settings, db: Database, outbox: Outbox, ehr: EhrPort) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        outbox: Outbox,
+        ehr: EhrPort,
+        *,
+        on_publish: Sequence[PublishHook] = (),
+    ) -> None:
         self.settings = settings
         self.db = db
         self.outbox = outbox
         self.ehr = ehr
+        # Told of every event published, inside the transaction that adds it to the outbox
+        # (the canary ties its run to its report's event there: `Canary.note_published`).
+        self.on_publish = tuple(on_publish)
         self._cache: dict[str, tuple[float, Resource | None]] = {}
         self._reads = asyncio.Semaphore(max(1, settings.inbound_read_concurrency))
 
@@ -525,13 +539,15 @@ class Processor:
             recorded.versions.add(key)
 
     async def _publish(self, session: AsyncSession, decision: Decision, summary: Summary) -> None:
-        """Add the decision's events to the outbox (a canary report's tied to its run)."""
+        """Add the decision's events to the outbox, and tell the publish hooks (in the same
+        transaction, so that what they record commits or rolls back with the events)."""
         for payload, subject in decision.payloads:
             event_id = self.outbox.add(
                 session, payload, subject=subject, priority=self.settings.inbound_live_priority
             )
             summary.published_event_ids.append(event_id)
-            await self._note_canary(session, decision, event_id)
+            for hook in self.on_publish:
+                await hook(session, decision.resource_type, decision.change, event_id)
 
     async def _close_through(
         self, session: AsyncSession, row: InboundSubscription, close_through: int, now: datetime
@@ -545,20 +561,6 @@ class Processor:
                 session, row.subscription_id, number, Outcome.RECOVERED_BY_SEARCH.value, None, now
             )
         row.highest_event_number = max(row.highest_event_number, close_through)
-
-    async def _note_canary(self, session: AsyncSession, decision: Decision, event_id: str) -> None:
-        """Tie a canary report's event to its run, so the canary can time its publication."""
-        resource = decision.change.resource
-        if decision.resource_type != "DiagnosticReport" or resource is None:
-            return
-        run_id = canary_run_id(resource)
-        if run_id is None:
-            return
-        run = await store.canary_run(session, run_id)
-        if run is not None and run.event_id is None:
-            run.event_id = event_id
-            run.report_fhir_id = decision.change.focus.id
-            run.state = "queued"
 
 
 def _report(subscription_id: str, decisions: list[Decision]) -> None:

@@ -51,7 +51,7 @@ class Inbound:
         self.ehr = ehr
         verify: bool | str = settings.ehr_ca_file or settings.ehr_verify_tls
         self.http = httpx.AsyncClient(verify=verify, timeout=10.0)
-        self.processor = Processor(settings, db, outbox, ehr)
+        self.processor = Processor(settings, db, outbox, ehr, on_publish=[Canary.note_published])
         self.manager = SubscriptionManager(settings, db, ehr)
         self.health = ProcessingHealth()
         self.recovery = Recovery(settings, db, ehr, self.processor, self.manager, self.health)
