@@ -1,4 +1,10 @@
-"""Settings of the ehr-connector service (environment variables, local defaults)."""
+"""Settings of the ehr-connector service (environment variables, local defaults).
+
+Grouped by the part of the connector that reads them (`EhrSettings`, `OutboundSettings`,
+`InboundSettings`, `BackfillSettings`, `CanarySettings`, `SlotSyncSettings`), combined into
+the one `Settings` the service is built with: environment names stay flat (`EHR_BASE_URL`,
+`BACKFILL_PAGE_SIZE`), as the deployment documents them.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
+from pydantic_settings import BaseSettings
 
 from servicekit.crypto import EncryptionSettings
 from servicekit.settings import ServiceSettings
@@ -49,11 +56,9 @@ DEFAULT_INBOUND_CRITERIA = {
 }
 
 
-class Settings(ServiceSettings, EncryptionSettings):
-    """The only service that speaks FHIR to the EHR."""
-
-    service_name: str = "ehr-connector"
-    http_port: int = 8005
+class EhrSettings(BaseSettings):
+    """The EHR (a FHIR R4 server): where it is, what it supports, how the client signs in,
+    retries and breaks the circuit."""
 
     # -- the EHR (FHIR R4 server) and how to reach it -------------------------------------
     ehr_base_url: str = Field(
@@ -149,6 +154,10 @@ class Settings(ServiceSettings, EncryptionSettings):
         default=5.0, description="Cool-down before an open circuit lets one trial call through"
     )
 
+
+class OutboundSettings(BaseSettings):
+    """Writing what patients do to the EHR."""
+
     # -- outbound mapping -----------------------------------------------------------------
     ehr_recipients_file: Path = Field(
         default=DEFAULT_RECIPIENTS_FILE,
@@ -179,6 +188,10 @@ class Settings(ServiceSettings, EncryptionSettings):
         description="How long an intake, cancel or reschedule waits for its appointment's "
         "booking (another topic) before it is dead-lettered saying so",
     )
+
+
+class InboundSettings(BaseSettings):
+    """Subscriptions and their notifications: from changes in the EHR to events."""
 
     # -- inbound: Subscriptions and notifications -----------------------------------------
     inbound_enabled: bool = Field(
@@ -288,6 +301,10 @@ class Settings(ServiceSettings, EncryptionSettings):
         default=168.0, description="How long processed resource versions are remembered"
     )
 
+
+class BackfillSettings(BaseSettings):
+    """Importing a newly linked patient's history."""
+
     # -- inbound: back-fill -------------------------------------------------------------
     backfill_page_size: int = Field(default=50, ge=1, le=500, description="Entries per batch")
     backfill_page_interval_s: float = Field(
@@ -305,6 +322,10 @@ class Settings(ServiceSettings, EncryptionSettings):
         default=5, description="Refused pages (4xx) in a row before the job fails"
     )
 
+
+class CanarySettings(BaseSettings):
+    """The synthetic lab result that measures the inbound path end to end."""
+
     # -- inbound: synthetic canary ----------------------------------------------------------
     canary_enabled: bool = Field(
         default=True, description="Write a synthetic lab result periodically and time it"
@@ -319,9 +340,31 @@ class Settings(ServiceSettings, EncryptionSettings):
     )
     canary_patient_fhir_id: str = Field(default="canary", description="EHR Patient of the canary")
     canary_patient_id: str = Field(default="canary", description="Its portal patient id")
+
+
+class SlotSyncSettings(BaseSettings):
+    """Publishing the EHR's upcoming slots for scheduling's cache."""
+
+    # -- slots ------------------------------------------------------------------------------
     slot_sync_enabled: bool = Field(
         default=True, description="Publish the EHR's upcoming slots on start-up and periodically"
     )
     slot_sync_days: int = Field(default=30, ge=1, le=365, description="How far ahead to sync")
     slot_sync_interval_s: float = Field(default=900.0, gt=0, description="Time between passes")
     slot_sync_page_size: int = Field(default=200, ge=1, le=1000, description="Slots per page")
+
+
+class Settings(
+    ServiceSettings,
+    EncryptionSettings,
+    EhrSettings,
+    OutboundSettings,
+    InboundSettings,
+    BackfillSettings,
+    CanarySettings,
+    SlotSyncSettings,
+):
+    """The only service that speaks FHIR to the EHR."""
+
+    service_name: str = "ehr-connector"
+    http_port: int = 8005
