@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from ehr_sandbox.catalog import (
+from ehr_sandbox.dev.vocabulary import (
     FORMULARY,
     PANELS,
     SNOMED,

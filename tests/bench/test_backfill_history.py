@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from benchkit.backfill import YEARS, history
 
-from ehr_sandbox.validation import validate_resource
+from ehr_sandbox.fhir.validation import validate_resource
 
 
 def test_a_history_has_the_size_and_mix_asked_for() -> None:

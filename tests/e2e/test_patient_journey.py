@@ -26,8 +26,8 @@ from asgi_lifespan import LifespanManager
 from devstack.topics import ensure_topics
 from ehr_connector.app import build as build_connector
 from ehr_connector.settings import Settings as ConnectorSettings
-from ehr_sandbox.httptest import RunningSandbox, free_port, running_sandbox, serve
 from ehr_sandbox.subscriptions.settings import SubscriptionSettings
+from ehr_sandbox.testing.http import RunningSandbox, free_port, running_sandbox, serve
 from gateway.app import build as build_gateway
 from gateway.settings import Settings as GatewaySettings
 from messaging.app import build as build_messaging

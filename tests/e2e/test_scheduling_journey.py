@@ -32,8 +32,8 @@ from ehr_connector.app import build as build_connector
 from ehr_connector.outbound.identifiers import INTAKE_ID
 from ehr_connector.settings import DEFAULT_INBOUND_TOPICS
 from ehr_connector.settings import Settings as ConnectorSettings
-from ehr_sandbox.httptest import RunningSandbox, free_port, running_sandbox, serve
 from ehr_sandbox.subscriptions.settings import SubscriptionSettings
+from ehr_sandbox.testing.http import RunningSandbox, free_port, running_sandbox, serve
 from gateway.app import build as build_gateway
 from gateway.settings import Settings as GatewaySettings
 from scheduling.app import build as build_scheduling

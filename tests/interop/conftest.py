@@ -29,8 +29,8 @@ from devstack._paths import free_port
 from devstack.hapi import HapiServer
 from ehr_connector.app import build
 from ehr_connector.settings import Settings
-from ehr_sandbox.httptest import serve
 from ehr_sandbox.subscriptions.topics import TOPICS, topic_basic_resource
+from ehr_sandbox.testing.http import serve
 from servicekit.app import Service
 
 if not os.environ.get("PORTAL_INTEROP"):

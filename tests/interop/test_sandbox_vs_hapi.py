@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from devstack._paths import free_port
-from ehr_sandbox.httptest import NotificationReceiver, backport_subscription, running_sandbox
+from ehr_sandbox.testing.http import NotificationReceiver, backport_subscription, running_sandbox
 from servicekit.testing import eventually
 
 from .conftest import FHIR_JSON, Hapi

@@ -28,8 +28,8 @@ import pytest
 
 from devstack.topics import ensure_topics
 from devstack.tracesink import SpanRecord, TraceStore, build_app, format_trace
-from ehr_sandbox.httptest import RunningSandbox, free_port, running_sandbox, serve
 from ehr_sandbox.subscriptions.settings import SubscriptionSettings
+from ehr_sandbox.testing.http import RunningSandbox, free_port, running_sandbox, serve
 from servicekit.testing import eventually, isolated_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]

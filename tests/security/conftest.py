@@ -21,7 +21,7 @@ import pytest_asyncio
 
 from devstack.postgres import create_database, drop_database
 from devstack.topics import ensure_topics
-from ehr_sandbox.httptest import free_port, running_sandbox, serve
+from ehr_sandbox.testing.http import free_port, running_sandbox, serve
 from gateway.app import build as build_gateway
 from gateway.settings import Settings as GatewaySettings
 from scheduling.app import build as build_scheduling

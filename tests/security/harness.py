@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from ehr_sandbox.httptest import RunningSandbox
+from ehr_sandbox.testing.http import RunningSandbox
 from servicekit.app import Service
 
 Attack = Callable[[str, str, str], None]

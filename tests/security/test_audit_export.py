@@ -16,7 +16,7 @@ import pytest
 from portalctl.cli import parser, run
 from sqlalchemy import text
 
-from ehr_sandbox.validation import validate_resource
+from ehr_sandbox.fhir.validation import validate_resource
 from gateway.audit_export import BALP
 
 from .harness import Attack, Stack

@@ -29,7 +29,7 @@ from devstack.postgres import create_database, drop_database
 from devstack.topics import ensure_topics
 from ehr_connector.app import build as build_connector
 from ehr_connector.settings import Settings as ConnectorSettings
-from ehr_sandbox.httptest import free_port, serve
+from ehr_sandbox.testing.http import free_port, serve
 from messaging.app import build as build_messaging
 from messaging.settings import Settings as MessagingSettings
 from records.app import build as build_records

@@ -14,12 +14,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ehr_sandbox.auth import router as auth_router
-from ehr_sandbox.changes import ChangeFeed, ResourceChange
-from ehr_sandbox.dev_api import router as dev_router
-from ehr_sandbox.faults import FaultConfig, FaultInjectionMiddleware, FaultState
-from ehr_sandbox.fhir_api import router as fhir_router
+from ehr_sandbox.dev.api import router as dev_router
+from ehr_sandbox.dev.faults import FaultConfig, FaultInjectionMiddleware, FaultState
+from ehr_sandbox.fhir.api import router as fhir_router
+from ehr_sandbox.fhir.changes import ChangeFeed, ResourceChange
+from ehr_sandbox.fhir.outcomes import install_error_handlers
 from ehr_sandbox.metrics import MetricsMiddleware, SandboxMetrics
-from ehr_sandbox.outcomes import install_error_handlers
 from ehr_sandbox.seed import seed_clinic
 from ehr_sandbox.settings import SandboxSettings
 from ehr_sandbox.store import Store

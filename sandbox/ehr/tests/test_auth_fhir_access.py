@@ -17,7 +17,7 @@ from joserfc.jwk import ECKey
 
 from ehr_sandbox.auth import mint_patient_token
 from ehr_sandbox.auth.settings import AuthSettings
-from ehr_sandbox.httptest import RunningSandbox, running_sandbox
+from ehr_sandbox.testing.http import RunningSandbox, running_sandbox
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

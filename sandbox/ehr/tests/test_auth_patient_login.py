@@ -16,7 +16,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from ehr_sandbox.httptest import RunningSandbox, running_sandbox
+from ehr_sandbox.testing.http import RunningSandbox, running_sandbox
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 REDIRECT = "http://127.0.0.1:8000/auth/callback"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ehr_sandbox.changes import ChangeFeed, ResourceChange
+from ehr_sandbox.fhir.changes import ChangeFeed, ResourceChange
 from ehr_sandbox.testing import FHIR_JSON, Sandbox, patient
 
 

@@ -10,10 +10,10 @@ import pytest
 
 from ehr_sandbox.app import create_app
 from ehr_sandbox.auth.settings import AuthSettings
-from ehr_sandbox.cli import main
-from ehr_sandbox.httptest import free_port, serve
+from ehr_sandbox.dev.cli import main
 from ehr_sandbox.settings import SandboxSettings
 from ehr_sandbox.testing import database_for
+from ehr_sandbox.testing.http import free_port, serve
 
 TOKEN = "cli-admin-token"
 

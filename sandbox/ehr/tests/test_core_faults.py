@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from ehr_sandbox.auth import mint_patient_token
-from ehr_sandbox.faults import FaultConfig
+from ehr_sandbox.dev.faults import FaultConfig
 from ehr_sandbox.testing import FHIR_JSON, Sandbox
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ehr_sandbox.outcomes import FhirError
+from ehr_sandbox.fhir.outcomes import FhirError
 from ehr_sandbox.search import (
     DateValue,
     ReferenceValue,

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ehr_sandbox.changes import ResourceChange
+from ehr_sandbox.fhir.changes import ResourceChange
 from ehr_sandbox.testing import Sandbox
 
 

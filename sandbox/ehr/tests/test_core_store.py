@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from ehr_sandbox.changes import ChangeFeed
-from ehr_sandbox.outcomes import FhirError
+from ehr_sandbox.fhir.changes import ChangeFeed
+from ehr_sandbox.fhir.outcomes import FhirError
 from ehr_sandbox.search import SearchRequest, parse_search
 from ehr_sandbox.settings import SandboxSettings
 from ehr_sandbox.store import Store
@@ -175,7 +175,7 @@ async def test_postgres_store_smoke(database_url: str) -> None:
 
 
 async def test_a_registered_search_param_is_indexed_and_advertised(tmp_path: Path) -> None:
-    from ehr_sandbox.registry import SearchParam, params_for, register_search_param
+    from ehr_sandbox.fhir.resource_types import SearchParam, params_for, register_search_param
     from ehr_sandbox.testing import FHIR_JSON, running
 
     name = "ehr-test-author-name"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ehr_sandbox.registry import SUPPORTED_TYPES
+from ehr_sandbox.fhir.resource_types import SUPPORTED_TYPES
 from ehr_sandbox.seed import examples_dir
 from ehr_sandbox.testing import FHIR_JSON, Sandbox, running
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
-from ehr_sandbox import capabilities
-from ehr_sandbox.registry import SUPPORTED_TYPES, params_for
+from ehr_sandbox.fhir import capabilities
+from ehr_sandbox.fhir.resource_types import SUPPORTED_TYPES, params_for
 from ehr_sandbox.testing import Sandbox
 
 

@@ -12,7 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from ehr_sandbox.httptest import (
+from ehr_sandbox.subscriptions.settings import SubscriptionSettings
+from ehr_sandbox.subscriptions.signing import SignatureInvalid, verify_detached
+from ehr_sandbox.testing.http import (
     NotificationReceiver,
     ReceivedRequest,
     RunningSandbox,
@@ -20,8 +22,6 @@ from ehr_sandbox.httptest import (
     free_port,
     running_sandbox,
 )
-from ehr_sandbox.subscriptions.settings import SubscriptionSettings
-from ehr_sandbox.subscriptions.signing import SignatureInvalid, verify_detached
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 

@@ -11,7 +11,8 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.subscriptionstatus import SubscriptionStatus
 
-from ehr_sandbox.httptest import (
+from ehr_sandbox.subscriptions.settings import SubscriptionSettings
+from ehr_sandbox.testing.http import (
     NotificationReceiver,
     ReceivedRequest,
     RunningSandbox,
@@ -19,7 +20,6 @@ from ehr_sandbox.httptest import (
     free_port,
     running_sandbox,
 )
-from ehr_sandbox.subscriptions.settings import SubscriptionSettings
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 DR_TOPIC = "http://portal.example.org/fhir/SubscriptionTopic/diagnosticreport-final"

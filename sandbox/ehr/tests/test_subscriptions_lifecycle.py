@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from ehr_sandbox.httptest import (
+from ehr_sandbox.subscriptions.settings import SubscriptionSettings
+from ehr_sandbox.testing.http import (
     NotificationReceiver,
     RunningSandbox,
     backport_subscription,
     free_port,
     running_sandbox,
 )
-from ehr_sandbox.subscriptions.settings import SubscriptionSettings
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 STATUS_PROFILE = (

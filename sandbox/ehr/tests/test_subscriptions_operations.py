@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ehr_sandbox.httptest import (
+from ehr_sandbox.testing.http import (
     NotificationReceiver,
     RunningSandbox,
     backport_subscription,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ehr_sandbox.httptest import (
+from ehr_sandbox.testing.http import (
     NotificationReceiver,
     RunningSandbox,
     backport_subscription,

@@ -8,7 +8,6 @@ import pytest
 from fhir.resources.R4B.basic import Basic
 from fhir.resources.R4B.subscription import Subscription
 
-from ehr_sandbox.httptest import backport_subscription
 from ehr_sandbox.subscriptions.model import (
     EXT_FILTER,
     SubscriptionInvalid,
@@ -20,6 +19,7 @@ from ehr_sandbox.subscriptions.topics import (
     topic_basic_resource,
     topic_for,
 )
+from ehr_sandbox.testing.http import backport_subscription
 
 
 def _topic(topic_id: str) -> Any:

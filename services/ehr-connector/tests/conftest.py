@@ -31,7 +31,7 @@ from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import EhrPort
 from ehr_connector.outbound.identifiers import token
 from ehr_connector.settings import Settings
-from ehr_sandbox.httptest import RunningSandbox, free_port, running_sandbox
+from ehr_sandbox.testing.http import RunningSandbox, free_port, running_sandbox
 from servicekit.app import Service
 from servicekit.testing import Seen, produce_events, read_topic
 

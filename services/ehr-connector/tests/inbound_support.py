@@ -29,8 +29,8 @@ import httpx
 from contracts.patient import PatientLinkedV1
 from ehr_connector.app import build
 from ehr_connector.settings import Settings
-from ehr_sandbox.httptest import RunningSandbox, free_port, running_sandbox, serve
 from ehr_sandbox.subscriptions.settings import SubscriptionSettings
+from ehr_sandbox.testing.http import RunningSandbox, free_port, running_sandbox, serve
 from servicekit.app import Service
 from servicekit.testing import Seen, eventually, produce_events, read_topic
 

@@ -18,7 +18,7 @@ import pytest
 
 from contracts.appointment import AppointmentUpdatedV1
 from devstack.topics import ensure_topics
-from ehr_sandbox.httptest import RunningSandbox
+from ehr_sandbox.testing.http import RunningSandbox
 from servicekit.testing import eventually, service_headers
 
 from .inbound_support import (

@@ -15,7 +15,7 @@ from contracts.consent import CaregiverPart, ConsentGrantedV1, ConsentRevokedV1
 from ehr_connector.app import build
 from ehr_connector.outbound.consents import CONSENT_ID, PART_SYSTEM
 from ehr_connector.settings import Settings
-from ehr_sandbox.httptest import RunningSandbox
+from ehr_sandbox.testing.http import RunningSandbox
 from servicekit.testing import broker_less_settings, deliver
 
 from .conftest import T0

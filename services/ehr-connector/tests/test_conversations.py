@@ -25,7 +25,7 @@ from devstack.topics import ensure_topics
 from ehr_connector.app import build
 from ehr_connector.outbound.recipients import RecipientsError
 from ehr_connector.settings import Settings
-from ehr_sandbox.httptest import RunningSandbox
+from ehr_sandbox.testing.http import RunningSandbox
 from servicekit.testing import produce_events
 
 from .inbound_support import (

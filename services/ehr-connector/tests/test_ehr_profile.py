@@ -13,7 +13,7 @@ from ehr_connector.ehr.auth import NoAuth, SmartBackendAuth, StaticBearerAuth, m
 from ehr_connector.ehr.errors import EhrAuthFailed
 from ehr_connector.ehr.profile import BACKPORT_SUBSCRIPTION_PROFILE, detect
 from ehr_connector.settings import Settings
-from ehr_sandbox.httptest import RunningSandbox
+from ehr_sandbox.testing.http import RunningSandbox
 
 from .conftest import Harness, ehr_settings
 

@@ -19,7 +19,7 @@ from ehr_connector.app import build
 from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import FhirJson, SearchPage, Versioned, WriteResult
 from ehr_connector.settings import Settings
-from ehr_sandbox.httptest import RunningSandbox
+from ehr_sandbox.testing.http import RunningSandbox
 from servicekit import sealing
 from servicekit.app import Service
 from servicekit.tables import OutboxRow

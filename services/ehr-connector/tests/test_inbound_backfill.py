@@ -23,7 +23,7 @@ from contracts.record import ImportedEntry
 from devstack.topics import ensure_topics
 from ehr_connector.inbound.mapping.history import IMPORTED_TYPES, map_history
 from ehr_connector.settings import Settings
-from ehr_sandbox.httptest import RunningSandbox
+from ehr_sandbox.testing.http import RunningSandbox
 from servicekit.outbox import OutboxRelay
 from servicekit.tables import OutboxRow
 from servicekit.testing import eventually

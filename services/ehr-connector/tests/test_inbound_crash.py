@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from devstack.topics import ensure_topics
-from ehr_sandbox.httptest import RunningSandbox
+from ehr_sandbox.testing.http import RunningSandbox
 
 from .inbound_support import (
     ConnectorProcess,

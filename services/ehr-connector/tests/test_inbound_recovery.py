@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request, Response
 
 from devstack.topics import ensure_topics
 from ehr_connector.settings import Settings
-from ehr_sandbox.httptest import RunningSandbox, free_port, serve
+from ehr_sandbox.testing.http import RunningSandbox, free_port, serve
 from servicekit.testing import eventually
 
 from .inbound_support import (

@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 
 from devstack.topics import ensure_topics
 from ehr_connector.settings import Settings
-from ehr_sandbox.httptest import RunningSandbox, free_port, serve
+from ehr_sandbox.testing.http import RunningSandbox, free_port, serve
 from servicekit.app import Service
 from servicekit.tables import OutboxRow
 

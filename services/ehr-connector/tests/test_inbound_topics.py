@@ -14,7 +14,7 @@ import pytest
 from devstack.topics import ensure_topics
 from ehr_connector.outbound.tags import ORIGIN_TAG
 from ehr_connector.settings import Settings
-from ehr_sandbox.httptest import RunningSandbox
+from ehr_sandbox.testing.http import RunningSandbox
 from servicekit.app import Service
 
 from .inbound_support import (

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from ehr_sandbox.validation import validate_resource
+from ehr_sandbox.fhir.validation import validate_resource
 from gateway.audit_export import BALP, audit_event, bundle
 from gateway.domain import AccessRecord
 

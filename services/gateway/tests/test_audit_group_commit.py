@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from devstack.topics import ensure_topics
-from ehr_sandbox.httptest import free_port, running_sandbox, serve
+from ehr_sandbox.testing.http import free_port, running_sandbox, serve
 from gateway import audit
 from gateway.app import build as build_gateway
 from gateway.settings import Settings as GatewaySettings

@@ -28,7 +28,7 @@ from contracts.consent import ConsentGrantedV1, ConsentRevokedV1
 from contracts.lab import LabResultedV1, ReportStatus
 from contracts.message import MessageReceivedV1
 from devstack.topics import ensure_topics
-from ehr_sandbox.httptest import free_port, running_sandbox, serve
+from ehr_sandbox.testing.http import free_port, running_sandbox, serve
 from gateway import audit, store
 from gateway.app import build as build_gateway
 from gateway.consent import majority

@@ -23,7 +23,7 @@ from contracts.intake import IntakeRemindedV1
 from contracts.lab import LabResultedV1, ReportStatus
 from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
-from ehr_sandbox.httptest import free_port, running_sandbox, serve
+from ehr_sandbox.testing.http import free_port, running_sandbox, serve
 from gateway import audit
 from gateway.app import build as build_gateway
 from gateway.settings import Settings as GatewaySettings

@@ -15,7 +15,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from devstack.topics import ensure_topics
-from ehr_sandbox.httptest import free_port, running_sandbox
+from ehr_sandbox.testing.http import free_port, running_sandbox
 from gateway import audit
 from gateway.api import Caller
 from gateway.api_messages import may_send

@@ -25,7 +25,7 @@ import pytest
 from contracts.base import Coding, SourceVersion
 from contracts.lab import LabResultedV1, ReportStatus
 from devstack.topics import ensure_topics
-from ehr_sandbox.httptest import free_port, running_sandbox, serve
+from ehr_sandbox.testing.http import free_port, running_sandbox, serve
 from gateway.app import build as build_gateway
 from gateway.settings import Settings as GatewaySettings
 from records.app import build as build_records

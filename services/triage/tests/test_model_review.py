@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from devstack.topics import ensure_topics
-from ehr_sandbox.httptest import free_port, serve
+from ehr_sandbox.testing.http import free_port, serve
 from servicekit.testing import isolated_settings, serving_in_process
 from triage.app import build
 from triage.settings import Settings

@@ -29,7 +29,7 @@ from contracts.registry import for_model
 from devstack.topics import ensure_topics
 from ehr_connector.app import build as build_connector
 from ehr_connector.settings import Settings as ConnectorSettings
-from ehr_sandbox.httptest import free_port, running_sandbox, serve
+from ehr_sandbox.testing.http import free_port, running_sandbox, serve
 from gateway import audit
 from gateway.app import build as build_gateway
 from gateway.settings import Settings as GatewaySettings

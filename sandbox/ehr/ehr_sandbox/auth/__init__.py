@@ -26,7 +26,7 @@ from ehr_sandbox.auth.routes import router
 from ehr_sandbox.auth.scopes import parse_scopes, permission_for, scopes_allow, split_scope_string
 from ehr_sandbox.auth.service import InvalidToken
 from ehr_sandbox.auth.state import active_service, get_auth_service
-from ehr_sandbox.outcomes import FhirError
+from ehr_sandbox.fhir.outcomes import FhirError
 
 __all__ = [
     "ADMIN_SCOPES",

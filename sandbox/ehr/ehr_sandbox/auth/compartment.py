@@ -16,8 +16,8 @@ from typing import Any
 
 from fastapi import Request
 
-from ehr_sandbox.outcomes import FhirError
-from ehr_sandbox.registry import params_for
+from ehr_sandbox.fhir.outcomes import FhirError
+from ehr_sandbox.fhir.resource_types import params_for
 from ehr_sandbox.search import parse_reference
 
 _PATIENT_PARAMS = ("patient", "subject")

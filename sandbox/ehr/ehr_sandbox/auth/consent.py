@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import Request
 
-from ehr_sandbox.outcomes import FhirError
+from ehr_sandbox.fhir.outcomes import FhirError
 from ehr_sandbox.search import parse_search
 
 RESOURCE_TYPES = "http://hl7.org/fhir/resource-types"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ehr_sandbox.registry import SPECIAL_PARAMS, SearchParam, params_for
+from ehr_sandbox.fhir.resource_types import SPECIAL_PARAMS, SearchParam, params_for
 from ehr_sandbox.search.dates import MAX_INSTANT, MIN_INSTANT, date_range
 
 REF_PARAM = "_ref"  # every reference anywhere in a resource: the patient compartment

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, get_args
 
-from ehr_sandbox.outcomes import FhirError
-from ehr_sandbox.registry import SearchParam, params_for
+from ehr_sandbox.fhir.outcomes import FhirError
+from ehr_sandbox.fhir.resource_types import SearchParam, params_for
 from ehr_sandbox.search.dates import date_range
 from ehr_sandbox.search.index import normalise_text, parse_reference
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+from ehr_sandbox.fhir.validation import validate_resource
 from ehr_sandbox.search import format_instant
 from ehr_sandbox.seed.clinic import (
     CARE_TEAM,
@@ -44,7 +45,6 @@ from ehr_sandbox.seed.patients import (
     patient_resources,
 )
 from ehr_sandbox.store import Store
-from ehr_sandbox.validation import validate_resource
 from servicekit.logging import get_logger
 
 __all__ = [

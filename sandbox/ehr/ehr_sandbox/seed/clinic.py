@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ehr_sandbox.catalog import LOINC, SNOMED, concept, reference
+from ehr_sandbox.dev.vocabulary import LOINC, SNOMED, concept, reference
 from servicekit.logging import get_logger
 
 log = get_logger(__name__)

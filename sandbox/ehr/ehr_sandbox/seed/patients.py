@@ -15,7 +15,7 @@ from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
-from ehr_sandbox.catalog import (
+from ehr_sandbox.dev.vocabulary import (
     FORMULARY,
     LOINC,
     PANELS,

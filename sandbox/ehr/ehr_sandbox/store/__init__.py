@@ -6,7 +6,7 @@
 - `tables`: the tables (all versions, heads, search index, small facts).
 """
 
-from ehr_sandbox.store.records import HistoryPage, SearchResult, StoredResource, WriteResult
 from ehr_sandbox.store.repository import Store
+from ehr_sandbox.store.results import HistoryPage, SearchResult, StoredResource, WriteResult
 
 __all__ = ["HistoryPage", "SearchResult", "Store", "StoredResource", "WriteResult"]

@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ehr_sandbox.outcomes import FhirError
+from ehr_sandbox.fhir.outcomes import FhirError
 from ehr_sandbox.search import Include, SearchRequest, extract_index
-from ehr_sandbox.store.records import COLUMNS, StoredResource, current_join, row_to_stored
+from ehr_sandbox.store.results import COLUMNS, StoredResource, current_join, row_to_stored
 from ehr_sandbox.store.search_sql import matching_heads
 from ehr_sandbox.store.tables import resource_heads as heads
 from ehr_sandbox.store.tables import resources, search_index

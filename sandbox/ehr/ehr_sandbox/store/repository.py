@@ -31,12 +31,12 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from ehr_sandbox.changes import ChangeFeed, ChangeInteraction, ResourceChange
-from ehr_sandbox.outcomes import FhirError
-from ehr_sandbox.registry import index_signature
+from ehr_sandbox.fhir.changes import ChangeFeed, ChangeInteraction, ResourceChange
+from ehr_sandbox.fhir.outcomes import FhirError
+from ehr_sandbox.fhir.resource_types import index_signature
 from ehr_sandbox.search import REF_PARAM, SearchRequest
 from ehr_sandbox.store import queries
-from ehr_sandbox.store.records import (
+from ehr_sandbox.store.results import (
     COLUMNS,
     HistoryPage,
     SearchResult,

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from ehr_sandbox import capabilities
+from ehr_sandbox.fhir import capabilities
 from ehr_sandbox.subscriptions.api import router as operations_router
 from ehr_sandbox.subscriptions.manager import SubscriptionManager
 from ehr_sandbox.subscriptions.settings import SubscriptionSettings

@@ -21,9 +21,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ehr_sandbox import fhir_api
 from ehr_sandbox.auth import authorize
-from ehr_sandbox.outcomes import FhirError, FhirResponse
+from ehr_sandbox.fhir import api as fhir_api
+from ehr_sandbox.fhir.outcomes import FhirError, FhirResponse
+from ehr_sandbox.fhir.validation import check_content_type, parse_json_body
 from ehr_sandbox.search import SearchRequest
 from ehr_sandbox.store import StoredResource
 from ehr_sandbox.subscriptions.bundles import (
@@ -40,7 +41,6 @@ from ehr_sandbox.subscriptions.model import (
     SubscriptionInvalid,
     parse_subscription,
 )
-from ehr_sandbox.validation import check_content_type, parse_json_body
 
 MAX_EVENTS_PER_QUERY = 1000
 MAX_STATUS_RESULTS = 1000

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from ehr_sandbox.outcomes import dump_json
+from ehr_sandbox.fhir.outcomes import dump_json
 from ehr_sandbox.subscriptions.bundles import (
     ContextResource,
     EventView,

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from ehr_sandbox.changes import ResourceChange
-from ehr_sandbox.outcomes import FhirError
+from ehr_sandbox.fhir.changes import ResourceChange
+from ehr_sandbox.fhir.outcomes import FhirError
 from ehr_sandbox.search import SearchRequest, parse_search
 from ehr_sandbox.store import Store
 from ehr_sandbox.subscriptions.delivery import Channel, ChannelDeps, FaultSettings, sign_with

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
-from ehr_sandbox.outcomes import FhirError, issue
+from ehr_sandbox.fhir.outcomes import FhirError, issue
 from ehr_sandbox.subscriptions.topics import Topic, normalise_reference, topic_for
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"

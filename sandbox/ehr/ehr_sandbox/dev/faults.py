@@ -33,7 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ehr_sandbox.outcomes import FhirError
+from ehr_sandbox.fhir.outcomes import FhirError
 
 FHIR_PREFIX = "/fhir"
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ehr_sandbox.catalog import (
+from ehr_sandbox.dev.vocabulary import (
     FORMULARY,
     PANELS,
     conclusion_for,
@@ -30,7 +30,8 @@ from ehr_sandbox.catalog import (
     reference,
     sample_value,
 )
-from ehr_sandbox.outcomes import FhirError, issues_from_errors
+from ehr_sandbox.fhir.outcomes import FhirError, issues_from_errors
+from ehr_sandbox.fhir.validation import validate_resource
 from ehr_sandbox.search import SearchRequest, parse_search
 from ehr_sandbox.seed import (
     DEFAULT_PATIENT,
@@ -39,7 +40,6 @@ from ehr_sandbox.seed import (
     PRIMARY_PRACTITIONER,
 )
 from ehr_sandbox.store import Store, StoredResource
-from ehr_sandbox.validation import validate_resource
 
 ACTIONS = ("lab-result", "medication-change", "message-reply", "appointment-cancel")
 

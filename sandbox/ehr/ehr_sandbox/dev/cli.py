@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
+from ehr_sandbox.dev.simulate import ACTIONS
 from ehr_sandbox.settings import SandboxSettings
-from ehr_sandbox.simulate import ACTIONS
 
 
 def _value(raw: str) -> Any:

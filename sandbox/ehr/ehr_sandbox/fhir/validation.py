@@ -15,8 +15,8 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from ehr_sandbox.outcomes import FhirError, issues_from_errors
-from ehr_sandbox.registry import is_supported
+from ehr_sandbox.fhir.outcomes import FhirError, issues_from_errors
+from ehr_sandbox.fhir.resource_types import is_supported
 from ehr_sandbox.search import is_valid_id
 
 FHIR_MEDIA_TYPES = frozenset({"application/fhir+json", "application/json", "application/json+fhir"})

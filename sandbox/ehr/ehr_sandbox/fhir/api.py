@@ -18,8 +18,16 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from ehr_sandbox.auth import authorize
-from ehr_sandbox.capabilities import capability_statement
-from ehr_sandbox.outcomes import FhirError, FhirResponse, issue, operation_outcome
+from ehr_sandbox.fhir.capabilities import capability_statement
+from ehr_sandbox.fhir.outcomes import FhirError, FhirResponse, issue, operation_outcome
+from ehr_sandbox.fhir.validation import (
+    check_content_type,
+    check_id,
+    check_resource_type,
+    media_type,
+    parse_json_body,
+    validate_resource,
+)
 from ehr_sandbox.search import (
     MAX_OFFSET,
     SearchRequest,
@@ -31,14 +39,6 @@ from ehr_sandbox.search import (
 )
 from ehr_sandbox.settings import SandboxSettings
 from ehr_sandbox.store import Store, StoredResource, WriteResult
-from ehr_sandbox.validation import (
-    check_content_type,
-    check_id,
-    check_resource_type,
-    media_type,
-    parse_json_body,
-    validate_resource,
-)
 
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 

@@ -16,14 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ehr_sandbox.auth import bearer_token, mint_patient_id_token, mint_patient_token
 from ehr_sandbox.auth.service import PATIENT_SCOPES
-from ehr_sandbox.faults import FaultConfig, FaultState
-from ehr_sandbox.outcomes import FhirError, issues_from_errors
+from ehr_sandbox.dev.faults import FaultConfig, FaultState
+from ehr_sandbox.dev.simulate import Simulator
+from ehr_sandbox.fhir.outcomes import FhirError, issues_from_errors
+from ehr_sandbox.fhir.validation import parse_json_body
 from ehr_sandbox.search import is_valid_id
 from ehr_sandbox.seed import DEMO_PATIENTS
 from ehr_sandbox.settings import SandboxSettings
-from ehr_sandbox.simulate import Simulator
 from ehr_sandbox.store import Store
-from ehr_sandbox.validation import parse_json_body
 
 router = APIRouter()
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ehr_sandbox.registry import SUPPORTED_TYPES, params_for
+from ehr_sandbox.fhir.resource_types import SUPPORTED_TYPES, params_for
 from ehr_sandbox.search import format_instant
 from ehr_sandbox.settings import SandboxSettings
 
