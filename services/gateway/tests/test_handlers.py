@@ -1,5 +1,5 @@
 """The gateway's handlers without a broker (`servicekit.testing.deliver`: the consumer's own
-path, on a real PostgreSQL); `test_gateway_flow.py` runs them through Kafka."""
+path, on a real PostgreSQL); `tests/gateway_with_services/test_gateway_flow.py` runs them through Kafka."""
 
 from __future__ import annotations
 
