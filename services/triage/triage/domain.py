@@ -12,7 +12,7 @@ This is decision support for the care team, not a diagnosis.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -116,55 +116,98 @@ def _holds(pred: Predicate, facts: Facts) -> Evidence | None:
 
 
 def evaluate(cond: Condition, facts: Facts) -> list[Evidence] | None:
-    """The evidence for `cond` when it holds, else None."""
+    """The evidence for `cond` when it holds, else None: the patient must fit it (age, sex),
+    then every clause must hold; the evidence is each clause's, in the clauses' order."""
+    if not _fits_patient(cond, facts):
+        return None
     evidence: list[Evidence] = []
-    if cond.age_min is not None and facts.age_years < cond.age_min:
-        return None
-    if cond.age_under is not None and facts.age_years >= cond.age_under:
-        return None
-    if cond.sex is not None and facts.sex.value != cond.sex and facts.sex in (Sex.MALE, Sex.FEMALE):
-        return None
-    if cond.pregnant:
-        if not facts.pregnant:
-            return None
-        evidence += facts.present["pregnant"][:1]
-    if cond.all:
-        if not all(c in facts.present for c in cond.all):
-            return None
-        evidence += [facts.present[c][0] for c in cond.all]
-    if cond.any:
-        found = [facts.present[c][0] for c in cond.any if c in facts.present]
-        if not found:
+    for clause in _CLAUSES:
+        found = clause(cond, facts)
+        if found is None:
             return None
         evidence += found
-    if any(c in facts.present for c in cond.none):
-        return None
-    for pred in cond.vitals:
-        hit = _holds(pred, facts)
-        if hit is None:
-            return None
-        evidence.append(hit)
-    if cond.vitals_any:
-        hits = [h for h in (_holds(p, facts) for p in cond.vitals_any) if h is not None]
-        if not hits:
-            return None
-        evidence += hits
-    if cond.days_min is not None and (
-        facts.duration_days is None or facts.duration_days < cond.days_min
-    ):
-        return None
-    if cond.score_min:
-        hits = []
-        for item in cond.score_of:
-            if isinstance(item, str):
-                if item in facts.present:
-                    hits.append(facts.present[item][0])
-            elif (hit := _holds(item, facts)) is not None:
-                hits.append(hit)
-        if len(hits) < cond.score_min:
-            return None
-        evidence += hits
     return evidence
+
+
+def _fits_patient(cond: Condition, facts: Facts) -> bool:
+    if cond.age_min is not None and facts.age_years < cond.age_min:
+        return False
+    if cond.age_under is not None and facts.age_years >= cond.age_under:
+        return False
+    # A sex the patient did not give (unknown, or other) never rules a condition out.
+    unstated = facts.sex not in (Sex.MALE, Sex.FEMALE)
+    return cond.sex is None or facts.sex.value == cond.sex or unstated
+
+
+# Each clause of a condition: None when it fails, else its evidence (empty when the clause
+# is not used, or holds without evidence, as an absence does).
+def _pregnancy(cond: Condition, facts: Facts) -> list[Evidence] | None:
+    if not cond.pregnant:
+        return []
+    return facts.present["pregnant"][:1] if facts.pregnant else None
+
+
+def _all_of(cond: Condition, facts: Facts) -> list[Evidence] | None:
+    if not all(c in facts.present for c in cond.all):
+        return None
+    return [facts.present[c][0] for c in cond.all]
+
+
+def _any_of(cond: Condition, facts: Facts) -> list[Evidence] | None:
+    if not cond.any:
+        return []
+    found = [facts.present[c][0] for c in cond.any if c in facts.present]
+    return found or None
+
+
+def _none_of(cond: Condition, facts: Facts) -> list[Evidence] | None:
+    return None if any(c in facts.present for c in cond.none) else []
+
+
+def _all_vitals(cond: Condition, facts: Facts) -> list[Evidence] | None:
+    hits = [_holds(pred, facts) for pred in cond.vitals]
+    if any(h is None for h in hits):
+        return None
+    return [h for h in hits if h is not None]
+
+
+def _any_vital(cond: Condition, facts: Facts) -> list[Evidence] | None:
+    if not cond.vitals_any:
+        return []
+    hits = [h for h in (_holds(p, facts) for p in cond.vitals_any) if h is not None]
+    return hits or None
+
+
+def _duration(cond: Condition, facts: Facts) -> list[Evidence] | None:
+    if cond.days_min is None:
+        return []
+    long_enough = facts.duration_days is not None and facts.duration_days >= cond.days_min
+    return [] if long_enough else None
+
+
+def _score(cond: Condition, facts: Facts) -> list[Evidence] | None:
+    if not cond.score_min:
+        return []
+    hits: list[Evidence] = []
+    for item in cond.score_of:
+        if isinstance(item, str):
+            if item in facts.present:
+                hits.append(facts.present[item][0])
+        elif (hit := _holds(item, facts)) is not None:
+            hits.append(hit)
+    return hits if len(hits) >= cond.score_min else None
+
+
+_CLAUSES: tuple[Callable[[Condition, Facts], list[Evidence] | None], ...] = (
+    _pregnancy,
+    _all_of,
+    _any_of,
+    _none_of,
+    _all_vitals,
+    _any_vital,
+    _duration,
+    _score,
+)
 
 
 def _present(complaint: Complaint, facts: Facts) -> bool:
