@@ -7,7 +7,7 @@ rejected with 400 in strict mode (`Prefer: handling=strict`, and always for cond
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, get_args
@@ -16,6 +16,10 @@ from ehr_sandbox.fhir.outcomes import FhirError
 from ehr_sandbox.fhir.resource_types import SearchParam, params_for
 from ehr_sandbox.search.dates import date_range
 from ehr_sandbox.search.index import normalise_text, parse_reference
+
+Params = dict[str, SearchParam]
+# Refuses a parameter (400 under `Prefer: handling=strict`, else listed as ignored).
+Reject = Callable[[str, str], None]
 
 DatePrefix = Literal["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
 # The same prefixes by name, typed: a prefix read from a query is looked up here.
@@ -282,60 +286,95 @@ def parse_search(
         if key == "_count":
             # Numbers beyond what SQL can bind are refused rather than clamped.
             request.count = min(int_param(key, value, 0, MAX_OFFSET), max_count)
-            continue
-        if key == "_offset":
-            request.offset = int_param(key, value, 0, MAX_OFFSET)
-            continue
-        if key == "_format":
-            continue
-        if key in ("_total",):
-            request.applied.append((key, value))
-            continue
-        if key == "_summary":
-            if value == "count":
-                request.summary_count = True
-                request.applied.append((key, value))
-            elif value != "false":
-                reject(key, f"only _summary=count is supported, not {value}")
-            continue
-        if key == "_sort":
-            for part in (p for p in value.split(",") if p):
-                descending = part.startswith("-")
-                sort_param = params.get(part.lstrip("-"))
-                if sort_param is None or sort_param.type == "reference":
-                    reject(key, f"cannot sort by {part}")
-                    continue
-                request.sort.append(SortKey(sort_param, descending))
-            request.applied.append((key, value))
-            continue
-        if key in ("_include", "_revinclude"):
-            reverse = key == "_revinclude"
-            include = _parse_include(request, key, value, reverse=reverse)
-            if include is None:
-                reject(key, f"unknown reference parameter {value}")
-                continue
-            (request.revincludes if reverse else request.includes).append(include)
-            request.applied.append((key, value))
-            continue
-        name, _, modifier_part = key.partition(":")
-        modifier = modifier_part or None
-        param = params.get(name)
-        if param is None:
-            reject(key, f"unknown search parameter for {resource_type}")
-            continue
-        if modifier is not None and not _modifier_allowed(param, modifier):
-            reject(key, f"modifier :{modifier} is not supported")
-            continue
-        if modifier == "missing":
-            if value not in ("true", "false"):
-                raise FhirError(400, f"{key} must be true or false", expression=[key])
-            request.criteria.append(Criterion(param, modifier, (), missing=value == "true"))
+        elif key in _CONTROLS:
+            _CONTROLS[key](request, key, value, params, reject)
         else:
-            request.criteria.append(
-                Criterion(param, modifier, _parse_values(param, modifier, value, fhir_base))
-            )
-        request.applied.append((key, value))
+            _add_criterion(request, key, value, params, reject, fhir_base)
     return request
+
+
+def _offset(request: SearchRequest, key: str, value: str, params: Params, reject: Reject) -> None:
+    request.offset = int_param(key, value, 0, MAX_OFFSET)
+
+
+def _ignored_quietly(
+    request: SearchRequest, key: str, value: str, params: Params, reject: Reject
+) -> None:
+    pass  # `_format`: the answer is JSON whatever is asked
+
+
+def _total(request: SearchRequest, key: str, value: str, params: Params, reject: Reject) -> None:
+    request.applied.append((key, value))
+
+
+def _summary(request: SearchRequest, key: str, value: str, params: Params, reject: Reject) -> None:
+    if value == "count":
+        request.summary_count = True
+        request.applied.append((key, value))
+    elif value != "false":
+        reject(key, f"only _summary=count is supported, not {value}")
+
+
+def _sort(request: SearchRequest, key: str, value: str, params: Params, reject: Reject) -> None:
+    for part in (p for p in value.split(",") if p):
+        descending = part.startswith("-")
+        sort_param = params.get(part.lstrip("-"))
+        if sort_param is None or sort_param.type == "reference":
+            reject(key, f"cannot sort by {part}")
+            continue
+        request.sort.append(SortKey(sort_param, descending))
+    request.applied.append((key, value))
+
+
+def _include(request: SearchRequest, key: str, value: str, params: Params, reject: Reject) -> None:
+    reverse = key == "_revinclude"
+    include = _parse_include(request, key, value, reverse=reverse)
+    if include is None:
+        reject(key, f"unknown reference parameter {value}")
+        return
+    (request.revincludes if reverse else request.includes).append(include)
+    request.applied.append((key, value))
+
+
+# Result parameters (what to return and how), apart from `_count` (it needs the maximum).
+_CONTROLS: dict[str, Callable[[SearchRequest, str, str, Params, Reject], None]] = {
+    "_offset": _offset,
+    "_format": _ignored_quietly,
+    "_total": _total,
+    "_summary": _summary,
+    "_sort": _sort,
+    "_include": _include,
+    "_revinclude": _include,
+}
+
+
+def _add_criterion(
+    request: SearchRequest,
+    key: str,
+    value: str,
+    params: Params,
+    reject: Reject,
+    fhir_base: str,
+) -> None:
+    """A search parameter of the type (with its modifier), as a criterion of the search."""
+    name, _, modifier_part = key.partition(":")
+    modifier = modifier_part or None
+    param = params.get(name)
+    if param is None:
+        reject(key, f"unknown search parameter for {request.resource_type}")
+        return
+    if modifier is not None and not _modifier_allowed(param, modifier):
+        reject(key, f"modifier :{modifier} is not supported")
+        return
+    if modifier == "missing":
+        if value not in ("true", "false"):
+            raise FhirError(400, f"{key} must be true or false", expression=[key])
+        request.criteria.append(Criterion(param, modifier, (), missing=value == "true"))
+    else:
+        request.criteria.append(
+            Criterion(param, modifier, _parse_values(param, modifier, value, fhir_base))
+        )
+    request.applied.append((key, value))
 
 
 def iter_pairs(multi: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
