@@ -78,6 +78,12 @@ def service_of(request: Request) -> Service:
     return service
 
 
+def settings_of(request: Request) -> Settings:
+    """The running gateway's settings."""
+    settings: Settings = service_of(request).settings  # type: ignore[assignment]
+    return settings
+
+
 def upstreams_of(request: Request) -> Upstreams:
     """The clients of the owning services."""
     upstreams: Upstreams = service_of(request).state["upstreams"]
@@ -536,7 +542,15 @@ async def summary(caller: Me, request: Request) -> dict[str, Any]:
         if caller.token.allows_read(v[0])
         and (caller.grant is None or SUMMARY_PARTS[k] in caller.grant.parts)
     }
-    calls: list[Awaitable[Any]] = [upstreams.get(svc, path) for _, svc, path in allowed.values()]
+    budget = settings_of(request).summary_part_timeout_s
+
+    async def part(service: str, path: str) -> Any:
+        try:
+            return await asyncio.wait_for(upstreams.get(service, path), budget)
+        except TimeoutError as exc:
+            raise UpstreamError(service, 504, f"did not answer within {budget:g} s") from exc
+
+    calls: list[Awaitable[Any]] = [part(svc, path) for _, svc, path in allowed.values()]
     # The summary is recorded whatever its parts bring, so its record is committed while
     # the parts are fetched (the answer still waits for that commit; a failed one is 503).
     results, _ = await asyncio.gather(

@@ -41,6 +41,12 @@ class Settings(ServiceSettings, EncryptionSettings):
     messaging_url: str = "http://127.0.0.1:8003"
     triage_url: str = "http://127.0.0.1:8004"
     upstream_timeout_s: float = Field(default=2.0, description="Per-call timeout to services")
+    summary_part_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="The summary leaves out, with a warning, a part whose service has not "
+        "answered within this long: one slow service does not hold the whole screen",
+    )
     upstream_max_connections: int = Field(
         default=16,
         ge=1,
