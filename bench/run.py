@@ -77,6 +77,7 @@ HEADLINE = {
     "m4_rps": ("m4_gateway_load", "figures", "rps"),
     "m4_rps_ratio": ("m4_gateway_load", "ratios", "rps"),
     "m4_ehr_down_p99_ms": ("m4_gateway_load", "figures", "ehr_down_p99_ms"),
+    "m4_slow_service_p99_ms": ("m4_gateway_load", "figures", "slow_service_p99_ms"),
     "m5_visible_s": ("m5_backfill", "figures", "visible_s"),
     "m5_live_p99_ms": ("m5_backfill", "figures", "live_p99_ms"),
     "m5_live_p99_ratio": ("m5_backfill", "ratios", "live_p99_ms"),

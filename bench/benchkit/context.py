@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +110,30 @@ class Context:
         if pid is None:
             raise RuntimeError(f"no pid for {name}")
         os.killpg(pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
+    @contextlib.asynccontextmanager
+    async def slowed(self, name: str, stopped_s: float, running_s: float) -> AsyncIterator[None]:
+        """Make a process of the stack slow, not down: stopped for `stopped_s`, then running
+        for `running_s`, over and over (a request it gets waits up to `stopped_s` more, as
+        behind a long pause or a starved CPU); running again when the block ends."""
+
+        async def cycle() -> None:
+            while True:
+                self.pause(name, True)
+                try:
+                    await asyncio.sleep(stopped_s)
+                finally:
+                    self.pause(name, False)
+                await asyncio.sleep(running_s)
+
+        task = asyncio.create_task(cycle())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.pause(name, False)
 
     async def close(self) -> None:
         for patient in self.patients:

@@ -4,8 +4,12 @@
 `/v1/me/summary` and `/v1/me/lab-results` in a closed loop for the run's duration: latency
 per request and requests per second. Then the same with the EHR sandbox down (its process
 stopped with SIGSTOP: alive, answering nothing; the gateway reads the services' own data,
-so this must not change the result). Baseline: the same clients on the same server's
-`/healthz` (no database, no service behind it).
+so this must not change the result). Then the same with one owning service slow:
+messaging (the summary's threads) stopped for 1.5 s of every 1.6 s, so a call to it waits
+up to 1.5 s; the summary leaves such a part out with a warning after
+`SUMMARY_PART_TIMEOUT_S` (1 s), and the lab list does not call it at all. A summary with a
+warning counts as `partial`. Baseline: the same clients on the same server's `/healthz` (no
+database, no service behind it).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from .context import Context
 from .report import Progress, Result, latency_summary, ratio
 
 PATHS = ("/v1/me/summary", "/v1/me/lab-results?limit=20")
+SLOW_SERVICE = "messaging"
+SLOW_STOPPED_S, SLOW_RUNNING_S = 1.5, 0.1
 
 
 async def _load(
@@ -31,6 +37,7 @@ async def _load(
     patients = ctx.patients or await ctx.sign_in_patients(settings.patients)
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
+    partial = 0  # summaries answered with a part left out (a warning)
     progress = Progress(label, settings.duration_s)
     # One client with a connection per patient: making 100 clients (each loading the TLS
     # trust store) would cost the load generator seconds of CPU inside the measurement.
@@ -42,6 +49,7 @@ async def _load(
         stop_at = start + settings.duration_s
 
         async def client(n: int) -> None:
+            nonlocal partial
             patient = patients[n % len(patients)]
             token = await patient.auth.token()  # signed in earlier: maybe near its expiry
             headers = {"Authorization": f"Bearer {token}"} if authorised else {}
@@ -56,6 +64,8 @@ async def _load(
                 except httpx.HTTPError as exc:
                     statuses[type(exc).__name__] += 1
                     continue
+                if path.endswith("/summary") and b'"warnings":[]' not in response.content:
+                    partial += 1
                 latencies.append((time.monotonic() - sent) * 1000)
                 progress.update(len(latencies), "requests")
 
@@ -68,11 +78,12 @@ async def _load(
         "ok_rps": round(ok / elapsed, 1),
         "statuses": dict(statuses),
         "errors": sum(v for k, v in statuses.items() if k != "200"),
+        "partial": partial,
     }
 
 
 async def run(ctx: Context) -> Result:
-    """Baseline, the reads, the reads with the EHR down."""
+    """Baseline, the reads, the reads with the EHR down, the reads with a service slow."""
     started = time.monotonic()
     base = await _load(ctx, ("/healthz",), "m4 baseline /healthz", authorised=False)
     ours = await _load(ctx, PATHS, "m4 summary + lab list")
@@ -81,6 +92,9 @@ async def run(ctx: Context) -> Result:
         down = await _load(ctx, PATHS, "m4 with the EHR down")
     finally:
         ctx.pause("ehr-sandbox", False)
+    async with ctx.slowed(SLOW_SERVICE, SLOW_STOPPED_S, SLOW_RUNNING_S):
+        slow = await _load(ctx, PATHS, f"m4 with {SLOW_SERVICE} slow")
+    s_slow = latency_summary(slow["latencies"])
     s_ours = latency_summary(ours["latencies"])
     s_down = latency_summary(down["latencies"])
     s_base = latency_summary(base["latencies"])
@@ -94,6 +108,12 @@ async def run(ctx: Context) -> Result:
         "ehr_down_p50_ms": s_down["p50_ms"],
         "ehr_down_p99_ms": s_down["p99_ms"],
         "ehr_down_errors": down["errors"],
+        "slow_service_rps": slow["rps"],
+        "slow_service_p50_ms": s_slow["p50_ms"],
+        "slow_service_p99_ms": s_slow["p99_ms"],
+        "slow_service_errors": slow["errors"],
+        "slow_service_partial": slow["partial"],
+        "partial": ours["partial"],
     }
     baseline = {
         "rps": base["rps"],
@@ -104,6 +124,9 @@ async def run(ctx: Context) -> Result:
         "ehr_down_rps": base["rps"],
         "ehr_down_p50_ms": s_base["p50_ms"],
         "ehr_down_p99_ms": s_base["p99_ms"],
+        "slow_service_rps": base["rps"],
+        "slow_service_p50_ms": s_base["p50_ms"],
+        "slow_service_p99_ms": s_base["p99_ms"],
     }
     ratios = {
         k: ratio(figures[k], baseline[k])
@@ -115,6 +138,9 @@ async def run(ctx: Context) -> Result:
             "ehr_down_rps",
             "ehr_down_p50_ms",
             "ehr_down_p99_ms",
+            "slow_service_rps",
+            "slow_service_p50_ms",
+            "slow_service_p99_ms",
         )
     }
     result = Result(
@@ -131,11 +157,15 @@ async def run(ctx: Context) -> Result:
         samples={
             "summary + lab list": ours["latencies"],
             "same, EHR down": down["latencies"],
+            f"same, {SLOW_SERVICE} slow": slow["latencies"],
             "baseline /healthz": base["latencies"],
         },
         notes=[
             f"statuses: ours {ours['statuses']}, EHR down {down['statuses']}, "
-            f"baseline {base['statuses']}",
+            f"{SLOW_SERVICE} slow {slow['statuses']}, baseline {base['statuses']}",
+            f"{SLOW_SERVICE} slow: stopped {SLOW_STOPPED_S} s of every "
+            f"{SLOW_STOPPED_S + SLOW_RUNNING_S} s; summaries with a part left out: "
+            f"{slow['partial']} (without the slow service: {ours['partial']})",
             "Closed loop: each client sends its next request when the previous one answered, "
             "so rps is what the gateway sustained with that many patients at once.",
         ],
