@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from ehr_connector import context, handlers, questionnaires, store
+from ehr_connector import api, context, handlers, store
 from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import EhrPort
 from ehr_connector.inbound import api as inbound_api
@@ -83,7 +83,7 @@ def build(
             description="The only service that speaks FHIR to the EHR.",
             # Services call /ehr/...: a service token. The EHR's webhook and /ops carry
             # their own authentication.
-            api=questionnaires.router,
+            api=api.router,
             public_api=inbound_api.router,
             handlers=handlers.router,
             publishes=PUBLISHES,

@@ -1,5 +1,6 @@
-"""Questionnaires for other services: scheduling validates intake answers against the EHR's
-own intake form, and only the connector speaks FHIR to the EHR.
+"""The connector's internal HTTP API for other services (service tokens): questionnaires.
+Scheduling validates intake answers against the EHR's own intake form, and only the
+connector speaks FHIR to the EHR. (The EHR's webhook and `/ops` are `inbound/api.py`.)
 
 `GET /ehr/questionnaires?url=<canonical>&version=<v>` answers the Questionnaire resource as
 the EHR holds it (internal API, like every service's: not reachable from outside).
