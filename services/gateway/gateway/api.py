@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
@@ -19,13 +18,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from opentelemetry import trace
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import IntegrityError
 
 from contracts.consent import CaregiverPart
-from contracts.patient import PatientLinkedV1
 from gateway import audit, observability, security_events, store
+from gateway import service as accounts
 from gateway.auth import AuthError, PatientToken, TokenVerifier
-from gateway.caching import Lru
 from gateway.consent import SUMMARY_PARTS, Access, Grant, related_person_of, route_access
 from gateway.domain import Notification, NotificationKind, profile_of
 from gateway.hub import NotificationHub
@@ -90,100 +87,6 @@ def upstreams_of(request: Request) -> Upstreams:
     return upstreams
 
 
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-# Patients' links kept in memory (a link never changes once made).
-LINKS_CACHED = 100_000
-
-
-async def _confirm_patient_in_ehr(service: Service, raw_token: str, patient_fhir_id: str) -> None:
-    """Refuse to link a token whose `patient` the EHR does not know: the EHR is asked
-    for `Patient/<id>` with the patient's own token (their compartment), so a token for a
-    made-up or deleted patient never gets an account, a `patient.linked` event or a
-    back-fill."""
-    settings: Settings = service.settings  # type: ignore[assignment]
-    if not _FHIR_ID.match(patient_fhir_id):
-        raise HTTPException(403, "The token's patient is not a valid FHIR id.")
-    base = (settings.ehr_fhir_url or settings.oidc_issuer.rstrip("/") + "/fhir").rstrip("/")
-    http: httpx.AsyncClient = service.state["http"]
-    try:
-        response = await http.get(
-            f"{base}/Patient/{quote(patient_fhir_id, safe='')}",
-            headers={"Authorization": f"Bearer {raw_token}", "Accept": "application/fhir+json"},
-            timeout=settings.ehr_timeout_s,
-        )
-    except httpx.HTTPError as exc:
-        raise HTTPException(503, "The EHR could not confirm the patient; try again.") from exc
-    if response.status_code == 200:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if (
-            isinstance(body, dict)
-            and body.get("resourceType") == "Patient"
-            and body.get("id") == patient_fhir_id
-        ):
-            return
-    if response.status_code in (200, 401, 403, 404, 410):
-        log.warning("gateway.link_refused", status=response.status_code)
-        raise HTTPException(403, "The EHR does not confirm the token's patient.")
-    raise HTTPException(503, "The EHR could not confirm the patient; try again.")
-
-
-async def _ensure_link(
-    service: Service, issuer: str, patient_fhir_id: str, raw_token: str = "", may_link: bool = True
-) -> str:
-    """The internal id of a token's patient; the first visit links the account (and
-    publishes `patient.linked`, so the connector back-fills the history) once the EHR has
-    confirmed the patient exists. A link never changes once made, so the ones seen are
-    kept in memory (bounded) instead of read on every request."""
-    links: Lru[tuple[str, str], str] | None = service.state.get("links")
-    if links is None:
-        links = service.state["links"] = Lru(LINKS_CACHED)
-    known = links.get((issuer, patient_fhir_id))
-    if known is not None:
-        return known
-    async with service.db.sessions() as session:
-        link = await store.link_for_identity(session, issuer, patient_fhir_id)
-    if link is not None:
-        links.put((issuer, patient_fhir_id), link.patient_id)
-        return link.patient_id
-    if not may_link:
-        # Only the patient opens their account: a caregiver of a patient who never signed
-        # in has no grant either.
-        raise HTTPException(403, "The patient has not given this caregiver access.")
-    await _confirm_patient_in_ehr(service, raw_token, patient_fhir_id)
-    patient_id = f"pat-{uuid.uuid4().hex[:20]}"
-    now = datetime.now(UTC)
-    try:
-        async with service.db.transaction() as session:
-            session.add(
-                store.PatientLink(
-                    patient_id=patient_id,
-                    issuer=issuer,
-                    patient_fhir_id=patient_fhir_id,
-                    linked_at=now,
-                )
-            )
-            service.outbox.add(
-                session,
-                PatientLinkedV1(
-                    patient_id=patient_id, patient_fhir_id=patient_fhir_id, linked_at=now
-                ),
-                subject=patient_id,
-            )
-    except IntegrityError:
-        # A concurrent first request linked the account: use that link.
-        async with service.db.sessions() as session:
-            link = await store.link_for_identity(session, issuer, patient_fhir_id)
-        assert link is not None
-        links.put((issuer, patient_fhir_id), link.patient_id)
-        return link.patient_id
-    links.put((issuer, patient_fhir_id), patient_id)
-    log.info("gateway.patient_linked", patient_id=patient_id)
-    return patient_id
-
-
 async def current_patient(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Caller:
@@ -209,13 +112,14 @@ async def current_patient(
     settings: Settings = service.settings  # type: ignore[assignment]
     caregiver = related_person_of(token.fhir_user) is not None
     try:
-        patient_id = await _ensure_link(
+        patient_id = await accounts.ensure_link(
             service, settings.oidc_issuer, token.patient_fhir_id, raw, may_link=not caregiver
         )
-    except HTTPException as exc:
-        if exc.status_code == 403:
-            security_events.count(service, "consent_denied" if caregiver else "unknown_patient")
-        raise
+    except accounts.LinkRefused as exc:
+        security_events.count(service, "consent_denied" if caregiver else "unknown_patient")
+        raise HTTPException(403, str(exc)) from exc
+    except accounts.EhrUnconfirmed as exc:
+        raise HTTPException(503, str(exc)) from exc
     caller = Caller(patient_id=patient_id, token=token)
     request.state.caller = caller
     if caller.related_person is not None:
