@@ -512,3 +512,32 @@ async def _consent_denials(stack: Stack) -> float:
         r'^security_events_total\{event="consent_denied",service="gateway"\} (\S+)$', text, re.M
     )
     return float(found.group(1)) if found else 0.0
+
+
+async def test_home_says_when_a_part_of_the_summary_is_missing(
+    stack: Stack, browser: Browser
+) -> None:
+    # The gateway leaves a slow service's part out of the summary with a warning
+    # (SUMMARY_PART_TIMEOUT_S): the real answer, with scheduling's part left out as the
+    # gateway leaves it, must not read as "no appointments".
+    await _alice_ready(stack)
+
+    async def scheduling_slow(route: Any) -> None:
+        response = await route.fetch()
+        body = await response.json()
+        body["appointments"] = None
+        body["warnings"].append(
+            {"part": "appointments", "detail": "scheduling did not answer within 1 s"}
+        )
+        await route.fulfill(response=response, json=body)
+
+    async with patient_page(browser) as page:
+        await page.route("**/v1/me/summary", scheduling_slow)
+        await sign_in(page, stack, "demo-alice")
+        await expect(page.locator("main")).to_contain_text(
+            "Some of your information cannot be shown right now (appointments)"
+        )
+        await expect(page.locator("main")).to_contain_text(
+            "Your appointments cannot be shown right now"
+        )
+        await expect(page.locator("main")).not_to_contain_text("You have no appointments")

@@ -70,7 +70,10 @@ async function build(main, ctx) {
         h("p", {}, next.location_name || ""),
         next.status === "pending" ? h("p", {}, "Waiting for the clinic to confirm.") : null,
         h("p", {}, h("a", { href: "#/appointments" }, "See or change your appointments")))
-        : h("p", {}, "You have no appointments booked. ", h("a", { href: "#/appointments/book" }, "Book an appointment"))),
+        : summary.appointments === null
+          // Left out of the summary (scheduling slow or away): not "no appointments".
+          ? h("p", {}, "Your appointments cannot be shown right now. ", h("a", { href: "#/appointments" }, "Try your appointments page"))
+          : h("p", {}, "You have no appointments booked. ", h("a", { href: "#/appointments/book" }, "Book an appointment"))),
     h("section", { "aria-labelledby": "todo-h" },
       h("h2", { id: "todo-h" }, "What you can do here"),
       h("ul", { class: "cards" },
