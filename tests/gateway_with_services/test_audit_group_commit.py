@@ -25,12 +25,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from devstack.topics import ensure_topics
 from ehr_sandbox.testing.http import free_port, running_sandbox, serve
 from gateway import audit
-from gateway.app import build as build_gateway
-from gateway.settings import Settings as GatewaySettings
-from records.app import build as build_records
-from records.settings import Settings as RecordsSettings
 from servicekit.app import Service
-from servicekit.testing import eventually, isolated_settings
+from servicekit.testing import eventually
+
+from .services import gateway_service, records_service
 
 pytestmark = [pytest.mark.integration]
 READERS = 40
@@ -55,24 +53,22 @@ async def stack(
     await ensure_topics(kafka_bootstrap, unique_prefix)
     dbs = {name: await database_factory() for name in ("gateway", "records")}
     async with running_sandbox(tmp_path, port=free_port()) as sandbox:
-        records = build_records(
-            RecordsSettings(**isolated_settings(dbs["records"], kafka_bootstrap, unique_prefix))
-        )  # type: ignore[arg-type]
-        gateway = build_gateway(
-            GatewaySettings(
-                **isolated_settings(dbs["gateway"], kafka_bootstrap, unique_prefix),  # type: ignore[arg-type]
-                oidc_issuer=sandbox.url,
-                records_url="http://records",
-                scheduling_url="http://records",
-                messaging_url="http://records",
-                # Everything runs in this one process: bounds far above what any call
-                # takes here, unless a test asks for a short one (`indirect` parameter).
-                upstream_timeout_s=30.0,
-                audit_commit_timeout_s=getattr(request, "param", 30.0),
-                # Many readers with one token, from one address: not what is tested here.
-                rate_limit_ip_per_s=0,
-                rate_limit_token_per_s=0,
-            ),
+        records = records_service(dbs["records"], kafka_bootstrap, unique_prefix)
+        gateway = gateway_service(
+            dbs["gateway"],
+            kafka_bootstrap,
+            unique_prefix,
+            issuer=sandbox.url,
+            records_url="http://records",
+            scheduling_url="http://records",
+            messaging_url="http://records",
+            # Everything runs in this one process: bounds far above what any call
+            # takes here, unless a test asks for a short one (`indirect` parameter).
+            upstream_timeout_s=30.0,
+            audit_commit_timeout_s=getattr(request, "param", 30.0),
+            # Many readers with one token, from one address: not what is tested here.
+            rate_limit_ip_per_s=0,
+            rate_limit_token_per_s=0,
             mounts={"http://records": httpx.ASGITransport(app=records.app)},
         )
         async with (

@@ -25,14 +25,12 @@ from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
 from ehr_sandbox.testing.http import free_port, running_sandbox, serve
 from gateway import audit
-from gateway.app import build as build_gateway
-from gateway.settings import Settings as GatewaySettings
-from records.app import build as build_records
-from records.settings import Settings as RecordsSettings
 from servicekit.app import Service
 from servicekit.testing import eventually, isolated_settings, produce_events, read_topic
 from triage.app import build as build_triage
 from triage.settings import Settings as TriageSettings
+
+from .services import gateway_service, records_service
 
 pytestmark = [pytest.mark.integration]
 _spans = InMemorySpanExporter()
@@ -66,21 +64,19 @@ async def stack(
     await ensure_topics(kafka_bootstrap, unique_prefix)
     dbs = {name: await database_factory() for name in ("gateway", "records", "triage")}
     async with running_sandbox(tmp_path, port=free_port()) as sandbox:
-        records = build_records(
-            RecordsSettings(**isolated_settings(dbs["records"], kafka_bootstrap, unique_prefix))
-        )  # type: ignore[arg-type]
+        records = records_service(dbs["records"], kafka_bootstrap, unique_prefix)
         triage = build_triage(
             TriageSettings(**isolated_settings(dbs["triage"], kafka_bootstrap, unique_prefix))
         )  # type: ignore[arg-type]
-        gateway = build_gateway(
-            GatewaySettings(
-                **isolated_settings(dbs["gateway"], kafka_bootstrap, unique_prefix),  # type: ignore[arg-type]
-                oidc_issuer=sandbox.url,
-                records_url="http://records",
-                triage_url="http://triage",
-                messaging_url="http://127.0.0.1:1",  # nothing listens: a failing upstream
-                sse_keepalive_s=0.5,
-            ),
+        gateway = gateway_service(
+            dbs["gateway"],
+            kafka_bootstrap,
+            unique_prefix,
+            issuer=sandbox.url,
+            records_url="http://records",
+            triage_url="http://triage",
+            messaging_url="http://127.0.0.1:1",  # nothing listens: a failing upstream
+            sse_keepalive_s=0.5,
             mounts={
                 "http://records": httpx.ASGITransport(app=records.app),
                 "http://triage": httpx.ASGITransport(app=triage.app),

@@ -19,9 +19,7 @@ from ehr_sandbox.testing.http import free_port, running_sandbox
 from gateway import audit
 from gateway.api import Caller
 from gateway.api_messages import may_send
-from gateway.app import build as build_gateway
 from gateway.auth import PatientToken
-from gateway.settings import Settings as GatewaySettings
 from messaging.app import build as build_messaging
 from messaging.settings import Settings as MessagingSettings
 from servicekit.app import Service
@@ -31,6 +29,8 @@ from servicekit.testing import (
     service_auth_for,
     serving_in_process,
 )
+
+from .services import gateway_service
 
 pytestmark = [pytest.mark.integration]
 
@@ -62,12 +62,12 @@ async def stack(
                 rate_limit_messages=4,
             )
         )
-        gateway = build_gateway(
-            GatewaySettings(
-                **isolated_settings(dbs["gateway"], kafka_bootstrap, unique_prefix),  # type: ignore[arg-type]
-                oidc_issuer=sandbox.url,
-                messaging_url="http://messaging",
-            ),
+        gateway = gateway_service(
+            dbs["gateway"],
+            kafka_bootstrap,
+            unique_prefix,
+            issuer=sandbox.url,
+            messaging_url="http://messaging",
             mounts={"http://messaging": httpx.ASGITransport(app=messaging.app)},
         )
         async with (

@@ -26,11 +26,9 @@ from contracts.base import Coding, SourceVersion
 from contracts.lab import LabResultedV1, ReportStatus
 from devstack.topics import ensure_topics
 from ehr_sandbox.testing.http import free_port, running_sandbox, serve
-from gateway.app import build as build_gateway
-from gateway.settings import Settings as GatewaySettings
-from records.app import build as build_records
-from records.settings import Settings as RecordsSettings
-from servicekit.testing import eventually, isolated_settings, produce_events
+from servicekit.testing import eventually, produce_events
+
+from .services import gateway_service, records_service
 
 pytestmark = [pytest.mark.integration]
 CLIENTS = 100
@@ -53,26 +51,24 @@ async def stack(
     await ensure_topics(kafka_bootstrap, unique_prefix)
     dbs = {name: await database_factory() for name in ("gateway", "records")}
     async with running_sandbox(tmp_path, port=free_port()) as sandbox:
-        records = build_records(
-            RecordsSettings(**isolated_settings(dbs["records"], kafka_bootstrap, unique_prefix))
-        )  # type: ignore[arg-type]
+        records = records_service(dbs["records"], kafka_bootstrap, unique_prefix)
         async with serve(records.app, free_port()) as records_url:
             # Every part of the summary is served by the one real records server (the other
             # parts answer 404): the gateway's pool is shared by all origins anyway.
-            gateway = build_gateway(
-                GatewaySettings(
-                    **isolated_settings(dbs["gateway"], kafka_bootstrap, unique_prefix),  # type: ignore[arg-type]
-                    oidc_issuer=sandbox.url,
-                    records_url=records_url,
-                    scheduling_url=records_url,
-                    messaging_url=records_url,
-                    triage_url=records_url,
-                    # The burst is one token from one address: with the rate limits on, most
-                    # of it was refused at the door (and the patient's calls after it could
-                    # find the token's budget not yet refilled: 429).
-                    rate_limit_ip_per_s=0,
-                    rate_limit_token_per_s=0,
-                )
+            gateway = gateway_service(
+                dbs["gateway"],
+                kafka_bootstrap,
+                unique_prefix,
+                issuer=sandbox.url,
+                records_url=records_url,
+                scheduling_url=records_url,
+                messaging_url=records_url,
+                triage_url=records_url,
+                # The burst is one token from one address: with the rate limits on, most
+                # of it was refused at the door (and the patient's calls after it could
+                # find the token's budget not yet refilled: 429).
+                rate_limit_ip_per_s=0,
+                rate_limit_token_per_s=0,
             )
             async with serve(gateway.app, free_port()) as url:
                 token = await _token(sandbox.admin)

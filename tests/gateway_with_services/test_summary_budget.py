@@ -15,12 +15,8 @@ from asgi_lifespan import LifespanManager
 
 from devstack.topics import ensure_topics
 from ehr_sandbox.testing.http import free_port, running_sandbox, serve
-from gateway.app import build as build_gateway
-from gateway.settings import Settings as GatewaySettings
-from records.app import build as build_records
-from records.settings import Settings as RecordsSettings
-from servicekit.testing import isolated_settings
 
+from .services import gateway_service, records_service
 from .test_gateway_flow import Stack, _token
 
 pytestmark = [pytest.mark.integration]
@@ -54,19 +50,17 @@ async def slow_stack(
     dbs = {name: await database_factory() for name in ("gateway", "records")}
     hanging = Hanging()
     async with running_sandbox(tmp_path, port=free_port()) as sandbox:
-        records = build_records(
-            RecordsSettings(**isolated_settings(dbs["records"], kafka_bootstrap, unique_prefix))
-        )  # type: ignore[arg-type]
-        gateway = build_gateway(
-            GatewaySettings(
-                **isolated_settings(dbs["gateway"], kafka_bootstrap, unique_prefix),  # type: ignore[arg-type]
-                oidc_issuer=sandbox.url,
-                records_url="http://records",
-                scheduling_url="http://scheduling",
-                messaging_url="http://127.0.0.1:1",  # nothing listens: a failing upstream
-                summary_part_timeout_s=BUDGET_S,
-                upstream_timeout_s=20.0,  # the budget, not the call's timeout, must end it
-            ),
+        records = records_service(dbs["records"], kafka_bootstrap, unique_prefix)
+        gateway = gateway_service(
+            dbs["gateway"],
+            kafka_bootstrap,
+            unique_prefix,
+            issuer=sandbox.url,
+            records_url="http://records",
+            scheduling_url="http://scheduling",
+            messaging_url="http://127.0.0.1:1",  # nothing listens: a failing upstream
+            summary_part_timeout_s=BUDGET_S,
+            upstream_timeout_s=20.0,  # the budget, not the call's timeout, must end it
             mounts={
                 "http://records": httpx.ASGITransport(app=records.app),
                 "http://scheduling": httpx.ASGITransport(app=hanging),  # type: ignore[arg-type]
