@@ -541,3 +541,24 @@ async def test_home_says_when_a_part_of_the_summary_is_missing(
             "Your appointments cannot be shown right now"
         )
         await expect(page.locator("main")).not_to_contain_text("You have no appointments")
+
+
+async def test_the_api_docs_render_offline_with_an_authorize_button(
+    stack: Stack, browser: Browser
+) -> None:
+    # Swagger UI must read the gateway's OpenAPI 3.1 document (Swagger UI 4 refused it with
+    # "Unable to render this definition"), from the gateway's own files.
+    async with patient_page(browser) as page:
+        outside: list[str] = []
+        page.on(
+            "request",
+            lambda r: outside.append(r.url) if not r.url.startswith(stack.gateway_url) else None,
+        )
+        await page.goto(stack.gateway_url + "/docs")
+        await expect(page.get_by_role("button", name="Authorize")).to_be_visible()
+        summary = page.locator(".opblock-summary-path", has_text="/v1/me/summary")
+        await expect(summary.first).to_be_visible()
+        await expect(page.get_by_text("Unable to render this definition")).to_have_count(0)
+        await page.get_by_role("button", name="Authorize").click()
+        await expect(page.get_by_text("smart (http, Bearer)")).to_be_visible()
+    assert outside == []

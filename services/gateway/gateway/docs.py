@@ -1,5 +1,8 @@
 """The API documentation (`/docs`), working offline: Swagger UI's files come from the
-pinned `swagger-ui-bundle` wheel and are served by the gateway itself, never from a CDN.
+pinned `swagger-ui-py` wheel and are served by the gateway itself, never from a CDN.
+It ships Swagger UI 5, which reads OpenAPI 3.1 (FastAPI's documents are 3.1; Swagger UI 4,
+as the `swagger-ui-bundle` wheel ships it, refused them: "Unable to render this
+definition").
 
 FastAPI's own `/docs` and `/redoc` pages load their scripts from a CDN (a blank page
 without internet), so `replace_default_docs` removes them and this router serves Swagger
@@ -16,7 +19,6 @@ from typing import Annotated
 from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse
-from swagger_ui_bundle import swagger_ui_path
 
 router = APIRouter(include_in_schema=False)
 
@@ -49,7 +51,7 @@ _PAGE = """<!doctype html>
 
 
 def _bundle_dir() -> Path:
-    return Path(str(swagger_ui_path))
+    return Path(str(resources.files("swagger_ui").joinpath("static")))
 
 
 @router.get("/docs", response_class=HTMLResponse)
