@@ -21,7 +21,7 @@ from asgi_lifespan import LifespanManager
 
 from devstack.topics import ensure_topics
 from ehr_connector.app import build as build_connector
-from ehr_connector.outbound.identifiers import MESSAGE_ID, token
+from ehr_connector.outbound.domain.identifiers import MESSAGE_ID, token
 from ehr_connector.settings import Settings as ConnectorSettings
 from ehr_sandbox.subscriptions.settings import SubscriptionSettings
 from ehr_sandbox.testing.http import RunningSandbox, free_port, running_sandbox, serve

@@ -29,7 +29,7 @@ from asgi_lifespan import LifespanManager
 
 from devstack.topics import ensure_topics
 from ehr_connector.app import build as build_connector
-from ehr_connector.outbound.identifiers import INTAKE_ID
+from ehr_connector.outbound.domain.identifiers import INTAKE_ID
 from ehr_connector.settings import DEFAULT_INBOUND_TOPICS
 from ehr_connector.settings import Settings as ConnectorSettings
 from ehr_sandbox.subscriptions.settings import SubscriptionSettings

@@ -16,7 +16,11 @@ import pytest
 from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
 from ehr_connector import store as connector_store
-from ehr_connector.inbound.subscriptions import OWNER_TAG, SubscriptionManager, filter_criteria
+from ehr_connector.inbound.service.subscriptions import (
+    OWNER_TAG,
+    SubscriptionManager,
+    filter_criteria,
+)
 from ehr_connector.settings import Settings
 from servicekit.app import Service
 from servicekit.testing import Seen, eventually, produce_events, read_topic

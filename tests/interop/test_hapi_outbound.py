@@ -17,8 +17,8 @@ from contracts.message import MessageSentV1
 from contracts.triage import TriageCompletedV1, Urgency
 from devstack.topics import ensure_topics
 from ehr_connector import store
-from ehr_connector.inbound.canary_data import canary_observation, canary_report
-from ehr_connector.outbound.identifiers import (
+from ehr_connector.inbound.domain.canary_data import canary_observation, canary_report
+from ehr_connector.outbound.domain.identifiers import (
     APPOINTMENT_ID,
     INTAKE_ID,
     MESSAGE_ID,

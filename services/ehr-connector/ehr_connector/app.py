@@ -19,9 +19,9 @@ from ehr_connector import api, context, handlers, store
 from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import EhrPort
 from ehr_connector.inbound import api as inbound_api
-from ehr_connector.inbound import lifecycle as inbound
-from ehr_connector.inbound.runtime import Inbound
-from ehr_connector.outbound import recipients as pool_recipients
+from ehr_connector.inbound.service import lifecycle as inbound
+from ehr_connector.inbound.service.runtime import Inbound
+from ehr_connector.outbound.service import recipients as pool_recipients
 from ehr_connector.settings import Settings
 from servicekit.app import Service, ServiceDefinition, create_service
 from servicekit.crypto import Cipher, Keyring

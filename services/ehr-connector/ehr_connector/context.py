@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ehr_connector.ehr.port import EhrPort
-from ehr_connector.inbound.runtime import Inbound
-from ehr_connector.outbound.lookups import BOOKING_CONSUMER
-from ehr_connector.outbound.recipients import Recipients
+from ehr_connector.inbound.service.runtime import Inbound
+from ehr_connector.outbound.service.lookups import BOOKING_CONSUMER
+from ehr_connector.outbound.service.recipients import Recipients
 from ehr_connector.settings import Settings
 from servicekit.consumer import running_deps
 

@@ -29,7 +29,7 @@ from ehr_connector import store
 from ehr_connector.app import build
 from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import EhrPort
-from ehr_connector.outbound.identifiers import token
+from ehr_connector.outbound.domain.identifiers import token
 from ehr_connector.settings import Settings
 from ehr_sandbox.testing.http import RunningSandbox, free_port, running_sandbox
 from servicekit.app import Service

@@ -13,7 +13,7 @@ from asgi_lifespan import LifespanManager
 
 from contracts.consent import CaregiverPart, ConsentGrantedV1, ConsentRevokedV1
 from ehr_connector.app import build
-from ehr_connector.outbound.consents import CONSENT_ID, PART_SYSTEM
+from ehr_connector.outbound.service.consents import CONSENT_ID, PART_SYSTEM
 from ehr_connector.settings import Settings
 from ehr_sandbox.testing.http import RunningSandbox
 from servicekit.testing import broker_less_settings, deliver

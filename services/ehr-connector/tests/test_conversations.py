@@ -23,7 +23,7 @@ from asgi_lifespan import LifespanManager
 from contracts.message import MessageAttachment, MessageSentV1
 from devstack.topics import ensure_topics
 from ehr_connector.app import build
-from ehr_connector.outbound.recipients import RecipientsError
+from ehr_connector.outbound.service.recipients import RecipientsError
 from ehr_connector.settings import Settings
 from ehr_sandbox.testing.http import RunningSandbox
 from servicekit.testing import produce_events

@@ -31,7 +31,7 @@ from ehr_connector.ehr.errors import (
     EhrUnavailable,
 )
 from ehr_connector.ehr.fhir_client import FhirClient
-from ehr_connector.outbound.identifiers import MESSAGE_ID, identifier, if_none_exist
+from ehr_connector.outbound.domain.identifiers import MESSAGE_ID, identifier, if_none_exist
 from ehr_sandbox.auth.settings import AuthSettings
 from ehr_sandbox.testing.http import RunningSandbox, free_port, running_sandbox
 from servicekit.errors import DependencyUnavailable

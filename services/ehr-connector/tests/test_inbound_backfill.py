@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from contracts.record import ImportedEntry
 from devstack.topics import ensure_topics
-from ehr_connector.inbound.mapping.history import IMPORTED_TYPES, map_history
+from ehr_connector.inbound.domain.mapping.history import IMPORTED_TYPES, map_history
 from ehr_connector.settings import Settings
 from ehr_sandbox.testing.http import RunningSandbox
 from servicekit.outbox import OutboxRelay

@@ -21,9 +21,9 @@ from contracts.base import Payload
 from contracts.lab import LabObservation, LabResultedV1
 from contracts.medication import MedicationChangedV1
 from contracts.record import ImportedEntry
-from ehr_connector.inbound.mapping import MAPPERS, MappingContext, Rejected, Skipped
-from ehr_connector.inbound.mapping.history import map_history
-from ehr_connector.inbound.mapping.lab import map_observation
+from ehr_connector.inbound.domain.mapping import MAPPERS, MappingContext, Rejected, Skipped
+from ehr_connector.inbound.domain.mapping.history import map_history
+from ehr_connector.inbound.domain.mapping.lab import map_observation
 
 
 def _examples_dir() -> Path:

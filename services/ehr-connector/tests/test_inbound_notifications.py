@@ -17,15 +17,19 @@ from joserfc.jwk import ECKey
 from joserfc.jws import JWSRegistry
 from joserfc.registry import HeaderParameter
 
-from ehr_connector.inbound.domain import EchoVerdict, echo_verdict, heartbeat_overdue
-from ehr_connector.inbound.fhir_values import Ref, parse_instant, parse_reference
-from ehr_connector.inbound.notifications import (
+from ehr_connector.inbound.domain.fhir_values import Ref, parse_instant, parse_reference
+from ehr_connector.inbound.domain.notifications import (
     MalformedNotification,
     load_json,
     parse_notification,
     status_resources,
 )
-from ehr_connector.inbound.signature import JwksCache, NotificationVerifier, SignatureRejected
+from ehr_connector.inbound.domain.rules import EchoVerdict, echo_verdict, heartbeat_overdue
+from ehr_connector.inbound.service.signature import (
+    JwksCache,
+    NotificationVerifier,
+    SignatureRejected,
+)
 
 BASE = "http://ehr.test/fhir"
 ENDPOINT = "http://connector.test/fhir/notifications"

@@ -11,7 +11,7 @@ import pytest
 
 from contracts.appointment import SlotUpdatedV1
 from devstack.topics import ensure_topics
-from ehr_connector.inbound.lifecycle import inbound_of
+from ehr_connector.inbound.service.lifecycle import inbound_of
 from servicekit.testing import read_topic
 
 from .inbound_support import connector_settings, ehr_sandbox, running_connector

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from devstack.topics import ensure_topics
-from ehr_connector.outbound.tags import ORIGIN_TAG
+from ehr_connector.outbound.domain.tags import ORIGIN_TAG
 from ehr_connector.settings import Settings
 from ehr_sandbox.testing.http import RunningSandbox
 from servicekit.app import Service

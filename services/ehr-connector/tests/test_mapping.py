@@ -13,8 +13,8 @@ from contracts.intake import IntakeAnswer, IntakeSubmittedV1
 from contracts.message import MessageSentV1
 from contracts.triage import TriageCompletedV1, TriageFlag, Urgency
 from ehr_connector.ehr.errors import EhrStateForbids
-from ehr_connector.outbound import appointments, intake, messages, triage
-from ehr_connector.outbound.identifiers import (
+from ehr_connector.outbound.domain import appointments, intake, messages, triage
+from ehr_connector.outbound.domain.identifiers import (
     APPOINTMENT_ID,
     INTAKE_ID,
     MESSAGE_ID,
@@ -22,8 +22,13 @@ from ehr_connector.outbound.identifiers import (
     has_identifier,
     if_none_exist,
 )
-from ehr_connector.outbound.r4 import InvalidResource, validate
-from ehr_connector.outbound.tags import ORIGIN_TAG_CODE, ORIGIN_TAG_SYSTEM, has_origin_tag, tagged
+from ehr_connector.outbound.domain.r4 import InvalidResource, validate
+from ehr_connector.outbound.domain.tags import (
+    ORIGIN_TAG_CODE,
+    ORIGIN_TAG_SYSTEM,
+    has_origin_tag,
+    tagged,
+)
 
 START = datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
 

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from contracts.appointment import AppointmentStatus
 from contracts.message import MessageSentV1
 from ehr_connector import store
-from ehr_connector.outbound.identifiers import MESSAGE_ID
+from ehr_connector.outbound.domain.identifiers import MESSAGE_ID
 from servicekit.app import Service
 from servicekit.testing import eventually
 

@@ -24,14 +24,14 @@ from contracts.triage import TriageCompletedV1, TriageFlag, Urgency
 from ehr_connector import store
 from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import FhirJson, Versioned, WriteResult
-from ehr_connector.outbound.booking import NEW_SLOT_TAKEN
-from ehr_connector.outbound.identifiers import (
+from ehr_connector.outbound.domain.identifiers import (
     APPOINTMENT_ID,
     INTAKE_ID,
     MESSAGE_ID,
     TRIAGE_SESSION_ID,
 )
-from ehr_connector.outbound.tags import has_origin_tag
+from ehr_connector.outbound.domain.tags import has_origin_tag
+from ehr_connector.outbound.service.booking import NEW_SLOT_TAKEN
 from servicekit.app import Service
 from servicekit.testing import eventually
 

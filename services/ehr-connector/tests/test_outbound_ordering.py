@@ -19,8 +19,8 @@ from ehr_connector import store
 from ehr_connector.ehr.errors import EhrRejected
 from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import FhirJson, SearchPage, WriteResult
-from ehr_connector.outbound.identifiers import APPOINTMENT_ID, INTAKE_ID, MESSAGE_ID
-from ehr_connector.outbound.intake import INTAKE_APPOINTMENT
+from ehr_connector.outbound.domain.identifiers import APPOINTMENT_ID, INTAKE_ID, MESSAGE_ID
+from ehr_connector.outbound.domain.intake import INTAKE_APPOINTMENT
 from servicekit.testing import eventually
 
 from .conftest import T0, Harness

@@ -14,8 +14,8 @@ import pytest
 
 from contracts.lab import LabResultedV1
 from contracts.record import ImportedEntry, RecordKind
-from ehr_connector.inbound.mapping import MAPPERS, MappingContext
-from ehr_connector.inbound.mapping.history import map_history
+from ehr_connector.inbound.domain.mapping import MAPPERS, MappingContext
+from ehr_connector.inbound.domain.mapping.history import map_history
 
 from .test_inbound_mapping_examples import ALL, META, RELATED
 

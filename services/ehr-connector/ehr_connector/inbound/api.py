@@ -18,9 +18,9 @@ from contracts.base import FhirId
 from ehr_connector import store as connector_store
 from ehr_connector.ehr.errors import EhrError, EhrUnavailable
 from ehr_connector.inbound import store
-from ehr_connector.inbound.backfill import BackfillConflict, Progress, progress_of
-from ehr_connector.inbound.lifecycle import inbound_of
-from ehr_connector.inbound.runtime import INSTANCE_HEADER, Inbound
+from ehr_connector.inbound.service.backfill import BackfillConflict, Progress, progress_of
+from ehr_connector.inbound.service.lifecycle import inbound_of
+from ehr_connector.inbound.service.runtime import INSTANCE_HEADER, Inbound
 from servicekit.app import Service
 from servicekit.http import PatientId, ReadSession
 from servicekit.ops_api import Ops, encryption_routes

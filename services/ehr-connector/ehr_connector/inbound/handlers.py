@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from contracts.patient import PatientLinkedV1
 from ehr_connector import store as connector_store
 from ehr_connector.inbound import store
-from ehr_connector.inbound.backfill import new_backfill
+from ehr_connector.inbound.service.backfill import new_backfill
 from servicekit.consumer import Event, UnitOfWork
 from servicekit.logging import get_logger
 

@@ -1,7 +1,7 @@
 """The outbound side: portal events become FHIR writes in the EHR.
 
-Pure mapping (events and EHR state → R4 resources and decisions) lives in `appointments`,
-`intake`, `messages` and `triage`; the use cases that talk to the EHR through the port and
-record what they did are `booking` (appointments and slots) and `filing` (questionnaire
-responses, communications, tasks).
+Laid out like a service: `handlers` (the subscribers, registered on the service's router in
+`ehr_connector.handlers`) → `service` (the use cases, which talk to the EHR through the
+port and record what they did) → `domain` (pure mapping: events and EHR state → R4
+resources and decisions).
 """
