@@ -17,8 +17,8 @@ from asgi_lifespan import LifespanManager
 from devstack.topics import ensure_topics
 from ehr_sandbox.testing.http import free_port, running_sandbox
 from gateway import audit
-from gateway.api import Caller
-from gateway.api_messages import may_send
+from gateway.api.access import Caller
+from gateway.api.messages import may_send
 from gateway.auth import PatientToken
 from messaging.app import build as build_messaging
 from messaging.settings import Settings as MessagingSettings

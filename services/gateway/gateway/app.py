@@ -11,12 +11,6 @@ import httpx
 from fastapi import FastAPI
 
 from gateway import (
-    api,
-    api_appointments,
-    api_caregivers,
-    api_messages,
-    api_records,
-    api_triage,
     audit,
     docs,
     handlers,
@@ -24,6 +18,7 @@ from gateway import (
     portal,
     store,
 )
+from gateway.api import appointments, caregivers, me, messages, records, triage
 from gateway.auth import TokenVerifier
 from gateway.hub import NotificationHub
 from gateway.ratelimit import RateLimitMiddleware, RateLimits
@@ -88,12 +83,8 @@ def build(
 
     routes = APIRouter()
     routes.include_router(portal.router)
-    routes.include_router(api.router)
-    routes.include_router(api_records.router)
-    routes.include_router(api_appointments.router)
-    routes.include_router(api_messages.router)
-    routes.include_router(api_triage.router)
-    routes.include_router(api_caregivers.router)
+    for part in (me, records, appointments, messages, triage, caregivers):
+        routes.include_router(part.router)
     routes.include_router(ops.router)
     # `GET /ops/encryption`, `POST /ops/encryption/reencrypt` (ops token): after a rotation.
     routes.include_router(kit_encryption_routes())

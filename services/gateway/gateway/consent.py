@@ -45,7 +45,7 @@ NOTIFICATION_PARTS: dict[NotificationKind, CaregiverPart] = {
     NotificationKind.INTAKE_REMINDER: CaregiverPart.APPOINTMENTS,
     NotificationKind.TRIAGE: CaregiverPart.TRIAGE,
 }
-# The summary's parts (gateway.api.summary) -> the part that must be granted.
+# The summary's parts (gateway.api.me.summary) -> the part that must be granted.
 SUMMARY_PARTS: dict[str, CaregiverPart] = {
     "lab_results": CaregiverPart.RESULTS,
     "medications": CaregiverPart.RECORDS,

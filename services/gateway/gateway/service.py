@@ -2,9 +2,9 @@
 
 The first visit of a token's patient links the account: the EHR is asked, with the
 patient's own token, whether that Patient exists; then the link and `patient.linked` (so
-the connector back-fills the history) are written in one transaction. Routes (`api.py`)
+the connector back-fills the history) are written in one transaction. Routes (`api/`)
 turn the refusals into HTTP answers; everything else the gateway does is forwarding a
-patient's read or command to the service that owns the data (`api.py`, `api_*.py`).
+patient's read or command to the service that owns the data (`api/`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints
 
-from gateway.api import Caller, Id, Me, _read, command, requires
+from gateway.api.access import Caller, Id, Me, _read, command, requires
 from servicekit.idempotency import IdempotencyKey
 
 router = APIRouter(prefix="/v1", tags=["triage"])

@@ -29,7 +29,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field, StringConstraints
 
 from gateway import audit
-from gateway.api import Caller, Id, Me, command, requires, upstreams_of
+from gateway.api.access import Caller, Id, Me, command, requires, upstreams_of
 from gateway.upstream import UpstreamError
 from servicekit.idempotency import IdempotencyKey
 

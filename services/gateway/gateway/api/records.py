@@ -14,7 +14,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import AwareDatetime
 
 from gateway import audit
-from gateway.api import (
+from gateway.api.access import (
     Caller,
     Id,
     Me,

@@ -1,7 +1,7 @@
 """Slots and the patient's appointments (`/v1/slots`, `/v1/me/appointments`): search,
 book, cancel, reschedule, intake.
 
-Each route declares the SMART scope it needs (gateway.api.requires), checked exactly:
+Each route declares the SMART scope it needs (gateway.api.access.requires), checked exactly:
 booking is a create (`patient/Appointment.c`), cancelling and rescheduling updates
 (`patient/Appointment.u`), intake answers a create of a `QuestionnaireResponse`; read
 scopes grant none of them. Every write is recorded in the access log.
@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, Field
 
 from contracts.intake import IntakeAnswer
-from gateway.api import Caller, Id, Me, command, requires
+from gateway.api.access import Caller, Id, Me, command, requires
 from servicekit.idempotency import IdempotencyKey
 
 router = APIRouter(prefix="/v1", tags=["appointments"])

@@ -27,7 +27,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from contracts.consent import CaregiverPart, ConsentGrantedV1, ConsentRevokedV1
 from gateway import audit, store
-from gateway.api import Caller, Id, Me, grant_of, requires, service_of
+from gateway.api.access import Caller, Id, Me, grant_of, requires, service_of
 from gateway.consent import GrantStatus, grant_end
 from gateway.domain import profile_of
 from gateway.hub import NotificationHub
