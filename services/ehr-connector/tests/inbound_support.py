@@ -28,6 +28,8 @@ import httpx
 
 from contracts.patient import PatientLinkedV1
 from ehr_connector.app import build
+from ehr_connector.ehr.fhir_client import FhirClient
+from ehr_connector.ehr.port import EhrPort
 from ehr_connector.settings import Settings
 from ehr_sandbox.subscriptions.settings import SubscriptionSettings
 from ehr_sandbox.testing.http import RunningSandbox, free_port, running_sandbox, serve
@@ -92,9 +94,12 @@ def connector_settings(
 
 
 @contextlib.asynccontextmanager
-async def running_connector(settings: Settings) -> AsyncIterator[Service]:
-    """The connector in this process, served by uvicorn on `settings.http_port`."""
-    service = build(settings)
+async def running_connector(
+    settings: Settings, wrap_ehr: Callable[[FhirClient], EhrPort] | None = None
+) -> AsyncIterator[Service]:
+    """The connector in this process, served by uvicorn on `settings.http_port` (its EHR
+    client wrapped by `wrap_ehr`, when given, to watch or disturb its calls)."""
+    service = build(settings, wrap_ehr=wrap_ehr)
     async with serve(service.app, settings.http_port):
         yield service
 

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from devstack.topics import ensure_topics
+from ehr_connector.ehr.fhir_client import FhirClient
+from ehr_connector.ehr.port import SearchPage, SearchParams, Versioned
 from ehr_connector.outbound.domain.tags import ORIGIN_TAG
 from ehr_connector.settings import Settings
 from ehr_sandbox.testing.http import RunningSandbox
@@ -66,6 +68,73 @@ async def connector(
         await link(kafka_bootstrap, unique_prefix, ALICE, "demo-alice", backfill=False)
         await wait_linked(settings, ALICE)
         yield service, settings
+
+
+class CountsReads:
+    """The connector's EHR client, noting every read and search it makes."""
+
+    def __init__(self, inner: FhirClient) -> None:
+        self._inner = inner
+        self.reads: list[tuple[str, str]] = []
+        self.searches: list[tuple[str, SearchParams]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def read(self, resource_type: str, fhir_id: str) -> Versioned:
+        self.reads.append((resource_type, fhir_id))
+        return await self._inner.read(resource_type, fhir_id)
+
+    async def search(
+        self, resource_type: str, params: SearchParams, *, count: int | None = None
+    ) -> SearchPage:
+        self.searches.append((resource_type, params))
+        return await self._inner.search(resource_type, params, count=count)
+
+
+async def test_a_reports_results_are_read_in_one_search(
+    box: RunningSandbox,
+    database_url: str,
+    kafka_bootstrap: str,
+    kafka_enable_idempotence: bool,
+    unique_prefix: str,
+) -> None:
+    await ensure_topics(kafka_bootstrap, unique_prefix)
+    settings = connector_settings(
+        box,
+        database_url=database_url,
+        bootstrap=kafka_bootstrap,
+        prefix=unique_prefix,
+        idempotence=kafka_enable_idempotence,
+    )
+    clients: list[CountsReads] = []
+
+    def counting(client: FhirClient) -> CountsReads:
+        clients.append(CountsReads(client))
+        return clients[-1]
+
+    async with running_connector(settings, wrap_ehr=counting):
+        await wait_subscriptions_active(settings)
+        await link(kafka_bootstrap, unique_prefix, ALICE, "demo-alice", backfill=False)
+        await wait_linked(settings, ALICE)
+        written = await simulate(box, "lab-result", patient="demo-alice", panel="cbc")
+        report_id, _ = last_of(written, "DiagnosticReport")
+        labs = await read_events(
+            kafka_bootstrap,
+            unique_prefix + "lab.resulted",
+            lambda es: bool(_only(es, "report_fhir_id", report_id)),
+        )
+
+    [lab] = _only(labs, "report_fhir_id", report_id)
+    results = [line["observation_fhir_id"] for line in lab.data["observations"]]
+    kinds_and_ids = [w["reference"].partition("/") for w in written]
+    written_results = [fhir_id for kind, _, fhir_id in kinds_and_ids if kind == "Observation"]
+    assert len(written_results) > 1 and sorted(results) == sorted(written_results)
+    # One search for the panel's results, no read of any of them.
+    [client] = clients
+    assert not [read for read in client.reads if read[0] == "Observation"]
+    [(_, params)] = [search for search in client.searches if search[0] == "Observation"]
+    assert sorted(dict(params)["_id"].split(",")) == sorted(written_results)
 
 
 def _only(events: list[Any], field: str, value: str) -> list[Any]:

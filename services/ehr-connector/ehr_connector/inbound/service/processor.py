@@ -28,7 +28,13 @@ from ehr_connector import store as connector_store
 from ehr_connector.ehr.errors import EhrGone, EhrNotFound, EhrRejected
 from ehr_connector.ehr.port import EhrPort
 from ehr_connector.inbound import store
-from ehr_connector.inbound.domain.fhir_values import Ref, Resource, has_tag, meta_version
+from ehr_connector.inbound.domain.fhir_values import (
+    FHIR_ID,
+    Ref,
+    Resource,
+    has_tag,
+    meta_version,
+)
 from ehr_connector.inbound.domain.mapping import MAPPERS, Mapper, slot_subject
 from ehr_connector.inbound.domain.mapping.appointment import schedule_of
 from ehr_connector.inbound.domain.mapping.common import MappingContext, Rejected, Skipped
@@ -273,16 +279,63 @@ class Processor:
         self, refs: Sequence[Ref], context: dict[str, Resource]
     ) -> dict[str, Resource]:
         found: dict[str, Resource] = {}
-
-        async def one(ref: Ref) -> None:
+        unread: dict[str, list[Ref]] = {}
+        for ref in refs:
+            if ref.key in found:
+                continue
             if ref.key in context:
                 found[ref.key] = context[ref.key]
-                return
+                continue
+            cached = self._cache.get(ref.key)
+            if cached is not None and cached[0] > time.monotonic():
+                if cached[1] is not None:
+                    found[ref.key] = cached[1]
+                continue
+            if all(r.key != ref.key for r in unread.get(ref.type, [])):
+                unread.setdefault(ref.type, []).append(ref)
+
+        async def one(ref: Ref) -> None:
             resource = await self._read_related(ref)
             if resource is not None:
                 found[ref.key] = resource
 
-        await asyncio.gather(*(one(ref) for ref in refs))
+        singles: list[Ref] = []
+        for resource_type, group in unread.items():
+            if len(group) < 2:
+                singles += group
+                continue
+            # A report's results (a panel: up to a dozen Observations) in one search rather
+            # than a read each: one request and one authorisation on both sides, not twelve.
+            many = await self._read_many(resource_type, group)
+            found.update(many)
+            singles += [ref for ref in group if ref.key not in many]
+        # What the search did not return (not found, not ours to read, or a server that
+        # cannot search by _id) is read one by one: the read says which it is.
+        await asyncio.gather(*(one(ref) for ref in singles))
+        return found
+
+    async def _read_many(self, resource_type: str, refs: Sequence[Ref]) -> dict[str, Resource]:
+        """Current versions of several resources of one type (`_id` with an OR-list)."""
+        ids = [ref.id for ref in refs if FHIR_ID.match(ref.id)]
+        if len(ids) < 2:
+            return {}
+        try:
+            async with self._reads:
+                page = await self.ehr.search(resource_type, {"_id": ",".join(ids)}, count=len(ids))
+        except EhrRejected as exc:
+            log.info(
+                "inbound.related_search_refused", resource_type=resource_type, status=exc.status
+            )
+            return {}
+        wanted = set(ids)
+        found: dict[str, Resource] = {}
+        for resource in page.matches:
+            fhir_id = resource.get("id")
+            if resource.get("resourceType") == resource_type and fhir_id in wanted:
+                found[f"{resource_type}/{fhir_id}"] = resource
+        if resource_type in _CACHED_TYPES:
+            for key, resource in found.items():
+                self._remember(key, resource)
         return found
 
     async def _read_related(self, ref: Ref) -> Resource | None:
@@ -299,13 +352,13 @@ class Processor:
             log.info("inbound.related_unreadable", resource_type=ref.type, status=exc.status)
             resource = None
         if ref.type in _CACHED_TYPES:
-            if len(self._cache) > 5000:
-                self._cache.clear()
-            self._cache[ref.key] = (
-                time.monotonic() + self.settings.inbound_reference_cache_s,
-                resource,
-            )
+            self._remember(ref.key, resource)
         return resource
+
+    def _remember(self, key: str, resource: Resource | None) -> None:
+        if len(self._cache) > 5000:
+            self._cache.clear()
+        self._cache[key] = (time.monotonic() + self.settings.inbound_reference_cache_s, resource)
 
     # -- deciding -------------------------------------------------------------------------
 
