@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,8 +25,10 @@ from contracts.lab import LabResultedV1, ReportStatus
 from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
 from ehr_sandbox.testing.http import free_port, running_sandbox, serve
-from gateway import audit
+from gateway import audit, store
+from gateway.hub import NotificationHub
 from servicekit.app import Service
+from servicekit.consumer import running_deps
 from servicekit.testing import eventually, isolated_settings, produce_events, read_topic
 from triage.app import build as build_triage
 from triage.settings import Settings as TriageSettings
@@ -220,6 +223,81 @@ async def test_stream_replays_what_was_missed_after_last_event_id(
 
         ids = await asyncio.wait_for(first_event(), timeout=60)
         assert ids
+
+
+def _note(patient_id: str, ref: str) -> store.PatientNotification:
+    return store.PatientNotification(
+        patient_id=patient_id,
+        kind="lab-result",
+        ref=ref,
+        status="final",
+        event_id=str(uuid.uuid4()),
+        created_at=datetime.now(UTC),
+    )
+
+
+async def test_a_notification_committed_after_a_later_one_still_reaches_the_stream(
+    stack: Stack,
+) -> None:
+    """Two of the gateway's consumers (a lab result, a message: two topics) store a note for
+    the same patient at once: the one whose id was drawn first may commit last. The open
+    stream must deliver it all the same, and its cursor must never move back."""
+    token = await _token(stack)
+    headers = {"Authorization": f"Bearer {token}"}
+    hub = running_deps(stack.gateway.deps, NotificationHub)
+    db = stack.gateway.db
+    async with httpx.AsyncClient(base_url=stack.url, headers=headers, timeout=30) as client:
+        patient_id = (await client.get("/v1/me")).json()["patient_id"]
+
+        async def deliveries(
+            last_event_id: str | None, into: asyncio.Queue[tuple[int, str]]
+        ) -> None:
+            extra = {"Last-Event-ID": last_event_id} if last_event_id else {}
+            async with client.stream("GET", "/v1/me/events", headers=extra) as stream:
+                event_id = ""
+                async for line in stream.aiter_lines():
+                    if line.startswith("id: "):
+                        event_id = line[4:]
+                    elif line.startswith("data: "):
+                        await into.put((int(event_id), json.loads(line[6:])["ref"]))
+
+        received: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        listener = asyncio.create_task(deliveries(None, received))
+
+        async def listening() -> bool:
+            return hub.listeners(patient_id) == 1
+
+        await eventually(listening, timeout=30)
+        async with db.sessions() as slow:
+            slow.add(_note(patient_id, "dr-drawn-first"))
+            await slow.flush()  # its id is drawn now; it commits after the next one
+            async with db.sessions() as quick:
+                quick.add(_note(patient_id, "dr-drawn-second"))
+                await quick.commit()
+            hub.wake(patient_id)
+            first = await asyncio.wait_for(received.get(), 30)
+            await slow.commit()
+        hub.wake(patient_id)
+        second = await asyncio.wait_for(received.get(), 30)
+        listener.cancel()
+
+        # A reconnect from the last id the stream sent replays neither of them.
+        again: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        resumed = asyncio.create_task(deliveries(str(second[0]), again))
+        await eventually(listening, timeout=30)
+        async with db.sessions() as later:
+            later.add(_note(patient_id, "dr-after-reconnect"))
+            await later.commit()
+        hub.wake(patient_id)
+        third = await asyncio.wait_for(again.get(), 30)
+        resumed.cancel()
+
+    assert [first[1], second[1], third[1]] == [
+        "dr-drawn-second",
+        "dr-drawn-first",
+        "dr-after-reconnect",
+    ]
+    assert first[0] <= second[0] < third[0]
 
 
 async def test_summary_returns_what_it_has_with_a_warning_for_a_failed_part(stack: Stack) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,9 +14,12 @@ from sqlalchemy import (
     SmallInteger,
     String,
     UniqueConstraint,
+    and_,
     func,
     insert,
+    or_,
     select,
+    true,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -154,13 +158,42 @@ async def link_for_identity(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+@dataclass(frozen=True)
+class LateNotes:
+    """Which notes of an open stream may still arrive below its cursor: those with an id
+    above `floor` (where the stream started), stored since `since`, not yet `delivered`."""
+
+    floor: int
+    since: datetime
+    delivered: frozenset[int]
+
+
 async def notifications_since(
-    session: AsyncSession, patient_id: str, after_id: int, limit: int = 100
+    session: AsyncSession,
+    patient_id: str,
+    after_id: int,
+    limit: int = 100,
+    *,
+    late: LateNotes | None = None,
 ) -> list[PatientNotification]:
-    """A patient's notifications after `after_id` (SSE `Last-Event-ID`), oldest first."""
+    """A patient's notifications after `after_id` (SSE `Last-Event-ID`), oldest first.
+
+    With `late`, also those with a lower id that were stored recently and not delivered
+    yet: ids are drawn when a note is stored but become visible when its transaction
+    commits, so two consumers storing notes for one patient at once may commit out of id
+    order, and a cursor alone would skip the note that committed last."""
+    newer = PatientNotification.id > after_id
+    wanted = newer
+    if late is not None:
+        recent = and_(
+            PatientNotification.id > late.floor,
+            PatientNotification.created_at >= late.since,
+            PatientNotification.id.not_in(late.delivered) if late.delivered else true(),
+        )
+        wanted = or_(newer, recent)
     stmt = (
         select(PatientNotification)
-        .where(PatientNotification.patient_id == patient_id, PatientNotification.id > after_id)
+        .where(PatientNotification.patient_id == patient_id, wanted)
         .order_by(PatientNotification.id)
         .limit(limit)
     )

@@ -8,7 +8,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -38,6 +38,11 @@ from gateway.upstream import UpstreamError
 from servicekit.consumer import running_deps
 
 router = APIRouter(prefix="/v1", tags=["patient"])
+
+# A note stored this long ago that has not committed yet is not waited for by an open
+# stream (a consumer's transaction is far shorter); a reconnect starts from its cursor.
+LATE_NOTE_S = 60.0
+NOTES_PER_QUERY = 100
 
 
 class MeOut(BaseModel):
@@ -236,7 +241,11 @@ def _last_event_id(value: str | None) -> int:
     return int(value)
 
 
-def _sse(note: store.PatientNotification) -> str:
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _sse(note: store.PatientNotification, cursor: int) -> str:
     body = {
         "kind": note.kind,
         "ref": note.ref,
@@ -244,7 +253,7 @@ def _sse(note: store.PatientNotification) -> str:
         "text": Notification(NotificationKind(note.kind), note.ref, note.status).text(),
         "at": note.created_at.isoformat(),
     }
-    return f"id: {note.id}\nevent: notification\ndata: {json.dumps(body)}\n\n"
+    return f"id: {cursor}\nevent: notification\ndata: {json.dumps(body)}\n\n"
 
 
 def _access_ended() -> str:
@@ -285,6 +294,9 @@ async def events(
         nonlocal after
         waiter = hub.listen(caller.patient_id)
         caregiver = caller.related_person is not None
+        floor = after
+        # Notes delivered while they could still be overtaken (see `store.LateNotes`).
+        delivered: dict[int, datetime] = {}
         try:
             with observability.stream_open():
                 yield "retry: 3000\n: connected\n\n"
@@ -293,10 +305,18 @@ async def events(
                     if caregiver and await still_granted() is None:
                         yield _access_ended()
                         return
+                    since = datetime.now(UTC) - timedelta(seconds=LATE_NOTE_S)
+                    delivered = {i: at for i, at in delivered.items() if at >= since}
+                    late = store.LateNotes(floor, since, frozenset(delivered))
                     async with service.db.sessions() as session:
-                        notes = await store.notifications_since(session, caller.patient_id, after)
+                        notes = await store.notifications_since(
+                            session, caller.patient_id, after, NOTES_PER_QUERY, late=late
+                        )
                     for note in notes:
-                        after = note.id
+                        # The cursor (the SSE id a reconnect sends back) never moves back:
+                        # a note that committed late is sent under the cursor it arrived at.
+                        after = max(after, note.id)
+                        delivered[note.id] = _aware(note.created_at)
                         if caregiver:
                             grant = await still_granted()
                             if grant is None:
@@ -309,17 +329,16 @@ async def events(
                         await audit.record(
                             request, "read", "notification", resource_id=f"{note.kind}/{note.ref}"
                         )
-                        yield _sse(note)
+                        yield _sse(note, after)
                         observability.pushed(
                             note.kind,
                             note.traceparent,
                             note.source_time,
                             stream_span,
-                            live=note.created_at.replace(tzinfo=note.created_at.tzinfo or UTC)
-                            >= opened_at,
+                            live=_aware(note.created_at) >= opened_at,
                         )
-                    if notes:
-                        continue
+                    if len(notes) == NOTES_PER_QUERY:
+                        continue  # more are waiting: the waiter was cleared before the query
                     try:
                         await asyncio.wait_for(waiter.wait(), timeout=settings.sse_keepalive_s)
                     except TimeoutError:
