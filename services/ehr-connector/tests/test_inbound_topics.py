@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from devstack.topics import ensure_topics
+from ehr_connector.context import connector_for
 from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import SearchPage, SearchParams, Versioned
 from ehr_connector.outbound.domain.tags import ORIGIN_TAG
@@ -54,7 +55,8 @@ async def connector(
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[tuple[Service, Settings]]:
     await ensure_topics(kafka_bootstrap, unique_prefix)
-    overrides: dict[str, Any] = getattr(request, "param", {})
+    overrides: dict[str, Any] = dict(getattr(request, "param", {}))
+    wrap_ehr = overrides.pop("wrap_ehr", None)
     settings = connector_settings(
         box,
         database_url=database_url,
@@ -63,7 +65,7 @@ async def connector(
         idempotence=kafka_enable_idempotence,
         **overrides,
     )
-    async with running_connector(settings) as service:
+    async with running_connector(settings, wrap_ehr=wrap_ehr) as service:
         await wait_subscriptions_active(settings)
         await link(kafka_bootstrap, unique_prefix, ALICE, "demo-alice", backfill=False)
         await wait_linked(settings, ALICE)
@@ -92,38 +94,23 @@ class CountsReads:
         return await self._inner.search(resource_type, params, count=count)
 
 
+@pytest.mark.parametrize("connector", [{"wrap_ehr": CountsReads}], indirect=True)
 async def test_a_reports_results_are_read_in_one_search(
     box: RunningSandbox,
-    database_url: str,
+    connector: tuple[Service, Settings],
     kafka_bootstrap: str,
-    kafka_enable_idempotence: bool,
     unique_prefix: str,
 ) -> None:
-    await ensure_topics(kafka_bootstrap, unique_prefix)
-    settings = connector_settings(
-        box,
-        database_url=database_url,
-        bootstrap=kafka_bootstrap,
-        prefix=unique_prefix,
-        idempotence=kafka_enable_idempotence,
+    service, _ = connector
+    client = connector_for(service.deps).ehr
+    assert isinstance(client, CountsReads)
+    written = await simulate(box, "lab-result", patient="demo-alice", panel="cbc")
+    report_id, _ = last_of(written, "DiagnosticReport")
+    labs = await read_events(
+        kafka_bootstrap,
+        unique_prefix + "lab.resulted",
+        lambda es: bool(_only(es, "report_fhir_id", report_id)),
     )
-    clients: list[CountsReads] = []
-
-    def counting(client: FhirClient) -> CountsReads:
-        clients.append(CountsReads(client))
-        return clients[-1]
-
-    async with running_connector(settings, wrap_ehr=counting):
-        await wait_subscriptions_active(settings)
-        await link(kafka_bootstrap, unique_prefix, ALICE, "demo-alice", backfill=False)
-        await wait_linked(settings, ALICE)
-        written = await simulate(box, "lab-result", patient="demo-alice", panel="cbc")
-        report_id, _ = last_of(written, "DiagnosticReport")
-        labs = await read_events(
-            kafka_bootstrap,
-            unique_prefix + "lab.resulted",
-            lambda es: bool(_only(es, "report_fhir_id", report_id)),
-        )
 
     [lab] = _only(labs, "report_fhir_id", report_id)
     results = [line["observation_fhir_id"] for line in lab.data["observations"]]
@@ -131,7 +118,6 @@ async def test_a_reports_results_are_read_in_one_search(
     written_results = [fhir_id for kind, _, fhir_id in kinds_and_ids if kind == "Observation"]
     assert len(written_results) > 1 and sorted(results) == sorted(written_results)
     # One search for the panel's results, no read of any of them.
-    [client] = clients
     assert not [read for read in client.reads if read[0] == "Observation"]
     [(_, params)] = [search for search in client.searches if search[0] == "Observation"]
     assert sorted(dict(params)["_id"].split(",")) == sorted(written_results)
