@@ -49,6 +49,7 @@ from ehr_sandbox.store.results import (
 from ehr_sandbox.store.search_sql import matching_heads, search_conditions
 from ehr_sandbox.store.tables import metadata, resources, sandbox_meta, search_index
 from ehr_sandbox.store.tables import resource_heads as heads
+from servicekit.db import ping_when_idle
 from servicekit.logging import get_logger
 
 log = get_logger(__name__)
@@ -72,7 +73,9 @@ class Store:
         self.url = url
         self.feed = change_feed
         self.fhir_base = fhir_base
-        self.engine = create_async_engine(url, pool_pre_ping=True)
+        self.engine = create_async_engine(url)
+        # Pinged before use only after being idle (a ping per checkout is a round trip).
+        ping_when_idle(self.engine)
         self._write_engine = self.engine.execution_options(ehr_write=True)
         self._lock = asyncio.Lock()
 

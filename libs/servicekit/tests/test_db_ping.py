@@ -1,0 +1,57 @@
+"""Pooled connections are pinged before use only after being idle (servicekit.db).
+
+A ping is a round trip: one at every checkout cost each transaction a round trip. These
+tests cut a pooled connection's server process (`pg_terminate_backend`, what a database
+restart does to every connection) and look at what the next transaction meets."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from servicekit.db import Database
+
+pytestmark = [pytest.mark.integration]
+
+
+async def _backend(db: Database) -> int:
+    async with db.sessions() as session:
+        return int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def _cut(database_url: str, pid: int) -> None:
+    other = Database(database_url)
+    try:
+        async with other.sessions() as session:
+            cut = await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            assert cut.scalar_one() is True
+    finally:
+        await other.dispose()
+
+
+async def test_an_idle_connection_that_was_cut_is_replaced_before_use(database_url: str) -> None:
+    db = Database(database_url, ping_idle_s=0.0)  # every checked-in connection counts as idle
+    try:
+        first = await _backend(db)
+        await _cut(database_url, first)
+        # The ping fails, the pool takes a new connection: the caller never sees the cut.
+        assert await _backend(db) != first
+    finally:
+        await db.dispose()
+
+
+async def test_a_connection_used_a_moment_ago_is_not_pinged(database_url: str) -> None:
+    db = Database(database_url, ping_idle_s=3600.0)
+    try:
+        first = await _backend(db)
+        await _cut(database_url, first)
+        # No ping, no round trip: the statement itself meets the cut (a restart takes
+        # longer than the idle time, so in service this is a connection cut mid-use)...
+        with pytest.raises(DBAPIError) as failed:
+            await _backend(db)
+        assert failed.value.connection_invalidated
+        # ...and the pool has replaced it for the next transaction.
+        assert await _backend(db) != first
+    finally:
+        await db.dispose()
