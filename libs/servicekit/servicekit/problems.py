@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from servicekit.logging import get_logger
@@ -34,7 +35,8 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 
 def install(app: FastAPI) -> None:
-    """Map every error to problem+json: 400 malformed JSON, 422 invalid, 500 unexpected."""
+    """Map every error to problem+json: 400 malformed JSON, 422 invalid, 503 database not
+    reachable, 500 unexpected."""
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -53,10 +55,28 @@ def install(app: FastAPI) -> None:
             response.headers[key] = value
         return response
 
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        if not database_unreachable(exc):
+            return await _unexpected(request, exc)
+        # The database restarting, or a connection cut under us (the pool has replaced it
+        # by now): the caller may simply try again.
+        log.warning("http.database_unavailable", path=request.url.path, error=type(exc).__name__)
+        response = problem(
+            503, "Service unavailable", "The service's database did not answer; try again."
+        )
+        response.headers["Retry-After"] = "1"
+        return response
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("http.unhandled_error", path=request.url.path, error=type(exc).__name__)
         return problem(500, "Internal error", "The service failed; the error was logged.")
+
+
+def database_unreachable(exc: DBAPIError) -> bool:
+    """Whether a database error means the database could not be reached (not a bad query)."""
+    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
 
 
 # The shape of every error answer (RFC 9457), for the OpenAPI documents.

@@ -6,10 +6,13 @@ restart does to every connection) and look at what the next transaction meets.""
 
 from __future__ import annotations
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from servicekit import problems
 from servicekit.db import Database
 
 pytestmark = [pytest.mark.integration]
@@ -53,5 +56,31 @@ async def test_a_connection_used_a_moment_ago_is_not_pinged(database_url: str) -
         assert failed.value.connection_invalidated
         # ...and the pool has replaced it for the next transaction.
         assert await _backend(db) != first
+    finally:
+        await db.dispose()
+
+
+async def test_a_request_whose_connection_was_cut_answers_503_and_the_next_one_works(
+    database_url: str,
+) -> None:
+    db = Database(database_url, ping_idle_s=3600.0)
+    app = FastAPI()
+    problems.install(app)
+
+    @app.get("/backend")
+    async def backend() -> int:
+        return await _backend(db)
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            first = (await client.get("/backend")).json()
+            await _cut(database_url, first)
+            cut = await client.get("/backend")
+            assert cut.status_code == 503, cut.text
+            assert cut.headers["content-type"] == problems.PROBLEM_JSON
+            assert cut.headers["retry-after"] == "1"
+            again = await client.get("/backend")
+            assert again.status_code == 200 and again.json() != first
     finally:
         await db.dispose()
