@@ -19,9 +19,9 @@ ResourceId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN
 
 
 async def read_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """A database session for a read-only request (no transaction is committed)."""
+    """A database session for a read-only request (`Database.reads`: no transaction)."""
     service: Service = request.app.state.service
-    async with service.db.sessions() as session:
+    async with service.db.reads() as session:
         yield session
 
 

@@ -89,7 +89,7 @@ async def ensure_link(
     known = links.get((issuer, patient_fhir_id))
     if known is not None:
         return known
-    async with service.db.sessions() as session:
+    async with service.db.reads() as session:
         link = await store.link_for_identity(session, issuer, patient_fhir_id)
     if link is not None:
         links.put((issuer, patient_fhir_id), link.patient_id)
@@ -120,7 +120,7 @@ async def ensure_link(
             )
     except IntegrityError:
         # A concurrent first request linked the account: use that link.
-        async with service.db.sessions() as session:
+        async with service.db.reads() as session:
             link = await store.link_for_identity(session, issuer, patient_fhir_id)
         assert link is not None
         links.put((issuer, patient_fhir_id), link.patient_id)

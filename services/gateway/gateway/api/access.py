@@ -126,7 +126,7 @@ async def current_grant(service: Service, caller: Caller, now: datetime) -> Gran
     related = caller.related_person
     if related is None:
         return None
-    async with service.db.sessions() as session:
+    async with service.db.reads() as session:
         rows = await store.live_grants(session, caller.patient_id, related, now)
     active = [g for g in map(grant_of, rows) if g.covers_any(now)]
     if not active:

@@ -208,7 +208,7 @@ class AccessLogOut(BaseModel):
 )
 async def access_log(caller: Me, request: Request) -> list[AccessLogOut]:
     """Who read the patient's health data through the portal, newest first."""
-    async with service_of(request).db.sessions() as session:
+    async with service_of(request).db.reads() as session:
         rows = await store.access_log_of(session, caller.patient_id)
     # Reading the log is itself recorded (after the read: it is not in its own answer).
     await audit.record(request, "read", "AuditEvent")
@@ -308,7 +308,7 @@ async def events(
                     since = datetime.now(UTC) - timedelta(seconds=LATE_NOTE_S)
                     delivered = {i: at for i, at in delivered.items() if at >= since}
                     late = store.LateNotes(floor, since, frozenset(delivered))
-                    async with service.db.sessions() as session:
+                    async with service.db.reads() as session:
                         notes = await store.notifications_since(
                             session, caller.patient_id, after, NOTES_PER_QUERY, late=late
                         )

@@ -1,6 +1,7 @@
-"""Pooled connections are pinged before use only after being idle (servicekit.db).
+"""Pooled connections (servicekit.db): pinged before use only after being idle, and read
+sessions that open no transaction.
 
-A ping is a round trip: one at every checkout cost each transaction a round trip. These
+A ping is a round trip: one at every checkout cost each transaction a round trip. The ping
 tests cut a pooled connection's server process (`pg_terminate_backend`, what a database
 restart does to every connection) and look at what the next transaction meets."""
 
@@ -82,5 +83,21 @@ async def test_a_request_whose_connection_was_cut_answers_503_and_the_next_one_w
             assert cut.headers["retry-after"] == "1"
             again = await client.get("/backend")
             assert again.status_code == 200 and again.json() != first
+    finally:
+        await db.dispose()
+
+
+async def test_a_read_session_opens_no_transaction(database_url: str) -> None:
+    """`Database.reads` sends each statement on its own (no BEGIN, no ROLLBACK): two
+    statements see two transaction start times, where a session's transaction has one."""
+    db = Database(database_url)
+    probe = text("SELECT now(), pg_sleep(0.01)")
+    try:
+        async with db.reads() as session:
+            starts = {(await session.execute(probe)).scalar_one() for _ in range(2)}
+        assert len(starts) == 2
+        async with db.sessions() as session:
+            starts = {(await session.execute(probe)).scalar_one() for _ in range(2)}
+        assert len(starts) == 1
     finally:
         await db.dispose()
