@@ -49,7 +49,7 @@ from contracts.envelope import Envelope, EnvelopeError, parse_headers
 from contracts.registry import UnknownEventType, by_dataschema, dlq_topic, latest
 from servicekit import sealing
 from servicekit.crypto import Cipher
-from servicekit.db import Database
+from servicekit.db import Database, unreachable_is_unavailable
 from servicekit.errors import DependencyUnavailable, PermanentError, describe
 from servicekit.flow_metrics import observe_event_age
 from servicekit.logging import get_logger
@@ -495,7 +495,7 @@ class ConsumerRuntime:
         outcomes: list[str] = []
         handled: list[Event[Any]] = []
         parked: list[RawMessage] = []
-        async with self.db.transaction() as session:
+        async with unreachable_is_unavailable(), self.db.transaction() as session:
             blocked = set(
                 (
                     await session.scalars(
@@ -930,6 +930,13 @@ async def handle_event(
     (an effect-first handler calls out before it); `Outcome.DUPLICATE` when the inbox has
     it. Raises what the handler raised. The consumer loop and `servicekit.testing.deliver`
     both come here, so a test without a broker runs exactly what production runs."""
+    async with unreachable_is_unavailable():
+        return await _handle_event(db, outbox, sub, consumer, event, deps)
+
+
+async def _handle_event(
+    db: Database, outbox: Outbox, sub: Subscription, consumer: str, event: Event[Any], deps: Any
+) -> str:
     key = (consumer, event.envelope.id)
     record: Record | None = None
     if sub.effect_first:

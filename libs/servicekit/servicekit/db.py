@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -24,6 +24,7 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from servicekit.db_tls import DatabaseTLS, engine_arguments
+from servicekit.errors import DependencyUnavailable
 
 # Stable constraint names, so Alembic migrations are reproducible.
 NAMING = {
@@ -82,6 +83,24 @@ def ping_when_idle(engine: AsyncEngine, idle_s: float = PING_IDLE_S) -> None:
 
     event.listen(engine.sync_engine.pool, "checkin", note_idle)
     event.listen(engine.sync_engine.pool, "checkout", ping_if_idle)
+
+
+def database_unreachable(exc: DBAPIError) -> bool:
+    """Whether a database error means the database could not be reached (not a bad query):
+    callers answer 503 or wait, as for any dependency that is down."""
+    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+
+
+@asynccontextmanager
+async def unreachable_is_unavailable() -> AsyncIterator[None]:
+    """Raise a database-unreachable error as `DependencyUnavailable` (the consumer loop
+    then waits without spending the message's retries)."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if database_unreachable(exc):
+            raise DependencyUnavailable(f"the database: {type(exc.orig).__name__}") from exc
+        raise
 
 
 class Database:

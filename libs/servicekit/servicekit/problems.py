@@ -8,9 +8,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from servicekit.db import database_unreachable
 from servicekit.logging import get_logger
 
 PROBLEM_JSON = "application/problem+json"
@@ -72,11 +73,6 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("http.unhandled_error", path=request.url.path, error=type(exc).__name__)
         return problem(500, "Internal error", "The service failed; the error was logged.")
-
-
-def database_unreachable(exc: DBAPIError) -> bool:
-    """Whether a database error means the database could not be reached (not a bad query)."""
-    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
 
 
 # The shape of every error answer (RFC 9457), for the OpenAPI documents.

@@ -2,7 +2,8 @@
 
 It consumes `patient.linked` and records one `Effect` row per handled event; payloads
 steer failures: `patient_fhir_id="poison"` raises a permanent error, `"flaky-N"` fails the
-first N attempts, `"down-N"` reports its dependency unavailable N times, `"poison-..."`
+first N attempts, `"down-N"` reports its dependency unavailable N times, `"cut-N"` has its
+own database connection cut (`pg_terminate_backend`, as a database restart does) N times, `"poison-..."`
 raises a permanent error until the test adds it to `healed` (the fix an operator re-drives
 after).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Integer, String, select
+from sqlalchemy import DateTime, Integer, String, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -52,6 +53,8 @@ async def record_link(uow: UnitOfWork, event: Event[PatientLinkedV1]) -> None:
     attempts[event.envelope.id] += 1
     if marker == "poison" or (marker.startswith("poison-") and marker not in healed):
         raise PermanentError("this patient cannot be linked")
+    if marker.startswith("cut-") and attempts[event.envelope.id] <= int(marker.split("-")[1]):
+        await uow.session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
     for prefix, exc in (
         ("flaky-", RuntimeError("flaky")),
         ("down-", DependencyUnavailable("down")),

@@ -92,6 +92,15 @@ async def test_dependency_outage_is_waited_without_spending_retries(service: Ser
     assert await markers(service) == ["down-5"]
 
 
+async def test_a_cut_database_connection_is_waited_out_like_a_dependency(service: Service) -> None:
+    # The database is the service's own dependency: losing the connection 4 times (more
+    # than the 3-attempt budget) is no fault of the message, which is handled.
+    assert await consume(service, message("p1", "cut-4")) == Outcome.HANDLED
+    assert await markers(service) == ["cut-4"]
+    async with service.db.sessions() as s:
+        assert (await s.execute(select(DeadLetterRow))).first() is None
+
+
 async def test_exhausted_retries_dead_letter_with_reason_and_dlq_message(service: Service) -> None:
     assert await consume(service, message("p1", "flaky-9")) == Outcome.DEAD_LETTERED
     async with service.db.sessions() as s:
@@ -316,6 +325,17 @@ async def test_a_batch_whose_dependency_is_down_waits_and_keeps_every_event(
         assert (await s.execute(select(DeadLetterRow))).first() is None
     # Waited as a batch (4 unavailable answers exceed the 3-attempt budget of one event):
     # the whole batch was tried again each time, and nothing was stored until it passed.
+    assert fakeservice.attempts[parse_headers(batch[0].headers).id] == 5
+
+
+async def test_a_batch_whose_database_connection_is_cut_waits_and_keeps_every_event(
+    service: Service,
+) -> None:
+    batch = [message("p1", "a"), message("p2", "cut-4"), message("p3", "b")]
+    assert await consume_batch(service, batch) == [Outcome.HANDLED] * 3
+    assert await markers(service) == ["a", "cut-4", "b"]
+    async with service.db.sessions() as s:
+        assert (await s.execute(select(DeadLetterRow))).first() is None
     assert fakeservice.attempts[parse_headers(batch[0].headers).id] == 5
 
 
