@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
@@ -85,10 +86,24 @@ def ping_when_idle(engine: AsyncEngine, idle_s: float = PING_IDLE_S) -> None:
     event.listen(engine.sync_engine.pool, "checkout", ping_if_idle)
 
 
-def database_unreachable(exc: DBAPIError) -> bool:
-    """Whether a database error means the database could not be reached (not a bad query):
+# What connecting raises when the server is down, starting or full: asyncpg's own errors
+# and the socket's, which SQLAlchemy passes through unwrapped.
+CONNECT_FAILURES: tuple[type[Exception], ...] = (
+    ConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+_UNREACHABLE_KINDS: tuple[type[Exception], ...] = (DBAPIError, *CONNECT_FAILURES)
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether an error means the database could not be reached (not a bad query):
     callers answer 503 or wait, as for any dependency that is down."""
-    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+    return isinstance(exc, CONNECT_FAILURES)
 
 
 @asynccontextmanager
@@ -97,9 +112,9 @@ async def unreachable_is_unavailable() -> AsyncIterator[None]:
     then waits without spending the message's retries)."""
     try:
         yield
-    except DBAPIError as exc:
+    except _UNREACHABLE_KINDS as exc:
         if database_unreachable(exc):
-            raise DependencyUnavailable(f"the database: {type(exc.orig).__name__}") from exc
+            raise DependencyUnavailable(f"the database: {type(exc).__name__}") from exc
         raise
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from servicekit.db import database_unreachable
+from servicekit.db import CONNECT_FAILURES, database_unreachable
 from servicekit.logging import get_logger
 
 PROBLEM_JSON = "application/problem+json"
@@ -56,18 +56,21 @@ def install(app: FastAPI) -> None:
             response.headers[key] = value
         return response
 
-    @app.exception_handler(DBAPIError)
-    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
         if not database_unreachable(exc):
             return await _unexpected(request, exc)
-        # The database restarting, or a connection cut under us (the pool has replaced it
-        # by now): the caller may simply try again.
+        # The database down, restarting, or a connection cut under us (the pool has
+        # replaced it by now): the caller may simply try again.
         log.warning("http.database_unavailable", path=request.url.path, error=type(exc).__name__)
         response = problem(
             503, "Service unavailable", "The service's database did not answer; try again."
         )
         response.headers["Retry-After"] = "1"
         return response
+
+    kinds: tuple[type[Exception], ...] = (DBAPIError, *CONNECT_FAILURES)
+    for kind in kinds:
+        app.add_exception_handler(kind, _database)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

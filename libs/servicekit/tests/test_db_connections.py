@@ -87,6 +87,25 @@ async def test_a_request_whose_connection_was_cut_answers_503_and_the_next_one_w
         await db.dispose()
 
 
+async def test_a_request_while_the_database_is_down_answers_503() -> None:
+    db = Database("postgresql+asyncpg://portal:portal@127.0.0.1:1/none")  # nothing listens
+    app = FastAPI()
+    problems.install(app)
+
+    @app.get("/backend")
+    async def backend() -> int:
+        return await _backend(db)
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            down = await client.get("/backend")
+        assert down.status_code == 503, down.text
+        assert down.headers["retry-after"] == "1"
+    finally:
+        await db.dispose()
+
+
 async def test_a_read_session_opens_no_transaction(database_url: str) -> None:
     """`Database.reads` sends each statement on its own (no BEGIN, no ROLLBACK): two
     statements see two transaction start times, where a session's transaction has one."""
