@@ -378,10 +378,11 @@ class ConsumerRuntime:
         """Handle messages as fetched (several partitions, each in offset order) to stored
         outcomes, returned in the same order. Each partition's messages are one batch: one
         transaction, or one per message when the batch fails. Partitions run concurrently
-        (their keys are distinct, so order per key is unaffected); an effect-first
-        subscription's messages go one after another, as fetched (one call out at a time)."""
-        if sub.effect_first:
-            return [await self.consume(sub, msg) for msg in msgs]
+        (their keys are distinct, so order per key is unaffected). An effect-first
+        subscription's messages are one transaction each, a partition's one after another:
+        one call out per partition at a time (a sequential consumer held the EHR writes of
+        every patient to one round trip each, below what a rate-limited EHR allows; the EHR
+        client's gate keeps the calls of all partitions within its Retry-After)."""
         groups: dict[tuple[str, int], list[int]] = {}
         for index, msg in enumerate(msgs):
             groups.setdefault((msg.topic, msg.partition), []).append(index)
@@ -396,6 +397,9 @@ class ConsumerRuntime:
         return outcomes
 
     async def _consume_partition(self, sub: Subscription, msgs: list[RawMessage]) -> list[str]:
+        if sub.effect_first:
+            # An effect-first handler calls out per event: nothing to batch.
+            return [await self.consume(sub, msg) for msg in msgs]
         if len(msgs) == 1:
             return [await self.consume(sub, msgs[0])]
         consumer = self.consumer_id(sub)

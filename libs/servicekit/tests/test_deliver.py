@@ -4,6 +4,7 @@ effect-first handlers, which call out with no database connection held."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -12,10 +13,19 @@ import pytest
 from sqlalchemy import select
 
 from contracts.base import SourceVersion
+from contracts.envelope import build_headers
 from contracts.message import MessageSyncedV1
 from contracts.patient import PatientLinkedV1
 from servicekit.app import Service, ServiceDefinition, create_service
-from servicekit.consumer import BeforeCommit, Event, EventRouter, Outcome, Record, UnitOfWork
+from servicekit.consumer import (
+    BeforeCommit,
+    Event,
+    EventRouter,
+    Outcome,
+    RawMessage,
+    Record,
+    UnitOfWork,
+)
 from servicekit.settings import ServiceSettings
 from servicekit.tables import DeadLetterRow, InboxRow, OutboxRow
 from servicekit.testing import deliver
@@ -143,3 +153,89 @@ async def test_an_effect_first_handler_calls_out_holding_no_connection_then_reco
 def fakeservice_linked(patient_id: str) -> PatientLinkedV1:
     """What the effect-first test handler publishes."""
     return PatientLinkedV1(patient_id=patient_id, patient_fhir_id="x", linked_at=NOW)
+
+
+def _synced_message(partition: int, offset: int, patient: str) -> RawMessage:
+    synced = MessageSyncedV1(
+        patient_id=patient,
+        communication_fhir_id=f"c{offset}",
+        message_id=f"m{offset}",
+        thread_id="t1",
+        thread_fhir_id="c1",
+        from_patient=True,
+        status="completed",
+        sent_at=NOW,
+        source=SourceVersion(
+            resource_type="Communication", fhir_id=f"c{offset}", version_id="1", last_updated=NOW
+        ),
+    )
+    headers = build_headers(
+        event_type="message.synced",
+        subject=patient,
+        source_service="ehr-connector",
+        dataschema="message.synced/v1",
+        time=NOW,
+    )
+    return RawMessage(
+        topic="message.synced",
+        partition=partition,
+        offset=offset,
+        key=patient,
+        headers=headers,
+        value=synced.model_dump_json().encode(),
+    )
+
+
+async def test_effect_first_partitions_call_out_concurrently_each_in_offset_order(
+    database_url: str,
+) -> None:
+    """A fetch's partitions call out at once (one EHR round trip per event one after
+    another held every patient's writes below a rate-limited EHR's allowance), while a
+    partition's own events still go one at a time, in offset order."""
+    router = EventRouter()
+    both_calling = asyncio.Event()
+    calling: dict[int, int] = {}  # partition -> calls under way
+    order: list[str] = []
+    overlapped: list[bool] = []
+
+    @router.effect_first("message.synced")
+    async def file_message(reads: BeforeCommit, event: Event[MessageSyncedV1]) -> Record:
+        """Call out (waiting until another partition is calling too), then record."""
+        partition = event.partition
+        calling[partition] = calling.get(partition, 0) + 1
+        assert calling[partition] == 1, "two calls of one partition at once"
+        if len(calling) == 2 and all(calling.values()):
+            both_calling.set()
+        try:
+            await asyncio.wait_for(both_calling.wait(), 5)
+            overlapped.append(True)
+        except TimeoutError:
+            overlapped.append(False)
+        order.append(event.data.message_id)
+        calling[partition] -= 1
+
+        async def record(uow: UnitOfWork) -> None:
+            uow.session.add(
+                Effect(event_id=event.envelope.id, patient_id=event.patient_id, marker="f", at=NOW)
+            )
+
+        return record
+
+    svc: Service = create_service(
+        ServiceDefinition(
+            settings=_settings(database_url),
+            title="fake",
+            handlers=router,
+            metadata=fakeservice.Base.metadata,
+        )
+    )
+    await svc.prepare_database()
+    batch = [_synced_message(n % 2, n, f"p{n % 2}") for n in range(6)]
+    try:
+        outcomes = await svc.runtime.consume_batch(svc.runtime.router.subscriptions[0], batch)
+    finally:
+        await svc.db.dispose()
+    assert outcomes == [Outcome.HANDLED] * 6
+    assert overlapped[:2] == [True, True]
+    assert [m for m in order if int(m[1:]) % 2 == 0] == ["m0", "m2", "m4"]
+    assert [m for m in order if int(m[1:]) % 2 == 1] == ["m1", "m3", "m5"]
