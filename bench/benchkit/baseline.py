@@ -57,11 +57,17 @@ async def partitions_of(bootstrap: str, topic: str) -> set[int]:
         await producer.stop()
 
 
-async def tail_consumer(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+async def tail_consumer(bootstrap: str, topic: str, fetch_max_wait_ms: int) -> AIOKafkaConsumer:
     """A consumer of every partition of `topic` from its end, without a group (no group
-    join: Tansu's takes seconds)."""
+    join: Tansu's takes seconds), fetching as the stack's services do (Tansu answers a
+    fetch only when its wait expires: with aiokafka's default 500 ms the measuring
+    consumer itself added ~200 ms)."""
     partitions = await partitions_of(bootstrap, topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=fetch_max_wait_ms,
+    )
     await consumer.start()
     assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(assigned)
@@ -75,8 +81,9 @@ async def tail_consumer(bootstrap: str, topic: str) -> AIOKafkaConsumer:
 class Pipeline:
     """The bare HTTP + Kafka + Kafka + SSE/HTTP chain, in this process."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, fetch_max_wait_ms: int) -> None:
         self.bootstrap = bootstrap
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         run = uuid.uuid4().hex[:8]
         self.topic_in = f"bench.baseline.{run}.in"
         self.topic_out = f"bench.baseline.{run}.out"
@@ -158,8 +165,8 @@ class Pipeline:
         # uvicorn has no start-up event to await: poll its flag (a few ms).
         while not self._server.started:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
-        relay_in = await tail_consumer(self.bootstrap, self.topic_in)
-        sink_in = await tail_consumer(self.bootstrap, self.topic_out)
+        relay_in = await tail_consumer(self.bootstrap, self.topic_in, self.fetch_max_wait_ms)
+        sink_in = await tail_consumer(self.bootstrap, self.topic_out, self.fetch_max_wait_ms)
         self._tasks.append(asyncio.create_task(self._relay(relay_in)))
         self._tasks.append(asyncio.create_task(self._sink(sink_in)))
 

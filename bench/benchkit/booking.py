@@ -154,7 +154,7 @@ async def _double_bookings(ctx: Context, used: list[tuple[Any, str]]) -> int:
 
 
 async def _baseline(ctx: Context, count: int) -> list[float]:
-    pipeline = Pipeline(BOOTSTRAP)
+    pipeline = Pipeline(BOOTSTRAP, ctx.fetch_max_wait_ms)
     pipeline.sink_mode = "ehr"
     await pipeline.start()
     sent: dict[str, float] = {}

@@ -71,6 +71,13 @@ class Context:
     # Results a benchmark measured on the side (benchmark 1 measures the footprint too).
     extra_results: list[Any] = field(default_factory=list)
 
+    @property
+    def fetch_max_wait_ms(self) -> int:
+        """The fetch wait of the stack's consumers (`KAFKA_FETCH_MAX_WAIT_MS`): the
+        baselines' consumers fetch the same way."""
+        wait: int = ServiceSettings.model_fields["kafka_fetch_max_wait_ms"].default
+        return wait
+
     async def sign_in_patients(self, count: int) -> list[Any]:
         """New EHR patients, signed in to the portal with their streams open (kept for the
         run: later benchmarks reuse them)."""

@@ -168,3 +168,25 @@ async def test_one_trace_spans_the_business_span_publish_and_consume(
     )
     assert process.attributes is not None
     assert process.attributes["portal.outcome"] == "handled"
+
+
+async def test_consumers_fetch_with_the_configured_max_wait(
+    database_url: str, kafka_bootstrap: str, unique_prefix: str
+) -> None:
+    """KAFKA_FETCH_MAX_WAIT_MS reaches every subscriber's consumer: Tansu answers a fetch
+    only when this wait expires, so the local stack shortens it (aiokafka's 500 ms made
+    each hop there take ~200 ms at p50)."""
+    settings = _settings(database_url, kafka_bootstrap, unique_prefix).model_copy(
+        update={"kafka_fetch_max_wait_ms": 20}
+    )
+    await ensure_topics(kafka_bootstrap, unique_prefix)
+    svc = fakeservice.build(settings)
+    async with LifespanManager(svc.app, startup_timeout=60, shutdown_timeout=60):
+
+        async def started() -> bool:  # the broker connects in the background
+            return all(s.consumer is not None for s in svc.broker.subscribers)
+
+        await eventually(started, timeout=60)
+        consumers = [s.consumer for s in svc.broker.subscribers]
+        assert consumers
+        assert {c._fetch_max_wait_ms for c in consumers} == {20}  # type: ignore[union-attr]
