@@ -4,7 +4,7 @@ patient of the caller's token; this service is not reachable from outside)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel
@@ -204,21 +204,26 @@ async def list_medications(patient_id: PatientId, session: ReadSession) -> list[
     return [MedicationOut(**m) for m in await service.medications(session, patient_id)]
 
 
+def _chart_entry(e: store.ChartEntry) -> ChartEntryOut:
+    return ChartEntryOut(
+        id=e.fhir_id,
+        resource_type=e.resource_type,
+        kind=e.kind,
+        status=e.status,
+        code=e.code,
+        display=e.display,
+        value=e.value,
+        effective=e.effective,
+    )
+
+
+def _chart_json(e: store.ChartEntry) -> dict[str, Any]:
+    return _chart_entry(e).model_dump(mode="json")
+
+
 def _chart_route(kind: str) -> Any:
     async def list_entries(patient_id: PatientId, session: ReadSession) -> list[ChartEntryOut]:
-        return [
-            ChartEntryOut(
-                id=e.fhir_id,
-                resource_type=e.resource_type,
-                kind=e.kind,
-                status=e.status,
-                code=e.code,
-                display=e.display,
-                value=e.value,
-                effective=e.effective,
-            )
-            for e in await service.chart_entries(session, patient_id, kind)
-        ]
+        return [_chart_entry(e) for e in await service.chart_entries(session, patient_id, kind)]
 
     list_entries.__doc__ = f"The patient's {kind} entries, newest first."
     return list_entries
@@ -236,3 +241,39 @@ for _path, _kind in (
         response_model=list[ChartEntryOut],
         name=f"list_{_path.replace('-', '_')}",
     )
+
+
+SummaryPart = Literal["lab_results", "medications", "allergies"]
+SUMMARY_LABS = 5
+
+
+@router.get("/summary")
+async def summary(
+    patient_id: PatientId,
+    session: ReadSession,
+    catalogue: Explanations,
+    part: Annotated[
+        list[SummaryPart] | None, Query(description="The parts wanted (default: all)")
+    ] = None,
+) -> dict[str, Any]:
+    """The home screen's share of this service in one call and one read: the newest lab
+    reports (`lab_results`, as the first page of `/lab-results?limit=5`), `medications`
+    and `allergies`, as their own routes give them. The gateway's summary called those
+    three routes for every request: three requests' worth of work here for one answer."""
+    wanted = set(part or ("lab_results", "medications", "allergies"))
+    out: dict[str, Any] = {}
+    if "lab_results" in wanted:
+        page = await service.lab_reports(
+            session, patient_id, store.LabFilter(), None, SUMMARY_LABS, catalogue
+        )
+        out["lab_results"] = page.items
+    if "medications" in wanted:
+        out["medications"] = [
+            MedicationOut(**m).model_dump(mode="json")
+            for m in await service.medications(session, patient_id)
+        ]
+    if "allergies" in wanted:
+        out["allergies"] = [
+            _chart_json(e) for e in await service.chart_entries(session, patient_id, "allergy")
+        ]
+    return out

@@ -120,6 +120,20 @@ async def test_lab_result_amendment_replaces_and_a_stale_version_is_ignored(
     assert report["observations"][0]["value_quantity"]["value"] == 5.9
     assert (await client.get("/patients/pat-1/allergies")).json()[0]["display"] == "Cashew nuts"
 
+    # The home screen's share in one call: what the three routes answer, newest labs first.
+    everything = (await client.get("/patients/pat-1/summary")).json()
+    assert everything == {
+        "lab_results": (await client.get("/patients/pat-1/lab-results?limit=5")).json()["items"],
+        "medications": (await client.get("/patients/pat-1/medications")).json(),
+        "allergies": (await client.get("/patients/pat-1/allergies")).json(),
+    }
+    assert everything["lab_results"] and everything["medications"] and everything["allergies"]
+    only = await client.get("/patients/pat-1/summary", params={"part": ["medications"]})
+    assert only.json() == {"medications": everything["medications"]}
+    unknown = await client.get("/patients/pat-1/summary", params={"part": "diary"})
+    assert unknown.status_code == 422
+    assert unknown.headers["content-type"] == "application/problem+json"
+
 
 async def test_another_patients_report_is_not_found(
     records: tuple[Service, httpx.AsyncClient], kafka_bootstrap: str, unique_prefix: str

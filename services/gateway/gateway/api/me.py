@@ -143,13 +143,15 @@ async def summary(caller: Me, request: Request) -> dict[str, Any]:
     """Everything at a glance; a part whose service fails is left out with a warning."""
     upstreams = upstreams_of(request)
     pid = caller.patient_id
-    parts: dict[str, tuple[str, str, str]] = {
-        "lab_results": ("DiagnosticReport", "records", f"/patients/{pid}/lab-results?limit=5"),
-        "medications": ("MedicationRequest", "records", f"/patients/{pid}/medications"),
-        "allergies": ("AllergyIntolerance", "records", f"/patients/{pid}/allergies"),
-        "appointments": ("Appointment", "scheduling", f"/patients/{pid}/appointments"),
-        "threads": ("Communication", "messaging", f"/patients/{pid}/threads"),
+    # Each part: the resource type its scope names, and the service that owns it.
+    parts: dict[str, tuple[str, str]] = {
+        "lab_results": ("DiagnosticReport", "records"),
+        "medications": ("MedicationRequest", "records"),
+        "allergies": ("AllergyIntolerance", "records"),
+        "appointments": ("Appointment", "scheduling"),
+        "threads": ("Communication", "messaging"),
     }
+    paths = {"appointments": f"/patients/{pid}/appointments", "threads": f"/patients/{pid}/threads"}
     allowed = {
         k: v
         for k, v in parts.items()
@@ -164,22 +166,29 @@ async def summary(caller: Me, request: Request) -> dict[str, Any]:
         except TimeoutError as exc:
             raise UpstreamError(service, 504, f"did not answer within {budget:g} s") from exc
 
-    calls: list[Awaitable[Any]] = [part(svc, path) for _, svc, path in allowed.values()]
+    # Records' parts come in one call (its /summary: one request and one read instead of
+    # three); every other part is its service's own call.
+    from_records = [k for k, v in allowed.items() if v[1] == "records"]
+    calls: list[tuple[list[str], Awaitable[Any]]] = []
+    if from_records:
+        query = "&".join(f"part={k}" for k in from_records)
+        calls.append((from_records, part("records", f"/patients/{pid}/summary?{query}")))
+    calls += [([k], part(v[1], paths[k])) for k, v in allowed.items() if v[1] != "records"]
     # The summary is recorded whatever its parts bring, so its record is committed while
     # the parts are fetched (the answer still waits for that commit; a failed one is 503).
     results, _ = await asyncio.gather(
-        asyncio.gather(*calls, return_exceptions=True),
+        asyncio.gather(*(call for _, call in calls), return_exceptions=True),
         audit.record(request, "read", "summary"),
     )
     out: dict[str, Any] = {"patient_id": pid, "warnings": []}
-    for name, result in zip(allowed, results, strict=True):
-        if isinstance(result, BaseException):
-            detail = result.detail if isinstance(result, UpstreamError) else "failed"
-            out["warnings"].append({"part": name, "detail": f"{allowed[name][1]} {detail}"})
-            out[name] = None
-        else:
-            # Lab results come a page at a time: the summary shows the newest page's items.
-            out[name] = result["items"] if name == "lab_results" else result
+    for (names, _), result in zip(calls, results, strict=True):
+        for name in names:
+            if isinstance(result, BaseException):
+                detail = result.detail if isinstance(result, UpstreamError) else "failed"
+                out["warnings"].append({"part": name, "detail": f"{allowed[name][1]} {detail}"})
+                out[name] = None
+            else:
+                out[name] = result.get(name) if name in from_records else result
     if isinstance(out.get("threads"), list):
         # Unread messages from the care team, over every thread (messaging counts them).
         out["unread_messages"] = sum(int(t.get("unread", 0)) for t in out["threads"])
