@@ -13,9 +13,11 @@ from typing import Any
 
 import httpx
 
+from devstack.brokers import ApacheKafkaBroker, TansuBroker
 from servicekit.settings import ServiceSettings
 
 from .acceptance import Clinic, LocalStack, Patient
+from .profile import Profiler
 
 BOOTSTRAP = "127.0.0.1:9092"  # the stack's broker (DESIGN: fixed port)
 CONNECTOR = "http://127.0.0.1:8005"  # the ehr-connector (DESIGN: fixed port)
@@ -70,13 +72,17 @@ class Context:
     patients: list[Any] = field(default_factory=list)  # Patient, each with an open stream
     # Results a benchmark measured on the side (benchmark 1 measures the footprint too).
     extra_results: list[Any] = field(default_factory=list)
+    # `--profile`: benchmark 1's load runs under py-spy.
+    profiler: Profiler | None = None
 
     @property
     def fetch_max_wait_ms(self) -> int:
-        """The fetch wait of the stack's consumers (`KAFKA_FETCH_MAX_WAIT_MS`): the
-        baselines' consumers fetch the same way."""
-        wait: int = ServiceSettings.model_fields["kafka_fetch_max_wait_ms"].default
-        return wait
+        """The fetch wait of the stack's consumers a patient waits on (interactive ones:
+        `KAFKA_INTERACTIVE_FETCH_MAX_WAIT_MS`, which the local stack sets per broker): the
+        baselines' consumers, standing in for those hops, fetch the same way."""
+        broker = {"tansu": TansuBroker, "apache": ApacheKafkaBroker}[self.kafka]
+        default: int = ServiceSettings.model_fields["kafka_fetch_max_wait_ms"].default
+        return broker.interactive_fetch_wait_ms or default
 
     async def sign_in_patients(self, count: int) -> list[Any]:
         """New EHR patients, signed in to the portal with their streams open (kept for the
@@ -152,6 +158,8 @@ class Context:
             self.pause(name, False)
 
     async def close(self) -> None:
+        if self.profiler is not None:
+            await self.profiler.stop()  # a benchmark that failed midway left it running
         for patient in self.patients:
             await patient.close()
 

@@ -161,6 +161,9 @@ class Subscription:
     effect_first: bool = False
     # Same effect as `handler` on each event in turn, for a batch in one transaction.
     batch_handler: BatchHandler | None = None
+    # A patient waits on this consumer's effect (their stream, their list, their booking in
+    # the EHR): it fetches with KAFKA_INTERACTIVE_FETCH_MAX_WAIT_MS.
+    interactive: bool = False
 
 
 @dataclass
@@ -169,18 +172,22 @@ class EventRouter:
 
     subscriptions: list[Subscription] = field(default_factory=list)
 
-    def handles(self, event_type: str, *, name: str | None = None) -> Callable[[Handler], Handler]:
+    def handles(
+        self, event_type: str, *, name: str | None = None, interactive: bool = False
+    ) -> Callable[[Handler], Handler]:
         """Register `handler` for the newest version of `event_type`: it runs inside the
-        transaction that records the event in the inbox."""
+        transaction that records the event in the inbox. `interactive`: a patient waits on
+        its effect (see `Subscription.interactive`)."""
 
         def register(handler: Handler) -> Handler:
-            self._add(event_type, name or handler.__name__, handler, handler.__doc__, False)
+            consumer = name or handler.__name__
+            self._add(event_type, consumer, handler, handler.__doc__, False, interactive)
             return handler
 
         return register
 
     def effect_first(
-        self, event_type: str, *, name: str | None = None
+        self, event_type: str, *, name: str | None = None, interactive: bool = False
     ) -> Callable[[EffectHandler], EffectHandler]:
         """Register a handler that calls another system (an EHR) for `event_type`: it runs
         with no transaction open and returns a `Record`, which the kit runs in one short
@@ -188,7 +195,8 @@ class EventRouter:
         duplicate found only at commit time has made the call again)."""
 
         def register(handler: EffectHandler) -> EffectHandler:
-            self._add(event_type, name or handler.__name__, handler, handler.__doc__, True)
+            consumer = name or handler.__name__
+            self._add(event_type, consumer, handler, handler.__doc__, True, interactive)
             return handler
 
         return register
@@ -218,6 +226,7 @@ class EventRouter:
         handler: Handler | EffectHandler,
         doc: str | None,
         effect_first: bool,
+        interactive: bool,
     ) -> None:
         entry = latest(event_type)
         if any(s.event_type == event_type for s in self.subscriptions):
@@ -230,6 +239,7 @@ class EventRouter:
                 model=entry.model,
                 description=(doc or "").strip(),
                 effect_first=effect_first,
+                interactive=interactive,
             )
         )
 

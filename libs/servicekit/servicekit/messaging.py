@@ -208,7 +208,7 @@ def build_broker(
             ack_policy=AckPolicy.MANUAL,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms(interactive=sub.interactive),
             title=f"{settings.topic(sub.event_type)}:{sub.name}",
             description=sub.description or None,
         )(_handler_for(runtime, sub))

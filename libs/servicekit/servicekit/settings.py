@@ -66,6 +66,15 @@ class ServiceSettings(BaseSettings):
         "there it bounds each hop's added latency, at the cost of a fetch per consumer this "
         "often when idle (20 ms cost the local stack over a core)",
     )
+    kafka_interactive_fetch_max_wait_ms: int | None = Field(
+        default=None,
+        ge=1,
+        le=30_000,
+        description="The fetch wait of the consumers a patient waits on (their stream, their "
+        "lists, their booking reaching the EHR; `interactive` subscriptions); unset: "
+        "KAFKA_FETCH_MAX_WAIT_MS. The local stack sets 50 on Tansu: a short wait there only "
+        "where it is felt",
+    )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT",
         description="How every Kafka client of the kit connects (servicekit.kafka_security): "
@@ -259,6 +268,12 @@ class ServiceSettings(BaseSettings):
     def topic(self, event_type: str) -> str:
         """The Kafka topic name for an event type, with the isolation prefix."""
         return f"{self.topic_prefix}{event_type}"
+
+    def fetch_max_wait_ms(self, *, interactive: bool) -> int:
+        """How long a consumer's fetch waits at the broker: interactive ones may wait less."""
+        if interactive and self.kafka_interactive_fetch_max_wait_ms is not None:
+            return self.kafka_interactive_fetch_max_wait_ms
+        return self.kafka_fetch_max_wait_ms
 
     def group_id(self, consumer: str) -> str:
         """The consumer group id for one of this service's consumers."""

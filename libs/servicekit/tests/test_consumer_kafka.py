@@ -17,6 +17,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from contracts.envelope import build_headers
 from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
+from servicekit.app import ServiceDefinition, create_service
+from servicekit.consumer import Event, EventRouter, UnitOfWork
 from servicekit.settings import ServiceSettings
 from servicekit.telemetry import tracer
 from servicekit.testing import eventually, read_topic
@@ -170,23 +172,40 @@ async def test_one_trace_spans_the_business_span_publish_and_consume(
     assert process.attributes["portal.outcome"] == "handled"
 
 
-async def test_consumers_fetch_with_the_configured_max_wait(
+async def test_consumers_fetch_with_the_configured_max_waits(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> None:
-    """KAFKA_FETCH_MAX_WAIT_MS reaches every subscriber's consumer: Tansu answers a fetch
-    only when this wait expires, so the local stack shortens it (aiokafka's 500 ms made
-    each hop there take ~200 ms at p50)."""
+    """KAFKA_FETCH_MAX_WAIT_MS reaches every subscriber's consumer, and
+    KAFKA_INTERACTIVE_FETCH_MAX_WAIT_MS those of interactive subscriptions: Tansu answers
+    a fetch only when its wait expires, so the local stack shortens the wait where a patient
+    waits (aiokafka's 500 ms made each hop there take ~200 ms at p50)."""
+    router = EventRouter()
+    router.handles("patient.linked")(fakeservice.record_link)
+
+    @router.handles("consent.granted", interactive=True)
+    async def granted(uow: UnitOfWork, event: Event[Any]) -> None:
+        """Nothing: only its consumer's settings are looked at."""
+
     settings = _settings(database_url, kafka_bootstrap, unique_prefix).model_copy(
-        update={"kafka_fetch_max_wait_ms": 20}
+        update={"kafka_fetch_max_wait_ms": 300, "kafka_interactive_fetch_max_wait_ms": 20}
     )
     await ensure_topics(kafka_bootstrap, unique_prefix)
-    svc = fakeservice.build(settings)
+    svc = create_service(
+        ServiceDefinition(
+            settings=settings, title="fake", handlers=router, metadata=fakeservice.Base.metadata
+        )
+    )
     async with LifespanManager(svc.app, startup_timeout=60, shutdown_timeout=60):
 
         async def started() -> bool:  # the broker connects in the background
             return all(s.consumer is not None for s in svc.broker.subscribers)
 
         await eventually(started, timeout=60)
-        consumers = [s.consumer for s in svc.broker.subscribers]
-        assert consumers
-        assert {c._fetch_max_wait_ms for c in consumers} == {20}  # type: ignore[union-attr]
+        waits = {
+            s.topics[0].name: s.consumer._fetch_max_wait_ms  # type: ignore[union-attr]
+            for s in svc.broker.subscribers
+        }
+        assert waits == {
+            f"{unique_prefix}patient.linked": 300,
+            f"{unique_prefix}consent.granted": 20,
+        }

@@ -14,11 +14,12 @@ from servicekit.consumer import EventRouter
 
 router = EventRouter()
 
-router.effect_first("appointment.booked")(outbound.book_appointment)
-router.effect_first("appointment.cancelled")(outbound.cancel_appointment)
-router.effect_first("appointment.rescheduled")(outbound.reschedule_appointment)
+# Interactive: a patient waits for the write (a booking's confirmation, a message's delivery).
+router.effect_first("appointment.booked", interactive=True)(outbound.book_appointment)
+router.effect_first("appointment.cancelled", interactive=True)(outbound.cancel_appointment)
+router.effect_first("appointment.rescheduled", interactive=True)(outbound.reschedule_appointment)
 router.effect_first("intake.submitted")(outbound.file_intake)
-router.effect_first("message.sent")(outbound.send_message_to_care_team)
+router.effect_first("message.sent", interactive=True)(outbound.send_message_to_care_team)
 router.effect_first("triage.completed")(outbound.file_triage)
 router.effect_first("consent.granted")(outbound.file_consent)
 router.effect_first("consent.revoked")(outbound.revoke_consent)

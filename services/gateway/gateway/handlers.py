@@ -43,26 +43,26 @@ def _notify(uow: UnitOfWork, event: Event[Any], note: Notification) -> None:
     )
 
 
-@router.handles("lab.resulted")
+@router.handles("lab.resulted", interactive=True)
 async def notify_lab_result(uow: UnitOfWork, event: Event[LabResultedV1]) -> None:
     """Tell the patient a lab result is available."""
     _notify(uow, event, Notification(NotificationKind.LAB_RESULT, event.data.report_fhir_id))
 
 
-@router.handles("medication.changed")
+@router.handles("medication.changed", interactive=True)
 async def notify_medication_change(uow: UnitOfWork, event: Event[MedicationChangedV1]) -> None:
     """Tell the patient their medication list changed."""
     data = event.data
     _notify(uow, event, Notification(NotificationKind.MEDICATION, data.medication_request_fhir_id))
 
 
-@router.handles("message.received")
+@router.handles("message.received", interactive=True)
 async def notify_message(uow: UnitOfWork, event: Event[MessageReceivedV1]) -> None:
     """Tell the patient a clinician wrote to them."""
     _notify(uow, event, Notification(NotificationKind.MESSAGE, event.data.communication_fhir_id))
 
 
-@router.handles("appointment.updated")
+@router.handles("appointment.updated", interactive=True)
 async def notify_appointment_change(uow: UnitOfWork, event: Event[AppointmentUpdatedV1]) -> None:
     """Tell the patient an appointment was confirmed, rejected, cancelled or moved."""
     data = event.data
@@ -72,7 +72,7 @@ async def notify_appointment_change(uow: UnitOfWork, event: Event[AppointmentUpd
     _notify(uow, event, Notification(NotificationKind.APPOINTMENT, ref, data.status.value))
 
 
-@router.handles("triage.completed")
+@router.handles("triage.completed", interactive=True)
 async def notify_triage_routed(uow: UnitOfWork, event: Event[TriageCompletedV1]) -> None:
     """Tell the patient their symptom check reached the care team."""
     data = event.data

@@ -10,7 +10,7 @@ from servicekit.consumer import Event, EventRouter, UnitOfWork
 router = EventRouter()
 
 
-@router.handles("message.received")
+@router.handles("message.received", interactive=True)
 async def file_clinician_message(uow: UnitOfWork, event: Event[MessageReceivedV1]) -> None:
     """File a clinician's message in its thread (a new thread when it starts one)."""
     await messaging_for(uow).file_clinician_message(uow.session, event)

@@ -12,7 +12,7 @@ from servicekit.consumer import Event, EventRouter, UnitOfWork
 router = EventRouter()
 
 
-@router.handles("lab.resulted")
+@router.handles("lab.resulted", interactive=True)
 async def record_lab_result(uow: UnitOfWork, event: Event[LabResultedV1]) -> None:
     """Store a final or amended lab report unless a newer version is already stored."""
     await service.record_lab_result(uow.session, event.patient_id, event.data, utc_now())
@@ -26,7 +26,7 @@ async def record_lab_results(uow: UnitOfWork, events: list[Event[LabResultedV1]]
     )
 
 
-@router.handles("medication.changed")
+@router.handles("medication.changed", interactive=True)
 async def record_medication_change(uow: UnitOfWork, event: Event[MedicationChangedV1]) -> None:
     """Store a medication order change unless a newer version is already stored."""
     await service.record_medication_change(uow.session, event.patient_id, event.data)

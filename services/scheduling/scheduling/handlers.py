@@ -16,7 +16,7 @@ async def cache_slot(uow: UnitOfWork, event: Event[SlotUpdatedV1]) -> None:
     await service.cache_slot(uow.session, event.data)
 
 
-@router.handles("appointment.updated")
+@router.handles("appointment.updated", interactive=True)
 async def apply_ehr_appointment_change(uow: UnitOfWork, event: Event[AppointmentUpdatedV1]) -> None:
     """Apply the EHR's confirmation, rejection or change of an appointment, including one
     the clinic made or changed in the EHR (clinician, place, time, status)."""

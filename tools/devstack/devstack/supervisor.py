@@ -565,6 +565,7 @@ class Stack:
             "HTTP_PORT": str(service.port),
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "KAFKA_ENABLE_IDEMPOTENCE": "true" if self.enable_idempotence else "false",
+            **self._fetch_wait_env(),
             service.database_env: database,
             "LOG_FORMAT": "json",
             **self._identity_env(),
@@ -581,6 +582,13 @@ class Stack:
             host=config.host,
             cwd=config.root,
         )
+
+    def _fetch_wait_env(self) -> dict[str, str]:
+        """The broker's interactive fetch wait, unless the environment sets one."""
+        wait = self.broker.interactive_fetch_wait_ms if self.broker is not None else None
+        if wait is None or os.environ.get("KAFKA_INTERACTIVE_FETCH_MAX_WAIT_MS"):
+            return {}
+        return {"KAFKA_INTERACTIVE_FETCH_MAX_WAIT_MS": str(wait)}
 
     def _identity_env(self) -> dict[str, str]:
         """The stack's one service-token key, shared by every service: a random key kept in

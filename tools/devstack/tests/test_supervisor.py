@@ -175,6 +175,8 @@ async def test_check_runs_a_stack_on_tansu_and_verifies_every_endpoint(
             "HTTP_PORT": str(service.port),
             "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:19096",
             "KAFKA_ENABLE_IDEMPOTENCE": "false",
+            # Tansu answers a fetch only when its wait expires: short where a patient waits.
+            "KAFKA_INTERACTIVE_FETCH_MAX_WAIT_MS": "50",
             "DATABASE_URL": database_url(postgres_url, "portal_fakeapp"),
             "LOG_FORMAT": "json",
         }
