@@ -1,6 +1,6 @@
 """Run the benchmarks on the stack as `make up` starts it and write the report.
 
-    python bench/run.py [--quick] [--kafka tansu|apache] [--only m1,m4]
+    python bench/run.py [--quick] [--kafka tansu|apache] [--only m1,m4] [--profile]
 
 Starts the stack in a temporary data directory (embedded PostgreSQL, the broker, the EHR
 sandbox, the six services on their fixed ports: run it where those ports are free), runs
@@ -38,6 +38,7 @@ from benchkit import (
 )
 from benchkit.acceptance import Clinic, LocalStack, StackFailed
 from benchkit.context import Context, Settings
+from benchkit.profile import Profiler
 from benchkit.report import (
     Result,
     headline,
@@ -117,10 +118,14 @@ async def _run(ctx: Context, names: list[str]) -> tuple[list[Result], list[str]]
     return results, failed
 
 
-async def _with_stack(stack: Any, settings: Settings, kafka: str, names: list[str]) -> Any:
+async def _with_stack(
+    stack: Any, settings: Settings, kafka: str, names: list[str], profile_dir: Path | None
+) -> Any:
     async with Clinic() as clinic:
         await clinic.wait_subscriptions_active()
         ctx = Context(stack=stack, clinic=clinic, settings=settings, kafka=kafka)
+        if profile_dir is not None:
+            ctx.profiler = Profiler(profile_dir)
         try:
             return await _run(ctx, names)
         finally:
@@ -133,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kafka", default=os.environ.get("KAFKA", "tansu"))
     parser.add_argument("--only", default="", help="comma-separated: " + ",".join(BENCHMARKS))
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="benchmarks 1 and 4 under py-spy: report sections, <results>/profile/m*/*.txt",
+    )
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -163,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"the stack did not start: {exc}")
             return 1
         _log(f"stack ready in {time.monotonic() - began:.0f} s")
-        results, failed = asyncio.run(_with_stack(stack, settings, args.kafka, names))
+        profile_dir = args.results / "profile" if args.profile else None
+        results, failed = asyncio.run(_with_stack(stack, settings, args.kafka, names, profile_dir))
     finally:
         stack.stop()
         if os.environ.get("BENCH_KEEP_LOGS"):

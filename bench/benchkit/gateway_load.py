@@ -86,7 +86,11 @@ async def run(ctx: Context) -> Result:
     """Baseline, the reads, the reads with the EHR down, the reads with a service slow."""
     started = time.monotonic()
     base = await _load(ctx, ("/healthz",), "m4 baseline /healthz", authorised=False)
+    if ctx.profiler is not None:
+        await ctx.profiler.start("m4", ctx.pids())
     ours = await _load(ctx, PATHS, "m4 summary + lab list")
+    if ctx.profiler is not None:
+        ctx.extra_results.append(await ctx.profiler.result("benchmark 4's first phase"))
     ctx.pause("ehr-sandbox", True)
     try:
         down = await _load(ctx, PATHS, "m4 with the EHR down")

@@ -89,7 +89,7 @@ async def _poll_list(
         await asyncio.sleep(LIST_POLL_S)
 
 
-async def _ours(ctx: Context) -> dict[str, Any]:
+async def _ours(ctx: Context, profile: bool = False) -> dict[str, Any]:
     settings = ctx.settings
     patients = await ctx.sign_in_patients(settings.patients)
     stop = asyncio.Event()
@@ -133,6 +133,9 @@ async def _ours(ctx: Context) -> dict[str, Any]:
     progress = Progress("m1 lab results", settings.duration_s)
     cpu_before = _cpu_seconds(ctx)
     rss_idle = _rss_mb(ctx)
+    profiler = ctx.profiler if profile else None
+    if profiler is not None:
+        await profiler.start("m1", ctx.pids())
     start = time.monotonic()
     n = 0
     peak_rss: dict[str, float] = {}
@@ -159,6 +162,8 @@ async def _ours(ctx: Context) -> dict[str, Any]:
     await asyncio.gather(*pollers)
     stop.set()
     await watcher
+    if profiler is not None:
+        ctx.extra_results.append(await profiler.result("benchmark 1's load and drain"))
     cpu_after = _cpu_seconds(ctx)
     delivered_times = _delivered(patients)
     counts = _delivery_counts(patients)
@@ -297,7 +302,7 @@ async def _baseline(ctx: Context, count_hint: int) -> dict[str, Any]:
 async def run(ctx: Context) -> Result:
     """Benchmark 1 and its baseline; also benchmark 7's footprint figures."""
     started = time.monotonic()
-    ours = await _ours(ctx)
+    ours = await _ours(ctx, profile=True)
     base = await _baseline(ctx, ours["acked"])
     stream = latency_summary(ours["stream"])
     events = latency_summary(ours["event"])

@@ -23,7 +23,7 @@ from servicekit.tables import DeadLetterRow, OutboxRow, ParkedRow
 router = APIRouter(prefix="/ops", tags=["ops"])
 
 
-def _require_ops(request: Request) -> None:
+async def _require_ops(request: Request) -> None:
     settings: ServiceSettings = request.app.state.service.settings
     header = request.headers.get("authorization", "")
     token = header.removeprefix("Bearer ").strip()

@@ -14,12 +14,14 @@ connections: httpcore 1.0.9 walks every connection of a pool, and for each idle 
 connection again, each time a request enters or leaves it (quadratic; encode/httpcore#1035,
 unreleased). One shared pool of 100 connections made that walk most of the gateway's CPU
 under load; small pools per origin keep it cheap, and a call waits for a free connection in
-our semaphore instead.
+our semaphore instead. The pools share one TLS context: httpx builds a new one (loading the
+whole CA bundle, ~0.1 s of blocked event loop) for every transport it is not handed one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +36,8 @@ from servicekit.identity import ServiceTokens
 class _OriginPool:
     """The connections to one origin and the slots admitting calls to them."""
 
-    def __init__(self, limits: httpx.Limits) -> None:
-        self.transport = httpx.AsyncHTTPTransport(limits=limits)
+    def __init__(self, limits: httpx.Limits, tls: ssl.SSLContext) -> None:
+        self.transport = httpx.AsyncHTTPTransport(limits=limits, verify=tls)
         self.slots = asyncio.Semaphore(limits.max_connections or 100)
 
 
@@ -45,6 +47,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, limits: httpx.Limits) -> None:
         self._limits = limits
+        self._tls = httpx.create_ssl_context()
         self._pools: dict[tuple[bytes, bytes, int | None], _OriginPool] = {}
         self._abandoned: set[asyncio.Task[None]] = set()
 
@@ -52,7 +55,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         origin = (url.raw_scheme, url.raw_host, url.port)
         pool = self._pools.get(origin)
         if pool is None:
-            pool = self._pools[origin] = _OriginPool(self._limits)
+            pool = self._pools[origin] = _OriginPool(self._limits, self._tls)
         return pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

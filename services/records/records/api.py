@@ -60,7 +60,7 @@ class PageOut(BaseModel):
     next_cursor: str | None
 
 
-def catalogue_of(request: Request) -> Catalogue:
+async def catalogue_of(request: Request) -> Catalogue:
     """The explanations catalogue the composition root loaded."""
     catalogue: Catalogue = request.app.state.service.state["explanations"]
     return catalogue

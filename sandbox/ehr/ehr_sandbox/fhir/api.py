@@ -43,8 +43,10 @@ from ehr_sandbox.store import Store, StoredResource, WriteResult
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 
 
-def check_accept(request: Request) -> None:
-    """406 when the client accepts only formats other than JSON (this server speaks JSON)."""
+async def check_accept(request: Request) -> None:
+    """406 when the client accepts only formats other than JSON (this server speaks JSON).
+    A coroutine although it awaits nothing: FastAPI runs a plain function dependency in a
+    worker thread, a thread hand-off on every FHIR request (seen in the profile)."""
     fmt = request.query_params.get("_format")
     if fmt is not None and "json" not in fmt.lower():
         raise FhirError(406, f"Unsupported _format {fmt}; this server returns JSON only")
