@@ -28,6 +28,7 @@ from .report import Progress, Result, latency_summary, ratio
 PATHS = ("/v1/me/summary", "/v1/me/lab-results?limit=20")
 SLOW_SERVICE = "messaging"
 SLOW_STOPPED_S, SLOW_RUNNING_S = 1.5, 0.1
+MAX_FAILURES_SHOWN = 5
 
 
 async def _load(
@@ -38,6 +39,7 @@ async def _load(
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     partial = 0  # summaries answered with a part left out (a warning)
+    failures: list[str] = []  # what each failed request met, for the report
     progress = Progress(label, settings.duration_s)
     # One client with a connection per patient: making 100 clients (each loading the TLS
     # trust store) would cost the load generator seconds of CPU inside the measurement.
@@ -63,6 +65,7 @@ async def _load(
                     statuses[str(response.status_code)] += 1
                 except httpx.HTTPError as exc:
                     statuses[type(exc).__name__] += 1
+                    failures.append(_failure(exc, path, time.monotonic() - sent))
                     continue
                 if path.endswith("/summary") and b'"warnings":[]' not in response.content:
                     partial += 1
@@ -79,7 +82,22 @@ async def _load(
         "statuses": dict(statuses),
         "errors": sum(v for k, v in statuses.items() if k != "200"),
         "partial": partial,
+        "failures": failures[:MAX_FAILURES_SHOWN],
     }
+
+
+def _failure(exc: BaseException, path: str, after_s: float) -> str:
+    """`ReadError on /v1/me/summary after 0.003 s: ConnectionResetError(...)`: the error and
+    its causes, and how long after sending it came (at once: a connection the server had
+    closed; late: the server gave up)."""
+    chain: list[str] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 4:
+        chain.append(repr(cause)[:160])
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(exc).__name__} on {path.split('?')[0]} after {after_s:.3f} s: " + " <- ".join(
+        chain
+    )
 
 
 async def run(ctx: Context) -> Result:
@@ -172,6 +190,16 @@ async def run(ctx: Context) -> Result:
             f"{slow['partial']} (without the slow service: {ours['partial']})",
             "Closed loop: each client sends its next request when the previous one answered, "
             "so rps is what the gateway sustained with that many patients at once.",
+            *(
+                f"failed ({phase}): {failure}"
+                for phase, run in (
+                    ("ours", ours),
+                    ("EHR down", down),
+                    (f"{SLOW_SERVICE} slow", slow),
+                    ("baseline", base),
+                )
+                for failure in run["failures"]
+            ),
         ],
     )
     result.elapsed_s = time.monotonic() - started

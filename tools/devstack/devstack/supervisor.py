@@ -45,6 +45,14 @@ _RESET = "\033[0m"
 LAST_LINES = 40
 
 
+# How long a service keeps an idle keep-alive connection open. Longer than any client keeps
+# one (httpx: 5 s; proxies and load balancers: 60 s): at uvicorn's default 5 s, a client
+# reusing a connection the moment the service closed it got "Server disconnected without
+# sending a response" (the benchmarks' sign-ins and gateway load met it). The closing side
+# must be the client, which never sends on a connection it is closing.
+SERVER_KEEP_ALIVE_S = 75
+
+
 @dataclass(frozen=True)
 class ServiceDef:
     """One process of the local stack."""
@@ -559,6 +567,8 @@ class Stack:
             # wait for every open browser tab.
             "--timeout-graceful-shutdown",
             "10",
+            "--timeout-keep-alive",
+            str(SERVER_KEEP_ALIVE_S),
         ]
         env = {
             "SERVICE_NAME": service.name,

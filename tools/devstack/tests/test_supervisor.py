@@ -238,3 +238,21 @@ async def test_parallel_start_failure_stops_everything() -> None:
         for spec in (specs[0], specs[2]):
             with pytest.raises(httpx.ConnectError):
                 await client.get(spec.url("/healthz"))
+
+
+def test_services_keep_idle_connections_longer_than_their_clients(tmp_path: Path) -> None:
+    # At uvicorn's default 5 s, equal to httpx's, a client could send on a connection the
+    # very moment the service closed it: "Server disconnected without sending a response".
+    from devstack.supervisor import SERVER_KEEP_ALIVE_S, SERVICES, Stack
+
+    base = "postgresql+asyncpg://portal:portal@127.0.0.1:5432"
+    stack = Stack(StackConfig(database_url=base, root=tmp_path))
+    client_idle_s = httpx.Limits().keepalive_expiry
+    assert client_idle_s is not None
+    assert max(client_idle_s, 60) < SERVER_KEEP_ALIVE_S
+    for service in SERVICES:
+        argv = stack._spec(service, f"{base}/x").argv
+        assert argv[argv.index("--timeout-keep-alive") + 1] == str(SERVER_KEEP_ALIVE_S)
+    dockerfile = Path(__file__).parents[3] / "deploy" / "docker" / "Dockerfile"
+    cmd = next(line for line in dockerfile.read_text().splitlines() if line.startswith("CMD"))
+    assert f"--timeout-keep-alive {SERVER_KEEP_ALIVE_S}" in cmd
