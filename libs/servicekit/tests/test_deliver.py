@@ -46,6 +46,20 @@ def _settings(database_url: str) -> ServiceSettings:
     )
 
 
+async def _fake_service(database_url: str, router: EventRouter) -> Service:
+    """The fake service with `router`'s handlers, its tables created."""
+    svc: Service = create_service(
+        ServiceDefinition(
+            settings=_settings(database_url),
+            title="fake",
+            handlers=router,
+            metadata=fakeservice.Base.metadata,
+        )
+    )
+    await svc.prepare_database()
+    return svc
+
+
 def _linked(marker: str) -> PatientLinkedV1:
     return PatientLinkedV1(patient_id="p1", patient_fhir_id=marker, linked_at=NOW)
 
@@ -113,15 +127,7 @@ async def test_an_effect_first_handler_calls_out_holding_no_connection_then_reco
 
         return record
 
-    svc: Service = create_service(
-        ServiceDefinition(
-            settings=_settings(database_url),
-            title="fake",
-            handlers=router,
-            metadata=fakeservice.Base.metadata,
-        )
-    )
-    await svc.prepare_database()
+    svc = await _fake_service(database_url, router)
     calls.append(_Calls(svc))
     synced = MessageSyncedV1(
         patient_id="p1",
@@ -221,15 +227,7 @@ async def test_effect_first_partitions_call_out_concurrently_each_in_offset_orde
 
         return record
 
-    svc: Service = create_service(
-        ServiceDefinition(
-            settings=_settings(database_url),
-            title="fake",
-            handlers=router,
-            metadata=fakeservice.Base.metadata,
-        )
-    )
-    await svc.prepare_database()
+    svc = await _fake_service(database_url, router)
     batch = [_synced_message(n % 2, n, f"p{n % 2}") for n in range(6)]
     try:
         outcomes = await svc.runtime.consume_batch(svc.runtime.router.subscriptions[0], batch)
