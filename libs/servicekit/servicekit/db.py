@@ -86,12 +86,18 @@ def ping_when_idle(engine: AsyncEngine, idle_s: float = PING_IDLE_S) -> None:
     event.listen(engine.sync_engine.pool, "checkout", ping_if_idle)
 
 
-# What connecting raises when the server is down, starting or full: asyncpg's own errors
-# and the socket's, which SQLAlchemy passes through unwrapped.
+# What connecting raises when the server is down, starting, shutting down or full, or the
+# database is closed to connections: asyncpg's own errors and the socket's, which
+# SQLAlchemy passes through unwrapped (the same errors from a statement come wrapped in a
+# DBAPIError, judged apart). 55000 (object not in prerequisite state) is what connecting to
+# a database with ALLOW_CONNECTIONS false meets.
 CONNECT_FAILURES: tuple[type[Exception], ...] = (
     ConnectionError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
 )
 
 

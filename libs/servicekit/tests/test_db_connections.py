@@ -10,9 +10,10 @@ from __future__ import annotations
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 
+from devstack.postgres import set_connections_allowed
 from servicekit import problems
 from servicekit.db import Database
 
@@ -103,6 +104,35 @@ async def test_a_request_while_the_database_is_down_answers_503() -> None:
         assert down.status_code == 503, down.text
         assert down.headers["retry-after"] == "1"
     finally:
+        await db.dispose()
+
+
+async def test_a_request_while_its_database_refuses_connections_answers_503(
+    database_url: str, postgres_url: str
+) -> None:
+    # A database closed to connections (maintenance: ALLOW_CONNECTIONS false) refuses at
+    # connect with SQLSTATE 55000, which asyncpg raises unwrapped: a 500 before.
+    name = make_url(database_url).database
+    assert name is not None
+    db = Database(database_url)
+    app = FastAPI()
+    problems.install(app)
+
+    @app.get("/backend")
+    async def backend() -> int:
+        return await _backend(db)
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        await set_connections_allowed(name, postgres_url, allowed=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            refused = await client.get("/backend")
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["retry-after"] == "1"
+            await set_connections_allowed(name, postgres_url, allowed=True)
+            assert (await client.get("/backend")).status_code == 200
+    finally:
+        await set_connections_allowed(name, postgres_url, allowed=True)
         await db.dispose()
 
 
