@@ -36,6 +36,17 @@ def _settings(
     )
 
 
+async def _outbox_rows(database_url: str) -> list[dict[str, object]]:
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        rows = await conn.fetch(
+            "SELECT id, topic, key_id, status, created_at, sent_at FROM outbox ORDER BY id"
+        )
+    finally:
+        await conn.close()
+    return [dict(r) for r in rows]
+
+
 async def test_the_patients_words_are_not_in_the_database_files_and_keys_rotate(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> None:
@@ -65,6 +76,12 @@ async def test_the_patients_words_are_not_in_the_database_files_and_keys_rotate(
         }
 
     # The kit's outbox too: the published event carries the summary and its evidence.
+    # One row, under the first key (once, CI counted none at the rotation below: this says
+    # whether it was missing already here, and what the rows were).
+    outbox = await _outbox_rows(database_url)
+    assert [(r["topic"], r["key_id"]) for r in outbox] == [
+        (f"{unique_prefix}triage.completed", "2026-11")
+    ], outbox
     files = await table_file_bytes(database_url, ["triage_sessions", "outbox"])
     # (The findings' codes and names, e.g. "Chest pain", are not the patient's words.)
     for secret in ("Pangolin-4e1d", "crushing chest pain spreading", "Okapi-77aa"):
@@ -98,13 +115,14 @@ async def test_the_patients_words_are_not_in_the_database_files_and_keys_rotate(
         assert legacy["urgency"] == "routine"
         before = (await client.get("/ops/encryption", headers=OPS)).json()
         # The kit's outbox holds the completed session's event (sealed too).
+        rows = await _outbox_rows(database_url)
         assert before["not_on_active_key"] == {
             "triage_sessions": 3,
             "outbox": 1,
             "idempotency_keys": 0,
             "dead_letters": 0,
             "parked_messages": 0,
-        }
+        }, rows
         assert (await client.post("/ops/encryption/reencrypt")).status_code == 401
         run = (await client.post("/ops/encryption/reencrypt", headers=OPS)).json()
         assert run["reencrypted"] == before["not_on_active_key"]
