@@ -184,7 +184,11 @@ async def _baseline(ctx: Context, count: int) -> list[float]:
 async def run(ctx: Context) -> Result:
     """Benchmark 2 and its baseline."""
     started = time.monotonic()
+    if ctx.profiler is not None:
+        await ctx.profiler.start("m2", ctx.pids())
     ours = await _ours(ctx)
+    if ctx.profiler is not None:
+        ctx.extra_results.append(await ctx.profiler.result("benchmark 2's bookings"))
     base = await _baseline(ctx, ours["bookings"])
     s_ehr = latency_summary(ours["to_ehr"])
     s_patient = latency_summary(ours["to_patient"])

@@ -389,10 +389,12 @@ class ConsumerRuntime:
         outcomes, returned in the same order. Each partition's messages are one batch: one
         transaction, or one per message when the batch fails. Partitions run concurrently
         (their keys are distinct, so order per key is unaffected). An effect-first
-        subscription's messages are one transaction each, a partition's one after another:
-        one call out per partition at a time (a sequential consumer held the EHR writes of
-        every patient to one round trip each, below what a rate-limited EHR allows; the EHR
-        client's gate keeps the calls of all partitions within its Retry-After)."""
+        subscription's messages are one transaction each, a key's one after another, and
+        up to `consumer_effect_first_keys_at_once` keys of a partition at once (a
+        sequential consumer held the EHR writes of every patient to one round trip each,
+        below what a rate-limited EHR allows, and ten patients booking at once waited for
+        each other's three EHR calls; the EHR client's gate keeps all calls within its
+        Retry-After)."""
         groups: dict[tuple[str, int], list[int]] = {}
         for index, msg in enumerate(msgs):
             groups.setdefault((msg.topic, msg.partition), []).append(index)
@@ -409,7 +411,7 @@ class ConsumerRuntime:
     async def _consume_partition(self, sub: Subscription, msgs: list[RawMessage]) -> list[str]:
         if sub.effect_first:
             # An effect-first handler calls out per event: nothing to batch.
-            return [await self.consume(sub, msg) for msg in msgs]
+            return await self._consume_by_key(sub, msgs)
         if len(msgs) == 1:
             return [await self.consume(sub, msgs[0])]
         consumer = self.consumer_id(sub)
@@ -447,6 +449,24 @@ class ConsumerRuntime:
                 span.end()
                 histogram.observe(elapsed)
             batch_span.end()
+
+    async def _consume_by_key(self, sub: Subscription, msgs: list[RawMessage]) -> list[str]:
+        """One message at a time per key, in offset order; keys side by side, boundedly.
+        The offsets are committed after the whole fetch, so a key that waits (an outage, a
+        retry) holds back the commit, never another key's work."""
+        by_key: dict[str, list[int]] = {}
+        for index, msg in enumerate(msgs):
+            by_key.setdefault(msg.key, []).append(index)
+        outcomes: list[str] = [""] * len(msgs)
+        slots = asyncio.Semaphore(self.settings.consumer_effect_first_keys_at_once)
+
+        async def one_key(indexes: list[int]) -> None:
+            async with slots:
+                for i in indexes:
+                    outcomes[i] = await self.consume(sub, msgs[i])
+
+        await asyncio.gather(*(one_key(indexes) for indexes in by_key.values()))
+        return outcomes
 
     async def _batch_locked(
         self, sub: Subscription, consumer: str, msgs: list[RawMessage], spans: list[trace.Span]

@@ -144,6 +144,13 @@ class ServiceSettings(BaseSettings):
         description="Most records a consumer handles in one go: each partition's share is "
         "one database transaction (1: a transaction per message)",
     )
+    consumer_effect_first_keys_at_once: int = Field(
+        default=8,
+        ge=1,
+        description="Keys (patients) of one partition whose effect-first handlers call out "
+        "at the same time; each key's events still go one after another (1: a partition's "
+        "events one at a time)",
+    )
     ops_token: str = Field(
         default="dev-ops-token",
         description="Bearer token for /ops (refused outside dev/test: servicekit.secrets)",

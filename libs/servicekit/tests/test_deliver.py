@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -36,21 +37,22 @@ from .fakeservice import Effect, effects
 NOW = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
 
 
-def _settings(database_url: str) -> ServiceSettings:
+def _settings(database_url: str, **overrides: Any) -> ServiceSettings:
     return ServiceSettings(
         service_name="fake",
         database_url=database_url,
         consumer_retry_base_s=0.001,
         consumer_retry_max_s=0.002,
         consumer_max_attempts=2,
+        **overrides,
     )
 
 
-async def _fake_service(database_url: str, router: EventRouter) -> Service:
+async def _fake_service(database_url: str, router: EventRouter, **overrides: Any) -> Service:
     """The fake service with `router`'s handlers, its tables created."""
     svc: Service = create_service(
         ServiceDefinition(
-            settings=_settings(database_url),
+            settings=_settings(database_url, **overrides),
             title="fake",
             handlers=router,
             metadata=fakeservice.Base.metadata,
@@ -237,3 +239,53 @@ async def test_effect_first_partitions_call_out_concurrently_each_in_offset_orde
     assert overlapped[:2] == [True, True]
     assert [m for m in order if int(m[1:]) % 2 == 0] == ["m0", "m2", "m4"]
     assert [m for m in order if int(m[1:]) % 2 == 1] == ["m1", "m3", "m5"]
+
+
+@pytest.mark.parametrize("keys_at_once", [8, 1])
+async def test_effect_first_keys_of_one_partition_call_out_side_by_side_each_in_order(
+    database_url: str, keys_at_once: int
+) -> None:
+    """Ten patients booking at once share three partitions: their EHR calls go side by
+    side (up to `consumer_effect_first_keys_at_once` keys of a partition), while each
+    patient's own events go one at a time, in offset order."""
+    router = EventRouter()
+    others_calling = asyncio.Event()
+    calling: dict[str, int] = {}  # key -> calls under way
+    most_at_once = 0
+    order: list[str] = []
+
+    @router.effect_first("message.synced")
+    async def file_message(reads: BeforeCommit, event: Event[MessageSyncedV1]) -> Record:
+        """Call out (waiting, the first time, until the other key is calling too)."""
+        nonlocal most_at_once
+        key = event.patient_id
+        calling[key] = calling.get(key, 0) + 1
+        assert calling[key] == 1, "two calls of one key at once"
+        most_at_once = max(most_at_once, sum(calling.values()))
+        if most_at_once == 3:
+            others_calling.set()
+        if keys_at_once > 1 and event.data.message_id in ("m0", "m1", "m2"):
+            await asyncio.wait_for(others_calling.wait(), 5)
+        else:
+            await asyncio.sleep(0.01)
+        order.append(event.data.message_id)
+        calling[key] -= 1
+
+        async def record(uow: UnitOfWork) -> None:
+            uow.session.add(
+                Effect(event_id=event.envelope.id, patient_id=event.patient_id, marker="f", at=NOW)
+            )
+
+        return record
+
+    svc = await _fake_service(database_url, router, consumer_effect_first_keys_at_once=keys_at_once)
+    # One partition, three patients' events interleaved.
+    batch = [_synced_message(0, n, f"p{n % 3}") for n in range(9)]
+    try:
+        outcomes = await svc.runtime.consume_batch(svc.runtime.router.subscriptions[0], batch)
+    finally:
+        await svc.db.dispose()
+    assert outcomes == [Outcome.HANDLED] * 9
+    assert most_at_once == (3 if keys_at_once > 1 else 1)
+    for key in range(3):
+        assert [m for m in order if int(m[1:]) % 3 == key] == [f"m{n}" for n in range(key, 9, 3)]
