@@ -73,7 +73,12 @@ async def _ours(ctx: Context) -> dict[str, Any]:
     settings = ctx.settings
     patients = ctx.patients[: settings.bookers] or await ctx.sign_in_patients(settings.bookers)
     start = (datetime.now(UTC) + timedelta(days=2)).isoformat()
-    slots = await _free_slots(patients[0], start, wanted=200)
+    # A booking cycle takes well over a second, so one free slot per booker per second of
+    # the run is more than the run can use: the full run (60 s) books ~200 and needs more
+    # than the quick run's 200 (it ran out once, 20 "no free slot left").
+    slots = await _free_slots(
+        patients[0], start, wanted=max(200, int(settings.bookers * settings.duration_s))
+    )
     to_ehr: list[float] = []
     to_patient: list[float] = []
     problems: Counter[str] = Counter()
