@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="benchmarks 1, 2 and 4 under py-spy: report sections, <results>/profile/m*/*.txt",
+        help="benchmarks 1, 2, 4 and 6 under py-spy: report sections, <results>/profile/m*/*.txt",
     )
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(BENCHMARKS)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import psutil
 
 from devstack.brokers import ApacheKafkaBroker, TansuBroker
 from servicekit.settings import ServiceSettings
@@ -124,6 +125,50 @@ class Context:
         if broker:
             found["kafka"] = int(broker)
         return found
+
+    def processes(self) -> dict[str, psutil.Process]:
+        """Each process of the stack with its children (a service may fork workers)."""
+        found: dict[str, psutil.Process] = {}
+        for name, pid in self.pids().items():
+            try:
+                found[name] = psutil.Process(pid)
+            except psutil.Error:
+                continue
+        return found
+
+    @staticmethod
+    def _tree(process: psutil.Process) -> list[psutil.Process]:
+        try:
+            return [process, *process.children(recursive=True)]
+        except psutil.Error:
+            return [process]
+
+    def rss_mb(self) -> dict[str, float]:
+        """Resident memory per process of the stack (with its children), in MB."""
+        sizes: dict[str, float] = {}
+        for name, process in self.processes().items():
+            total = 0
+            for member in self._tree(process):
+                try:
+                    total += member.memory_info().rss
+                except psutil.Error:
+                    continue
+            sizes[name] = round(total / 2**20, 1)
+        return sizes
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU seconds per process of the stack (with its children)."""
+        used: dict[str, float] = {}
+        for name, process in self.processes().items():
+            total = 0.0
+            for member in self._tree(process):
+                try:
+                    times = member.cpu_times()
+                    total += times.user + times.system
+                except psutil.Error:
+                    continue
+            used[name] = total
+        return used
 
     def pause(self, name: str, paused: bool) -> None:
         """SIGSTOP / SIGCONT a process group of the stack (down without the supervisor

@@ -22,7 +22,6 @@ from collections import Counter
 from typing import Any
 
 import httpx
-import psutil
 
 from .baseline import BaselineStream, Pipeline, tail_consumer
 from .context import BOOTSTRAP, Context
@@ -131,8 +130,8 @@ async def _ours(ctx: Context, profile: bool = False) -> dict[str, Any]:
             pollers.append(asyncio.create_task(_poll_list(patient, report, seen, listed)))
 
     progress = Progress("m1 lab results", settings.duration_s)
-    cpu_before = _cpu_seconds(ctx)
-    rss_idle = _rss_mb(ctx)
+    cpu_before = ctx.cpu_seconds()
+    rss_idle = ctx.rss_mb()
     profiler = ctx.profiler if profile else None
     if profiler is not None:
         await profiler.start("m1", ctx.pids())
@@ -144,7 +143,7 @@ async def _ours(ctx: Context, profile: bool = False) -> dict[str, Any]:
         n += 1
         progress.update(len(acked), "results acknowledged")
         if n % max(1, int(settings.lab_rate)) == 0:
-            for name, mb in _rss_mb(ctx).items():
+            for name, mb in ctx.rss_mb().items():
                 peak_rss[name] = max(peak_rss.get(name, 0.0), mb)
         next_at = start + n / settings.lab_rate
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -164,7 +163,7 @@ async def _ours(ctx: Context, profile: bool = False) -> dict[str, Any]:
     await watcher
     if profiler is not None:
         ctx.extra_results.append(await profiler.result("benchmark 1's load and drain"))
-    cpu_after = _cpu_seconds(ctx)
+    cpu_after = ctx.cpu_seconds()
     delivered_times = _delivered(patients)
     counts = _delivery_counts(patients)
     to_event = [(events[r] - t) * 1000 for r, (t, _p) in acked.items() if r in events]
@@ -213,53 +212,6 @@ def _delivery_counts(patients: list[Any]) -> Counter[str]:
             if d.key[0] == "lab-result":
                 counts[d.key[1]] += 1
     return counts
-
-
-def _processes(ctx: Context) -> dict[str, psutil.Process]:
-    """Each process of the stack with its children (a service may fork workers)."""
-    found: dict[str, psutil.Process] = {}
-    for name, pid in ctx.pids().items():
-        try:
-            found[name] = psutil.Process(pid)
-        except psutil.Error:
-            continue
-    return found
-
-
-def _tree(process: psutil.Process) -> list[psutil.Process]:
-    try:
-        return [process, *process.children(recursive=True)]
-    except psutil.Error:
-        return [process]
-
-
-def _rss_mb(ctx: Context) -> dict[str, float]:
-    """Resident memory per process of the stack (with its children), in MB."""
-    sizes: dict[str, float] = {}
-    for name, process in _processes(ctx).items():
-        total = 0
-        for member in _tree(process):
-            try:
-                total += member.memory_info().rss
-            except psutil.Error:
-                continue
-        sizes[name] = round(total / 2**20, 1)
-    return sizes
-
-
-def _cpu_seconds(ctx: Context) -> dict[str, float]:
-    """User + system CPU seconds per process of the stack (with its children)."""
-    used: dict[str, float] = {}
-    for name, process in _processes(ctx).items():
-        total = 0.0
-        for member in _tree(process):
-            try:
-                times = member.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                continue
-        used[name] = total
-    return used
 
 
 async def _baseline(ctx: Context, count_hint: int) -> dict[str, Any]:
