@@ -41,7 +41,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 from sqlalchemy import ARRAY, BindParameter, String, any_, bindparam, func, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.base import Payload
@@ -140,8 +140,9 @@ class BeforeCommit:
     deps: Any = None
 
     def reading(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
-        """A short session for reads; close it before calling out (no locks across I/O)."""
-        return self.db.sessions()
+        """A short session for reads; close it before calling out (no locks across I/O).
+        Each statement commits on its own (`Database.reads`): never write through it."""
+        return self.db.reads()
 
 
 Record = Callable[[UnitOfWork], Awaitable[None]]
@@ -971,30 +972,32 @@ async def handle_event(
 async def _handle_event(
     db: Database, outbox: Outbox, sub: Subscription, consumer: str, event: Event[Any], deps: Any
 ) -> str:
-    key = (consumer, event.envelope.id)
     record: Record | None = None
     if sub.effect_first:
-        async with db.sessions() as session:
-            if await session.get(InboxRow, key) is not None:
+        # A read in its own statement (no BEGIN/ROLLBACK): skip the call-out when handled.
+        async with db.reads() as session:
+            if await session.get(InboxRow, (consumer, event.envelope.id)) is not None:
                 return Outcome.DUPLICATE
         effect = cast(EffectHandler, sub.handler)
         record = await effect(BeforeCommit(db=db, outbox=outbox, event=event, deps=deps), event)
     async with db.transaction() as session:
-        if await session.get(InboxRow, key) is not None:
+        # The inbox row first, in one statement: it claims the event (a replica's claim
+        # not committed yet makes this wait for its outcome, then find it), so a redelivery
+        # writes nothing and two replicas racing need no retry. Cheaper than a lookup and
+        # an ORM insert at the end (py-spy: the connector's per-event database work).
+        claimed = await session.execute(
+            pg_insert(InboxRow)
+            .values(consumer=consumer, event_id=event.envelope.id, handled_at=datetime.now(UTC))
+            .on_conflict_do_nothing()
+            .returning(InboxRow.event_id)
+        )
+        if claimed.first() is None:
             return Outcome.DUPLICATE
         uow = UnitOfWork(session=session, outbox=outbox, event=event, deps=deps)
         if record is not None:
             await record(uow)
         else:
             await cast(Handler, sub.handler)(uow, event)
-        session.add(
-            InboxRow(consumer=consumer, event_id=event.envelope.id, handled_at=datetime.now(UTC))
-        )
-        try:
-            await session.flush()
-        except IntegrityError as exc:
-            # Another replica handled it concurrently (rebalance): retry sees the row.
-            raise RuntimeError("inbox race") from exc
     return Outcome.HANDLED
 
 

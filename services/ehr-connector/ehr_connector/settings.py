@@ -72,6 +72,15 @@ class EhrSettings(BaseSettings):
     ehr_pool_timeout_s: float = Field(default=5.0, description="Wait for a pooled connection")
     ehr_max_connections: int = Field(default=20, description="Connection pool size")
     ehr_max_keepalive_connections: int = Field(default=10, description="Idle connections kept")
+    ehr_writes_at_once: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "Writes (POST/PUT/PATCH/DELETE) in flight to the EHR at once; more wait their "
+            "turn. More would queue inside the EHR, not go faster, and would all be in "
+            "flight when a rate limit's first 429 comes"
+        ),
+    )
 
     # -- the EHR's profile: what it supports (detected from /metadata, overridable) ---------
     ehr_auth_mode: Literal["smart-backend", "static-bearer", "none"] = Field(
@@ -143,8 +152,9 @@ class EhrSettings(BaseSettings):
         default=10.0,
         ge=0.0,
         description=(
-            "After a 429, requests go one at a time for this long (beyond its Retry-After), "
-            "so none is in flight when the next 429 comes and every Retry-After is honoured"
+            "After a 429, requests of the kind it refused (writes; after a refused read, all) "
+            "go one at a time for this long (beyond its Retry-After), so none is in flight "
+            "when the next 429 comes and every Retry-After is honoured"
         ),
     )
     ehr_breaker_failure_threshold: int = Field(

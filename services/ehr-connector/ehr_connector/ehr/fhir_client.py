@@ -52,6 +52,9 @@ from ehr_connector.ehr.retry import (
 )
 from ehr_connector.settings import Settings
 
+# Methods that change the EHR: bounded in flight (Settings.ehr_writes_at_once).
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
 FHIR_JSON = "application/fhir+json"
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
@@ -121,6 +124,7 @@ class FhirClient:
         self._idle.set()
         self.retry = RetryPolicy.of(settings)
         self.gate = RetryAfterGate(settings.ehr_throttle_serial_s, settings.ehr_retry_after_max_s)
+        self._writes = asyncio.Semaphore(settings.ehr_writes_at_once)
         self.breaker = breaker or CircuitBreaker(
             failure_threshold=settings.ehr_breaker_failure_threshold,
             reset_after_s=settings.ehr_breaker_reset_s,
@@ -414,7 +418,9 @@ class FhirClient:
         request_headers = dict(headers or {})
         if token:
             request_headers["Authorization"] = f"Bearer {token}"
-        async with self.gate.passage(interaction):
+        write = method in WRITE_METHODS
+        bounded = self._writes if write else contextlib.nullcontext()
+        async with bounded, self.gate.passage(interaction, write=write):
             started = time.perf_counter()
             response = await self._send_once(
                 interaction, resource_type, method, url, params, json_body, request_headers, started
@@ -423,7 +429,7 @@ class FhirClient:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 # No Retry-After: the call's own back-off decides; the gate stays open.
                 if retry_after is not None:
-                    self.gate.hold(retry_after)
+                    self.gate.hold(retry_after, write=write)
         return response
 
     async def _send_once(

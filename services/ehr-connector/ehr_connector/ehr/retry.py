@@ -113,35 +113,41 @@ def is_retryable(exc: BaseException, *, idempotent: bool, retry_after_max_s: flo
 class RetryAfterGate:
     """The client-wide pace a rate-limiting EHR sets with 429 + Retry-After.
 
-    `hold(seconds)` closes the gate until that long from now (a later deadline wins);
-    `passage()` waits until it is open, and while the client is throttled (a 429 within
-    the last `serial_s`) lets one request through at a time."""
+    `hold(seconds, write=...)` closes the gate until that long from now (a later deadline
+    wins) for every request; `passage(interaction, write=...)` waits until it is open. For
+    `serial_s` beyond a 429 the kind of request it refused goes one at a time, so none of
+    that kind is in flight when the next 429 comes. A refused write serialises writes
+    only: reads (most of what the connector sends: notifications read back) are not what
+    the EHR limited and would halve the writes' pace in one queue with them; a refused
+    read serialises both (a limit on reads is usually a limit on everything)."""
 
     def __init__(self, serial_s: float, max_wait_s: float) -> None:
         self.serial_s = serial_s
         self.max_wait_s = max_wait_s
         self._open_at = 0.0  # monotonic
-        self._serial_until = 0.0  # monotonic
-        self._one_at_a_time = asyncio.Lock()
+        self._serial_until = {True: 0.0, False: 0.0}  # monotonic, by write or not
+        self._one_at_a_time = {True: asyncio.Lock(), False: asyncio.Lock()}
 
-    def hold(self, seconds: float) -> None:
-        """A 429 said: not before `seconds` from now."""
+    def hold(self, seconds: float, *, write: bool = True) -> None:
+        """A 429 (to a write, or to a read) said: not before `seconds` from now."""
         now = time.monotonic()
         self._open_at = max(self._open_at, now + seconds)
-        self._serial_until = max(self._serial_until, now + seconds + self.serial_s)
+        until = now + seconds + self.serial_s
+        for kind in (True,) if write else (True, False):
+            self._serial_until[kind] = max(self._serial_until[kind], until)
 
     def wait_s(self) -> float:
         """Seconds until the gate opens (0 when open)."""
         return max(0.0, self._open_at - time.monotonic())
 
     @contextlib.asynccontextmanager
-    async def passage(self, interaction: str) -> AsyncIterator[None]:
+    async def passage(self, interaction: str, *, write: bool = True) -> AsyncIterator[None]:
         """Hold this while sending one request and reading its status."""
-        if time.monotonic() >= self._serial_until:
+        if time.monotonic() >= self._serial_until[write]:
             await self._wait(interaction)
             yield
             return
-        async with self._one_at_a_time:
+        async with self._one_at_a_time[write]:
             await self._wait(interaction)
             yield
 
