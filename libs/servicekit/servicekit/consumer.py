@@ -976,7 +976,10 @@ async def _handle_event(
     if sub.effect_first:
         # A read in its own statement (no BEGIN/ROLLBACK): skip the call-out when handled.
         async with db.reads() as session:
-            if await session.get(InboxRow, (consumer, event.envelope.id)) is not None:
+            handled = select(InboxRow.event_id).where(
+                InboxRow.consumer == consumer, InboxRow.event_id == event.envelope.id
+            )
+            if (await session.execute(handled)).first() is not None:
                 return Outcome.DUPLICATE
         effect = cast(EffectHandler, sub.handler)
         record = await effect(BeforeCommit(db=db, outbox=outbox, event=event, deps=deps), event)

@@ -73,7 +73,7 @@ class EhrSettings(BaseSettings):
     ehr_max_connections: int = Field(default=20, description="Connection pool size")
     ehr_max_keepalive_connections: int = Field(default=10, description="Idle connections kept")
     ehr_writes_at_once: int = Field(
-        default=4,
+        default=2,
         ge=1,
         description=(
             "Writes (POST/PUT/PATCH/DELETE) in flight to the EHR at once; more wait their "
