@@ -51,6 +51,7 @@ def create_app(settings: SandboxSettings | None = None) -> FastAPI:
             await seed_clinic(
                 store, timezone=settings.clinic_timezone, examples=settings.examples_dir
             )
+        await store.analyze()
         log.info("ehr_sandbox_started", base_url=settings.base_url, dev_mode=settings.dev_mode)
         try:
             yield
