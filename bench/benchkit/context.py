@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,39 +136,32 @@ class Context:
                 continue
         return found
 
-    @staticmethod
-    def _tree(process: psutil.Process) -> list[psutil.Process]:
-        try:
-            return [process, *process.children(recursive=True)]
-        except psutil.Error:
-            return [process]
+    def _per_process(self, read: Callable[[psutil.Process], float]) -> dict[str, float]:
+        """`read` summed over each process of the stack and its children (a service may
+        fork workers); a process gone meanwhile counts nothing."""
+        totals: dict[str, float] = {}
+        for name, process in self.processes().items():
+            try:
+                members = [process, *process.children(recursive=True)]
+            except psutil.Error:
+                members = [process]
+            total = 0.0
+            for member in members:
+                try:
+                    total += read(member)
+                except psutil.Error:
+                    continue
+            totals[name] = total
+        return totals
 
     def rss_mb(self) -> dict[str, float]:
         """Resident memory per process of the stack (with its children), in MB."""
-        sizes: dict[str, float] = {}
-        for name, process in self.processes().items():
-            total = 0
-            for member in self._tree(process):
-                try:
-                    total += member.memory_info().rss
-                except psutil.Error:
-                    continue
-            sizes[name] = round(total / 2**20, 1)
-        return sizes
+        sizes = self._per_process(lambda p: float(p.memory_info().rss))
+        return {name: round(total / 2**20, 1) for name, total in sizes.items()}
 
     def cpu_seconds(self) -> dict[str, float]:
         """User + system CPU seconds per process of the stack (with its children)."""
-        used: dict[str, float] = {}
-        for name, process in self.processes().items():
-            total = 0.0
-            for member in self._tree(process):
-                try:
-                    times = member.cpu_times()
-                    total += times.user + times.system
-                except psutil.Error:
-                    continue
-            used[name] = total
-        return used
+        return self._per_process(lambda p: float(sum(p.cpu_times()[:2])))
 
     def pause(self, name: str, paused: bool) -> None:
         """SIGSTOP / SIGCONT a process group of the stack (down without the supervisor
