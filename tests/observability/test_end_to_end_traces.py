@@ -358,6 +358,16 @@ async def test_a_lab_result_is_one_trace_from_the_ehr_to_the_patients_screen(
 
         await eventually(linked, timeout=60, interval=0.25)
 
+        # And for the connector's Subscriptions to be active, as the acceptance suite's
+        # clinic does: a result written before the connector has subscribed is the
+        # back-fill's, not this trace's (failed once in CI with no notification in 90 s).
+        async def subscribed() -> bool:
+            found = (await stack.sandbox.admin.get("/fhir/Subscription")).json()
+            states = [e["resource"].get("status") for e in found.get("entry", [])]
+            return bool(states) and all(state == "active" for state in states)
+
+        await eventually(subscribed, timeout=120, interval=0.25)
+
         async def listen() -> None:
             async with client.stream("GET", "/v1/me/events") as events:
                 async for line in events.aiter_lines():
