@@ -117,7 +117,7 @@ class RetryAfterGate:
     wins) for every request; `passage(interaction, write=...)` waits until it is open. For
     `serial_s` beyond a 429 the kind of request it refused goes one at a time, so none of
     that kind is in flight when the next 429 comes. A refused write serialises writes
-    only: reads (most of what the connector sends: notifications read back) are not what
+    only: reads (back-fill pages, slot sync, notifications read back) are not what
     the EHR limited and would halve the writes' pace in one queue with them; a refused
     read serialises both (a limit on reads is usually a limit on everything)."""
 
