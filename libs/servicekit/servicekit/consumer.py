@@ -40,7 +40,17 @@ from typing import Any, Generic, TypeVar, cast
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
-from sqlalchemy import ARRAY, BindParameter, String, any_, bindparam, func, insert, select
+from sqlalchemy import (
+    ARRAY,
+    BindParameter,
+    Select,
+    String,
+    any_,
+    bindparam,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -617,19 +627,27 @@ class ConsumerRuntime:
             )
 
     async def _consume_locked(self, sub: Subscription, consumer: str, msg: RawMessage) -> str:
-        if await self._until_stored(lambda: self._park_if_blocked(consumer, msg)):
-            self._count(sub, Outcome.PARKED)
-            await self._refresh_gauges_quietly(sub)
-            return Outcome.PARKED
         try:
-            outcome = await self._handle_with_retries(sub, consumer, msg)
+            # The dead-letter check runs inside the event's own transaction (in a
+            # transaction of its own it was a third of a consumer's database round trips).
+            outcome = await self._handle_with_retries(sub, consumer, msg, park=True)
         except _Failed as failure:
             failed = failure
-            await self._until_stored(lambda: self._dead_letter(sub, consumer, msg, failed))
-            self._count(sub, Outcome.DEAD_LETTERED)
-            await self._refresh_gauges_quietly(sub)
-            return Outcome.DEAD_LETTERED
+            # An unparseable message never reached that transaction: it is parked behind
+            # its key's open dead letter like any other, and dead-lettered only if none.
+            if failed.kind == "unparseable" and await self._until_stored(
+                lambda: self._park_if_blocked(consumer, msg)
+            ):
+                outcome = Outcome.PARKED
+            else:
+                await self._until_stored(lambda: self._dead_letter(sub, consumer, msg, failed))
+                self._count(sub, Outcome.DEAD_LETTERED)
+                await self._refresh_gauges_quietly(sub)
+                return Outcome.DEAD_LETTERED
         self._count(sub, outcome)
+        if outcome == Outcome.PARKED:
+            log.info("consumer.parked", consumer=consumer, key=msg.key, offset=msg.offset)
+            await self._refresh_gauges_quietly(sub)
         return outcome
 
     def _count(self, sub: Subscription, outcome: str) -> None:
@@ -654,7 +672,12 @@ class ConsumerRuntime:
                 log.warning("consumer.store_failed", error=type(exc).__name__, attempt=attempt)
                 await asyncio.sleep(self._backoff(min(attempt, 6)))
 
-    async def _handle_with_retries(self, sub: Subscription, consumer: str, msg: RawMessage) -> str:
+    async def _handle_with_retries(
+        self, sub: Subscription, consumer: str, msg: RawMessage, *, park: bool = False
+    ) -> str:
+        """Handle `msg` to an outcome, retrying; `park`: park it instead when its key has an
+        open dead letter (the consumer loop; not a redrive or a release, which run while
+        their own dead letter is still open)."""
         try:
             event = self.parse(sub, msg)
         except PermanentError as exc:
@@ -664,7 +687,7 @@ class ConsumerRuntime:
         while True:
             attempts += 1
             try:
-                return await self._handle_once(sub, consumer, event)
+                return await self._handle_once(sub, consumer, event, msg if park else None)
             except asyncio.CancelledError:
                 raise
             except PermanentError as exc:
@@ -692,34 +715,19 @@ class ConsumerRuntime:
                 )
                 await asyncio.sleep(self._backoff(attempts - 1))
 
-    async def _handle_once(self, sub: Subscription, consumer: str, event: Event[Any]) -> str:
-        return await handle_event(self.db, self.outbox, sub, consumer, event, deps=self.deps)
+    async def _handle_once(
+        self, sub: Subscription, consumer: str, event: Event[Any], park: RawMessage | None = None
+    ) -> str:
+        async with unreachable_is_unavailable():
+            return await _handle_event(
+                self.db, self.outbox, sub, consumer, event, self.deps, park=park
+            )
 
     # -- parking and dead letters -------------------------------------------------------
 
-    async def _open_dead_letter(
-        self, session: AsyncSession, consumer: str, key: str
-    ) -> DeadLetterRow | None:
-        stmt = (
-            select(DeadLetterRow)
-            .where(
-                DeadLetterRow.consumer == consumer,
-                DeadLetterRow.key == key,
-                DeadLetterRow.status.in_(("open", "releasing")),
-            )
-            .order_by(DeadLetterRow.id)
-            .limit(1)
-            .with_for_update()
-        )
-        return (await session.execute(stmt)).scalar_one_or_none()
-
     async def _park_if_blocked(self, consumer: str, msg: RawMessage) -> bool:
         async with self.db.transaction() as session:
-            if await self._open_dead_letter(session, consumer, msg.key) is None:
-                return False
-            session.add(_parked_row(consumer, msg, datetime.now(UTC), self.outbox.cipher))
-        log.info("consumer.parked", consumer=consumer, key=msg.key, offset=msg.offset)
-        return True
+            return await _park_if_blocked(session, consumer, msg, self.outbox.cipher)
 
     async def _dead_letter(
         self, sub: Subscription, consumer: str, msg: RawMessage, failure: _Failed
@@ -969,21 +977,76 @@ async def handle_event(
         return await _handle_event(db, outbox, sub, consumer, event, deps)
 
 
+def _open_dead_letter(consumer: str, key: str) -> Select[tuple[DeadLetterRow]]:
+    """The key's open (or releasing) dead letter, if any, locked: a redrive that is
+    releasing the key's parked messages finishes before a new message is judged."""
+    return (
+        select(DeadLetterRow)
+        .where(
+            DeadLetterRow.consumer == consumer,
+            DeadLetterRow.key == key,
+            DeadLetterRow.status.in_(("open", "releasing")),
+        )
+        .order_by(DeadLetterRow.id)
+        .limit(1)
+        .with_for_update()
+    )
+
+
+async def _park_if_blocked(
+    session: AsyncSession, consumer: str, msg: RawMessage, cipher: Cipher | None
+) -> bool:
+    """Park `msg` (in `session`) when its key has an open dead letter; True if parked."""
+    if (await session.execute(_open_dead_letter(consumer, msg.key))).first() is None:
+        return False
+    session.add(_parked_row(consumer, msg, datetime.now(UTC), cipher))
+    return True
+
+
 async def _handle_event(
-    db: Database, outbox: Outbox, sub: Subscription, consumer: str, event: Event[Any], deps: Any
+    db: Database,
+    outbox: Outbox,
+    sub: Subscription,
+    consumer: str,
+    event: Event[Any],
+    deps: Any,
+    *,
+    park: RawMessage | None = None,
 ) -> str:
     record: Record | None = None
     if sub.effect_first:
-        # A read in its own statement (no BEGIN/ROLLBACK): skip the call-out when handled.
+        # One read in its own statement (no BEGIN/ROLLBACK), before the call-out: skip it
+        # when the event was handled, park the message when its key is blocked (a read
+        # without a lock: only a blocked key takes the locking transaction below).
         async with db.reads() as session:
             handled = select(InboxRow.event_id).where(
                 InboxRow.consumer == consumer, InboxRow.event_id == event.envelope.id
             )
-            if (await session.execute(handled)).first() is not None:
-                return Outcome.DUPLICATE
+            blocked = (
+                select(DeadLetterRow.id)
+                .where(
+                    DeadLetterRow.consumer == consumer,
+                    DeadLetterRow.key == (park.key if park is not None else ""),
+                    DeadLetterRow.status.in_(("open", "releasing")),
+                )
+                .limit(1)
+            )
+            seen, parked = (await session.execute(select(handled.exists(), blocked.exists()))).one()
+        if park is not None and parked:
+            async with db.transaction() as session:
+                if await _park_if_blocked(session, consumer, park, outbox.cipher):
+                    return Outcome.PARKED
+        if seen:
+            return Outcome.DUPLICATE
         effect = cast(EffectHandler, sub.handler)
         record = await effect(BeforeCommit(db=db, outbox=outbox, event=event, deps=deps), event)
     async with db.transaction() as session:
+        if (
+            park is not None
+            and not sub.effect_first
+            and await _park_if_blocked(session, consumer, park, outbox.cipher)
+        ):
+            return Outcome.PARKED
         # The inbox row first, in one statement: it claims the event (a replica's claim
         # not committed yet makes this wait for its outcome, then find it), so a redelivery
         # writes nothing and two replicas racing need no retry. Cheaper than a lookup and

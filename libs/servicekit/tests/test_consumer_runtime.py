@@ -156,6 +156,35 @@ async def test_later_messages_of_a_dead_lettered_patient_are_parked_others_flow(
     assert [p.key for p in parked] == ["p1", "p1"]
 
 
+async def test_an_unparseable_message_of_a_blocked_patient_is_parked_behind_the_dead_letter(
+    service: Service,
+) -> None:
+    # It never reaches a handler's transaction (where the dead-letter check runs): it must
+    # still wait behind its key's open dead letter, not open a second one.
+    assert await consume(service, message("p1", "poison")) == Outcome.DEAD_LETTERED
+    assert await consume(service, message("p1", "x", raw=b"not json")) == Outcome.PARKED
+    async with service.db.sessions() as s:
+        dead = (await s.execute(select(DeadLetterRow))).scalars().all()
+        parked = (await s.execute(select(ParkedRow))).scalars().all()
+    assert len(dead) == 1
+    assert [p.key for p in parked] == ["p1"]
+
+
+async def test_a_handled_event_redelivered_while_its_patient_is_blocked_is_parked(
+    service: Service,
+) -> None:
+    # Parking comes first: the release hands it to the inbox, which then skips it.
+    handled = message("p1", "a")
+    assert await consume(service, handled) == Outcome.HANDLED
+    assert await consume(service, message("p1", "poison")) == Outcome.DEAD_LETTERED
+    assert await consume(service, handled) == Outcome.PARKED
+    async with service.db.sessions() as s:
+        dead_id = (await s.execute(select(DeadLetterRow.id))).scalar_one()
+    result = await service.runtime.discard(dead_id)
+    assert result["released"] == 1
+    assert await markers(service) == ["a"]
+
+
 async def test_discarding_the_dead_letter_releases_parked_messages_in_order(
     service: Service,
 ) -> None:

@@ -7,10 +7,11 @@ transaction (processing one notification, one back-fill page...) commits it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, tuple_
+from sqlalchemy import and_, delete, func, insert, or_, select, tuple_
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -81,24 +82,85 @@ async def processed_numbers(
     return done
 
 
-async def add_processed(
+async def processed_above_watermark(
+    session: AsyncSession, row: InboundSubscription, numbers: Iterable[int]
+) -> set[int]:
+    """The numbers above the watermark that have an outcome: every one of the watermark's
+    window (what `record_outcomes` moves it over) and those of `numbers` beyond it."""
+    beyond = sorted(n for n in set(numbers) if n > row.last_event_number + _WATERMARK_WINDOW)
+    window = ProcessedEvent.event_number <= row.last_event_number + _WATERMARK_WINDOW
+    stmt = select(ProcessedEvent.event_number).where(
+        ProcessedEvent.subscription_id == row.subscription_id,
+        ProcessedEvent.event_number > row.last_event_number,
+        or_(window, ProcessedEvent.event_number.in_(beyond)) if beyond else window,
+    )
+    return set((await session.execute(stmt)).scalars())
+
+
+@dataclass(frozen=True)
+class Processed:
+    """An event number's outcome, to be recorded."""
+
+    number: int
+    outcome: str
+    resource_ref: str | None
+
+
+async def record_outcomes(
     session: AsyncSession,
-    subscription_id: str,
-    number: int,
-    outcome: str,
-    resource_ref: str | None,
+    row: InboundSubscription,
+    outcomes: Sequence[Processed],
+    stored: set[int],
     now: datetime,
 ) -> None:
-    """Record an event's outcome (the caller's transaction also holds its effect)."""
-    session.add(
-        ProcessedEvent(
-            subscription_id=subscription_id,
-            event_number=number,
-            outcome=outcome,
-            resource_ref=resource_ref,
-            processed_at=now,
-        )
+    """Record event numbers' outcomes and move the watermark over those that now follow
+    it without a gap. `stored`: the numbers above the watermark already recorded (all of
+    its window, from `processed_above_watermark` in this transaction, under the row's
+    lock). A number the watermark passes is not written at all; the rows it passes are
+    forgotten. One statement or none in the usual case, where the new number follows the
+    watermark (a row written, read back and deleted was four round trips an event)."""
+    start = row.last_event_number
+    known = stored | {o.number for o in outcomes}
+    while row.last_event_number + 1 in known:
+        row.last_event_number += 1
+    if row.last_event_number >= start + _WATERMARK_WINDOW:
+        # A gap of a whole window closed at once: the rows beyond it are not all known.
+        row.last_event_number = start
+        await _insert_outcomes(session, row.subscription_id, outcomes, now)
+        await advance_watermark(session, row)
+        return
+    await _insert_outcomes(
+        session,
+        row.subscription_id,
+        [o for o in outcomes if o.number > row.last_event_number],
+        now,
     )
+    if any(start < n <= row.last_event_number for n in stored):
+        await session.execute(
+            delete(ProcessedEvent).where(
+                ProcessedEvent.subscription_id == row.subscription_id,
+                ProcessedEvent.event_number <= row.last_event_number,
+            )
+        )
+
+
+async def _insert_outcomes(
+    session: AsyncSession, subscription_id: str, outcomes: Sequence[Processed], now: datetime
+) -> None:
+    if outcomes:
+        await session.execute(
+            insert(ProcessedEvent),
+            [
+                {
+                    "subscription_id": subscription_id,
+                    "event_number": o.number,
+                    "outcome": o.outcome,
+                    "resource_ref": o.resource_ref,
+                    "processed_at": now,
+                }
+                for o in outcomes
+            ],
+        )
 
 
 async def advance_watermark(session: AsyncSession, row: InboundSubscription) -> int:

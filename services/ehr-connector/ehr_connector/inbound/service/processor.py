@@ -127,6 +127,10 @@ class _Recorded:
 
     numbers: set[int]
     versions: set[tuple[str, str, str]]
+    # The numbers above the watermark stored before this commit (all of its window).
+    stored: set[int] = field(default_factory=set)
+    # The numbers' outcomes this commit records (`store.record_outcomes`).
+    outcomes: list[store.Processed] = field(default_factory=list)
 
 
 def _version_key(decision: Decision) -> tuple[str, str, str] | None:
@@ -161,15 +165,23 @@ class Processor:
     # -- entry points ---------------------------------------------------------------------
 
     async def process_events(
-        self, subscription_id: str, events: Sequence[NotificationEvent], *, live: bool
+        self,
+        subscription_id: str,
+        events: Sequence[NotificationEvent],
+        *,
+        live: bool,
+        done: set[int] | None = None,
     ) -> Summary:
-        """Process a notification's (or a `$events` answer's) events of one Subscription."""
+        """Process a notification's (or a `$events` answer's) events of one Subscription;
+        `done`: which of their numbers the caller already found processed (the commit
+        checks again under the Subscription's lock, so a stale answer only costs work)."""
         summary = Summary()
-        async with self.db.sessions() as session:
-            row = await store.subscription_by_id(session, subscription_id)
-            if row is None:
-                raise LookupError(subscription_id)
-            done = await store.processed_numbers(session, row, (e.number for e in events))
+        if done is None:
+            async with self.db.sessions() as session:
+                row = await store.subscription_by_id(session, subscription_id)
+                if row is None:
+                    raise LookupError(subscription_id)
+                done = await store.processed_numbers(session, row, (e.number for e in events))
         todo: list[NotificationEvent] = []
         for event in sorted(events, key=lambda e: e.number):
             if event.number in done or any(t.number == event.number for t in todo):
@@ -362,27 +374,31 @@ class Processor:
 
     # -- deciding -------------------------------------------------------------------------
 
-    async def _echo(self, resource: Resource, ref: Ref, version: str | None) -> bool:
-        tagged = has_tag(resource, ORIGIN_TAG_SYSTEM, ORIGIN_TAG_CODE)
+    async def _echo_verdict(
+        self, session: AsyncSession, tagged: bool, ref: Ref, version: str | None
+    ) -> EchoVerdict:
+        logged = version is not None and await connector_store.is_own_write(
+            session, ref.type, ref.id, version
+        )
+        known = (
+            tagged and not logged and await store.resource_written_by_us(session, ref.type, ref.id)
+        )
+        return echo_verdict(tagged=tagged, logged_version=logged, resource_in_log=known)
+
+    async def _echo(self, tagged: bool, ref: Ref, version: str | None, first: EchoVerdict) -> bool:
+        """Whether the change is our own write coming back; `first`: the verdict already
+        read. An unsure one (tagged by us, the version not logged yet) is asked again."""
+        verdict = first
         deadline = time.monotonic() + self.settings.inbound_echo_recheck_s
-        while True:
-            async with self.db.sessions() as session:
-                logged = version is not None and await connector_store.is_own_write(
-                    session, ref.type, ref.id, version
-                )
-                known = (
-                    tagged
-                    and not logged
-                    and await store.resource_written_by_us(session, ref.type, ref.id)
-                )
-            verdict = echo_verdict(tagged=tagged, logged_version=logged, resource_in_log=known)
-            if verdict is not EchoVerdict.UNSURE:
-                return verdict is EchoVerdict.OURS
+        while verdict is EchoVerdict.UNSURE:
             if time.monotonic() >= deadline:
                 # Our own write would have logged its version by now: the tag was carried
                 # forward by someone else's change, which the patient must hear about.
                 return False
             await asyncio.sleep(0.2)
+            async with self.db.reads() as session:
+                verdict = await self._echo_verdict(session, tagged, ref, version)
+        return verdict is EchoVerdict.OURS
 
     async def _decide(self, change: Change) -> Decision:
         focus = change.focus
@@ -396,20 +412,34 @@ class Processor:
         resource = change.resource
         version = meta_version(resource)[0] or change.version
         decision = Decision(change, Outcome.SKIPPED, focus.type, version)
-        if version is not None:
-            async with self.db.sessions() as session:
-                seen = await store.versions_seen(session, [(focus.type, focus.id, version)])
-            if seen:
+        mapper = MAPPERS.get(focus.type)
+        tagged = has_tag(resource, ORIGIN_TAG_SYSTEM, ORIGIN_TAG_CODE)
+        # The checks share one autocommit session: a round trip each, where a session per
+        # check (BEGIN, query, ROLLBACK) made them most of the connector's time per event.
+        async with self.db.reads() as session:
+            if version is not None and await store.versions_seen(
+                session, [(focus.type, focus.id, version)]
+            ):
                 decision.outcome = Outcome.DUPLICATE
                 return decision
-        mapper = MAPPERS.get(focus.type)
-        if mapper is None:
-            decision.outcome, decision.reason = Outcome.REJECTED, f"No mapping for {focus.type}."
-            return decision
-        if await self._echo(resource, focus, version):
-            decision.outcome = Outcome.ECHO
-            return decision
-        subjects = await self._subjects(mapper, resource)
+            if mapper is None:
+                decision.outcome, decision.reason = (
+                    Outcome.REJECTED,
+                    f"No mapping for {focus.type}.",
+                )
+                return decision
+            echo = await self._echo_verdict(session, tagged, focus, version)
+            subjects = (
+                await self._subjects(session, mapper, resource)
+                if echo is EchoVerdict.NOT_OURS
+                else None
+            )
+        if echo is not EchoVerdict.NOT_OURS:
+            if await self._echo(tagged, focus, version, echo):
+                decision.outcome = Outcome.ECHO
+                return decision
+            async with self.db.reads() as session:
+                subjects = await self._subjects(session, mapper, resource)
         if subjects is None:
             decision.outcome = Outcome.UNLINKED
             return decision
@@ -441,7 +471,7 @@ class Processor:
         (`message.synced` travels on another topic)."""
         if message.thread_id is not None:
             return message
-        async with self.db.sessions() as session:
+        async with self.db.reads() as session:
             for fhir_id in (message.thread_fhir_id, message.in_reply_to_fhir_id):
                 thread_id = (
                     await connector_store.our_id_for(session, "thread", fhir_id)
@@ -452,7 +482,9 @@ class Processor:
                     return message.model_copy(update={"thread_id": thread_id})
         return message
 
-    async def _subjects(self, mapper: Mapper, resource: Resource) -> list[tuple[str, str]] | None:
+    async def _subjects(
+        self, session: AsyncSession, mapper: Mapper, resource: Resource
+    ) -> list[tuple[str, str]] | None:
         """(patient id for the payload, message key) per event to publish; None when the
         change concerns no linked patient."""
         if mapper.patients is None:
@@ -460,8 +492,7 @@ class Processor:
             # A slot belongs to no patient: keyed by its schedule, for order per schedule.
             return [(slot_subject(schedule), slot_subject(schedule))]
         fhir_ids = mapper.patients(resource)
-        async with self.db.sessions() as session:
-            linked = await connector_store.patient_ids_of(session, fhir_ids)
+        linked = await connector_store.patient_ids_of(session, fhir_ids)
         if not linked:
             return None
         return [(linked[f], linked[f]) for f in fhir_ids if f in linked]
@@ -513,9 +544,9 @@ class Processor:
             for decision in decisions:
                 await self._record(session, row, decision, recorded, summary, now)
             if close_through is not None:
-                await self._close_through(session, row, close_through, now)
-            await session.flush()
-            await store.advance_watermark(session, row)
+                await self._close_through(session, row, recorded, close_through)
+            await store.record_outcomes(session, row, recorded.outcomes, recorded.stored, now)
+            # With the row's other changes: one UPDATE at the commit.
             row.updated_at = now
             SUBSCRIPTION_LAST_EVENT.labels(row.topic).set(row.last_event_number)
 
@@ -527,9 +558,11 @@ class Processor:
         numbers = [d.change.number for d in decisions if d.change.number is not None]
         # An empty version id is never looked up (it is still recorded below).
         keys = [key for d in decisions if (key := _version_key(d)) is not None and key[2]]
+        stored = await store.processed_above_watermark(session, row, numbers)
         return _Recorded(
-            numbers=await store.processed_numbers(session, row, numbers),
+            numbers={n for n in numbers if n <= row.last_event_number} | stored,
             versions=await store.versions_seen(session, keys),
+            stored=stored,
         )
 
     async def _record(
@@ -561,9 +594,7 @@ class Processor:
                 now=now,
             )
         if number is not None:
-            await store.add_processed(
-                session, row.subscription_id, number, decision.outcome.value, decision.ref, now
-            )
+            recorded.outcomes.append(store.Processed(number, decision.outcome.value, decision.ref))
             recorded.numbers.add(number)
             row.highest_event_number = max(row.highest_event_number, number)
         stamp = decision.change.timestamp
@@ -603,16 +634,21 @@ class Processor:
                 await hook(session, decision.resource_type, decision.change, event_id)
 
     async def _close_through(
-        self, session: AsyncSession, row: InboundSubscription, close_through: int, now: datetime
+        self,
+        session: AsyncSession,
+        row: InboundSubscription,
+        recorded: _Recorded,
+        close_through: int,
     ) -> None:
         """Mark the numbers still missing up to `close_through` as recovered by a search
         (the recovery read the resources themselves)."""
         for number in await store.missing_numbers(
             session, row, close_through, limit=close_through - row.last_event_number
         ):
-            await store.add_processed(
-                session, row.subscription_id, number, Outcome.RECOVERED_BY_SEARCH.value, None, now
-            )
+            if number not in recorded.numbers:
+                outcome = Outcome.RECOVERED_BY_SEARCH.value
+                recorded.outcomes.append(store.Processed(number, outcome, None))
+                recorded.numbers.add(number)
         row.highest_event_number = max(row.highest_event_number, close_through)
 
 
