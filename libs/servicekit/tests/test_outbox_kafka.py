@@ -18,6 +18,7 @@ from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
 from servicekit.app import Service
 from servicekit.db import Database
+from servicekit import outbox as outbox_module
 from servicekit.outbox import Outbox, OutboxRelay
 from servicekit.settings import ServiceSettings
 from servicekit.tables import OutboxRow
@@ -241,3 +242,50 @@ async def test_two_relays_on_one_postgres_database_keep_order_per_key_and_send_o
     counts = Counter(r.headers["ce_id"] for r in records)
     assert [i for i, n in counts.items() if n > 1] == []
     _assert_in_order_per_key(records)
+
+
+async def test_an_event_committed_while_the_relay_finds_nothing_is_published_at_once(
+    database_url: str,
+    kafka_bootstrap: str,
+    unique_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The relay's claim ran just before a transaction with an event committed (it found
+    # nothing); the commit's wake-up came while that claim was still in flight. It must
+    # not be lost: the relay looks again at once, not after its poll interval.
+    settings = _settings(database_url, kafka_bootstrap, unique_prefix)
+    settings = settings.model_copy(update={"outbox_poll_interval_s": 30.0})
+    svc = await _prepared(settings)
+    relay = OutboxRelay(svc.db, settings, svc.outbox)
+    claims = 0
+    written: list[str] = []
+    claim_pending = outbox_module.claim_pending
+
+    async def claim_then_commit(session: Any, limit: int) -> Any:
+        nonlocal claims
+        claims += 1
+        rows = await claim_pending(session, limit)
+        if claims == 2:  # the first claim after the relay started waiting
+            written.append(await _write(svc.db, svc.outbox, "p1", 1))
+        return rows
+
+    async def started() -> bool:
+        return claims >= 1
+
+    async def published() -> bool:
+        return relay.published == 1
+
+    monkeypatch.setattr(outbox_module, "claim_pending", claim_then_commit)
+    runner = asyncio.create_task(relay.run())
+    try:
+        await eventually(started, timeout=30)
+        svc.outbox.wakeup.set()  # another commit with nothing to publish: the relay looks
+        await eventually(published, timeout=10)
+    finally:
+        relay.stop()
+        await runner
+        await svc.db.dispose()
+    records = await read_topic(
+        kafka_bootstrap, f"{unique_prefix}patient.linked", until=lambda seen: len(seen) >= 1
+    )
+    assert [r.headers["ce_id"] for r in records] == written
