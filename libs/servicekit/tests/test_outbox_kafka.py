@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 
 from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
+from servicekit import outbox as outbox_module
 from servicekit.app import Service
 from servicekit.db import Database
-from servicekit import outbox as outbox_module
 from servicekit.outbox import Outbox, OutboxRelay
 from servicekit.settings import ServiceSettings
 from servicekit.tables import OutboxRow
