@@ -5,7 +5,7 @@ change about a patient not linked to the portal publishes nothing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import pytest
 
 from devstack.topics import ensure_topics
 from ehr_connector.context import connector_for
+from ehr_connector.ehr.errors import EhrRejected
 from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.port import SearchPage, SearchParams, Versioned
 from ehr_connector.outbound.domain.tags import ORIGIN_TAG
@@ -94,8 +95,41 @@ class CountsReads:
         return await self._inner.search(resource_type, params, count=count)
 
 
+class RefusesInclude(CountsReads):
+    """An EHR that answers 400 to any `_include` (as a server that does not support it)."""
+
+    async def search(
+        self, resource_type: str, params: SearchParams, *, count: int | None = None
+    ) -> SearchPage:
+        pairs = list(params.items() if isinstance(params, Mapping) else params)
+        if any(name == "_include" for name, _ in pairs):
+            self.searches.append((resource_type, params))
+            raise EhrRejected("_include is not supported", status=400, interaction="search")
+        return await super().search(resource_type, params, count=count)
+
+
+async def _a_panel_published(
+    box: RunningSandbox, kafka_bootstrap: str, unique_prefix: str
+) -> tuple[str, list[str]]:
+    """A panel resulted for Alice and published with each of its results; returns the
+    report's id and the results' ids."""
+    written = await simulate(box, "lab-result", patient="demo-alice", panel="cbc")
+    report_id, _ = last_of(written, "DiagnosticReport")
+    labs = await read_events(
+        kafka_bootstrap,
+        unique_prefix + "lab.resulted",
+        lambda es: bool(_only(es, "report_fhir_id", report_id)),
+    )
+    [lab] = _only(labs, "report_fhir_id", report_id)
+    results = [line["observation_fhir_id"] for line in lab.data["observations"]]
+    kinds_and_ids = [w["reference"].partition("/") for w in written]
+    written_results = [fhir_id for kind, _, fhir_id in kinds_and_ids if kind == "Observation"]
+    assert len(written_results) > 1 and sorted(results) == sorted(written_results)
+    return report_id, written_results
+
+
 @pytest.mark.parametrize("connector", [{"wrap_ehr": CountsReads}], indirect=True)
-async def test_a_reports_results_are_read_in_one_search(
+async def test_a_report_and_its_results_are_read_in_one_search(
     box: RunningSandbox,
     connector: tuple[Service, Settings],
     kafka_bootstrap: str,
@@ -104,23 +138,33 @@ async def test_a_reports_results_are_read_in_one_search(
     service, _ = connector
     client = connector_for(service.deps).ehr
     assert isinstance(client, CountsReads)
-    written = await simulate(box, "lab-result", patient="demo-alice", panel="cbc")
-    report_id, _ = last_of(written, "DiagnosticReport")
-    labs = await read_events(
-        kafka_bootstrap,
-        unique_prefix + "lab.resulted",
-        lambda es: bool(_only(es, "report_fhir_id", report_id)),
-    )
+    report_id, _ = await _a_panel_published(box, kafka_bootstrap, unique_prefix)
+    # One search by _id that includes the results: no read of the report or of any result.
+    assert not [r for r in client.reads if r[0] in ("DiagnosticReport", "Observation")]
+    assert not [s for s in client.searches if s[0] == "Observation"]
+    [(_, params)] = [s for s in client.searches if s[0] == "DiagnosticReport"]
+    assert list(params) == [("_id", report_id), ("_include", "DiagnosticReport:result")]
 
-    [lab] = _only(labs, "report_fhir_id", report_id)
-    results = [line["observation_fhir_id"] for line in lab.data["observations"]]
-    kinds_and_ids = [w["reference"].partition("/") for w in written]
-    written_results = [fhir_id for kind, _, fhir_id in kinds_and_ids if kind == "Observation"]
-    assert len(written_results) > 1 and sorted(results) == sorted(written_results)
-    # One search for the panel's results, no read of any of them.
-    assert not [read for read in client.reads if read[0] == "Observation"]
-    [(_, params)] = [search for search in client.searches if search[0] == "Observation"]
-    assert sorted(dict(params)["_id"].split(",")) == sorted(written_results)
+
+@pytest.mark.parametrize("connector", [{"wrap_ehr": RefusesInclude}], indirect=True)
+async def test_an_ehr_that_refuses_include_gets_a_read_and_one_search_for_the_results(
+    box: RunningSandbox,
+    connector: tuple[Service, Settings],
+    kafka_bootstrap: str,
+    unique_prefix: str,
+) -> None:
+    service, _ = connector
+    client = connector_for(service.deps).ehr
+    assert isinstance(client, RefusesInclude)
+    first, first_results = await _a_panel_published(box, kafka_bootstrap, unique_prefix)
+    second, second_results = await _a_panel_published(box, kafka_bootstrap, unique_prefix)
+    assert ("DiagnosticReport", first) in client.reads
+    assert ("DiagnosticReport", second) in client.reads
+    # Asked once; after the refusal the connector reads (and searches the results by _id).
+    assert len([s for s in client.searches if s[0] == "DiagnosticReport"]) == 1
+    result_searches = [dict(p)["_id"] for t, p in client.searches if t == "Observation"]
+    assert sorted(result_searches[-1].split(",")) == sorted(second_results)
+    assert sorted(result_searches[-2].split(",")) == sorted(first_results)
 
 
 def _only(events: list[Any], field: str, value: str) -> list[Any]:

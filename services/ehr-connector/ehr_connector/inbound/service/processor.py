@@ -161,6 +161,8 @@ class Processor:
         self.on_publish = tuple(on_publish)
         self._cache: dict[str, tuple[float, Resource | None]] = {}
         self._reads = asyncio.Semaphore(max(1, settings.inbound_read_concurrency))
+        # Focus types this EHR refused an `_include` search for (`_read_focus`).
+        self._no_include: set[str] = set()
 
     # -- entry points ---------------------------------------------------------------------
 
@@ -255,21 +257,44 @@ class Processor:
             change.resource = inline
             return change
         try:
-            async with self._reads:
-                current = await self.ehr.read(event.focus.type, event.focus.id)
+            resource, version_id, included = await self._read_focus(event.focus)
         except EhrGone:
             change.deleted = True
             return change
         except EhrNotFound:
             return change
-        change.resource = current.resource
-        if event.focus_version and current.version_id != event.focus_version:
+        change.resource = resource
+        change.context.update(included)
+        if event.focus_version and version_id != event.focus_version:
             # The resource changed again since the event: take it as it was at the event,
             # so each version becomes its own event (else the newer one is used).
             at_event = await self._version_at_event(subscription_id, event)
             if at_event is not None:
                 change.resource = at_event
         return change
+
+    async def _read_focus(self, ref: Ref) -> tuple[Resource, str | None, dict[str, Resource]]:
+        """The focus's current version, with what its mapping needs that the EHR includes in
+        the same search (a report's results: one round trip where a read and a search were
+        two, on the way to the patient). A plain read when the EHR finds nothing that way
+        (the read tells a deleted resource from a missing one) or refuses the search."""
+        mapper = MAPPERS.get(ref.type)
+        if mapper is not None and mapper.includes and ref.type not in self._no_include:
+            params = [("_id", ref.id)] + [("_include", value) for value in mapper.includes]
+            try:
+                async with self._reads:
+                    page = await self.ehr.search(ref.type, params)
+            except EhrRejected as exc:
+                log.info("inbound.include_refused", resource_type=ref.type, status=exc.status)
+                if exc.status in (400, 404, 422, 501):
+                    self._no_include.add(ref.type)  # this server cannot: read from now on
+            else:
+                for match in page.matches:
+                    if match.get("resourceType") == ref.type and match.get("id") == ref.id:
+                        return match, meta_version(match)[0], _by_reference(page.included)
+        async with self._reads:
+            current = await self.ehr.read(ref.type, ref.id)
+        return current.resource, current.version_id, {}
 
     async def _version_at_event(
         self, subscription_id: str, event: NotificationEvent
@@ -650,6 +675,16 @@ class Processor:
                 recorded.outcomes.append(store.Processed(number, outcome, None))
                 recorded.numbers.add(number)
         row.highest_event_number = max(row.highest_event_number, close_through)
+
+
+def _by_reference(resources: Sequence[Resource]) -> dict[str, Resource]:
+    """Resources keyed `Type/id`, as references name them."""
+    keyed: dict[str, Resource] = {}
+    for resource in resources:
+        resource_type, fhir_id = resource.get("resourceType"), resource.get("id")
+        if isinstance(resource_type, str) and isinstance(fhir_id, str):
+            keyed[f"{resource_type}/{fhir_id}"] = resource
+    return keyed
 
 
 def _report(subscription_id: str, decisions: list[Decision]) -> None:

@@ -30,11 +30,18 @@ class Mapper:
     needs: Callable[[Resource], list[Ref]]
     patients: Callable[[Resource], list[str]] | None
     """FHIR ids of the patients an event is for; None: the event is for no patient (slots)."""
+    includes: tuple[str, ...] = ()
+    """`_include` values that bring what `needs` names along with the focus, in one search."""
 
 
 MAPPERS: dict[str, Mapper] = {
     "DiagnosticReport": Mapper(
-        "DiagnosticReport", "lab.resulted", lab.map_report, lab.needs, lab.patients
+        "DiagnosticReport",
+        "lab.resulted",
+        lab.map_report,
+        lab.needs,
+        lab.patients,
+        includes=("DiagnosticReport:result",),
     ),
     "MedicationRequest": Mapper(
         "MedicationRequest",
@@ -42,6 +49,7 @@ MAPPERS: dict[str, Mapper] = {
         medication.map_request,
         medication.needs,
         medication.patients,
+        includes=("MedicationRequest:medication",),
     ),
     "Communication": Mapper(
         "Communication", "message.received", message.map_message, message.needs, message.patients
