@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from sqlalchemy import event as sa_event
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -265,3 +266,60 @@ async def test_stopping_while_the_chain_is_held_ends_and_answers_nothing(stack: 
         await holder.dispose()
     assert await _rows(stack, "p-s") == []
     assert (await audit.verify(stack.gateway)).intact
+
+
+async def test_a_writer_that_knows_the_head_appends_in_one_statement(stack: Stack) -> None:
+    # The first append reads the head under the chain's lock (three statements); after
+    # that the writer knows the head and appends in one (the lock is still taken, inside
+    # it). Every read and every pushed notification waits for its record's commit.
+    statements: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "access_log" in statement or "advisory" in statement:
+            statements.append(statement)
+
+    engine = stack.gateway.db.engine.sync_engine
+    sa_event.listen(engine, "before_cursor_execute", note)
+    writer = audit.AuditWriter(stack.gateway.db, audit.key_of(stack.gateway))
+    writer.start()
+    counts = []
+    try:
+        for n in range(3):
+            before = len(statements)
+            await writer.append(audit.access("pat-h", "self", "read", f"r{n}", on_behalf_of="p-h"))
+            counts.append(len(statements) - before)
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", note)
+        await writer.stop()
+    assert counts == [3, 1, 1]
+    assert (await audit.verify(stack.gateway)).intact
+
+
+async def test_writers_of_several_gateways_appending_at_once_keep_one_chain(
+    stack: Stack,
+) -> None:
+    # Three writers (three gateways on one database) append at once; each one's idea of
+    # the head goes stale as the others append. Nothing is lost and the chain stays one.
+    key = audit.key_of(stack.gateway)
+    writers = [audit.AuditWriter(stack.gateway.db, key) for _ in range(3)]
+    for writer in writers:
+        writer.start()
+
+    async def reads(w: int) -> None:
+        for n in range(30):
+            await writers[w].append(
+                audit.access(f"pat-{w}", "self", "read", f"r{n}", on_behalf_of=f"p-multi-{w}")
+            )
+
+    try:
+        await asyncio.gather(*(reads(w) for w in range(3)))
+        # A record appended by a tool in between (not by any writer) moves the head too.
+        await audit.record_access(stack.gateway.db, key, "pat-t", "self", "read", "tool")
+        await asyncio.gather(*(reads(w) for w in range(3)))
+    finally:
+        for writer in writers:
+            await writer.stop()
+    for w in range(3):
+        assert len(await _rows(stack, f"p-multi-{w}")) == 60
+    verdict = await audit.verify(stack.gateway)
+    assert verdict.intact, verdict

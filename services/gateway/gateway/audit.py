@@ -17,10 +17,12 @@ outcome is on `/ops/audit/verify`, `portalctl audit verify` and the metrics
 Appends are group-committed (`AuditWriter`): a request's record joins a bounded queue and
 the request waits until the transaction holding its record has committed, so nothing is
 answered before it is recorded. One writer task takes everything waiting, appends it to the
-chain in one transaction (under a transaction-scoped PostgreSQL advisory lock, so replicas
-never fork the chain) and settles every waiting request at once: one round of the chain
-and one commit serve many concurrent reads, instead of a lock held across each read's own
-transaction. A full queue, a record not committed within `AUDIT_COMMIT_TIMEOUT_S` or a
+chain in one commit (under a transaction-scoped PostgreSQL advisory lock; a unique index on
+`prev_hash` lets a row have one successor only, so replicas never fork the chain) and
+settles every waiting request at once: one round of the chain and one commit serve many
+concurrent reads, instead of a lock held across each read's own transaction. A writer that
+knows the head (it appended last) appends in one statement (`store.append_after_head`);
+otherwise, or when another gateway appended meanwhile, it reads the head under the lock. A full queue, a record not committed within `AUDIT_COMMIT_TIMEOUT_S` or a
 failed commit is `AuditUnavailable`: the request answers 503 with Retry-After, never the
 data.
 """
@@ -41,6 +43,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import store
@@ -55,6 +58,8 @@ log = get_logger(__name__)
 # The advisory lock that serialises appends to the chain across gateways ("PALO": patient
 # access log).
 CHAIN_LOCK_KEY = 0x5041_4C4F
+# The isolation the writer's connection returns to after an append in autocommit.
+_DEFAULT_ISOLATION = "READ COMMITTED"
 
 CHAIN_INTACT = Gauge(
     "audit_chain_intact", "1 when the last verification of the access log held, else 0"
@@ -129,18 +134,50 @@ def access(
     }
 
 
-async def _append_rows(conn: AsyncConnection, key: bytes, accesses: list[dict[str, Any]]) -> None:
-    """Append accesses to the keyed chain, in order, in one transaction."""
+def _chained(key: bytes, prev: str, accesses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The accesses as rows of the keyed chain after `prev`, in order."""
+    rows: list[dict[str, Any]] = []
+    for fields in accesses:
+        record = AccessRecord(**fields, prev_hash=prev, hash="", chain=2)
+        prev = keyed_access_hash(key, record)
+        rows.append({**fields, "prev_hash": record.prev_hash, "hash": prev, "chain": 2})
+    return rows
+
+
+async def _append_rows(conn: AsyncConnection, key: bytes, accesses: list[dict[str, Any]]) -> str:
+    """Append accesses to the keyed chain, in order, in one transaction; returns the new
+    head."""
     async with conn.begin():
         # Held until commit: another gateway's writer waits, so the chain never forks.
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_KEY})
-        prev = await store.last_access_hash(conn)
-        rows: list[dict[str, Any]] = []
-        for fields in accesses:
-            record = AccessRecord(**fields, prev_hash=prev, hash="", chain=2)
-            prev = keyed_access_hash(key, record)
-            rows.append({**fields, "prev_hash": record.prev_hash, "hash": prev, "chain": 2})
+        rows = _chained(key, await store.last_access_hash(conn), accesses)
         await store.append_access_rows(conn, rows)
+    return str(rows[-1]["hash"])
+
+
+async def _append_after(
+    conn: AsyncConnection, key: bytes, head: str | None, accesses: list[dict[str, Any]]
+) -> str:
+    """Append accesses after `head` (the head this writer last appended) in one statement,
+    one round trip (a transaction with the lock, the head's read and the commit were five:
+    each a wait on the way to every answer and every pushed notification). When the head
+    moved (another gateway appended, or `head` is unknown), under the lock as before.
+    Returns the new head."""
+    if head is not None:
+        rows = _chained(key, head, accesses)
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            appended = await store.append_after_head(conn, head, rows, CHAIN_LOCK_KEY)
+        except IntegrityError:
+            appended = False  # another writer appended after `head` first
+        finally:
+            # Ends SQLAlchemy's own bookkeeping of the statement (nothing is sent in
+            # autocommit), so the connection's isolation can be set back.
+            await conn.rollback()
+            await conn.execution_options(isolation_level=_DEFAULT_ISOLATION)
+        if appended:
+            return str(rows[-1]["hash"])
+    return await _append_rows(conn, key, accesses)
 
 
 async def record_access(
@@ -192,6 +229,8 @@ class AuditWriter:
     # The writer's own connection, kept between commits: a pooled checkout would ping the
     # server first (three more round trips per commit).
     _conn: AsyncConnection | None = None
+    # The chain's head as this writer left it (None: read it under the lock next time).
+    _head: str | None = None
 
     def start(self) -> None:
         """Start the writer task."""
@@ -265,15 +304,17 @@ class AuditWriter:
             try:
                 if self._conn is None:
                     self._conn = await self.db.engine.connect()
-                await _append_rows(self._conn, self.key, accesses)
+                self._head = await _append_after(self._conn, self.key, self._head, accesses)
             except Exception:
                 # The kept connection may have died while idle (a database restart): once
                 # more on a fresh one. Were the first commit applied after all, its rows
                 # are there twice, and the chain is still whole (read again under the lock).
+                self._head = None
                 await self._disconnect()
                 self._conn = await self.db.engine.connect()
-                await _append_rows(self._conn, self.key, accesses)
+                self._head = await _append_rows(self._conn, self.key, accesses)
         except Exception as exc:  # the database is away: these reads are not answered
+            self._head = None
             log.warning("gateway.audit_append_failed", error=type(exc).__name__, n=len(batch))
             await self._disconnect()
             for pending in batch:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     true,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -76,6 +77,10 @@ class AccessLogEntry(Base):
     """One read of a patient's health data; each row hashes its predecessor (tamper-evident)."""
 
     __tablename__ = "access_log"
+    # A row is the successor of one row at most: two appends from the same head (a writer
+    # whose idea of the head is stale, another gateway) cannot both commit, so the chain
+    # never forks, with or without the chain's lock (`append_after_head`).
+    __table_args__ = (Index("uq_access_log_prev_hash", "prev_hash", unique=True),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     patient_id: Mapped[str] = mapped_column(String(64), index=True)
@@ -241,6 +246,67 @@ async def whole_access_log(session: AsyncSession) -> list[AccessRecord]:
         t.c.id,
     ).order_by(t.c.id)
     return [AccessRecord(*row) for row in (await session.execute(stmt)).tuples()]
+
+
+# One statement, one round trip outside a transaction: takes the chain's lock for its own
+# length (a writer holding it, mid-commit, is waited for), appends the rows in list order
+# (ids drawn in that order) only if the chain's head is still `prev`. A head that moved
+# while the statement's snapshot was taken makes the unique prev_hash index refuse it.
+_APPEND_AFTER_HEAD = text(
+    """
+    WITH chain_lock AS (SELECT pg_advisory_xact_lock(:lock_key)),
+    head AS (
+        SELECT coalesce(
+            (SELECT hash FROM access_log ORDER BY id DESC LIMIT 1), :genesis
+        ) AS hash
+    )
+    INSERT INTO access_log (patient_id, actor, action, resource, at, prev_hash, hash, chain,
+                            actor_id, on_behalf_of, resource_id, outcome, client_id, trace_id)
+    SELECT r.patient_id, r.actor, r.action, r.resource, r.at, r.prev_hash, r.hash, 2,
+           r.actor_id, r.on_behalf_of, r.resource_id, r.outcome, r.client_id, r.trace_id
+    FROM chain_lock, head,
+         unnest(
+             CAST(:patient_id AS varchar[]), CAST(:actor AS varchar[]),
+             CAST(:action AS varchar[]), CAST(:resource AS varchar[]),
+             CAST(:at AS timestamptz[]), CAST(:prev_hash AS varchar[]),
+             CAST(:hash AS varchar[]), CAST(:actor_id AS varchar[]),
+             CAST(:on_behalf_of AS varchar[]), CAST(:resource_id AS varchar[]),
+             CAST(:outcome AS varchar[]), CAST(:client_id AS varchar[]),
+             CAST(:trace_id AS varchar[])
+         ) WITH ORDINALITY AS r(patient_id, actor, action, resource, at, prev_hash, hash,
+                                actor_id, on_behalf_of, resource_id, outcome, client_id,
+                                trace_id, n)
+    WHERE head.hash = :prev
+    ORDER BY r.n
+    """
+)
+_APPEND_COLUMNS = (
+    "patient_id",
+    "actor",
+    "action",
+    "resource",
+    "at",
+    "prev_hash",
+    "hash",
+    "actor_id",
+    "on_behalf_of",
+    "resource_id",
+    "outcome",
+    "client_id",
+    "trace_id",
+)
+
+
+async def append_after_head(
+    conn: AsyncConnection, prev: str, rows: list[dict[str, Any]], lock_key: int
+) -> bool:
+    """Append chained rows (the first one's `prev_hash` is `prev`) if `prev` is still the
+    chain's head; False when it is not (nothing written). `conn` must be in autocommit
+    mode. Raises IntegrityError when another append from `prev` won meanwhile."""
+    params: dict[str, Any] = {c: [row[c] for row in rows] for c in _APPEND_COLUMNS}
+    params.update(lock_key=lock_key, genesis=GENESIS, prev=prev)
+    result = await conn.execute(_APPEND_AFTER_HEAD, params)
+    return int(result.rowcount or 0) == len(rows)
 
 
 async def append_access_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
