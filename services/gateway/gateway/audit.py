@@ -22,9 +22,9 @@ chain in one commit (under a transaction-scoped PostgreSQL advisory lock; a uniq
 settles every waiting request at once: one round of the chain and one commit serve many
 concurrent reads, instead of a lock held across each read's own transaction. A writer that
 knows the head (it appended last) appends in one statement (`store.append_after_head`);
-otherwise, or when another gateway appended meanwhile, it reads the head under the lock. A full queue, a record not committed within `AUDIT_COMMIT_TIMEOUT_S` or a
-failed commit is `AuditUnavailable`: the request answers 503 with Retry-After, never the
-data.
+otherwise, or when another gateway appended meanwhile, it reads the head under the lock.
+A full queue, a record not committed within `AUDIT_COMMIT_TIMEOUT_S` or a failed commit is
+`AuditUnavailable`: the request answers 503 with Retry-After, never the data.
 """
 
 from __future__ import annotations
