@@ -50,6 +50,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -977,6 +978,28 @@ async def handle_event(
         return await _handle_event(db, outbox, sub, consumer, event, deps)
 
 
+# The event's inbox row, unless its key has an open dead letter (then nothing is written
+# and the message is parked): whether the key is blocked, whether the event was claimed
+# (not: a redelivery of a handled one). The dead letter is locked as `_open_dead_letter`.
+_CLAIM_UNLESS_BLOCKED = text(
+    """
+    WITH blocked AS (
+        SELECT id FROM dead_letters
+        WHERE consumer = :consumer AND key = :key AND status IN ('open', 'releasing')
+        ORDER BY id LIMIT 1
+        FOR UPDATE
+    ),
+    claimed AS (
+        INSERT INTO inbox (consumer, event_id, handled_at)
+        SELECT :consumer, :event, :at WHERE NOT EXISTS (SELECT 1 FROM blocked)
+        ON CONFLICT DO NOTHING
+        RETURNING event_id
+    )
+    SELECT EXISTS (SELECT 1 FROM blocked), EXISTS (SELECT 1 FROM claimed)
+    """
+)
+
+
 def _open_dead_letter(consumer: str, key: str) -> Select[tuple[DeadLetterRow]]:
     """The key's open (or releasing) dead letter, if any, locked: a redrive that is
     releasing the key's parked messages finishes before a new message is judged."""
@@ -1041,23 +1064,33 @@ async def _handle_event(
         effect = cast(EffectHandler, sub.handler)
         record = await effect(BeforeCommit(db=db, outbox=outbox, event=event, deps=deps), event)
     async with db.transaction() as session:
-        if (
-            park is not None
-            and not sub.effect_first
-            and await _park_if_blocked(session, consumer, park, outbox.cipher)
-        ):
-            return Outcome.PARKED
         # The inbox row first, in one statement: it claims the event (a replica's claim
         # not committed yet makes this wait for its outcome, then find it), so a redelivery
         # writes nothing and two replicas racing need no retry. Cheaper than a lookup and
         # an ORM insert at the end (py-spy: the connector's per-event database work).
-        claimed = await session.execute(
-            pg_insert(InboxRow)
-            .values(consumer=consumer, event_id=event.envelope.id, handled_at=datetime.now(UTC))
-            .on_conflict_do_nothing()
-            .returning(InboxRow.event_id)
-        )
-        if claimed.first() is None:
+        now = datetime.now(UTC)
+        if park is not None and not sub.effect_first:
+            # The same statement first looks for the key's open dead letter (locked): one
+            # round trip for both, on every hop of every event.
+            blocked, claimed = (
+                await session.execute(
+                    _CLAIM_UNLESS_BLOCKED,
+                    {"consumer": consumer, "key": park.key, "event": event.envelope.id, "at": now},
+                )
+            ).one()
+            if blocked:
+                session.add(_parked_row(consumer, park, now, outbox.cipher))
+                return Outcome.PARKED
+        else:
+            claimed = (
+                await session.execute(
+                    pg_insert(InboxRow)
+                    .values(consumer=consumer, event_id=event.envelope.id, handled_at=now)
+                    .on_conflict_do_nothing()
+                    .returning(InboxRow.event_id)
+                )
+            ).first() is not None
+        if not claimed:
             return Outcome.DUPLICATE
         uow = UnitOfWork(session=session, outbox=outbox, event=event, deps=deps)
         if record is not None:
