@@ -108,6 +108,13 @@ class RefusesInclude(CountsReads):
         return await super().search(resource_type, params, count=count)
 
 
+def _counting(connector: tuple[Service, Settings]) -> CountsReads:
+    """The running connector's EHR client, as the test wrapped it."""
+    client = connector_for(connector[0].deps).ehr
+    assert isinstance(client, CountsReads)
+    return client
+
+
 async def _a_panel_published(
     box: RunningSandbox, kafka_bootstrap: str, unique_prefix: str
 ) -> tuple[str, list[str]]:
@@ -135,9 +142,7 @@ async def test_a_report_and_its_results_are_read_in_one_search(
     kafka_bootstrap: str,
     unique_prefix: str,
 ) -> None:
-    service, _ = connector
-    client = connector_for(service.deps).ehr
-    assert isinstance(client, CountsReads)
+    client = _counting(connector)
     report_id, _ = await _a_panel_published(box, kafka_bootstrap, unique_prefix)
     # One search by _id that includes the results: no read of the report or of any result.
     assert not [r for r in client.reads if r[0] in ("DiagnosticReport", "Observation")]
@@ -153,9 +158,7 @@ async def test_an_ehr_that_refuses_include_gets_a_read_and_one_search_for_the_re
     kafka_bootstrap: str,
     unique_prefix: str,
 ) -> None:
-    service, _ = connector
-    client = connector_for(service.deps).ehr
-    assert isinstance(client, RefusesInclude)
+    client = _counting(connector)
     first, first_results = await _a_panel_published(box, kafka_bootstrap, unique_prefix)
     second, second_results = await _a_panel_published(box, kafka_bootstrap, unique_prefix)
     assert ("DiagnosticReport", first) in client.reads

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from ehr_connector import store as connector_store
 from ehr_connector.app import MIGRATIONS
 from ehr_connector.inbound import store
+from ehr_connector.inbound.service.processor import Summary
 from ehr_connector.inbound.tables import InboundSubscription, ProcessedEvent
 from servicekit.migrations import _config, set_target_metadata
 
@@ -125,3 +126,16 @@ async def test_a_gap_as_wide_as_the_window_closes_in_steps(
     assert await state(sessions) == (0, [*range(2, 7002), 9000])
     assert await commit(sessions, 1) == set()
     assert await state(sessions) == (7001, [9000])
+
+
+def test_a_commit_tells_whether_numbers_up_to_the_notifications_last_are_missing() -> None:
+    # The webhook asks after each notification (a gap schedules recovery): the commit's
+    # own view answers without reading the database again.
+    assert Summary().has_gap(5) is None  # nothing committed: the webhook reads
+    done = Summary(watermark=4, recorded_above=frozenset({6, 7}))
+    assert done.has_gap(4) is False
+    assert done.has_gap(5) is True
+    assert done.has_gap(7) is True  # 5 is still missing
+    assert Summary(watermark=7).has_gap(7) is False
+    assert Summary(watermark=4, recorded_above=frozenset({5, 6})).has_gap(6) is False
+    assert done.has_gap(4 + store.WATERMARK_WINDOW + 1) is None  # beyond what it read

@@ -29,7 +29,7 @@ from ehr_connector.store import OutboundWrite
 from servicekit.tables import OutboxRow
 
 # How many numbers above the watermark one step looks at (a larger gap just takes more steps).
-_WATERMARK_WINDOW = 5000
+WATERMARK_WINDOW = 5000
 
 
 async def _insert_ignore(session: AsyncSession, model: Any, values: dict[str, Any]) -> bool:
@@ -87,8 +87,8 @@ async def processed_above_watermark(
 ) -> set[int]:
     """The numbers above the watermark that have an outcome: every one of the watermark's
     window (what `record_outcomes` moves it over) and those of `numbers` beyond it."""
-    beyond = sorted(n for n in set(numbers) if n > row.last_event_number + _WATERMARK_WINDOW)
-    window = ProcessedEvent.event_number <= row.last_event_number + _WATERMARK_WINDOW
+    beyond = sorted(n for n in set(numbers) if n > row.last_event_number + WATERMARK_WINDOW)
+    window = ProcessedEvent.event_number <= row.last_event_number + WATERMARK_WINDOW
     stmt = select(ProcessedEvent.event_number).where(
         ProcessedEvent.subscription_id == row.subscription_id,
         ProcessedEvent.event_number > row.last_event_number,
@@ -123,7 +123,7 @@ async def record_outcomes(
     known = stored | {o.number for o in outcomes}
     while row.last_event_number + 1 in known:
         row.last_event_number += 1
-    if row.last_event_number >= start + _WATERMARK_WINDOW:
+    if row.last_event_number >= start + WATERMARK_WINDOW:
         # A gap of a whole window closed at once: the rows beyond it are not all known.
         row.last_event_number = start
         await _insert_outcomes(session, row.subscription_id, outcomes, now)
@@ -172,7 +172,7 @@ async def advance_watermark(session: AsyncSession, row: InboundSubscription) -> 
             .where(
                 ProcessedEvent.subscription_id == row.subscription_id,
                 ProcessedEvent.event_number > row.last_event_number,
-                ProcessedEvent.event_number <= row.last_event_number + _WATERMARK_WINDOW,
+                ProcessedEvent.event_number <= row.last_event_number + WATERMARK_WINDOW,
             )
             .order_by(ProcessedEvent.event_number)
         )
@@ -182,7 +182,7 @@ async def advance_watermark(session: AsyncSession, row: InboundSubscription) -> 
             if number != row.last_event_number + 1:
                 break
             row.last_event_number = number
-        if row.last_event_number == start or row.last_event_number < start + _WATERMARK_WINDOW:
+        if row.last_event_number == start or row.last_event_number < start + WATERMARK_WINDOW:
             break
     await session.execute(
         delete(ProcessedEvent).where(

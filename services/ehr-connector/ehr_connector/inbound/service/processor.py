@@ -115,10 +115,25 @@ class Summary:
 
     outcomes: dict[str, int] = field(default_factory=dict)
     published_event_ids: list[str] = field(default_factory=list)
+    # As the commit left the Subscription: its watermark and the numbers above it with an
+    # outcome (those of the watermark's window). None: nothing was committed.
+    watermark: int | None = None
+    recorded_above: frozenset[int] = frozenset()
 
     def count(self, outcome: Outcome) -> None:
         """Count one change with this outcome."""
         self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
+
+    def has_gap(self, upto: int) -> bool | None:
+        """Whether a number up to `upto` still has no outcome; None when not known here
+        (nothing committed, or `upto` beyond the window the commit read)."""
+        if self.watermark is None:
+            return None
+        if upto <= self.watermark:
+            return False
+        if upto > self.watermark + store.WATERMARK_WINDOW:
+            return None
+        return any(n not in self.recorded_above for n in range(self.watermark + 1, upto + 1))
 
 
 @dataclass
@@ -547,6 +562,8 @@ class Processor:
             for key, value in attempt_summary.outcomes.items():
                 summary.outcomes[key] = summary.outcomes.get(key, 0) + value
             summary.published_event_ids += attempt_summary.published_event_ids
+            summary.watermark = attempt_summary.watermark
+            summary.recorded_above = attempt_summary.recorded_above
             break
         _report(subscription_id, decisions)
 
@@ -571,6 +588,12 @@ class Processor:
             if close_through is not None:
                 await self._close_through(session, row, recorded, close_through)
             await store.record_outcomes(session, row, recorded.outcomes, recorded.stored, now)
+            summary.watermark = row.last_event_number
+            summary.recorded_above = frozenset(
+                n
+                for n in recorded.stored | {o.number for o in recorded.outcomes}
+                if n > row.last_event_number
+            )
             # With the row's other changes: one UPDATE at the commit.
             row.updated_at = now
             SUBSCRIPTION_LAST_EVENT.labels(row.topic).set(row.last_event_number)

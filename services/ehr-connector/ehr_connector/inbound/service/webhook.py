@@ -329,8 +329,14 @@ class Webhook:
             last=max(numbers, default=None),
             outcomes=summary.outcomes,
         )
-        if numbers and await self._has_gap(subscription_id, max(numbers)):
-            self.recovery.schedule(subscription_id)
+        if numbers:
+            # The commit knows (no read after it, while the EHR waits for our answer to
+            # send the next notification); a read only when nothing was committed.
+            gap = summary.has_gap(max(numbers))
+            if gap is None:
+                gap = await self._has_gap(subscription_id, max(numbers))
+            if gap:
+                self.recovery.schedule(subscription_id)
         return WebhookAnswer(204, "Notification processed.")
 
     async def _touch(self, subscription_id: str) -> None:
@@ -349,7 +355,7 @@ class Webhook:
             set_subscription_status(touched.topic, touched.status)
 
     async def _has_gap(self, subscription_id: str, upto: int) -> bool:
-        async with self.db.sessions() as session:
+        async with self.db.reads() as session:
             row = await store.subscription_by_id(session, subscription_id)
             if row is None:
                 return False
