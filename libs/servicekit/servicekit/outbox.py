@@ -48,17 +48,25 @@ log = get_logger(__name__)
 # publish rows of one stream concurrently and per-key order holds across replicas. Order is
 # per topic and key, as Kafka gives it: a patient's back-fill (low priority) never holds
 # back the same patient's live events on other topics.
-_PG_CLAIM_HEADS = text(
+# One statement with the rows of the claimed streams (a second one was a round trip more
+# between a commit and its publish).
+_PG_CLAIM = text(
     """
-    SELECT o.id FROM outbox o
-    WHERE o.status = 'pending'
-      AND NOT EXISTS (
-        SELECT 1 FROM outbox p
-        WHERE p.key = o.key AND p.topic = o.topic AND p.status = 'pending' AND p.id < o.id
-      )
-    ORDER BY o.priority DESC, o.id
+    WITH heads AS (
+        SELECT o.topic, o.key FROM outbox o
+        WHERE o.status = 'pending'
+          AND NOT EXISTS (
+            SELECT 1 FROM outbox p
+            WHERE p.key = o.key AND p.topic = o.topic AND p.status = 'pending' AND p.id < o.id
+          )
+        ORDER BY o.priority DESC, o.id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    SELECT r.* FROM outbox r JOIN heads h ON r.topic = h.topic AND r.key = h.key
+    WHERE r.status = 'pending'
+    ORDER BY r.priority DESC, r.id
     LIMIT :limit
-    FOR UPDATE SKIP LOCKED
     """
 )
 
@@ -178,19 +186,8 @@ class Outbox:
 
 async def claim_pending(session: AsyncSession, limit: int) -> Sequence[OutboxRow]:
     """The next rows to publish, locked for this relay, oldest first per key."""
-    heads = (await session.execute(_PG_CLAIM_HEADS, {"limit": limit})).all()
-    if not heads:
-        return []
-    head_ids = [h.id for h in heads]
-    streams = select(OutboxRow.topic, OutboxRow.key).where(OutboxRow.id.in_(head_ids)).subquery()
-    stmt = (
-        select(OutboxRow)
-        .join(streams, (OutboxRow.topic == streams.c.topic) & (OutboxRow.key == streams.c.key))
-        .where(OutboxRow.status == "pending")
-        .order_by(OutboxRow.priority.desc(), OutboxRow.id)
-        .limit(limit)
-    )
-    return (await session.execute(stmt)).scalars().all()
+    claim = select(OutboxRow).from_statement(_PG_CLAIM)
+    return (await session.execute(claim, {"limit": limit})).scalars().all()
 
 
 def make_producer(settings: ServiceSettings) -> AIOKafkaProducer:
