@@ -1,6 +1,6 @@
 """Run the benchmarks on the stack as `make up` starts it and write the report.
 
-    python bench/run.py [--quick] [--kafka tansu|apache] [--only m1,m4] [--profile]
+    python bench/run.py [--quick] [--kafka tansu|apache] [--only m1,m4] [--profile] [--traces]
 
 Starts the stack in a temporary data directory (embedded PostgreSQL, the broker, the EHR
 sandbox, the six services on their fixed ports: run it where those ports are free), runs
@@ -22,6 +22,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,10 @@ from benchkit.report import (
     utc_now,
     write_results,
 )
+from benchkit.traces import write_slowest
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
 
 BENCHMARKS: dict[str, Callable[[Context], Awaitable[Result]]] = {
     "m1": lab_to_patient.run,
@@ -101,6 +104,7 @@ async def _run(ctx: Context, names: list[str]) -> tuple[list[Result], list[str]]
     for name in names:
         _log(f"==> benchmark {name}")
         began = time.monotonic()
+        began_at = datetime.now(UTC)
         try:
             result = await BENCHMARKS[name](ctx)
         # aiokafka can raise CancelledError out of a client's stop(): one benchmark's
@@ -114,18 +118,28 @@ async def _run(ctx: Context, names: list[str]) -> tuple[list[Result], list[str]]
             continue
         results.append(result)
         _log(f"    {name} done in {time.monotonic() - began:.0f} s: {result.figures}")
+        if ctx.traces_dir is not None:
+            written = await write_slowest(REPO, name, began_at, datetime.now(UTC), ctx.traces_dir)
+            if written is not None:
+                _log(f"    slowest traces: {written}")
     results += ctx.extra_results
     return results, failed
 
 
 async def _with_stack(
-    stack: Any, settings: Settings, kafka: str, names: list[str], profile_dir: Path | None
+    stack: Any,
+    settings: Settings,
+    kafka: str,
+    names: list[str],
+    profile_dir: Path | None,
+    traces_dir: Path | None,
 ) -> Any:
     async with Clinic() as clinic:
         await clinic.wait_subscriptions_active()
         ctx = Context(stack=stack, clinic=clinic, settings=settings, kafka=kafka)
         if profile_dir is not None:
             ctx.profiler = Profiler(profile_dir)
+        ctx.traces_dir = traces_dir
         try:
             return await _run(ctx, names)
         finally:
@@ -138,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kafka", default=os.environ.get("KAFKA", "tansu"))
     parser.add_argument("--only", default="", help="comma-separated: " + ",".join(BENCHMARKS))
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--traces",
+        action="store_true",
+        help="run the trace sink too; the slowest traces of benchmarks 1, 2 and 4 to "
+        "<results>/traces/<benchmark>.txt (spans cost time: not figures to compare)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -155,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full",
         "kafka": args.kafka,
         "settings": settings.as_dict(),
+        "traced": args.traces,
     }
     data_dir = Path(tempfile.mkdtemp(prefix="portal-bench-"))
     # Bookers cycle book/cancel far faster than a patient would: the per-patient write
@@ -167,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     # limit (50/s, burst 500; its own tests in services/gateway) answered a sixth of the
     # full run's reads with 429 once the burst was spent. The per-token limit stays on.
     os.environ.setdefault("RATE_LIMIT_IP_PER_S", "0")
-    stack = LocalStack(data_dir, kafka=args.kafka)
+    stack = LocalStack(data_dir, kafka=args.kafka, tracing=args.traces)
     _log(f"starting the stack ({args.kafka}) in {data_dir}")
     began = time.monotonic()
     try:
@@ -178,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         _log(f"stack ready in {time.monotonic() - began:.0f} s")
         profile_dir = args.results / "profile" if args.profile else None
-        results, failed = asyncio.run(_with_stack(stack, settings, args.kafka, names, profile_dir))
+        traces_dir = args.results / "traces" if args.traces else None
+        results, failed = asyncio.run(
+            _with_stack(stack, settings, args.kafka, names, profile_dir, traces_dir)
+        )
     finally:
         stack.stop()
         if os.environ.get("BENCH_KEEP_LOGS"):

@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -75,6 +76,8 @@ class Context:
     extra_results: list[Any] = field(default_factory=list)
     # `--profile`: benchmark 1's load runs under py-spy.
     profiler: Profiler | None = None
+    # `--traces`: where the slowest traces of each benchmark go (the stack runs the sink).
+    traces_dir: Path | None = None
 
     @property
     def fetch_max_wait_ms(self) -> int:

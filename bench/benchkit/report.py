@@ -150,7 +150,8 @@ def _cell(value: Any) -> str:
 def markdown(results: Iterable[Result], machine: dict[str, Any], run: dict[str, Any]) -> str:
     """The run's section of REPORT.md: one table per benchmark (ours, baseline, ratio)."""
     lines = [
-        f"## {run['started']} · {run['mode']} · broker {run['kafka']}",
+        f"## {run['started']} · {run['mode']} · broker {run['kafka']}"
+        + (" · traced (spans cost time: not figures to compare)" if run.get("traced") else ""),
         "",
         f"Machine: {machine_line(machine)}.",
         "",

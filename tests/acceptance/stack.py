@@ -58,6 +58,8 @@ class LocalStack:
 
     data_dir: Path
     kafka: str = "tansu"
+    # Also the trace sink, every service sending it spans (`--tracing`; benchmarks' --traces).
+    tracing: bool = False
     log_path: Path = field(init=False)
     process: subprocess.Popen[bytes] | None = None
 
@@ -123,6 +125,7 @@ class LocalStack:
                     self.kafka,
                     "--data-dir",
                     str(self.data_dir),
+                    *(["--tracing"] if self.tracing else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections import Counter
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -121,7 +122,115 @@ async def _commit(msg: Any, sub: Subscription) -> None:
         log.warning("consumer.commit_refused", consumer=sub.name, error=type(exc).__name__)
 
 
-def _middleware_for(runtime: ConsumerRuntime) -> type[BaseMiddleware]:
+class KeyPipeline:
+    """An effect-first subscription's events handed on as they are fetched, not a fetch at
+    a time: each key's events one after another in offset order, up to
+    `consumer_effect_first_keys_at_once` handlers calling out at once, and the next fetch
+    read while they run. A fetch at a time made every event wait for the slowest EHR call
+    of the fetch before it: a booking committed while ten others were being written waited
+    for all of them before its own began (a third of a second to most of one, traced).
+
+    Offsets: a partition is committed up to its lowest event not yet stored (all handed on
+    when none is open), so a crash redelivers every event whose outcome is not in the inbox
+    and nothing is committed past one. At most `consumer_batch_max_records` events are held
+    at once; the handler waits for room, so the consumer stops reading when handlers lag.
+    """
+
+    def __init__(self, runtime: ConsumerRuntime, sub: Subscription) -> None:
+        self._runtime = runtime
+        self._sub = sub
+        self._room = asyncio.Semaphore(runtime.settings.consumer_batch_max_records)
+        self._calling = asyncio.Semaphore(runtime.settings.consumer_effect_first_keys_at_once)
+        self._tails: dict[str, asyncio.Task[None]] = {}
+        # Per partition: offsets handed on and not stored yet (a multiset: after a rebalance
+        # the same offset can be fetched again), and the offset after the last handed on.
+        self._open: dict[TopicPartition, Counter[int]] = {}
+        self._end: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._commit_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        """Events handed on whose outcome is not stored yet."""
+        return sum(sum(c.values()) for c in self._open.values())
+
+    async def submit(self, consumer: AIOKafkaConsumer, records: list[RawMessage]) -> None:
+        """Hand on fetched records (in offset order per partition); returns once each has
+        room, not once handled."""
+        for raw in records:
+            await self._room.acquire()
+            tp = TopicPartition(raw.topic, raw.partition)
+            self._open.setdefault(tp, Counter())[raw.offset] += 1
+            self._end[tp] = max(self._end.get(tp, 0), raw.offset + 1)
+            task = asyncio.create_task(self._one(consumer, tp, raw, self._tails.get(raw.key)))
+            self._tails[raw.key] = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _one(
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        raw: RawMessage,
+        before: asyncio.Task[None] | None,
+    ) -> None:
+        stored = False
+        try:
+            if before is not None:
+                await asyncio.wait({before})  # the key's previous event first
+            async with self._calling:
+                await self._runtime.consume(self._sub, raw)
+            stored = True
+        except Exception:
+            # `consume` stores an outcome for every message problem and waits out outages:
+            # this is a bug. The offset stays open (nothing past it is committed), so the
+            # event comes again after a restart.
+            log.exception("consumer.pipeline_failed", consumer=self._sub.name, offset=raw.offset)
+        finally:
+            if self._tails.get(raw.key) is asyncio.current_task():
+                del self._tails[raw.key]
+            self._room.release()
+        if stored:
+            offsets = self._open[tp]
+            offsets[raw.offset] -= 1
+            if offsets[raw.offset] <= 0:
+                del offsets[raw.offset]
+            await self._commit(consumer, tp)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        async with self._commit_lock:
+            offsets = self._open.get(tp)
+            upto = min(offsets) if offsets else self._end[tp]
+            if upto <= self._committed.get(tp, -1):
+                return  # a later commit already covered it
+            try:
+                await consumer.commit({tp: upto})
+            except KafkaError as exc:
+                # Revoked by a rebalance or the consumer closed: the new owner reads from
+                # the last commit and the inbox skips what is stored.
+                log.warning(
+                    "consumer.commit_refused", consumer=self._sub.name, error=type(exc).__name__
+                )
+                return
+            self._committed[tp] = upto
+
+    async def stop(self) -> None:
+        """Cancel what is still running (its offsets were not committed: it comes again)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _pipeline_consumer(msg: Any) -> AIOKafkaConsumer | None:
+    consumer = getattr(msg, "consumer", None)
+    return consumer if isinstance(consumer, AIOKafkaConsumer) else None
+
+
+def _middleware_for(
+    runtime: ConsumerRuntime, pipelines: dict[str, KeyPipeline]
+) -> type[BaseMiddleware]:
     class _UndecodableMiddleware(BaseMiddleware):
         async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
             try:
@@ -129,18 +238,29 @@ def _middleware_for(runtime: ConsumerRuntime) -> type[BaseMiddleware]:
             except Exception:
                 record = msg.raw_message
                 sub = runtime.subscription_for_topic(record.topic)
-                await runtime.consume_batch(sub, await _with_fetched(runtime.settings, msg, record))
+                batch = await _with_fetched(runtime.settings, msg, record)
+                pipeline = pipelines.get(sub.name)
+                consumer = _pipeline_consumer(msg)
+                if pipeline is not None and consumer is not None:
+                    # Behind the key's events in flight, and no commit past them.
+                    await pipeline.submit(consumer, batch)
+                    return None
+                await runtime.consume_batch(sub, batch)
                 await _commit(msg, sub)
                 return None
 
     return _UndecodableMiddleware
 
 
-def _handler_for(runtime: ConsumerRuntime, sub: Subscription) -> Any:
+def _handler_for(runtime: ConsumerRuntime, sub: Subscription, pipeline: KeyPipeline | None) -> Any:
     async def handle(body: Any, msg: KafkaMessage) -> None:
         batch = await _with_fetched(runtime.settings, msg, msg.raw_message)
-        await runtime.consume_batch(sub, batch)
-        await _commit(msg, sub)
+        consumer = _pipeline_consumer(msg)
+        if pipeline is not None and consumer is not None:
+            await pipeline.submit(consumer, batch)
+        else:
+            await runtime.consume_batch(sub, batch)
+            await _commit(msg, sub)
         last = {(m.topic, m.partition): m for m in batch}
         for record in last.values():
             _record_lag(runtime.settings, sub, msg, record)
@@ -175,6 +295,15 @@ class _Broker(KafkaBroker):
             await publisher.start()
         self.running = True
 
+    async def stop(self, *args: Any, **kwargs: Any) -> None:
+        """Stop the consumers, then what the pipelines still run."""
+        await super().stop(*args, **kwargs)
+        for pipeline in self.pipelines.values():
+            await pipeline.stop()
+
+    # Set by `build_broker`: the pipelines of the effect-first subscriptions.
+    pipelines: dict[str, KeyPipeline]
+
 
 def build_broker(
     settings: ServiceSettings, runtime: ConsumerRuntime, publishes: tuple[str, ...] = ()
@@ -185,6 +314,12 @@ def build_broker(
     declared as publishers only so the AsyncAPI document shows them (the outbox relay,
     not FastStream, does the publishing).
     """
+    # Effect-first subscriptions hand events on as fetched (see `KeyPipeline`).
+    pipelines = {
+        sub.name: KeyPipeline(runtime, sub)
+        for sub in runtime.router.subscriptions
+        if sub.effect_first
+    }
     broker = _Broker(
         settings.kafka_bootstrap_servers,
         client_id=settings.service_name,
@@ -193,7 +328,7 @@ def build_broker(
         security=kafka_security.security(settings),
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
-        middlewares=[_middleware_for(runtime)],
+        middlewares=[_middleware_for(runtime, pipelines)],
         graceful_timeout=10.0,
         # A plain logger (no coloured handler of FastStream's own: records reach the JSON
         # handler), and its per-message "Received"/"Processed" lines at debug level.
@@ -211,7 +346,8 @@ def build_broker(
             fetch_max_wait_ms=settings.fetch_max_wait_ms(interactive=sub.interactive),
             title=f"{settings.topic(sub.event_type)}:{sub.name}",
             description=sub.description or None,
-        )(_handler_for(runtime, sub))
+        )(_handler_for(runtime, sub, pipelines.get(sub.name)))
+    broker.pipelines = pipelines
     for event_type in publishes:
         broker.publisher(
             settings.topic(event_type),

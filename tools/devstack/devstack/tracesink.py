@@ -236,6 +236,30 @@ class TraceStore:
             )
         return [_record(r) for r in rows]
 
+    async def count(self) -> int:
+        """How many spans are stored."""
+        async with self._pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM spans"))
+
+    async def slowest_trace_ids(
+        self, root_name: str, since: datetime, until: datetime, limit: int
+    ) -> list[str]:
+        """The `limit` traces with a span named `root_name` (their root: the request or
+        the action a person waits on) started in [since, until], longest first: from that
+        span's start to the end of the trace's last span."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT r.trace_id FROM spans r JOIN spans s ON s.trace_id = r.trace_id
+                   WHERE r.name = $1 AND r.start_time BETWEEN $2 AND $3
+                   GROUP BY r.trace_id, r.span_id, r.start_time
+                   ORDER BY max(s.end_time) - r.start_time DESC LIMIT $4""",
+                root_name,
+                since,
+                until,
+                limit,
+            )
+        return [r["trace_id"] for r in rows]
+
     async def all_spans(self) -> list[SpanRecord]:
         """Every stored span (tests and small local stacks only)."""
         async with self._pool.acquire() as conn:
