@@ -124,6 +124,10 @@ async def _ours(ctx: Context, count: int) -> dict[str, Any]:
         finally:
             resumed = time.monotonic()
             ctx.pause("records", False)
+        if ctx.profiler is not None:
+            # Attached once resumed (py-spy waits on a stopped process): it misses the
+            # drain's first ~0.2 s, nothing of a full-size run's.
+            await ctx.profiler.start("m3", {"records": ctx.pids()["records"]})
         progress = Progress("m3 records drain", 0)
         first: float | None = None
         handled = 0
@@ -138,6 +142,8 @@ async def _ours(ctx: Context, count: int) -> dict[str, Any]:
         done = time.monotonic()
     finally:
         await connection.close()
+    if ctx.profiler is not None:
+        ctx.extra_results.append(await ctx.profiler.result("benchmark 3's drain (records)"))
     busy = done - (first or resumed)
     return {
         "handled": handled,
@@ -215,8 +221,8 @@ async def run(ctx: Context) -> Result:
     count = ctx.settings.preload_events
     ours = await _ours(ctx, count)
     base = await _baseline(ctx, ours["starts"], count, BATCH)
-    # Records commits each event (inbox row + read model in one transaction): the same
-    # raw work with a transaction per event shows what that costs on this machine.
+    # The same raw work with a transaction per event: what records' one transaction per
+    # fetched batch (inbox rows and read model together) saves on this machine.
     single = await _baseline(ctx, ours["starts"], count, 1)
     figures: dict[str, Any] = {
         "events": count,

@@ -1,9 +1,8 @@
 """Where the stack's CPU goes during a benchmark: py-spy samples each Python process.
 
-`bench/run.py --profile` wraps the load of benchmark 1 (from its first lab result to the
-end of its drain) and of benchmark 4 (its clients on the summary and lab list) in
-`Profiler`: a `py-spy record` per service process, attached by pid (no change to the
-services, nothing imported into them), writing collapsed stacks to
+`bench/run.py --profile` wraps the load of benchmarks 1, 2, 3, 4 and 6 (which part of
+each: bench/README.md) in `Profiler`: a `py-spy record` per service process, attached by
+pid (no change to the services, nothing imported into them), writing collapsed stacks to
 `<results>/profile/<benchmark>/<process>.txt` (flame-graph input: `flamegraph.pl`,
 speedscope). The summary (`summarise`, pure and unit-tested in tests/bench) is a `Result`
 of its own in the report: each process's share of a core, and the functions where its
