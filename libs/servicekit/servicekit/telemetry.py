@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
@@ -120,6 +120,59 @@ def default_sampler() -> Sampler:
     )
 
 
+class WhileExporting(Sampler):
+    """Drops every span until a span processor is added to the provider (`ExportingProvider`),
+    then lets `delegate` decide.
+
+    With no exporter configured, a recorded span goes nowhere, yet recording it (its
+    attributes, events and end) cost a tenth of a busy consumer's CPU (py-spy, benchmark 3),
+    and every statement, HTTP call and request made one. A dropped span still has trace and
+    span ids, so the logs, the audit log and the `traceparent` sent on keep naming the
+    trace; it goes on with the sampled flag off, under which a service that does export
+    still traces the work entering it (`EntryPointSampler`).
+    """
+
+    def __init__(self, delegate: Sampler) -> None:
+        self._delegate = delegate
+        self.exporting = False
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        """Drop while nothing receives spans; the delegate's decision after."""
+        if not self.exporting:
+            return SamplingResult(Decision.DROP, None, trace_state)
+        return self._delegate.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        """Name shown by the SDK's debug output."""
+        return f"WhileExporting{{{self._delegate.get_description()}}}"
+
+
+class ExportingProvider(TracerProvider):
+    """A tracer provider whose spans are recorded only once something receives them: the
+    OTLP exporter `setup_tracing` adds when an endpoint is configured, or any processor
+    added later (a test's in-memory exporter)."""
+
+    def __init__(self, resource: Resource, sampler: Sampler) -> None:
+        self._gate = WhileExporting(sampler)
+        super().__init__(resource=resource, sampler=self._gate)
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        """Add `span_processor`; spans are recorded from now on."""
+        super().add_span_processor(span_processor)
+        self._gate.exporting = True
+
+
 def export_endpoint(otlp_endpoint: str = "") -> str | None:
     """Where spans go: `OTLP_ENDPOINT` (the service setting, a base URL), else the standard
     `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (full URL) or `OTEL_EXPORTER_OTLP_ENDPOINT` (base
@@ -142,6 +195,7 @@ def setup_tracing(service: str, otlp_endpoint: str = "") -> None:
     `OTEL_RESOURCE_ATTRIBUTES` (the service name defaults to `service`), the
     `OTEL_EXPORTER_OTLP_*` endpoint, headers, timeout and compression, `OTEL_BSP_*` for
     batching, and `OTEL_TRACES_SAMPLER[_ARG]` for the root sampler (see `default_sampler`).
+    With no endpoint, spans carry ids but are not recorded (`ExportingProvider`).
     """
     global _configured
     if _configured or isinstance(trace.get_tracer_provider(), TracerProvider):
@@ -151,9 +205,7 @@ def setup_tracing(service: str, otlp_endpoint: str = "") -> None:
         _configured = True
         return
     # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME (which wins).
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": service}), sampler=default_sampler()
-    )
+    provider = ExportingProvider(Resource.create({"service.name": service}), default_sampler())
     endpoint = export_endpoint(otlp_endpoint)
     if endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

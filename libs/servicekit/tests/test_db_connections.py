@@ -7,15 +7,18 @@ restart does to every connection) and look at what the next transaction meets.""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import make_url, text
+from sqlalchemy import Text, cast, literal, make_url, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 
 from devstack.postgres import set_connections_allowed
 from servicekit import problems
-from servicekit.db import Database
+from servicekit.db import Database, json_text
 
 pytestmark = [pytest.mark.integration]
 
@@ -148,5 +151,30 @@ async def test_a_read_session_opens_no_transaction(database_url: str) -> None:
         async with db.sessions() as session:
             starts = {(await session.execute(probe)).scalar_one() for _ in range(2)}
         assert len(starts) == 1
+    finally:
+        await db.dispose()
+
+
+async def test_json_values_go_in_and_come_back_as_the_standard_library_would_have_them(
+    database_url: str,
+) -> None:
+    """The engine's JSON codec is pydantic-core's (faster); what PostgreSQL stores and what
+    comes back must be what the standard library's would have given."""
+    value = {
+        "text": 'é ü 中 "quoted" \\ \n',
+        "numbers": [1, -2, 1.5, 0.1, 12345678901234567890123],
+        "nested": {"none": None, "flags": [True, False], "empty": {}},
+    }
+    assert json.loads(json_text(value)) == json.loads(json.dumps(value))
+    db = Database(database_url)
+    try:
+        async with db.sessions() as session:
+            stored = (
+                await session.execute(
+                    select(cast(literal(value, JSONB), Text), literal(value, JSONB))
+                )
+            ).one()
+        assert json.loads(stored[0]) == value  # PostgreSQL parsed what was sent
+        assert stored[1] == value
     finally:
         await db.dispose()

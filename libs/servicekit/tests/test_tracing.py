@@ -10,6 +10,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -18,7 +19,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 from servicekit.app import Service
 from servicekit.flow_metrics import EVENT_AGE, observe_event_age
 from servicekit.settings import ServiceSettings
-from servicekit.telemetry import default_sampler, setup_tracing
+from servicekit.telemetry import ExportingProvider, default_sampler, setup_tracing
 
 from . import fakeservice
 
@@ -98,6 +99,22 @@ def test_polling_roots_are_dropped_and_entry_points_kept() -> None:
         SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
     )
     assert _sampled(SpanKind.CLIENT, sampled_parent), "calls inside a request are traced"
+
+
+def test_spans_are_recorded_only_once_something_receives_them() -> None:
+    provider = ExportingProvider(Resource.create({"service.name": "t"}), default_sampler())
+    tracer = provider.get_tracer("t")
+    unexported = tracer.start_span("request", kind=SpanKind.SERVER)
+    assert not unexported.is_recording()
+    # Still a trace the logs, the audit log and `traceparent` can name.
+    assert unexported.get_span_context().is_valid
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with tracer.start_as_current_span("request", kind=SpanKind.SERVER) as span:
+        assert span.is_recording()
+    with tracer.start_as_current_span("poll", kind=SpanKind.CLIENT):
+        pass  # the delegate decides now: a client root is still dropped
+    assert [s.name for s in exporter.get_finished_spans()] == ["request"]
 
 
 def test_event_age_is_observed_from_ce_time() -> None:
