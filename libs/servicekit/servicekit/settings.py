@@ -108,7 +108,18 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field(default="json", description="json, or console for humans")
     otlp_endpoint: str = Field(default="", description="OTLP/HTTP traces endpoint; empty = off")
-    outbox_poll_interval_s: float = 0.2
+    outbox_poll_interval_s: float = Field(
+        default=0.2,
+        gt=0,
+        description="How soon the outbox relay looks again after finding nothing (its own "
+        "commits wake it at once; the poll finds rows another process left)",
+    )
+    outbox_idle_poll_max_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="The relay's poll doubles from OUTBOX_POLL_INTERVAL_S up to this while "
+        "it keeps finding nothing, and starts again from it once it publishes",
+    )
     outbox_batch_size: int = 200
     outbox_retention_hours: float = 72.0
     inbox_retention_hours: float = Field(

@@ -174,6 +174,7 @@ def isolated_settings(database_url: str, bootstrap: str, prefix: str) -> dict[st
         "topic_prefix": prefix,
         "group_prefix": prefix,
         "outbox_poll_interval_s": 0.05,
+        "outbox_idle_poll_max_s": 0.05,
         "log_level": "WARNING",
     }
 
