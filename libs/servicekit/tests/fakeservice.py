@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime
 
+from aiokafka import AIOKafkaProducer
 from sqlalchemy import DateTime, Integer, String, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from contracts.envelope import build_headers
 from contracts.patient import PatientLinkedV1
 from servicekit.app import Service, ServiceDefinition, create_service
 from servicekit.consumer import Event, EventRouter, UnitOfWork
@@ -92,3 +94,33 @@ def build(settings: ServiceSettings, cipher: Cipher | None = None) -> Service:
 async def effects(session: AsyncSession) -> list[Effect]:
     """Every recorded effect, in the order written."""
     return list((await session.execute(select(Effect).order_by(Effect.id))).scalars().all())
+
+
+async def produce_links(
+    bootstrap: str, topic: str, items: list[tuple[str, str]], *, partition: int | None = 0
+) -> None:
+    """`patient.linked` events for `(patient, marker)` pairs, one after another (the marker
+    steers the handler: see the module docstring), to `partition` (None: by key)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for patient, marker in items:
+            headers = build_headers(
+                event_type="patient.linked",
+                subject=patient,
+                source_service="gateway",
+                dataschema="patient.linked/v1",
+                time=datetime.now(UTC),
+            )
+            body = PatientLinkedV1(
+                patient_id=patient, patient_fhir_id=marker, linked_at=datetime.now(UTC)
+            )
+            await producer.send_and_wait(
+                topic,
+                value=body.model_dump_json().encode(),
+                key=patient.encode(),
+                headers=headers,
+                partition=partition,
+            )
+    finally:
+        await producer.stop()

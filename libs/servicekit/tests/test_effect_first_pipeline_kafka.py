@@ -10,10 +10,8 @@ import os
 from datetime import UTC, datetime
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from asgi_lifespan import LifespanManager
 
-from contracts.envelope import build_headers
 from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
 from servicekit.app import Service, ServiceDefinition, create_service
@@ -22,7 +20,7 @@ from servicekit.settings import ServiceSettings
 from servicekit.testing import eventually
 
 from . import fakeservice
-from .fakeservice import Effect, effects
+from .fakeservice import Effect, effects, produce_links
 
 pytestmark = [pytest.mark.integration]
 
@@ -82,33 +80,6 @@ def _service(settings: ServiceSettings, ehr: _Ehr) -> Service:
     )
 
 
-async def _produce(bootstrap: str, topic: str, items: list[tuple[str, str]]) -> None:
-    """(patient, marker) pairs, one after another, all on partition 0."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for patient, marker in items:
-            headers = build_headers(
-                event_type="patient.linked",
-                subject=patient,
-                source_service="gateway",
-                dataschema="patient.linked/v1",
-                time=datetime.now(UTC),
-            )
-            body = PatientLinkedV1(
-                patient_id=patient, patient_fhir_id=marker, linked_at=datetime.now(UTC)
-            )
-            await producer.send_and_wait(
-                topic,
-                value=body.model_dump_json().encode(),
-                key=patient.encode(),
-                headers=headers,
-                partition=0,
-            )
-    finally:
-        await producer.stop()
-
-
 async def _markers(svc: Service) -> list[str]:
     async with svc.db.sessions() as s:
         return [e.marker for e in await effects(s)]
@@ -123,14 +94,14 @@ async def test_a_hanging_key_holds_back_no_later_fetch_and_its_event_comes_again
     ehr = _Ehr()
     first = _service(settings, ehr)
     async with LifespanManager(first.app, startup_timeout=60, shutdown_timeout=60):
-        await _produce(kafka_bootstrap, topic, [("p1", "hang-1"), ("p1", "p1-second")])
+        await produce_links(kafka_bootstrap, topic, [("p1", "hang-1"), ("p1", "p1-second")])
 
         async def hanging() -> bool:
             return "hang-1" in ehr.calls
 
         await eventually(hanging, timeout=60)
         # Produced (so fetched) after the hanging call began: handled while it hangs.
-        await _produce(kafka_bootstrap, topic, [("p2", "p2-first"), ("p2", "p2-second")])
+        await produce_links(kafka_bootstrap, topic, [("p2", "p2-first"), ("p2", "p2-second")])
 
         async def p2_done() -> bool:
             return await _markers(first) == ["p2-first", "p2-second"]

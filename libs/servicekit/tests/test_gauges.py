@@ -10,11 +10,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from asgi_lifespan import LifespanManager
 from prometheus_client import REGISTRY
 
-from contracts.envelope import build_headers
 from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
 from servicekit.outbox import OutboxRelay
@@ -22,6 +20,7 @@ from servicekit.settings import ServiceSettings
 from servicekit.testing import eventually
 
 from . import fakeservice
+from .fakeservice import produce_links
 
 pytestmark = [pytest.mark.integration]
 CONSUMER = "record_link"  # the fake service's one subscription
@@ -48,33 +47,6 @@ def _gauge(name: str, **labels: str) -> float | None:
     return REGISTRY.get_sample_value(name, labels)
 
 
-async def _produce(bootstrap: str, topic: str, items: list[tuple[str, str]]) -> None:
-    """`(patient, marker)` messages, all to partition 0, in order."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for patient, marker in items:
-            headers = build_headers(
-                event_type="patient.linked",
-                subject=patient,
-                source_service="gateway",
-                dataschema="patient.linked/v1",
-                time=datetime.now(UTC),
-            )
-            body = PatientLinkedV1(
-                patient_id=patient, patient_fhir_id=marker, linked_at=datetime.now(UTC)
-            )
-            await producer.send_and_wait(
-                topic,
-                value=body.model_dump_json().encode(),
-                key=patient.encode(),
-                headers=headers,
-                partition=0,
-            )
-    finally:
-        await producer.stop()
-
-
 async def test_dead_letter_and_parked_gauges_move_as_messages_are_dead_lettered_and_parked(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> None:
@@ -86,14 +58,14 @@ async def test_dead_letter_and_parked_gauges_move_as_messages_are_dead_lettered_
         assert _gauge("dead_letters_open", **labels) == 0
         assert _gauge("parked_messages", **labels) == 0
         topic = settings.topic("patient.linked")
-        await _produce(kafka_bootstrap, topic, [("p1", "poison")])
+        await produce_links(kafka_bootstrap, topic, [("p1", "poison")])
 
         async def dead_lettered() -> bool:
             return _gauge("dead_letters_open", **labels) == 1
 
         await eventually(dead_lettered, timeout=60)
         # The next message of that patient waits behind the dead letter.
-        await _produce(kafka_bootstrap, topic, [("p1", "behind")])
+        await produce_links(kafka_bootstrap, topic, [("p1", "behind")])
 
         async def parked() -> bool:
             return _gauge("parked_messages", **labels) == 1
@@ -170,7 +142,9 @@ async def test_consumer_lag_is_reported_per_partition_and_falls_as_the_consumer_
     await ensure_topics(kafka_bootstrap, unique_prefix)
     topic = settings.topic("patient.linked")
     labels = {"service": settings.service_name, "consumer": CONSUMER, "topic": topic}
-    await _produce(kafka_bootstrap, topic, [("p1", "down-60"), ("p1", "second"), ("p1", "third")])
+    await produce_links(
+        kafka_bootstrap, topic, [("p1", "down-60"), ("p1", "second"), ("p1", "third")]
+    )
     svc = fakeservice.build(settings)
     async with LifespanManager(svc.app, startup_timeout=60, shutdown_timeout=60):
 

@@ -6,17 +6,13 @@ them (the handler gets the plaintext, in order), a key rotation re-wraps them th
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer
 from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
 
-from contracts.envelope import build_headers
-from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
 from servicekit.crypto import Cipher, DecryptionError, Keyring
 from servicekit.settings import ServiceSettings
@@ -24,7 +20,7 @@ from servicekit.tables import DeadLetterRow, ParkedRow
 from servicekit.testing import eventually, read_topic, table_file_bytes
 
 from . import fakeservice
-from .fakeservice import effects
+from .fakeservice import effects, produce_links
 
 pytestmark = [pytest.mark.integration]
 OPS = {"Authorization": "Bearer test-ops"}
@@ -50,28 +46,6 @@ def _settings(database_url: str, bootstrap: str, prefix: str) -> ServiceSettings
 
 def _key(byte: int) -> bytes:
     return bytes([byte]) * 32
-
-
-async def _produce(bootstrap: str, topic: str, patient: str, markers: list[str]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        for marker in markers:
-            headers = build_headers(
-                event_type="patient.linked",
-                subject=patient,
-                source_service="gateway",
-                dataschema="patient.linked/v1",
-                time=datetime.now(UTC),
-            )
-            body = PatientLinkedV1(
-                patient_id=patient, patient_fhir_id=marker, linked_at=datetime.now(UTC)
-            )
-            await producer.send_and_wait(
-                topic, value=body.model_dump_json().encode(), key=patient.encode(), headers=headers
-            )
-    finally:
-        await producer.stop()
 
 
 async def _counts(svc: Any) -> tuple[int, int]:
@@ -102,7 +76,9 @@ async def test_dead_letters_and_parked_messages_are_sealed_redriven_and_rewrappe
     topic = settings.topic("patient.linked")
     first = fakeservice.build(settings, Cipher(Keyring({"2026-11": _key(1)}, "2026-11")))
     async with LifespanManager(first.app, startup_timeout=60, shutdown_timeout=60):
-        await _produce(kafka_bootstrap, topic, "p-sealed", [POISON, BEHIND])
+        await produce_links(
+            kafka_bootstrap, topic, [("p-sealed", POISON), ("p-sealed", BEHIND)], partition=None
+        )
         await eventually(lambda: _has_counts(first, (1, 1)), timeout=60)
         # Its copy on the .dlq topic is published in clear, for whoever consumes it.
         dead = await read_topic(kafka_bootstrap, topic + ".dlq", until=lambda seen: len(seen) >= 1)
@@ -155,8 +131,8 @@ async def test_a_sealed_dead_letter_copied_to_another_row_does_not_open(
     cipher = Cipher(Keyring({"k1": _key(3)}, "k1"))
     svc = fakeservice.build(settings, cipher)
     async with LifespanManager(svc.app, startup_timeout=60, shutdown_timeout=60):
-        await _produce(kafka_bootstrap, topic, "p-a", ["poison"])
-        await _produce(kafka_bootstrap, topic, "p-b", ["poison-Wombat-b"])
+        await produce_links(kafka_bootstrap, topic, [("p-a", "poison")], partition=None)
+        await produce_links(kafka_bootstrap, topic, [("p-b", "poison-Wombat-b")], partition=None)
         await eventually(lambda: _has_counts(svc, (2, 0)), timeout=60)
         async with svc.db.transaction() as s:
             a, b = (await s.execute(select(DeadLetterRow).order_by(DeadLetterRow.id))).scalars()
