@@ -36,7 +36,39 @@ _configured = False
 EXCLUDED_URLS = "healthz,readyz,metrics,/docs,/redoc,/openapi.json"
 
 
-class BackgroundRootSampler(Sampler):
+class _DroppingSampler(Sampler):
+    """A sampler that drops what `drops` names and lets `delegate` decide the rest."""
+
+    def __init__(self, delegate: Sampler = ALWAYS_ON) -> None:
+        self._delegate = delegate
+
+    def drops(self, kind: SpanKind | None, links: Sequence[Link] | None) -> bool:
+        """Whether a span of `kind` (with `links`) is dropped whatever the delegate says."""
+        raise NotImplementedError
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        """Drop what `drops` names; the delegate's decision for the rest."""
+        if self.drops(kind, links):
+            return SamplingResult(Decision.DROP, None, trace_state)
+        return self._delegate.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        """Name shown by the SDK's debug output."""
+        return f"{type(self).__name__}{{{self._delegate.get_description()}}}"
+
+
+class BackgroundRootSampler(_DroppingSampler):
     """Drops traces that would start with a client call: polling, not a request.
 
     A trace worth keeping starts where work enters a service: an HTTP request (server span),
@@ -46,32 +78,12 @@ class BackgroundRootSampler(Sampler):
     made inside a request or a handler have a parent and are decided by `ParentBased`.
     """
 
-    def __init__(self, delegate: Sampler = ALWAYS_ON) -> None:
-        self._delegate = delegate
-
-    def should_sample(
-        self,
-        parent_context: otel_context.Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: trace.TraceState | None = None,
-    ) -> SamplingResult:
-        """Drop a CLIENT root; let the delegate decide every other root."""
-        if kind == SpanKind.CLIENT and not links:
-            return SamplingResult(Decision.DROP, None, trace_state)
-        return self._delegate.should_sample(
-            parent_context, trace_id, name, kind, attributes, links, trace_state
-        )
-
-    def get_description(self) -> str:
-        """Name shown by the SDK's debug output."""
-        return f"BackgroundRootSampler{{{self._delegate.get_description()}}}"
+    def drops(self, kind: SpanKind | None, links: Sequence[Link] | None) -> bool:
+        """A CLIENT root with no links."""
+        return kind == SpanKind.CLIENT and not links
 
 
-class EntryPointSampler(Sampler):
+class EntryPointSampler(_DroppingSampler):
     """For spans whose remote parent was not sampled: work entering this service (a server
     or consumer span) is traced anyway, anything else follows the parent (dropped).
 
@@ -80,29 +92,9 @@ class EntryPointSampler(Sampler):
     The span keeps the caller's trace id and parent id, so nothing is invented.
     """
 
-    def __init__(self, delegate: Sampler = ALWAYS_ON) -> None:
-        self._delegate = delegate
-
-    def should_sample(
-        self,
-        parent_context: otel_context.Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: trace.TraceState | None = None,
-    ) -> SamplingResult:
-        """Delegate for SERVER and CONSUMER spans; drop the rest."""
-        if kind in (SpanKind.SERVER, SpanKind.CONSUMER):
-            return self._delegate.should_sample(
-                parent_context, trace_id, name, kind, attributes, links, trace_state
-            )
-        return SamplingResult(Decision.DROP, None, trace_state)
-
-    def get_description(self) -> str:
-        """Name shown by the SDK's debug output."""
-        return f"EntryPointSampler{{{self._delegate.get_description()}}}"
+    def drops(self, kind: SpanKind | None, links: Sequence[Link] | None) -> bool:
+        """Anything but a SERVER or CONSUMER span."""
+        return kind not in (SpanKind.SERVER, SpanKind.CONSUMER)
 
 
 def default_sampler() -> Sampler:
@@ -120,7 +112,7 @@ def default_sampler() -> Sampler:
     )
 
 
-class WhileExporting(Sampler):
+class WhileExporting(_DroppingSampler):
     """Drops every span until a span processor is added to the provider (`ExportingProvider`),
     then lets `delegate` decide.
 
@@ -133,29 +125,12 @@ class WhileExporting(Sampler):
     """
 
     def __init__(self, delegate: Sampler) -> None:
-        self._delegate = delegate
+        super().__init__(delegate)
         self.exporting = False
 
-    def should_sample(
-        self,
-        parent_context: otel_context.Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: trace.TraceState | None = None,
-    ) -> SamplingResult:
-        """Drop while nothing receives spans; the delegate's decision after."""
-        if not self.exporting:
-            return SamplingResult(Decision.DROP, None, trace_state)
-        return self._delegate.should_sample(
-            parent_context, trace_id, name, kind, attributes, links, trace_state
-        )
-
-    def get_description(self) -> str:
-        """Name shown by the SDK's debug output."""
-        return f"WhileExporting{{{self._delegate.get_description()}}}"
+    def drops(self, kind: SpanKind | None, links: Sequence[Link] | None) -> bool:
+        """Everything, until something receives spans."""
+        return not self.exporting
 
 
 class ExportingProvider(TracerProvider):
