@@ -10,8 +10,10 @@ after).
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import DateTime, Integer, String, select, text
@@ -124,3 +126,21 @@ async def produce_links(
             )
     finally:
         await producer.stop()
+
+
+def kafka_settings(database_url: str, bootstrap: str, prefix: str, **extra: Any) -> ServiceSettings:
+    """The fake service's settings on the test broker (topics and groups under `prefix`),
+    polling and retrying fast; `extra` overrides."""
+    values: dict[str, Any] = {
+        "service_name": "fake",
+        "database_url": database_url,
+        "kafka_bootstrap_servers": bootstrap,
+        "kafka_enable_idempotence": os.environ.get("KAFKA", "tansu") == "apache",
+        "topic_prefix": prefix,
+        "group_prefix": prefix,
+        "outbox_poll_interval_s": 0.05,
+        "outbox_idle_poll_max_s": 0.05,
+        "consumer_retry_base_s": 0.01,
+        "consumer_max_attempts": 2,
+    }
+    return ServiceSettings(**(values | extra))

@@ -3,7 +3,6 @@ partition's batch per transaction, with every guarantee a single message has."""
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,12 +20,11 @@ from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
 from servicekit import messaging
 from servicekit.metrics import CONSUMED
-from servicekit.settings import ServiceSettings
 from servicekit.tables import DeadLetterRow, InboxRow, ParkedRow
 from servicekit.testing import eventually, read_topic, until_count
 
 from . import fakeservice
-from .fakeservice import effects
+from .fakeservice import effects, kafka_settings
 
 pytestmark = [pytest.mark.integration]
 
@@ -40,21 +38,6 @@ def _tracing() -> None:
         provider = TracerProvider()
         trace.set_tracer_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(_exporter))
-
-
-def _settings(database_url: str, bootstrap: str, prefix: str, **extra: Any) -> ServiceSettings:
-    return ServiceSettings(
-        service_name="fake",
-        database_url=database_url,
-        kafka_bootstrap_servers=bootstrap,
-        kafka_enable_idempotence=os.environ.get("KAFKA", "tansu") == "apache",
-        topic_prefix=prefix,
-        group_prefix=prefix,
-        outbox_poll_interval_s=0.05,
-        consumer_retry_base_s=0.01,
-        consumer_max_attempts=2,
-        **extra,
-    )
 
 
 def _message(patient: str, marker: str) -> tuple[str, bytes, list[tuple[str, bytes]]]:
@@ -112,7 +95,7 @@ def _count(consumer: str, outcome: str) -> float:
 async def test_a_batch_has_its_effects_once_across_a_crash_before_the_offset_commit(
     database_url: str, kafka_bootstrap: str, unique_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = _settings(database_url, kafka_bootstrap, unique_prefix)
+    settings = kafka_settings(database_url, kafka_bootstrap, unique_prefix)
     await ensure_topics(kafka_bootstrap, unique_prefix, [("patient.linked", 1)])
     topic = settings.topic("patient.linked")
     items = [_message(f"p{n % 3}", f"m{n}") for n in range(12)]
@@ -152,7 +135,7 @@ async def _has(svc: Any, marker: str) -> bool:
 async def test_poison_in_the_middle_of_a_batch_alone_is_dead_lettered_the_rest_in_order(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> None:
-    settings = _settings(database_url, kafka_bootstrap, unique_prefix)
+    settings = kafka_settings(database_url, kafka_bootstrap, unique_prefix)
     await ensure_topics(
         kafka_bootstrap, unique_prefix, [("patient.linked", 1), ("patient.linked.dlq", 1)]
     )
@@ -190,7 +173,9 @@ async def test_order_per_key_is_kept_across_batches_and_partitions(
 ) -> None:
     # Small batches: 90 events of 6 patients on 3 partitions make many batches, handled
     # partition by partition concurrently.
-    settings = _settings(database_url, kafka_bootstrap, unique_prefix, consumer_batch_max_records=7)
+    settings = kafka_settings(
+        database_url, kafka_bootstrap, unique_prefix, consumer_batch_max_records=7
+    )
     await ensure_topics(kafka_bootstrap, unique_prefix, [("patient.linked", 3)])
     topic = settings.topic("patient.linked")
     patients = [f"p{n}" for n in range(6)]

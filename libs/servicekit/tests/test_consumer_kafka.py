@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,12 +18,11 @@ from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
 from servicekit.app import ServiceDefinition, create_service
 from servicekit.consumer import Event, EventRouter, UnitOfWork
-from servicekit.settings import ServiceSettings
 from servicekit.telemetry import tracer
 from servicekit.testing import eventually, read_topic
 
 from . import fakeservice
-from .fakeservice import effects
+from .fakeservice import effects, kafka_settings
 
 pytestmark = [pytest.mark.integration]
 
@@ -38,20 +36,6 @@ def _tracing() -> None:
         provider = TracerProvider()
         trace.set_tracer_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(_exporter))
-
-
-def _settings(database_url: str, bootstrap: str, prefix: str) -> ServiceSettings:
-    return ServiceSettings(
-        service_name="fake",
-        database_url=database_url,
-        kafka_bootstrap_servers=bootstrap,
-        kafka_enable_idempotence=os.environ.get("KAFKA", "tansu") == "apache",
-        topic_prefix=prefix,
-        group_prefix=prefix,
-        outbox_poll_interval_s=0.05,
-        consumer_retry_base_s=0.01,
-        consumer_max_attempts=2,
-    )
 
 
 def _message(
@@ -91,7 +75,7 @@ async def _markers(svc: Any) -> list[str]:
 async def test_event_delivered_twice_through_kafka_has_one_effect(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> None:
-    settings = _settings(database_url, kafka_bootstrap, unique_prefix)
+    settings = kafka_settings(database_url, kafka_bootstrap, unique_prefix)
     await ensure_topics(kafka_bootstrap, unique_prefix)
     value, headers = _message("p1", "once")
     topic = settings.topic("patient.linked")
@@ -111,7 +95,7 @@ async def _has(svc: Any, marker: str) -> bool:
 async def test_poison_message_goes_to_dlq_and_the_partition_moves_on(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> None:
-    settings = _settings(database_url, kafka_bootstrap, unique_prefix)
+    settings = kafka_settings(database_url, kafka_bootstrap, unique_prefix)
     await ensure_topics(
         kafka_bootstrap, unique_prefix, [("patient.linked", 1), ("patient.linked.dlq", 1)]
     )
@@ -145,7 +129,7 @@ async def test_poison_message_goes_to_dlq_and_the_partition_moves_on(
 async def test_one_trace_spans_the_business_span_publish_and_consume(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> None:
-    settings = _settings(database_url, kafka_bootstrap, unique_prefix)
+    settings = kafka_settings(database_url, kafka_bootstrap, unique_prefix)
     await ensure_topics(kafka_bootstrap, unique_prefix)
     svc = fakeservice.build(settings)
     async with LifespanManager(svc.app, startup_timeout=60, shutdown_timeout=60):
@@ -186,7 +170,7 @@ async def test_consumers_fetch_with_the_configured_max_waits(
     async def granted(uow: UnitOfWork, event: Event[Any]) -> None:
         """Nothing: only its consumer's settings are looked at."""
 
-    settings = _settings(database_url, kafka_bootstrap, unique_prefix).model_copy(
+    settings = kafka_settings(database_url, kafka_bootstrap, unique_prefix).model_copy(
         update={"kafka_fetch_max_wait_ms": 300, "kafka_interactive_fetch_max_wait_ms": 20}
     )
     await ensure_topics(kafka_bootstrap, unique_prefix)

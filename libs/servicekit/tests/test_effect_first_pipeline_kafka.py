@@ -6,7 +6,6 @@ whose outcome is not stored, so a crash while it hangs redelivers it."""
 from __future__ import annotations
 
 import asyncio
-import os
 from datetime import UTC, datetime
 
 import pytest
@@ -20,23 +19,9 @@ from servicekit.settings import ServiceSettings
 from servicekit.testing import eventually
 
 from . import fakeservice
-from .fakeservice import Effect, effects, produce_links
+from .fakeservice import Effect, effects, kafka_settings, produce_links
 
 pytestmark = [pytest.mark.integration]
-
-
-def _settings(database_url: str, bootstrap: str, prefix: str) -> ServiceSettings:
-    return ServiceSettings(
-        service_name="fake",
-        database_url=database_url,
-        kafka_bootstrap_servers=bootstrap,
-        kafka_enable_idempotence=os.environ.get("KAFKA", "tansu") == "apache",
-        topic_prefix=prefix,
-        group_prefix=prefix,
-        outbox_poll_interval_s=0.05,
-        consumer_retry_base_s=0.01,
-        consumer_max_attempts=2,
-    )
 
 
 class _Ehr:
@@ -88,7 +73,7 @@ async def _markers(svc: Service) -> list[str]:
 async def test_a_hanging_key_holds_back_no_later_fetch_and_its_event_comes_again_after_a_crash(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> None:
-    settings = _settings(database_url, kafka_bootstrap, unique_prefix)
+    settings = kafka_settings(database_url, kafka_bootstrap, unique_prefix)
     await ensure_topics(kafka_bootstrap, unique_prefix, [("patient.linked", 1)])
     topic = settings.topic("patient.linked")
     ehr = _Ehr()

@@ -25,22 +25,9 @@ from servicekit.tables import OutboxRow
 from servicekit.testing import Seen, eventually, read_topic, until_count
 
 from . import fakeservice
-from .fakeservice import effects
+from .fakeservice import effects, kafka_settings
 
 pytestmark = [pytest.mark.integration]
-
-
-def _settings(database_url: str, bootstrap: str, prefix: str, **extra: Any) -> ServiceSettings:
-    return ServiceSettings(
-        service_name="fake",
-        database_url=database_url,
-        kafka_bootstrap_servers=bootstrap,
-        kafka_enable_idempotence=os.environ.get("KAFKA", "tansu") == "apache",
-        topic_prefix=prefix,
-        group_prefix=prefix,
-        outbox_poll_interval_s=0.05,
-        **extra,
-    )
 
 
 async def _prepared(settings: ServiceSettings) -> Service:
@@ -76,7 +63,7 @@ def _assert_in_order_per_key(records: list[Seen]) -> None:
 async def test_thousand_events_survive_a_broker_outage_in_order_without_duplicates(
     database_url: str, kafka_bootstrap: str, kafka_broker: Any, unique_prefix: str
 ) -> None:
-    settings = _settings(database_url, kafka_bootstrap, unique_prefix)
+    settings = kafka_settings(database_url, kafka_bootstrap, unique_prefix)
     svc = await _prepared(settings)
     relay = OutboxRelay(svc.db, settings, svc.outbox)
     relay_task = asyncio.create_task(relay.run())
@@ -125,7 +112,7 @@ async def _backlog_zero(relay: OutboxRelay) -> bool:
 async def test_rolled_back_event_is_never_published(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> None:
-    settings = _settings(database_url, kafka_bootstrap, unique_prefix)
+    settings = kafka_settings(database_url, kafka_bootstrap, unique_prefix)
     svc = await _prepared(settings)
     relay = OutboxRelay(svc.db, settings, svc.outbox)
     try:
@@ -157,7 +144,7 @@ async def test_rolled_back_event_is_never_published(
 async def test_relay_killed_mid_batch_loses_nothing_and_inbox_makes_effects_exactly_once(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> None:
-    settings = _settings(database_url, kafka_bootstrap, unique_prefix, relay_enabled=False)
+    settings = kafka_settings(database_url, kafka_bootstrap, unique_prefix, relay_enabled=False)
     svc = await _prepared(settings)
     total = 2000
     ids = [await _write(svc.db, svc.outbox, f"p{seq % 40}", seq) for seq in range(total)]
@@ -219,7 +206,7 @@ async def _more_than(count: Any, n: int) -> bool:
 async def test_two_relays_on_one_postgres_database_keep_order_per_key_and_send_once(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> None:
-    settings = _settings(database_url, kafka_bootstrap, unique_prefix, outbox_batch_size=25)
+    settings = kafka_settings(database_url, kafka_bootstrap, unique_prefix, outbox_batch_size=25)
     svc = await _prepared(settings)
     ids = [await _write(svc.db, svc.outbox, f"p{seq % 20}", seq) for seq in range(600)]
     relays = [OutboxRelay(svc.db, settings), OutboxRelay(svc.db, settings)]
@@ -253,7 +240,7 @@ async def test_an_event_committed_while_the_relay_finds_nothing_is_published_at_
     # The relay's claim ran just before a transaction with an event committed (it found
     # nothing); the commit's wake-up came while that claim was still in flight. It must
     # not be lost: the relay looks again at once, not after its poll interval.
-    settings = _settings(database_url, kafka_bootstrap, unique_prefix)
+    settings = kafka_settings(database_url, kafka_bootstrap, unique_prefix)
     settings = settings.model_copy(update={"outbox_poll_interval_s": 30.0})
     svc = await _prepared(settings)
     relay = OutboxRelay(svc.db, settings, svc.outbox)

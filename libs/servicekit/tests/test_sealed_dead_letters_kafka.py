@@ -5,7 +5,6 @@ them (the handler gets the plaintext, in order), a key rotation re-wraps them th
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import httpx
@@ -15,33 +14,17 @@ from sqlalchemy import func, select
 
 from devstack.topics import ensure_topics
 from servicekit.crypto import Cipher, DecryptionError, Keyring
-from servicekit.settings import ServiceSettings
 from servicekit.tables import DeadLetterRow, ParkedRow
 from servicekit.testing import eventually, read_topic, table_file_bytes
 
 from . import fakeservice
-from .fakeservice import effects, produce_links
+from .fakeservice import effects, kafka_settings, produce_links
 
 pytestmark = [pytest.mark.integration]
 OPS = {"Authorization": "Bearer test-ops"}
 # What the events carry, searched for in the table files on disk.
 POISON = "poison-Wombat-8e21"
 BEHIND = "after-Wombat-77aa"
-
-
-def _settings(database_url: str, bootstrap: str, prefix: str) -> ServiceSettings:
-    return ServiceSettings(
-        service_name="fake",
-        database_url=database_url,
-        kafka_bootstrap_servers=bootstrap,
-        kafka_enable_idempotence=os.environ.get("KAFKA", "tansu") == "apache",
-        topic_prefix=prefix,
-        group_prefix=prefix,
-        ops_token="test-ops",
-        outbox_poll_interval_s=0.05,
-        consumer_retry_base_s=0.01,
-        consumer_max_attempts=2,
-    )
 
 
 def _key(byte: int) -> bytes:
@@ -69,7 +52,7 @@ async def _plain_on_disk(database_url: str) -> list[str]:
 async def test_dead_letters_and_parked_messages_are_sealed_redriven_and_rewrapped(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> None:
-    settings = _settings(database_url, kafka_bootstrap, unique_prefix)
+    settings = kafka_settings(database_url, kafka_bootstrap, unique_prefix, ops_token="test-ops")
     await ensure_topics(
         kafka_bootstrap, unique_prefix, [("patient.linked", 1), ("patient.linked.dlq", 1)]
     )
@@ -123,7 +106,7 @@ async def test_a_sealed_dead_letter_copied_to_another_row_does_not_open(
 ) -> None:
     """The associated data binds a payload to its message: moved, it fails to open
     (re-drive answers that it failed) instead of handling another patient's event."""
-    settings = _settings(database_url, kafka_bootstrap, unique_prefix)
+    settings = kafka_settings(database_url, kafka_bootstrap, unique_prefix, ops_token="test-ops")
     await ensure_topics(
         kafka_bootstrap, unique_prefix, [("patient.linked", 1), ("patient.linked.dlq", 1)]
     )
