@@ -5,7 +5,6 @@ its oldest row's age while the broker is unreachable, and consumer lag per parti
 from __future__ import annotations
 
 import asyncio
-import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,27 +19,19 @@ from servicekit.settings import ServiceSettings
 from servicekit.testing import eventually
 
 from . import fakeservice
-from .fakeservice import produce_links
+from .fakeservice import kafka_settings, produce_links
 
 pytestmark = [pytest.mark.integration]
 CONSUMER = "record_link"  # the fake service's one subscription
 
 
 def _settings(database_url: str, bootstrap: str, prefix: str, **extra: Any) -> ServiceSettings:
+    # A service name per test: gauges are process-wide, labelled by service.
     values: dict[str, Any] = {
-        # A service name per test: gauges are process-wide, labelled by service.
         "service_name": f"gauges-{prefix.strip('-_.')}",
-        "database_url": database_url,
-        "kafka_bootstrap_servers": bootstrap,
-        "kafka_enable_idempotence": os.environ.get("KAFKA", "tansu") == "apache",
-        "topic_prefix": prefix,
-        "group_prefix": prefix,
-        "outbox_poll_interval_s": 0.05,
-        "consumer_retry_base_s": 0.01,
-        "consumer_max_attempts": 2,
         "metrics_interval_s": 0.2,
     }
-    return ServiceSettings(**(values | extra))
+    return kafka_settings(database_url, bootstrap, prefix, **(values | extra))
 
 
 def _gauge(name: str, **labels: str) -> float | None:
