@@ -156,3 +156,18 @@ async def test_ops_routes_answer_a_gateway_error_when_the_ehr_refuses(harness: H
         ensure = await client.post("/ops/subscriptions/ensure", headers=ops)
         assert ensure.status_code == 502
         assert "EHR" in ensure.json()["detail"]
+
+
+@pytest.mark.integration
+async def test_topics_not_created_yet_are_listed_as_missing(harness: Harness) -> None:
+    # In process, no server answers the webhook, so the connector never creates its
+    # Subscriptions: every configured topic must be reported, as missing, not left out
+    # (a partial list of active ones would read as healthy).
+    ops = {"Authorization": "Bearer dev-ops-token"}
+    async with harness.connector(inbound_enabled=True) as (_, client):
+        response = await client.get("/ops/subscriptions", headers=ops)
+    assert response.status_code == 200
+    rows = response.json()
+    assert {r["topic"] for r in rows} == set(harness.settings.inbound_topics.values())
+    assert {r["status"] for r in rows} == {"missing"}
+    assert all(r["subscription_id"] is None for r in rows)

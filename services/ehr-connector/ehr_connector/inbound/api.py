@@ -116,9 +116,9 @@ class SubscriptionOut(BaseModel):
     """One topic's Subscription as the connector knows it."""
 
     topic: str
-    subscription_id: str
+    subscription_id: str | None = Field(description="None while the topic is `missing`")
     resource_type: str
-    status: str
+    status: str = Field(description="requested, active, error, off, or missing (not created)")
     payload: str
     heartbeat_period_s: int
     last_event_number: int = Field(description="Highest event number processed with no gap")
@@ -139,10 +139,17 @@ class EnsureOut(BaseModel):
 
 
 @router.get("/ops/subscriptions", tags=["ops"], response_model=list[SubscriptionOut])
-async def list_subscriptions(_: Ops, session: ReadSession) -> list[SubscriptionOut]:
-    """The connector's Subscriptions with their event numbers and heartbeat state."""
+async def list_subscriptions(
+    _: Ops, request: Request, session: ReadSession
+) -> list[SubscriptionOut]:
+    """The connector's Subscriptions with their event numbers and heartbeat state.
+
+    A configured topic the connector has not created yet is listed as `missing` (no id):
+    while the first ensure works through the topics, the ones it has done must not make
+    the whole set look healthy.
+    """
     rows = await store.subscriptions(session)
-    return [
+    listed = [
         SubscriptionOut(
             topic=r.topic,
             subscription_id=r.subscription_id,
@@ -158,6 +165,34 @@ async def list_subscriptions(_: Ops, session: ReadSession) -> list[SubscriptionO
         )
         for r in rows
     ]
+    inbound = inbound_of(request.app.state.service)
+    if inbound is None or not inbound.settings.inbound_enabled:
+        return listed
+    try:
+        targets = await inbound.manager.targets()
+    except EhrError:
+        # Which topics are expected depends on the EHR's profile; unknown until it answers.
+        return listed
+    recorded = {r.topic for r in rows}
+    settings = inbound.settings
+    listed += [
+        SubscriptionOut(
+            topic=topic,
+            subscription_id=None,
+            resource_type=resource_type,
+            status="missing",
+            payload=settings.inbound_payload,
+            heartbeat_period_s=settings.inbound_heartbeat_period_s,
+            last_event_number=0,
+            highest_event_number=0,
+            events_since_start=0,
+            last_notification_at=None,
+            heartbeat_missed_since=None,
+        )
+        for resource_type, topic in targets.items()
+        if topic not in recorded
+    ]
+    return sorted(listed, key=lambda s: s.topic)
 
 
 @router.post("/ops/subscriptions/ensure", tags=["ops"], response_model=list[EnsureOut])
