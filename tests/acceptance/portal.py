@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 import uuid
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 
 from .checker import PatientStream
-from .stack import ADMIN_TOKEN, GATEWAY, SANDBOX
+from .stack import ADMIN_TOKEN, CONNECTOR, GATEWAY, OPS_TOKEN, SANDBOX
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
@@ -94,16 +95,33 @@ class Clinic:
         return str(response.json()["access_token"])
 
     async def wait_subscriptions_active(self, timeout: float = 120) -> None:
-        """Wait until the connector's Subscriptions are active in the EHR."""
+        """Wait until every topic the connector is configured for has an active
+        Subscription, as the connector reports it (a topic it has not created yet is listed
+        as missing) and as the EHR holds it."""
         deadline = time.monotonic() + timeout
-        while True:
-            subscriptions = await self.search("Subscription")
-            if subscriptions and all(s.get("status") == "active" for s in subscriptions):
-                return
-            if time.monotonic() > deadline:
-                states = [s.get("status") for s in subscriptions]
-                raise AssertionError(f"Subscriptions not active after {timeout} s: {states}")
-            await asyncio.sleep(0.5)
+        ops = {"Authorization": f"Bearer {OPS_TOKEN}"}
+        async with httpx.AsyncClient(base_url=CONNECTOR, headers=ops, timeout=30) as connector:
+            while True:
+                listed: list[dict[str, Any]] = []
+                with contextlib.suppress(httpx.HTTPError):
+                    response = await connector.get("/ops/subscriptions")
+                    if response.status_code == 200:
+                        listed = response.json()
+                held = await self.search("Subscription")
+                if (
+                    listed
+                    and all(s.get("status") == "active" for s in listed)
+                    and held
+                    and all(s.get("status") == "active" for s in held)
+                ):
+                    return
+                if time.monotonic() > deadline:
+                    states = {
+                        "connector": [(s.get("topic"), s.get("status")) for s in listed],
+                        "ehr": [s.get("status") for s in held],
+                    }
+                    raise AssertionError(f"Subscriptions not active after {timeout} s: {states}")
+                await asyncio.sleep(0.5)
 
 
 def _expires_at(token: str) -> float:

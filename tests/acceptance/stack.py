@@ -30,6 +30,8 @@ from servicekit.crypto import new_key
 GATEWAY = "http://127.0.0.1:8000"
 SANDBOX = "http://127.0.0.1:8090"
 ADMIN_TOKEN = "dev-admin-token"  # the sandbox's documented development admin token
+CONNECTOR = "http://127.0.0.1:8005"
+OPS_TOKEN = "dev-ops-token"  # the services' documented development ops token
 PORTS = {
     "gateway": 8000,
     "records": 8001,

@@ -26,7 +26,7 @@ from devstack.postgres import set_connections_allowed
 from .checker import Checker, Key, PatientStream, Verdict
 from .conftest import record
 from .portal import Clinic, Patient
-from .stack import GATEWAY, LocalStack
+from .stack import GATEWAY, OPS_TOKEN, LocalStack
 
 pytestmark = [
     pytest.mark.acceptance,
@@ -454,7 +454,7 @@ async def _rotate_keys(stack: LocalStack, checker: Checker) -> None:
     (the mounted Secret), the services restarted, the stored text re-wrapped; nothing
     stored before becomes unreadable."""
     key_id = stack.rotate_encryption_key()
-    ops = {"Authorization": "Bearer dev-ops-token"}
+    ops = {"Authorization": f"Bearer {OPS_TOKEN}"}
     for name, port in (("messaging", 8003), ("triage", 8004)):
         await _restart(stack, name)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
