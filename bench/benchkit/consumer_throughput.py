@@ -21,8 +21,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.base import Coding, Quantity, SourceVersion
 from contracts.envelope import build_headers
@@ -35,6 +37,7 @@ from .report import Progress, Result, ratio
 
 TOPIC = "lab.resulted"
 BATCH = 500
+RECORDS = "http://127.0.0.1:8001"  # records (DESIGN: fixed port)
 
 
 def _dsn(base: str, database: str) -> str:
@@ -109,6 +112,24 @@ async def _preload(count: int) -> dict[TopicPartition, int]:
     return starts
 
 
+async def _batches() -> tuple[float, float]:
+    """Records' partition batches so far and the events in them, from its /metrics (every
+    consumer of records: only lab.resulted flows while the benchmark drains)."""
+    async with httpx.AsyncClient(base_url=RECORDS, timeout=30) as client:
+        response = await client.get("/metrics")
+    response.raise_for_status()
+    count = total = 0.0
+    for family in text_string_to_metric_families(response.text):
+        if family.name != "consumer_batch_events":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_count"):
+                count += sample.value
+            elif sample.name.endswith("_sum"):
+                total += sample.value
+    return count, total
+
+
 async def _inbox_count(connection: asyncpg.Connection) -> int:
     value = await connection.fetchval("SELECT count(*) FROM inbox")
     return int(value)
@@ -118,6 +139,7 @@ async def _ours(ctx: Context, count: int) -> dict[str, Any]:
     connection = await asyncpg.connect(_dsn(ctx.stack.database_url(), "portal_records"))
     try:
         ctx.pause("records", True)
+        batches_before = await _batches()
         try:
             before = await _inbox_count(connection)
             starts = await _preload(count)
@@ -145,7 +167,12 @@ async def _ours(ctx: Context, count: int) -> dict[str, Any]:
     if ctx.profiler is not None:
         ctx.extra_results.append(await ctx.profiler.result("benchmark 3's drain (records)"))
     busy = done - (first or resumed)
+    batches_after = await _batches()
+    batches = batches_after[0] - batches_before[0]
     return {
+        "mean_batch_events": round((batches_after[1] - batches_before[1]) / batches, 1)
+        if batches
+        else None,
         "handled": handled,
         "starts": starts,
         "events_per_s": round(handled / busy, 1) if busy > 0 else None,
@@ -230,6 +257,7 @@ async def run(ctx: Context) -> Result:
         "events_per_s": ours["events_per_s"],
         "drain_s": ours["drain_s"],
         "first_event_after_s": ours["first_event_after_s"],
+        "mean_batch_events": ours["mean_batch_events"],
     }
     baseline = {
         "events": count,

@@ -64,7 +64,14 @@ from servicekit.db import Database, unreachable_is_unavailable
 from servicekit.errors import DependencyUnavailable, PermanentError, describe
 from servicekit.flow_metrics import observe_event_age
 from servicekit.logging import get_logger
-from servicekit.metrics import CONSUMED, DLQ_OPEN, DLQ_TOTAL, HANDLER_LATENCY, PARKED
+from servicekit.metrics import (
+    BATCH_SIZE,
+    CONSUMED,
+    DLQ_OPEN,
+    DLQ_TOTAL,
+    HANDLER_LATENCY,
+    PARKED,
+)
 from servicekit.outbox import Outbox
 from servicekit.settings import ServiceSettings
 from servicekit.tables import DeadLetterRow, InboxRow, ParkedRow, headers_from_json, headers_to_json
@@ -424,6 +431,8 @@ class ConsumerRuntime:
         if sub.effect_first:
             # An effect-first handler calls out per event: nothing to batch.
             return await self._consume_by_key(sub, msgs)
+        # How well batching works (a consumer behind on its topic should see hundreds).
+        BATCH_SIZE.labels(self.settings.service_name, sub.name).observe(len(msgs))
         if len(msgs) == 1:
             return [await self.consume(sub, msgs[0])]
         consumer = self.consumer_id(sub)

@@ -39,6 +39,12 @@ HANDLER_LATENCY = Histogram(
     ["service", "consumer"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+BATCH_SIZE = Histogram(
+    "consumer_batch_events",
+    "Events of one partition handled in one transaction (1: one at a time)",
+    ["service", "consumer"],
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
 CONSUMER_LAG = Gauge(
     "consumer_lag",
     "Messages of an assigned partition not yet committed by the consumer group",

@@ -7,9 +7,11 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
 from contracts.envelope import build_headers, parse_headers
@@ -297,6 +299,23 @@ async def test_a_batch_is_handled_in_order_with_one_inbox_row_per_event(service:
     # The same batch again (offsets not committed before a crash): no second effect.
     assert await consume_batch(service, batch) == [Outcome.DUPLICATE] * 8
     assert await markers(service) == [f"m{n}" for n in range(8)]
+
+
+async def test_each_partition_batch_is_counted_by_its_size(service: Service) -> None:
+    sub = service.runtime.router.subscriptions[0]
+    labels = {"service": "fake", "consumer": sub.name}
+
+    def sizes() -> tuple[float, float]:
+        count = REGISTRY.get_sample_value("consumer_batch_events_count", labels) or 0.0
+        total = REGISTRY.get_sample_value("consumer_batch_events_sum", labels) or 0.0
+        return count, total
+
+    before = sizes()
+    other = [replace(message("p9", f"q{n}"), partition=1) for n in range(2)]
+    await consume_batch(service, [message(f"p{n}", f"m{n}") for n in range(5)] + other)
+    after = sizes()
+    # Two partitions: one transaction of five events and one of two.
+    assert (after[0] - before[0], after[1] - before[1]) == (2.0, 7.0)
 
 
 async def test_an_event_twice_in_one_batch_has_one_effect(service: Service) -> None:
