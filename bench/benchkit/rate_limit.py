@@ -257,6 +257,10 @@ def _phase(prefix: str, allowed: float, ours: dict[str, Any]) -> dict[str, Any]:
         f"{prefix}retry_after_compliance": ledger.get("retry_after_compliance"),
         f"{prefix}early_requests": ledger.get("early"),
         f"{prefix}in_flight_requests": ledger.get("in_flight"),
+        # Just past the sandbox's in-flight grace: sent before the 429 was read, held up by
+        # load; hundreds of ms: a write that did not wait.
+        f"{prefix}early_after_ms": ", ".join(str(ms) for ms in ledger.get("early_after_ms", []))
+        or None,
         f"{prefix}drain_s": round(ours["drain_s"], 1),
         f"{prefix}cpu_ms_per_write": ours["cpu_ms_per_write"],
         f"{prefix}connector_cpu_ms_per_write": ours["connector_cpu_ms_per_write"],

@@ -94,6 +94,9 @@ async def test_write_limit_keeps_a_retry_after_ledger_per_client(sandbox: Sandbo
     assert ledger["throttled"] == 2
     assert ledger["after_throttle"] == 1
     assert ledger["early"] == 1
+    # How long after the 429 it came: the test sent it as soon as it read the 429.
+    (after_ms,) = ledger["early_after_ms"]
+    assert 0 <= after_ms < 1000
     assert ledger["in_flight"] == 0
     assert ledger["retry_after_compliance"] == 0.0
     # Waiting out the Retry-After (the bucket refills a token in 2 s) is compliant.

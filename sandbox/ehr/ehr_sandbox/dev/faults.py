@@ -25,7 +25,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, Literal
@@ -39,6 +39,7 @@ FHIR_PREFIX = "/fhir"
 
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+EARLY_KEPT = 20  # early requests whose delay the ledger keeps
 
 
 class RateLimit(BaseModel):
@@ -93,6 +94,10 @@ class ClientLedger:
     after_throttle: int = 0  # requests that came after this client's first 429 was sent
     early: int = 0  # ... of which before the Retry-After of a sent 429 had expired
     in_flight: int = 0  # ... of which within the grace after that 429 was sent
+    # How long after the 429 was sent the first early ones came (ms): just past the grace
+    # reads as a request already in flight, delayed by load; hundreds as one that did not
+    # wait.
+    early_after_ms: list[float] = field(default_factory=list)
     not_before: float = 0.0  # the latest Retry-After sent to this client (fully sent)
     sent_at: float = 0.0  # when the 429 that set `not_before` was sent
     throttle_sent: bool = False
@@ -123,6 +128,7 @@ class ClientLedger:
             "throttled": self.throttled,
             "after_throttle": self.after_throttle,
             "early": self.early,
+            "early_after_ms": list(self.early_after_ms),
             "in_flight": self.in_flight,
             "first_throttled_at": _rfc3339(self.first_throttled),
             "last_passed_at": _rfc3339(self.last_passed),
@@ -218,6 +224,8 @@ class FaultState:
                     ledger.in_flight += 1
                 else:
                     ledger.early += 1
+                    if len(ledger.early_after_ms) < EARLY_KEPT:
+                        ledger.early_after_ms.append(round((now - ledger.sent_at) * 1000, 1))
         if self.take_token(limit):
             ledger.passed += 1
             if ledger.first_passed is None:
