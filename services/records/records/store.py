@@ -519,7 +519,7 @@ async def upsert_lab_results(session: AsyncSession, rows: list[dict[str, Any]]) 
 async def add_result_versions(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Keep replaced versions of results as history."""
     if rows:
-        await session.execute(insert(LabResultVersion), rows)
+        await session.execute(insert(LabResultVersion.__table__), rows)
 
 
 async def set_results_of_reports(session: AsyncSession, groupings: dict[str, list[str]]) -> None:
@@ -535,7 +535,8 @@ async def set_results_of_reports(session: AsyncSession, groupings: dict[str, lis
         for position, observation in _first_positions(observations)
     ]
     if rows:
-        await session.execute(insert(LabReportResult), rows)
+        # On the table: an ORM entity's insert goes through the ORM's bulk persistence.
+        await session.execute(insert(LabReportResult.__table__), rows)
 
 
 def _first_positions(observation_ids: list[str]) -> list[tuple[int, str]]:
