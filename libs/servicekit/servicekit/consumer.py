@@ -45,6 +45,7 @@ from sqlalchemy import (
     BindParameter,
     Select,
     String,
+    Table,
     any_,
     bindparam,
     func,
@@ -82,7 +83,7 @@ P = TypeVar("P", bound=Payload)
 # Made once: a tracer per message cost as much as the span (a proxy until the service
 # installs its provider, then that provider's).
 _TRACER = tracer("servicekit.consumer")
-_INBOX_INSERT = insert(InboxRow.__table__)
+_INBOX_INSERT = insert(cast(Table, InboxRow.__table__))
 
 
 @dataclass(frozen=True)

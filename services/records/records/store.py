@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ARRAY,
@@ -19,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     Select,
     String,
+    Table,
     Text,
     and_,
     any_,
@@ -519,7 +520,7 @@ async def upsert_lab_results(session: AsyncSession, rows: list[dict[str, Any]]) 
 async def add_result_versions(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Keep replaced versions of results as history."""
     if rows:
-        await session.execute(insert(LabResultVersion.__table__), rows)
+        await session.execute(insert(cast(Table, LabResultVersion.__table__)), rows)
 
 
 async def set_results_of_reports(session: AsyncSession, groupings: dict[str, list[str]]) -> None:
@@ -536,7 +537,7 @@ async def set_results_of_reports(session: AsyncSession, groupings: dict[str, lis
     ]
     if rows:
         # On the table: an ORM entity's insert goes through the ORM's bulk persistence.
-        await session.execute(insert(LabReportResult.__table__), rows)
+        await session.execute(insert(cast(Table, LabReportResult.__table__)), rows)
 
 
 def _first_positions(observation_ids: list[str]) -> list[tuple[int, str]]:
