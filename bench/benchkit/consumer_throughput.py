@@ -138,8 +138,8 @@ async def _inbox_count(connection: asyncpg.Connection) -> int:
 async def _ours(ctx: Context, count: int) -> dict[str, Any]:
     connection = await asyncpg.connect(_dsn(ctx.stack.database_url(), "portal_records"))
     try:
+        batches_before = await _batches()  # asked before records is paused
         ctx.pause("records", True)
-        batches_before = await _batches()
         try:
             before = await _inbox_count(connection)
             starts = await _preload(count)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from asgi_lifespan import LifespanManager
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 from contracts.envelope import build_headers
 from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
-from servicekit import messaging
 from servicekit.metrics import CONSUMED
 from servicekit.tables import DeadLetterRow, InboxRow, ParkedRow
 from servicekit.testing import eventually, read_topic, until_count
@@ -102,10 +101,10 @@ async def test_a_batch_has_its_effects_once_across_a_crash_before_the_offset_com
     await _produce_together(kafka_bootstrap, topic, items)
 
     # The first life stores the batch's effects, then dies before committing the offsets.
-    async def crash_before_commit(msg: Any, sub: Any) -> None:
+    async def crash_before_commit(consumer: Any, *args: Any, **kwargs: Any) -> None:
         return None
 
-    monkeypatch.setattr(messaging, "_commit", crash_before_commit)
+    monkeypatch.setattr(AIOKafkaConsumer, "commit", crash_before_commit)
     first = fakeservice.build(settings)
     async with LifespanManager(first.app, startup_timeout=60, shutdown_timeout=60):
         await until_count(lambda: _inbox_count(first), 12)
