@@ -92,20 +92,28 @@ async def sample_lag(settings: ServiceSettings, runtime: ConsumerRuntime, broker
 
 async def _with_fetched(settings: ServiceSettings, msg: Any, record: Any) -> list[RawMessage]:
     """`record` and the records the consumer has already fetched after it (no wait), up to
-    the batch bound: what the broker had when the consumer got to it."""
-    batch = [_raw(record)]
+    the batch bound per partition: what the broker had when the consumer got to it.
+
+    Taken partition by partition: asked for all at once, the consumer fills the bound
+    from the first partition it has records of, so a consumer behind on its topic handled
+    one partition's batch at a time, its CPU and the database's taking turns; with each
+    partition's share the batches run side by side (`ConsumerRuntime.consume_batch`).
+    """
+    first = _raw(record)
+    batch = [first]
     consumer = getattr(msg, "consumer", None)
-    limit = settings.consumer_batch_max_records - 1
-    if limit < 1 or not isinstance(consumer, AIOKafkaConsumer):
+    limit = settings.consumer_batch_max_records
+    if limit < 2 or not isinstance(consumer, AIOKafkaConsumer):
         return batch
     try:
-        fetched = await consumer.getmany(timeout_ms=0, max_records=limit)
+        for tp in sorted(consumer.assignment()):
+            same = tp.topic == first.topic and tp.partition == first.partition
+            fetched = await consumer.getmany(tp, timeout_ms=0, max_records=limit - same)
+            batch.extend(_raw(r) for records in fetched.values() for r in records)
     except KafkaError as exc:
         # The fetch error is raised again to FastStream's loop on its next read (and the
         # records already taken are handled below, then committed).
         log.warning("consumer.fetch_failed", error=type(exc).__name__)
-        return batch
-    batch.extend(_raw(r) for records in fetched.values() for r in records)
     return batch
 
 

@@ -152,8 +152,9 @@ class ServiceSettings(BaseSettings):
     consumer_batch_max_records: int = Field(
         default=500,
         ge=1,
-        description="Most records a consumer handles in one go: each partition's share is "
-        "one database transaction (1: a transaction per message)",
+        description="Most records of one partition a consumer handles in one go, in one "
+        "database transaction; the partitions' batches run side by side (1: a transaction "
+        "per message)",
     )
     consumer_effect_first_keys_at_once: int = Field(
         default=8,

@@ -198,3 +198,35 @@ async def test_order_per_key_is_kept_across_batches_and_partitions(
         assert len(seen) == 15
     sizes = _batch_sizes(topic)
     assert sizes and max(sizes) <= 7
+
+
+async def test_a_backlog_on_several_partitions_is_handled_in_batches_side_by_side(
+    database_url: str, kafka_bootstrap: str, unique_prefix: str
+) -> None:
+    # Each partition holds more than a batch: asked for all at once, the broker client
+    # fills the bound from one partition and the batches went one at a time.
+    settings = kafka_settings(
+        database_url, kafka_bootstrap, unique_prefix, consumer_batch_max_records=10
+    )
+    await ensure_topics(kafka_bootstrap, unique_prefix, [("patient.linked", 3)])
+    topic = settings.topic("patient.linked")
+    for partition in range(3):
+        items = [_message(f"p{partition}", f"m{partition}-{n:02d}") for n in range(40)]
+        await _produce_together(kafka_bootstrap, topic, items, partition=partition)
+    svc = fakeservice.build(settings)
+    async with LifespanManager(svc.app, startup_timeout=60, shutdown_timeout=60):
+        await until_count(lambda: _inbox_count(svc), 120)
+    batches = [
+        (str(s.attributes["messaging.destination.partition.id"]), s.start_time, s.end_time)
+        for s in _exporter.get_finished_spans()
+        if s.name == f"{topic} process batch" and s.attributes is not None
+    ]
+    assert {partition for partition, _, _ in batches} == {"0", "1", "2"}
+    side_by_side = [
+        (a, b)
+        for a in batches
+        for b in batches
+        if a[0] < b[0] and a[1] is not None and b[1] is not None and a[2] is not None
+        if b[2] is not None and a[1] < b[2] and b[1] < a[2]
+    ]
+    assert side_by_side, "every partition's batch ran alone"
