@@ -19,6 +19,7 @@ from contracts.envelope import build_headers
 from contracts.patient import PatientLinkedV1
 from devstack.topics import ensure_topics
 from servicekit.metrics import CONSUMED
+from servicekit.settings import ServiceSettings
 from servicekit.tables import DeadLetterRow, InboxRow, ParkedRow
 from servicekit.testing import eventually, read_topic, until_count
 
@@ -167,16 +168,21 @@ async def test_poison_in_the_middle_of_a_batch_alone_is_dead_lettered_the_rest_i
     assert [row.key for row in parked] == ["p2"]
 
 
+async def _three_partitions(
+    database_url: str, bootstrap: str, prefix: str, batch: int
+) -> tuple[ServiceSettings, str]:
+    """Settings with batches of at most `batch`, and their topic, made with 3 partitions."""
+    settings = kafka_settings(database_url, bootstrap, prefix, consumer_batch_max_records=batch)
+    await ensure_topics(bootstrap, prefix, [("patient.linked", 3)])
+    return settings, settings.topic("patient.linked")
+
+
 async def test_order_per_key_is_kept_across_batches_and_partitions(
     database_url: str, kafka_bootstrap: str, unique_prefix: str
 ) -> None:
     # Small batches: 90 events of 6 patients on 3 partitions make many batches, handled
     # partition by partition concurrently.
-    settings = kafka_settings(
-        database_url, kafka_bootstrap, unique_prefix, consumer_batch_max_records=7
-    )
-    await ensure_topics(kafka_bootstrap, unique_prefix, [("patient.linked", 3)])
-    topic = settings.topic("patient.linked")
+    settings, topic = await _three_partitions(database_url, kafka_bootstrap, unique_prefix, 7)
     patients = [f"p{n}" for n in range(6)]
     first_half = [_message(patients[n % 6], f"{patients[n % 6]}-{n:03d}") for n in range(45)]
     await _produce_together(kafka_bootstrap, topic, first_half, partition=None)
@@ -205,11 +211,7 @@ async def test_a_backlog_on_several_partitions_is_handled_in_batches_side_by_sid
 ) -> None:
     # Each partition holds more than a batch: asked for all at once, the broker client
     # fills the bound from one partition and the batches went one at a time.
-    settings = kafka_settings(
-        database_url, kafka_bootstrap, unique_prefix, consumer_batch_max_records=10
-    )
-    await ensure_topics(kafka_bootstrap, unique_prefix, [("patient.linked", 3)])
-    topic = settings.topic("patient.linked")
+    settings, topic = await _three_partitions(database_url, kafka_bootstrap, unique_prefix, 10)
     for partition in range(3):
         items = [_message(f"p{partition}", f"m{partition}-{n:02d}") for n in range(40)]
         await _produce_together(kafka_bootstrap, topic, items, partition=partition)
