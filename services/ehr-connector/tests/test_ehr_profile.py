@@ -148,7 +148,9 @@ async def test_ops_routes_answer_a_gateway_error_when_the_ehr_refuses(harness: H
     # A base URL where the sandbox serves no FHIR: every EHR call is refused with 404.
     # (Recipients are not checked at start: every read there is refused.)
     async with harness.connector(
-        ehr_base_url=harness.sandbox.url + "/no-fhir-here", ehr_verify_recipients=False
+        ehr_base_url=harness.sandbox.url + "/no-fhir-here",
+        ehr_verify_recipients=False,
+        inbound_enabled=True,
     ) as (
         _,
         client,
@@ -156,6 +158,10 @@ async def test_ops_routes_answer_a_gateway_error_when_the_ehr_refuses(harness: H
         ensure = await client.post("/ops/subscriptions/ensure", headers=ops)
         assert ensure.status_code == 502
         assert "EHR" in ensure.json()["detail"]
+        # The list does not ask the EHR: every configured topic, missing.
+        listed = await client.get("/ops/subscriptions", headers=ops)
+        assert listed.status_code == 200
+        assert {r["status"] for r in listed.json()} == {"missing"}
 
 
 @pytest.mark.integration

@@ -146,7 +146,9 @@ async def list_subscriptions(
 
     A configured topic the connector has not created yet is listed as `missing` (no id):
     while the first ensure works through the topics, the ones it has done must not make
-    the whole set look healthy.
+    the whole set look healthy. The EHR is not asked here: until its profile has been read
+    (the first ensure), a connector with no Subscriptions yet lists every configured topic
+    by its canonical.
     """
     rows = await store.subscriptions(session)
     listed = [
@@ -168,11 +170,13 @@ async def list_subscriptions(
     inbound = inbound_of(request.app.state.service)
     if inbound is None or not inbound.settings.inbound_enabled:
         return listed
-    try:
-        targets = await inbound.manager.targets()
-    except EhrError:
-        # Which topics are expected depends on the EHR's profile; unknown until it answers.
-        return listed
+    targets = inbound.manager.known_targets()
+    if targets is None:
+        if rows:
+            # Rows of an earlier start, named by its EHR profile: which topics are missing
+            # is known once this start's first ensure has read the profile.
+            return listed
+        targets = dict(inbound.settings.inbound_topics)
     recorded = {r.topic for r in rows}
     settings = inbound.settings
     listed += [

@@ -150,7 +150,14 @@ class SubscriptionManager:
     async def targets(self) -> dict[str, str]:
         """Focus type → what its Subscription's `criteria` holds: the topic canonical, or
         (criteria style, for servers without topics) a classic R4 search criteria."""
-        if (await self.profile()).subscription_style == "criteria":
+        return self._targets_of(await self.profile())
+
+    def known_targets(self) -> dict[str, str] | None:
+        """`targets()` without asking the EHR: None until its profile has been read."""
+        return None if self._profile is None else self._targets_of(self._profile)
+
+    def _targets_of(self, profile: EhrProfile) -> dict[str, str]:
+        if profile.subscription_style == "criteria":
             return {
                 t: self.settings.inbound_criteria.get(t, f"{t}?")
                 for t in self.settings.inbound_topics
