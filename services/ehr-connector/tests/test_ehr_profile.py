@@ -11,9 +11,13 @@ import pytest
 
 from ehr_connector.ehr.auth import NoAuth, SmartBackendAuth, StaticBearerAuth, make_auth
 from ehr_connector.ehr.errors import EhrAuthFailed
+from ehr_connector.ehr.fhir_client import FhirClient
 from ehr_connector.ehr.profile import BACKPORT_SUBSCRIPTION_PROFILE, detect
+from ehr_connector.inbound import store as inbound_store
+from ehr_connector.inbound.service.lifecycle import inbound_of
 from ehr_connector.settings import Settings
 from ehr_sandbox.testing.http import RunningSandbox
+from servicekit.db import Database
 
 from .conftest import Harness, ehr_settings
 
@@ -177,3 +181,50 @@ async def test_topics_not_created_yet_are_listed_as_missing(harness: Harness) ->
     assert {r["topic"] for r in rows} == set(harness.settings.inbound_topics.values())
     assert {r["status"] for r in rows} == {"missing"}
     assert all(r["subscription_id"] is None for r in rows)
+
+
+class HandshakeFirst:
+    """The connector's EHR client, with the EHR's handshake handled by the webhook before
+    the update that requested the Subscription returns (a fast EHR does that): the
+    webhook records `active` first."""
+
+    def __init__(self, inner: FhirClient) -> None:
+        self._inner = inner
+        self.db: Database | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def update(self, resource: dict[str, Any], *, if_match: str | None = None) -> Any:
+        result = await self._inner.update(resource, if_match=if_match)
+        if resource.get("resourceType") == "Subscription" and resource["status"] == "requested":
+            assert self.db is not None
+            async with self.db.transaction() as session:
+                row = await inbound_store.subscription_by_id(session, str(resource["id"]))
+                assert row is not None, "the row is recorded before the EHR is asked"
+                row.status = "active"  # what the webhook writes for a handshake
+        return result
+
+
+@pytest.mark.integration
+async def test_a_handshake_handled_before_the_request_returns_leaves_the_subscription_active(
+    harness: Harness,
+) -> None:
+    wrapped: list[HandshakeFirst] = []
+
+    def wrap(inner: FhirClient) -> HandshakeFirst:
+        wrapped.append(HandshakeFirst(inner))
+        return wrapped[0]
+
+    ops = {"Authorization": "Bearer dev-ops-token"}
+    async with harness.connector(inbound_enabled=True, wrap_ehr=wrap) as (service, client):
+        wrapped[0].db = service.db
+        inbound = inbound_of(service)
+        assert inbound is not None
+        results = await inbound.manager.ensure()
+        assert {r.action for r in results} == {"created"}
+        assert {r.status for r in results} == {"active"}
+        listed = (await client.get("/ops/subscriptions", headers=ops)).json()
+    # Recording `requested` after the request had overwritten the handshake's `active`
+    # until the next heartbeat.
+    assert {r["status"] for r in listed} == {"active"}

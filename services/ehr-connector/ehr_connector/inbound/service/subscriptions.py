@@ -362,15 +362,18 @@ class SubscriptionManager:
             )
         status = str(chosen.get("status"))
         if not await self._matches(chosen, resource_type):
-            await self._put(chosen, await self._desired(topic, resource_type, "requested"))
+            await self._request(
+                chosen, await self._desired(topic, resource_type, "requested"), subscription_id
+            )
             action, status = "updated", "requested"
         elif status in ("error", "off"):
-            await self._put(chosen, {**chosen, "status": "requested"})
+            await self._request(chosen, {**chosen, "status": "requested"}, subscription_id)
             SUBSCRIPTION_REACTIVATIONS.labels(topic, "reactivated").inc()
             action, status = "reactivated", "requested"
         if status == "requested":
-            status = await self._read_back(subscription_id, status)
-        await self._set_status(subscription_id, status)
+            status = await self._settled(subscription_id)
+        else:
+            await self._set_status(subscription_id, status)
         log.info(
             "inbound.subscription_ensured",
             topic=topic,
@@ -383,13 +386,33 @@ class SubscriptionManager:
     async def _create(self, topic: str, resource_type: str) -> EnsureResult:
         created = await self.ehr.create(await self._desired(topic, resource_type, "off"))
         subscription_id = created.id
-        await self._record(topic, resource_type, subscription_id, "off")
+        # Recorded (as requested: it is about to be) before the EHR is asked to activate it,
+        # so that the handshake finds its row.
+        await self._record(topic, resource_type, subscription_id, "requested")
         await self._put(created.resource, {**created.resource, "status": "requested"})
-        status = await self._read_back(subscription_id, "requested")
-        await self._set_status(subscription_id, status)
+        status = await self._settled(subscription_id)
         SUBSCRIPTION_REACTIVATIONS.labels(topic, "created").inc()
         log.info("inbound.subscription_created", topic=topic, subscription_id=subscription_id)
         return EnsureResult(topic, subscription_id, "created", status)
+
+    async def _request(self, current: Resource, wanted: Resource, subscription_id: str) -> None:
+        """Ask the EHR to (re)activate a Subscription, recording `requested` first: the
+        handshake the request triggers may be handled before the update returns, and its
+        `active` must not be overwritten."""
+        await self._set_status(subscription_id, "requested")
+        await self._put(current, wanted)
+
+    async def _settled(self, subscription_id: str) -> str:
+        """The status of a Subscription just requested: with a handshake, what the webhook
+        has recorded (it changes the row itself when the handshake comes; writing here
+        could overwrite it); without one, the EHR's, read back and recorded."""
+        if (await self.profile()).sends_handshake:
+            async with self.db.sessions() as session:
+                row = await store.subscription_by_id(session, subscription_id)
+                return row.status if row is not None else "requested"
+        status = await self._read_back(subscription_id, "requested")
+        await self._set_status(subscription_id, status)
+        return status
 
     async def _read_back(self, subscription_id: str, status: str) -> str:
         """The status the EHR gave a requested Subscription, when no handshake will say.
@@ -533,12 +556,13 @@ class SubscriptionManager:
             return False
         if current.resource.get("status") in ("active", "requested"):
             return True
-        await self._put(current.resource, {**current.resource, "status": "requested"})
+        await self._request(
+            current.resource, {**current.resource, "status": "requested"}, subscription_id
+        )
         async with self.db.sessions() as session:
             row = await store.subscription_by_id(session, subscription_id)
             topic = row.topic if row is not None else "unknown"
         SUBSCRIPTION_REACTIVATIONS.labels(topic, "reactivated").inc()
-        await self._set_status(subscription_id, "requested")
         log.info("inbound.subscription_reactivated", subscription_id=subscription_id)
         return True
 
