@@ -92,6 +92,10 @@ async def portal(
                 # One patient fires 30 bookings at once to race for a slot: the per-patient
                 # write limit (tests/security) would answer some of them 429 instead.
                 rate_limit_patient_writes_per_min=0.0,
+                # The services share this test's event loop: under CI load a summary part
+                # can miss the 1 s default and be left out (its own test:
+                # tests/gateway_with_services/test_summary_budget.py).
+                summary_part_timeout_s=10.0,
             ),
             mounts={"http://scheduling": httpx.ASGITransport(app=scheduling.app)},
         )
