@@ -20,6 +20,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,16 +133,19 @@ async def test_a_patient_books_races_reschedules_and_fills_in_intake(portal: Por
         assert (existing["status"], existing["practitioner_name"]) == ("booked", "Dr. Grace Adams")
         assert existing["location_name"] == "Riverside Family Health - Main Clinic"
 
+        # Far enough ahead for the clinic's 24-hour rule to allow moves whatever the time of
+        # day: the EHR's first slots are tomorrow's, under 24 hours away from mid-morning on
+        # (a run at 20:54 in the clinic's zone got only those while the cache filled).
+        start = (datetime.now(UTC) + timedelta(days=2)).isoformat()
         slots: list[dict[str, Any]] = []
 
         async def offered() -> bool:
             nonlocal slots
-            page = (await client.get("/v1/slots", params={"practitioner": "np-chen"})).json()
-            slots = page["items"]
+            page = await client.get("/v1/slots", params={"practitioner": "np-chen", "start": start})
+            slots = page.json()["items"]
             return len(slots) >= 10
 
         await eventually(offered, timeout=120, interval=0.5)
-        # Far enough ahead for the clinic's 24-hour rule to allow moves.
         a, b, c, d = (s["id"] for s in slots[-4:])
 
         # Book; a retry with the same key replays the original answer.
