@@ -16,10 +16,12 @@ from typing import Final
 
 from devstack.tracesink import URL_FILE, TraceStore, format_trace
 
-# The span each benchmark's latency starts at: the EHR's commit of a lab result (benchmark
-# 1), the patient's booking request (2), the patient's summary read (4).
+# The span each benchmark's latency starts at: the EHR's notification of a lab result
+# reaching the connector (benchmark 1: the sandbox itself sends no spans, so the time from
+# its commit to that POST is not in the trace), the patient's booking request (2), the
+# patient's summary read (4).
 ROOTS: Final = {
-    "m1": "POST /sandbox/simulate/{action}",
+    "m1": "POST /fhir/notifications",
     "m2": "POST /v1/me/appointments",
     "m4": "GET /v1/me/summary",
 }

@@ -123,12 +123,36 @@ class ServiceAuth(httpx.Auth):
         yield request
 
 
+# Verified tokens remembered (a caller reuses one for half its minute): a bound, not a
+# working set; when full it starts again.
+VERIFIED_CACHE_MAX = 1024
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """What a token's signature and fixed claims established, re-checked against the clock
+    at every use."""
+
+    caller: Caller
+    issued: int
+    expires: int
+    audience: object
+
+
 class ServiceTokenVerifier:
-    """Checks the tokens other services present to this one."""
+    """Checks the tokens other services present to this one.
+
+    A token that passed is remembered by its exact text: its signature, type, issuer and
+    audience cannot change, so the next call presenting it is checked against the clock
+    and the audience only (every service-to-service call verified the JWT again: 3-4 % of records',
+    messaging's and scheduling's CPU serving the portal, py-spy, benchmark 4). Refused
+    tokens are never remembered, so each refusal is verified and counted again.
+    """
 
     def __init__(self, audience: str, key: str) -> None:
         self.audience = audience
         self._key = _key(key)
+        self._verified: dict[str, _Verified] = {}
 
     @classmethod
     def of(cls, settings: Any) -> ServiceTokenVerifier:
@@ -140,10 +164,32 @@ class ServiceTokenVerifier:
         if not authorization:
             raise ServiceTokenError(401, "service_token_missing", "A service token is required.")
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip() or len(token) > 4096:
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or len(token) > 4096:
             raise ServiceTokenError(401, "service_token_invalid", "Malformed Authorization.")
+        moment = time.time() if now is None else now
+        known = self._verified.get(token)
+        if known is None:
+            known = self._verify_signed(token)
+        if known.expires + CLOCK_SKEW_S < moment:
+            raise ServiceTokenError(401, "service_token_expired", "The service token expired.")
+        if known.issued - CLOCK_SKEW_S > moment:
+            raise ServiceTokenError(401, "service_token_invalid", "The token is from the future.")
+        if known.audience != self.audience:
+            raise ServiceTokenError(
+                403, "service_token_wrong_audience", "The service token is for another service."
+            )
+        if token not in self._verified:
+            if len(self._verified) >= VERIFIED_CACHE_MAX:
+                self._verified.clear()
+            self._verified[token] = known
+        return known.caller
+
+    def _verify_signed(self, token: str) -> _Verified:
+        """The signature and the claims, checked against the clock and the audience by
+        `verify` (in that order: an expired token is a 401 whoever it is for)."""
         try:
-            decoded = jwt.decode(token.strip(), self._key, algorithms=[ALGORITHM])
+            decoded = jwt.decode(token, self._key, algorithms=[ALGORITHM])
         except (JoseError, ValueError) as exc:
             raise ServiceTokenError(
                 401, "service_token_invalid", "The service token is not valid."
@@ -151,22 +197,14 @@ class ServiceTokenVerifier:
         if decoded.header.get("typ") != TOKEN_TYPE:
             raise ServiceTokenError(401, "service_token_invalid", "Not a service token.")
         claims = decoded.claims
-        moment = time.time() if now is None else now
         issuer = claims.get("iss")
         exp, iat = claims.get("exp"), claims.get("iat")
         if not isinstance(issuer, str) or not issuer or claims.get("sub") != issuer:
             raise ServiceTokenError(401, "service_token_invalid", "The token names no service.")
         if not isinstance(exp, int) or not isinstance(iat, int):
             raise ServiceTokenError(401, "service_token_invalid", "The token has no lifetime.")
-        if exp + CLOCK_SKEW_S < moment:
-            raise ServiceTokenError(401, "service_token_expired", "The service token expired.")
-        if iat - CLOCK_SKEW_S > moment:
-            raise ServiceTokenError(401, "service_token_invalid", "The token is from the future.")
-        if claims.get("aud") != self.audience:
-            raise ServiceTokenError(
-                403, "service_token_wrong_audience", "The service token is for another service."
-            )
-        return Caller(service=issuer, token_id=str(claims.get("jti", "")))
+        caller = Caller(service=issuer, token_id=str(claims.get("jti", "")))
+        return _Verified(caller=caller, issued=iat, expires=exp, audience=claims.get("aud"))
 
 
 async def require_service_token(request: Request) -> Caller:
