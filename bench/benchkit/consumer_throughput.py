@@ -22,10 +22,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.base import Coding, Quantity, SourceVersion
 from contracts.envelope import build_headers
@@ -33,7 +31,7 @@ from contracts.lab import LabObservation, LabResultedV1, ReportStatus
 from devstack.postgres import create_database, drop_database
 
 from .baseline import partitions_of
-from .context import BOOTSTRAP, Context
+from .context import BOOTSTRAP, Context, histogram_totals
 from .report import Progress, Result, ratio
 
 TOPIC = "lab.resulted"
@@ -116,19 +114,7 @@ async def _preload(count: int) -> dict[TopicPartition, int]:
 async def _batches() -> tuple[float, float]:
     """Records' partition batches so far and the events in them, from its /metrics (every
     consumer of records: only lab.resulted flows while the benchmark drains)."""
-    async with httpx.AsyncClient(base_url=RECORDS, timeout=30) as client:
-        response = await client.get("/metrics")
-    response.raise_for_status()
-    count = total = 0.0
-    for family in text_string_to_metric_families(response.text):
-        if family.name != "consumer_batch_events":
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_count"):
-                count += sample.value
-            elif sample.name.endswith("_sum"):
-                total += sample.value
-    return count, total
+    return await histogram_totals(RECORDS, "consumer_batch_events")
 
 
 async def _inbox_count(connection: asyncpg.Connection) -> int:

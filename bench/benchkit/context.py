@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.brokers import ApacheKafkaBroker, TansuBroker
 from servicekit.settings import ServiceSettings
@@ -48,6 +49,23 @@ class Settings:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+async def histogram_totals(base_url: str, family: str) -> tuple[float, float]:
+    """A histogram's count and sum over all its labels, from a service's /metrics."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        response = await client.get("/metrics")
+    response.raise_for_status()
+    count = total = 0.0
+    for metric in text_string_to_metric_families(response.text):
+        if metric.name != family:
+            continue
+        for sample in metric.samples:
+            if sample.name.endswith("_count"):
+                count += sample.value
+            elif sample.name.endswith("_sum"):
+                total += sample.value
+    return count, total
 
 
 async def sign_in(clinic: Any, fhir_id: str, tries: int = 3) -> Any:

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from .baseline import BaselineStream, Pipeline, tail_consumer
-from .context import BOOTSTRAP, Context
+from .context import BOOTSTRAP, CONNECTOR, Context, histogram_totals
 from .report import Progress, Result, latency_summary, ratio
 
 PANELS = ("bmp", "cbc", "lipid", "a1c")
@@ -35,6 +35,8 @@ LIST_POLL_S = 0.02
 # ms by default) was most of the measured 'EHR commit -> event' time.
 MEASURING_FETCH_WAIT_MS = 10
 DRAIN_S = 30.0
+# The connector's histogram of the EHR's share: event time at the EHR to notification received.
+NOTIFY_DELAY = "inbound_notification_delay_seconds"
 
 
 def _report_id(written: list[str]) -> str | None:
@@ -131,6 +133,7 @@ async def _ours(ctx: Context, profile: bool = False) -> dict[str, Any]:
 
     progress = Progress("m1 lab results", settings.duration_s)
     cpu_before = ctx.cpu_seconds()
+    notified_before = await histogram_totals(CONNECTOR, NOTIFY_DELAY)
     rss_idle = ctx.rss_mb()
     profiler = ctx.profiler if profile else None
     if profiler is not None:
@@ -164,6 +167,8 @@ async def _ours(ctx: Context, profile: bool = False) -> dict[str, Any]:
     if profiler is not None:
         ctx.extra_results.append(await profiler.result("benchmark 1's load and drain"))
     cpu_after = ctx.cpu_seconds()
+    notified_after = await histogram_totals(CONNECTOR, NOTIFY_DELAY)
+    notified = notified_after[0] - notified_before[0]
     delivered_times = _delivered(patients)
     counts = _delivery_counts(patients)
     to_event = [(events[r] - t) * 1000 for r, (t, _p) in acked.items() if r in events]
@@ -184,6 +189,11 @@ async def _ours(ctx: Context, profile: bool = False) -> dict[str, Any]:
         "lost": sum(1 for r in acked if r not in delivered_times),
         "duplicated": sum(1 for r in acked if counts.get(r, 0) > 1),
         "cpu_s": cpu,
+        "notify_mean_ms": (
+            round((notified_after[1] - notified_before[1]) * 1000 / notified, 1)
+            if notified
+            else None
+        ),
         "rss_idle_mb": rss_idle,
         "rss_peak_mb": {k: round(v, 1) for k, v in peak_rss.items()},
     }
@@ -268,6 +278,7 @@ async def run(ctx: Context) -> Result:
         "simulator_failures": sum(ours["failures"].values()),
         "lost": ours["lost"],
         "duplicated": ours["duplicated"],
+        "ehr_notify_mean_ms": ours["notify_mean_ms"],
         "event_p50_ms": events["p50_ms"],
         "event_p99_ms": events["p99_ms"],
         "list_p50_ms": listed["p50_ms"],
@@ -297,6 +308,9 @@ async def run(ctx: Context) -> Result:
         "Latency from the simulator's 201 (the EHR committed) to the event on the broker, "
         f"the report in the list (one result in {LIST_SAMPLE}, polled every "
         f"{LIST_POLL_S * 1000:.0f} ms) and the SSE notification.",
+        "ehr_notify_mean_ms: the EHR's share, from each event's time at the EHR (its "
+        "notification's timestamp) to the connector receiving the notification (the "
+        "connector's inbound_notification_delay_seconds); the rest of the way is ours.",
     ]
     if ours["failures"]:
         notes.append(f"simulator failures: {ours['failures']}")

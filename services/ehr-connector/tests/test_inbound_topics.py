@@ -5,11 +5,13 @@ change about a patient not linked to the portal publishes nothing."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.topics import ensure_topics
 from ehr_connector.context import connector_for
@@ -149,6 +151,42 @@ async def test_a_report_and_its_results_are_read_in_one_search(
     assert not [s for s in client.searches if s[0] == "Observation"]
     [(_, params)] = [s for s in client.searches if s[0] == "DiagnosticReport"]
     assert list(params) == [("_id", report_id), ("_include", "DiagnosticReport:result")]
+
+
+async def _notification_delays(settings: Settings, topic: str) -> tuple[float, float]:
+    """The connector's `inbound_notification_delay_seconds` of a topic: count and sum."""
+    async with ops_client(settings) as client:
+        response = await client.get("/metrics")
+    response.raise_for_status()
+    found = {"count": 0.0, "sum": 0.0}
+    for family in text_string_to_metric_families(response.text):
+        if family.name != "inbound_notification_delay_seconds":
+            continue
+        for sample in family.samples:
+            kind = sample.name.rpartition("_")[2]
+            if sample.labels.get("topic") == topic and kind in found:
+                found[kind] += sample.value
+    return found["count"], found["sum"]
+
+
+async def test_the_ehr_share_of_each_event_is_measured(
+    box: RunningSandbox,
+    connector: tuple[Service, Settings],
+    kafka_bootstrap: str,
+    unique_prefix: str,
+) -> None:
+    settings = connector[1]
+    topic = settings.inbound_topics["DiagnosticReport"]
+    count, total = await _notification_delays(settings, topic)
+    started = time.monotonic()
+    await _a_panel_published(box, kafka_bootstrap, unique_prefix)
+    await _a_panel_published(box, kafka_bootstrap, unique_prefix)
+    waited = time.monotonic() - started
+    after_count, after_total = await _notification_delays(settings, topic)
+    # Each report's event, from its time at the EHR to its notification reaching us: within
+    # the time the test waited for both to be published.
+    assert after_count - count >= 2
+    assert 0 < after_total - total < waited
 
 
 @pytest.mark.parametrize("connector", [{"wrap_ehr": RefusesInclude}], indirect=True)

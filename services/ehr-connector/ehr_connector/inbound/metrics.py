@@ -89,6 +89,14 @@ BACKFILLS = Gauge("backfills", "Back-fills by state", ["state"])
 BACKFILL_FAILURES = Counter(
     "backfill_page_failures_total", "Back-fill pages that failed and will be retried", []
 )
+NOTIFICATION_DELAY = Histogram(
+    "inbound_notification_delay_seconds",
+    "From an event's time at the EHR (its notificationEvent timestamp) to the connector "
+    "receiving its notification: the EHR's share of the way to the patient (a redelivery "
+    "counts its whole wait; a clock ahead of ours counts 0)",
+    ["topic"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+)
 CANARY_LATENCY = Histogram(
     "canary_latency_seconds",
     "From the canary's EHR write (meta.lastUpdated) to lab.resulted published",

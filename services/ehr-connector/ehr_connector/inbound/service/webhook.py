@@ -30,6 +30,7 @@ from ehr_connector.inbound.domain.notifications import (
 )
 from ehr_connector.inbound.metrics import (
     HEARTBEAT_MISSED,
+    NOTIFICATION_DELAY,
     NOTIFICATIONS,
     NOTIFICATIONS_REJECTED,
     set_subscription_status,
@@ -222,6 +223,7 @@ class Webhook:
     async def _accept(
         self, headers: Mapping[str, str], body: bytes, ids: dict[str, Any]
     ) -> WebhookAnswer:
+        received = datetime.now(UTC)
         mode = self.notification_auth()
         if mode == "mtls" and not self._mtls_ok(headers):
             return self._reject(401, "no_client_certificate", "A verified client is required.")
@@ -267,6 +269,10 @@ class Webhook:
                 done = await store.processed_numbers(session, row, numbers)
         self._heard(touched)
         NOTIFICATIONS.labels(notification.type).inc()
+        for event in notification.events:
+            if event.timestamp is not None:
+                delay = (received - event.timestamp).total_seconds()
+                NOTIFICATION_DELAY.labels(touched.topic).observe(max(0.0, delay))
         try:
             return await self._handle(notification, touched, done)
         except (DependencyUnavailable, EhrError) as exc:
