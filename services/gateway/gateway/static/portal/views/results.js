@@ -89,14 +89,18 @@ export async function render(main) {
   return {
     refresh: async (note) => {
       if (note.kind !== "lab-result") return;
-      // Records may take a moment to file the result the notice is about.
-      for (let attempt = 0; attempt < 10; attempt += 1) {
+      // Records may take a moment to file the result the notice is about (the notice and
+      // the filing come from one event, handled side by side: tens of milliseconds apart
+      // on a busy machine), so look again soon, then every second (about 9 s in all).
+      const attempts = 12;
+      for (let attempt = 0; attempt < attempts; attempt += 1) {
         const data = await api("/v1/me/lab-results?limit=50");
-        if (data.items.some((r) => r.id === note.ref) || attempt === 9) {
+        if (data.items.some((r) => r.id === note.ref) || attempt === attempts - 1) {
           if (current === first || !form.querySelector("select").value) show(data);
           return;
         }
-        await new Promise((resolve) => { setTimeout(resolve, 1000); });
+        const wait = Math.min(1000, 100 * 2 ** attempt);
+        await new Promise((resolve) => { setTimeout(resolve, wait); });
       }
     },
   };
