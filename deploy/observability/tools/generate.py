@@ -372,6 +372,17 @@ DASHBOARD_SPECS = [
                             ),
                         ],
                     ),
+                    Panel(
+                        "EHR notification delay p95 by topic (event at the EHR to received)",
+                        [
+                            (
+                                "histogram_quantile(0.95, sum by (topic, le) "
+                                "(rate(inbound_notification_delay_seconds_bucket[5m])))",
+                                "{{topic}}",
+                            )
+                        ],
+                        unit="s",
+                    ),
                 ],
             ),
             Row(
