@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -16,10 +17,16 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
-from servicekit.app import Service
+from servicekit import telemetry
+from servicekit.app import NO_NATIVE_TELEMETRY, Service
 from servicekit.flow_metrics import EVENT_AGE, observe_event_age
 from servicekit.settings import ServiceSettings
-from servicekit.telemetry import ExportingProvider, default_sampler, setup_tracing
+from servicekit.telemetry import (
+    ExportingProvider,
+    default_sampler,
+    instrument_app,
+    setup_tracing,
+)
 
 from . import fakeservice
 
@@ -124,3 +131,55 @@ def test_event_age_is_observed_from_ce_time() -> None:
     observe_event_age("fake", "ages", [("ce_id", b"x")])
     after = EVENT_AGE.labels("fake", "ages")._sum.get()  # type: ignore[attr-defined]
     assert after - before > 365 * 24 * 3600
+
+
+def _where_app() -> FastAPI:
+    """An app whose one route tells the span it runs under (built as the kit builds a
+    service's: no native FastAPI telemetry, the OpenTelemetry instrumentation)."""
+    app = FastAPI(telemetry=NO_NATIVE_TELEMETRY)
+
+    @app.get("/where")
+    async def where() -> dict[str, object]:
+        context = trace.get_current_span().get_span_context()
+        return {
+            "trace_id": format(context.trace_id, "032x"),
+            "span_id": format(context.span_id, "016x"),
+            "recording": trace.get_current_span().is_recording(),
+            "sampled": context.trace_flags.sampled,
+        }
+
+    instrument_app(app)
+    return app
+
+
+CALLER = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = {"traceparent": f"00-{CALLER}-00f067aa0ba902b7-01"}
+
+
+async def test_unexported_requests_skip_the_instrumentation_and_keep_the_trace(
+    exported: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = _where_app()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a") as c:
+        exported.clear()
+        traced = (await c.get("/where", headers=TRACEPARENT)).json()
+        assert (traced["trace_id"], traced["recording"]) == (CALLER, True)
+        assert [s.name for s in exported.get_finished_spans()] == ["GET /where"]
+
+        monkeypatch.setattr(telemetry, "exporting", lambda: False)
+        exported.clear()
+        untraced = (await c.get("/where", headers=TRACEPARENT)).json()
+        # The caller's trace goes on under a span of this service, recorded by nobody.
+        assert untraced["trace_id"] == CALLER
+        assert untraced["span_id"] not in ("00f067aa0ba902b7", "0" * 16)
+        assert (untraced["recording"], untraced["sampled"]) == (False, False)
+        fresh = (await c.get("/where")).json()
+        assert fresh["trace_id"] not in (CALLER, "0" * 32)
+        assert exported.get_finished_spans() == ()
+
+
+def test_only_an_exporting_provider_with_nothing_to_export_to_is_unexported() -> None:
+    provider = ExportingProvider(Resource.create({"service.name": "t"}), default_sampler())
+    assert not provider.exporting
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    assert provider.exporting
