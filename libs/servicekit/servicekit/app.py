@@ -270,11 +270,14 @@ class Service:
 
     def _instrument(self) -> None:
         # Server spans are wired when the app is built (`telemetry.instrument_app`); client
-        # spans patch httpx once per process; database spans are per engine.
+        # spans patch httpx once per process (always: they carry `traceparent` on); database
+        # spans are per engine, from when spans are exported (a statement's span adds
+        # nothing to the trace's ids).
         from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
         telemetry.instrument_http_clients()
-        SQLAlchemyInstrumentor().instrument(engine=self.db.sync_engine)
+        engine = self.db.sync_engine
+        telemetry.when_exporting(lambda: SQLAlchemyInstrumentor().instrument(engine=engine))
 
     # -- readiness ------------------------------------------------------------------------
 

@@ -183,3 +183,17 @@ def test_only_an_exporting_provider_with_nothing_to_export_to_is_unexported() ->
     assert not provider.exporting
     provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
     assert provider.exporting
+
+
+def test_instrumentation_waits_until_spans_are_exported(monkeypatch: pytest.MonkeyPatch) -> None:
+    done: list[str] = []
+    monkeypatch.setattr(telemetry, "exporting", lambda: True)
+    telemetry.when_exporting(lambda: done.append("now"))
+    assert done == ["now"]
+    monkeypatch.setattr(telemetry, "exporting", lambda: False)
+    telemetry.when_exporting(lambda: done.append("later"))
+    assert done == ["now"]
+    provider = ExportingProvider(Resource.create({"service.name": "t"}), default_sampler())
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    assert done == ["now", "later"], "done once, when the first processor came"
