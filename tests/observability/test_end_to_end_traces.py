@@ -327,17 +327,20 @@ async def test_a_booking_is_one_trace_from_the_patient_to_the_ehr(stack: TracedS
     assert all(s.trace_id == gateway.trace_id for s in spans)
 
     # Minutes of relay polling, readiness checks and slot syncs left no trace of their own:
-    # no stored trace starts with a client call (a query or an outgoing poll).
-    # (Spans that ended in the last seconds may still wait for their parent's export.)
+    # no stored trace starts with a client call (a query or an outgoing poll). A client
+    # span whose parent is not stored yet is a child of work still running (scheduling's
+    # batch of the slot sync started with the stack: its statements end long before the
+    # batch does on a loaded machine), so its parent must arrive, not be there at once.
     everything = await stack.traces.all_spans()
     ids = {s.span_id for s in everything}
-    settled = datetime.now(UTC) - timedelta(seconds=3)
-    client_roots = [
-        s
-        for s in everything
-        if s.kind == "CLIENT" and s.end_time < settled and (s.parent_span_id or "") not in ids
-    ]
-    assert client_roots == []
+    unparented = [s for s in everything if s.kind == "CLIENT" and s.parent_span_id not in ids]
+    assert [s for s in unparented if not s.parent_span_id] == []
+
+    async def parents_arrived() -> bool:
+        stored = {s.span_id for s in await stack.traces.all_spans()}
+        return all(s.parent_span_id in stored for s in unparented)
+
+    await eventually(parents_arrived, timeout=60, interval=0.5)
 
 
 async def test_a_lab_result_is_one_trace_from_the_ehr_to_the_patients_screen(
