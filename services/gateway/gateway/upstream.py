@@ -30,6 +30,7 @@ import httpx
 from fastapi.responses import JSONResponse
 
 from gateway.settings import Settings
+from servicekit.http11 import Http11Transport
 from servicekit.identity import ServiceTokens
 
 
@@ -37,7 +38,7 @@ class _OriginPool:
     """The connections to one origin and the slots admitting calls to them."""
 
     def __init__(self, limits: httpx.Limits, tls: ssl.SSLContext) -> None:
-        self.transport = httpx.AsyncHTTPTransport(limits=limits, verify=tls)
+        self.transport = Http11Transport(ssl_context=tls)
         self.slots = asyncio.Semaphore(limits.max_connections or 100)
 
 
