@@ -54,6 +54,14 @@ class Profile:
     ours_top: list[tuple[str, float]] = field(default_factory=list)
 
 
+def summarise_file(path: Path, top: int = TOP) -> Profile:
+    """`summarise` a py-spy output file. py-spy now and then writes a line of garbage (a
+    frame it read while the process changed it; seen in the sandbox's profile under
+    benchmark 1): its bytes are replaced, and the line counts as one odd frame."""
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        return summarise(lines, top=top)
+
+
 def _frame(raw: str) -> str:
     """`handle (gateway/api/me.py:143)` -> `handle (gateway/api/me.py)`: one entry per
     function, whichever line was running."""
@@ -201,8 +209,7 @@ class Profiler:
                 await process.wait()
             path = self.out_dir / f"{name}.txt"
             if path.exists():
-                with path.open() as lines:
-                    profiles[name] = summarise(lines)
+                profiles[name] = summarise_file(path)
             else:
                 self.missing.append(name)
         self._running.clear()

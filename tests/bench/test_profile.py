@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from benchkit.profile import as_result, summarise
+from benchkit.profile import as_result, summarise, summarise_file
 from benchkit.report import markdown
 
 # py-spy --format raw: outermost frame first, the sample count last.
@@ -68,3 +68,14 @@ def test_a_process_py_spy_could_not_sample_is_named() -> None:
     assert result.name == "m4_profile"
     assert result.figures == {}
     assert "records: not profiled (py-spy's reason in profile/m4/records.err)" in result.notes
+
+
+def test_a_garbled_line_of_py_spy_does_not_lose_the_profile(tmp_path: Path) -> None:
+    # A line of py-spy's output in the sandbox's profile held bytes that are not UTF-8
+    # (a frame read while it changed); reading it as text failed the whole benchmark.
+    path = tmp_path / "ehr-sandbox.txt"
+    garbled = b"\xf6\xae\x84\xa1\x00\xf9 (\xef\xbf\xbd:1) 1\n"
+    path.write_bytes("".join(COLLAPSED).encode() + garbled)
+    profile = summarise_file(path)
+    assert profile.samples == 11
+    assert profile.self_top[0] == ("execute (asyncpg/connection.py)", round(8 / 11, 3))
