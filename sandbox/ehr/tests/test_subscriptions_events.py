@@ -136,6 +136,43 @@ async def test_writes_become_gap_free_numbered_events(
     ]
 
 
+async def test_an_event_commits_with_its_write_or_not_at_all(
+    sandbox: RunningSandbox, receiver: NotificationReceiver
+) -> None:
+    # Events are numbered and stored in the write's own transaction: a write that fails
+    # after its event was numbered (here: other work of its transaction fails, as a full
+    # disk would at the commit) leaves neither the resource nor the event, and no gap.
+    sub_id = await _subscribe(sandbox, receiver, "diagnosticreport-final", patient="p1")
+    first = await _post(sandbox, _report("p1", []))  # event 1
+
+    async def fail_after_the_events(conn: Any, change: Any) -> None:
+        raise RuntimeError("the transaction cannot commit")
+
+    unstage = sandbox.app.state.store.stage(fail_after_the_events)
+    try:
+        failed = await sandbox.admin.post(
+            "/fhir/DiagnosticReport", json=_report("p1", []), headers=FHIR_JSON
+        )
+    finally:
+        unstage()
+    assert failed.status_code == 500
+    second = await _post(sandbox, _report("p1", []))  # event 2, not 3
+    notifications = await _events(receiver, 2)
+    assert [n for r in notifications for n in r.event_numbers] == [1, 2]
+    focuses = [
+        entry["fullUrl"].rsplit("/", 1)[-1]
+        for r in notifications
+        for entry in r.json()["entry"][1:]
+        if "/DiagnosticReport/" in entry.get("fullUrl", "")
+    ]
+    assert focuses == [first["id"], second["id"]]
+    events = (await sandbox.admin.get(f"/fhir/Subscription/{sub_id}/$events")).json()
+    since_start = _named(events["entry"][0]["resource"], "events-since-subscription-start")
+    assert since_start[0]["valueString"] == "2"
+    reports = (await sandbox.admin.get("/fhir/DiagnosticReport?subject=Patient/p1")).json()
+    assert reports["total"] == 2
+
+
 async def test_empty_payload_shape(sandbox: RunningSandbox, receiver: NotificationReceiver) -> None:
     await _subscribe(sandbox, receiver, "observation-final", content="empty")
     await _post(sandbox, _observation("p1"))

@@ -56,6 +56,9 @@ log = get_logger(__name__)
 
 # What a write operation answers: a result (none for a delete of nothing) and its change.
 _Result = TypeVar("_Result", WriteResult, WriteResult | None)
+# Work done inside a write's transaction for its change (see `Store.stage`); what it
+# returns is called once the transaction has committed.
+StagedWork = Callable[[AsyncConnection, ResourceChange], Awaitable[Callable[[], None] | None]]
 
 _WRITE_ATTEMPTS = 4
 _INDEX_BATCH = 500
@@ -78,6 +81,25 @@ class Store:
         ping_when_idle(self.engine)
         self._write_engine = self.engine.execution_options(ehr_write=True)
         self._lock = asyncio.Lock()
+        self._staged: list[StagedWork] = []
+
+    def stage(self, work: StagedWork) -> Callable[[], None]:
+        """Run `work` for every change inside the transaction that writes it, under the
+        write lock (so in commit order), after the write itself; the function it returns,
+        if any, runs right after the commit.
+
+        For what must commit with the write or not at all: a Subscription event's number
+        and row (a write whose event was stored in a later transaction lost the event if
+        the EHR stopped between the two, and paid a second commit, a disk flush, for it).
+        Keep it to a few statements: every write waits for it. Returns a function that
+        stops it."""
+        self._staged.append(work)
+
+        def unstage() -> None:
+            if work in self._staged:
+                self._staged.remove(work)
+
+        return unstage
 
     async def start(self) -> None:
         """Create the tables if needed and rebuild the search index if its shape changed."""
@@ -181,8 +203,16 @@ class Store:
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 async with self._lock:
+                    committed: list[Callable[[], None]] = []
                     async with self._write_transaction() as conn:
                         result, change = await operation(conn)
+                        if change is not None:
+                            for work in self._staged:
+                                then = await work(conn, change)
+                                if then is not None:
+                                    committed.append(then)
+                    for then in committed:
+                        then()
                     # Queued under the lock, so listeners see changes in commit order.
                     delivered = self.feed.enqueue(change) if change is not None else None
             except (_Retry, IntegrityError):

@@ -30,7 +30,9 @@ from sqlalchemy import (
     Text,
     and_,
     delete,
+    func,
     insert,
+    or_,
     select,
     update,
 )
@@ -132,6 +134,49 @@ def _event(row: Any) -> StoredEvent:
     )
 
 
+async def append_in(conn: AsyncConnection, subscription_id: str, event: NewEvent) -> int:
+    """Number and store an event in the caller's transaction (the write that caused it);
+    returns its number. Two statements: the counter's increment returns the number."""
+    number = await conn.scalar(
+        update(subscription_state)
+        .where(subscription_state.c.subscription_id == subscription_id)
+        .values(events_since_start=subscription_state.c.events_since_start + 1)
+        .returning(subscription_state.c.events_since_start)
+    )
+    if number is None:
+        # The Subscription's first event: its counters start here. A concurrent insert of
+        # the same row (a channel reading its state) fails this one on the primary key,
+        # and the write is tried again, finding the row.
+        number = 1
+        await conn.execute(
+            insert(subscription_state).values(
+                subscription_id=subscription_id,
+                events_since_start=number,
+                last_delivered=0,
+                consecutive_failures=0,
+                last_error=None,
+                started_at=_utc(datetime.now(UTC)),
+            )
+        )
+    await conn.execute(
+        insert(subscription_events).values(
+            subscription_id=subscription_id,
+            event_number=number,
+            topic=event.topic,
+            occurred_at=_utc(event.occurred_at),
+            interaction=event.interaction,
+            focus_type=event.focus_type,
+            focus_id=event.focus_id,
+            focus_version=event.focus_version,
+            focus=json.dumps(event.focus, separators=(",", ":"))
+            if event.focus is not None
+            else None,
+            context=json.dumps(list(event.context)),
+        )
+    )
+    return int(number)
+
+
 class EventLog:
     """Subscription counters and retained events in the sandbox database."""
 
@@ -184,32 +229,9 @@ class EventLog:
         )
 
     async def append(self, subscription_id: str, event: NewEvent) -> int:
-        """Number and store an event in one transaction; returns its event number."""
+        """Number and store an event in a transaction of its own; returns its number."""
         async with self._engine.begin() as conn:
-            row = await self._ensure_state(conn, subscription_id)
-            number = int(row.events_since_start) + 1
-            await conn.execute(
-                update(subscription_state)
-                .where(subscription_state.c.subscription_id == subscription_id)
-                .values(events_since_start=number)
-            )
-            await conn.execute(
-                insert(subscription_events).values(
-                    subscription_id=subscription_id,
-                    event_number=number,
-                    topic=event.topic,
-                    occurred_at=_utc(event.occurred_at),
-                    interaction=event.interaction,
-                    focus_type=event.focus_type,
-                    focus_id=event.focus_id,
-                    focus_version=event.focus_version,
-                    focus=json.dumps(event.focus, separators=(",", ":"))
-                    if event.focus is not None
-                    else None,
-                    context=json.dumps(list(event.context)),
-                )
-            )
-        return number
+            return await append_in(conn, subscription_id, event)
 
     async def pending(self, subscription_id: str, after: int, limit: int) -> list[StoredEvent]:
         """Retained events numbered above `after`, oldest first, at most `limit`."""
@@ -246,23 +268,18 @@ class EventLog:
             return [_event(row) for row in rows]
 
     async def mark_delivered(self, subscription_id: str, number: int) -> None:
-        """Record that events up to `number` were handed over; clears the failure count."""
+        """Record that events up to `number` were handed over; clears the failure count.
+
+        One statement (the channel read the counters, creating them, before it sent)."""
         async with self._engine.begin() as conn:
-            await self._ensure_state(conn, subscription_id)
-            await conn.execute(
-                update(subscription_state)
-                .where(
-                    and_(
-                        subscription_state.c.subscription_id == subscription_id,
-                        subscription_state.c.last_delivered < number,
-                    )
-                )
-                .values(last_delivered=number)
-            )
             await conn.execute(
                 update(subscription_state)
                 .where(subscription_state.c.subscription_id == subscription_id)
-                .values(consecutive_failures=0, last_error=None)
+                .values(
+                    last_delivered=func.greatest(subscription_state.c.last_delivered, number),
+                    consecutive_failures=0,
+                    last_error=None,
+                )
             )
 
     async def record_failure(self, subscription_id: str, error: str) -> int:
@@ -278,12 +295,20 @@ class EventLog:
         return failures
 
     async def reset_failures(self, subscription_id: str) -> None:
-        """Forget past failures (a subscription that is being (re)activated)."""
+        """Forget past failures (a subscription that is being (re)activated, or whose
+        delivery succeeded). With none to forget nothing is written: no commit to wait
+        for on each notification."""
         async with self._engine.begin() as conn:
             await self._ensure_state(conn, subscription_id)
             await conn.execute(
                 update(subscription_state)
-                .where(subscription_state.c.subscription_id == subscription_id)
+                .where(
+                    subscription_state.c.subscription_id == subscription_id,
+                    or_(
+                        subscription_state.c.consecutive_failures != 0,
+                        subscription_state.c.last_error.is_not(None),
+                    ),
+                )
                 .values(consecutive_failures=0, last_error=None)
             )
 

@@ -1,10 +1,12 @@
 """The subscription engine: from committed writes to events, and Subscription lifecycle.
 
-`SubscriptionManager` listens on the change feed. A write to a Subscription (re)configures
-that Subscription's delivery `Channel`; a write of a topic's focus type that fires the
+`SubscriptionManager` listens on the change feed: a write to a Subscription (re)configures
+that Subscription's delivery `Channel`. A write of a topic's focus type that fires the
 topic becomes, for every Subscription on that topic whose `patient` filter it passes, an
-event with the Subscription's next number, persisted before the write returns. Delivery
-then happens on the channel's own task, never on the FHIR request's path.
+event with the Subscription's next number, stored in the write's own transaction
+(`Store.stage`): the write and its events commit together or not at all. Once committed,
+the channels with new events are woken; delivery happens on each channel's own task,
+never on the FHIR request's path.
 
 Status changes (`requested` → `active`/`error`, `off` when `end` passes) are written
 through the store like any update, so they are versioned and visible via REST; the
@@ -15,19 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ehr_sandbox.fhir.changes import ResourceChange
 from ehr_sandbox.fhir.outcomes import FhirError
 from ehr_sandbox.search import SearchRequest, parse_search
 from ehr_sandbox.store import Store
 from ehr_sandbox.subscriptions.delivery import Channel, ChannelDeps, FaultSettings, sign_with
-from ehr_sandbox.subscriptions.eventlog import EventLog, NewEvent
+from ehr_sandbox.subscriptions.eventlog import EventLog, NewEvent, append_in
 from ehr_sandbox.subscriptions.model import (
     SubscriptionConfig,
     SubscriptionInvalid,
@@ -63,6 +67,7 @@ class SubscriptionManager:
         self._expected_versions: set[tuple[str, str]] = set()
         self._http: httpx.AsyncClient | None = None
         self._unsubscribe: Any = None
+        self._unstage: Callable[[], None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self._deps: ChannelDeps | None = None
 
@@ -88,6 +93,7 @@ class SubscriptionManager:
             write_status=self.write_status,
         )
         self._unsubscribe = self.app.state.change_feed.subscribe(self.on_change)
+        self._unstage = self.store.stage(self.record_events)
         await self._resume()
         self._prune_task = asyncio.create_task(self._prune_loop(), name="subscription-prune")
 
@@ -96,6 +102,9 @@ class SubscriptionManager:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self._unstage is not None:
+            self._unstage()
+            self._unstage = None
         if self._prune_task is not None:
             self._prune_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -201,16 +210,30 @@ class SubscriptionManager:
     # -- the change feed ------------------------------------------------------------------
 
     async def on_change(self, change: ResourceChange) -> None:
-        """Change-feed listener: lifecycle for Subscriptions, events for topic focuses."""
+        """Change-feed listener: the lifecycle of Subscriptions."""
         if change.resource_type == "Subscription":
             await self._subscription_changed(change)
-            return
+
+    async def record_events(
+        self, conn: AsyncConnection, change: ResourceChange
+    ) -> Callable[[], None] | None:
+        """Staged in every write's transaction: the events its change causes; returns
+        what wakes their channels once it is committed."""
+        if not self.channels:
+            return None
         topics = topics_for(change.resource_type)
-        if not topics or not self.channels:
-            return
+        woken: list[Channel] = []
         for topic in topics:
             if topic.fires(change.interaction, change.resource, change.previous):
-                await self._record(topic, change)
+                woken += await self._record(conn, topic, change)
+        if not woken:
+            return None
+
+        def wake() -> None:
+            for channel in woken:
+                channel.wake()
+
+        return wake
 
     async def _subscription_changed(self, change: ResourceChange) -> None:
         sub_id = change.id
@@ -252,19 +275,23 @@ class SubscriptionManager:
         await self.write_status(sub_id, "requested", None)
         channel.reconfigure(replace(config, status="requested"))
 
-    async def _record(self, topic: Topic, change: ResourceChange) -> None:
+    async def _record(
+        self, conn: AsyncConnection, topic: Topic, change: ResourceChange
+    ) -> list[Channel]:
         resource = change.resource
         patients = topic.patients(resource)
         if topic.resource_type == "Slot":
             patients = await self._slot_patients(change.id)
         context = topic.additional_context(resource) if change.interaction != "delete" else []
+        recorded: list[Channel] = []
         for channel in list(self.channels.values()):
             config = channel.config
             if config.topic.id != topic.id or channel.status not in _COLLECTING:
                 continue
             if not config.matches_patients(patients):
                 continue
-            number = await self.log.append(
+            number = await append_in(
+                conn,
                 config.id,
                 NewEvent(
                     topic=topic.canonical,
@@ -283,7 +310,8 @@ class SubscriptionManager:
                 event_number=number,
                 topic=topic.id,
             )
-            channel.wake()
+            recorded.append(channel)
+        return recorded
 
     async def _slot_patients(self, slot_id: str) -> set[str]:
         # A Slot belongs to no patient; its `patient` filter matches the patients of the
