@@ -1,21 +1,19 @@
 """Calls from the gateway to the services that own the data (HTTP, per-call timeouts).
 
-The pooled client sits on `GuardedTransport`: httpcore 1.0.9 loses a pool slot for good
-when a request that waited in its pool is handed a new connection and is cancelled (or
-its pool timeout fires) before it uses it (encode/httpcore#1093, unreleased). A burst of
-clients that give up left every slot lost this way, and the gateway answered 504 to every
-later call while the services were idle. So a request only enters httpcore's pool when a
-connection is free for it at once (our own semaphore of the pool's size, which a
-cancelled waiter cannot leak), and a caller's cancellation never reaches httpcore: the
-call runs to its end (bounded by the client's timeouts) in a task of its own.
+The pooled client sits on `GuardedTransport`, over one `servicekit.http11` transport per
+origin (a service, the EHR): keep-alive HTTP/1.1 connections parsed by httptools. Under
+benchmark 4 httpcore's pool and connections (anyio streams, h11, a socket poll and a walk
+of every pooled connection per request) were a quarter of the gateway's CPU.
 
-Each origin (a service, the EHR) has a pool of its own, `UPSTREAM_MAX_CONNECTIONS`
-connections: httpcore 1.0.9 walks every connection of a pool, and for each idle one every
-connection again, each time a request enters or leaves it (quadratic; encode/httpcore#1035,
-unreleased). One shared pool of 100 connections made that walk most of the gateway's CPU
-under load; small pools per origin keep it cheap, and a call waits for a free connection in
-our semaphore instead. The pools share one TLS context: httpx builds a new one (loading the
-whole CA bundle, ~0.1 s of blocked event loop) for every transport it is not handed one.
+`GuardedTransport` admits at most `UPSTREAM_MAX_CONNECTIONS` calls per origin at once
+(our own semaphore, which a cancelled waiter cannot leak; httpcore 1.0.9 lost a pool slot
+for good when a waiting request was cancelled as it was handed a connection,
+encode/httpcore#1093), and a caller's cancellation never reaches the transport: the call
+runs to its end (bounded by the client's timeouts) in a task of its own, so a burst of
+clients that give up cannot leave connections in an unknown state. Each origin has its
+own slots, so one slow service does not hold up calls to the others. The transports share
+one TLS context: httpx builds a new one (loading the whole CA bundle, ~0.1 s of blocked
+event loop) for every transport it is not handed one.
 """
 
 from __future__ import annotations
@@ -43,8 +41,8 @@ class _OriginPool:
 
 
 class GuardedTransport(httpx.AsyncBaseTransport):
-    """An HTTP transport whose pool slots survive cancellation and pool timeouts, with a
-    pool per origin."""
+    """An HTTP transport whose slots survive cancellation and pool timeouts, with
+    connections and slots per origin."""
 
     def __init__(self, limits: httpx.Limits) -> None:
         self._limits = limits
