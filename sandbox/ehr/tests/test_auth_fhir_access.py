@@ -186,6 +186,32 @@ async def test_patient_token_reads_only_its_own_compartment(sandbox: RunningSand
     assert (await _get(sandbox, "/fhir/Patient/alice", helper)).status_code == 200
 
 
+async def test_a_token_that_passed_is_refused_once_it_expires(
+    sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Verified tokens are remembered: a later request is checked against the clock only,
+    # so the clock must still refuse a remembered token once it has expired.
+    await _create(sandbox, {"resourceType": "Patient", "id": "alice"})
+    key = sandbox.app.state.auth.keys.current
+    now = int(time.time())
+    claims = {
+        "iss": sandbox.url,
+        "sub": "x",
+        "aud": sandbox.fhir,
+        "exp": now + 30,
+        "iat": now,
+        "scope": "system/*.rs",
+        "token_use": "access",
+    }
+    token = jwt.encode({"alg": "ES256", "kid": key.kid}, claims, key, algorithms=["ES256"])
+    assert (await _get(sandbox, "/fhir/Patient/alice", token)).status_code == 200
+    assert (await _get(sandbox, "/fhir/Patient/alice", token)).status_code == 200
+    skew = sandbox.app.state.auth.settings.clock_skew_s
+    later = time.time() + 30 + skew + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    _assert_outcome(await _get(sandbox, "/fhir/Patient/alice", token), 401)
+
+
 async def test_rotated_keys_keep_old_tokens_valid_within_the_grace(
     sandbox: RunningSandbox,
 ) -> None:

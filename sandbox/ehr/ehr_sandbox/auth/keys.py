@@ -58,6 +58,7 @@ class SigningKeyRing:
         self._grace_s = grace_s
         self._lock = threading.Lock()
         self._keys: list[_RingKey] = []
+        self._public: tuple[tuple[str, ...], KeySet] | None = None
         if path is not None and path.exists():
             self._load(path)
         if not self._keys:
@@ -137,7 +138,21 @@ class SigningKeyRing:
         now = time.time()
         with self._lock:
             self._prune(now)
-            return KeySet([ECKey.import_key(k.key.as_dict(private=False)) for k in self._keys])
+            kids = tuple(k.kid for k in self._keys)
+            if self._public is None or self._public[0] != kids:
+                # Built again only when the ring changed (a rotation, a key out of grace).
+                public = KeySet(
+                    [ECKey.import_key(k.key.as_dict(private=False)) for k in self._keys]
+                )
+                self._public = (kids, public)
+            return self._public[1]
+
+    def live_kids(self) -> frozenset[str]:
+        """The kids of the keys that verify tokens now (the current one, those in grace)."""
+        now = time.time()
+        with self._lock:
+            self._prune(now)
+            return frozenset(k.kid for k in self._keys)
 
     def jwks(self) -> dict[str, Any]:
         """The public JWKS document (newest key first)."""
