@@ -413,14 +413,14 @@ class AuthService:
         with self._lock:
             known = self._verified.get(token)
         if known is not None:
-            claims, kid = known
-            exp = claims["exp"]
-            if kid in self.keys.live_kids() and exp > time.time() - self.settings.clock_skew_s:
-                return dict(claims)
+            remembered, signer = known
+            exp = remembered["exp"]
+            if signer in self.keys.live_kids() and exp > time.time() - self.settings.clock_skew_s:
+                return dict(remembered)
             with self._lock:
                 self._verified.pop(token, None)
         claims, kid = self._verify_access_token(token)
-        if isinstance(kid, str):  # without one, which key signed it cannot be re-checked
+        if kid is not None:  # without one, which key signed it cannot be re-checked
             with self._lock:
                 self._verified[token] = (claims, kid)
                 while len(self._verified) > _VERIFIED_TOKENS:
@@ -436,6 +436,8 @@ class AuthService:
             raise InvalidToken("Token signature is invalid") from exc
         claims = decoded.claims
         kid = decoded.header.get("kid")
+        if not isinstance(kid, str):
+            kid = None
         if claims.get("iss") != self.base_url or claims.get("token_use") != "access":
             raise InvalidToken("Token was not issued by this server")
         exp = claims.get("exp")
