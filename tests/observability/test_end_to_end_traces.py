@@ -340,7 +340,18 @@ async def test_a_booking_is_one_trace_from_the_patient_to_the_ehr(stack: TracedS
         stored = {s.span_id for s in await stack.traces.all_spans()}
         return all(s.parent_span_id in stored for s in unparented)
 
-    await eventually(parents_arrived, timeout=60, interval=0.5)
+    try:
+        await eventually(parents_arrived, timeout=60, interval=0.5)
+    except AssertionError:
+        stored = {s.span_id for s in await stack.traces.all_spans()}
+        orphans = [
+            f"{s.service} {s.kind} {s.name!r} (parent {s.parent_span_id})"
+            for s in unparented
+            if s.parent_span_id not in stored
+        ]
+        raise AssertionError(
+            "client spans whose parent never arrived:\n" + "\n".join(orphans)
+        ) from None
 
 
 async def test_a_lab_result_is_one_trace_from_the_ehr_to_the_patients_screen(
