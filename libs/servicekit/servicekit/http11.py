@@ -87,12 +87,20 @@ class _Exchange:
         """Until more of the body came, it ended, or it failed."""
         self._waiter = self._loop.create_future()
         try:
-            async with asyncio.timeout(seconds):
-                await self._waiter
-        except TimeoutError as exc:
-            raise httpcore.ReadTimeout("timed out reading the response body") from exc
+            await _within(self._waiter, seconds, httpcore.ReadTimeout("timed out reading a body"))
         finally:
             self._waiter = None
+
+
+async def _within(
+    waiter: asyncio.Future[None], seconds: float | None, late: httpcore.TimeoutException
+) -> None:
+    """Wait for `waiter`; raise `late` if `seconds` pass first (None: no bound)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await waiter
+    except TimeoutError as exc:
+        raise late from exc
 
 
 class _Connection(asyncio.Protocol):
@@ -224,10 +232,7 @@ class _Connection(asyncio.Protocol):
             return
         self._drained = asyncio.get_running_loop().create_future()
         try:
-            async with asyncio.timeout(seconds):
-                await self._drained
-        except TimeoutError as exc:
-            raise httpcore.WriteTimeout("timed out sending the request") from exc
+            await _within(self._drained, seconds, httpcore.WriteTimeout("timed out sending"))
         finally:
             self._drained = None
 

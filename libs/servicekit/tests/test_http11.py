@@ -190,23 +190,27 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(
     assert server.connections == 4
 
 
-async def test_an_idempotent_request_is_resent_once_if_its_reused_connection_was_closed(
-    serve: Callable[[Handler], Awaitable[Server]],
-) -> None:
-    # The server closes a kept-alive connection just as the client sends on it (the race
-    # of keep-alive timeouts): it reads the request and hangs up without answering.
-    seen: list[bytes] = []
+def _hang_up_on_the_second_request(seen: list[bytes]) -> Handler:
+    """Echo every request but the second, for which the server reads the request and
+    drops the connection without answering; the request lines are listed in `seen`."""
 
-    async def close_second_request(
-        wire: Wire, line: bytes, headers: dict[bytes, bytes], body: bytes
-    ) -> None:
+    async def handler(wire: Wire, line: bytes, headers: dict[bytes, bytes], body: bytes) -> None:
         seen.append(line)
         if len(seen) == 2:
             wire.writer.transport.abort()
             return
         await _echo(wire, line, headers, body)
 
-    server = await serve(close_second_request)
+    return handler
+
+
+async def test_an_idempotent_request_is_resent_once_if_its_reused_connection_was_closed(
+    serve: Callable[[Handler], Awaitable[Server]],
+) -> None:
+    # The server closes a kept-alive connection just as the client sends on it (the race
+    # of keep-alive timeouts): it reads the request and hangs up without answering.
+    seen: list[bytes] = []
+    server = await serve(_hang_up_on_the_second_request(seen))
     async with _client() as http:
         assert (await http.get(f"{server.url}/first")).status_code == 200
         assert (await http.get(f"{server.url}/second")).json()["line"] == "GET /second HTTP/1.1"
@@ -217,17 +221,7 @@ async def test_a_post_on_a_connection_closed_unanswered_is_not_resent(
     serve: Callable[[Handler], Awaitable[Server]],
 ) -> None:
     seen: list[bytes] = []
-
-    async def close_second_request(
-        wire: Wire, line: bytes, headers: dict[bytes, bytes], body: bytes
-    ) -> None:
-        seen.append(line)
-        if len(seen) == 2:
-            wire.writer.transport.abort()
-            return
-        await _echo(wire, line, headers, body)
-
-    server = await serve(close_second_request)
+    server = await serve(_hang_up_on_the_second_request(seen))
     async with _client() as http:
         assert (await http.get(f"{server.url}/first")).status_code == 200
         with pytest.raises(httpx.RemoteProtocolError):

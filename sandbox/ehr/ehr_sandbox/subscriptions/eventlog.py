@@ -134,6 +134,18 @@ def _event(row: Any) -> StoredEvent:
     )
 
 
+def _new_state(subscription_id: str, *, events_since_start: int) -> Any:
+    """The insert of a Subscription's counters, starting now."""
+    return insert(subscription_state).values(
+        subscription_id=subscription_id,
+        events_since_start=events_since_start,
+        last_delivered=0,
+        consecutive_failures=0,
+        last_error=None,
+        started_at=_utc(datetime.now(UTC)),
+    )
+
+
 async def append_in(conn: AsyncConnection, subscription_id: str, event: NewEvent) -> int:
     """Number and store an event in the caller's transaction (the write that caused it);
     returns its number. Two statements: the counter's increment returns the number."""
@@ -148,16 +160,7 @@ async def append_in(conn: AsyncConnection, subscription_id: str, event: NewEvent
         # the same row (a channel reading its state) fails this one on the primary key,
         # and the write is tried again, finding the row.
         number = 1
-        await conn.execute(
-            insert(subscription_state).values(
-                subscription_id=subscription_id,
-                events_since_start=number,
-                last_delivered=0,
-                consecutive_failures=0,
-                last_error=None,
-                started_at=_utc(datetime.now(UTC)),
-            )
-        )
+        await conn.execute(_new_state(subscription_id, events_since_start=number))
     await conn.execute(
         insert(subscription_events).values(
             subscription_id=subscription_id,
@@ -197,16 +200,7 @@ class EventLog:
             )
         ).first()
         if row is None:
-            await conn.execute(
-                insert(subscription_state).values(
-                    subscription_id=subscription_id,
-                    events_since_start=0,
-                    last_delivered=0,
-                    consecutive_failures=0,
-                    last_error=None,
-                    started_at=_utc(datetime.now(UTC)),
-                )
-            )
+            await conn.execute(_new_state(subscription_id, events_since_start=0))
             row = (
                 await conn.execute(
                     select(subscription_state).where(
