@@ -249,15 +249,21 @@ async def test_an_answer_cut_off_midway_is_an_error_and_its_connection_dropped(
     assert server.connections == 2
 
 
+def _echo_late(path: bytes, seconds: float) -> Handler:
+    """Echo every request, those to `path` only after `seconds`."""
+
+    async def handler(wire: Wire, line: bytes, headers: dict[bytes, bytes], body: bytes) -> None:
+        if path in line:
+            await asyncio.sleep(seconds)
+        await _echo(wire, line, headers, body)
+
+    return handler
+
+
 async def test_timeouts_and_refusals_are_httpx_errors(
     serve: Callable[[Handler], Awaitable[Server]],
 ) -> None:
-    async def never(wire: Wire, line: bytes, headers: dict[bytes, bytes], body: bytes) -> None:
-        if b"/never" in line:
-            await asyncio.sleep(10)
-        await _echo(wire, line, headers, body)
-
-    server = await serve(never)
+    server = await serve(_echo_late(b"/never", 10))
     async with _client() as http:
         with pytest.raises(httpx.ReadTimeout):
             await http.get(f"{server.url}/never", timeout=0.2)
@@ -281,12 +287,7 @@ async def _echo_never(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 async def test_a_cancelled_request_drops_its_connection(
     serve: Callable[[Handler], Awaitable[Server]],
 ) -> None:
-    async def slow(wire: Wire, line: bytes, headers: dict[bytes, bytes], body: bytes) -> None:
-        if b"/slow" in line:
-            await asyncio.sleep(0.3)
-        await _echo(wire, line, headers, body)
-
-    server = await serve(slow)
+    server = await serve(_echo_late(b"/slow", 0.3))
     async with _client() as http:
         call = asyncio.create_task(http.get(f"{server.url}/slow"))
         await asyncio.sleep(0.05)
