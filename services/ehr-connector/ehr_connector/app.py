@@ -66,7 +66,7 @@ def build(
                 ehr=ehr,
                 recipients=recipients,
                 probe=client.probe,
-                inbound=Inbound(settings, service.db, service.outbox, ehr),
+                inbound=Inbound(settings, service.db, service.outbox, ehr, written=client.written),
             )
         finally:
             await client.aclose()

@@ -22,6 +22,7 @@ from ehr_connector.outbound.domain.tags import ORIGIN_TAG
 from ehr_connector.settings import Settings
 from ehr_sandbox.testing.http import RunningSandbox
 from servicekit.app import Service
+from servicekit.testing import eventually
 
 from .inbound_support import (
     by_source,
@@ -356,3 +357,73 @@ async def test_an_echo_and_an_unlinked_patient_publish_nothing(
         metrics = (await client.get("/metrics")).text
     assert 'inbound_events_total{outcome="echo",resource_type="Communication"} 1.0' in metrics
     assert 'inbound_unlinked_patient_total{resource_type="Communication"} 1.0' in metrics
+
+
+async def _echoes(settings: Settings) -> float:
+    """The connector's count of Communication echoes (the registry outlives one test)."""
+    async with ops_client(settings) as client:
+        response = await client.get("/metrics")
+    response.raise_for_status()
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == "inbound_events_total" and sample.labels == {
+                "outcome": "echo",
+                "resource_type": "Communication",
+            }:
+                return sample.value
+    return 0.0
+
+
+@pytest.mark.parametrize("connector", [{"wrap_ehr": CountsReads}], indirect=True)
+async def test_our_own_writes_come_back_as_echoes_without_a_read(
+    box: RunningSandbox,
+    connector: tuple[Service, Settings],
+    kafka_bootstrap: str,
+    unique_prefix: str,
+) -> None:
+    """The versions the connector's client wrote are echoes on sight: the EHR is not asked
+    for them again (a booking's four notifications cost four reads before)."""
+    service, settings = connector
+    client = _counting(connector)
+    ehr = connector_for(service.deps).ehr
+    ours = {
+        "resourceType": "Communication",
+        "meta": {"tag": [ORIGIN_TAG]},
+        "status": "completed",
+        "subject": {"reference": "Patient/demo-alice"},
+        "recipient": [{"reference": "Patient/demo-alice"}],
+        "sender": {"reference": "Practitioner/dr-adams"},
+        "sent": "2026-11-20T08:00:00Z",
+        "payload": [{"contentString": "from the portal"}],
+    }
+    before = await _echoes(settings)
+    created = await ehr.create(ours)
+    another = await ehr.create({**ours, "payload": [{"contentString": "and again"}]})
+    # The control, a clinician's message written last: once it is out, ours were handled.
+    control = await box.admin.post(
+        "/fhir/Communication",
+        json={**ours, "meta": {}, "payload": [{"contentString": "control"}]},
+    )
+    control.raise_for_status()
+    control_id = control.json()["id"]
+    await read_events(
+        kafka_bootstrap,
+        unique_prefix + "message.received",
+        lambda es: bool(_only(es, "communication_fhir_id", control_id)),
+    )
+    events = await read_events(
+        kafka_bootstrap, unique_prefix + "message.received", lambda es: bool(es)
+    )
+    assert not {created.id, another.id} & {e.data["communication_fhir_id"] for e in events}
+
+    async def both_echoes() -> bool:
+        return await _echoes(settings) == before + 2
+
+    await eventually(both_echoes, timeout=30)
+    for fhir_id in (created.id, another.id):
+        assert ("Communication", fhir_id) not in client.reads
+        assert not [s for s in client.searches if fhir_id in str(s[1])]
+    # The control was read as usual.
+    assert ("Communication", control_id) in client.reads or [
+        s for s in client.searches if control_id in str(s[1])
+    ]

@@ -50,6 +50,7 @@ from ehr_connector.ehr.retry import (
     classify_status,
     parse_retry_after,
 )
+from ehr_connector.ehr.written import WrittenVersions
 from ehr_connector.settings import Settings
 
 # Methods that change the EHR: bounded in flight (Settings.ehr_writes_at_once).
@@ -125,6 +126,8 @@ class FhirClient:
         self.retry = RetryPolicy.of(settings)
         self.gate = RetryAfterGate(settings.ehr_throttle_serial_s, settings.ehr_retry_after_max_s)
         self._writes = asyncio.Semaphore(settings.ehr_writes_at_once)
+        # What this client wrote lately, for the inbound echo check (`written`).
+        self.written = WrittenVersions()
         self.breaker = breaker or CircuitBreaker(
             failure_threshold=settings.ehr_breaker_failure_threshold,
             reset_after_s=settings.ehr_breaker_reset_s,
@@ -234,7 +237,7 @@ class FhirClient:
             headers=headers,
             idempotent=if_none_exist is not None,
         )
-        return await self._write_result(response, resource_type)
+        return await self._write_result(response, resource_type, resource)
 
     async def update(self, resource: FhirJson, *, if_match: str | None = None) -> WriteResult:
         """PUT a resource by its id; with `if_match` only onto that version."""
@@ -246,7 +249,7 @@ class FhirClient:
         response = await self._request(
             "update", resource_type, "PUT", path, json_body=resource, headers=headers
         )
-        return await self._write_result(response, resource_type)
+        return await self._write_result(response, resource_type, resource)
 
     async def subscription_status(self, subscription_id: str) -> FhirJson:
         """`Subscription/<id>/$status`."""
@@ -487,11 +490,17 @@ class FhirClient:
             resource_type=resource_type,
         )
 
-    async def _write_result(self, response: httpx.Response, resource_type: str) -> WriteResult:
+    async def _write_result(
+        self, response: httpx.Response, resource_type: str, sent: FhirJson
+    ) -> WriteResult:
         created = response.status_code == 201
         body = _body(response) if response.content else {}
         if body.get("resourceType") == resource_type and "id" in body:
-            return WriteResult(body, created=created)
+            result = WriteResult(body, created=created)
+            if created or response.request.method == "PUT":
+                # A new version (a conditional create that matched wrote nothing).
+                self.written.note_write(sent, result.id, result.version_id)
+            return result
         # The server answered minimally: read what the Location names.
         location = response.headers.get("Location", "")
         match = re.search(rf"{resource_type}/([A-Za-z0-9\-.]{{1,64}})", location)

@@ -27,6 +27,7 @@ from contracts.message import MessageReceivedV1
 from ehr_connector import store as connector_store
 from ehr_connector.ehr.errors import EhrGone, EhrNotFound, EhrRejected
 from ehr_connector.ehr.port import EhrPort
+from ehr_connector.ehr.written import WrittenVersions
 from ehr_connector.inbound import store
 from ehr_connector.inbound.domain.fhir_values import (
     FHIR_ID,
@@ -166,6 +167,7 @@ class Processor:
         ehr: EhrPort,
         *,
         on_publish: Sequence[PublishHook] = (),
+        written: WrittenVersions | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -174,6 +176,9 @@ class Processor:
         # Told of every event published, inside the transaction that adds it to the outbox
         # (the canary ties its run to its report's event there: `Canary.note_published`).
         self.on_publish = tuple(on_publish)
+        # The versions our EHR client wrote lately: their notifications are echoes, known
+        # without reading the resource back (`_own_echoes`).
+        self.written = written if written is not None else WrittenVersions()
         self._cache: dict[str, tuple[float, Resource | None]] = {}
         self._reads = asyncio.Semaphore(max(1, settings.inbound_read_concurrency))
         # Focus types this EHR refused an `_include` search for (`_read_focus`).
@@ -209,8 +214,13 @@ class Processor:
         if not todo:
             return summary
         todo = await self._with_focus(subscription_id, todo)
-        changes = await asyncio.gather(*(self._change(subscription_id, e) for e in todo))
-        decisions = list(await asyncio.gather(*(self._decide(c) for c in changes)))
+        echoes = self._own_echoes(todo)
+        changes = await asyncio.gather(
+            *(self._change(subscription_id, e) for e in todo if e.number not in echoes)
+        )
+        decided = iter(await asyncio.gather(*(self._decide(c) for c in changes)))
+        # In event order, as before: the commit records them one after the other.
+        decisions = [echoes.get(e.number) or next(decided) for e in todo]
         await self._commit(subscription_id, decisions, summary, live=live)
         return summary
 
@@ -250,6 +260,27 @@ class Processor:
         except MalformedNotification as exc:
             raise EhrRejected(f"$events answered an unreadable Bundle: {exc}") from exc
         return [fetched.get(e.number, e) if e.focus is None else e for e in events]
+
+    def _own_echoes(self, events: Sequence[NotificationEvent]) -> dict[int, Decision]:
+        """Events naming a version our client wrote, decided as echoes without the EHR
+        read `_change` would make (a booking's Appointment and Slot come back as four
+        notifications: four reads for nothing). The write log decides the others."""
+        echoes: dict[int, Decision] = {}
+        for event in events:
+            focus, version = event.focus, event.focus_version
+            if (
+                focus is None
+                or not version
+                or event.interaction == "delete"
+                or focus.type not in MAPPERS
+                or (focus.type, focus.id, version) not in self.written
+            ):
+                continue
+            change = Change(
+                focus=focus, number=event.number, version=version, timestamp=event.timestamp
+            )
+            echoes[event.number] = Decision(change, Outcome.ECHO, focus.type, version)
+        return echoes
 
     async def _change(self, subscription_id: str, event: NotificationEvent) -> Change:
         if event.focus is None:

@@ -22,6 +22,7 @@ import httpx
 
 from ehr_connector.ehr.errors import EhrError
 from ehr_connector.ehr.port import EhrPort
+from ehr_connector.ehr.written import WrittenVersions
 from ehr_connector.inbound import store
 from ehr_connector.inbound.service.backfill import BackfillWorker
 from ehr_connector.inbound.service.canary import Canary
@@ -45,13 +46,23 @@ security_log = get_logger("ehr_connector.security")
 class Inbound:
     """Subscriptions, notifications, recovery, back-fill and canary of one connector."""
 
-    def __init__(self, settings: Settings, db: Database, outbox: Outbox, ehr: EhrPort) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        outbox: Outbox,
+        ehr: EhrPort,
+        *,
+        written: WrittenVersions | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.ehr = ehr
         verify: bool | str = settings.ehr_ca_file or settings.ehr_verify_tls
         self.http = httpx.AsyncClient(verify=verify, timeout=10.0)
-        self.processor = Processor(settings, db, outbox, ehr, on_publish=[Canary.note_published])
+        self.processor = Processor(
+            settings, db, outbox, ehr, on_publish=[Canary.note_published], written=written
+        )
         self.manager = SubscriptionManager(settings, db, ehr)
         self.health = ProcessingHealth()
         self.recovery = Recovery(settings, db, ehr, self.processor, self.manager, self.health)
