@@ -111,6 +111,11 @@ async def run(ctx: Context) -> Result:
     ours = await _load(ctx, PATHS, "m4 summary + lab list")
     if ctx.profiler is not None:
         ctx.extra_results.append(await ctx.profiler.result("benchmark 4's first phase"))
+    # The sandbox issues the patients' tokens: renewed now to outlive the phase, since a
+    # renewal while it is stopped cannot be answered (the gateway checks tokens itself).
+    patients = ctx.patients or await ctx.sign_in_patients(ctx.settings.patients)
+    for patient in patients:
+        await patient.auth.token(valid_for_s=ctx.settings.duration_s + 60)
     ctx.pause("ehr-sandbox", True)
     try:
         down = await _load(ctx, PATHS, "m4 with the EHR down")

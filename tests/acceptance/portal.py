@@ -142,10 +142,10 @@ class PatientAuth(httpx.Auth):
         self.current = token
         self._lock = asyncio.Lock()
 
-    async def token(self) -> str:
-        """A token valid for at least another minute."""
+    async def token(self, valid_for_s: float = 60) -> str:
+        """A token valid for at least another `valid_for_s` (at most its lifetime)."""
         async with self._lock:
-            if _expires_at(self.current) - time.time() < 60:
+            if _expires_at(self.current) - time.time() < valid_for_s:
                 self.current = await self.clinic.token(self.patient_id)
         return self.current
 
