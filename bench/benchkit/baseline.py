@@ -90,6 +90,7 @@ class Pipeline:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.arrived: dict[str, float] = {}  # id -> monotonic time the sink saw it
+        self.committed: dict[str, float] = {}  # id -> monotonic time /commit answered it
         self.ehr_writes: dict[str, float] = {}  # id -> monotonic time of the POST /ehr
         self._streams: list[asyncio.Queue[str | None]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -113,6 +114,7 @@ class Pipeline:
                 break
         if path == "/commit":
             item = uuid.uuid4().hex
+            self.committed[item] = time.monotonic()
             await _respond(send, 201, json.dumps({"id": item}).encode())
             assert self._producer is not None
             # Like the EHR: commit, answer, then notify (here: produce) after the answer.

@@ -43,10 +43,16 @@ class Clinic:
 
     async def simulate(self, action: str, **body: Any) -> list[str]:
         """Run a simulated action; returns the references it wrote (`Type/id`)."""
+        return [w["reference"] for w in await self.simulate_written(action, **body)]
+
+    async def simulate_written(self, action: str, **body: Any) -> list[dict[str, str]]:
+        """Run a simulated action; returns what it wrote (`reference`, `versionId`,
+        `lastUpdated`), in order."""
         response = await self.http.post(f"/sandbox/simulate/{action}", json=body)
         if response.status_code != 201:
             raise AssertionError(f"simulate {action}: {response.status_code} {response.text}")
-        return [w["reference"] for w in response.json()["written"]]
+        written: list[dict[str, str]] = response.json()["written"]
+        return written
 
     async def search(self, resource_type: str, **params: Any) -> list[dict[str, Any]]:
         """Every match of a FHIR search (following the Bundle's next links)."""

@@ -50,6 +50,9 @@ async def test_lab_result_files_observations_then_a_final_report(
     assert types == ["Observation"] * 5 + ["DiagnosticReport"]
     assert [(c.resource_type, c.interaction) for c in changes] == [(t, "create") for t in types]
     report = await _read(seeded, written[-1]["reference"])
+    # Each entry says when its version was written, as the version's own meta does.
+    assert written[-1]["lastUpdated"] == report["meta"]["lastUpdated"]
+    assert written[-1]["versionId"] == report["meta"]["versionId"]
     assert report["status"] == "final"
     assert report["subject"] == {"reference": "Patient/demo-bob"}
     assert report["code"]["coding"][0] == {
@@ -99,7 +102,9 @@ async def test_medication_change_redoses_then_stops(
 ) -> None:
     body = {"patient": "demo-bob", "medication": "albuterol"}
     written = await _simulate(seeded, "medication-change", {**body, "action": "dose-change"})
-    assert written == [{"reference": "MedicationRequest/bob-med-albuterol", "versionId": "2"}]
+    assert [(w["reference"], w["versionId"]) for w in written] == [
+        ("MedicationRequest/bob-med-albuterol", "2")
+    ]
     assert changes[-1].interaction == "update"
     assert changes[-1].previous is not None
     redosed = await _read(seeded, "MedicationRequest/bob-med-albuterol")

@@ -20,7 +20,7 @@ from ehr_sandbox.dev.faults import FaultConfig, FaultState
 from ehr_sandbox.dev.simulate import Simulator
 from ehr_sandbox.fhir.outcomes import FhirError, issues_from_errors
 from ehr_sandbox.fhir.validation import parse_json_body
-from ehr_sandbox.search import is_valid_id
+from ehr_sandbox.search import format_instant, is_valid_id
 from ehr_sandbox.seed import DEMO_PATIENTS
 from ehr_sandbox.settings import SandboxSettings
 from ehr_sandbox.store import Store
@@ -173,8 +173,18 @@ async def simulate(request: Request, action: str) -> JSONResponse:
     body = await _json_object(request, optional=True)
     simulator = Simulator(_store(request), fhir_base=_settings(request).fhir_base)
     written = await simulator.run(action, body)
+    # `lastUpdated`: when each version was written (a benchmark's start of the clock).
     return JSONResponse(
-        {"written": [{"reference": s.reference, "versionId": str(s.version)} for s in written]},
+        {
+            "written": [
+                {
+                    "reference": s.reference,
+                    "versionId": str(s.version),
+                    "lastUpdated": format_instant(s.last_updated),
+                }
+                for s in written
+            ]
+        },
         status_code=201,
     )
 
