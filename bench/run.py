@@ -69,6 +69,7 @@ HEADLINE = {
     "m1_p99_ms": ("m1_lab_to_patient", "figures", "stream_p99_ms"),
     "m1_lost": ("m1_lab_to_patient", "figures", "lost"),
     "m1_duplicated": ("m1_lab_to_patient", "figures", "duplicated"),
+    "m1_written_rate_per_s": ("m1_lab_to_patient", "figures", "written_rate_per_s"),
     "m1_p99_ratio": ("m1_lab_to_patient", "ratios", "stream_p99_ms"),
     "m1_event_p99_ms": ("m1_lab_to_patient", "figures", "event_p99_ms"),
     "m1_list_p99_ms": ("m1_lab_to_patient", "figures", "list_p99_ms"),
@@ -85,6 +86,7 @@ HEADLINE = {
     "m5_visible_s": ("m5_backfill", "figures", "visible_s"),
     "m5_live_p99_ms": ("m5_backfill", "figures", "live_p99_ms"),
     "m5_live_p99_ratio": ("m5_backfill", "ratios", "live_p99_ms"),
+    "m5_live_written_rate_per_s": ("m5_backfill", "figures", "live_written_rate_per_s"),
     "m6_rate_ratio": ("m6_rate_limit", "figures", "rate_ratio"),
     "m6_retry_after_compliance": ("m6_rate_limit", "figures", "retry_after_compliance_all"),
     "m6_tight_rate_ratio": ("m6_rate_limit", "figures", "tight_rate_ratio"),
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="benchmarks 1, 2, 4 and 6 under py-spy: report sections, <results>/profile/m*/*.txt",
+        help="benchmarks 1 to 6 under py-spy: report sections, <results>/profile/m*/*.txt",
     )
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(BENCHMARKS)

@@ -293,6 +293,13 @@ async def _watch(
     return {"visible_s": None, **last}
 
 
+def _mean_rate(rounds: list[dict[str, Any]]) -> float | None:
+    """The rounds' written rates, weighted by their results."""
+    weighted = [(r["written_rate"], r["acked"]) for r in rounds if r.get("written_rate")]
+    results = sum(n for _, n in weighted)
+    return round(sum(rate * n for rate, n in weighted) / results, 1) if results else None
+
+
 async def run(ctx: Context) -> Result:
     """Benchmark 5 and its baseline (the live flow alone, just before)."""
     started = time.monotonic()
@@ -307,6 +314,8 @@ async def run(ctx: Context) -> Result:
     written = history(fhir_id, total)
     seed_s = await seed(ctx, written)
     began = time.monotonic()
+    if ctx.profiler is not None:
+        await ctx.profiler.start("m5", ctx.pids())
     patient = await sign_in(ctx.clinic, fhir_id)  # links: the back-fill starts
     try:
         done = asyncio.Event()
@@ -319,6 +328,8 @@ async def run(ctx: Context) -> Result:
         seen = await watcher
     finally:
         await patient.http.aclose()
+    if ctx.profiler is not None:
+        ctx.extra_results.append(await ctx.profiler.result("benchmark 5's back-fill and live"))
     live_stream = [x for r in rounds for x in r["stream"]]
     live = latency_summary(live_stream)
     alone = latency_summary(solo["stream"])
@@ -333,6 +344,7 @@ async def run(ctx: Context) -> Result:
         "live_acknowledged": sum(r["acked"] for r in rounds),
         "live_lost": sum(r["lost"] for r in rounds),
         "live_duplicated": sum(r["duplicated"] for r in rounds),
+        "live_written_rate_per_s": _mean_rate(rounds),
         "live_p50_ms": live["p50_ms"],
         "live_p99_ms": live["p99_ms"],
         "live_rounds": len(rounds),
@@ -341,6 +353,7 @@ async def run(ctx: Context) -> Result:
         "live_acknowledged": solo["acked"],
         "live_lost": solo["lost"],
         "live_duplicated": solo["duplicated"],
+        "live_written_rate_per_s": solo["written_rate"],
         "live_p50_ms": alone["p50_ms"],
         "live_p99_ms": alone["p99_ms"],
     }

@@ -147,29 +147,48 @@ class Context:
             found["kafka"] = int(broker)
         return found
 
+    def database_pid(self) -> int | None:
+        """The embedded PostgreSQL server's postmaster (its first `postmaster.pid` line),
+        when the stack runs one: its backends do much of the stack's work."""
+        pid_file = Path(self.stack.data_dir) / "postgres" / "postmaster.pid"
+        try:
+            first = pid_file.read_text().split("\n", 1)[0].strip()
+        except OSError:
+            return None
+        return int(first) if first.isdigit() else None
+
     def processes(self) -> dict[str, psutil.Process]:
-        """Each process of the stack with its children (a service may fork workers)."""
+        """Each process of the stack (the services, the broker and the database server)."""
+        pids = self.pids()
+        database = self.database_pid()
+        if database is not None:
+            pids["postgres"] = database
         found: dict[str, psutil.Process] = {}
-        for name, pid in self.pids().items():
+        for name, pid in pids.items():
             try:
                 found[name] = psutil.Process(pid)
             except psutil.Error:
                 continue
         return found
 
-    def _per_process(self, read: Callable[[psutil.Process], float]) -> dict[str, float]:
+    def _per_process(
+        self,
+        read: Callable[[psutil.Process], float],
+        own: Callable[[psutil.Process], float] | None = None,
+    ) -> dict[str, float]:
         """`read` summed over each process of the stack and its children (a service may
-        fork workers); a process gone meanwhile counts nothing."""
+        fork workers; PostgreSQL forks a backend per connection), `own` (default: `read`)
+        for the process itself; a process gone meanwhile counts nothing."""
         totals: dict[str, float] = {}
         for name, process in self.processes().items():
             try:
-                members = [process, *process.children(recursive=True)]
+                children = process.children(recursive=True)
             except psutil.Error:
-                members = [process]
+                children = []
             total = 0.0
-            for member in members:
+            for member, reader in ((process, own or read), *((c, read) for c in children)):
                 try:
-                    total += read(member)
+                    total += reader(member)
                 except psutil.Error:
                     continue
             totals[name] = total
@@ -181,8 +200,13 @@ class Context:
         return {name: round(total / 2**20, 1) for name, total in sizes.items()}
 
     def cpu_seconds(self) -> dict[str, float]:
-        """User + system CPU seconds per process of the stack (with its children)."""
-        return self._per_process(lambda p: float(sum(p.cpu_times()[:2])))
+        """User + system CPU seconds per process of the stack: its own, its live
+        children's, and those of its children that have ended (PostgreSQL's backends of
+        closed connections)."""
+        return self._per_process(
+            lambda p: float(sum(p.cpu_times()[:2])),
+            own=lambda p: float(sum(p.cpu_times()[:4])),
+        )
 
     def pause(self, name: str, paused: bool) -> None:
         """SIGSTOP / SIGCONT a process group of the stack (down without the supervisor

@@ -1,6 +1,6 @@
 """Where the stack's CPU goes during a benchmark: py-spy samples each Python process.
 
-`bench/run.py --profile` wraps the load of benchmarks 1, 2, 3, 4 and 6 (which part of
+`bench/run.py --profile` wraps the load of benchmarks 1 to 6 (which part of
 each: bench/README.md) in `Profiler`: a `py-spy record` per service process, attached by
 pid (no change to the services, nothing imported into them), writing collapsed stacks to
 `<results>/profile/<benchmark>/<process>.txt` (flame-graph input: `flamegraph.pl`,

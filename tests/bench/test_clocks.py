@@ -1,6 +1,6 @@
 """The load generator's clocks: benchmark 1 starts each result's at the EHR's write of the
-report (not when the loaded generator read the answer), and a patient's token is renewed
-ahead of a phase that stops its issuer. No benchmark runs here."""
+report (not when the loaded generator read the answer) and reports the rate the EHR
+actually wrote, and a patient's token is renewed ahead of a phase that stops its issuer. No benchmark runs here."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from benchkit.acceptance import portal
-from benchkit.lab_to_patient import _committed
+from benchkit.backfill import _mean_rate
+from benchkit.lab_to_patient import _committed, written_rate
 
 PatientAuth = portal.PatientAuth
 
@@ -50,6 +51,20 @@ def test_an_answer_without_a_report_has_no_time() -> None:
         }
     ]
     assert _committed(written) is None
+
+
+def test_the_written_rate_is_what_the_ehr_wrote_not_what_was_asked() -> None:
+    # Asked for 50/s over 60 s, but a saturated EHR wrote its 3,000th result at 150 s.
+    start = 1000.0
+    written_at = [start + 0.05 * k for k in range(2999)] + [start + 150.0]
+    assert written_rate(written_at, start) == 20.0
+    assert written_rate([], start) is None
+
+
+def test_benchmark_5_weights_each_live_rounds_rate_by_its_results() -> None:
+    rounds = [{"written_rate": 20.0, "acked": 3000}, {"written_rate": 40.0, "acked": 1000}]
+    assert _mean_rate(rounds) == 25.0
+    assert _mean_rate([{"written_rate": None, "acked": 0}]) is None
 
 
 def _token(expires_in_s: float) -> str:

@@ -489,28 +489,6 @@ async def report_of_result(session: AsyncSession, observation_fhir_id: str) -> s
     return (await session.execute(stmt.limit(1))).scalar_one_or_none()
 
 
-async def set_report_results(
-    session: AsyncSession, report_fhir_id: str, observation_ids: list[str]
-) -> None:
-    """Make `observation_ids` the results of a report, in this order."""
-    await session.execute(
-        delete(LabReportResult).where(LabReportResult.report_fhir_id == report_fhir_id)
-    )
-    seen: set[str] = set()
-    for position, observation_id in enumerate(observation_ids):
-        if observation_id in seen:
-            continue
-        seen.add(observation_id)
-        session.add(
-            LabReportResult(
-                report_fhir_id=report_fhir_id,
-                observation_fhir_id=observation_id,
-                position=position,
-            )
-        )
-    await session.flush()
-
-
 def _any(values: list[str]) -> Any:
     """`= ANY(<one array parameter>)`: the same statement text for any number of values
     (prepared once), where `IN` renders a parameter per value."""
@@ -541,26 +519,47 @@ async def lab_result_states(
     return {row["observation_fhir_id"]: dict(row) for row in rows.mappings()}
 
 
-async def _upsert(session: AsyncSession, table: Any, key: str, rows: list[dict[str, Any]]) -> None:
+async def chart_entry_states(
+    session: AsyncSession, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Stored chart entries by (type, id) as plain column values."""
+    if not keys:
+        return {}
+    table = ChartEntry.__table__
+    wanted = set(keys)
+    ids = sorted({fhir_id for _, fhir_id in keys})
+    rows = await session.execute(select(table).where(table.c.fhir_id == _any(ids)))
+    states = {(row["resource_type"], row["fhir_id"]): dict(row) for row in rows.mappings()}
+    return {key: state for key, state in states.items() if key in wanted}
+
+
+async def _upsert(
+    session: AsyncSession, table: Any, key: tuple[str, ...], rows: list[dict[str, Any]]
+) -> None:
     """Insert `rows` (each with every column), replacing the stored row of the same key."""
     if not rows:
         return
     stmt = pg_insert(table)
     stmt = stmt.on_conflict_do_update(
-        index_elements=[key],
-        set_={c.name: stmt.excluded[c.name] for c in table.c if c.name != key},
+        index_elements=list(key),
+        set_={c.name: stmt.excluded[c.name] for c in table.c if c.name not in key},
     )
     await session.execute(stmt, rows)
 
 
 async def upsert_lab_reports(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Write reports computed in memory (every column), one statement."""
-    await _upsert(session, LabReport.__table__, "report_fhir_id", rows)
+    await _upsert(session, LabReport.__table__, ("report_fhir_id",), rows)
 
 
 async def upsert_lab_results(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Write results computed in memory (every column), one statement."""
-    await _upsert(session, LabResult.__table__, "observation_fhir_id", rows)
+    await _upsert(session, LabResult.__table__, ("observation_fhir_id",), rows)
+
+
+async def upsert_chart_entries(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Write chart entries computed in memory (every column), one statement."""
+    await _upsert(session, ChartEntry.__table__, ("resource_type", "fhir_id"), rows)
 
 
 async def add_result_versions(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
@@ -570,7 +569,8 @@ async def add_result_versions(session: AsyncSession, rows: list[dict[str, Any]])
 
 
 async def set_results_of_reports(session: AsyncSession, groupings: dict[str, list[str]]) -> None:
-    """`set_report_results` for several reports at once (one delete, one insert)."""
+    """Make each report's listed results its results, in this order (one delete, one
+    insert; a repeated id is kept at its first place)."""
     if not groupings:
         return
     await session.execute(

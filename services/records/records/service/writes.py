@@ -47,33 +47,29 @@ def _newer(
     return updated > stored_updated
 
 
-async def _store_result(
-    session: AsyncSession, patient_id: str, kind: str, result: LabObservation, now: datetime
+async def _store_results(
+    session: AsyncSession, results: Sequence[tuple[str, str, LabObservation]], now: datetime
 ) -> None:
-    """Store one result; an amendment or correction keeps the replaced version as history."""
-    row = await store.get_result(session, result.observation_fhir_id)
-    stored = None if row is None else {c: getattr(row, c) for c in _RESULT_STATE}
-    fields, replaced = _next_result(stored, patient_id, kind, result, now)
-    if fields is None:
+    """Store `(patient_id, kind, result)`s in order, each over what the earlier ones left:
+    the stored rows are read with one query and the outcome written with one statement
+    (an amendment or correction keeps the replaced version as history)."""
+    if not results:
         return
-    if replaced is not None:
-        session.add(store.LabResultVersion(**replaced))
-    if row is None:
-        row = store.LabResult(observation_fhir_id=result.observation_fhir_id)
-        session.add(row)
-    for column, value in fields.items():
-        setattr(row, column, value)
-    await session.flush()
-
-
-_RESULT_STATE = (
-    "observation_fhir_id",
-    "patient_id",
-    "version_id",
-    "source_updated",
-    "status",
-    "data",
-)
+    state = await store.lab_result_states(
+        session, sorted({result.observation_fhir_id for _, _, result in results})
+    )
+    out: dict[str, dict[str, Any]] = {}
+    replaced: list[dict[str, Any]] = []
+    for patient_id, kind, result in results:
+        fields, old = _next_result(
+            state.get(result.observation_fhir_id), patient_id, kind, result, now
+        )
+        if old is not None:
+            replaced.append(old)
+        if fields is not None:
+            state[result.observation_fhir_id] = out[result.observation_fhir_id] = fields
+    await store.upsert_lab_results(session, list(out.values()))
+    await store.add_result_versions(session, replaced)
 
 
 def _next_result(
@@ -161,31 +157,18 @@ async def record_lab_results(
     report_state = await store.lab_report_states(
         session, sorted({data.report_fhir_id for _, data in reports})
     )
-    result_state = await store.lab_result_states(
-        session, sorted({o.observation_fhir_id for _, data in reports for o in data.observations})
-    )
     reports_out: dict[str, dict[str, Any]] = {}
-    results_out: dict[str, dict[str, Any]] = {}
-    replaced: list[dict[str, Any]] = []
+    results: list[tuple[str, str, LabObservation]] = []
     groupings: dict[str, list[str]] = {}
     for patient_id, data in reports:
         report = _next_report(report_state.get(data.report_fhir_id), patient_id, data)
         if report is None:
             continue
         report_state[data.report_fhir_id] = reports_out[data.report_fhir_id] = report
-        for result in data.observations:
-            fields, old = _next_result(
-                result_state.get(result.observation_fhir_id), patient_id, LAB, result, now
-            )
-            if old is not None:
-                replaced.append(old)
-            if fields is not None:
-                result_state[result.observation_fhir_id] = fields
-                results_out[result.observation_fhir_id] = fields
+        results += [(patient_id, LAB, result) for result in data.observations]
         groupings[data.report_fhir_id] = [o.observation_fhir_id for o in data.observations]
     await store.upsert_lab_reports(session, list(reports_out.values()))
-    await store.upsert_lab_results(session, list(results_out.values()))
-    await store.add_result_versions(session, replaced)
+    await _store_results(session, results, now)
     await store.set_results_of_reports(session, groupings)
 
 
@@ -218,34 +201,35 @@ def _next_report(
     }
 
 
-async def _imported_report(
-    session: AsyncSession, patient_id: str, entry: ImportedEntry, at: datetime
-) -> None:
-    row = await store.get_lab_report(session, entry.fhir_id)
-    if row is not None:
-        if row.patient_id != patient_id:
-            return
-        if version_is_newer(entry.version_id, row.source_version) is not True:
-            return  # a back-fill never replaces what a live event (or itself) stored
-    else:
-        row = store.LabReport(report_fhir_id=entry.fhir_id)
-        session.add(row)
-    row.patient_id = patient_id
-    row.status = entry.status or "unknown"
-    row.code = (
-        entry.code.model_dump(mode="json") if entry.code else {"display": entry.display or ""}
-    )
-    row.category = [c.model_dump(mode="json") for c in entry.category]
-    row.category_codes = _category_codes(row.category)
-    row.effective = entry.effective
-    row.issued = entry.issued
-    row.performer = list(entry.performer)
-    row.observations = []
-    row.source_version = entry.version_id
-    row.source_updated = at
-    row.sort_at = sort_time(entry.effective, entry.issued, at)
-    await session.flush()
-    await store.set_report_results(session, entry.fhir_id, list(entry.related_fhir_ids))
+def _imported_report(
+    stored: Mapping[str, Any] | None, patient_id: str, entry: ImportedEntry, at: datetime
+) -> dict[str, Any] | None:
+    """A back-filled report's columns over its stored row (`None`: none yet), or `None`
+    when the stored one is another patient's or not older (a back-fill never replaces what
+    a live event, or itself, stored)."""
+    if stored is not None and (
+        stored["patient_id"] != patient_id
+        or version_is_newer(entry.version_id, stored["source_version"]) is not True
+    ):
+        return None
+    category = [c.model_dump(mode="json") for c in entry.category]
+    return {
+        "report_fhir_id": entry.fhir_id,
+        "patient_id": patient_id,
+        "status": entry.status or "unknown",
+        "code": (
+            entry.code.model_dump(mode="json") if entry.code else {"display": entry.display or ""}
+        ),
+        "category": category,
+        "category_codes": _category_codes(category),
+        "effective": entry.effective,
+        "issued": entry.issued,
+        "performer": list(entry.performer),
+        "observations": [],
+        "source_version": entry.version_id,
+        "source_updated": at,
+        "sort_at": sort_time(entry.effective, entry.issued, at),
+    }
 
 
 def _decoded(data: str | None) -> bytes | None:
@@ -257,44 +241,49 @@ def _decoded(data: str | None) -> bytes | None:
         return None
 
 
-async def _imported_chart_entry(
-    session: AsyncSession, patient_id: str, entry: ImportedEntry
-) -> None:
-    row = await store.get_chart_entry(session, entry.resource_type, entry.fhir_id)
-    if row is not None and (
-        row.patient_id != patient_id or version_is_newer(entry.version_id, row.version_id) is False
+def _imported_chart_entry(
+    stored: Mapping[str, Any] | None, patient_id: str, entry: ImportedEntry
+) -> dict[str, Any] | None:
+    """A chart entry's columns over its stored row (`None`: none yet), or `None` when the
+    stored one is another patient's or newer."""
+    if stored is not None and (
+        stored["patient_id"] != patient_id
+        or version_is_newer(entry.version_id, stored["version_id"]) is False
     ):
-        return
-    if row is None:
-        row = store.ChartEntry(resource_type=entry.resource_type, fhir_id=entry.fhir_id)
-        session.add(row)
-    row.patient_id = patient_id
-    row.kind = entry.kind.value
-    row.version_id = entry.version_id
-    row.status = entry.status
-    row.code = entry.code.model_dump(mode="json") if entry.code else None
-    row.display = entry.display
-    row.value = entry.value
-    row.effective = entry.effective
-    row.related_fhir_ids = list(entry.related_fhir_ids)
-    row.attachments = [
-        {**a.model_dump(mode="json", exclude={"data"}), "downloadable": a.data is not None}
-        for a in entry.attachments
+        return None
+    return {
+        "resource_type": entry.resource_type,
+        "fhir_id": entry.fhir_id,
+        "patient_id": patient_id,
+        "kind": entry.kind.value,
+        "version_id": entry.version_id,
+        "status": entry.status,
+        "code": entry.code.model_dump(mode="json") if entry.code else None,
+        "display": entry.display,
+        "value": entry.value,
+        "effective": entry.effective,
+        "related_fhir_ids": list(entry.related_fhir_ids),
+        "attachments": [
+            {**a.model_dump(mode="json", exclude={"data"}), "downloadable": a.data is not None}
+            for a in entry.attachments
+        ],
+    }
+
+
+def _document_contents(patient_id: str, entry: ImportedEntry) -> list[store.DocumentContent]:
+    """A document's attachments sent inline, to store apart from its entry."""
+    return [
+        store.DocumentContent(
+            document_fhir_id=entry.fhir_id,
+            position=position,
+            patient_id=patient_id,
+            content_type=a.content_type,
+            title=a.title,
+            content=content,
+        )
+        for position, a in enumerate(entry.attachments)
+        if (content := _decoded(a.data)) is not None
     ]
-    if entry.kind is RecordKind.DOCUMENT:
-        contents = [
-            store.DocumentContent(
-                document_fhir_id=entry.fhir_id,
-                position=position,
-                patient_id=patient_id,
-                content_type=a.content_type,
-                title=a.title,
-                content=content,
-            )
-            for position, a in enumerate(entry.attachments)
-            if (content := _decoded(a.data)) is not None
-        ]
-        await store.replace_document_contents(session, entry.fhir_id, contents)
 
 
 def _from_text(entry: ImportedEntry) -> LabObservation | None:
@@ -315,15 +304,64 @@ async def record_imported(
     session: AsyncSession, patient_id: str, batch: RecordImportedV1, now: datetime
 ) -> None:
     """Store a back-filled batch: results and reports as live ones are stored, the rest as
-    chart entries; what a live event stored first is not overwritten by an older version."""
+    chart entries; what a live event stored first is not overwritten by an older version.
+
+    Like `record_lab_results`, a batch is read with one query per table and written with
+    one statement per table (a page of 50 entries took some 150 statements one by one)."""
+    reports: list[ImportedEntry] = []
+    results: list[tuple[str, str, LabObservation]] = []
+    chart: list[ImportedEntry] = []
     for entry in batch.entries:
         if entry.kind in (RecordKind.LAB_RESULT, RecordKind.VITAL_SIGN):
             if entry.resource_type == "DiagnosticReport":
-                await _imported_report(session, patient_id, entry, batch.imported_at)
+                reports.append(entry)
                 continue
             result = entry.observation or _from_text(entry)
             if entry.resource_type == "Observation" and result is not None:
                 kind = VITAL if entry.kind is RecordKind.VITAL_SIGN else LAB
-                await _store_result(session, patient_id, kind, result, now)
+                results.append((patient_id, kind, result))
                 continue
-        await _imported_chart_entry(session, patient_id, entry)
+        chart.append(entry)
+    await _store_imported_reports(session, patient_id, reports, batch.imported_at)
+    await _store_results(session, results, now)
+    await _store_chart_entries(session, patient_id, chart)
+
+
+async def _store_imported_reports(
+    session: AsyncSession, patient_id: str, entries: list[ImportedEntry], at: datetime
+) -> None:
+    if not entries:
+        return
+    state = await store.lab_report_states(session, sorted({e.fhir_id for e in entries}))
+    out: dict[str, dict[str, Any]] = {}
+    groupings: dict[str, list[str]] = {}
+    for entry in entries:
+        report = _imported_report(state.get(entry.fhir_id), patient_id, entry, at)
+        if report is not None:
+            state[entry.fhir_id] = out[entry.fhir_id] = report
+            groupings[entry.fhir_id] = list(entry.related_fhir_ids)
+    await store.upsert_lab_reports(session, list(out.values()))
+    await store.set_results_of_reports(session, groupings)
+
+
+async def _store_chart_entries(
+    session: AsyncSession, patient_id: str, entries: list[ImportedEntry]
+) -> None:
+    if not entries:
+        return
+    state = await store.chart_entry_states(
+        session, sorted({(e.resource_type, e.fhir_id) for e in entries})
+    )
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    documents: dict[str, list[store.DocumentContent]] = {}
+    for entry in entries:
+        key = (entry.resource_type, entry.fhir_id)
+        fields = _imported_chart_entry(state.get(key), patient_id, entry)
+        if fields is None:
+            continue
+        state[key] = out[key] = fields
+        if entry.kind is RecordKind.DOCUMENT:
+            documents[entry.fhir_id] = _document_contents(patient_id, entry)
+    await store.upsert_chart_entries(session, list(out.values()))
+    for document_fhir_id, contents in documents.items():
+        await store.replace_document_contents(session, document_fhir_id, contents)
