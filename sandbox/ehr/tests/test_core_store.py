@@ -127,6 +127,48 @@ async def test_load_is_idempotent_and_silent(database_url: str) -> None:
         await store.feed.close()
 
 
+async def test_create_many_commits_all_in_order_or_nothing(database_url: str) -> None:
+    store = await _store(database_url)
+    seen: list[tuple[str, str, str]] = []
+
+    async def listener(change: Any) -> None:
+        seen.append((change.resource_type, change.id, change.interaction))
+
+    store.feed.subscribe(listener)
+    try:
+        panel = [
+            {**_patient("Many"), "id": "m-pat"},
+            {
+                "resourceType": "Observation",
+                "id": "m-obs",
+                "status": "final",
+                "code": {"text": "x"},
+                "subject": {"reference": "Patient/m-pat"},
+            },
+        ]
+        written = await store.create_many(panel)
+        assert [(w.stored.id, w.stored.version, w.created) for w in written] == [
+            ("m-pat", 1, True),
+            ("m-obs", 1, True),
+        ]
+        # The order they were filed in, as the change feed and _lastUpdated both say.
+        assert seen == [("Patient", "m-pat", "create"), ("Observation", "m-obs", "create")]
+        assert written[0].stored.last_updated < written[1].stored.last_updated
+        found = await store.search(_query("Observation", ("subject", "Patient/m-pat")))
+        assert [m.id for m in found.matches] == ["m-obs"]
+        # A taken id: nothing of the write lands, and nothing is announced.
+        again = [{**_patient("Other"), "id": "m-new"}, {**panel[1], "status": "amended"}]
+        with pytest.raises(FhirError) as refused:
+            await store.create_many(again)
+        assert refused.value.status == 409
+        assert not await store.exists("Patient", "m-new")
+        assert (await store.read("Observation", "m-obs")).content["status"] == "final"
+        assert len(seen) == 2
+    finally:
+        await store.close()
+        await store.feed.close()
+
+
 async def test_postgres_store_smoke(database_url: str) -> None:
     url = SandboxSettings(database_url=database_url).resolved_database_url()
     store = await _store(url)

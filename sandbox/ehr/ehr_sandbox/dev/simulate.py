@@ -3,8 +3,9 @@
 Each action writes real FHIR resources through the same store calls as the REST API, so
 the change feed (and thus Subscriptions) fires exactly as for a client write:
 
-- `lab-result`: a lab system files Observations (LOINC, UCUM, reference ranges,
-  interpretations) and then the DiagnosticReport over them; or amends an earlier report;
+- `lab-result`: a lab system files a panel: Observations (LOINC, UCUM, reference ranges,
+  interpretations) and the DiagnosticReport over them, in one transaction (the report's
+  notification never precedes its results); or amends an earlier report;
 - `medication-change`: a prescriber starts, stops or re-doses a MedicationRequest;
 - `message-reply`: a clinician answers the patient's latest message (a Communication);
 - `appointment-cancel`: the clinic cancels a booked Appointment and frees its Slot.
@@ -13,6 +14,7 @@ the change feed (and thus Subscriptions) fires exactly as for a client write:
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -164,6 +166,11 @@ class Simulator:
         validate_resource(resource, expected_type=resource["resourceType"])
         return (await self.store.create(resource["resourceType"], resource)).stored
 
+    async def _create_all(self, resources: list[dict[str, Any]]) -> list[StoredResource]:
+        for resource in resources:
+            validate_resource(resource, expected_type=resource["resourceType"])
+        return [r.stored for r in await self.store.create_many(resources)]
+
     async def _update(self, current: StoredResource, resource: dict[str, Any]) -> StoredResource:
         # Based on the version we read, as a careful client would: a concurrent change wins.
         validate_resource(resource, expected_type=current.resource_type, expected_id=current.id)
@@ -178,7 +185,8 @@ class Simulator:
     # -- lab-result ------------------------------------------------------------------------
 
     async def lab_result(self, body: LabResultBody) -> list[StoredResource]:
-        """File a new lab panel (Observations, then the final DiagnosticReport), or amend one."""
+        """File a new lab panel (its Observations and the DiagnosticReport over them, at
+        once), or amend one."""
         if body.amend is not None:
             return await self._amend_report(body)
         patient = await self._patient(body.patient)
@@ -189,32 +197,36 @@ class Simulator:
             count = 1 if len(panel.analytes) == 1 else self._random.randint(1, 2)
             abnormal = {a.code for a in self._random.sample(list(panel.analytes), count)}
         performer = [reference("Organization", LAB_ORG, "Riverside Clinical Laboratory")]
-        written: list[StoredResource] = []
+        observations: list[dict[str, Any]] = []
         for analyte in panel.analytes:
             value = sample_value(analyte, abnormal=analyte.code in abnormal, rng=self._random)
-            observation = lab_observation(
-                patient,
-                analyte,
-                value,
-                effective=now,
-                issued=now,
-                status=body.status,
-                performer=performer,
+            observations.append(
+                lab_observation(
+                    patient,
+                    analyte,
+                    value,
+                    effective=now,
+                    issued=now,
+                    status=body.status,
+                    performer=performer,
+                    resource_id=str(uuid.uuid4()),
+                )
             )
-            written.append(await self._create(observation))
         report = lab_report(
             patient,
             panel,
-            [reference("Observation", s.id) for s in written],
+            [reference("Observation", o["id"]) for o in observations],
             effective=now,
             issued=now,
             status=body.status,
             performer=performer,
             interpreter=[reference("Practitioner", PRIMARY_PRACTITIONER, "Dr. Grace Adams")],
-            conclusion=conclusion_for([s.content for s in written]),
+            conclusion=conclusion_for(observations),
+            resource_id=str(uuid.uuid4()),
         )
-        written.append(await self._create(report))
-        return written
+        # The panel is filed at once, as a lab's result message is: the results and the
+        # report that names them commit together (never a report before its results).
+        return await self._create_all([*observations, report])
 
     async def _amend_report(self, body: LabResultBody) -> list[StoredResource]:
         assert body.amend is not None
