@@ -323,6 +323,18 @@ class BackfillSettings(BaseSettings):
     backfill_priority: int = Field(
         default=-10, description="Outbox priority of record.imported (below live events)"
     )
+    backfill_share_under_live: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description=(
+            "While live event notifications arrive: the share of the time a back-fill works "
+            "(it rests between pages for the rest; 1 = never yields)"
+        ),
+    )
+    backfill_live_window_s: float = Field(
+        default=2.0, gt=0, description="A live notification this recent counts as live traffic"
+    )
     backfill_lease_s: float = Field(
         default=30.0, description="A worker holds a job this long per page; then others may"
     )

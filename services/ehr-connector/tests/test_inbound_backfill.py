@@ -5,7 +5,9 @@
 - the connector SIGKILLed in the middle of a back-fill and started again resumes from its
   stored cursor: nothing lost, nothing doubled;
 - a live notification queued while back-fill batches wait in the outbox is published
-  before the remaining batches (outbox priority).
+  before the remaining batches (outbox priority);
+- while live notifications arrive, a back-fill rests between pages (its share of the
+  time) and still imports everything once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from contracts.record import ImportedEntry
@@ -301,3 +304,57 @@ async def test_live_events_are_published_before_waiting_backfill_batches(
         lambda es: any(e.data["report_fhir_id"] == report_id for e in es),
     )
     assert [e.data["report_fhir_id"] for e in events] == [report_id]
+
+
+async def test_a_backfill_rests_between_pages_while_live_notifications_arrive(
+    box: RunningSandbox,
+    database_url: str,
+    kafka_bootstrap: str,
+    kafka_enable_idempotence: bool,
+    unique_prefix: str,
+) -> None:
+    await ensure_topics(kafka_bootstrap, unique_prefix)
+    # A quarter of the time while live traffic is recent (a window that spans the run).
+    settings = _settings(
+        box, database_url, kafka_bootstrap, unique_prefix, kafka_enable_idempotence,
+        backfill_page_interval_s=0.0, backfill_share_under_live=0.25,
+        backfill_live_window_s=600.0,
+    )  # fmt: skip
+    expected = await importable(box, "demo-alice")
+    yielded_before = REGISTRY.get_sample_value("backfill_yielded_seconds_total") or 0.0
+    async with running_connector(settings):
+        await wait_subscriptions_active(settings)
+        received_before = _event_notifications()
+        await simulate(box, "lab-result", patient="demo-bob")  # another patient's live result
+
+        async def heard() -> bool:
+            return _event_notifications() > received_before
+
+        await eventually(heard, timeout=60, interval=0.05)
+        await link(kafka_bootstrap, unique_prefix, ALICE, "demo-alice", backfill=True)
+
+        async def done() -> bool:
+            state = await progress(settings, ALICE)
+            return state is not None and state["state"] == "done"
+
+        await eventually(done, timeout=180, interval=0.1)
+        final = await progress(settings, ALICE)
+    assert final is not None
+    yielded = (REGISTRY.get_sample_value("backfill_yielded_seconds_total") or 0.0) - yielded_before
+    assert yielded > 0, "the back-fill rested for the live traffic"
+    # Resting loses nothing: every entry of the history, once.
+    batches = await read_events(
+        kafka_bootstrap,
+        unique_prefix + "record.imported",
+        lambda bs: any(
+            b.data["last_batch"] and b.data["backfill_id"] == final["backfill_id"] for b in bs
+        ),
+    )
+    imported = entries([b for b in batches if b.data["backfill_id"] == final["backfill_id"]])
+    assert set(imported) == expected
+    assert all(n == 1 for n in imported.values())
+
+
+def _event_notifications() -> float:
+    labels = {"type": "event-notification"}
+    return REGISTRY.get_sample_value("inbound_notifications_total", labels) or 0.0

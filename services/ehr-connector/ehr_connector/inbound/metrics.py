@@ -86,6 +86,11 @@ BACKFILL_BATCHES = Counter(
     "backfill_batches_total", "record.imported batches published by back-fills", []
 )
 BACKFILLS = Gauge("backfills", "Back-fills by state", ["state"])
+BACKFILL_YIELDED = Counter(
+    "backfill_yielded_seconds_total",
+    "Seconds back-fills rested between pages for live notifications (beyond the interval)",
+    [],
+)
 BACKFILL_FAILURES = Counter(
     "backfill_page_failures_total", "Back-fill pages that failed and will be retried", []
 )

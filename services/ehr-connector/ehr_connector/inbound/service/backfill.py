@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,9 +39,11 @@ from ehr_connector.inbound.metrics import (
     BACKFILL_BATCHES,
     BACKFILL_ENTRIES,
     BACKFILL_FAILURES,
+    BACKFILL_YIELDED,
     BACKFILLS,
 )
 from ehr_connector.inbound.service.appointment_import import import_appointments
+from ehr_connector.inbound.service.pacing import LiveTraffic, pause_after_page
 from ehr_connector.inbound.tables import Backfill
 from ehr_connector.settings import Settings
 from servicekit.db import Database
@@ -121,11 +124,19 @@ def new_backfill(patient_id: str, patient_fhir_id: str, trigger: str, now: datet
 class BackfillWorker:
     """Runs back-fill jobs, one at a time per process, page by page."""
 
-    def __init__(self, settings: Settings, db: Database, outbox: Outbox, ehr: EhrPort) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        outbox: Outbox,
+        ehr: EhrPort,
+        live: LiveTraffic | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.outbox = outbox
         self.ehr = ehr
+        self.live = live or LiveTraffic()
         self.owner = f"{socket.gethostname()[:30]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -213,7 +224,9 @@ class BackfillWorker:
                     appointments_imported = True
                 if job.total is None:
                     await self._count(job)
+                began = time.monotonic()
                 finished = await self._page(job)
+                took_s = time.monotonic() - began
                 failures = 0
             except EhrUnavailable as exc:
                 failures += 1
@@ -232,8 +245,22 @@ class BackfillWorker:
                 continue
             if finished:
                 return
-            if self.settings.backfill_page_interval_s > 0:
-                await self._sleep(self.settings.backfill_page_interval_s)
+            await self._rest(took_s)
+
+    async def _rest(self, took_s: float) -> None:
+        """Between pages: the configured interval, longer while live notifications arrive
+        (see `pacing`)."""
+        interval = self.settings.backfill_page_interval_s
+        pause = pause_after_page(
+            took_s,
+            self.settings.backfill_share_under_live,
+            interval,
+            self.live.recent(self.settings.backfill_live_window_s),
+        )
+        if pause > interval:
+            BACKFILL_YIELDED.inc(pause - interval)
+        if pause > 0:
+            await self._sleep(pause)
 
     async def _count(self, job: Backfill) -> None:
         """Total resources to look at, from one `_summary=count` search per type."""

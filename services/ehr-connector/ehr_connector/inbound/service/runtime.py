@@ -27,6 +27,7 @@ from ehr_connector.inbound import store
 from ehr_connector.inbound.service.backfill import BackfillWorker
 from ehr_connector.inbound.service.canary import Canary
 from ehr_connector.inbound.service.health import ProcessingHealth
+from ehr_connector.inbound.service.pacing import LiveTraffic
 from ehr_connector.inbound.service.processor import Processor
 from ehr_connector.inbound.service.recovery import Recovery
 from ehr_connector.inbound.service.slot_sync import SlotSync
@@ -66,7 +67,8 @@ class Inbound:
         self.manager = SubscriptionManager(settings, db, ehr)
         self.health = ProcessingHealth()
         self.recovery = Recovery(settings, db, ehr, self.processor, self.manager, self.health)
-        self.backfill = BackfillWorker(settings, db, outbox, ehr)
+        self.live = LiveTraffic()
+        self.backfill = BackfillWorker(settings, db, outbox, ehr, self.live)
         self.canary = Canary(settings, db, ehr)
         self.slot_sync = SlotSync(settings, db, outbox, ehr)
         self.webhook = Webhook(
@@ -78,6 +80,7 @@ class Inbound:
             recovery=self.recovery,
             health=self.health,
             heard_from=self._heard_from,
+            live=self.live,
         )
         self.started_at = datetime.now(UTC)
         # Identifies this process on its own webhook route (see `_wait_until_serving`).

@@ -36,6 +36,7 @@ from ehr_connector.inbound.metrics import (
     set_subscription_status,
 )
 from ehr_connector.inbound.service.health import ProcessingHealth, failure_reason
+from ehr_connector.inbound.service.pacing import LiveTraffic
 from ehr_connector.inbound.service.processor import Processor
 from ehr_connector.inbound.service.recovery import Recovery
 from ehr_connector.inbound.service.signature import (
@@ -129,6 +130,7 @@ class Webhook:
         recovery: Recovery,
         health: ProcessingHealth,
         heard_from: Callable[[str], None],
+        live: LiveTraffic | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -139,6 +141,8 @@ class Webhook:
         self.health = health
         # Told the topic of every Subscription heard from (its heartbeat is no longer missed).
         self._heard_from = heard_from
+        # Told of every live event notification: a running back-fill yields to them.
+        self.live = live or LiveTraffic()
         self.verifier = NotificationVerifier(
             JwksCache(http, self._jwks_url),
             endpoint=settings.inbound_webhook_url,
@@ -269,6 +273,8 @@ class Webhook:
                 done = await store.processed_numbers(session, row, numbers)
         self._heard(touched)
         NOTIFICATIONS.labels(notification.type).inc()
+        if notification.type == "event-notification":
+            self.live.seen()
         for event in notification.events:
             if event.timestamp is not None:
                 delay = (received - event.timestamp).total_seconds()
