@@ -429,10 +429,13 @@ async def run(ctx: Context) -> Result:
         },
         baseline={},
         notes=[
-            "RSS includes each process's children; 'load' is the peak sampled once a second "
-            "during benchmark 1; CPU is user+system over benchmark 1 (incl. its drain) per "
-            "1000 acknowledged lab results; the total is the stack's, without the load "
-            "generator (its streams, pollers and the simulator's calls) on the same cores."
+            "RSS includes each process's children (PostgreSQL's backends map its shared "
+            "buffers, so its sum counts them once per backend: an overcount); 'load' is the "
+            "peak sampled once a second during benchmark 1; CPU is user+system over "
+            "benchmark 1 (incl. its drain) per 1000 acknowledged lab results, PostgreSQL's "
+            "with its backends (the services' queries and the EHR sandbox's); the total is "
+            "the stack's, without the load generator (its streams, pollers and the "
+            "simulator's calls) on the same cores."
         ],
     )
     result.elapsed_s = time.monotonic() - started
