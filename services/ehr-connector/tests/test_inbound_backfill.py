@@ -91,6 +91,21 @@ async def progress(settings: Settings, patient_id: str) -> dict[str, Any] | None
     return response.json() if response.status_code == 200 else None
 
 
+async def finished(settings: Settings, patient_id: str, timeout: float) -> dict[str, Any]:
+    """The patient's back-fill once it is done."""
+    done: dict[str, Any] = {}
+
+    async def is_done() -> bool:
+        state = await progress(settings, patient_id)
+        if state is not None and state["state"] == "done":
+            done.update(state)
+            return True
+        return False
+
+    await eventually(is_done, timeout=timeout, interval=0.1)
+    return done
+
+
 def _settings(
     box: RunningSandbox,
     database_url: str,
@@ -201,13 +216,7 @@ async def test_a_backfill_killed_midway_resumes_without_loss_or_doubles(
         assert killed_at["state"] == "running", killed_at
         await process.start()
 
-        async def done() -> bool:
-            state = await progress(settings, ALICE)
-            return state is not None and state["state"] == "done"
-
-        await eventually(done, timeout=120, interval=0.2)
-        final = await progress(settings, ALICE)
-        assert final is not None
+        final = await finished(settings, ALICE, timeout=120)
     finally:
         await process.stop()
     batches = await read_events(
@@ -269,11 +278,7 @@ async def test_live_events_are_published_before_waiting_backfill_batches(
 
         await eventually(queued, timeout=60, interval=0.1)
 
-        async def done() -> bool:
-            state = await progress(settings, ALICE)
-            return state is not None and state["state"] == "done"
-
-        await eventually(done, timeout=120, interval=0.2)
+        await finished(settings, ALICE, timeout=120)
         relay = OutboxRelay(
             service.db,
             settings.model_copy(update={"outbox_batch_size": 1}),
@@ -333,13 +338,7 @@ async def test_a_backfill_rests_between_pages_while_live_notifications_arrive(
         await eventually(heard, timeout=60, interval=0.05)
         await link(kafka_bootstrap, unique_prefix, ALICE, "demo-alice", backfill=True)
 
-        async def done() -> bool:
-            state = await progress(settings, ALICE)
-            return state is not None and state["state"] == "done"
-
-        await eventually(done, timeout=180, interval=0.1)
-        final = await progress(settings, ALICE)
-    assert final is not None
+        final = await finished(settings, ALICE, timeout=180)
     yielded = (REGISTRY.get_sample_value("backfill_yielded_seconds_total") or 0.0) - yielded_before
     assert yielded > 0, "the back-fill rested for the live traffic"
     # Resting loses nothing: every entry of the history, once.
