@@ -98,6 +98,10 @@ async def stack(_data_dir: Path, postgres_url: str, kafka_bootstrap: str) -> Asy
                             records_url="http://127.0.0.1:1",  # nothing listens there
                             messaging_url="http://127.0.0.1:1",
                             sse_keepalive_s=0.5,
+                            # These tests check who may do what, not how fast: a call to
+                            # triage that a loaded machine kept over the 2 s default came
+                            # back 504 instead of the 201 under test, once in CI.
+                            upstream_timeout_s=8.0,
                             jwks_min_refresh_s=3600.0,
                             audit_checkpoint_dir=str(_data_dir / "audit-anchors"),
                             audit_verify_interval_s=0.5,
@@ -110,10 +114,14 @@ async def stack(_data_dir: Path, postgres_url: str, kafka_bootstrap: str) -> Asy
                     rate_limit_token_per_s=0.0,
                     rate_limit_patient_writes_per_min=0.0,
                 )
+                # Buckets refill once a minute: a test sends its burst and one or two more,
+                # and must see the 429 however slowly a loaded machine serves the burst (at
+                # 0.5/s, six reads taking over 2 s refilled a token: a 200 where a 429 was
+                # due, once in CI).
                 limited = gateway(
-                    rate_limit_ip_per_s=0.5,
+                    rate_limit_ip_per_s=1 / 60,
                     rate_limit_ip_burst=8,
-                    rate_limit_token_per_s=0.5,
+                    rate_limit_token_per_s=1 / 60,
                     rate_limit_token_burst=4,
                     rate_limit_patient_writes_per_min=0.5,
                     rate_limit_patient_write_burst=3,
