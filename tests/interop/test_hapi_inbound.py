@@ -175,6 +175,15 @@ async def test_subscriptions_changes_and_history_flow_from_hapi(
     async with running_connector(settings) as service:
         rows = await _wait_active(settings)
         assert {r["topic"] for r in rows} == set(settings.inbound_topics.values())
+
+        # The startup pass switches the orphan off after it ensured every topic (the rows
+        # above may all be active a moment before that step).
+        async def orphan_off() -> bool:
+            return bool(
+                (await hapi.client.get(f"Subscription/{orphan_id}")).json()["status"] == "off"
+            )
+
+        await eventually(orphan_off, timeout=60, interval=0.5)
         ours = await _ours(hapi, settings)
         assert len(ours) == len(settings.inbound_topics)
         # Server-wide filters, the form HAPI requires (it refuses to activate without).
