@@ -4,8 +4,9 @@
 wait for the cancellation, and book another slot, in cycles for the run's duration. Per
 booking: the time from the `POST /v1/me/appointments` to the Appointment's creation in the
 EHR (its first version's `meta.lastUpdated`, the EHR's commit time: same machine, same
-clock; read from the EHR once the run is over) and to the `booked` notification on the patient's open SSE stream. At the end every
-slot used is checked in the EHR for more than one booked Appointment (a double booking).
+clock; read from the EHR once the run is over) and to the `booked` notification on the
+patient's open SSE stream. At the end every slot used is checked in the EHR for more than
+one booked Appointment (a double booking).
 Baseline: the same hops with no logic (`baseline.Pipeline` with an HTTP sink: POST, two
 Kafka hops, POST to the "EHR").
 """
@@ -60,9 +61,7 @@ async def _to_ehr(clinic: Any, sent: list[tuple[str, str, float]]) -> tuple[list
     during it, a search per booking (each patient's list growing with every cycle) was load
     on the EHR the bookings themselves wait for."""
     created = {p: await _creation_times(clinic, p) for p in dict.fromkeys(p for p, _, _ in sent)}
-    times = [
-        max(0.0, (created[p][slot] - at) * 1000) for p, slot, at in sent if slot in created[p]
-    ]
+    times = [max(0.0, (created[p][slot] - at) * 1000) for p, slot, at in sent if slot in created[p]]
     return times, len(sent) - len(times)
 
 

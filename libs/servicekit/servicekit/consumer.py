@@ -49,7 +49,6 @@ from sqlalchemy import (
     any_,
     bindparam,
     func,
-    insert,
     select,
     text,
 )
@@ -60,6 +59,7 @@ from contracts.base import Payload
 from contracts.envelope import Envelope, EnvelopeError, parse_headers
 from contracts.registry import UnknownEventType, by_dataschema, dlq_topic, latest
 from servicekit import sealing
+from servicekit.bulk import insert_rows
 from servicekit.crypto import Cipher
 from servicekit.db import Database, unreachable_is_unavailable
 from servicekit.errors import DependencyUnavailable, PermanentError, describe
@@ -83,7 +83,7 @@ P = TypeVar("P", bound=Payload)
 # Made once: a tracer per message cost as much as the span (a proxy until the service
 # installs its provider, then that provider's).
 _TRACER = tracer("servicekit.consumer")
-_INBOX_INSERT = insert(cast(Table, InboxRow.__table__))
+_INBOX = cast(Table, InboxRow.__table__)
 
 
 @dataclass(frozen=True)
@@ -604,13 +604,13 @@ class ConsumerRuntime:
                             event,
                         )
             if handled:
-                # One multi-row statement, no ORM objects (building those cost more than
-                # the handlers), on the table (an ORM entity's insert goes through the
-                # ORM's bulk persistence, some 3% of records' CPU draining a backlog). An
-                # inbox row another replica wrote meanwhile fails here: the batch is
-                # handled again one message at a time, which skips it.
-                await session.execute(
-                    _INBOX_INSERT,
+                # One statement, no ORM objects (building those cost more than the
+                # handlers), the rows as arrays (servicekit.bulk). An inbox row another
+                # replica wrote meanwhile fails here: the batch is handled again one
+                # message at a time, which skips it.
+                await insert_rows(
+                    session,
+                    _INBOX,
                     [
                         {"consumer": consumer, "event_id": event.envelope.id, "handled_at": now}
                         for event in handled

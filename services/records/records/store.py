@@ -28,7 +28,6 @@ from sqlalchemy import (
     delete,
     exists,
     func,
-    insert,
     literal,
     or_,
     select,
@@ -36,12 +35,12 @@ from sqlalchemy import (
     true,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import BindParameter
 
 from records.domain import EPOCH, Cursor
+from servicekit.bulk import insert_rows
 from servicekit.db import new_metadata
 
 
@@ -537,14 +536,7 @@ async def _upsert(
     session: AsyncSession, table: Any, key: tuple[str, ...], rows: list[dict[str, Any]]
 ) -> None:
     """Insert `rows` (each with every column), replacing the stored row of the same key."""
-    if not rows:
-        return
-    stmt = pg_insert(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(key),
-        set_={c.name: stmt.excluded[c.name] for c in table.c if c.name not in key},
-    )
-    await session.execute(stmt, rows)
+    await insert_rows(session, table, rows, key=key)
 
 
 async def upsert_lab_reports(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
@@ -564,8 +556,7 @@ async def upsert_chart_entries(session: AsyncSession, rows: list[dict[str, Any]]
 
 async def add_result_versions(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Keep replaced versions of results as history."""
-    if rows:
-        await session.execute(insert(cast(Table, LabResultVersion.__table__)), rows)
+    await insert_rows(session, cast(Table, LabResultVersion.__table__), rows)
 
 
 async def set_results_of_reports(session: AsyncSession, groupings: dict[str, list[str]]) -> None:
@@ -581,9 +572,7 @@ async def set_results_of_reports(session: AsyncSession, groupings: dict[str, lis
         for report, observations in groupings.items()
         for position, observation in _first_positions(observations)
     ]
-    if rows:
-        # On the table: an ORM entity's insert goes through the ORM's bulk persistence.
-        await session.execute(insert(cast(Table, LabReportResult.__table__)), rows)
+    await insert_rows(session, cast(Table, LabReportResult.__table__), rows)
 
 
 def _first_positions(observation_ids: list[str]) -> list[tuple[int, str]]:
