@@ -7,6 +7,7 @@ dead-letter a message with a reason an operator understands.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -116,26 +117,41 @@ def _as_text(headers: Mapping[str, str | bytes] | Iterable[tuple[str, bytes]]) -
     return out
 
 
+_KNOWN = frozenset(REQUIRED) | {"correlationid", "causationid", "traceparent", "tracestate"}
+
+
+@functools.lru_cache(maxsize=512)
+def _check_kind(
+    specversion: str, source: str, event_type: str, dataschema: str, content_type: str
+) -> None:
+    """The headers that say what kind of event it is (the same for every event a service
+    publishes of a type): checked once per combination, not once per event (a consumer
+    draining a backlog parses thousands a second). A failed check is not cached."""
+    if specversion != SPECVERSION:
+        raise EnvelopeError("ce_specversion", f"must be {SPECVERSION}, got {specversion!r}")
+    if not _SOURCE.match(source):
+        raise EnvelopeError("ce_source", "must look like /services/<name>")
+    if not _DATASCHEMA.match(dataschema):
+        raise EnvelopeError("ce_dataschema", "must look like <type>/v<N>")
+    if dataschema.rsplit("/v", 1)[0] != event_type:
+        raise EnvelopeError("ce_dataschema", "does not name the event type in ce_type")
+    if content_type.split(";")[0].strip() != CONTENT_TYPE:
+        raise EnvelopeError("content-type", f"must be {CONTENT_TYPE}")
+
+
 def parse_headers(headers: Mapping[str, str | bytes] | Iterable[tuple[str, bytes]]) -> Envelope:
     """Validate and parse CloudEvents headers; raises `EnvelopeError` naming the header."""
     h = _as_text(headers)
     for name in REQUIRED:
         if not h.get(name):
             raise EnvelopeError(name, "is missing")
-    if h["ce_specversion"] != SPECVERSION:
-        raise EnvelopeError("ce_specversion", f"must be {SPECVERSION}, got {h['ce_specversion']!r}")
+    _check_kind(
+        h["ce_specversion"], h["ce_source"], h["ce_type"], h["ce_dataschema"], h["content-type"]
+    )
     try:
         uuid.UUID(h["ce_id"])
     except ValueError as exc:
         raise EnvelopeError("ce_id", "must be a UUID") from exc
-    if not _SOURCE.match(h["ce_source"]):
-        raise EnvelopeError("ce_source", "must look like /services/<name>")
-    if not _DATASCHEMA.match(h["ce_dataschema"]):
-        raise EnvelopeError("ce_dataschema", "must look like <type>/v<N>")
-    if h["ce_dataschema"].rsplit("/v", 1)[0] != h["ce_type"]:
-        raise EnvelopeError("ce_dataschema", "does not name the event type in ce_type")
-    if h["content-type"].split(";")[0].strip() != CONTENT_TYPE:
-        raise EnvelopeError("content-type", f"must be {CONTENT_TYPE}")
     try:
         time = datetime.fromisoformat(h["ce_time"])
     except ValueError as exc:
@@ -145,7 +161,6 @@ def parse_headers(headers: Mapping[str, str | bytes] | Iterable[tuple[str, bytes
     traceparent = h.get("traceparent")
     if traceparent is not None and not _TRACEPARENT.match(traceparent):
         raise EnvelopeError("traceparent", "is not a W3C traceparent")
-    known = set(REQUIRED) | {"correlationid", "causationid", "traceparent", "tracestate"}
     return Envelope(
         id=h["ce_id"],
         source=h["ce_source"],
@@ -157,5 +172,5 @@ def parse_headers(headers: Mapping[str, str | bytes] | Iterable[tuple[str, bytes
         causation_id=h.get("causationid"),
         traceparent=traceparent,
         tracestate=h.get("tracestate"),
-        extra={k: v for k, v in h.items() if k not in known},
+        extra={k: v for k, v in h.items() if k not in _KNOWN},
     )

@@ -63,7 +63,7 @@ from servicekit.bulk import insert_rows
 from servicekit.crypto import Cipher
 from servicekit.db import Database, unreachable_is_unavailable
 from servicekit.errors import DependencyUnavailable, PermanentError, describe
-from servicekit.flow_metrics import observe_event_age
+from servicekit.flow_metrics import observe_event_age, observe_event_ages
 from servicekit.logging import get_logger
 from servicekit.metrics import (
     BATCH_SIZE,
@@ -440,8 +440,7 @@ class ConsumerRuntime:
         consumer = self.consumer_id(sub)
         started = time.perf_counter()
         spans = [self._process_span(consumer, msg) for msg in msgs]
-        for msg in msgs:
-            observe_event_age(self.settings.service_name, sub.name, msg.headers)
+        observe_event_ages(self.settings.service_name, sub.name, [msg.headers for msg in msgs])
         # The batch's own statements (inbox, dead-letter check, commit) in a span linked to
         # every event's; each event's handler runs in that event's span.
         batch_span = _TRACER.start_span(

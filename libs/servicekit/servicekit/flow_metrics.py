@@ -44,20 +44,31 @@ def observe_event_age(
 ) -> None:
     """Observe the age of a message about to be handled (no `ce_time`: nothing observed;
     a malformed one is the envelope check's business, not this metric's)."""
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    for key, value in items:
-        if key != "ce_time":
-            continue
-        text = value.decode() if isinstance(value, bytes) else value
-        try:
-            written = datetime.fromisoformat(text)
-        except ValueError:
-            return
-        if written.tzinfo is None:
-            return
-        age = (datetime.now(UTC) - written).total_seconds()
-        EVENT_AGE.labels(service, consumer).observe(max(0.0, age))
-        return
+    observe_event_ages(service, consumer, [headers])
+
+
+def observe_event_ages(
+    service: str,
+    consumer: str,
+    messages: Iterable[Mapping[str, str | bytes] | Iterable[tuple[str, bytes]]],
+) -> None:
+    """`observe_event_age` for a batch's messages (one label lookup, one clock reading:
+    per message they were 2% of records' CPU draining a backlog)."""
+    histogram = EVENT_AGE.labels(service, consumer)
+    now = datetime.now(UTC)
+    for headers in messages:
+        items = headers.items() if isinstance(headers, Mapping) else headers
+        for key, value in items:
+            if key != "ce_time":
+                continue
+            text = value.decode() if isinstance(value, bytes) else value
+            try:
+                written = datetime.fromisoformat(text)
+            except ValueError:
+                break
+            if written.tzinfo is not None:
+                histogram.observe(max(0.0, (now - written).total_seconds()))
+            break
 
 
 async def refresh_outbox_age(service: str, db: Database) -> None:

@@ -19,7 +19,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 
 from servicekit import telemetry
 from servicekit.app import NO_NATIVE_TELEMETRY, Service
-from servicekit.flow_metrics import EVENT_AGE, observe_event_age
+from servicekit.flow_metrics import EVENT_AGE, observe_event_age, observe_event_ages
 from servicekit.settings import ServiceSettings
 from servicekit.telemetry import (
     ExportingProvider,
@@ -131,6 +131,26 @@ def test_event_age_is_observed_from_ce_time() -> None:
     observe_event_age("fake", "ages", [("ce_id", b"x")])
     after = EVENT_AGE.labels("fake", "ages")._sum.get()  # type: ignore[attr-defined]
     assert after - before > 365 * 24 * 3600
+
+
+def test_a_batch_observes_each_message_with_a_ce_time_once() -> None:
+    child = EVENT_AGE.labels("fake", "batch")
+    count_before = sum(b.get() for b in child._buckets)  # type: ignore[attr-defined]
+    sum_before = child._sum.get()  # type: ignore[attr-defined]
+    observe_event_ages(
+        "fake",
+        "batch",
+        [
+            [("ce_id", b"1"), ("ce_time", b"2020-01-01T00:00:00+00:00")],
+            {"ce_time": "2021-01-01T00:00:00+00:00"},
+            [("ce_time", b"2020-01-01T00:00:00")],  # naive: skipped
+            [("ce_time", b"not a time")],  # malformed: skipped
+            [],
+            [("ce_time", "2099-01-01T00:00:00+00:00")],  # from the future: age 0
+        ],
+    )
+    assert sum(b.get() for b in child._buckets) - count_before == 3  # type: ignore[attr-defined]
+    assert child._sum.get() - sum_before > (365 + 365) * 24 * 3600  # type: ignore[attr-defined]
 
 
 def _where_app() -> FastAPI:
