@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, event, func, select, text, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ehr_sandbox.fhir.changes import ChangeFeed
@@ -264,3 +264,42 @@ async def test_the_planner_has_statistics_once_the_sandbox_has_started(tmp_path:
                 }
         finally:
             await engine.dispose()
+
+
+async def test_every_page_reports_the_searchs_total(database_url: str) -> None:
+    """The last page (not full) knows the total without counting; full pages and pages
+    past the end count."""
+    store = await _store(database_url)
+    try:
+        for n in range(5):
+            await store.create("Patient", _patient("Paged", gender="female" if n else "male"))
+        cases = {
+            ("2", "0"): (5, 2),  # full page: counted
+            ("2", "4"): (5, 1),  # the last, short page
+            ("5", "0"): (5, 5),  # exactly full
+            ("10", "0"): (5, 5),  # one short page
+            ("2", "6"): (5, 0),  # past the end: counted
+            ("0", "0"): (5, 0),  # a count only
+        }
+        for (count, offset), (total, shown) in cases.items():
+            request = _query("Patient", ("family", "Paged"), ("_count", count))
+            request.offset = int(offset)
+            result = await store.search(request)
+            assert (result.total, len(result.matches)) == (total, shown), (count, offset)
+        none = await store.search(_query("Patient", ("family", "Nobody")))
+        assert (none.total, none.matches) == (0, [])
+        counts: list[str] = []
+
+        def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+            if "count(" in statement.lower():
+                counts.append(statement)
+
+        event.listen(store.engine.sync_engine, "before_cursor_execute", seen)
+        males = await store.search(_query("Patient", ("family", "Paged"), ("gender", "male")))
+        assert (males.total, len(males.matches)) == (1, 1)
+        assert counts == []  # one short page: no count query
+        await store.search(_query("Patient", ("family", "Paged"), ("_count", "2")))
+        assert len(counts) == 1
+    finally:
+        await store.close()
+        await store.feed.close()
