@@ -8,7 +8,12 @@ an ID token act as an access token. An access token says what it is either in it
 (`typ: at+jwt`, RFC 9068) or with the `token_use: access` claim; anything else is refused.
 Unknown key ids re-fetch the issuer's JWKS at most once per cool-down, so anonymous
 traffic with invented `kid`s cannot hammer the identity provider; concurrent requests that
-find the keys stale share one fetch.
+find the keys stale share one fetch. Stale keys (older than `jwks_refresh_s`) are still the
+issuer's last word: requests wait for their refresh at most `jwks_stale_wait_s` after it
+began, then the known keys serve while it goes on, and a failed refresh is tried again
+after the cool-down. An issuer that hung (benchmark 4 stops the sandbox, which issues the
+patients' tokens) held every request of the portal on the one fetch until its timeout,
+then the next request fetched again: the portal stopped for as long as the issuer did.
 
 A verified token is remembered (bounded, by its SHA-256) until it expires, so a patient's
 app calling many times checks the signature once: the same bytes verified against the same
@@ -18,6 +23,7 @@ or the key set is fetched again (a rotated or withdrawn key)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -33,6 +39,9 @@ from joserfc.jwk import KeySet
 from gateway.caching import Lru
 from gateway.scopes import SmartScope, parse_granted, parse_scope, scopes_grant
 from gateway.settings import Settings
+from servicekit.logging import get_logger
+
+log = get_logger(__name__)
 
 ALGORITHMS = ["ES256", "ES384", "RS256", "RS384"]
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
@@ -98,6 +107,9 @@ class TokenVerifier:
         self._last_attempt = float("-inf")
         self.fetches = 0  # JWKS fetches made (tests and the security report read it)
         self._fetching = asyncio.Lock()
+        # The refresh of stale keys under way (requests wait for it only briefly).
+        self._refreshing: asyncio.Task[None] | None = None
+        self._refresh_began = 0.0
         # sha256(token) -> (what it says, its exp, the key set it was verified with)
         self._verified: Lru[bytes, tuple[PatientToken, float, KeySet]] = Lru(VERIFIED_CACHED)
 
@@ -119,11 +131,36 @@ class TokenVerifier:
     async def _keyset(self, *, refresh: bool = False) -> KeySet:
         if self._keys is not None and self._fresh(refresh):
             return self._keys
+        if self._keys is not None and not refresh:
+            return await self._stale_keys(self._keys)
         async with self._fetching:
             # Whoever waited here while another request fetched uses that fetch.
             await self._fetch(refresh)
         assert self._keys is not None
         return self._keys
+
+    async def _stale_keys(self, keys: KeySet) -> KeySet:
+        """The keys once a refresh (begun now, or under way) is done, or the known ones when
+        it takes longer than `jwks_stale_wait_s` from its start or failed a moment ago."""
+        now = time.monotonic()
+        task = self._refreshing
+        if task is None or task.done():
+            failed = self._last_attempt > self._fetched_at  # it set no new keys
+            if failed and now - self._last_attempt < self.settings.jwks_min_refresh_s:
+                return keys  # the last attempt failed lately: no new one before the cool-down
+            task = self._refreshing = asyncio.create_task(self._refresh())
+            task.add_done_callback(_log_refresh_failure)
+            self._refresh_began = now
+        left = self._refresh_began + self.settings.jwks_stale_wait_s - now
+        if left > 0:
+            # Shielded: a request that stops waiting leaves the refresh running.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), left)
+        return self._keys if self._keys is not None else keys
+
+    async def _refresh(self) -> None:
+        async with self._fetching:
+            await self._fetch(False)
 
     async def _fetch(self, refresh: bool) -> None:
         if not self._fresh(refresh):
@@ -199,6 +236,13 @@ class TokenVerifier:
             fhir_user=str(claims.get("fhirUser") or "")[:500],
         )
         return found, float(claims["exp"]), keys
+
+
+def _log_refresh_failure(task: asyncio.Task[None]) -> None:
+    """Retrieve a background refresh's failure (`_fetch` keeps the known keys on an HTTP
+    error; anything else, such as a key set that does not parse, is logged here)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("auth.jwks_refresh_failed", error=type(exc).__name__)
 
 
 def _is_access_token(header: dict[str, Any], claims: dict[str, Any]) -> bool:

@@ -23,7 +23,15 @@ class Settings(ServiceSettings, EncryptionSettings):
     oidc_client_id: str = Field(default="portal", description="The portal page's OIDC client")
     jwks_refresh_s: float = Field(default=300.0, description="Re-fetch keys at most this often")
     jwks_min_refresh_s: float = Field(
-        default=60.0, ge=0, description="Cool-down between re-fetches for an unknown kid"
+        default=60.0,
+        ge=0,
+        description="Cool-down between re-fetches for an unknown kid, and after a failed one",
+    )
+    jwks_stale_wait_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="How long requests wait for the refresh of stale keys (from its start) "
+        "before the known keys serve while it goes on",
     )
     ehr_fhir_url: str = Field(
         default="",

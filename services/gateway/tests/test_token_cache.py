@@ -33,6 +33,10 @@ class Issuer:
     url: str
     keys: list[ECKey] = field(default_factory=list)
     served: int = 0
+    # While set, requests are read and never answered (a stopped issuer: the kernel still
+    # accepts the connection); `asked` counts every request.
+    hung: bool = False
+    asked: int = 0
 
     def token(self, key: ECKey, *, exp: float, patient: str = "p-ann") -> str:
         claims = {
@@ -58,6 +62,9 @@ async def issuer() -> AsyncIterator[Issuer]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while (await reader.readline()) not in (b"\r\n", b""):
             pass
+        state.asked += 1
+        if state.hung:
+            await asyncio.Event().wait()  # cancelled when the server closes
         state.served += 1
         body = json.dumps({"keys": [k.as_dict(private=False) for k in state.keys]}).encode()
         writer.write(
@@ -124,3 +131,58 @@ async def test_requests_finding_no_keys_at_once_share_one_fetch(issuer: Issuer) 
         verified = await asyncio.gather(*(verifier.verify(t) for t in tokens))
     assert [v.patient_fhir_id for v in verified] == [f"p-{n}" for n in range(20)]
     assert verifier.fetches == 1 and issuer.served == 1
+
+
+async def test_a_hung_issuer_holds_requests_only_briefly_and_is_not_asked_again_at_once(
+    issuer: Issuer,
+) -> None:
+    key = _key("k1")
+    issuer.keys = [key]
+    tokens = [issuer.token(key, exp=time.time() + 600, patient=f"p-{n}") for n in range(20)]
+    async with httpx.AsyncClient(timeout=30) as http:
+        verifier = _verifier(
+            issuer,
+            http,
+            time.time,
+            jwks_refresh_s=0.2,
+            jwks_min_refresh_s=60,
+            jwks_stale_wait_s=0.3,
+        )
+        assert (await verifier.verify(tokens[0])).patient_fhir_id == "p-0"
+        issuer.hung = True
+        await asyncio.sleep(0.25)  # the keys are stale now
+        began = time.monotonic()
+        first = await asyncio.gather(*(verifier.verify(t) for t in tokens))
+        waited = time.monotonic() - began
+        # The refresh is still hanging: later requests do not wait for it at all.
+        began = time.monotonic()
+        later = await asyncio.gather(*(verifier.verify(t) for t in tokens))
+        later_waited = time.monotonic() - began
+    assert [v.patient_fhir_id for v in first + later] == [f"p-{n}" for n in range(20)] * 2
+    assert 0.25 <= waited < 2.0
+    assert later_waited < 0.25
+    assert issuer.asked == 2 and verifier.fetches == 2  # the first fetch and one refresh
+
+
+async def test_a_failed_refresh_keeps_the_keys_and_is_retried_after_the_cool_down(
+    issuer: Issuer,
+) -> None:
+    key = _key("k1")
+    issuer.keys = [key]
+    token = issuer.token(key, exp=time.time() + 600)
+    async with httpx.AsyncClient(timeout=0.2) as http:
+        verifier = _verifier(
+            issuer, http, time.time, jwks_refresh_s=0.1, jwks_min_refresh_s=0.5, jwks_stale_wait_s=1
+        )
+        await verifier.verify(token)
+        issuer.hung = True
+        await asyncio.sleep(0.15)
+        # The refresh times out (the client's 0.2 s) within the wait: the known keys serve.
+        assert (await verifier.verify(token)).subject == "p-ann"
+        for _ in range(5):
+            assert (await verifier.verify(token)).subject == "p-ann"
+        assert issuer.asked == 2  # no new attempt during the cool-down
+        issuer.hung = False
+        await asyncio.sleep(0.5)
+        await verifier.verify(token)
+        assert issuer.asked == 3 and issuer.served == 2
