@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ARRAY, JSON, String, Table, text
+from sqlalchemy import ARRAY, JSON, Enum, String, Table, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,6 +39,8 @@ def _element_type(table: Table, column: str) -> str:
     if isinstance(col.type, ARRAY):
         # `unnest` would flatten an array of arrays into one row per element.
         raise TypeError(f"{table.name}.{column} is an array column: not for insert_rows")
+    if isinstance(col.type, Enum) and col.type.native_enum:
+        return _DIALECT.identifier_preparer.format_type(col.type)  # no cast from text
     if isinstance(col.type, String):
         return "TEXT"
     return _PARAMETERS.sub("", col.type.compile(dialect=_DIALECT))

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Enum,
     Integer,
     MetaData,
     String,
@@ -41,6 +42,13 @@ THINGS = Table(
     Column("count", Integer),
     Column("flag", Boolean),
     Column("note", Text),
+)
+KINDS = Table(
+    "bulk_kinds",
+    _META,
+    Column("id", String(8), primary_key=True),
+    Column("colour", Enum("red", "green", name="bulk_colour")),
+    Column("label", Enum("a", "b", native_enum=False, length=4)),
 )
 TAGGED = Table(
     "bulk_tagged", _META, Column("id", String(8), primary_key=True), Column("tags", ARRAY(Text))
@@ -125,6 +133,14 @@ async def test_a_key_with_no_other_columns_leaves_stored_rows(db: Database) -> N
         )
     assert [r["id"] for r in await _stored(db)] == ["t1", "t9"]
     assert (await _stored(db))[0]["note"] == "note 1"
+
+
+async def test_enum_columns_native_or_not_take_their_values(db: Database) -> None:
+    rows = [{"id": "x", "colour": "red", "label": "a"}, {"id": "y", "colour": None, "label": "b"}]
+    async with db.transaction() as session:
+        await insert_rows(session, KINDS, rows)
+        stored = (await session.execute(select(KINDS).order_by(KINDS.c.id))).mappings().all()
+    assert [dict(r) for r in stored] == rows
 
 
 async def test_too_long_a_value_is_refused_not_cut(db: Database) -> None:
