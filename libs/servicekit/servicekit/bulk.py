@@ -40,7 +40,7 @@ def _element_type(table: Table, column: str) -> str:
         # `unnest` would flatten an array of arrays into one row per element.
         raise TypeError(f"{table.name}.{column} is an array column: not for insert_rows")
     if isinstance(col.type, Enum) and col.type.native_enum:
-        return _DIALECT.identifier_preparer.format_type(col.type)  # no cast from text
+        return str(col.type.compile(dialect=_DIALECT))  # its name: no cast from text
     if isinstance(col.type, String):
         return "TEXT"
     return _PARAMETERS.sub("", col.type.compile(dialect=_DIALECT))

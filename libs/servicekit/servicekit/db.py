@@ -6,8 +6,9 @@ a transaction, and the caller that owns the use case commits it (or it rolls bac
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -137,6 +138,30 @@ def json_text(value: Any) -> str:
     PostgreSQL refuses alike); a datetime becomes ISO 8601 text where the standard library
     raised."""
     return pydantic_core.to_json(value).decode()
+
+
+async def hold_keys(session: AsyncSession, scope: str, keys: Iterable[str]) -> None:
+    """Hold `keys` (of `scope`, such as a service's patients' charts) until the session's
+    transaction ends: another transaction holding one of them waits, in any process.
+
+    For writers that read what they are about to replace from more than one consumer:
+    records' `lab.resulted` and `record.imported` consumers both write a patient's chart,
+    and a back-fill that read the chart while a live batch was uncommitted wrote its older
+    version over the live one. PostgreSQL advisory locks on a 64-bit digest of each key,
+    taken in ascending order of those numbers, so two transactions never wait for each
+    other in a circle (a digest shared by two keys only makes them share a lock)."""
+    ids = sorted({_lock_id(scope, key) for key in keys})
+    if ids:
+        # One statement; a function scan takes the array's elements in order.
+        await session.execute(_HOLD, {"ids": ids})
+
+
+_HOLD = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ids AS BIGINT[])) AS k")
+
+
+def _lock_id(scope: str, key: str) -> int:
+    digest = hashlib.blake2b(f"{scope}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 class Database:

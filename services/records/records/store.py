@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -41,7 +42,7 @@ from sqlalchemy.sql.elements import BindParameter
 
 from records.domain import EPOCH, Cursor
 from servicekit.bulk import insert_rows
-from servicekit.db import new_metadata
+from servicekit.db import hold_keys, new_metadata
 
 
 class Base(DeclarativeBase):
@@ -530,6 +531,13 @@ async def chart_entry_states(
     rows = await session.execute(select(table).where(table.c.fhir_id == _any(ids)))
     states = {(row["resource_type"], row["fhir_id"]): dict(row) for row in rows.mappings()}
     return {key: state for key, state in states.items() if key in wanted}
+
+
+async def hold_charts(session: AsyncSession, patient_ids: Iterable[str]) -> None:
+    """Hold these patients' charts until the transaction ends: the writers of a chart (the
+    live `lab.resulted` and `medication.changed` consumers, the back-fill's
+    `record.imported`) read what they would replace, so they take turns."""
+    await hold_keys(session, "records.chart", patient_ids)
 
 
 async def _upsert(

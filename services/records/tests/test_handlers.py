@@ -3,6 +3,7 @@ path, on a real PostgreSQL); `test_read_model_kafka.py` runs the same through Ka
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy import event
 from contracts.base import Coding, Quantity, SourceVersion
 from contracts.lab import LabObservation, LabResultedV1, ReportStatus
 from contracts.record import ImportedEntry, RecordImportedV1, RecordKind
+from records import service as records_service
 from records.app import build
 from records.settings import Settings
 from servicekit.app import Service
@@ -257,3 +259,33 @@ async def test_a_back_fill_never_replaces_a_newer_or_another_patients_entry(
     assert [a["display"] for a in allergies] == ["Penicillin (v2)"]
     assert (await client.get("/patients/pat-2/lab-results")).json()["items"] == []
     assert (await client.get("/patients/pat-2/allergies")).json() == []
+
+
+async def test_a_back_fill_waits_for_a_live_batch_of_the_same_patient_in_flight(
+    records: tuple[Service, httpx.AsyncClient],
+) -> None:
+    """Two consumers (`lab.resulted`, `record.imported`) write one chart: a back-fill that
+    read the chart while a live batch was uncommitted wrote its older version over the live
+    one (CI saw the amended value replaced by the original). A chart's writers take turns."""
+    service, client = records
+    amended = _lab("2", 5.9, ReportStatus.AMENDED).model_copy(update={"report_fhir_id": "h-dr-0"})
+    amended.observations[0] = amended.observations[0].model_copy(
+        update={"observation_fhir_id": "h-obs-0-0", "version_id": "2"}
+    )
+    amended = amended.model_copy(
+        update={"source": amended.source.model_copy(update={"fhir_id": "h-dr-0"})}
+    )
+    async with service.db.transaction() as session:
+        await records_service.record_lab_results(session, [("pat-1", amended)], T)
+        # The back-fill's version 1 of the same report and result, while the live batch
+        # has not committed yet.
+        back_fill = asyncio.ensure_future(
+            deliver(service, _history("pat-1", 1, "1", prefix="h"), subject="pat-1")
+        )
+        done, _ = await asyncio.wait({back_fill}, timeout=1.0)
+        assert not done, "the back-fill did not wait for the live batch"
+    assert await back_fill == "handled"
+    report = (await client.get("/patients/pat-1/lab-results/h-dr-0")).json()
+    assert (report["version"], report["status"]) == ("2", "amended")
+    assert report["observations"][0]["value_quantity"]["value"] == 5.9
+    assert report["observations"][0]["version_id"] == "2"

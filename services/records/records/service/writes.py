@@ -123,6 +123,7 @@ async def record_medication_change(
     session: AsyncSession, patient_id: str, data: MedicationChangedV1
 ) -> None:
     """Store a medication order change unless a newer version is already stored."""
+    await store.hold_charts(session, [patient_id])
     row = await store.get_medication(session, data.medication_request_fhir_id)
     if row is not None and not is_newer(data.source, row.source_version, row.source_updated):
         return
@@ -154,6 +155,7 @@ async def record_lab_results(
     each report is applied in memory to what the earlier ones left, and the outcome is
     written with one statement per table (a consumer's batch of hundreds of reports takes
     a handful of statements, not several per report)."""
+    await store.hold_charts(session, (patient_id for patient_id, _ in reports))
     report_state = await store.lab_report_states(
         session, sorted({data.report_fhir_id for _, data in reports})
     )
@@ -308,6 +310,7 @@ async def record_imported(
 
     Like `record_lab_results`, a batch is read with one query per table and written with
     one statement per table (a page of 50 entries took some 150 statements one by one)."""
+    await store.hold_charts(session, [patient_id])
     reports: list[ImportedEntry] = []
     results: list[tuple[str, str, LabObservation]] = []
     chart: list[ImportedEntry] = []
