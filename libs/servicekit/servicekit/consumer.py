@@ -61,7 +61,7 @@ from contracts.registry import UnknownEventType, by_dataschema, dlq_topic, lates
 from servicekit import sealing
 from servicekit.bulk import insert_rows
 from servicekit.crypto import Cipher
-from servicekit.db import Database, unreachable_is_unavailable
+from servicekit.db import Database, hold_keys, unreachable_is_unavailable
 from servicekit.errors import DependencyUnavailable, PermanentError, describe
 from servicekit.flow_metrics import observe_event_age, observe_event_ages
 from servicekit.logging import get_logger
@@ -185,6 +185,10 @@ class Subscription:
     # A patient waits on this consumer's effect (their stream, their list, their booking in
     # the EHR): it fetches with KAFKA_INTERACTIVE_FETCH_MAX_WAIT_MS.
     interactive: bool = False
+    # Consumers (and API paths) that read and then write the same rows of a key name one
+    # scope: each transaction holds its events' keys in it first (`servicekit.db.hold_keys`),
+    # so they take turns per key instead of writing over each other's uncommitted work.
+    turns: str | None = None
 
 
 @dataclass
@@ -194,15 +198,21 @@ class EventRouter:
     subscriptions: list[Subscription] = field(default_factory=list)
 
     def handles(
-        self, event_type: str, *, name: str | None = None, interactive: bool = False
+        self,
+        event_type: str,
+        *,
+        name: str | None = None,
+        interactive: bool = False,
+        turns: str | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register `handler` for the newest version of `event_type`: it runs inside the
         transaction that records the event in the inbox. `interactive`: a patient waits on
-        its effect (see `Subscription.interactive`)."""
+        its effect (see `Subscription.interactive`). `turns`: a scope whose keys (the events'
+        subjects) the transaction holds before the handler runs (`Subscription.turns`)."""
 
         def register(handler: Handler) -> Handler:
             consumer = name or handler.__name__
-            self._add(event_type, consumer, handler, handler.__doc__, False, interactive)
+            self._add(event_type, consumer, handler, handler.__doc__, False, interactive, turns)
             return handler
 
         return register
@@ -248,6 +258,7 @@ class EventRouter:
         doc: str | None,
         effect_first: bool,
         interactive: bool,
+        turns: str | None = None,
     ) -> None:
         entry = latest(event_type)
         if any(s.event_type == event_type for s in self.subscriptions):
@@ -261,6 +272,7 @@ class EventRouter:
                 description=(doc or "").strip(),
                 effect_first=effect_first,
                 interactive=interactive,
+                turns=turns,
             )
         )
 
@@ -587,6 +599,10 @@ class ConsumerRuntime:
                     seen.add(event.envelope.id)
                     handled.append(event)
                     outcomes.append(Outcome.HANDLED)
+            if sub.turns is not None and handled:
+                # All of the batch's keys in one statement, in hold_keys' order: two
+                # batches taking them one event at a time could wait for each other.
+                await hold_keys(session, sub.turns, (event.patient_id for event in handled))
             if sub.batch_handler is not None and handled:
                 await sub.batch_handler(
                     UnitOfWork(session=session, outbox=self.outbox, deps=self.deps), handled
@@ -1104,6 +1120,8 @@ async def _handle_event(
             ).first() is not None
         if not claimed:
             return Outcome.DUPLICATE
+        if sub.turns is not None:
+            await hold_keys(session, sub.turns, [event.patient_id])
         uow = UnitOfWork(session=session, outbox=outbox, event=event, deps=deps)
         if record is not None:
             await record(uow)

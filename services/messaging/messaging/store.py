@@ -137,6 +137,11 @@ async def thread_by_fhir_id(session: AsyncSession, thread_fhir_id: str) -> Threa
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+# The scope in which the consumers writing a patient's messages take turns
+# (`Subscription.turns`).
+CONVERSATION_TURNS = "messaging.conversation"
+
+
 async def message_by_fhir_id(session: AsyncSession, fhir_id: str) -> Message | None:
     """A message by its EHR Communication id."""
     stmt = select(Message).where(Message.communication_fhir_id == fhir_id)

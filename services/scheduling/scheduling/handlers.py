@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from contracts.appointment import AppointmentUpdatedV1, SlotUpdatedV1
 from scheduling import service
+from scheduling.store import PATIENT_TURNS
 from servicekit.consumer import Event, EventRouter, UnitOfWork
 
 router = EventRouter()
@@ -16,7 +17,8 @@ async def cache_slot(uow: UnitOfWork, event: Event[SlotUpdatedV1]) -> None:
     await service.cache_slot(uow.session, event.data)
 
 
-@router.handles("appointment.updated", interactive=True)
+# Reads an appointment, then writes it, as the patient's cancel and move do: turns.
+@router.handles("appointment.updated", interactive=True, turns=PATIENT_TURNS)
 async def apply_ehr_appointment_change(uow: UnitOfWork, event: Event[AppointmentUpdatedV1]) -> None:
     """Apply the EHR's confirmation, rejection or change of an appointment, including one
     the clinic made or changed in the EHR (clinician, place, time, status)."""

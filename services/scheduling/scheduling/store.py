@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from servicekit.db import new_metadata
+from servicekit.db import hold_keys, new_metadata
 
 
 class Base(DeclarativeBase):
@@ -277,13 +277,16 @@ async def appointments_of(session: AsyncSession, patient_id: str) -> list[Appoin
     return list((await session.execute(_APPOINTMENTS_OF, params)).scalars())
 
 
+# The scope in which a patient's appointment writers take turns: the patient's booking,
+# cancel and move, and the `appointment.updated` consumer (`Subscription.turns`).
+PATIENT_TURNS = "scheduling.patient"
+
+
 async def lock_patient(session: AsyncSession, patient_id: str) -> None:
-    """Serialise one patient's booking decisions until the transaction ends (the count of
-    open bookings must not be read by two bookings at once)."""
-    if session.get_bind().dialect.name == "postgresql":
-        await session.execute(
-            select(func.pg_advisory_xact_lock(func.hashtext(f"scheduling:{patient_id}")))
-        )
+    """Hold the patient's appointments until the transaction ends: two bookings must not
+    both read the count of open ones, and a cancel must not be written over by an EHR
+    change that read the appointment before the cancel committed."""
+    await hold_keys(session, PATIENT_TURNS, [patient_id])
 
 
 async def count_open(

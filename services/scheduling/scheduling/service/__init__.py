@@ -171,6 +171,7 @@ async def cancel(
 ) -> store.Appointment:
     """Cancel the patient's appointment (again: no change, no second event)."""
     now = datetime.now(UTC)
+    await store.lock_patient(session, patient_id)
     appointment = await _owned(session, patient_id, appointment_id)
     if appointment.status == AppointmentStatus.CANCELLED.value:
         return appointment
@@ -208,6 +209,7 @@ async def reschedule(
     """Hold the new slot and ask the EHR to move the appointment there; until it answers
     the appointment keeps its time (`pending_slot` names the requested one)."""
     now = datetime.now(UTC)
+    await store.lock_patient(session, patient_id)
     appointment = await _owned(session, patient_id, appointment_id)
     if appointment.pending_slot_fhir_id == slot_id:
         return appointment
