@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Path, Request, Security
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 
 from contracts.consent import CaregiverPart
@@ -272,10 +272,10 @@ async def _read(
     service: str,
     path: str,
     params: Any = None,
-) -> Any:
+) -> Response:
     await _require(request, caller, resource_type)
     try:
-        data = await upstreams_of(request).get(service, path, params)
+        data = await upstreams_of(request).get_json_bytes(service, path, params)
     except UpstreamError as exc:
         # By-id paths (`/patients/{me}/<things>/{id}...`); a list answering 404 is not a probe.
         if exc.status == 404 and params is None and path.rstrip("/").count("/") >= 4:
@@ -284,7 +284,8 @@ async def _read(
             await audit.record(request, "read", resource_type, outcome="denied")
         raise HTTPException(exc.status, f"The {exc.service} service {exc.detail}.") from exc
     await audit.record(request, "read", resource_type)
-    return data
+    # The owning service's JSON as it sent it (the route's declared model documents it).
+    return Response(data, media_type="application/json")
 
 
 async def command(
