@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from records import api, explanations, handlers, store
+from records.read_cache import ChartReads
 from records.settings import Settings
 from servicekit.app import Service, ServiceDefinition, create_service
 from servicekit.crypto import Cipher, Keyring
@@ -38,6 +39,7 @@ def build(settings: Settings | None = None) -> Service:
     service.app.include_router(kit_encryption_routes())
     # Read once at start-up: a broken catalogue stops the service rather than a request.
     service.state["explanations"] = explanations.load()
+    service.state["chart_reads"] = ChartReads(int(settings.chart_read_cache_mb * 2**20))
     return service
 
 

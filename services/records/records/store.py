@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     Select,
+    Sequence,
     String,
     Table,
     Text,
@@ -159,6 +160,22 @@ class Medication(Base):
     prescriber: Mapped[str | None] = mapped_column(String(200))
     source_version: Mapped[str] = mapped_column(String(64))
     source_updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# Never repeats, so a chart's version differs after any write, even one that recreates
+# what was there before.
+CHART_VERSION_SEQ = Sequence("chart_version_seq", metadata=metadata)
+
+
+class ChartVersion(Base):
+    """The version of a patient's chart: a new number from `chart_version_seq` in every
+    transaction that writes it (`hold_charts`), so a read answered at one version is still
+    the answer while the version is the same (`records.read_cache`)."""
+
+    __tablename__ = "chart_versions"
+
+    patient_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
 
 
 class ChartEntry(Base):
@@ -534,10 +551,32 @@ async def chart_entry_states(
 
 
 async def hold_charts(session: AsyncSession, patient_ids: Iterable[str]) -> None:
-    """Hold these patients' charts until the transaction ends: the writers of a chart (the
-    live `lab.resulted` and `medication.changed` consumers, the back-fill's
-    `record.imported`) read what they would replace, so they take turns."""
-    await hold_keys(session, "records.chart", patient_ids)
+    """Hold these patients' charts for writing until the transaction ends: the writers of
+    a chart (the live `lab.resulted` and `medication.changed` consumers, the back-fill's
+    `record.imported`) read what they would replace, so they take turns; and each chart
+    gets a new version, so reads answered before this transaction commits are answered
+    again after it (`records.read_cache`). Every writer of a chart calls this first."""
+    ids = sorted(set(patient_ids))
+    if not ids:
+        return
+    await hold_keys(session, "records.chart", ids)
+    await session.execute(_NEW_CHART_VERSIONS, {"ids": ids})
+
+
+_NEW_CHART_VERSIONS = text(
+    "INSERT INTO chart_versions (patient_id, version)"
+    " SELECT p, nextval('chart_version_seq') FROM unnest(CAST(:ids AS VARCHAR[])) AS p"
+    " ON CONFLICT (patient_id) DO UPDATE SET version = EXCLUDED.version"
+)
+_CHART_VERSION = select(ChartVersion.version).where(
+    ChartVersion.patient_id == bindparam("patient_id")
+)
+
+
+async def chart_version(session: AsyncSession, patient_id: str) -> int:
+    """The version of the patient's chart (0: never written)."""
+    found = await session.scalar(_CHART_VERSION, {"patient_id": patient_id})
+    return found or 0
 
 
 async def _upsert(

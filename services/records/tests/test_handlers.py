@@ -14,6 +14,7 @@ from sqlalchemy import event
 
 from contracts.base import Coding, Quantity, SourceVersion
 from contracts.lab import LabObservation, LabResultedV1, ReportStatus
+from contracts.medication import MedicationChangedV1, MedicationStatus
 from contracts.record import ImportedEntry, RecordImportedV1, RecordKind
 from records import service as records_service
 from records.app import build
@@ -289,3 +290,62 @@ async def test_a_back_fill_waits_for_a_live_batch_of_the_same_patient_in_flight(
     assert (report["version"], report["status"]) == ("2", "amended")
     assert report["observations"][0]["value_quantity"]["value"] == 5.9
     assert report["observations"][0]["version_id"] == "2"
+
+
+async def test_a_read_is_answered_again_until_any_writer_changes_the_chart(
+    records: tuple[Service, httpx.AsyncClient],
+) -> None:
+    """Answers are kept per chart version (`records.read_cache`): a read of an unchanged
+    chart costs one query, and each of the chart's writers (live results, medications,
+    the back-fill) makes the next read compute again."""
+    service, client = records
+    assert await deliver(service, _lab("1", 6.3), subject="pat-1") == "handled"
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    async def read(path: str) -> tuple[Any, int]:
+        statements.clear()
+        answer = await client.get(path)
+        assert answer.status_code == 200, answer.text
+        return answer.json(), len(statements)
+
+    event.listen(service.db.sync_engine, "before_cursor_execute", count)
+    try:
+        first, computed = await read("/patients/pat-1/summary")
+        again, kept = await read("/patients/pat-1/summary")
+        assert again == first
+        assert (computed > 1, kept) == (True, 1)
+        assert first["lab_results"][0]["observations"][0]["value_quantity"]["value"] == 6.3
+        # A live amendment.
+        assert (
+            await deliver(service, _lab("2", 5.9, ReportStatus.AMENDED), subject="pat-1")
+            == "handled"
+        )
+        summary, _ = await read("/patients/pat-1/summary")
+        assert summary["lab_results"][0]["observations"][0]["value_quantity"]["value"] == 5.9
+        assert (await read("/patients/pat-1/lab-results/dr-1"))[0]["status"] == "amended"
+        # A medication change.
+        prescribed = MedicationChangedV1(
+            patient_id="pat-1",
+            medication_request_fhir_id="mr-1",
+            status=MedicationStatus.ACTIVE,
+            medication=Coding(system="http://www.nlm.nih.gov/research/umls/rxnorm", code="1"),
+            source=SourceVersion(
+                resource_type="MedicationRequest", fhir_id="mr-1", version_id="1", last_updated=T
+            ),
+        )
+        assert await deliver(service, prescribed, subject="pat-1") == "handled"
+        summary, _ = await read("/patients/pat-1/summary")
+        assert [m["id"] for m in summary["medications"]] == ["mr-1"]
+        # The back-fill.
+        assert await deliver(service, _history("pat-1", 1), subject="pat-1") == "handled"
+        summary, _ = await read("/patients/pat-1/summary")
+        assert [a["display"] for a in summary["allergies"]] == ["Penicillin (v1)"]
+        assert len(summary["lab_results"]) == 2
+        # Another patient's chart changing does not touch this one's answers.
+        assert await deliver(service, _history("pat-2", 1), subject="pat-2") == "handled"
+        assert (await read("/patients/pat-1/summary")) == (summary, 1)
+    finally:
+        event.remove(service.db.sync_engine, "before_cursor_execute", count)
