@@ -120,7 +120,11 @@ async def test_chart_routes_filter_page_trend_and_download_for_the_tokens_patien
 
         await eventually(arrived, timeout=90)
 
-        first = (await client.get("/v1/me/lab-results", params={"limit": 2})).json()
+        # PHI: never kept by the browser's cache or a proxy (passed on as records wrote it).
+        answer = await client.get("/v1/me/lab-results", params={"limit": 2})
+        assert answer.headers["cache-control"] == "no-store"
+        assert answer.headers["content-type"] == "application/json"
+        first = answer.json()
         assert [r["id"] for r in first["items"]] == ["gw-dr-1", "gw-dr-2"]
         rest = (
             await client.get(

@@ -21,6 +21,7 @@ from gateway import (
 from gateway.api import appointments, caregivers, me, messages, records, triage
 from gateway.auth import TokenVerifier
 from gateway.hub import NotificationHub
+from gateway.no_store import NoStoreMiddleware
 from gateway.ratelimit import RateLimitMiddleware, RateLimits
 from gateway.settings import Settings
 from gateway.upstream import Upstreams, pooled_client
@@ -116,6 +117,7 @@ def build(
     docs.replace_default_docs(service.app)
     portal.mount_static(service.app)
     gw: Settings = service.settings  # type: ignore[assignment]
+    service.app.add_middleware(NoStoreMiddleware)
     # Outermost: a client over its limit costs no body read, token check or JWKS fetch.
     service.app.add_middleware(
         RateLimitMiddleware,
