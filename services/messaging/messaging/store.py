@@ -22,13 +22,12 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from servicekit.db import new_metadata
+from servicekit.db import hold_keys, new_metadata
 
 
 class Base(DeclarativeBase):
@@ -221,13 +220,12 @@ async def latest_inbound_fhir_id(session: AsyncSession, thread_id: str) -> str |
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def lock_patient_sends(session: AsyncSession, patient_id: str) -> None:
-    """Serialise one patient's sends until the transaction ends (the rate limit counts
-    what the others committed)."""
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-        {"key": f"messaging.send:{patient_id}"},
-    )
+async def hold_conversation(session: AsyncSession, patient_id: str) -> None:
+    """Hold the patient's conversation until the transaction ends, as the consumers writing
+    it do (`CONVERSATION_TURNS`): the patient's sends take turns with each other (the rate
+    limit counts what the others committed) and with the care team's answers (both set a
+    thread's last activity from what they read)."""
+    await hold_keys(session, CONVERSATION_TURNS, [patient_id])
 
 
 async def sends_since(session: AsyncSession, patient_id: str, since: datetime) -> list[datetime]:

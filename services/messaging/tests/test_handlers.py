@@ -137,3 +137,38 @@ async def test_a_live_change_waits_for_a_back_fill_batch_of_the_same_patient_in_
     assert message is not None
     assert message.source_version == "3"
     assert not done, "the live change did not wait for the back-fill batch"
+
+
+async def test_a_patients_reply_waits_for_a_care_team_answer_of_the_same_patient_in_flight(
+    messaging: tuple[Service, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `message.received` consumer and the patient's send both set a thread's last
+    activity from what they read: the consumer read the thread, the patient's reply
+    committed, then the consumer wrote its older time over the reply's (the thread sorted
+    below older ones). The patient's sends take turns with the consumers."""
+    service, client = messaging
+    assert await deliver(service, _reply("com-2"), subject="pat-1") == "handled"
+    (thread,) = (await client.get("/patients/pat-1/threads")).json()
+    paused, resume = asyncio.Event(), asyncio.Event()
+    lookup = store.message_by_fhir_id
+
+    async def pausing(session: store.AsyncSession, fhir_id: str) -> store.Message | None:
+        if fhir_id == "com-1" and not paused.is_set():
+            paused.set()  # the thread is loaded: this looks up the message it answers
+            await resume.wait()
+        return await lookup(session, fhir_id)
+
+    monkeypatch.setattr(store, "message_by_fhir_id", pausing)
+    answer = _reply("com-3").model_copy(update={"sent_at": T + timedelta(hours=1)})
+    live = asyncio.ensure_future(deliver(service, answer, subject="pat-1"))
+    await asyncio.wait_for(paused.wait(), timeout=10)
+    path = f"/patients/pat-1/threads/{thread['id']}/messages"
+    send = asyncio.ensure_future(client.post(path, json={"body": "Thanks, all clear then?"}))
+    done, _ = await asyncio.wait({send}, timeout=1.0)
+    resume.set()
+    assert await live == "handled"
+    sent = await send
+    assert sent.status_code == 201, sent.text
+    (after,) = (await client.get("/patients/pat-1/threads")).json()
+    assert datetime.fromisoformat(after["updated_at"]) > T + timedelta(days=1)
+    assert not done, "the reply did not wait for the care team's answer"

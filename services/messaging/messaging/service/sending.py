@@ -56,7 +56,7 @@ class Sending(MessagingBase):
     async def _enforce_rate_limit(
         self, session: AsyncSession, patient_id: str, now: datetime, verdict: Verdict
     ) -> None:
-        await store.lock_patient_sends(session, patient_id)
+        await store.hold_conversation(session, patient_id)
         window = timedelta(seconds=self.settings.rate_limit_window_s)
         sent = await store.sends_since(session, patient_id, now - window)
         wait = domain.retry_after(sent, self.settings.rate_limit_messages, window, now)
