@@ -9,11 +9,18 @@ only while the version read at the request is the same one. The version is read 
 answer is computed, so a kept answer is never older than its version says (a write that
 commits in between makes it newer, and the next read, at the new version, computes again).
 Any number of replicas: each keeps its own answers, all checked against the same versions.
-Bounded in bytes; the least recently used answers go first."""
+Bounded in bytes, each answer counted with its request and what keeping it costs (a
+patient varying a query's parameters fills it with many small answers, not more memory);
+the least recently used answers go first."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+
+# What keeping one answer costs besides its bytes and its request's: the ordered dict's
+# entry, the tuple, the int and the bytes and str objects' headers (CPython 3.11, rounded
+# up).
+ENTRY_OVERHEAD = 256
 
 
 class ChartReads:
@@ -23,6 +30,9 @@ class ChartReads:
         self.max_bytes = max_bytes
         self.size = 0
         self._answers: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._answers)
 
     def get(self, request: str, version: int) -> bytes | None:
         """The answer to `request` computed at chart version `version`, if kept."""
@@ -39,10 +49,10 @@ class ChartReads:
         """Keep `answer` to `request` computed at `version` (one larger than the whole bound
         is not kept)."""
         self._drop(request)
-        if len(answer) > self.max_bytes:
+        if _cost(request, answer) > self.max_bytes:
             return
         self._answers[request] = (version, answer)
-        self.size += len(answer)
+        self.size += _cost(request, answer)
         while self.size > self.max_bytes:
             oldest = next(iter(self._answers))
             self._drop(oldest)
@@ -50,4 +60,8 @@ class ChartReads:
     def _drop(self, request: str) -> None:
         kept = self._answers.pop(request, None)
         if kept is not None:
-            self.size -= len(kept[1])
+            self.size -= _cost(request, kept[1])
+
+
+def _cost(request: str, answer: bytes) -> int:
+    return len(answer) + len(request) + ENTRY_OVERHEAD
