@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from .checker import PatientStream
+from .checker import TLS, PatientStream
 from .stack import ADMIN_TOKEN, CONNECTOR, GATEWAY, OPS_TOKEN, SANDBOX
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
@@ -168,7 +168,7 @@ class Patient:
     def __init__(self, patient_id: str, auth: PatientAuth) -> None:
         self.id = patient_id
         self.auth = auth
-        self.http = httpx.AsyncClient(base_url=GATEWAY, auth=auth, timeout=60)
+        self.http = httpx.AsyncClient(base_url=GATEWAY, auth=auth, timeout=60, verify=TLS)
         self.stream = PatientStream(GATEWAY, patient_id, auth)
 
     @property

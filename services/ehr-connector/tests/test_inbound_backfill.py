@@ -157,6 +157,18 @@ async def test_linking_imports_the_history_in_batches_with_progress(
             assert (await client.post(f"/ops/backfill/{ALICE}", headers=OPS)).status_code == 409
             assert (await client.get("/ops/backfill/nobody", headers=OPS)).status_code == 404
 
+        # The loop's gauges: every state has its series, counted in one statement.
+        def gauges() -> dict[str, float | None]:
+            return {
+                state: REGISTRY.get_sample_value("backfills", {"state": state})
+                for state in ("pending", "running", "done", "failed")
+            }
+
+        async def second_done() -> bool:
+            return gauges() == {"pending": 0.0, "running": 0.0, "done": 2.0, "failed": 0.0}
+
+        await eventually(second_done, timeout=120, interval=0.1)
+
     final = seen[-1]
     assert final["total"] >= len(expected)
     assert final["done"] == final["total"]

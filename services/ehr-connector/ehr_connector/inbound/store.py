@@ -340,6 +340,8 @@ async def prune_jti(session: AsyncSession, before: datetime) -> int:
 # -- back-fills ----------------------------------------------------------------------------
 
 ACTIVE_STATES = ("pending", "running")
+# Every state a back-fill job can be in (the `backfills` gauge has one series each).
+BACKFILL_STATES = (*ACTIVE_STATES, "done", "failed")
 
 
 async def get_backfill(session: AsyncSession, backfill_id: str) -> Backfill | None:
@@ -405,10 +407,15 @@ async def lock_backfill(session: AsyncSession, backfill_id: str, owner: str) -> 
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def count_backfills(session: AsyncSession, state: str) -> int:
-    """How many back-fills are in `state`."""
-    stmt = select(func.count()).select_from(Backfill).where(Backfill.state == state)
-    return int(await session.scalar(stmt) or 0)
+_BACKFILLS_BY_STATE = select(Backfill.state, func.count()).group_by(Backfill.state)
+
+
+async def count_backfills(session: AsyncSession) -> dict[str, int]:
+    """How many back-fills are in each state (states with none are absent). One statement:
+    the loop refreshes these gauges every time it looks for work (each second when idle),
+    and a count per state was four scans of a table that keeps every finished job."""
+    rows = (await session.execute(_BACKFILLS_BY_STATE)).all()
+    return {str(state): int(n) for state, n in rows}
 
 
 async def items_published(

@@ -197,8 +197,9 @@ class BackfillWorker:
         return timedelta(seconds=self.settings.backfill_lease_s)
 
     async def _refresh_gauges(self, session: AsyncSession) -> None:
-        for state in ("pending", "running", "done", "failed"):
-            BACKFILLS.labels(state).set(await store.count_backfills(session, state))
+        counts = await store.count_backfills(session)
+        for state in store.BACKFILL_STATES:
+            BACKFILLS.labels(state).set(counts.get(state, 0))
 
     async def _run_job(self, backfill_id: str) -> None:
         failures = 0
